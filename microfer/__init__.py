@@ -1,0 +1,2 @@
+"""microfer: micro-expression recognition research toolkit."""
+__version__ = "0.1.0"

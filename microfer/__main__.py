@@ -1,0 +1,3 @@
+from microfer.cli import main
+
+main()

@@ -1,0 +1,21 @@
+"""Errors microfer raises for bad input: the CLI prints them as one line, no traceback."""
+
+
+class MicroferError(Exception):
+    """Base class: the message names the file or clip and what was expected."""
+
+
+class AnnotationError(MicroferError):
+    """A coding/annotation file is not what its adapter expects."""
+
+
+class LayoutError(MicroferError):
+    """A dataset folder does not have the expected on-disk layout."""
+
+
+class ClipError(MicroferError):
+    """One clip cannot be used (unreadable frames, no face, too short...)."""
+
+
+class BundleError(MicroferError):
+    """A model bundle is missing, foreign or tampered with."""
