@@ -14,7 +14,7 @@ import click
 COMMANDS = {
     "datasets": "data:datasets_cmd",
     "manifest": "data:manifest_cmd",
-    "synth": "data:synth_cmd",
+    "synth": "synth:synth_cmd",
     "prepare": "prepare:prepare_cmd",
     "pretrain": "evaluate:pretrain_cmd",
     "loso": "evaluate:loso_cmd",
