@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 
 # The common manifest schema every dataset adapter produces (one row per sample).
 MANIFEST_COLUMNS = [
@@ -49,17 +50,15 @@ class Sample:
 
     @classmethod
     def from_row(cls, row) -> "Sample":
-        apex = row["apex"]
-        apex = None if apex is None or (isinstance(apex, float) and np.isnan(apex)) or apex == "" else int(apex)
-        label = row["label"]
-        label = "" if label is None or (isinstance(label, float) and np.isnan(label)) else str(label)
-        notes = row.get("notes", "")
-        notes = "" if notes is None or (isinstance(notes, float) and np.isnan(notes)) else str(notes)
+        def missing(v) -> bool:
+            return v is None or v is pd.NA or v == "" or (not isinstance(v, str) and bool(pd.isna(v)))
+
+        text = lambda v: "" if missing(v) else str(v)  # noqa: E731
         return cls(
             dataset=str(row["dataset"]), subject=str(row["subject"]), clip=str(row["clip"]),
-            onset=int(row["onset"]), apex=apex, offset=int(row["offset"]),
-            emotion=str(row["emotion"]), label=label, frame_template=str(row["frame_template"]),
-            fps=float(row["fps"]), notes=notes,
+            onset=int(row["onset"]), apex=None if missing(row["apex"]) else int(row["apex"]),
+            offset=int(row["offset"]), emotion=text(row["emotion"]), label=text(row["label"]),
+            frame_template=str(row["frame_template"]), fps=float(row["fps"]), notes=text(row.get("notes", "")),
         )
 
 

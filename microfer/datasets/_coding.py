@@ -1,0 +1,376 @@
+"""Shared reading of coding files: header search, cell parsing, subject ids, interval rules.
+
+Every adapter turns one distributed coding file into the common manifest table
+(`records.MANIFEST_COLUMNS`). Real copies of these files are messy; each mess has ONE
+rule, applied by every adapter (the dataset modules list what applies to them):
+
+H  header row: the first row (of the first 60) holding ALL the adapter's required
+   column names, compared after stripping, collapsing inner whitespace and case-folding
+   ("Onset Frame" != "OnsetFrame": spaces are kept, so a SAMM file is not mistaken for a
+   CASME II one). Preamble rows, blank columns and moved columns do not matter.
+F  formulas: .xlsx files are read with openpyxl `data_only=True`, i.e. the values Excel
+   cached; a formula cell never computed (no cached value) reads as empty.
+N  frame cells: int, integral float or digit text ("46", "46.0") are frame numbers;
+   '/', '-1' (any negative), '', text and empty cells mean "not annotated".
+D  onset or offset not annotated, or onset > offset: the row is DROPPED; each dropped row
+   is listed in `df.attrs["dropped"]` (key + reason) and in one `CodingWarning`.
+A1 apex not annotated: apex is null, note "apex not annotated ('/')" (raw cell quoted).
+A2 apex outside [onset, offset]: apex is null, note "apex N outside [onset, offset],
+   will be spotted" (the apex is then spotted from motion like any un-annotated apex).
+A3 apex equal to onset or offset: kept, note "apex at clip start" / "apex at clip end";
+   a one-frame clip (onset == offset) is kept with the note "single-frame clip".
+S  subject codes: the digits of the cell (1, 1.0, '01', 'sub01', 's01', '006', '6')
+   give the number, formatted as the dataset's canonical id (sub01, 006, s1, s15).
+U  a (subject, clip) pair seen again: the later row is dropped (rule D's listing).
+E  a file that is not .xlsx/.xlsm/.csv, cannot be opened, or has no row with the
+   required columns (e.g. a SAMM file given to the CASME II adapter): AnnotationError
+   naming the file and the expected columns.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from microfer.errors import AnnotationError
+from microfer.records import MANIFEST_COLUMNS
+
+HEADER_SEARCH_ROWS = 60
+EXCEL_SUFFIXES = (".xlsx", ".xlsm")
+CSV_SUFFIXES = (".csv", ".txt")
+
+INT_COLUMNS = ("onset", "apex", "offset")
+STR_COLUMNS = ("dataset", "subject", "clip", "emotion", "label", "frame_template", "notes")
+
+
+class CodingWarning(UserWarning):
+    """Rows of a coding file that an adapter dropped (each one listed with its reason)."""
+
+
+def norm_name(value: Any) -> str:
+    """Column-name key: stripped, inner whitespace collapsed, case-folded."""
+    if value is None:
+        return ""
+    return re.sub(r"\s+", " ", str(value)).strip().casefold()
+
+
+def norm_text(value: Any) -> str:
+    """A text cell as a clean string ('' for empty/NaN); integral floats lose their '.0'."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        if value.is_integer():
+            return str(int(value))
+    return str(value).strip()
+
+
+# ---------------------------------------------------------------- reading raw rows
+
+def _check_file(path: Path, what: str, expected: Sequence[str]) -> None:
+    if not path.exists():
+        raise AnnotationError(f"{what} file {path} does not exist (expected columns: {', '.join(expected)})")
+    if path.is_dir():
+        raise AnnotationError(f"{what} file {path} is a folder, expected a coding file with columns: "
+                              f"{', '.join(expected)}")
+
+
+def _excel_sheets(path: Path, what: str, expected: Sequence[str]) -> dict[str, list[list[Any]]]:
+    import openpyxl
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        # data_only: formulas read as the values Excel cached (rule F).
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as exc:
+        raise AnnotationError(f"{what} file {path} is not a readable .xlsx workbook ({exc.__class__.__name__}); "
+                              f"expected columns: {', '.join(expected)}") from None
+    try:
+        return {ws.title: [list(r) for r in ws.iter_rows(values_only=True)] for ws in wb.worksheets}
+    finally:
+        wb.close()
+
+
+def _csv_rows(path: Path) -> list[list[Any]]:
+    raw = path.read_bytes()
+    for encoding in ("utf-8-sig", "cp1252", "latin-1"):
+        try:
+            text = raw.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    return [list(r) for r in csv.reader(text.splitlines())]
+
+
+def read_sheets(path: Path, what: str, expected: Sequence[str]) -> dict[str, list[list[Any]]]:
+    """{sheet name: rows of raw cell values}; a .csv file is one sheet named after the file."""
+    path = Path(path)
+    _check_file(path, what, expected)
+    suffix = path.suffix.lower()
+    if suffix in EXCEL_SUFFIXES:
+        return _excel_sheets(path, what, expected)
+    if suffix in CSV_SUFFIXES:
+        return {path.stem: _csv_rows(path)}
+    hint = " (old .xls: re-save it as .xlsx)" if suffix == ".xls" else ""
+    raise AnnotationError(f"{what} file {path} is not an .xlsx or .csv file{hint}; "
+                          f"expected columns: {', '.join(expected)}")
+
+
+def find_header(rows: Sequence[Sequence[Any]], required: Sequence[str]) -> Optional[tuple[int, dict[str, int]]]:
+    """(row index, {name key: column index}) of the first row holding all `required` names (rule H)."""
+    keys = [norm_name(r) for r in required]
+    for i, row in enumerate(rows[:HEADER_SEARCH_ROWS]):
+        names: dict[str, int] = {}
+        for j, cell in enumerate(row):
+            names.setdefault(norm_name(cell), j)
+        if all(k in names for k in keys):
+            return i, names
+    return None
+
+
+def read_table(path: Path, required: Sequence[str], *, optional: Sequence[str] = (),
+               sheet: Optional[str] = None, what: str = "coding") -> pd.DataFrame:
+    """The rows below the header of `path` as an object DataFrame.
+
+    Columns are `required` + the `optional` names present (spelled as given here), plus
+    `_row` (1-based row number in the file, for messages). `sheet` picks a worksheet
+    (case-insensitive; ignored for a .csv copy); without it the first sheet holding the
+    header is used. Rows whose required cells are all empty are skipped.
+    """
+    path = Path(path)
+    expected = list(required)
+    sheets = read_sheets(path, what, expected)
+    if sheet is not None and path.suffix.lower() not in CSV_SUFFIXES:  # a csv copy is that one sheet
+        match = [name for name in sheets if norm_name(name) == norm_name(sheet)]
+        if not match:
+            raise AnnotationError(f"{what} file {path} has no sheet '{sheet}' (sheets: {', '.join(sheets)})")
+        candidates = {match[0]: sheets[match[0]]}
+    else:
+        candidates = sheets
+    for name, rows in candidates.items():
+        found = find_header(rows, required)
+        if found is None:
+            continue
+        h, names = found
+        wanted = list(required) + [o for o in optional if norm_name(o) in names]
+        cols = {w: names[norm_name(w)] for w in wanted}
+        records = []
+        for i, row in enumerate(rows[h + 1:], start=h + 2):
+            cells = {w: (row[j] if j < len(row) else None) for w, j in cols.items()}
+            if all(norm_text(cells[r]) == "" for r in required):
+                continue
+            cells["_row"] = i
+            records.append(cells)
+        df = pd.DataFrame.from_records(records, columns=wanted + ["_row"])
+        return df.astype(object)
+    where = f"sheet '{sheet}'" if sheet is not None else "any sheet"
+    raise AnnotationError(f"{what} file {path}: no header row with the expected columns "
+                          f"{', '.join(expected)} in the first {HEADER_SEARCH_ROWS} rows of {where}")
+
+
+# ---------------------------------------------------------------- cells
+
+def frame_number(value: Any) -> Optional[int]:
+    """A frame-number cell as int, or None when it means 'not annotated' (rule N)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, np.integer)):
+        number = int(value)
+    elif isinstance(value, (float, np.floating)):
+        if math.isnan(value) or not float(value).is_integer():
+            return None
+        number = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if not re.fullmatch(r"[+-]?\d+(\.0*)?", text):
+            return None
+        number = int(float(text))
+    else:
+        return None
+    return number if number >= 0 else None
+
+
+def subject_number(value: Any, *, what: str = "subject") -> int:
+    """The number in a subject cell: 1, 1.0, '01', 'sub01', 's01', '006' (rule S)."""
+    text = norm_text(value)
+    digits = re.findall(r"\d+", text)
+    if len(digits) != 1:
+        raise AnnotationError(f"{what} code {value!r} does not hold one subject number")
+    return int(digits[0])
+
+
+# ---------------------------------------------------------------- rows and rules
+
+@dataclass
+class Dropped:
+    key: str
+    reason: str
+
+
+@dataclass
+class RowCollector:
+    """Accumulates manifest rows and dropped rows of one coding file, then builds the table."""
+
+    dataset: str
+    source: str
+    rows: list[dict] = field(default_factory=list)
+    dropped: list[Dropped] = field(default_factory=list)
+    _seen: set = field(default_factory=set)
+
+    def drop(self, key: str, reason: str) -> None:
+        self.dropped.append(Dropped(key, reason))
+
+    def add(self, *, subject: str, clip: str, onset: Any, apex: Any, offset: Any, emotion: str,
+            label: str, frame_template: str, fps: float, notes: Iterable[str] = (),
+            apex_raw: Any = None) -> bool:
+        """Apply rules N, D, A1-A3, U to one row; False when it was dropped."""
+        key = f"{subject}/{clip}"
+        notes = [n for n in notes if n]
+        if not clip:
+            self.drop(key, "no clip name")
+            return False
+        on, off = frame_number(onset), frame_number(offset)
+        if on is None or off is None:
+            self.drop(key, f"onset/offset not annotated (onset {norm_text(onset)!r}, offset {norm_text(offset)!r})")
+            return False
+        if on > off:
+            self.drop(key, f"onset {on} > offset {off}")
+            return False
+        if (subject, clip) in self._seen:
+            self.drop(key, "duplicate clip (an earlier row has the same subject and clip)")
+            return False
+        ap, apex_notes = check_apex(on, apex, off)
+        self._seen.add((subject, clip))
+        self.rows.append(dict(
+            dataset=self.dataset, subject=subject, clip=clip, onset=on, apex=ap, offset=off,
+            emotion=emotion, label=label, frame_template=frame_template, fps=float(fps),
+            notes=";".join(notes + apex_notes),
+        ))
+        return True
+
+    def frame(self) -> pd.DataFrame:
+        df = manifest_frame(self.rows)
+        df.attrs["source"] = self.source
+        df.attrs["dropped"] = [{"key": d.key, "reason": d.reason} for d in self.dropped]
+        if self.dropped:
+            listing = "; ".join(f"{d.key}: {d.reason}" for d in self.dropped)
+            warnings.warn(f"{self.source}: dropped {len(self.dropped)} row(s): {listing}", CodingWarning,
+                          stacklevel=3)
+        return df
+
+
+def check_apex(onset: int, apex: Any, offset: int) -> tuple[Optional[int], list[str]]:
+    """(apex or None, notes) under rules A1-A3."""
+    ap = frame_number(apex)
+    if ap is None:
+        raw = norm_text(apex)
+        return None, [f"apex not annotated ({raw!r})" if raw else "apex not annotated"]
+    if ap < onset or ap > offset:
+        return None, [f"apex {ap} outside [{onset}, {offset}], will be spotted"]
+    if onset == offset:
+        return ap, ["single-frame clip"]
+    if ap == onset:
+        return ap, ["apex at clip start"]
+    if ap == offset:
+        return ap, ["apex at clip end"]
+    return ap, []
+
+
+def manifest_frame(rows: Sequence[dict]) -> pd.DataFrame:
+    """Rows (dicts with MANIFEST_COLUMNS) as a table with the manifest dtypes."""
+    df = pd.DataFrame.from_records(list(rows), columns=MANIFEST_COLUMNS)
+    return coerce_manifest(df)
+
+
+def coerce_manifest(df: pd.DataFrame) -> pd.DataFrame:
+    """Manifest dtypes: frame numbers nullable Int64, fps float, the rest str ('' for empty)."""
+    df = df.copy()
+    for col in INT_COLUMNS:
+        df[col] = pd.array([None if _is_missing(v) else int(v) for v in df[col]], dtype="Int64")
+    df["fps"] = df["fps"].astype(float)
+    for col in STR_COLUMNS:
+        df[col] = [norm_text(v) for v in df[col]]
+        df[col] = df[col].astype(str)
+    return df.reset_index(drop=True)
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None or value is pd.NA:
+        return True
+    if isinstance(value, str):
+        return value.strip() == ""
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------- manifests on disk
+
+def read_manifest(path) -> pd.DataFrame:
+    """A manifest CSV, validated: all MANIFEST_COLUMNS, frame numbers integers or empty, fps > 0.
+
+    onset/offset may be empty only where the source annotation lacks the clip (the
+    composite's two SMIC clips); extra columns are kept after the manifest columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"manifest {path} does not exist (expected a csv with columns "
+                              f"{', '.join(MANIFEST_COLUMNS)})")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise AnnotationError(f"manifest {path} is not a readable csv ({exc.__class__.__name__}); "
+                              f"expected columns {', '.join(MANIFEST_COLUMNS)}") from None
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise AnnotationError(f"manifest {path} lacks column(s) {', '.join(missing)}; "
+                              f"expected columns {', '.join(MANIFEST_COLUMNS)}")
+    for col in INT_COLUMNS:
+        bad = [(i, v) for i, v in enumerate(df[col]) if v.strip() and frame_number(v) is None]
+        if bad:
+            i, v = bad[0]
+            raise AnnotationError(f"manifest {path} row {i + 2}: {col} {v!r} is not a frame number "
+                                  f"(non-negative integer or empty); {len(bad)} such row(s)")
+    fps = pd.to_numeric(df["fps"], errors="coerce")
+    bad_fps = df.index[~(fps > 0)]
+    if len(bad_fps):
+        i = bad_fps[0]
+        raise AnnotationError(f"manifest {path} row {i + 2}: fps {df['fps'][i]!r} is not a positive number")
+    for col in ("dataset", "subject", "clip", "frame_template"):
+        empty = df.index[df[col].str.strip() == ""]
+        if len(empty):
+            raise AnnotationError(f"manifest {path} row {empty[0] + 2}: empty {col}")
+    dup = df.duplicated(["dataset", "subject", "clip"])
+    if dup.any():
+        r = df[dup].iloc[0]
+        raise AnnotationError(f"manifest {path}: sample {r['dataset']}/{r['subject']}/{r['clip']} appears twice")
+    extra = [c for c in df.columns if c not in MANIFEST_COLUMNS]
+    out = coerce_manifest(df[MANIFEST_COLUMNS])
+    for c in extra:
+        out[c] = df[c].to_numpy()
+    out.attrs["source"] = str(path)
+    return out
+
+
+def to_samples(df: pd.DataFrame) -> list:
+    """`records.Sample`s of a manifest table (nullable apex -> None); rows without onset/offset refused."""
+    from microfer.records import Sample
+
+    out = []
+    for rec in df[MANIFEST_COLUMNS].to_dict("records"):
+        rec = {k: (None if _is_missing(v) and k in INT_COLUMNS else v) for k, v in rec.items()}
+        if rec["onset"] is None or rec["offset"] is None:
+            raise AnnotationError(f"{rec['dataset']}/{rec['subject']}/{rec['clip']}: no onset/offset in the "
+                                  "manifest (bound the clip from its frame folder first)")
+        out.append(Sample.from_row(rec))
+    return out
