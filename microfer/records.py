@@ -27,6 +27,13 @@ MANIFEST_COLUMNS = [
 ]
 
 
+def is_missing(value) -> bool:
+    """True for None, NaN, pandas NA and blank strings (empty manifest cells)."""
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or bool(pd.isna(value))
+
+
 @dataclass(frozen=True)
 class Sample:
     """One annotated micro- (or macro-) expression clip."""
@@ -50,9 +57,8 @@ class Sample:
 
     @classmethod
     def from_row(cls, row) -> "Sample":
-        def missing(v) -> bool:
-            return v is None or v is pd.NA or v == "" or (not isinstance(v, str) and bool(pd.isna(v)))
-
+        """From a manifest row (dict or pandas Series); empty/NA apex becomes None."""
+        missing = is_missing
         text = lambda v: "" if missing(v) else str(v)  # noqa: E731
         return cls(
             dataset=str(row["dataset"]), subject=str(row["subject"]), clip=str(row["clip"]),

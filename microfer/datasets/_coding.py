@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from microfer.errors import AnnotationError
+from microfer.records import is_missing
 from microfer.records import MANIFEST_COLUMNS
 
 HEADER_SEARCH_ROWS = 60
@@ -295,23 +296,12 @@ def coerce_manifest(df: pd.DataFrame) -> pd.DataFrame:
     """Manifest dtypes: frame numbers nullable Int64, fps float, the rest str ('' for empty)."""
     df = df.copy()
     for col in INT_COLUMNS:
-        df[col] = pd.array([None if _is_missing(v) else int(v) for v in df[col]], dtype="Int64")
+        df[col] = pd.array([None if is_missing(v) else int(v) for v in df[col]], dtype="Int64")
     df["fps"] = df["fps"].astype(float)
     for col in STR_COLUMNS:
         df[col] = [norm_text(v) for v in df[col]]
         df[col] = df[col].astype(str)
     return df.reset_index(drop=True)
-
-
-def _is_missing(value: Any) -> bool:
-    if value is None or value is pd.NA:
-        return True
-    if isinstance(value, str):
-        return value.strip() == ""
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
 
 
 # ---------------------------------------------------------------- manifests on disk
@@ -368,8 +358,7 @@ def to_samples(df: pd.DataFrame) -> list:
 
     out = []
     for rec in df[MANIFEST_COLUMNS].to_dict("records"):
-        rec = {k: (None if _is_missing(v) and k in INT_COLUMNS else v) for k, v in rec.items()}
-        if rec["onset"] is None or rec["offset"] is None:
+        if is_missing(rec["onset"]) or is_missing(rec["offset"]):
             raise AnnotationError(f"{rec['dataset']}/{rec['subject']}/{rec['clip']}: no onset/offset in the "
                                   "manifest (bound the clip from its frame folder first)")
         out.append(Sample.from_row(rec))

@@ -1,0 +1,174 @@
+"""Apex (and onset/offset) spotting from motion relative to the onset frame.
+
+Method (the frames are already aligned with ONE transform fitted on the onset frame, so a
+change between two crops is facial motion or noise, not alignment jitter):
+1. every aligned face is turned grey and blurred (Gaussian, sigma = size/64 px) so sensor
+   noise and JPEG blocking average out while ME-sized motion (1-3 px) survives;
+2. motion of frame t = mean |face_t - face_onset| inside the regions where micro-expressions
+   happen (`region_mask`: brows + eyes, nose, mouth, in canonical aligned coordinates; cheeks and
+   hair edges, which move with the head and light, are left out)  ("diff"), or the mean
+   DIS optical-flow magnitude vs onset in the same mask ("flow", ~100x slower);
+3. the curve is smoothed in time (Gaussian, sigma = max(1, n/30) frames) and the apex is
+   the centre of the plateau around its maximum (frames above 90 % of the peak; see
+   `spot_apex`), never the onset itself.
+
+Measured with `python -m microfer.apex` (`measure_spotting`: 24 synthetic 640 x 480
+clips of 40-100 frames made from the 4 shipped real faces with `bench_prepare.synthetic_clip`:
+an expression field of 2.5 px peak rising as a half cosine from the onset to a known apex
+and falling back by the offset, 0.1 px per-frame head jitter, grey noise sigma 1.5):
+
+    method  mean |error|  median  max   share within 3 frames   ms per frame (128 px)
+    diff    2.1 frames     2      5       79 %                      0.09
+    flow    2.1 frames     1.5    5       75 %                     12
+
+The expression is within 5 % of its peak for about +-5 frames around the apex, so with
+frame noise this is close to what any method can resolve (annotators of real datasets
+disagree by as much). "diff" is as accurate and ~100x cheaper, hence the default. On the
+`microfer.synth` CASME II set (24-40-frame clips) the error is 0-3 frames (tests).
+Limitation: the curve is motion relative to the onset, so a head that drifts during the
+clip raises it steadily and pulls the spotted apex towards the offset.
+
+`spot_interval` turns a curve into (onset, apex, offset) for a clip whose onset is not
+known: apex = argmax, onset = the last low-motion frame before it, offset = the first
+low-motion frame after it ("low" = below baseline + `low` x (peak - baseline)).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import cv2
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from microfer.errors import ClipError
+
+SPOT_METHODS = ("diff", "flow")
+DEFAULT_SPOT = "diff"
+
+# Boxes (x0, y0, x1, y1) as fractions of the aligned crop (see face.CANONICAL_POINTS):
+# brows and eyes of each side, the nose (AU9 wrinkles), the mouth and its corners.
+REGIONS = {
+    "left_brow_eye": (0.16, 0.10, 0.48, 0.42),
+    "right_brow_eye": (0.52, 0.10, 0.84, 0.42),
+    "nose_wrinkle": (0.38, 0.36, 0.62, 0.58),
+    "mouth": (0.24, 0.58, 0.76, 0.84),
+}
+
+
+@lru_cache(maxsize=8)
+def region_mask(size: int = 128) -> np.ndarray:
+    """Boolean (size, size) mask of the ME regions of an aligned face."""
+    mask = np.zeros((size, size), bool)
+    for x0, y0, x1, y1 in REGIONS.values():
+        mask[int(y0 * size):int(np.ceil(y1 * size)), int(x0 * size):int(np.ceil(x1 * size))] = True
+    mask.setflags(write=False)
+    return mask
+
+
+def _prepare_gray(face: np.ndarray, sigma: float) -> np.ndarray:
+    gray = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY) if face.ndim == 3 else face
+    return cv2.GaussianBlur(gray.astype(np.float32), (0, 0), sigma)
+
+
+def motion_curve(faces: Sequence[np.ndarray], method: str = DEFAULT_SPOT, reference: int = 0) -> np.ndarray:
+    """Raw (unsmoothed) motion of each aligned face relative to faces[reference], (n,) float32."""
+    if len(faces) == 0:
+        return np.zeros(0, np.float32)
+    size = faces[0].shape[0]
+    mask = region_mask(size)
+    if method == "diff":
+        sigma = max(1.0, size / 64)
+        ref = _prepare_gray(faces[reference], sigma)
+        return np.array([np.abs(_prepare_gray(f, sigma) - ref)[mask].mean() for f in faces], np.float32)
+    if method == "flow":
+        from microfer.motion import flow_magnitude, optical_flow
+
+        ref = faces[reference]
+        return np.array([0.0 if i == reference else flow_magnitude(optical_flow(ref, f, "dis"))[mask].mean()
+                         for i, f in enumerate(faces)], np.float32)
+    raise ClipError(f"unknown apex spotting method '{method}'; expected one of {', '.join(SPOT_METHODS)}")
+
+
+def smooth_curve(curve: np.ndarray, sigma: float | None = None) -> np.ndarray:
+    curve = np.asarray(curve, np.float64)
+    if curve.size < 3:
+        return curve.astype(np.float32)
+    sigma = max(1.0, curve.size / 30) if sigma is None else sigma
+    return gaussian_filter1d(curve, sigma, mode="nearest").astype(np.float32)
+
+
+def spot_apex(curve: np.ndarray, sigma: float | None = None, plateau: float = 0.9) -> int:
+    """Index of the apex in a motion-vs-onset curve.
+
+    The smoothed curve's peak is usually a plateau (an apex is held for several frames at
+    200 fps) on which noise picks the argmax almost at random, so the apex is the centre
+    (weighted by height above the level) of the run of frames around the argmax that stay
+    above `plateau` x the peak (measured from the onset's level). The onset itself (index
+    0) is never the apex: there is no motion relative to itself.
+    """
+    curve = np.asarray(curve)
+    if curve.size < 2:
+        raise ClipError(f"cannot spot an apex in {curve.size} frame(s): need onset and at least one more")
+    smooth = smooth_curve(curve, sigma).astype(np.float64)
+    top = int(np.argmax(smooth[1:]) + 1)
+    level = smooth[0] + plateau * (smooth[top] - smooth[0])
+    lo = hi = top
+    while lo > 1 and smooth[lo - 1] >= level:
+        lo -= 1
+    while hi < smooth.size - 1 and smooth[hi + 1] >= level:
+        hi += 1
+    weight = smooth[lo:hi + 1] - level
+    if weight.sum() <= 0:
+        return top
+    return int(round(float((np.arange(lo, hi + 1) * weight).sum() / weight.sum())))
+
+
+def spot_interval(curve: np.ndarray, low: float = 0.2, sigma: float | None = None) -> tuple[int, int, int]:
+    """(onset, apex, offset) indices of the main motion episode of a curve.
+
+    apex = argmax of the smoothed curve; onset = last index before it where the motion is
+    below baseline + low x (peak - baseline) (baseline = minimum before the apex), offset =
+    first index after it below the same level measured against the minimum after it.
+    """
+    curve = np.asarray(curve)
+    if curve.size < 3:
+        raise ClipError(f"cannot spot an interval in {curve.size} frame(s)")
+    smooth = smooth_curve(curve, sigma)
+    apex = int(np.argmax(smooth))
+    peak = float(smooth[apex])
+    before, after = smooth[: apex + 1], smooth[apex:]
+    level_before = float(before.min()) + low * (peak - float(before.min()))
+    level_after = float(after.min()) + low * (peak - float(after.min()))
+    below = np.flatnonzero(before <= level_before)
+    onset = int(below[-1]) if below.size else 0
+    below = np.flatnonzero(after <= level_after)
+    offset = apex + int(below[0]) if below.size else curve.size - 1
+    return onset, apex, offset
+
+
+def measure_spotting(n_clips: int = 24, method: str = DEFAULT_SPOT, seed: int = 0) -> dict:
+    """Spotting error (frames) on synthetic clips with a known apex (see bench_prepare)."""
+    from microfer.bench_prepare import shipped_faces, synthetic_clip
+    from microfer.prepare import PrepareSettings, prepare_clip
+
+    rng = np.random.default_rng(seed)
+    faces = shipped_faces()
+    errors = []
+    settings = PrepareSettings(spot_method=method)
+    for i in range(n_clips):
+        n = int(rng.integers(40, 101))
+        apex = int(rng.integers(int(0.25 * n), int(0.75 * n)))
+        clip = synthetic_clip(faces[i % len(faces)], n, apex, seed=seed * 1000 + i)
+        prepared = prepare_clip(clip.frames, 0, None, n - 1, settings)
+        errors.append(abs(prepared.apex - apex))
+    errors = np.array(errors)
+    return {"method": method, "clips": n_clips, "mean_abs_frames": float(errors.mean()),
+            "median_abs_frames": float(np.median(errors)), "max_abs_frames": int(errors.max()),
+            "within_3": float((errors <= 3).mean())}
+
+
+if __name__ == "__main__":  # python -m microfer.apex
+    cv2.setNumThreads(1)
+    for m in SPOT_METHODS:
+        print(measure_spotting(method=m))

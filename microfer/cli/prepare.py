@@ -1,0 +1,60 @@
+"""`microfer prepare`: align faces, pick onset/apex, compute motion, into a resumable cache."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def load_samples(dataset: str, root: Path | None, coding: Path | None, manifest: Path | None):
+    """The samples table of a dataset: --manifest, else the coding file, else the shipped manifest."""
+    import microfer
+    from microfer import datasets
+    from microfer.errors import MicroferError
+
+    if manifest is not None:
+        df = datasets.read_manifest(manifest)
+        return df[df["dataset"] == dataset] if dataset in set(df["dataset"]) else df
+    shipped = Path(microfer.__file__).parents[1] / "data_manifests" / f"{dataset}.csv"
+    if coding is None and shipped.is_file():
+        return datasets.read_manifest(shipped)
+    adapter = datasets.get(dataset)
+    if coding is not None or not adapter.coding_required:
+        return adapter.read(coding, root=root)
+    raise MicroferError(f"no sample list for '{dataset}': give --coding (the dataset's coding file) "
+                        f"or --manifest (a manifest CSV)")
+
+
+@click.command("prepare")
+@click.argument("dataset")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Dataset folder (the one the manifest's frame_template paths start from).")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Cache folder; results go to OUT/<settings key>/.")
+@click.option("--coding", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="The dataset's official coding file (default: the shipped manifest).")
+@click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="A manifest CSV instead of the coding file.")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Processes preparing clips in parallel.")
+@click.option("--strict", is_flag=True, help="Stop when the layout check finds a problem (default: skip those clips).")
+@click.option("--size", type=click.IntRange(32, 1024), default=128, show_default=True, help="Aligned face side, px.")
+@click.option("--flow", type=click.Choice(["dis", "tvl1"]), default="dis", show_default=True,
+              help="Optical flow method onset->apex.")
+@click.option("--spot", "spot_method", type=click.Choice(["diff", "flow"]), default="diff", show_default=True,
+              help="Apex spotting measure when the apex is not annotated.")
+@click.option("--retry-failed", is_flag=True, help="Try again clips that failed in an earlier run.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def prepare_cmd(dataset, root, out, coding, manifest, workers, strict, size, flow, spot_method, retry_failed,
+                no_progress):
+    """Prepare DATASET's clips: aligned onset/apex faces, optical flow and strain, cached.
+
+    Re-running with the same settings does no work; an interrupted run resumes.
+    """
+    from microfer.prepare import PrepareSettings, prepare_dataset
+
+    samples = load_samples(dataset, root, coding, manifest)
+    settings = PrepareSettings(size=size, flow=flow, spot_method=spot_method)
+    summary = prepare_dataset(samples, root, out, settings, workers=workers, strict=strict,
+                              progress=not no_progress, retry_failed=retry_failed)
+    click.echo(summary.text())

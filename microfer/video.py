@@ -1,0 +1,297 @@
+"""Frame sources: image-sequence folders and video files, read lazily by frame number.
+
+A `FrameSource` knows which absolute frame numbers it holds (`numbers`) and decodes only
+the ones asked for (`read`). Frame numbers are what the coding files use:
+- image folder: the number in the file name (`img46.jpg` -> 46, `006_05562.jpg` -> 5562);
+- video file: the 0-based frame index, plus `first_number` when told otherwise.
+
+A folder may hold several sequences side by side (CASME II ships raw `img46.jpg` and
+cropped `reg_img46.jpg`); they are told apart by the file-name text before the number
+(the "prefix"), and the caller picks one.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence
+
+import cv2
+import numpy as np
+
+from microfer.errors import ClipError, LayoutError
+from microfer.records import Sample
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".m4v", ".webm")
+
+# Non-greedy prefix, then the trailing digits of the file stem: "reg_img46" -> ("reg_img", "46").
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+
+
+class FrameSource(Protocol):
+    path: Path
+    numbers: list[int]
+
+    def read(self, numbers: Iterable[int]) -> list[np.ndarray]: ...
+
+
+def _check_numbers(source, numbers: Sequence[int]) -> None:
+    available = set(source.numbers)
+    missing = [n for n in numbers if n not in available]
+    if missing:
+        lo, hi = (source.numbers[0], source.numbers[-1]) if source.numbers else (None, None)
+        raise ClipError(f"{source.path}: frame(s) {_ranges(missing)} not found "
+                        f"(available: {len(available)} frames, {lo}..{hi})")
+
+
+def _ranges(numbers: Sequence[int], limit: int = 6) -> str:
+    """Compact '3-7, 9, 12-15' listing of frame numbers, for messages."""
+    nums = sorted(set(int(n) for n in numbers))
+    parts, start = [], None
+    for i, n in enumerate(nums):
+        if start is None:
+            start = n
+        if i + 1 == len(nums) or nums[i + 1] != n + 1:
+            parts.append(str(start) if start == n else f"{start}-{n}")
+            start = None
+    more = f" (+{len(parts) - limit} more runs)" if len(parts) > limit else ""
+    return ", ".join(parts[:limit]) + more
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    # libjpeg decodes a truncated file with only a warning (grey lower half), so look for
+    # the End-Of-Image marker; 0xFF is byte-stuffed inside entropy data, so FFD9 near the
+    # end can only be a real EOI (some writers pad a few bytes after it).
+    return b"\xff\xd9" in data[-64:]
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode one image file to BGR uint8; ClipError naming the file when it is unreadable."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ClipError(f"cannot read frame {path}: {exc.strerror or exc}") from None
+    if not data:
+        raise ClipError(f"frame {path} is empty (0 bytes)")
+    if path.suffix.lower() in (".jpg", ".jpeg") and not _jpeg_is_complete(data):
+        raise ClipError(f"frame {path} is truncated or corrupt (JPEG without end-of-image marker)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ClipError(f"frame {path} is corrupt or not an image ({len(data)} bytes could not be decoded)")
+    return image
+
+
+def list_sequences(folder: Path) -> dict[str, dict[int, Path]]:
+    """Numbered image files of `folder` grouped by prefix: {prefix: {number: path}}."""
+    groups: dict[str, dict[int, Path]] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            stem, ext = os.path.splitext(name)
+            if ext.lower() not in IMAGE_EXTENSIONS:
+                continue
+            m = _NUMBERED.match(stem)
+            if m is None:
+                continue
+            groups.setdefault(m.group(1), {})[int(m.group(2))] = Path(entry.path)
+    return groups
+
+
+@dataclass
+class ImageFolderSource:
+    """An image sequence in one folder, files numbered by the integer in their name."""
+
+    path: Path
+    files: dict[int, Path]
+    prefix: str = ""
+    numbers: list[int] = field(init=False)
+
+    def __post_init__(self):
+        self.numbers = sorted(self.files)
+
+    def read(self, numbers: Iterable[int]) -> list[np.ndarray]:
+        numbers = [int(n) for n in numbers]
+        _check_numbers(self, numbers)
+        return [read_image(self.files[n]) for n in numbers]
+
+    def file(self, number: int) -> Path:
+        return self.files[number]
+
+
+@dataclass
+class VideoSource:
+    """A video file; frame number = 0-based index + `first_number`."""
+
+    path: Path
+    n_frames: int
+    first_number: int = 0
+    numbers: list[int] = field(init=False)
+
+    def __post_init__(self):
+        self.numbers = list(range(self.first_number, self.first_number + self.n_frames))
+
+    def read(self, numbers: Iterable[int]) -> list[np.ndarray]:
+        numbers = [int(n) for n in numbers]
+        _check_numbers(self, numbers)
+        indices = [n - self.first_number for n in numbers]
+        frames = None
+        try:
+            frames = _decord_read(self.path, indices)
+        except Exception:  # decord missing, or it cannot demux this file: OpenCV reads it
+            frames = None
+        if frames is None:
+            frames = _cv2_read(self.path, indices)
+        return frames
+
+
+@dataclass
+class ArraySource:
+    """Frames already in memory (the single-clip API): numbers default to 0..n-1."""
+
+    frames: Sequence[np.ndarray]
+    numbers: list[int] = field(default_factory=list)
+    path: Path = Path("<arrays>")
+
+    def __post_init__(self):
+        if not self.numbers:
+            self.numbers = list(range(len(self.frames)))
+        if len(self.numbers) != len(self.frames):
+            raise ClipError(f"{len(self.frames)} frames but {len(self.numbers)} frame numbers were given")
+        self._index = {int(n): i for i, n in enumerate(self.numbers)}
+        self.numbers = sorted(self._index)
+
+    def read(self, numbers: Iterable[int]) -> list[np.ndarray]:
+        numbers = [int(n) for n in numbers]
+        _check_numbers(self, numbers)
+        out = []
+        for n in numbers:
+            image = np.asarray(self.frames[self._index[n]])
+            if image.dtype != np.uint8:
+                raise ClipError(f"frame {n} has dtype {image.dtype}; expected uint8 BGR")
+            if image.ndim == 2:
+                image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+            out.append(image)
+        return out
+
+
+def _decord_read(path: Path, indices: list[int]) -> list[np.ndarray]:
+    import decord
+
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    batch = vr.get_batch(indices).asnumpy()  # RGB
+    return [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in batch]
+
+
+def _cv2_read(path: Path, indices: list[int]) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ClipError(f"cannot open video {path} (neither decord nor OpenCV can decode it)")
+    try:
+        wanted = sorted(set(indices))
+        got: dict[int, np.ndarray] = {}
+        pos = -1
+        for idx in wanted:
+            if idx != pos + 1:
+                # Seeking is inexact in some codecs, so only jump when the gap is large.
+                if idx - pos > 32:
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, idx)
+                    pos = idx - 1
+                else:
+                    while pos + 1 < idx:
+                        if not cap.grab():
+                            break
+                        pos += 1
+            ok, frame = cap.read()
+            if not ok:
+                raise ClipError(f"video {path}: frame index {idx} could not be decoded")
+            pos = idx
+            got[idx] = frame
+        return [got[i] for i in indices]
+    finally:
+        cap.release()
+
+
+def _video_frame_count(path: Path) -> int:
+    try:
+        import decord
+
+        return len(decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1))
+    except Exception:
+        cap = cv2.VideoCapture(str(path))
+        try:
+            if not cap.isOpened():
+                raise ClipError(f"cannot open video {path} (neither decord nor OpenCV can decode it)")
+            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            if n <= 0:  # container without a frame count: count by decoding
+                n = 0
+                while cap.grab():
+                    n += 1
+            return n
+        finally:
+            cap.release()
+
+
+def open_frames(path, prefix: str | None = None, first_number: int = 0) -> FrameSource:
+    """Open an image-sequence folder or a video file as a FrameSource.
+
+    `prefix` picks one sequence in a folder holding several (file-name text before the
+    number); without it the folder must hold exactly one. `first_number` is the frame
+    number of a video's first frame.
+    """
+    path = Path(path)
+    if path.is_dir():
+        groups = list_sequences(path)
+        if not groups:
+            raise LayoutError(f"{path}: no numbered image files ({'/'.join(IMAGE_EXTENSIONS)}) in this folder")
+        if prefix is not None:
+            if prefix not in groups:
+                raise LayoutError(f"{path}: no frames named '{prefix}<number>'; "
+                                  f"this folder has {_describe_groups(groups)}")
+            return ImageFolderSource(path, groups[prefix], prefix)
+        if len(groups) > 1:
+            raise LayoutError(f"{path} holds several image sequences ({_describe_groups(groups)}); "
+                              "say which one with the file-name prefix")
+        (only, files), = groups.items()
+        return ImageFolderSource(path, files, only)
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            raise LayoutError(f"{path} is a single image; expected a folder of frames or a video")
+        return VideoSource(path, _video_frame_count(path), first_number)
+    raise LayoutError(f"{path} does not exist (expected a folder of frames or a video file)")
+
+
+def _describe_groups(groups: dict[str, dict[int, Path]]) -> str:
+    return ", ".join(f"'{p}<n>' x{len(f)}" for p, f in sorted(groups.items()))
+
+
+def sample_location(root: Path, sample: Sample) -> tuple[Path, str | None]:
+    """(folder or video path, prefix or None) that a sample's frame_template points to."""
+    template = sample.frame_template
+    rel_dir, file_part = os.path.split(template)
+    if "{" not in file_part:
+        if "{" in rel_dir:
+            raise LayoutError(f"{sample.key}: frame_template '{template}' has {{frame}} outside the file name")
+        return Path(root) / template, None  # a video file (or a folder of one sequence)
+    return Path(root) / rel_dir, file_part[: file_part.index("{")]
+
+
+def frames_for_sample(root: Path, sample: Sample) -> FrameSource:
+    """The FrameSource of one sample, from its frame_template relative to `root`."""
+    location, prefix = sample_location(root, sample)
+    if prefix and location.is_dir():
+        groups = list_sequences(location)
+        if prefix not in groups:
+            # CASME II ships raw frames (img46.jpg) and cropped ones (reg_img46.jpg) in the
+            # same folder names: a folder holding only the cropped variant is still this clip.
+            variants = [p for p in groups if p.endswith(prefix)]
+            if len(variants) == 1:
+                prefix = variants[0]
+    try:
+        return open_frames(location, prefix=prefix)
+    except LayoutError as exc:
+        raise LayoutError(f"{sample.key}: {exc}") from None

@@ -1,0 +1,139 @@
+"""Frame sources: image folders (numbering, prefixes, corrupt files) and video files."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from microfer import video
+from microfer.errors import ClipError, LayoutError
+from microfer.records import Sample
+from microfer.video import ArraySource, frames_for_sample, open_frames
+
+
+def _frame(value: int, size=(24, 32)) -> np.ndarray:
+    return np.full((*size, 3), value, np.uint8)
+
+
+def _write(folder: Path, names_values: dict[str, int]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, value in names_values.items():
+        cv2.imwrite(str(folder / name), _frame(value))
+
+
+def _sample(template: str, onset=1, apex=None, offset=3) -> Sample:
+    return Sample("casme2", "sub01", "EP01", onset, apex, offset, "happiness", "positive", template, 200.0)
+
+
+def test_folder_numbers_sort_naturally_and_read_by_number(tmp_path):
+    _write(tmp_path, {"img1.png": 10, "img2.png": 20, "img10.png": 100, "notes.txt.png": 0})
+    (tmp_path / "readme.txt").write_text("not a frame")
+    src = open_frames(tmp_path)
+    assert src.numbers == [1, 2, 10]
+    frames = src.read([10, 1])
+    assert [int(f[0, 0, 0]) for f in frames] == [100, 10]
+    with pytest.raises(ClipError, match="frame"):
+        src.read([3])
+
+
+def test_several_prefixes_need_a_choice(tmp_path):
+    _write(tmp_path, {"img46.png": 46, "img47.png": 47, "reg_img46.png": 146, "reg_img47.png": 147})
+    with pytest.raises(LayoutError) as err:
+        open_frames(tmp_path)
+    assert "'img<n>'" in str(err.value) and "'reg_img<n>'" in str(err.value)
+    assert open_frames(tmp_path, prefix="reg_img").read([47])[0][0, 0, 0] == 147
+    assert open_frames(tmp_path, prefix="img").read([47])[0][0, 0, 0] == 47
+    with pytest.raises(LayoutError, match="crop_"):
+        open_frames(tmp_path, prefix="crop_")
+
+
+def test_reads_only_the_frames_asked_for(tmp_path, monkeypatch):
+    _write(tmp_path, {f"img{i}.png": i for i in range(1, 30)})
+    calls = []
+    real = video.read_image
+    monkeypatch.setattr(video, "read_image", lambda p: calls.append(Path(p).name) or real(p))
+    open_frames(tmp_path).read([5, 9])
+    assert calls == ["img5.png", "img9.png"]
+
+
+def test_truncated_and_corrupt_frames_name_the_file(tmp_path):
+    _write(tmp_path, {})
+    cv2.imwrite(str(tmp_path / "img1.jpg"), np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    data = (tmp_path / "img1.jpg").read_bytes()
+    (tmp_path / "img2.jpg").write_bytes(data[: len(data) // 2])   # cut mid-way (a killed copy)
+    (tmp_path / "img3.jpg").write_bytes(b"not a jpeg at all")
+    (tmp_path / "img4.jpg").write_bytes(b"")
+    src = open_frames(tmp_path)
+    assert src.read([1])[0].shape == (64, 64, 3)
+    for n, what in [(2, "truncated"), (3, "corrupt"), (4, "empty")]:
+        with pytest.raises(ClipError, match=what) as err:
+            src.read([n])
+        assert f"img{n}.jpg" in str(err.value)
+
+
+def test_frames_for_sample_resolves_templates(tmp_path):
+    _write(tmp_path / "sub01" / "EP01", {"img1.png": 1, "img2.png": 2, "img3.png": 3, "reg_img1.png": 9})
+    src = frames_for_sample(tmp_path, _sample("sub01/EP01/img{frame}.jpg"))
+    assert src.numbers == [1, 2, 3]          # the raw sequence, not the cropped one
+    _write(tmp_path / "006" / "006_1_2", {"006_05562.png": 62, "006_05563.png": 63})
+    src = frames_for_sample(tmp_path, _sample("006/006_1_2/006_{frame:05d}.jpg"))
+    assert src.numbers == [5562, 5563] and src.read([5563])[0][0, 0, 0] == 63
+    with pytest.raises(LayoutError, match="casme2/sub01/EP02"):
+        frames_for_sample(tmp_path, Sample("casme2", "sub01", "EP02", 1, None, 3, "", "", "sub01/EP02/img{frame}.jpg", 200.0))
+
+
+def _write_video(path: Path, n: int) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
+    for i in range(n):
+        writer.write(_frame(10 * i, (48, 64)))
+    writer.release()
+
+
+@pytest.mark.parametrize("decord_ok", [True, False])
+def test_video_frames_are_zero_based_indices(tmp_path, monkeypatch, decord_ok):
+    path = tmp_path / "clip.avi"
+    _write_video(path, 12)
+    if not decord_ok:  # decord missing or failing: OpenCV reads the same frames
+        def broken(*a, **k):
+            raise RuntimeError("no decord")
+        monkeypatch.setattr(video, "_decord_read", broken)
+    src = open_frames(path)
+    assert src.numbers == list(range(12))
+    values = [int(f.mean()) for f in src.read([7, 2, 11])]
+    assert all(abs(v - e) <= 3 for v, e in zip(values, [70, 20, 110]))
+    shifted = open_frames(path, first_number=100)
+    assert shifted.numbers[0] == 100 and abs(int(shifted.read([103])[0].mean()) - 30) <= 3
+
+
+def test_real_video_file(faces_dir):
+    src = open_frames(faces_dir / "debian-opencv-doc" / "Megamind.avi")
+    assert len(src.numbers) > 100
+    a, b = src.read([0, 100])
+    assert a.shape == b.shape and a.shape[2] == 3 and a.dtype == np.uint8 and not np.array_equal(a, b)
+
+
+def test_array_source_numbers():
+    src = ArraySource([_frame(1), _frame(2)], [40, 41])
+    assert src.numbers == [40, 41] and src.read([41])[0][0, 0, 0] == 2
+    assert ArraySource([_frame(1)]).numbers == [0]
+    with pytest.raises(ClipError):
+        ArraySource([_frame(1)], [1, 2])
+
+
+def test_cropped_variant_is_found_by_the_template_prefix(tmp_path):
+    """A CASME2_Cropped folder (reg_img*.jpg only) resolves through the raw template img{frame}.jpg."""
+    import cv2
+    import numpy as np
+
+    from microfer.records import Sample
+    from microfer.video import frames_for_sample
+
+    clip = tmp_path / "sub01" / "EP02_01f"
+    clip.mkdir(parents=True)
+    for n in (46, 47, 48):
+        cv2.imwrite(str(clip / f"reg_img{n}.jpg"), np.full((8, 8, 3), n, np.uint8))
+    sample = Sample("casme2", "sub01", "EP02_01f", 46, 47, 48, "happiness", "happiness",
+                    "sub01/EP02_01f/img{frame}.jpg", 200.0)
+    source = frames_for_sample(tmp_path, sample)
+    assert list(source.numbers) == [46, 47, 48]
+    assert abs(int(source.read([47])[0].mean()) - 47) <= 2
