@@ -439,3 +439,24 @@ def test_cli_main_prints_one_line_and_exits_2(annotations_dir, tmp_path, monkeyp
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: SAMM coding file") and "\n" not in err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_manifest_resaved_by_pandas_keeps_canonical_ids(tmp_path):
+    """A manifest round-tripped through pandas loses SAMM padding ('006' -> 6) and turns
+    frame numbers with gaps into floats ('184.0'): read_manifest restores both."""
+    from microfer.datasets import read_manifest
+
+    src = tmp_path / "m.csv"
+    pd.DataFrame({
+        "dataset": ["samm", "casme2"], "subject": ["006", "sub01"], "clip": ["006_1_2", "EP02_01f"],
+        "onset": [10, 46], "apex": [None, 59], "offset": [40, 86], "emotion": ["Anger", "happiness"],
+        "label": ["Anger", "happiness"], "frame_template": ["006/006_1_2/006_{frame:05d}.jpg",
+                                                           "sub01/EP02_01f/img{frame}.jpg"],
+        "fps": [200.0, 200.0], "notes": ["", ""],
+    }).to_csv(src, index=False)
+    resaved = tmp_path / "resaved.csv"
+    pd.read_csv(src).to_csv(resaved, index=False)  # subject 6, apex 59.0
+    assert "6," in resaved.read_text() and "59.0" in resaved.read_text()
+    df = read_manifest(resaved)
+    assert df["subject"].tolist() == ["006", "sub01"]
+    assert df["apex"].tolist()[1] == 59 and pd.isna(df["apex"].tolist()[0])

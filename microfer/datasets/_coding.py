@@ -296,7 +296,7 @@ def coerce_manifest(df: pd.DataFrame) -> pd.DataFrame:
     """Manifest dtypes: frame numbers nullable Int64, fps float, the rest str ('' for empty)."""
     df = df.copy()
     for col in INT_COLUMNS:
-        df[col] = pd.array([None if is_missing(v) else int(v) for v in df[col]], dtype="Int64")
+        df[col] = pd.array([None if is_missing(v) else frame_number(v) for v in df[col]], dtype="Int64")
     df["fps"] = df["fps"].astype(float)
     for col in STR_COLUMNS:
         df[col] = [norm_text(v) for v in df[col]]
@@ -344,11 +344,29 @@ def read_manifest(path) -> pd.DataFrame:
     if dup.any():
         r = df[dup].iloc[0]
         raise AnnotationError(f"manifest {path}: sample {r['dataset']}/{r['subject']}/{r['clip']} appears twice")
+    df["subject"] = _canonical_subjects(df["dataset"], df["subject"])
     extra = [c for c in df.columns if c not in MANIFEST_COLUMNS]
     out = coerce_manifest(df[MANIFEST_COLUMNS])
     for c in extra:
         out[c] = df[c].to_numpy()
     out.attrs["source"] = str(path)
+    return out
+
+
+def _canonical_subjects(datasets: pd.Series, subjects: pd.Series) -> list[str]:
+    """Subject ids as the adapters write them: a manifest edited in a spreadsheet or
+    re-saved by pandas turns SAMM '006' into '6' and CASME II 'sub01' survives, '01' not."""
+    from microfer.datasets import casme2, samm, smic
+
+    canon = {"casme2": casme2.canonical_subject, "samm": samm.canonical_subject,
+             "smic_hs": smic.canonical_subject, "smic_vis": smic.canonical_subject,
+             "smic_nir": smic.canonical_subject}
+    out = []
+    for d, s in zip(datasets, subjects):
+        try:
+            out.append(canon[d](s) if d in canon else s)
+        except AnnotationError:
+            out.append(s)  # not a numbered subject: keep as written
     return out
 
 
