@@ -1,0 +1,210 @@
+"""StandardScaler + SVC, and a grid search that only ever looks at training subjects.
+
+Two levels of choice are made from data, both INSIDE the training part of an outer fold:
+- SVM settings (kernel, C, gamma, class_weight): `GridSearchSVM`, a scikit-learn
+  estimator taking `groups` in fit;
+- the feature set (variant x representation x layer) together with the SVM settings:
+  `select_and_fit`, which an outer LOSO fold calls with its own training indices.
+The inner split is leave-one-subject-out when the training part has at most
+`inner_splits` subjects, else GroupKFold(inner_splits) over the training subjects
+(deterministic: no shuffling). Candidates are scored by UF1 on the inner predictions
+POOLED over the inner folds (the same convention as the outer metric); ties go to the
+first candidate in grid order, so put the simpler settings first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.dummy import DummyClassifier
+from sklearn.model_selection import GroupKFold, LeaveOneGroupOut, ParameterGrid
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from sklearn.utils.multiclass import unique_labels
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from microfer.metrics import score as metric_score
+
+SMALL_PARAM_GRID: list[dict[str, Any]] = [
+    {"kernel": ["linear"], "C": [0.1, 1.0], "class_weight": ["balanced"]},
+    {"kernel": ["rbf"], "C": [1.0, 10.0], "gamma": ["scale"], "class_weight": ["balanced"]},
+]
+# ~12 candidates: with 18 feature sets of `--grid full` that is ~70k SVC fits at composite scale
+FULL_PARAM_GRID: list[dict[str, Any]] = [
+    {"kernel": ["linear"], "C": [0.01, 0.1, 1.0, 10.0], "class_weight": ["balanced"]},
+    {"kernel": ["rbf"], "C": [0.1, 1.0, 10.0, 100.0], "gamma": ["scale"], "class_weight": ["balanced", None]},
+]
+SVM_KEYS = ("kernel", "C", "gamma", "class_weight")
+
+
+def expand_grid(param_grid) -> list[dict[str, Any]]:
+    """A dict of lists, a list of them, or a list of plain dicts -> list of candidates, in order."""
+    if param_grid is None:
+        param_grid = SMALL_PARAM_GRID
+    if isinstance(param_grid, Mapping):
+        param_grid = [param_grid]
+    out: list[dict[str, Any]] = []
+    for part in param_grid:
+        if all(isinstance(v, (list, tuple)) for v in part.values()):
+            # ParameterGrid sorts keys, so the candidate order is fixed by the values' order
+            out.extend(dict(p) for p in ParameterGrid(part))
+        else:
+            out.append(dict(part))
+    for cand in out:
+        unknown = set(cand) - set(SVM_KEYS)
+        if unknown:
+            raise ValueError(f"unknown SVM parameter(s) {sorted(unknown)}; expected {SVM_KEYS}")
+    if not out:
+        raise ValueError("the SVM parameter grid is empty")
+    return out
+
+
+def make_svm(kernel: str = "rbf", C: float = 1.0, gamma="scale", class_weight=None) -> Pipeline:
+    """StandardScaler + SVC: the scaler is part of the model, so it is fitted on training rows only."""
+    return Pipeline([
+        ("scale", StandardScaler()),
+        ("svc", SVC(kernel=kernel, C=C, gamma=gamma, class_weight=class_weight)),
+    ])
+
+
+def _fit(make_estimator: Callable[..., Any], params: dict, X: np.ndarray, y: np.ndarray):
+    # An inner fold can hold a single class (rare classes, few subjects); SVC refuses that,
+    # and predicting the one class seen is the only sensible answer.
+    if np.unique(y).size < 2:
+        return DummyClassifier(strategy="most_frequent").fit(X, y)
+    return make_estimator(**params).fit(X, y)
+
+
+def inner_splits_for(groups: np.ndarray, n_splits: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Inner (train, validation) index pairs over the given groups only."""
+    groups = np.asarray(groups)
+    n_groups = np.unique(groups).size
+    if n_groups < 2:
+        raise ValueError(f"inner cross-validation needs at least 2 subjects in the training part, got {n_groups}")
+    splitter = LeaveOneGroupOut() if n_groups <= n_splits else GroupKFold(n_splits=n_splits)
+    dummy = np.zeros(groups.size)
+    return [(tr, va) for tr, va in splitter.split(dummy, dummy, groups)]
+
+
+def inner_cv_score(X: np.ndarray, y: np.ndarray, splits, params: dict, n_classes: int,
+                   scoring: str = "uf1", make_estimator: Callable[..., Any] = make_svm) -> float:
+    """Score of one candidate: predictions of every inner fold pooled, then one metric."""
+    pred = np.empty_like(y)
+    covered = np.zeros(y.size, bool)
+    for tr, va in splits:
+        pred[va] = _fit(make_estimator, params, X[tr], y[tr]).predict(X[va])
+        covered[va] = True
+    return metric_score(y[covered], pred[covered], n_classes, scoring)
+
+
+class GridSearchSVM(ClassifierMixin, BaseEstimator):
+    """Scaler + SVC whose settings are chosen by inner group-wise CV on the training data.
+
+    fit(X, y, groups): `groups` (subjects) decide the inner split; without groups each
+    sample is its own group. Attributes after fit: classes_, best_params_, best_score_,
+    cv_results_ (candidate -> inner score), best_estimator_, n_features_in_.
+    """
+
+    def __init__(self, param_grid=None, inner_splits: int = 5, scoring: str = "uf1"):
+        self.param_grid = param_grid
+        self.inner_splits = inner_splits
+        self.scoring = scoring
+
+    def fit(self, X, y, groups=None):
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        if self.inner_splits < 2:
+            raise ValueError(f"inner_splits must be >= 2, got {self.inner_splits}")
+        groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+        if groups.shape != (len(y),):
+            raise ValueError(f"groups must have one entry per sample ({len(y)}), got shape {groups.shape}")
+        self.classes_ = unique_labels(y)
+        if self.classes_.size < 2:
+            raise ValueError(f"need samples of at least 2 classes to fit, got 1 class ({self.classes_.tolist()})")
+        yi = np.searchsorted(self.classes_, y)
+        candidates = expand_grid(self.param_grid)
+        splits = inner_splits_for(groups, self.inner_splits)
+        scores = [inner_cv_score(X, yi, splits, p, self.classes_.size, self.scoring) for p in candidates]
+        best = int(np.argmax(scores))  # first best = simplest in grid order
+        self.cv_results_ = [{"params": p, "score": s} for p, s in zip(candidates, scores)]
+        self.best_params_, self.best_score_ = candidates[best], float(scores[best])
+        self.best_estimator_ = make_svm(**self.best_params_).fit(X, yi)
+        return self
+
+    def _check_X(self, X):
+        check_is_fitted(self, "best_estimator_")
+        return validate_data(self, X, dtype=np.float64, reset=False)
+
+    def predict(self, X):
+        X = self._check_X(X)
+        return self.classes_[self.best_estimator_.predict(X)]
+
+    def decision_function(self, X):
+        X = self._check_X(X)
+        return self.best_estimator_.decision_function(X)
+
+
+@dataclass
+class FittedChoice:
+    """What one outer fold chose on its training part, and the model fitted with it."""
+
+    feature_name: str
+    params: dict[str, Any]
+    inner_score: float
+    model: Any
+    scores: dict[str, list[float]] = field(default_factory=dict)  # feature set -> score per candidate
+
+    def predict(self, feature_sets: Mapping[str, np.ndarray], idx) -> np.ndarray:
+        return self.model.predict(np.asarray(feature_sets[self.feature_name])[idx])
+
+
+def select_and_fit(
+    feature_sets: Mapping[str, np.ndarray],
+    y: np.ndarray,
+    groups: np.ndarray,
+    train_idx: np.ndarray,
+    inner_splits: int = 5,
+    param_grid=None,
+    seed: int = 0,
+    scoring: str = "uf1",
+    n_classes: Optional[int] = None,
+    make_estimator: Callable[..., Any] = make_svm,
+) -> FittedChoice:
+    """Pick feature set + SVM settings by inner CV on `train_idx` only, then fit on all of it.
+
+    `y` are integer class indices for ALL samples; only rows `train_idx` of `y`,
+    `groups` and each feature set are ever read. Candidates: feature sets in the order
+    given x `param_grid` in order; the first best wins. `seed` is accepted for API
+    stability: every step here is deterministic (unshuffled GroupKFold, SVC without
+    probability), so it changes nothing today. `make_estimator(**params)` builds the
+    model (tests pass a spy).
+    """
+    del seed
+    train_idx = np.asarray(train_idx)
+    y = np.asarray(y)
+    groups = np.asarray(groups)
+    if train_idx.size == 0:
+        raise ValueError("select_and_fit: the training part is empty")
+    if not feature_sets:
+        raise ValueError("select_and_fit: no feature sets given")
+    y_tr, g_tr = y[train_idx], groups[train_idx]
+    k = int(n_classes if n_classes is not None else y.max() + 1)
+    candidates = expand_grid(param_grid)
+    splits = inner_splits_for(g_tr, inner_splits)
+    best: Optional[tuple[float, str, dict]] = None
+    scores: dict[str, list[float]] = {}
+    for name, X in feature_sets.items():
+        X_tr = np.asarray(X)[train_idx]
+        scores[name] = []
+        for params in candidates:
+            s = inner_cv_score(X_tr, y_tr, splits, params, k, scoring, make_estimator)
+            s = -1.0 if np.isnan(s) else s
+            scores[name].append(float(s))
+            if best is None or s > best[0]:
+                best = (float(s), name, params)
+    assert best is not None
+    score_, name, params = best
+    model = _fit(make_estimator, params, np.asarray(feature_sets[name])[train_idx], y_tr)
+    return FittedChoice(feature_name=name, params=dict(params), inner_score=score_, model=model, scores=scores)

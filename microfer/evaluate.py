@@ -1,0 +1,375 @@
+"""Leave-one-subject-out evaluation: folds from a protocol, choices inside folds, pooled metrics.
+
+Flow of `run_loso`:
+1. the protocol's samples (its shipped manifest, or `manifest` -- e.g. a synthetic
+   dataset's), each with class index `y` and subject `group` ("casme2/sub01");
+2. samples without an ok entry in the prepare cache are listed with the reason and
+   excluded (counts in the result), then the protocol builds folds on what is left;
+3. features are extracted ONCE for all kept clips per feature setting (features do not
+   depend on labels; pretrained MV2 blocks saw macro-expression data only);
+4. each fold (in parallel, joblib) selects feature set + SVM settings by inner CV on its
+   training subjects only (`classify.select_and_fit`) and predicts its held-out subject;
+   the majority baseline predicts the fold's most frequent TRAINING class;
+5. metrics on predictions pooled over all folds, per dataset, per subject.
+Every fold is checked: a subject in both train and test raises FoldLeakError.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from microfer.classify import FULL_PARAM_GRID, SMALL_PARAM_GRID, expand_grid, make_svm, select_and_fit
+from microfer.errors import MicroferError
+from microfer.features import FeatureSetting, extract_features
+from microfer.metrics import majority_class, summarize
+
+FEATURE_GRIDS: dict[str, dict[str, list]] = {
+    # 1 variant x 2 representations x 1 layer: a LOSO of composite scale in about a minute on 2 cores.
+    # stage4 with 2x2 pooling: with a randomly initialised network the deepest layers wash
+    # out small local movements, and global pooling forgets WHERE on the face they were.
+    "small": {"variants": ["mobilevit_xxs"], "representations": ["flow", "onset_apex"],
+              "layers": ["stage4"], "pools": ["grid2"]},
+    "full": {"variants": ["mobilevit_xxs", "mobilevit_xs"], "representations": ["flow", "onset_apex", "apex"],
+             "layers": ["stage3", "stage4", "final"], "pools": ["grid2"]},
+}
+PARAM_GRIDS = {"small": SMALL_PARAM_GRID, "full": FULL_PARAM_GRID}
+MERGE_KEYS = ["dataset", "subject", "clip"]
+
+
+class FoldLeakError(MicroferError):
+    """A fold would train on a subject it tests on (a bug in fold generation)."""
+
+
+@dataclass(frozen=True)
+class SimpleFold:
+    """Same fields as `microfer.protocols.Fold`: one held-out group."""
+
+    group: str
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+
+
+def leave_one_group_out(groups: Sequence[str]) -> list[SimpleFold]:
+    """One fold per group, in sorted group order (for callers without a protocol)."""
+    groups = np.asarray(groups)
+    return [SimpleFold(str(g), np.flatnonzero(groups != g), np.flatnonzero(groups == g))
+            for g in sorted(set(groups.tolist()))]
+
+
+def check_folds(folds: Sequence[Any], groups: np.ndarray) -> None:
+    """Raise FoldLeakError when any fold shares a group between train and test."""
+    groups = np.asarray(groups)
+    for fold in folds:
+        train, test = np.asarray(fold.train_idx), np.asarray(fold.test_idx)
+        if test.size == 0:
+            raise FoldLeakError(f"fold {fold.group}: empty test part")
+        if np.intersect1d(train, test).size:
+            raise FoldLeakError(f"fold {fold.group}: samples in both train and test")
+        shared = set(groups[train].tolist()) & set(groups[test].tolist())
+        if shared:
+            raise FoldLeakError(f"fold {fold.group}: subject(s) {sorted(shared)} in both train and test")
+
+
+@dataclass
+class FoldResult:
+    group: str
+    test_idx: list[int]
+    n_train: int
+    feature_name: str
+    params: dict[str, Any]
+    inner_score: float
+    y_pred: list[int]
+    majority: int
+
+
+def run_fold(feature_sets: Mapping[str, np.ndarray], y: np.ndarray, groups: np.ndarray, fold: Any,
+             param_grid, inner_splits: int, n_classes: int, seed: int, scoring: str = "uf1",
+             make_estimator: Callable[..., Any] = make_svm) -> FoldResult:
+    check_folds([fold], groups)
+    train, test = np.asarray(fold.train_idx), np.asarray(fold.test_idx)
+    choice = select_and_fit(feature_sets, y, groups, train, inner_splits=inner_splits, param_grid=param_grid,
+                            seed=seed, scoring=scoring, n_classes=n_classes, make_estimator=make_estimator)
+    pred = choice.predict(feature_sets, test)
+    return FoldResult(group=str(fold.group), test_idx=test.tolist(), n_train=int(train.size),
+                      feature_name=choice.feature_name, params=choice.params,
+                      inner_score=round(float(choice.inner_score), 6), y_pred=[int(p) for p in pred],
+                      majority=majority_class(y[train], n_classes))
+
+
+def evaluate_folds(feature_sets: Mapping[str, np.ndarray], y, groups, folds: Sequence[Any],
+                   param_grid=None, inner_splits: int = 5, n_jobs: int = 1, seed: int = 0,
+                   n_classes: Optional[int] = None, scoring: str = "uf1",
+                   make_estimator: Callable[..., Any] = make_svm, progress: bool = False) -> list[FoldResult]:
+    """Run every fold (joblib, n_jobs); results in fold order, independent of n_jobs."""
+    from joblib import Parallel, delayed
+
+    y = np.asarray(y, dtype=np.int64)
+    groups = np.asarray(groups).astype(str)
+    n = y.size
+    for name, X in feature_sets.items():
+        if np.asarray(X).shape[0] != n:
+            raise MicroferError(f"feature set {name} has {np.asarray(X).shape[0]} rows for {n} samples")
+    folds = list(folds)
+    check_folds(folds, groups)
+    for f in folds:
+        n_train_groups = np.unique(groups[np.asarray(f.train_idx)]).size
+        if n_train_groups < 2:
+            raise MicroferError(f"fold {f.group}: its training part holds {n_train_groups} subject(s); choices "
+                                f"inside the fold need at least 2 (LOSO needs at least 3 subjects)")
+    k = int(n_classes if n_classes is not None else y.max() + 1)
+    param_grid = expand_grid(param_grid)
+    tasks = (delayed(run_fold)(feature_sets, y, groups, f, param_grid, inner_splits, k, seed, scoring, make_estimator)
+             for f in folds)
+    # results come back in fold order whatever n_jobs is, so the numbers do not depend on it
+    results = Parallel(n_jobs=n_jobs, return_as="generator")(tasks)
+    if progress:
+        from tqdm import tqdm
+
+        results = tqdm(results, total=len(folds), desc="LOSO folds", unit="fold", leave=False)
+    return list(results)
+
+
+def pooled_predictions(n: int, results: Sequence[FoldResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(predictions, majority predictions, fold of each sample) over all folds; -1 = never tested."""
+    pred = np.full(n, -1, np.int64)
+    maj = np.full(n, -1, np.int64)
+    fold_of = np.full(n, -1, np.int64)
+    for i, r in enumerate(results):
+        idx = np.asarray(r.test_idx, dtype=np.int64)
+        if (fold_of[idx] >= 0).any():
+            raise FoldLeakError(f"fold {r.group}: a sample is tested by more than one fold")
+        pred[idx] = r.y_pred
+        maj[idx] = r.majority
+        fold_of[idx] = i
+    return pred, maj, fold_of
+
+
+def compute_metrics(y: np.ndarray, results: Sequence[FoldResult], classes: Sequence[str],
+                    datasets: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Pooled metrics (model and majority baseline), per dataset and per subject."""
+    y = np.asarray(y, dtype=np.int64)
+    pred, maj, fold_of = pooled_predictions(y.size, results)
+    tested = fold_of >= 0
+    out: dict[str, Any] = {
+        "pooled": summarize(y[tested], pred[tested], classes),
+        "majority": summarize(y[tested], maj[tested], classes),
+        "n_tested": int(tested.sum()),
+        "n_folds": len(results),
+    }
+    if datasets is not None:
+        datasets = np.asarray(datasets).astype(str)
+        out["per_dataset"] = {
+            ds: {"model": summarize(y[tested & (datasets == ds)], pred[tested & (datasets == ds)], classes),
+                 "majority": summarize(y[tested & (datasets == ds)], maj[tested & (datasets == ds)], classes)}
+            for ds in sorted(set(datasets[tested].tolist()))
+        }
+    rows = []
+    for r in results:
+        idx = np.asarray(r.test_idx, dtype=np.int64)
+        rows.append({
+            "group": r.group, "n": int(idx.size),
+            "correct": int((pred[idx] == y[idx]).sum()),
+            "accuracy": round(float((pred[idx] == y[idx]).mean()), 6),
+            "majority_accuracy": round(float((maj[idx] == y[idx]).mean()), 6),
+            "feature_set": r.feature_name, "params": r.params, "inner_score": r.inner_score,
+        })
+    out["per_subject"] = rows
+    return out
+
+
+# ---------------------------------------------------------------------------- the whole run
+@dataclass
+class LosoSettings:
+    grid: str = "small"
+    seed: int = 0
+    n_jobs: int = 1
+    inner_splits: int = 5
+    scoring: str = "uf1"
+    batch_size: int = 32
+    num_threads: Optional[int] = None
+    input_size: int = 128
+    block_weights: Optional[str] = None
+    feature_dir: Optional[str] = None
+    device: str = "cpu"
+
+
+def feature_grid(settings: LosoSettings) -> list[FeatureSetting]:
+    """The feature sets a grid name stands for (restricted to what pretrained weights fit)."""
+    try:
+        spec = FEATURE_GRIDS[settings.grid]
+    except KeyError:
+        raise MicroferError(f"unknown grid {settings.grid!r}; expected one of {', '.join(FEATURE_GRIDS)}") from None
+    variants, reps = list(spec["variants"]), list(spec["representations"])
+    weights = str(settings.block_weights) if settings.block_weights else None
+    if weights:
+        from microfer.models.mobilevit import read_block_meta
+
+        meta = read_block_meta(weights)
+        # a block pretrained on flow inputs means nothing for apex images: use it where it fits
+        variants = [meta["variant"]]
+        reps = [meta["representation"]] if meta.get("representation") else reps
+    return [FeatureSetting(variant=v, representation=r, layer=l, pool=p, input_size=settings.input_size,
+                           seed=settings.seed, block_weights=weights)
+            for v in variants for r in reps for l in spec["layers"] for p in spec["pools"]]
+
+
+def open_cache(cache):
+    """A prepare cache: a Cache object (anything with .index() and .load(key)) or a path.
+
+    A path may be the settings folder (CACHE/<settings_key>, holding index.csv) or the
+    top folder CACHE when it holds exactly one settings folder.
+    """
+    if hasattr(cache, "index") and hasattr(cache, "load"):
+        return cache
+    from microfer.cache import Cache
+
+    path = Path(cache)
+    if not path.is_dir():
+        raise MicroferError(f"{path}: prepare cache folder not found (run `microfer prepare` first)")
+    if (path / "index.csv").is_file() or (path / "settings.json").is_file():
+        return Cache(path.parent, path.name)
+    keys = sorted(p.name for p in path.iterdir()
+                  if p.is_dir() and ((p / "index.csv").is_file() or (p / "settings.json").is_file()))
+    if len(keys) == 1:
+        return Cache(path, keys[0])
+    if not keys:
+        raise MicroferError(f"{path}: not a prepare cache (no index.csv here nor in a settings sub-folder)")
+    raise MicroferError(f"{path}: holds {len(keys)} prepare settings ({', '.join(keys)}); "
+                        f"pass one of them, e.g. {path / keys[0]}")
+
+
+def load_samples(protocol, manifest=None) -> tuple[Any, pd.DataFrame]:
+    """(protocol object, its samples) for a protocol name or object and an optional manifest.
+
+    `manifest` (a CSV path or a DataFrame) replaces the protocol's shipped manifest, e.g.
+    to run a protocol on a synthetic dataset.
+    """
+    if isinstance(protocol, (str, Path)):
+        from microfer.protocols import load_protocol
+
+        protocol = load_protocol(protocol, check_manifest=manifest is None)
+    if manifest is not None and not isinstance(manifest, pd.DataFrame):
+        manifest = Path(manifest)
+        if not manifest.is_file():
+            raise MicroferError(f"{manifest}: manifest CSV not found")
+    samples = protocol.samples(manifest)
+    missing = [c for c in (*MERGE_KEYS, "y", "group") if c not in samples.columns]
+    if missing:
+        raise MicroferError(f"protocol {protocol.name}: samples lack column(s) {missing}")
+    if samples.empty:
+        raise MicroferError(f"protocol {protocol.name}: no sample of the manifest maps to one of its classes "
+                            f"{list(protocol.classes)}")
+    return protocol, samples.reset_index(drop=True)
+
+
+def match_cache(samples: pd.DataFrame, index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept samples with their cache `key`, excluded samples with a `reason`)."""
+    index = index.copy()
+    for c in MERGE_KEYS:
+        index[c] = index[c].astype(str)
+    left = samples.copy()
+    for c in MERGE_KEYS:
+        left[c] = left[c].astype(str)
+    ok = index[index["status"].astype(str) == "ok"].drop_duplicates(MERGE_KEYS, keep="last")
+    failed = index[index["status"].astype(str) != "ok"].drop_duplicates(MERGE_KEYS, keep="last")
+    merged = left.drop(columns=[c for c in ("key",) if c in left.columns]).merge(
+        ok[MERGE_KEYS + ["key"]], on=MERGE_KEYS, how="left")
+    has = merged["key"].notna()
+    kept = merged[has].reset_index(drop=True)
+    excluded = merged[~has][MERGE_KEYS + ["group"]].merge(
+        failed[MERGE_KEYS + [c for c in ("reason",) if c in failed.columns]], on=MERGE_KEYS, how="left")
+    if "reason" not in excluded.columns:
+        excluded["reason"] = ""
+    excluded["reason"] = excluded["reason"].fillna("").astype(str)
+    excluded.loc[excluded["reason"] == "", "reason"] = "not in the cache (not prepared)"
+    return kept, excluded.reset_index(drop=True)
+
+
+def _frame_sha256(df: pd.DataFrame, columns: Sequence[str]) -> str:
+    cols = [c for c in columns if c in df.columns]
+    text = df[cols].astype(str).to_csv(index=False, lineterminator="\n")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class LosoResult:
+    protocol: str
+    classes: list[str]
+    samples: pd.DataFrame          # kept samples, row i <-> y[i]
+    excluded: pd.DataFrame         # dataset, subject, clip, group, reason
+    y: np.ndarray
+    pred: np.ndarray
+    majority_pred: np.ndarray
+    folds: list[FoldResult]
+    metrics: dict[str, Any]
+    settings: dict[str, Any]
+    feature_sets: list[dict[str, Any]]
+    samples_sha256: str
+    manifest_sha256: Optional[str] = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def run_loso(protocol, cache, manifest=None, settings: Optional[LosoSettings] = None,
+             progress: bool = True, make_estimator: Callable[..., Any] = make_svm) -> LosoResult:
+    """LOSO of `protocol` on the clips of a prepare `cache` (see the module docstring)."""
+    settings = settings or LosoSettings()
+    t0 = time.perf_counter()
+    proto, samples = load_samples(protocol, manifest)
+    source = open_cache(cache)
+    kept, excluded = match_cache(samples, source.index())
+    if kept.empty:
+        raise MicroferError(f"protocol {proto.name}: none of its {len(samples)} samples is in the cache "
+                            f"(prepare them first)")
+    folds = proto.folds(kept)
+    groups = kept["group"].astype(str).to_numpy()
+    check_folds(folds, groups)
+    y = kept["y"].to_numpy(dtype=np.int64)
+    classes = [str(c) for c in proto.classes]
+    keys = kept["key"].astype(str).tolist()
+
+    feature_dir = settings.feature_dir
+    if feature_dir is None and getattr(source, "dir", None) is not None:
+        # beside the prepared clips they were computed from (same prepare settings)
+        feature_dir = str(Path(source.dir) / "features")
+    t1 = time.perf_counter()
+    fsets = feature_grid(settings)
+    feature_sets = {fs.name: extract_features(source, fs, keys=keys, feature_dir=Path(feature_dir) if feature_dir else None,
+                                              batch_size=settings.batch_size, num_threads=settings.num_threads,
+                                              device=settings.device, progress=progress)
+                    for fs in fsets}
+    t2 = time.perf_counter()
+    results = evaluate_folds(feature_sets, y, groups, folds, param_grid=PARAM_GRIDS[settings.grid],
+                             inner_splits=settings.inner_splits, n_jobs=settings.n_jobs, seed=settings.seed,
+                             n_classes=len(classes), scoring=settings.scoring, make_estimator=make_estimator,
+                             progress=progress)
+    t3 = time.perf_counter()
+    datasets = kept["dataset"].astype(str)
+    per_dataset = bool(getattr(proto, "per_dataset", False)) or datasets.nunique() > 1
+    metrics = compute_metrics(y, results, classes, datasets.tolist() if per_dataset else None)
+    metrics["protocol_metrics"] = list(getattr(proto, "metrics", ("uf1", "uar", "accuracy")))
+    metrics["excluded"] = {"count": int(len(excluded)), "of": int(len(samples)),
+                           "by_reason": excluded["reason"].value_counts().sort_index().to_dict()}
+    pred, maj, _ = pooled_predictions(y.size, results)
+    from microfer.models.mobilevit import file_sha256
+
+    manifest_sha = None
+    if manifest is None and getattr(proto, "manifest_path", None) is not None and Path(proto.manifest_path).is_file():
+        manifest_sha = file_sha256(proto.manifest_path)  # the protocol's shipped manifest
+    elif manifest is not None and not isinstance(manifest, pd.DataFrame):
+        manifest_sha = file_sha256(manifest)
+    return LosoResult(
+        protocol=str(proto.name), classes=classes, samples=kept, excluded=excluded, y=y, pred=pred,
+        majority_pred=maj, folds=results, metrics=metrics,
+        settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
+        feature_sets=[{**asdict(fs), "name": fs.name, "key": fs.key()} for fs in fsets],
+        samples_sha256=_frame_sha256(kept, [*MERGE_KEYS, "emotion", "label", "y", "group"]),
+        manifest_sha256=manifest_sha,
+        timings={"load_s": round(t1 - t0, 3), "features_s": round(t2 - t1, 3),
+                 "folds_s": round(t3 - t2, 3), "total_s": round(t3 - t0, 3)},
+    )

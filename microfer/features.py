@@ -1,0 +1,208 @@
+"""Batched feature extraction (prepared clips -> (N, D) float32) with an on-disk feature cache.
+
+Features depend only on the clip and the extractor settings -- never on labels -- so
+`microfer loso` extracts them once for all clips per feature setting, then every fold
+reads rows. The cache is one .npy file per (feature setting, clip key):
+
+    FEATURE_DIR/<setting.key()>/setting.json      what made these features (for humans)
+    FEATURE_DIR/<setting.key()>/<clip>-<hash>.npy one clip's feature vector; the hash covers
+                                                  the clip key and, for a prepare cache, the
+                                                  entry file's size and mtime
+
+`setting.key()` hashes every setting that changes the numbers, including the sha256 of
+pretrained MV2 block weights and FEATURE_VERSION (bump it when the representation or
+extractor code changes the numbers). Writes are atomic, no pickle (np.save/np.load with
+allow_pickle=False).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Protocol, Sequence
+
+import numpy as np
+
+from microfer._io import atomic_path, write_json
+from microfer.errors import MicroferError
+from microfer.records import PreparedClip
+
+FEATURE_VERSION = 1
+
+
+class ClipSource(Protocol):
+    def load(self, key: str) -> PreparedClip: ...
+
+
+@dataclass(frozen=True)
+class FeatureSetting:
+    """One feature set of the grid: which network, which input, which layer."""
+
+    variant: str = "mobilevit_xxs"
+    representation: str = "flow"
+    layer: str = "final"
+    pool: str = "avg"
+    input_size: int = 128
+    seed: int = 0
+    block_weights: Optional[str] = None  # MV2 block weights (folder or .safetensors), None = random init
+
+    @property
+    def name(self) -> str:
+        parts = [self.variant, self.representation, self.layer, self.pool]
+        if self.block_weights:
+            parts.append("mv2pre")
+        return "/".join(parts)
+
+    def weights_sha256(self) -> Optional[str]:
+        if not self.block_weights:
+            return None
+        from microfer.models.mobilevit import read_block_meta
+
+        return read_block_meta(self.block_weights).get("weights_sha256")
+
+    def key(self) -> str:
+        doc = asdict(self)
+        doc["block_weights"] = self.weights_sha256()  # content, not path, decides
+        doc["feature_version"] = FEATURE_VERSION
+        blob = json.dumps(doc, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def create_extractor(self, batch_size: int = 32, num_threads: Optional[int] = None, device: str = "cpu"):
+        from microfer.models import create_extractor
+
+        return create_extractor(
+            self.variant, layer=self.layer, pool=self.pool, input_size=self.input_size, seed=self.seed,
+            block_weights=Path(self.block_weights) if self.block_weights else None,
+            batch_size=batch_size, num_threads=num_threads, device=device,
+        )
+
+
+def check_weights_fit(setting: FeatureSetting) -> None:
+    """Refuse MV2 block weights pretrained on another input representation or variant."""
+    if not setting.block_weights:
+        return
+    from microfer.models.mobilevit import read_block_meta
+
+    meta = read_block_meta(setting.block_weights)
+    rep = meta.get("representation")
+    if rep is not None and rep != setting.representation:
+        raise MicroferError(f"{setting.block_weights}: MV2 block was pretrained on {rep!r} inputs, "
+                            f"feature set {setting.name} uses {setting.representation!r}")
+
+
+def _file_name(key: str, stamp: str = "") -> str:
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[-80:]
+    return f"{readable}-{hashlib.sha1((key + '|' + stamp).encode()).hexdigest()[:10]}.npy"
+
+
+def _stamp(source, key: str) -> str:
+    """Size and mtime of a cache entry: a re-prepared clip gets fresh features.
+
+    (Copying a cache without preserving mtimes only costs a re-extraction.)
+    """
+    entry_path = getattr(source, "entry_path", None)
+    if entry_path is None:
+        return ""
+    try:
+        st = Path(entry_path(key)).stat()
+    except (OSError, MicroferError):
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+class FeatureCache:
+    """The .npy store of one feature setting."""
+
+    def __init__(self, root, setting: FeatureSetting):
+        self.setting = setting
+        self.dir = Path(root) / setting.key()
+
+    def path(self, key: str, stamp: str = "") -> Path:
+        return self.dir / _file_name(key, stamp)
+
+    def get(self, key: str, stamp: str = "", dim: Optional[int] = None) -> Optional[np.ndarray]:
+        p = self.path(key, stamp)
+        if not p.is_file():
+            return None
+        try:
+            vec = np.load(p, allow_pickle=False)
+        except (OSError, ValueError):
+            return None  # a damaged entry is recomputed, not trusted
+        if vec.ndim != 1 or (dim is not None and vec.shape[0] != dim):
+            return None
+        return vec.astype(np.float32, copy=False)
+
+    def put(self, key: str, vec: np.ndarray, stamp: str = "") -> None:
+        if not (self.dir / "setting.json").is_file():
+            write_json(self.dir / "setting.json", {**asdict(self.setting), "name": self.setting.name,
+                                                   "feature_version": FEATURE_VERSION})
+        with atomic_path(self.path(key, stamp), suffix=".npy") as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.asarray(vec, np.float32), allow_pickle=False)
+
+
+def extract_features(
+    clips: Sequence[PreparedClip] | ClipSource,
+    setting: FeatureSetting,
+    keys: Optional[Sequence[str]] = None,
+    feature_dir: Optional[Path] = None,
+    batch_size: int = 32,
+    num_threads: Optional[int] = None,
+    device: str = "cpu",
+    extractor=None,
+    progress: bool = False,
+) -> np.ndarray:
+    """(N, D) float32 features of the clips, row i for clip i (or keys[i]).
+
+    `clips` is either a list of PreparedClip or a clip source with `.load(key)` (a
+    `microfer.cache.Cache`), in which case `keys` are required and clips are loaded
+    batch by batch. With `feature_dir` and `keys`, features are read from / written to
+    the feature cache; a cached row is never recomputed.
+    """
+    from microfer.representation import check_kind, stack_inputs
+
+    check_kind(setting.representation)
+    check_weights_fit(setting)
+    is_list = isinstance(clips, (list, tuple))
+    if not is_list and keys is None:
+        raise MicroferError("extract_features: keys are required when clips come from a cache")
+    n = len(clips) if is_list else len(keys)  # type: ignore[arg-type]
+    if keys is not None and len(keys) != n:
+        raise MicroferError(f"extract_features: {len(keys)} keys for {n} clips")
+    store = FeatureCache(feature_dir, setting) if (feature_dir is not None and keys is not None) else None
+
+    rows: list[Optional[np.ndarray]] = [None] * n
+    stamps = [""] * n
+    if store is not None:
+        stamps = [_stamp(clips, k) for k in keys] if not is_list else stamps  # type: ignore[union-attr]
+        rows = [store.get(k, s) for k, s in zip(keys, stamps)]  # type: ignore[arg-type]
+    todo = [i for i in range(n) if rows[i] is None]
+    if todo:
+        if extractor is None:
+            extractor = setting.create_extractor(batch_size=batch_size, num_threads=num_threads, device=device)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), desc=f"features {setting.name}", unit="clip", leave=False)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            names = [keys[i] if keys is not None else f"clip #{i}" for i in chunk]
+            prepared = [clips[i] if is_list else clips.load(keys[i]) for i in chunk]  # type: ignore[index,union-attr]
+            feats = extractor(stack_inputs(prepared, setting.representation, names))
+            for i, vec in zip(chunk, feats):
+                rows[i] = vec
+                if store is not None:
+                    store.put(keys[i], vec, stamps[i])  # type: ignore[index]
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+    if n == 0:
+        return np.zeros((0, 0), np.float32)
+    dims = {r.shape[0] for r in rows if r is not None}
+    if len(dims) != 1:  # stale entries of another shape were rejected above; this is a guard
+        raise MicroferError(f"feature rows of differing sizes {sorted(dims)} for {setting.name}")
+    return np.stack(rows).astype(np.float32)  # type: ignore[arg-type]

@@ -1,0 +1,117 @@
+"""Recognition metrics, MEGC style: computed ONCE on the confusion matrix pooled over folds.
+
+Conventions (stated because papers differ):
+- Labels are integer class indices 0..K-1; the confusion matrix has truth in rows,
+  predictions in columns.
+- UF1 (unweighted F1) is the mean over classes of F1_c = 2 TP / (2 TP + FP + FN), over the
+  classes that occur in the truth OR the predictions. A class absent from both has an
+  undefined F1 (0/0) and is skipped; a class that is predicted but never true has F1 = 0
+  and counts (it is a real mistake).
+- UAR (unweighted average recall) is the mean of TP / (TP + FN) over the classes present
+  in the truth (recall of an absent class is undefined).
+- Pooling: per-fold UF1s averaged over subjects is NOT what MEGC reports; a subject with
+  two clips would weigh as much as one with twenty. Pool predictions, then compute.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
+    """(K, K) int64 counts, rows = truth, columns = prediction."""
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has {y_true.size} labels, y_pred {y_pred.size}")
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        if y.size and (y.min() < 0 or y.max() >= n_classes):
+            raise ValueError(f"{name} holds labels outside 0..{n_classes - 1}")
+    cm = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def per_class_f1(cm: np.ndarray) -> np.ndarray:
+    """F1 of each class; NaN for a class absent from truth and predictions (skipped by UF1)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    denom = 2 * tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2 * tp / denom, np.nan)
+
+
+def per_class_recall(cm: np.ndarray) -> np.ndarray:
+    """Recall of each class; NaN for a class absent from the truth."""
+    cm = np.asarray(cm, dtype=np.float64)
+    support = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(cm) / support, np.nan)
+
+
+def per_class_precision(cm: np.ndarray) -> np.ndarray:
+    cm = np.asarray(cm, dtype=np.float64)
+    predicted = cm.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(predicted > 0, np.diag(cm) / predicted, np.nan)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def uf1(cm: np.ndarray) -> float:
+    return _nanmean(per_class_f1(cm))
+
+
+def uar(cm: np.ndarray) -> float:
+    return _nanmean(per_class_recall(cm))
+
+
+def accuracy(cm: np.ndarray) -> float:
+    cm = np.asarray(cm)
+    total = cm.sum()
+    return float(np.trace(cm) / total) if total else float("nan")
+
+
+def score(y_true, y_pred, n_classes: int, metric: str = "uf1") -> float:
+    """One metric of predictions (used as the inner-CV selection score)."""
+    cm = confusion_matrix(y_true, y_pred, n_classes)
+    try:
+        return {"uf1": uf1, "uar": uar, "accuracy": accuracy}[metric](cm)
+    except KeyError:
+        raise ValueError(f"unknown metric {metric!r}; expected uf1, uar or accuracy") from None
+
+
+def majority_class(y_train, n_classes: int) -> int:
+    """The most frequent training class (ties -> the lowest index, deterministic)."""
+    counts = np.bincount(np.asarray(y_train, dtype=np.int64), minlength=n_classes)
+    return int(np.argmax(counts))
+
+
+def summarize(y_true, y_pred, classes: Sequence[str]) -> dict:
+    """All metrics of pooled predictions, JSON-ready (NaN becomes None)."""
+    k = len(classes)
+    cm = confusion_matrix(y_true, y_pred, k)
+
+    def clean(v: float):
+        return None if v is None or np.isnan(v) else round(float(v), 6)
+
+    f1, rec, prec = per_class_f1(cm), per_class_recall(cm), per_class_precision(cm)
+    return {
+        "n": int(cm.sum()),
+        "uf1": clean(uf1(cm)),
+        "uar": clean(uar(cm)),
+        "accuracy": clean(accuracy(cm)),
+        "confusion": cm.tolist(),
+        "classes": list(classes),
+        "per_class": {
+            c: {"f1": clean(f1[i]), "recall": clean(rec[i]), "precision": clean(prec[i]),
+                "support": int(cm[i].sum()), "predicted": int(cm[:, i].sum())}
+            for i, c in enumerate(classes)
+        },
+    }

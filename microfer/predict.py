@@ -1,0 +1,157 @@
+"""One clip in, one emotion out.
+
+`Predictor` holds a loaded bundle (network + SVM) and runs the SAME code paths as
+training: `prepare.prepare_clip` for alignment/apex/flow, `representation.to_input` and
+the bundle's MobileViT extractor for features, the bundle's SVM for the label.
+
+Onset/apex/offset may be given (absolute frame numbers; for a video, 0-based frame
+indices). What is not given is spotted: the whole clip is aligned once on its first
+frame, the motion curve relative to that frame is computed (`apex.motion_curve`), and
+`apex.spot_interval` puts the apex at the motion peak, the onset at the last low-motion
+frame before it and the offset at the first low-motion frame after it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from microfer.errors import ClipError
+
+MIN_FRAMES = 4  # fewer frames cannot show an onset, a rise and an apex
+
+
+@dataclass
+class Prediction:
+    label: str
+    scores: dict[str, float]          # SVM decision scores per class (NOT probabilities)
+    onset: int
+    apex: int
+    offset: int
+    given: list[str]                  # which of onset/apex/offset the caller gave
+    spotted: list[str]                # which were spotted from motion
+    face_box: tuple[int, int, int, int]
+    n_frames: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    notes: str = ""
+
+    def to_dict(self) -> dict:
+        doc = asdict(self)
+        doc["face_box"] = list(self.face_box)
+        doc["score_kind"] = "svm one-vs-one votes + squashed confidence (not probabilities)"
+        return doc
+
+    def text(self) -> str:
+        ranked = sorted(self.scores.items(), key=lambda kv: -kv[1])
+        lines = [f"emotion: {self.label}",
+                 "scores:  " + "  ".join(f"{k} {v:.3f}" for k, v in ranked) + "   (SVM decision scores)",
+                 f"frames:  onset {self.onset}, apex {self.apex}, offset {self.offset} of {self.n_frames}"
+                 f"  (given: {', '.join(self.given) or 'none'}; spotted: {', '.join(self.spotted) or 'none'})",
+                 f"face:    box {self.face_box}",
+                 "timings: " + ", ".join(f"{k} {v:.1f} ms" for k, v in self.timings_ms.items())]
+        if self.notes:
+            lines.append(f"notes:   {self.notes}")
+        return "\n".join(lines)
+
+
+class Predictor:
+    """A loaded model bundle, ready to predict many clips (the extractor is built once)."""
+
+    def __init__(self, bundle, num_threads: Optional[int] = None):
+        from microfer.bundle import load_bundle
+        from microfer.errors import BundleError
+        from microfer.features import FeatureSetting
+        from microfer.prepare import PrepareSettings
+
+        self.bundle = bundle if hasattr(bundle, "classifier") else load_bundle(bundle)
+        cfg = self.bundle.config
+        try:
+            self.prepare_settings = PrepareSettings(**cfg["prepare"])
+            self.feature_setting = FeatureSetting(**{**cfg["features"], "block_weights": None})
+        except TypeError as exc:
+            raise BundleError(f"{self.bundle.path}: settings in bundle.json do not fit this microfer ({exc})") from None
+        self.extractor = self.feature_setting.create_extractor(batch_size=1, num_threads=num_threads)
+        self.extractor.load_state_dict(self.bundle.network, source=str(self.bundle.path / "network.safetensors"))
+        self.classes = self.bundle.class_names
+
+    def features(self, prepared) -> np.ndarray:
+        from microfer.representation import to_input
+
+        return self.extractor(to_input(prepared, self.feature_setting.representation)[None])
+
+    def predict(self, clip, onset: Optional[int] = None, apex: Optional[int] = None,
+                offset: Optional[int] = None) -> Prediction:
+        from microfer.apex import spot_interval
+        from microfer.prepare import prepare_clip
+        from microfer.video import ArraySource, open_frames
+
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        if isinstance(clip, (str, Path)):
+            source = open_frames(clip)
+            name = str(clip)
+        else:
+            frames = list(clip)
+            source = ArraySource(frames, list(range(len(frames))))
+            name = "frames"
+        timings["open"] = (time.perf_counter() - t) * 1000
+        numbers = list(source.numbers)
+        if len(numbers) < MIN_FRAMES:
+            raise ClipError(f"{name}: {len(numbers)} frame(s); a clip needs at least {MIN_FRAMES}")
+        for what, value in (("onset", onset), ("apex", apex), ("offset", offset)):
+            if value is not None and value not in numbers:
+                raise ClipError(f"{name}: {what} frame {value} is not in the clip "
+                                f"(frames {numbers[0]}..{numbers[-1]})")
+        given = [k for k, v in (("onset", onset), ("apex", apex), ("offset", offset)) if v is not None]
+        spotted: list[str] = []
+        first, last = (onset if onset is not None else numbers[0]), (offset if offset is not None else numbers[-1])
+        if onset is None or offset is None:
+            # spot over the given (or whole) range, aligned once on its first frame
+            scan = prepare_clip(source, first, None, last, self.prepare_settings, timings=timings)
+            span = [n for n in numbers if first <= n <= last]
+            i_on, i_apex, i_off = spot_interval(scan.motion_curve)
+            if onset is None:
+                onset, spotted = span[i_on], spotted + ["onset"]
+            if offset is None:
+                offset, spotted = span[max(i_off, i_apex)], spotted + ["offset"]
+            if apex is None and onset < span[i_apex] <= offset:
+                apex, spotted = span[i_apex], spotted + ["apex"]
+            if offset <= onset:  # no rise to speak of: fall back to the whole range
+                onset, offset = first, last
+            if (onset, apex) == (first, scan.apex):
+                prepared = scan
+            else:
+                prepared = prepare_clip(source, onset, apex, offset, self.prepare_settings, timings=timings)
+        else:
+            prepared = prepare_clip(source, onset, apex, offset, self.prepare_settings, timings=timings)
+        if apex is None or prepared.apex_source == "spotted":
+            spotted = sorted(set(spotted) | {"apex"})
+        t = time.perf_counter()
+        feats = self.features(prepared)
+        timings["network"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        scores = self.bundle.classifier.class_scores(feats)[0]
+        label_idx = int(self.bundle.classifier.predict(feats)[0])
+        timings["svm"] = (time.perf_counter() - t) * 1000
+        cls_idx = self.bundle.classifier.classes
+        return Prediction(
+            label=self.classes[label_idx],
+            scores={self.classes[int(c)]: round(float(s), 4) for c, s in zip(cls_idx, scores)},
+            onset=int(prepared.onset), apex=int(prepared.apex), offset=int(prepared.offset),
+            given=given, spotted=[s for s in ("onset", "apex", "offset") if s in spotted],
+            face_box=tuple(int(v) for v in prepared.face_box), n_frames=len(numbers),
+            timings_ms={k: round(v, 2) for k, v in timings.items()}, notes=prepared.notes,
+        )
+
+
+def predict(clip, model, onset: Optional[int] = None, apex: Optional[int] = None,
+            offset: Optional[int] = None) -> Prediction:
+    """Emotion of one clip (video file, frame folder, or a sequence of BGR arrays).
+
+    `model` is a bundle directory or a `Predictor` (reuse one for many clips).
+    """
+    predictor = model if isinstance(model, Predictor) else Predictor(model)
+    return predictor.predict(clip, onset=onset, apex=apex, offset=offset)
