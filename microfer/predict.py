@@ -70,12 +70,17 @@ class Predictor:
         cfg = self.bundle.config
         try:
             self.prepare_settings = PrepareSettings(**cfg["prepare"])
-            self.feature_setting = FeatureSetting(**{**cfg["features"], "block_weights": None})
+            fields = {k: v for k, v in cfg["features"].items() if k != "pretrained_block_sha256"}
+            # the pretrained block travels inside network.safetensors, not as a separate file
+            self.feature_setting = FeatureSetting(**{**fields, "block_weights": None})
         except TypeError as exc:
             raise BundleError(f"{self.bundle.path}: settings in bundle.json do not fit this microfer ({exc})") from None
         self.extractor = self.feature_setting.create_extractor(batch_size=1, num_threads=num_threads)
         self.extractor.load_state_dict(self.bundle.network, source=str(self.bundle.path / "network.safetensors"))
         self.classes = self.bundle.class_names
+        from microfer.face import load_models
+
+        load_models()  # so per-clip timings measure the work, not the one-off model load
 
     def features(self, prepared) -> np.ndarray:
         from microfer.representation import to_input

@@ -7,6 +7,8 @@ import click
 
 REPRESENTATIONS = ("apex", "onset_apex", "flow")
 VARIANTS = ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s")
+GRID_OPTION = click.option("--grid", type=click.Choice(["small", "full"]), default="small", show_default=True,
+                           help="feature x SVM grid searched inside each training fold")
 
 
 @click.command("pretrain")
@@ -70,12 +72,13 @@ def pretrain_cmd(cache, manifest, images, images_split, label_column, representa
 @click.option("--protocol", required=True, help="protocol name (protocols/*.yaml), e.g. megc2019-composite")
 @click.option("--cache", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="prepare cache (settings folder, or its parent holding exactly one)")
-@click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False),
-              help="use this manifest instead of the protocol's shipped one (e.g. a synthetic dataset)")
+@click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False), multiple=True,
+              help="use this manifest instead of the protocol's shipped one (e.g. a synthetic dataset); "
+                   "repeat to pool several")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="report folder: results.json, report.md, confusion.png, per_subject.png")
 @click.option("--jobs", type=int, default=-1, show_default=True, help="parallel folds (joblib; -1 = all cores)")
-@click.option("--grid", type=click.Choice(["small", "full"]), default="small", show_default=True)
+@GRID_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="network initialisation seed")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               help="pretrained MV2 block (folder from `microfer pretrain`)")
@@ -95,7 +98,7 @@ def loso_cmd(protocol, cache, manifest, out, jobs, grid, seed, weights, inner_sp
                             num_threads=threads, input_size=input_size,
                             block_weights=str(weights) if weights else None,
                             feature_dir=str(feature_dir) if feature_dir else None, device=device)
-    result = run_loso(protocol, cache, manifest=manifest, settings=settings, progress=True)
+    result = run_loso(protocol, cache, manifest=list(manifest) or None, settings=settings, progress=True)
     m = result.metrics
     ex = m["excluded"]
     click.echo(f"{result.protocol}: {len(result.samples)} samples in {m['n_folds']} folds; "

@@ -1,0 +1,78 @@
+"""Train once on every subject of a protocol and write a model bundle.
+
+The same code as `loso` (`evaluate.gather_features` + `classify.select_and_fit`), with
+the grid search's inner leave-subject-out now run over ALL subjects and the chosen
+feature set + SVM fitted on all of them.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from microfer.errors import MicroferError
+
+
+@dataclass
+class TrainResult:
+    bundle: Path
+    feature_setting: Any      # features.FeatureSetting chosen
+    choice: Any               # classify.FittedChoice (the in-memory model)
+    n_samples: int
+    n_subjects: int
+    excluded: int
+    class_counts: dict[str, int]
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("microfer", "torch", "timm", "scikit-learn", "numpy", "opencv-contrib-python-headless", "dlib-bin"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def train_bundle(protocol, cache, out, manifest=None, settings=None, progress: bool = True) -> TrainResult:
+    from microfer.bundle import ArraySVM, save_bundle
+    from microfer.classify import select_and_fit
+    from microfer.evaluate import PARAM_GRIDS, LosoSettings, _frame_sha256, gather_features
+
+    settings = settings or LosoSettings()
+    data = gather_features(protocol, cache, manifest, settings, progress)
+    n_groups = len(set(data.groups))
+    if n_groups < 2:
+        raise MicroferError(f"protocol {data.protocol.name}: training needs at least 2 subjects in the cache "
+                            f"(the grid search selects by leave-subject-out), found {n_groups}")
+    if not data.prepare_settings:
+        raise MicroferError(f"{cache}: the prepare cache has no settings.json; cannot record how clips "
+                            "were prepared (re-run `microfer prepare`)")
+    choice = select_and_fit(data.feature_sets, data.y, data.groups, np.arange(len(data.y)),
+                            inner_splits=settings.inner_splits, param_grid=PARAM_GRIDS[settings.grid],
+                            seed=settings.seed, scoring=settings.scoring, n_classes=len(data.classes))
+    setting = {fs.name: fs for fs in data.feature_settings}[choice.feature_name]
+    extractor = setting.create_extractor(batch_size=1, num_threads=settings.num_threads)
+    counts = {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)}
+    features = {k: v for k, v in asdict(setting).items() if k != "block_weights"}
+    features["pretrained_block_sha256"] = setting.weights_sha256()
+    config: dict[str, Any] = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "protocol": str(data.protocol.name),
+        "classes": data.classes,
+        "prepare": {k: v for k, v in data.prepare_settings.items()},
+        "features": features,
+        "svm": {**choice.params, "inner_uf1": round(float(choice.inner_score), 4)},
+        "data": {"samples_sha256": _frame_sha256(data.samples, ["dataset", "subject", "clip", "emotion", "y"]),
+                 "n_samples": int(len(data.y)), "n_subjects": n_groups, "class_counts": counts},
+        "versions": versions(),
+    }
+    svm = ArraySVM.from_pipeline(choice.model)
+    path = save_bundle(out, network_state=extractor.state_dict(), classifier=svm, config=config)
+    return TrainResult(bundle=path, feature_setting=setting, choice=choice, n_samples=int(len(data.y)),
+                       n_subjects=n_groups, excluded=int(len(data.excluded)), class_counts=counts)
