@@ -12,7 +12,9 @@ frame before it and the offset at the first low-motion frame after it.
 """
 from __future__ import annotations
 
+import sys
 import time
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -160,3 +162,14 @@ def predict(clip, model, onset: Optional[int] = None, apex: Optional[int] = None
     """
     predictor = model if isinstance(model, Predictor) else Predictor(model)
     return predictor.predict(clip, onset=onset, apex=apex, offset=offset)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets `microfer.predict(clip, model=...)` call `predict` while `microfer.predict`
+    stays the module DESIGN.md names (importing a submodule rebinds the package attribute)."""
+
+    def __call__(self, clip, model, onset=None, apex=None, offset=None) -> Prediction:
+        return predict(clip, model, onset=onset, apex=apex, offset=offset)
+
+
+sys.modules[__name__].__class__ = _CallableModule

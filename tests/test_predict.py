@@ -141,3 +141,10 @@ def test_tampered_bundle_is_refused_by_predict(demo, tmp_path, capsys):
     (copy / "network.safetensors").write_bytes(bytes(data))
     code, err = _main(["predict", demo.predictions[0]["video"], "--model", str(copy)], capsys)
     assert code == 2 and "checksum" in err[0]
+
+
+def test_top_level_python_api(demo):
+    import microfer
+
+    p = microfer.predict(demo.predictions[0]["video"], model=demo.bundle)
+    assert p.label == demo.predictions[0]["predicted_spotted"]
