@@ -381,3 +381,22 @@ def to_samples(df: pd.DataFrame) -> list:
                                   "manifest (bound the clip from its frame folder first)")
         out.append(Sample.from_row(rec))
     return out
+
+
+def read_clip_coding(coding: Path, *, name: str, title: str, required: Sequence[str], fps: float,
+                     canonical_subject, label_for, frame_template) -> pd.DataFrame:
+    """The manifest of a coding table with one row per clip and columns `required` in the
+    order Subject, Filename, onset, apex, offset, emotion (CASME II and SAMM)."""
+    subject_col, clip_col, onset_col, apex_col, offset_col, emotion_col = required
+    table = read_table(coding, required, what=f"{title} coding")
+    rows = RowCollector(name, str(coding))
+    for rec in table.to_dict("records"):
+        try:
+            subject = canonical_subject(rec[subject_col])
+        except AnnotationError as exc:
+            raise AnnotationError(f"{coding} row {rec['_row']}: {exc}") from None
+        clip = norm_text(rec[clip_col])
+        emotion = norm_text(rec[emotion_col])
+        rows.add(subject=subject, clip=clip, onset=rec[onset_col], apex=rec[apex_col], offset=rec[offset_col],
+                 emotion=emotion, label=label_for(emotion), frame_template=frame_template(subject, clip), fps=fps)
+    return rows.frame()

@@ -21,7 +21,7 @@ from typing import Optional
 
 import pandas as pd
 
-from microfer.datasets._coding import RowCollector, norm_text, read_table, subject_number
+from microfer.datasets._coding import read_clip_coding, subject_number
 from microfer.errors import AnnotationError
 
 NAME = "samm"
@@ -57,17 +57,5 @@ def read(coding: Optional[Path], root: Optional[Path] = None) -> pd.DataFrame:
     if coding is None:
         raise AnnotationError("SAMM needs its coding file (SAMM_Micro_FACS_Codes_v2.xlsx); "
                               f"expected columns: {', '.join(REQUIRED)}")
-    coding = Path(coding)
-    table = read_table(coding, REQUIRED, what="SAMM coding")
-    rows = RowCollector(NAME, str(coding))
-    for rec in table.to_dict("records"):
-        try:
-            subject = canonical_subject(rec["Subject"])
-        except AnnotationError as exc:
-            raise AnnotationError(f"{coding} row {rec['_row']}: {exc}") from None
-        clip = norm_text(rec["Filename"])
-        emotion = norm_text(rec["Estimated Emotion"])
-        rows.add(subject=subject, clip=clip, onset=rec["Onset Frame"], apex=rec["Apex Frame"],
-                 offset=rec["Offset Frame"], emotion=emotion, label=label_for(emotion),
-                 frame_template=frame_template(subject, clip), fps=FPS)
-    return rows.frame()
+    return read_clip_coding(Path(coding), name=NAME, title="SAMM", required=REQUIRED, fps=FPS,
+                            canonical_subject=canonical_subject, label_for=label_for, frame_template=frame_template)
