@@ -132,7 +132,7 @@ def evaluate_folds(feature_sets: Mapping[str, np.ndarray], y, groups, folds: Seq
     if progress:
         from tqdm import tqdm
 
-        results = tqdm(results, total=len(folds), desc="LOSO folds", unit="fold", leave=False)
+        results = tqdm(results, total=len(folds), desc="LOSO folds", unit="fold", leave=False, disable=None)
     return list(results)
 
 

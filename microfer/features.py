@@ -186,7 +186,7 @@ def extract_features(
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(todo), desc=f"features {setting.name}", unit="clip", leave=False)
+            bar = tqdm(total=len(todo), desc=f"features {setting.name}", unit="clip", leave=False, disable=None)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             names = [keys[i] if keys is not None else f"clip #{i}" for i in chunk]

@@ -128,7 +128,7 @@ def load_cache_samples(cache, manifest, representation: str, input_size: int = 1
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(keys, desc="loading macro clips", unit="clip", leave=False)
+        iterator = tqdm(keys, desc="loading macro clips", unit="clip", leave=False, disable=None)
     for k in iterator:
         arrays.append(_resize_chw(to_input(source.load(k), representation, k), input_size))
     labels = sorted(set(merged["_label"]))
@@ -155,7 +155,7 @@ def load_image_folder(root, split: str = "train", input_size: int = 128, progres
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(files, desc="loading images", unit="img", leave=False)
+        iterator = tqdm(files, desc="loading images", unit="img", leave=False, disable=None)
     for p in iterator:
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
@@ -350,7 +350,7 @@ def pretrain(data: MacroSet, settings: PretrainSettings, out, resume: bool = Fal
     if progress:
         from tqdm import tqdm
 
-        epochs = tqdm(epochs, desc="pretrain", unit="epoch", initial=start, total=settings.epochs)
+        epochs = tqdm(epochs, desc="pretrain", unit="epoch", initial=start, total=settings.epochs, disable=None)
     for epoch in epochs:
         lr = settings.lr * 0.5 * (1 + math.cos(math.pi * epoch / settings.epochs))
         for group in optimizer.param_groups:
