@@ -7,24 +7,28 @@ change between two crops is facial motion or noise, not alignment jitter):
 2. motion of frame t = mean |face_t - face_onset| inside the regions where micro-expressions
    happen (`region_mask`: brows + eyes, nose, mouth, in canonical aligned coordinates; cheeks and
    hair edges, which move with the head and light, are left out)  ("diff"), or the mean
-   DIS optical-flow magnitude vs onset in the same mask ("flow", ~100x slower);
+   DIS optical-flow magnitude vs onset in the same mask ("flow", ~80x slower);
 3. the curve is smoothed in time (Gaussian, sigma = max(1, n/30) frames) and the apex is
    the centre of the plateau around its maximum (frames above 90 % of the peak; see
    `spot_apex`), never the onset itself.
 
-Measured with `python -m microfer.apex` (`measure_spotting`: 24 synthetic 640 x 480
-clips of 40-100 frames made from the 4 shipped real faces with `bench_prepare.synthetic_clip`:
-an expression field of 2.5 px peak rising as a half cosine from the onset to a known apex
-and falling back by the offset, 0.1 px per-frame head jitter, grey noise sigma 1.5):
+Measured with `python -m microfer.apex` (`measure_spotting`: 24 `microfer.synth` clips of
+640 x 480, 40-100 frames from onset to offset, apex at 25-75 % of the span, micro amplitude
+1.5-3 px, 4 emotions, 8 identities from the shipped faces; the synth camera's sensor noise
+(sigma 2), sub-pixel head drift (<= 0.3 px, 0.1 deg over the clip) and 0.4 % flicker):
 
-    method  mean |error|  median  max   share within 3 frames   ms per frame (128 px)
-    diff    2.1 frames     2      5       79 %                      0.09
-    flow    2.1 frames     1.5    5       75 %                     12
+    method                      mean |error|  median  max  within 3 frames  ms per frame (128 px)
+    diff                        6.5 frames    2       38     75 %             0.12
+    flow                        8.7 frames    2.5     41     58 %             9.3
+    diff, no head drift         1.8 frames    1        5     83 %
+    diff, no drift, no flicker  1.7 frames    1        4     92 %
 
-The expression is within 5 % of its peak for about +-5 frames around the apex, so with
-frame noise this is close to what any method can resolve (annotators of real datasets
-disagree by as much). "diff" is as accurate and ~100x cheaper, hence the default. On the
-`microfer.synth` CASME II set (24-40-frame clips) the error is 0-3 frames (tests).
+(the last two rows: `measure_spotting(camera=synth.Camera(drift_px=0, drift_deg=0[, flicker=0]))`).
+The expression is within 5 % of its peak for about +-5 frames around the apex, so without
+drift this is close to what any method can resolve (annotators of real datasets disagree by
+as much). The large errors (3 of 24 clips for "diff", more for "flow") are head drift: see
+the limitation below. "diff" is more accurate here and ~80x cheaper, hence the default.
+On the `microfer.synth` CASME II set (24-40-frame clips) the error is 0-3 frames (tests).
 Limitation: the curve is motion relative to the onset, so a head that drifts during the
 clip raises it steadily and pulls the spotted apex towards the offset.
 

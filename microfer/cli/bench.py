@@ -1,0 +1,53 @@
+"""`microfer bench`: per-stage latency of predict, the model path, and prepare throughput."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import click
+
+
+@click.command("bench")
+@click.argument("what", type=click.Choice(["predict", "prepare", "all"]), default="all")
+@click.option("--model", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="bundle folder from `microfer train`; without it the quick demo trains one first (about 25 s)")
+@click.option("--runs", type=click.IntRange(min=1), default=10, show_default=True,
+              help="timed predict runs per mode (after one warm-up); the median is reported")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch and OpenCV (default: theirs)")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="prepare: worker processes")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="write bench.json (all numbers + machine) and bench_stages.png here")
+def bench_cmd(what, model, runs, threads, workers, out):
+    """Time microfer on this machine.
+
+    \b
+    predict  per-stage latency of one prediction on a 60-frame 640x480 synthetic video,
+             frames given and all spotted (median of --runs); the model path alone
+             (input + network + SVM, vs the seed paper's 35.4 ms/sample); feature
+             extraction throughput; and the latency goals, met or missed.
+    prepare  clips/s of `prepare` on a synthetic CASME II set (640x480, 40-100 frames).
+    all      both (default).
+
+    Without --model, a bundle is first trained by the quick demo (about 25 s, not timed).
+    """
+    from microfer.bench import bench_predict, demo_bundle, format_predict, write_results
+    from microfer.bench_prepare import bench_prepare, format_prepare
+
+    predict_result = prepare_result = None
+    if what in ("predict", "all"):
+        context = nullcontext(model) if model is not None else demo_bundle(echo=click.echo)
+        with context as bundle:
+            click.echo(f"timing predict ({runs} runs per mode, 50 model-path runs, 64 clips of features) ...")
+            predict_result = bench_predict(bundle, runs=runs, threads=threads)
+        click.echo(format_predict(predict_result))
+    if what in ("prepare", "all"):
+        if predict_result is not None:
+            click.echo("")
+        click.echo(f"timing prepare on a synthetic CASME II set ({workers} workers) ...")
+        prepare_result = bench_prepare(workers=workers, verbose=False)
+        click.echo(format_prepare(prepare_result))
+    if out is not None:
+        paths = write_results(out, predict=predict_result, prepare=prepare_result)
+        click.echo("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -1,0 +1,104 @@
+"""`microfer bench`: what it computes and writes (never how fast: timings are not asserted)."""
+import json
+import re
+import statistics
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from microfer.bench import MODES, PREDICT_STAGES, _stage_summary, bench_predict, write_results
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    """A valid bundle made in ~1 s: the untrained default network and an SVM fitted on random
+    features. Its labels mean nothing; the bench times the path, not the answer."""
+    from microfer.bundle import ArraySVM, save_bundle
+    from microfer.classify import make_svm
+    from microfer.features import FeatureSetting
+    from microfer.prepare import PrepareSettings
+
+    setting = FeatureSetting()
+    extractor = setting.create_extractor(batch_size=1)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, extractor.feature_dim)).astype(np.float32)
+    y = np.arange(12) % 3
+    features = {k: v for k, v in asdict(setting).items() if k != "block_weights"}
+    config = {"classes": ["negative", "positive", "surprise"], "prepare": asdict(PrepareSettings()),
+              "features": {**features, "pretrained_block_sha256": None}, "svm": {}}
+    return save_bundle(tmp_path_factory.mktemp("bundle") / "tiny", network_state=extractor.state_dict(),
+                       classifier=ArraySVM.from_pipeline(make_svm().fit(X, y)), config=config)
+
+
+@pytest.fixture(scope="module")
+def result(tiny_bundle):
+    return bench_predict(tiny_bundle, runs=2, model_runs=3, feature_clips=5, batch_size=2)
+
+
+def test_medians_come_from_the_runs():
+    runs = [{"decode": 1.0, "flow": 5.0}, {"decode": 3.0, "flow": 1.0}, {"decode": 2.0, "flow": 100.0, "extra": 4.0}]
+    s = _stage_summary(runs, walls=[10.0, 30.0, 20.0])
+    assert s["stages_ms"] == {"decode": 2.0, "flow": 5.0, "extra": 0.0}  # a stage absent from a run counts 0
+    assert s["total_ms"] == 20.0  # median of whole-call times, not the sum of stage medians (7)
+    assert list(s["stages_ms"]) == ["decode", "flow", "extra"]  # pipeline order first
+
+
+def test_bench_predict_times_every_stage_of_both_modes(result):
+    assert (result["clip"]["frames"], result["clip"]["width"], result["clip"]["height"]) == (60, 640, 480)
+    assert result["clip"]["onset"] < result["clip"]["apex"] < result["clip"]["offset"] < 60
+    for mode in MODES:
+        r = result[mode]
+        assert set(PREDICT_STAGES) <= set(r["stages_ms"])
+        for stage, median in r["stages_ms"].items():
+            assert median >= 0 and len(r["runs_ms"][stage]) == 2
+            assert median == pytest.approx(statistics.median(r["runs_ms"][stage]))
+        assert r["total_ms"] == pytest.approx(statistics.median(r["total_runs_ms"]))
+        # the whole call includes every stage it timed
+        for total, i in zip(r["total_runs_ms"], range(2)):
+            assert total >= sum(v[i] for v in r["runs_ms"].values()) - 0.05
+    mp = result["model_path"]
+    assert len(mp["runs_ms"]) == 3 and mp["median_ms"] == pytest.approx(statistics.median(mp["runs_ms"]))
+    assert 0 < mp["median_ms"] <= min(result[m]["total_ms"] for m in MODES)
+    feats = result["features"]
+    assert feats["clips"] == 5 and feats["clips_per_s"] > 0 and feats["feature_dim"] > 0
+    goals = result["goals"]
+    assert goals["predict_ms"]["value"] == max(result[m]["total_ms"] for m in MODES)
+    assert goals["predict_ms"]["met"] == (goals["predict_ms"]["value"] <= goals["predict_ms"]["goal"])
+    assert goals["model_path_ms"]["met"] == (mp["median_ms"] <= goals["model_path_ms"]["goal"])
+    assert result["machine"]["cpu_count"] >= 1 and result["machine"]["torch_threads"] >= 1
+
+
+def test_write_results_writes_json_and_png_atomically(result, tmp_path):
+    paths = write_results(tmp_path / "out", predict=result, prepare={"clips": 2, "clips_per_s": 1.5})
+    doc = json.loads(paths["json"].read_text())
+    assert doc["predict"]["given"]["stages_ms"] == result["given"]["stages_ms"]
+    assert doc["prepare"]["clips_per_s"] == 1.5
+    assert {"cpu_count", "torch_threads", "versions"} <= set(doc["machine"])
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bench.json", "bench_stages.png"]
+
+
+def test_bench_cli_predict_with_a_model(tiny_bundle, tmp_path):
+    import microfer.cli as mcli
+
+    r = CliRunner().invoke(mcli.cli, ["bench", "predict", "--model", str(tiny_bundle), "--runs", "1",
+                                      "--threads", "2", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    for text in ("frames given", "all spotted", "35.4 ms/sample", "model path <= 15 ms", "<= 250 ms"):
+        assert text in r.output
+    assert re.search(r"model path <= 15 ms: [0-9.]+ ms  (met|MISSED)", r.output), r.output
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert doc["predict"]["runs"] == 1 and doc["machine"]["torch_threads"] == 2 and "prepare" not in doc
+    assert (tmp_path / "bench_stages.png").is_file()
+
+
+def test_bench_prepare_reads_synthetic_casme2_through_the_adapter():
+    from microfer.bench_prepare import bench_prepare
+
+    r = bench_prepare(workers=1, subjects=1, clips_per_subject=2, clip_frames=(24, 30), verbose=False)
+    assert r["clips"] == 2 and r["failed"] == 0
+    assert {"decode", "detect", "landmarks", "warp", "spot", "flow", "total"} <= set(r["ms"])
+    assert r["ms"]["total"] == pytest.approx(sum(v for k, v in r["ms"].items() if k != "total"))
+    assert r["clips_per_s"] > 0 and r["one_process_s_per_clip"] > 0
