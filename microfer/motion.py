@@ -172,17 +172,10 @@ def flow_benchmark(faces: list[np.ndarray], peaks=(0.5, 1.5, 3.0), noise: float 
 
 
 def _shipped_aligned_faces(size: int = 128) -> list[np.ndarray]:
-    from pathlib import Path
+    from microfer.face import alignment_transform, warp_face
+    from microfer.synth import load_identities
 
-    from microfer.face import alignment_transform, detect_landmarks, warp_face
-
-    faces = []
-    for path in sorted((Path(__file__).parent / "assets" / "faces").glob("*.jpg")):
-        image = cv2.imread(str(path))
-        lm = detect_landmarks(image)
-        if lm is not None:
-            faces.append(warp_face(image, alignment_transform(lm.points, size), size))
-    return faces
+    return [warp_face(i.image, alignment_transform(i.landmarks, size), size) for i in load_identities(4)]
 
 
 if __name__ == "__main__":  # python -m microfer.motion: the numbers in the module docstring
