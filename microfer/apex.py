@@ -1,13 +1,17 @@
-"""Apex (and onset/offset) spotting from motion relative to the onset frame.
+"""Apex (and onset/offset) spotting from facial motion.
 
 Method (the frames are already aligned with ONE transform fitted on the onset frame, so a
-change between two crops is facial motion or noise, not alignment jitter):
+change between two crops is facial motion, noise or residual head drift):
 1. every aligned face is turned grey and blurred (Gaussian, sigma = size/64 px) so sensor
    noise and JPEG blocking average out while ME-sized motion (1-3 px) survives;
-2. motion of frame t = mean |face_t - face_onset| inside the regions where micro-expressions
-   happen (`region_mask`: brows + eyes, nose, mouth, in canonical aligned coordinates; cheeks and
-   hair edges, which move with the head and light, are left out)  ("diff"), or the mean
-   DIS optical-flow magnitude vs onset in the same mask ("flow", ~80x slower);
+2. the motion of frame t is measured inside the regions where micro-expressions happen
+   (`region_mask`: brows + eyes, nose, mouth; cheeks and hair edges, which move with the
+   head and light, are left out) by one of:
+   - "fd" (default): feature difference (Moilanen, Zhao, Pietikainen, ICPR 2014): mean
+     |face_t - (face_{t-k} + face_{t+k}) / 2| with k = 0.3 x clip length. Slow head drift is
+     close to linear over 2k frames and cancels; the rise and fall of an expression does not.
+   - "diff": mean |face_t - face_onset| (motion relative to the onset);
+   - "flow": mean DIS optical-flow magnitude vs the onset (~70x slower);
 3. the curve is smoothed in time (Gaussian, sigma = max(1, n/30) frames) and the apex is
    the centre of the plateau around its maximum (frames above 90 % of the peak; see
    `spot_apex`), never the onset itself.
@@ -17,20 +21,17 @@ Measured with `python -m microfer.apex` (`measure_spotting`: 24 `microfer.synth`
 1.5-3 px, 4 emotions, 8 identities from the shipped faces; the synth camera's sensor noise
 (sigma 2), sub-pixel head drift (<= 0.3 px, 0.1 deg over the clip) and 0.4 % flicker):
 
-    method                      mean |error|  median  max  within 3 frames  ms per frame (128 px)
-    diff                        6.5 frames    2       38     75 %             0.12
-    flow                        8.7 frames    2.5     41     58 %             9.3
-    diff, no head drift         1.8 frames    1        5     83 %
-    diff, no drift, no flicker  1.7 frames    1        4     92 %
+    method   mean |error|  median  max  within 3 frames  ms per frame (128 px)
+    fd       2.3 frames    1.5     11     79 %             0.16
+    diff     6.5 frames    2       38     75 %             0.13
+    flow     8.7 frames    2.5     41     58 %             11.3
 
-(the last two rows: `measure_spotting(camera=synth.Camera(drift_px=0, drift_deg=0[, flicker=0]))`).
-The expression is within 5 % of its peak for about +-5 frames around the apex, so without
-drift this is close to what any method can resolve (annotators of real datasets disagree by
-as much). The large errors (3 of 24 clips for "diff", more for "flow") are head drift: see
-the limitation below. "diff" is more accurate here and ~80x cheaper, hence the default.
-On the `microfer.synth` CASME II set (24-40-frame clips) the error is 0-3 frames (tests).
-Limitation: the curve is motion relative to the onset, so a head that drifts during the
-clip raises it steadily and pulls the spotted apex towards the offset.
+With seeds 1 and 2 "fd" gave mean 3.4 / 3.9 (max 17 / 26) against 9.4 / 8.4 (max 49 / 42)
+for "diff". Without head drift "diff" reaches mean 1.8, max 5: its large errors are drift,
+which raises a motion-vs-onset curve steadily and pulls the apex towards the offset. The
+expression stays within 5 % of its peak for about +-5 frames around the apex, so a couple
+of frames is close to what any method can resolve (annotators of real datasets disagree by
+as much).
 
 `spot_interval` turns a curve into (onset, apex, offset) for a clip whose onset is not
 known: apex = argmax, onset = the last low-motion frame before it, offset = the first
@@ -50,8 +51,9 @@ from microfer.errors import ClipError
 if TYPE_CHECKING:
     from microfer.synth import Camera
 
-SPOT_METHODS = ("diff", "flow")
-DEFAULT_SPOT = "diff"
+SPOT_METHODS = ("fd", "diff", "flow")
+DEFAULT_SPOT = "fd"
+FD_WINDOW = 0.3  # fd compares frame t with frames t +- FD_WINDOW x clip length
 
 # Boxes (x0, y0, x1, y1) as fractions of the aligned crop (see face.CANONICAL_POINTS):
 # brows and eyes of each side, the nose (AU9 wrinkles), the mouth and its corners.
@@ -84,6 +86,17 @@ def motion_curve(faces: Sequence[np.ndarray], method: str = DEFAULT_SPOT, refere
         return np.zeros(0, np.float32)
     size = faces[0].shape[0]
     mask = region_mask(size)
+    if method == "fd":
+        # Feature difference (Moilanen et al., ICPR 2014): frame t against the mean of the
+        # frames k before and k after it. Slow head drift is ~linear over 2k frames and
+        # cancels; an expression that rises and falls inside the window does not.
+        sigma = max(1.0, size / 64)
+        grey = [_prepare_gray(f, sigma) for f in faces]
+        n, k = len(grey), max(2, int(round(FD_WINDOW * len(grey))))
+        curve = np.array([np.abs(grey[t] - (grey[max(0, t - k)] + grey[min(n - 1, t + k)]) / 2)[mask].mean()
+                          for t in range(n)], np.float32)
+        curve[reference] = 0.0  # the onset is neutral by definition
+        return curve
     if method == "diff":
         sigma = max(1.0, size / 64)
         ref = _prepare_gray(faces[reference], sigma)

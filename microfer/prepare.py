@@ -35,14 +35,14 @@ from microfer.motion import DEFAULT_FLOW, FLOW_METHODS
 from microfer.records import ClipFailure, PreparedClip, Sample, is_missing
 
 # Bump when a change in this stage changes what it produces: it is part of the cache key.
-PREPARE_VERSION = "prepare-1"
+PREPARE_VERSION = "prepare-2"
 
 
 @dataclass(frozen=True)
 class PrepareSettings:
     size: int = 128                  # side of the aligned face crop, px
     flow: str = DEFAULT_FLOW         # "dis" | "tvl1" (see motion.py for the measurements)
-    spot_method: str = DEFAULT_SPOT  # "diff" | "flow" (see apex.py)
+    spot_method: str = DEFAULT_SPOT  # "fd" | "diff" | "flow" (see apex.py)
     upsample: int = 0                # dlib detector pyramid levels up (1 finds faces < 80 px)
     detect_max_side: int = 640       # detection runs on a copy at most this large
     motion_curve: str = "spotted"    # "spotted": curve only when the apex is spotted; "always"

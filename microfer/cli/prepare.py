@@ -41,7 +41,7 @@ def load_samples(dataset: str, root: Path | None, coding: Path | None, manifest:
 @click.option("--size", type=click.IntRange(32, 1024), default=128, show_default=True, help="Aligned face side, px.")
 @click.option("--flow", type=click.Choice(["dis", "tvl1"]), default="dis", show_default=True,
               help="Optical flow method onset->apex.")
-@click.option("--spot", "spot_method", type=click.Choice(["diff", "flow"]), default="diff", show_default=True,
+@click.option("--spot", "spot_method", type=click.Choice(["fd", "diff", "flow"]), default="fd", show_default=True,
               help="Apex spotting measure when the apex is not annotated.")
 @click.option("--retry-failed", is_flag=True, help="Try again clips that failed in an earlier run.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
