@@ -8,14 +8,14 @@ import click
 
 def load_samples(dataset: str, root: Path | None, coding: Path | None, manifest: Path | None):
     """The samples table of a dataset: --manifest, else the coding file, else the shipped manifest."""
-    import microfer
     from microfer import datasets
+    from microfer.protocols import manifests_dir
     from microfer.errors import MicroferError
 
     if manifest is not None:
         df = datasets.read_manifest(manifest)
         return df[df["dataset"] == dataset] if dataset in set(df["dataset"]) else df
-    shipped = Path(microfer.__file__).parents[1] / "data_manifests" / f"{dataset}.csv"
+    shipped = manifests_dir() / f"{dataset}.csv"
     if coding is None and shipped.is_file():
         return datasets.read_manifest(shipped)
     adapter = datasets.get(dataset)

@@ -253,16 +253,22 @@ CASME2_HEADER = ["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "Offset
                  "Action Units", "Estimated Emotion"]
 
 
-def write_casme2_coding(events: Sequence[CodedEvent], path: Path) -> None:
-    """CASME2-coding-20140508.xlsx: Sheet1 (header row 1), empty Sheet2/Sheet3; apex '/' if unknown."""
+def _sheet_with_header(title: str, header: Sequence, row: int = 1):
+    """A new workbook whose active sheet `title` has `header` (None = blank column) on `row`."""
     from openpyxl import Workbook
 
     wb = Workbook()
     ws = wb.active
-    ws.title = "Sheet1"
-    for col, name in enumerate(CASME2_HEADER, 1):
+    ws.title = title
+    for col, name in enumerate(header, 1):
         if name is not None:
-            ws.cell(row=1, column=col, value=name)
+            ws.cell(row=row, column=col, value=name)
+    return wb, ws
+
+
+def write_casme2_coding(events: Sequence[CodedEvent], path: Path) -> None:
+    """CASME2-coding-20140508.xlsx: Sheet1 (header row 1), empty Sheet2/Sheet3; apex '/' if unknown."""
+    wb, ws = _sheet_with_header("Sheet1", CASME2_HEADER)
     ws.cell(row=1, column=1).number_format = "@"
     for r, e in enumerate(sorted(events, key=lambda e: (e.subject_code, e.clip)), 2):
         _text_cell(ws, r, 1, e.subject_code)
@@ -305,17 +311,11 @@ def write_samm_coding(events: Sequence[CodedEvent], path: Path, note: str = "") 
     Duration is written as a value (the real file has a formula with a cached value; a formula
     written here would have none, and readers would see it empty). Apex -1 = not annotated.
     """
-    from openpyxl import Workbook
-
-    wb = Workbook()
-    ws = wb.active
-    ws.title = "MICRO_ONLY"
+    wb, ws = _sheet_with_header("MICRO_ONLY", SAMM_HEADER, SAMM_HEADER_ROW)
     for (r, c), text in SAMM_PREAMBLE.items():
         ws.cell(row=r, column=c, value=text)
     if note:  # row 2 is empty in the real file
         ws.cell(row=2, column=1, value=note)
-    for col, name in enumerate(SAMM_HEADER, 1):
-        ws.cell(row=SAMM_HEADER_ROW, column=col, value=name)
     ws.cell(row=SAMM_HEADER_ROW, column=1).number_format = "@"
     for r, e in enumerate(sorted(events, key=lambda e: (e.subject_code, e.clip)), SAMM_HEADER_ROW + 1):
         _text_cell(ws, r, 1, e.subject_code)
@@ -340,14 +340,7 @@ def write_smic_coding(events: Sequence[CodedEvent], path: Path) -> None:
     FirstF/LastF are the first and last frame in the clip folder, TotalMF1 the onset..offset
     length, TotalVL the folder length, as in the real sheet (values, not formulas).
     """
-    from openpyxl import Workbook
-
-    wb = Workbook()
-    ws = wb.active
-    ws.title = "HS"
-    for col, name in enumerate(SMIC_HS_HEADER, 1):
-        if name is not None:
-            ws.cell(row=1, column=col, value=name)
+    wb, ws = _sheet_with_header("HS", SMIC_HS_HEADER)
     for r, e in enumerate(sorted(events, key=lambda e: (int(e.subject_code), e.clip)), 2):
         values = [int(e.subject_code), e.clip, None, e.onset, e.offset, None, None, None,
                   e.first_frame, e.last_frame, e.offset - e.onset + 1, None, e.last_frame - e.first_frame + 1,
