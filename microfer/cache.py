@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from microfer._io import atomic_path, write_csv, write_json
+from microfer._io import atomic_path, write_json, write_text
 from microfer.errors import MicroferError
 from microfer.records import PreparedClip, Sample
 
@@ -91,7 +91,8 @@ class Cache:
         path = self.entry_path(key)
         meta = {"key": key, "settings_key": self.settings_key, "onset": int(prepared.onset),
                 "apex": int(prepared.apex), "offset": int(prepared.offset), "apex_source": prepared.apex_source,
-                "face_box": [int(v) for v in prepared.face_box], "notes": prepared.notes}
+                "face_box": [int(v) for v in prepared.face_box], "notes": prepared.notes,
+                "flow_units": prepared.flow_units}
         arrays = {name: np.asarray(getattr(prepared, name)) for name in _ARRAYS}
         with atomic_path(path) as tmp:
             np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
@@ -126,7 +127,9 @@ class Cache:
             raise MicroferError(f"cache entry {path} is unreadable ({exc}); delete it and prepare again") from None
         return PreparedClip(onset=meta["onset"], apex=meta["apex"], offset=meta["offset"],
                             apex_source=meta["apex_source"], face_box=tuple(meta["face_box"]),
-                            notes=meta.get("notes", ""), **arrays)
+                            notes=meta.get("notes", ""),
+                            # entries written before flow_units existed all hold pixel flows
+                            flow_units=meta.get("flow_units", "pixels"), **arrays)
 
     def index(self) -> pd.DataFrame:
         """What was prepared with these settings: one row per clip (ok or failed)."""
@@ -157,9 +160,13 @@ class Cache:
         self._load_rows()[row["key"]] = row
 
     def flush_index(self) -> None:
-        """Rewrite index.csv (atomically) from what this Cache knows."""
+        """Rewrite index.csv (atomically) from what this Cache knows, unless it says that already."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        write_csv(self.dir / "index.csv", self.index())
+        path = self.dir / "index.csv"
+        text = self.index().to_csv(index=False, lineterminator="\n")
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            return  # an idempotent rerun leaves every file as it was
+        write_text(path, text)
 
     def sync_index(self) -> None:
         """Make the index agree with the entry files (after a killed run), and drop the

@@ -10,7 +10,9 @@ Flow of `run_loso`:
 4. each fold (in parallel, joblib) selects feature set + SVM settings by inner CV on its
    training subjects only (`classify.select_and_fit`) and predicts its held-out subject;
    the majority baseline predicts the fold's most frequent TRAINING class;
-5. metrics on predictions pooled over all folds, per dataset, per subject.
+5. metrics on predictions pooled over all folds, per dataset, per subject;
+6. with `permutations` > 0, the chance level: steps 4-5 rerun on permuted labels
+   (`microfer.permutation`), null UF1/UAR and the p-value of the real score.
 Every fold is checked: a subject in both train and test raises FoldLeakError.
 """
 from __future__ import annotations
@@ -198,6 +200,8 @@ class LosoSettings:
     block_weights: Optional[str] = None
     feature_dir: Optional[str] = None
     device: str = "cpu"
+    permutations: int = 0          # label permutations for the chance level (0 = none)
+    permutation_seed: int = 0
 
 
 def feature_grid(settings: LosoSettings) -> list[FeatureSetting]:
@@ -325,6 +329,7 @@ class LosoResult:
     samples_sha256: str
     manifest_sha256: Optional[str] = None
     timings: dict[str, float] = field(default_factory=dict)
+    permutation: Optional[Any] = None  # permutation.PermutationResult when settings.permutations > 0
 
 
 @dataclass
@@ -365,15 +370,24 @@ def gather_features(protocol, cache, manifest=None, settings: Optional[LosoSetti
         # beside the prepared clips they were computed from (same prepare settings)
         feature_dir = str(Path(source.dir) / "features")
     t1 = time.perf_counter()
-    fsets = feature_grid(settings)
-    feature_sets = {fs.name: extract_features(source, fs, keys=keys, feature_dir=Path(feature_dir) if feature_dir else None,
-                                              batch_size=settings.batch_size, num_threads=settings.num_threads,
-                                              device=settings.device, progress=progress)
-                    for fs in fsets}
     prepare_settings: dict[str, Any] = {}
     settings_file = Path(getattr(source, "dir", "")) / "settings.json"
     if getattr(source, "dir", None) is not None and settings_file.is_file():
         prepare_settings = json.loads(settings_file.read_text(encoding="utf-8")).get("settings", {})
+    fsets = feature_grid(settings)
+    offered = prepare_settings.get("representations")
+    if offered is not None:
+        # entries of derived inputs cannot give every representation (no onset face): use what they offer
+        offered = [str(r) for r in offered]
+        wanted = sorted({fs.representation for fs in fsets})
+        fsets = [fs for fs in fsets if fs.representation in offered]
+        if not fsets:
+            raise MicroferError(f"{settings_file}: this cache offers representations {', '.join(offered)}; grid "
+                                f"{settings.grid!r} asks only for {', '.join(wanted)}")
+    feature_sets = {fs.name: extract_features(source, fs, keys=keys, feature_dir=Path(feature_dir) if feature_dir else None,
+                                              batch_size=settings.batch_size, num_threads=settings.num_threads,
+                                              device=settings.device, progress=progress)
+                    for fs in fsets}
     return ProtocolFeatures(
         protocol=proto, samples=kept, excluded=excluded, n_candidates=len(samples),
         y=kept["y"].to_numpy(dtype=np.int64), groups=kept["group"].astype(str).to_numpy(),
@@ -385,6 +399,10 @@ def run_loso(protocol, cache, manifest=None, settings: Optional[LosoSettings] = 
              progress: bool = True, make_estimator: Callable[..., Any] = make_svm) -> LosoResult:
     """LOSO of `protocol` on the clips of a prepare `cache` (see the module docstring)."""
     settings = settings or LosoSettings()
+    if settings.permutations:
+        from microfer.permutation import check_request
+
+        check_request(settings.permutations, settings.permutation_seed)  # before the long work, not after
     data = gather_features(protocol, cache, manifest, settings, progress)
     proto, kept, excluded, samples_n = data.protocol, data.samples, data.excluded, data.n_candidates
     y, groups, classes, fsets, feature_sets = data.y, data.groups, data.classes, data.feature_settings, data.feature_sets
@@ -402,6 +420,22 @@ def run_loso(protocol, cache, manifest=None, settings: Optional[LosoSettings] = 
     metrics["protocol_metrics"] = list(getattr(proto, "metrics", ("uf1", "uar", "accuracy")))
     metrics["excluded"] = {"count": int(len(excluded)), "of": int(samples_n),
                            "by_reason": excluded["reason"].value_counts().sort_index().to_dict()}
+    permutation = None
+    if settings.permutations:
+        from microfer.permutation import permutation_test, pooled_scores
+
+        # Pooled datasets differ in class frequencies and their features tell them apart
+        # (camera, frame rate, lighting), so the dataset alone predicts the label somewhat.
+        # Permuting within each dataset keeps that in the null: p then measures what the
+        # features say about the emotion beyond which dataset a clip came from.
+        strata = datasets.to_numpy() if datasets.nunique() > 1 else None
+        permutation = permutation_test(
+            feature_sets, y, groups, folds, param_grid=PARAM_GRIDS[settings.grid],
+            inner_splits=settings.inner_splits, n_classes=len(classes), scoring=settings.scoring,
+            make_estimator=make_estimator, n_permutations=settings.permutations, seed=settings.permutation_seed,
+            strata=strata, n_jobs=settings.n_jobs, progress=progress, real=pooled_scores(y, results, len(classes)))
+        metrics["permutation"] = permutation.as_dict()
+    t4 = time.perf_counter()
     pred, maj, _ = pooled_predictions(y.size, results)
     from microfer.models.mobilevit import file_sha256
 
@@ -420,5 +454,8 @@ def run_loso(protocol, cache, manifest=None, settings: Optional[LosoSettings] = 
         samples_sha256=_frame_sha256(kept, [*MERGE_KEYS, "emotion", "label", "y", "group"]),
         manifest_sha256=manifest_sha,
         timings={"load_s": round(data.load_s, 3), "features_s": round(data.features_s, 3),
-                 "folds_s": round(t3 - t2, 3), "total_s": round(data.load_s + data.features_s + t3 - t2, 3)},
+                 "folds_s": round(t3 - t2, 3),
+                 **({"permutations_s": round(t4 - t3, 3)} if permutation is not None else {}),
+                 "total_s": round(data.load_s + data.features_s + t4 - t2, 3)},
+        permutation=permutation,
     )

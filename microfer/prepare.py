@@ -35,7 +35,7 @@ from microfer.motion import DEFAULT_FLOW, FLOW_METHODS
 from microfer.records import ClipFailure, PreparedClip, Sample, is_missing
 
 # Bump when a change in this stage changes what it produces: it is part of the cache key.
-PREPARE_VERSION = "prepare-2"
+PREPARE_VERSION = "prepare-3"  # tight crops align (landmark-judged border cut)
 
 
 @dataclass(frozen=True)

@@ -84,16 +84,19 @@ class PreparedClip:
     onset: int                 # absolute frame numbers used
     apex: int
     offset: int
-    apex_source: str           # "annotated" | "spotted"
+    apex_source: str           # "annotated" | "spotted" | "derived_inputs" (read, not computed)
     onset_face: np.ndarray     # (S, S, 3) uint8 BGR aligned crop of the onset frame
     apex_face: np.ndarray      # (S, S, 3) uint8 BGR aligned crop of the apex frame
-    flow: np.ndarray           # (S, S, 2) float32 onset->apex optical flow (u, v), pixels
+    flow: np.ndarray           # (S, S, 2) float32 onset->apex optical flow (u, v), in `flow_units`
     strain: np.ndarray         # (S, S) float32 optical strain magnitude
     landmarks: np.ndarray      # (68, 2) float32 on the onset frame, image coordinates
     transform: np.ndarray      # (2, 3) float32 similarity, image -> aligned face
     face_box: tuple[int, int, int, int]
     motion_curve: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # per frame onset..offset
     notes: str = ""
+    # what a flow value means: "pixels" (computed here), or "minmax_per_image" (circulated
+    # derived inputs: each channel min-max scaled to 0..1 per image, the pixel scale is lost)
+    flow_units: str = "pixels"
 
 
 @dataclass

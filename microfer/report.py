@@ -1,4 +1,5 @@
-"""A LOSO result -> an output folder: results.json, report.md, confusion.png, per_subject.png.
+"""A LOSO result -> an output folder: results.json, report.md, confusion.png, per_subject.png
+(+ permutation_null.png when the run had a permutation test).
 
 Everything in results.json except the "timings" block is a deterministic function of the
 inputs and settings: the same command twice gives the same numbers (and the same file
@@ -81,11 +82,30 @@ def report_markdown(doc: dict[str, Any]) -> str:
                  "classes present in the truth. The majority baseline predicts each fold's most "
                  "frequent training class.")
     parts += ["", "## Pooled", ""]
-    parts.append(_table(["", "UF1", "UAR", "accuracy", "n"], [
+    perm = m.get("permutation")
+    rows = [
         ["model", _fmt(m["pooled"]["uf1"]), _fmt(m["pooled"]["uar"]), _fmt(m["pooled"]["accuracy"]), m["pooled"]["n"]],
         ["majority baseline", _fmt(m["majority"]["uf1"]), _fmt(m["majority"]["uar"]),
          _fmt(m["majority"]["accuracy"]), m["majority"]["n"]],
-    ]))
+    ]
+    if perm:
+        pm = perm["metrics"]
+        rows.append([f"permutation null (N={perm['n_permutations']}), mean", _fmt(pm["uf1"]["null_mean"]),
+                     _fmt(pm["uar"]["null_mean"]), "n/a", m["pooled"]["n"]])
+    parts.append(_table(["", "UF1", "UAR", "accuracy", "n"], rows))
+    if perm:
+        within = (f"within each dataset ({', '.join(perm['strata'])})" if perm["strata"] else "across all samples")
+        parts += ["", "## Chance level (permutation test)", ""]
+        parts.append(f"The whole nested procedure (every fold's inner choice of feature set and SVM settings) "
+                     f"rerun {perm['n_permutations']} times with the labels permuted {within}, folds unchanged "
+                     f"(seed {perm['seed']}). With class weighting and LOSO an uninformed classifier scores above "
+                     f"the majority baseline; this null is the chance level to beat. "
+                     f"p = (1 + #null >= model) / (N + 1); its minimum here is {1 / (perm['n_permutations'] + 1):.4f}. "
+                     f"Histograms: permutation_null.png.")
+        parts += [""]
+        parts.append(_table(["metric", "model", "null mean", "null 95th percentile", "p-value"],
+                            [[k.upper(), _fmt(v["real"]), _fmt(v["null_mean"]), _fmt(v["null_p95"]),
+                              _fmt(v["p_value"])] for k, v in pm.items()]))
     if len(m.get("per_dataset", {})) > 1:
         parts += ["", "## Per dataset", ""]
         rows = [[ds, _fmt(v["model"]["uf1"]), _fmt(v["model"]["uar"]), _fmt(v["model"]["accuracy"]),
@@ -165,8 +185,35 @@ def plot_per_subject(rows: list[dict[str, Any]], path: Path, title: str) -> None
     plt.close(fig)
 
 
+def plot_permutation_null(perm: dict[str, Any], majority: dict[str, Any], path: Path, title: str) -> None:
+    """One histogram of null scores per metric, the model's score and the majority baseline marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = perm["metrics"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
+    for ax, (name, v) in zip(axes[0], metrics.items()):
+        ax.hist(v["null"], bins=min(30, max(5, len(v["null"]) // 3)), range=(0, 1), color="tab:gray",
+                label=f"null (N={perm['n_permutations']})")
+        ax.axvline(v["real"], color="tab:blue", lw=2, label=f"model {v['real']:.3f} (p {v['p_value']:.3f})")
+        ax.axvline(v["null_p95"], color="black", ls=":", label=f"null 95th pct {v['null_p95']:.3f}")
+        if majority.get(name) is not None:
+            ax.axvline(majority[name], color="tab:red", ls="--", label=f"majority {majority[name]:.3f}")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(name.upper())
+        ax.set_ylabel("permutations")
+        ax.legend(loc="upper left", fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
 def write_report(result, out) -> dict[str, Path]:
-    """Write the four report files into `out` (created); returns their paths."""
+    """Write the report files into `out` (created); returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     doc = results_document(result)
@@ -177,4 +224,11 @@ def write_report(result, out) -> dict[str, Path]:
     plot_confusion(doc["metrics"]["pooled"]["confusion"], doc["classes"], paths["confusion"],
                    f"{doc['protocol']}: UF1 {_fmt(doc['metrics']['pooled']['uf1'])}")
     plot_per_subject(doc["metrics"]["per_subject"], paths["per_subject"], f"{doc['protocol']}: accuracy per subject")
+    null_plot = out / "permutation_null.png"
+    if doc["metrics"].get("permutation"):
+        paths["permutation"] = null_plot
+        plot_permutation_null(doc["metrics"]["permutation"], doc["metrics"]["majority"], null_plot,
+                              f"{doc['protocol']}: chance level by label permutation")
+    else:
+        null_plot.unlink(missing_ok=True)  # an earlier run's null would pass for this run's
     return paths

@@ -11,7 +11,13 @@ kinds
   onset_apex  onset grey, apex grey (both standardised), and the apex - onset difference
               amplified by DIFF_SCALE (micro-expressions change a few grey levels)
   flow        u, v (pixels, rescaled to a 128-px face so the range does not depend on the
-              crop size) and optical strain times STRAIN_SCALE; clipped to +-CLIP
+              crop size) and optical strain times STRAIN_SCALE; clipped to +-CLIP.
+              Entries with flow_units "minmax_per_image" (circulated derived inputs whose
+              u, v, strain were each min-max scaled to 0..1 per image before we got them)
+              have no pixel scale left to restore: each channel x maps to 2*x - 1, a fixed
+              map onto [-1, 1], adding no per-clip statistics to what the file already did.
+              Mirroring stays exact for them: -(2x - 1) = 2(1 - x) - 1, and 1 - x is the
+              per-image min-max of -u.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from microfer.errors import ClipError
 from microfer.records import PreparedClip
 
 KINDS = ("apex", "onset_apex", "flow")
+FLOW_UNITS = ("pixels", "minmax_per_image")
 
 IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], np.float32)
@@ -68,6 +75,9 @@ def to_input(prepared: PreparedClip, kind: str, name: str = "clip") -> np.ndarra
     if kind == "apex":
         return face_to_input(prepared.apex_face, name)
     if kind == "onset_apex":
+        if np.asarray(prepared.onset_face).size == 0:
+            raise ClipError(f"{name}: the entry has no onset face ({prepared.apex_source} entries carry the apex "
+                            f"frame and flow only); use the apex or flow representation")
         onset = _grey(_check_face(prepared.onset_face, "onset_face", name))
         apex = _grey(_check_face(prepared.apex_face, "apex_face", name))
         if onset.shape != apex.shape:
@@ -81,6 +91,12 @@ def to_input(prepared: PreparedClip, kind: str, name: str = "clip") -> np.ndarra
         raise ClipError(f"{name}: flow must be (S, S, 2), got shape {flow.shape}")
     if strain.shape != flow.shape[:2]:
         raise ClipError(f"{name}: strain {strain.shape} does not match flow {flow.shape[:2]}")
+    units = prepared.flow_units
+    if units == "minmax_per_image":
+        out = np.stack([flow[..., 0], flow[..., 1], strain]) * 2.0 - 1.0
+        return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0).astype(np.float32)
+    if units != "pixels":
+        raise ClipError(f"{name}: unknown flow_units {units!r}; expected one of {', '.join(FLOW_UNITS)}")
     scale = FLOW_REFERENCE / float(flow.shape[1])
     out = np.stack([flow[..., 0] * scale, flow[..., 1] * scale, strain * STRAIN_SCALE])
     out = np.nan_to_num(out, nan=0.0, posinf=CLIP, neginf=-CLIP)

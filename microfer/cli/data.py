@@ -20,6 +20,12 @@ def datasets_cmd():
         for line in a.layout.splitlines():
             click.echo(f"    {line}")
         click.echo("")
+    from microfer.datasets import composite_inputs
+
+    click.echo(f"{composite_inputs.NAME}  (derived MEGC2019 composite inputs, `microfer prepare` only)")
+    for line in composite_inputs.LAYOUT.splitlines():
+        click.echo(f"    {line}")
+    click.echo("")
     click.echo("Shipped manifests: data_manifests/*.csv "
                "(python -m microfer.datasets.build_manifests --annotations DIR --out data_manifests)")
 

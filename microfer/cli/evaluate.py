@@ -89,15 +89,21 @@ def pretrain_cmd(cache, manifest, images, images_split, label_column, representa
 @click.option("--feature-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="feature cache (default: <cache settings folder>/features)")
 @click.option("--device", default="cpu", show_default=True, help="torch device for feature extraction")
+@click.option("--permutations", type=click.IntRange(min=0), default=0, show_default=True,
+              help="chance level: rerun the whole nested LOSO N times on permuted labels (within each dataset "
+                   "when several are pooled); reports the null UF1/UAR and p-values (N=99 allows p <= 0.01)")
+@click.option("--permutation-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="seed of the label permutations")
 def loso_cmd(protocol, cache, manifest, out, jobs, grid, seed, weights, inner_splits, threads, batch_size,
-             input_size, feature_dir, device):
+             input_size, feature_dir, device, permutations, permutation_seed):
     """Leave-one-subject-out evaluation of PROTOCOL on a prepare cache."""
     from microfer.evaluate import LosoSettings, run_loso
 
     settings = LosoSettings(grid=grid, seed=seed, n_jobs=jobs, inner_splits=inner_splits, batch_size=batch_size,
                             num_threads=threads, input_size=input_size,
                             block_weights=str(weights) if weights else None,
-                            feature_dir=str(feature_dir) if feature_dir else None, device=device)
+                            feature_dir=str(feature_dir) if feature_dir else None, device=device,
+                            permutations=permutations, permutation_seed=permutation_seed)
     result = run_loso(protocol, cache, manifest=list(manifest) or None, settings=settings, progress=True)
     m = result.metrics
     ex = m["excluded"]
@@ -115,8 +121,17 @@ def loso_cmd(protocol, cache, manifest, out, jobs, grid, seed, weights, inner_sp
     click.echo(line("majority baseline", m["majority"]))
     for ds, v in m.get("per_dataset", {}).items():
         click.echo(line(f"  {ds}", v["model"]))
+    perm = m.get("permutation")
+    if perm:
+        within = f"within {', '.join(perm['strata'])}" if perm["strata"] else "across all samples"
+        click.echo(f"permutation null (N={perm['n_permutations']}, labels permuted {within}, "
+                   f"seed {perm['seed']}):")
+        for k, v in perm["metrics"].items():
+            click.echo(f"  {k.upper():<4} null mean {v['null_mean']:.4f}  95th percentile {v['null_p95']:.4f}  "
+                       f"model {v['real']:.4f}  p {v['p_value']:.4f}")
+    extra = f", permutations {result.timings['permutations_s']:.1f} s" if "permutations_s" in result.timings else ""
     click.echo(f"time: {result.timings['total_s']:.1f} s (features {result.timings['features_s']:.1f} s, "
-               f"folds {result.timings['folds_s']:.1f} s)")
+               f"folds {result.timings['folds_s']:.1f} s{extra})")
     if out is not None:
         from microfer.report import write_report
 

@@ -50,7 +50,21 @@ def prepare_cmd(dataset, root, out, coding, manifest, workers, strict, size, flo
     """Prepare DATASET's clips: aligned onset/apex faces, optical flow and strain, cached.
 
     Re-running with the same settings does no work; an interrupted run resumes.
+    DATASET `composite_inputs` reads the circulated derived MEGC2019 composite inputs
+    (apex crops + flow images, see `microfer datasets`) into entries of the composite
+    manifest (--manifest replaces it); the face/flow options do not apply to it.
     """
+    from microfer.datasets import composite_inputs
+
+    if dataset == composite_inputs.NAME:
+        if coding is not None:
+            from microfer.errors import MicroferError
+
+            raise MicroferError(f"--coding {coding}: {dataset} reads its own csv under --root; "
+                                f"give --manifest to match against another composite manifest")
+        summary = composite_inputs.prepare_cache(root, out, manifest, progress=not no_progress)
+        click.echo(summary.text())
+        return
     from microfer.prepare import PrepareSettings, prepare_dataset
 
     samples = load_samples(dataset, root, coding, manifest)
