@@ -102,7 +102,7 @@ def _time_model_path(predictor, prepared, runs: int) -> dict:
     from microfer.representation import to_input
 
     classifier = predictor.bundle.classifier
-    kind = predictor.feature_setting.representation
+    kinds = predictor.feature_setting.representations
     classifier.class_scores(predictor.features(prepared))  # warm-up
     totals, networks, svms, inputs = [], [], [], []
     for _ in range(runs):
@@ -116,23 +116,25 @@ def _time_model_path(predictor, prepared, runs: int) -> dict:
         networks.append((t_net - t) * 1000)
         svms.append((t_end - t_net) * 1000)
         t = time.perf_counter()
-        to_input(prepared, kind)
+        for kind in kinds:
+            to_input(prepared, kind)
         inputs.append(_ms_since(t))
     return {"median_ms": median(totals), "network_ms": median(networks), "svm_ms": median(svms),
             "to_input_ms": median(inputs), "runs": runs, "runs_ms": totals}
 
 
 def _time_features(predictor, prepared, n_clips: int, batch_size: int, threads: Optional[int]) -> dict:
-    """Throughput of extract_features on n_clips copies of one prepared clip (bundle weights)."""
-    from microfer.features import extract_features
+    """Feature throughput on n_clips copies of one prepared clip, in batches (bundle weights)."""
+    import numpy as np
 
-    setting = predictor.feature_setting
-    extractor = setting.create_extractor(batch_size=batch_size, num_threads=threads)
-    extractor.load_state_dict(predictor.bundle.network)
+    from microfer.features import FeatureModel
+
+    model = FeatureModel(predictor.feature_setting, batch_size=batch_size, num_threads=threads)
+    model.load_state_dict(predictor.bundle.network)
     clips = [prepared] * n_clips
-    extract_features(clips[:batch_size], setting, batch_size=batch_size, extractor=extractor)  # warm-up
+    model(clips[:batch_size])  # warm-up
     t = time.perf_counter()
-    feats = extract_features(clips, setting, batch_size=batch_size, extractor=extractor)
+    feats = np.concatenate([model(clips[i:i + batch_size]) for i in range(0, n_clips, batch_size)])
     seconds = time.perf_counter() - t
     return {"clips": n_clips, "batch_size": batch_size, "seconds": seconds, "clips_per_s": n_clips / seconds,
             "ms_per_clip": 1000 * seconds / n_clips, "feature_dim": int(feats.shape[1])}

@@ -49,14 +49,30 @@ class FeatureSetting:
     block_weights: Optional[str] = None  # MV2 block weights (folder or .safetensors), None = random init
 
     @property
+    def is_descriptor(self) -> bool:
+        from microfer.models import is_descriptor
+
+        return is_descriptor(self.variant)
+
+    @property
     def name(self) -> str:
+        if self.is_descriptor:
+            return f"{self.variant}/{self.representation}"
         parts = [self.variant, self.representation, self.layer, self.pool]
         if self.block_weights:
-            parts.append("mv2pre")
+            parts.append("pre")
         return "/".join(parts)
 
+    @property
+    def parts(self) -> tuple["FeatureSetting", ...]:
+        return (self,)
+
+    @property
+    def representations(self) -> tuple[str, ...]:
+        return (self.representation,)
+
     def weights_sha256(self) -> Optional[str]:
-        if not self.block_weights:
+        if not self.block_weights or self.is_descriptor:
             return None
         from microfer.models.mobilevit import read_block_meta
 
@@ -81,6 +97,11 @@ class FeatureSetting:
 
 def check_weights_fit(setting: FeatureSetting) -> None:
     """Refuse MV2 block weights pretrained on another input representation or variant."""
+    if setting.is_descriptor:
+        if setting.representation != "flow":
+            raise MicroferError(f"{setting.variant} describes flow; feature set {setting.name} gives it "
+                                f"{setting.representation!r} inputs")
+        return
     if not setting.block_weights:
         return
     from microfer.models.mobilevit import read_block_meta
@@ -90,6 +111,32 @@ def check_weights_fit(setting: FeatureSetting) -> None:
     if rep is not None and rep != setting.representation:
         raise MicroferError(f"{setting.block_weights}: MV2 block was pretrained on {rep!r} inputs, "
                             f"feature set {setting.name} uses {setting.representation!r}")
+
+
+@dataclass(frozen=True)
+class FusedSetting:
+    """Several feature sets side by side (concatenated columns), e.g. motion + appearance.
+
+    Each part is extracted (and cached) on its own; the SVM's scaler then standardises
+    every column, so a part's weight in the kernel grows with its number of columns.
+    """
+
+    parts: tuple[FeatureSetting, ...]
+
+    def __post_init__(self):
+        if len(self.parts) < 2 or not all(isinstance(p, FeatureSetting) for p in self.parts):
+            raise MicroferError("a fusion needs at least two single feature sets")
+
+    @property
+    def name(self) -> str:
+        return " + ".join(p.name for p in self.parts)
+
+    @property
+    def representations(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p.representation for p in self.parts))
+
+    def key(self) -> str:
+        return hashlib.sha256("+".join(p.key() for p in self.parts).encode()).hexdigest()[:16]
 
 
 def _file_name(key: str, stamp: str = "") -> str:
@@ -145,7 +192,7 @@ class FeatureCache:
 
 def extract_features(
     clips: Sequence[PreparedClip] | ClipSource,
-    setting: FeatureSetting,
+    setting: "FeatureSetting | FusedSetting",
     keys: Optional[Sequence[str]] = None,
     feature_dir: Optional[Path] = None,
     batch_size: int = 32,
@@ -163,6 +210,13 @@ def extract_features(
     """
     from microfer.representation import check_kind, stack_inputs
 
+    if isinstance(setting, FusedSetting):
+        if extractor is not None:
+            raise MicroferError("extract_features: pass no extractor for a fusion (each part builds its own)")
+        blocks = [extract_features(clips, part, keys=keys, feature_dir=feature_dir, batch_size=batch_size,
+                                   num_threads=num_threads, device=device, progress=progress)
+                  for part in setting.parts]
+        return np.concatenate(blocks, axis=1)
     check_kind(setting.representation)
     check_weights_fit(setting)
     is_list = isinstance(clips, (list, tuple))
@@ -206,3 +260,58 @@ def extract_features(
     if len(dims) != 1:  # stale entries of another shape were rejected above; this is a guard
         raise MicroferError(f"feature rows of differing sizes {sorted(dims)} for {setting.name}")
     return np.stack(rows).astype(np.float32)  # type: ignore[arg-type]
+
+
+def feature_config(setting: "FeatureSetting | FusedSetting") -> dict:
+    """What a bundle records of a feature set (weights travel in the bundle, so no paths)."""
+    if isinstance(setting, FusedSetting):
+        return {"fusion": [feature_config(p) for p in setting.parts]}
+    doc = {k: v for k, v in asdict(setting).items() if k != "block_weights"}
+    doc["pretrained_block_sha256"] = setting.weights_sha256()
+    return doc
+
+
+def feature_setting_from_config(doc: dict) -> "FeatureSetting | FusedSetting":
+    """Inverse of `feature_config` (raises TypeError / KeyError on a foreign document)."""
+    if "fusion" in doc:
+        return FusedSetting(tuple(feature_setting_from_config(p) for p in doc["fusion"]))
+    fields = {k: v for k, v in doc.items() if k != "pretrained_block_sha256"}
+    return FeatureSetting(**{**fields, "block_weights": None})
+
+
+class FeatureModel:
+    """The extractor(s) of one feature set: prepared clips in, (N, D) features out.
+
+    What `train` stores in a bundle and `predict` rebuilds from it. A fusion has one
+    extractor per part; their weights are stored under `part<i>.` prefixes.
+    """
+
+    def __init__(self, setting: "FeatureSetting | FusedSetting", batch_size: int = 1,
+                 num_threads: Optional[int] = None, device: str = "cpu"):
+        self.setting = setting
+        self.extractors = [p.create_extractor(batch_size=batch_size, num_threads=num_threads, device=device)
+                           for p in setting.parts]
+
+    def _prefix(self, i: int) -> str:
+        return f"part{i}." if isinstance(self.setting, FusedSetting) else ""
+
+    def __call__(self, prepared: Sequence[PreparedClip], names: Optional[Sequence[str]] = None) -> np.ndarray:
+        from microfer.representation import stack_inputs
+
+        blocks = [ex(stack_inputs(prepared, part.representation, names))
+                  for part, ex in zip(self.setting.parts, self.extractors)]
+        return np.concatenate(blocks, axis=1).astype(np.float32)
+
+    def state_dict(self) -> dict:
+        return {self._prefix(i) + k: v for i, ex in enumerate(self.extractors) for k, v in ex.state_dict().items()}
+
+    def load_state_dict(self, state: dict, source: str = "network weights") -> None:
+        for i, ex in enumerate(self.extractors):
+            prefix = self._prefix(i)
+            ex.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, source=source)
+        if isinstance(self.setting, FusedSetting):
+            stray = [k for k in state if not any(k.startswith(self._prefix(i)) for i in range(len(self.extractors)))]
+            if stray:
+                from microfer.errors import BundleError
+
+                raise BundleError(f"{source}: tensors belong to no part of the fusion (e.g. {stray[0]})")

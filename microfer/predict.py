@@ -64,30 +64,27 @@ class Predictor:
 
     def __init__(self, bundle, num_threads: Optional[int] = None):
         from microfer.bundle import load_bundle
-        from microfer.errors import BundleError
-        from microfer.features import FeatureSetting
+        from microfer.errors import BundleError, MicroferError
+        from microfer.features import FeatureModel, feature_setting_from_config
         from microfer.prepare import PrepareSettings
 
         self.bundle = bundle if hasattr(bundle, "classifier") else load_bundle(bundle)
         cfg = self.bundle.config
         try:
             self.prepare_settings = PrepareSettings(**cfg["prepare"])
-            fields = {k: v for k, v in cfg["features"].items() if k != "pretrained_block_sha256"}
-            # the pretrained block travels inside network.safetensors, not as a separate file
-            self.feature_setting = FeatureSetting(**{**fields, "block_weights": None})
-        except TypeError as exc:
+            # pretrained weights travel inside network.safetensors, not as separate files
+            self.feature_setting = feature_setting_from_config(cfg["features"])
+        except (TypeError, KeyError, MicroferError) as exc:
             raise BundleError(f"{self.bundle.path}: settings in bundle.json do not fit this microfer ({exc})") from None
-        self.extractor = self.feature_setting.create_extractor(batch_size=1, num_threads=num_threads)
-        self.extractor.load_state_dict(self.bundle.network, source=str(self.bundle.path / "network.safetensors"))
+        self.feature_model = FeatureModel(self.feature_setting, batch_size=1, num_threads=num_threads)
+        self.feature_model.load_state_dict(self.bundle.network, source=str(self.bundle.path / "network.safetensors"))
         self.classes = self.bundle.class_names
         from microfer.face import load_models
 
         load_models()  # so per-clip timings measure the work, not the one-off model load
 
     def features(self, prepared) -> np.ndarray:
-        from microfer.representation import to_input
-
-        return self.extractor(to_input(prepared, self.feature_setting.representation)[None])
+        return self.feature_model([prepared])
 
     def predict(self, clip, onset: Optional[int] = None, apex: Optional[int] = None,
                 offset: Optional[int] = None) -> Prediction:

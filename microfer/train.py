@@ -7,7 +7,7 @@ feature set + SVM fitted on all of them.
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,6 +43,7 @@ def train_bundle(protocol, cache, out, manifest=None, settings=None, progress: b
     from microfer.bundle import ArraySVM, save_bundle
     from microfer.classify import select_and_fit
     from microfer.evaluate import PARAM_GRIDS, LosoSettings, _frame_sha256, gather_features
+    from microfer.features import FeatureModel, feature_config
 
     settings = settings or LosoSettings()
     data = gather_features(protocol, cache, manifest, settings, progress)
@@ -57,10 +58,9 @@ def train_bundle(protocol, cache, out, manifest=None, settings=None, progress: b
                             inner_splits=settings.inner_splits, param_grid=PARAM_GRIDS[settings.grid],
                             seed=settings.seed, scoring=settings.scoring, n_classes=len(data.classes))
     setting = {fs.name: fs for fs in data.feature_settings}[choice.feature_name]
-    extractor = setting.create_extractor(batch_size=1, num_threads=settings.num_threads)
+    model = FeatureModel(setting, batch_size=1, num_threads=settings.num_threads)
     counts = {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)}
-    features = {k: v for k, v in asdict(setting).items() if k != "block_weights"}
-    features["pretrained_block_sha256"] = setting.weights_sha256()
+    features = feature_config(setting)
     config: dict[str, Any] = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "protocol": str(data.protocol.name),
@@ -73,6 +73,6 @@ def train_bundle(protocol, cache, out, manifest=None, settings=None, progress: b
         "versions": versions(),
     }
     svm = ArraySVM.from_pipeline(choice.model)
-    path = save_bundle(out, network_state=extractor.state_dict(), classifier=svm, config=config)
+    path = save_bundle(out, network_state=model.state_dict(), classifier=svm, config=config)
     return TrainResult(bundle=path, feature_setting=setting, choice=choice, n_samples=int(len(data.y)),
                        n_subjects=n_groups, excluded=int(len(data.excluded)), class_counts=counts)

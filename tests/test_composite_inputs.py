@@ -206,8 +206,7 @@ def test_entries_without_flow_units_load_as_pixels(tmp_path):
 def tiny_grid(monkeypatch):
     from microfer import evaluate
 
-    grid = {**evaluate.FEATURE_GRIDS["small"], "variants": ["mobilevit_xxs"], "representations": ["flow", "onset_apex"],
-            "layers": ["stage4"], "pools": ["grid2"]}
+    grid = ["flow_grid7/flow", "mobilevit_xxs/onset_apex/stage4/grid2"]
     monkeypatch.setitem(evaluate.FEATURE_GRIDS, "tiny", grid)
     svm = [{"kernel": ["linear"], "C": [1.0], "class_weight": ["balanced"]}]
     monkeypatch.setitem(evaluate.PARAM_GRIDS, "tiny", svm)
@@ -243,8 +242,7 @@ def test_a_grid_asking_only_for_what_the_cache_lacks_is_refused(broken_cache, mo
     from microfer import evaluate
 
     _, out, _, _ = broken_cache
-    monkeypatch.setitem(evaluate.FEATURE_GRIDS, "onset_only", {**evaluate.FEATURE_GRIDS["small"],
-                                                               "representations": ["onset_apex"]})
+    monkeypatch.setitem(evaluate.FEATURE_GRIDS, "onset_only", ["mobilevit_xxs/onset_apex/stage4/grid2"])
     with pytest.raises(MicroferError, match="offers representations apex, flow"):
         evaluate.gather_features("megc2019-composite", out, settings=evaluate.LosoSettings(grid="onset_only"),
                                  progress=False)

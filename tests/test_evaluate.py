@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from microfer.evaluate import (FoldLeakError, LosoSettings, SimpleFold, check_folds, compute_metrics, evaluate_folds,
-                               leave_one_group_out, run_loso)
+                               feature_grid, leave_one_group_out, run_loso)
 from microfer.features import FeatureSetting, extract_features
 from microfer.records import MANIFEST_COLUMNS, PreparedClip
 
@@ -163,7 +163,9 @@ def test_loso_end_to_end_through_cache_and_protocol(prepared_cache, tmp_path):
     assert sorted(i for f in result.folds for i in f.test_idx) == list(range(45))
     assert result.metrics["pooled"]["uf1"] > 0.7  # 3 of the 5 classes occur; chance is about 0.33
     assert result.metrics["pooled"]["uf1"] > result.metrics["majority"]["uf1"] + 0.3
-    assert len(list((root / "settingsA" / "features").glob("*/*.npy"))) == 2 * 45  # 2 feature sets cached
+    # every single feature set cached once (a fusion would reuse its parts' files)
+    singles = {part.key() for fs in feature_grid(settings) for part in fs.parts}
+    assert len(list((root / "settingsA" / "features").glob("*/*.npy"))) == len(singles) * 45
 
     paths = write_report(result, tmp_path / "run1")
     for p in paths.values():
@@ -223,15 +225,17 @@ def test_pretrain_from_a_cache_then_loso_with_the_pretrained_block(prepared_cach
                                    "--representation", "flow", "--epochs", "1", "--batch-size", "8",
                                    "--input-size", "64", "--device", "cpu", "--out", str(weights)])
     assert res.exit_code == 0, res.output
-    assert "45 macro samples, 3 labels: disgust 15, happiness 15, surprise 15" in res.output
+    assert "45 macro samples, 3 labels: disgust 15, happy 15, surprise 15" in res.output
     assert "skipped 1: failed in the cache" in res.output
     meta = read_block_meta(weights)
     assert meta["representation"] == "flow" and meta["n_samples"] == 45
 
-    settings = LosoSettings(input_size=64, inner_splits=3, block_weights=str(weights),
+    settings = LosoSettings(grid="network", input_size=64, inner_splits=3, block_weights=str(weights),
                             feature_dir=str(tmp_path / "features"))
     result = run_loso("casme2-5class", root / "settingsA", manifest=manifest, settings=settings, progress=False)
-    assert [f["name"] for f in result.feature_sets] == ["mobilevit_xxs/flow/stage4/grid2/mv2pre"]
+    # the weights go to the network of their representation; the other one stays random
+    assert [f["name"] for f in result.feature_sets] == ["mobilevit_xxs/flow/stage4/grid2/pre",
+                                                       "mobilevit_xxs/onset_apex/stage4/grid2"]
     assert result.feature_sets[0]["key"] != FeatureSetting(layer="stage4", pool="grid2", input_size=64).key()
     assert result.metrics["pooled"]["uf1"] > 0.6
     with pytest.raises(MicroferError, match="pretrained on 'flow'"):

@@ -102,7 +102,7 @@ def test_block_weights_round_trip(tmp_path):
     st = save_block_weights(model, tmp_path / "w", {"variant": "mobilevit_xxs", "representation": "flow"})
     assert st == weights_paths(tmp_path / "w")[0] and st.is_file()
     meta = read_block_meta(tmp_path / "w")
-    assert meta["blocks"] == list(MV2_BLOCK_MODULES) and meta["representation"] == "flow"
+    assert meta["modules"] == list(MV2_BLOCK_MODULES) and meta["scope"] == "mv2" and meta["representation"] == "flow"
     assert not [p for p in (tmp_path / "w").iterdir() if p.name.startswith(".")]  # no temporaries left
     ext = MobileViTExtractor("mobilevit_xxs", layer="mv2", input_size=32, block_weights=tmp_path / "w")
     saved = mv2_state_dict(model)
@@ -144,7 +144,7 @@ def test_foreign_or_mismatched_weights_are_refused(tmp_path):
         MobileViTExtractor("mobilevit_xxs", layer="mv2", input_size=32, block_weights=tmp_path / "w")
     # a JSON of another kind
     js.write_text(json.dumps({"format": "someone.else", "variant": "mobilevit_xxs"}))
-    with pytest.raises(BundleError, match="not a microfer MV2 block"):
+    with pytest.raises(BundleError, match="not a microfer MobileViT weights"):
         MobileViTExtractor("mobilevit_xxs", layer="mv2", input_size=32, block_weights=tmp_path / "w")
 
 
@@ -215,8 +215,8 @@ def test_pretrain_command_on_an_image_folder(tmp_path):
             "--batch-size", "4", "--input-size", "32", "--device", "cpu", "--out", str(out)]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
-    assert "8 macro samples, 2 labels: happy 4, sad 4" in res.output
-    assert read_block_meta(out)["labels"] == ["happy", "sad"]
+    assert "8 macro samples, 2 labels: happy 4, sadness 4" in res.output  # FER "sad" is CK+ "sadness"
+    assert read_block_meta(out)["labels"] == ["happy", "sadness"]
     bad = CliRunner().invoke(cli, args[:4] + ["flow"] + args[5:])
     assert bad.exit_code != 0 and "apex" in str(bad.exception)
 

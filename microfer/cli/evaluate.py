@@ -7,8 +7,45 @@ import click
 
 REPRESENTATIONS = ("apex", "onset_apex", "flow")
 VARIANTS = ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s")
-GRID_OPTION = click.option("--grid", type=click.Choice(["small", "full"]), default="small", show_default=True,
-                           help="feature x SVM grid searched inside each training fold")
+WEIGHTS_OPTION = click.option(
+    "--weights", default="default", show_default=True, metavar="default|none|PATH",
+    help="pretrained MobileViT weights: 'default' = the shipped macro-expression trunk "
+         "(microfer/weights/mobilevit_xxs_macro.json), 'none' = randomly initialised (ablation), "
+         "or a weights folder / .json from `microfer pretrain`")
+# the names of microfer.evaluate.FEATURE_GRIDS (spelt out: --help must not import the library)
+GRID_OPTION = click.option("--grid", type=click.Choice(["small", "motion", "raw", "network", "full"]), default="small",
+                           show_default=True,
+                           help="feature x SVM grid searched inside each training fold: small (default: motion "
+                                "descriptors, pretrained apex network, their fusion), motion, raw (the raw-flow floor), "
+                                "network (0.1's), full")
+
+FEATURES_OPTION = click.option(
+    "--features", multiple=True, metavar="SET",
+    help="feature set(s) to choose among instead of the grid's (repeatable), written as the report names "
+         "them: 'flow_grid14/flow', 'mobilevit_xxs/apex/final/avg', 'flow_grid14/flow + mobilevit_xxs/apex/final/avg'")
+
+
+def command_line(ctx: click.Context, leave_out: tuple[str, ...] = ()) -> str:
+    """The command that reproduces this invocation: every option spelt out, defaults included
+    (so a later change of a default cannot change what it means)."""
+    import shlex
+
+    words = ["microfer", ctx.info_name or ""]
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in leave_out:
+            continue
+        value = ctx.params.get(param.name)
+        if value is None or value == ():
+            continue
+        if param.is_flag:
+            if param.secondary_opts:
+                words.append(param.opts[0] if value else param.secondary_opts[0])
+            elif value:
+                words.append(param.opts[0])
+            continue
+        for v in (value if param.multiple else [value]):
+            words += [param.opts[0], str(v)]
+    return shlex.join(words)
 
 
 @click.command("pretrain")
@@ -16,55 +53,102 @@ GRID_OPTION = click.option("--grid", type=click.Choice(["small", "full"]), defau
               help="prepare cache of MACRO-expression clips (settings folder, or its parent holding one)")
 @click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False),
               help="manifest CSV the cached clips were prepared from (labels: its emotion column)")
-@click.option("--images", type=click.Path(path_type=Path, file_okay=False),
-              help="face images ROOT/<split>/<emotion>/*.png (FER-2013 layout); apex representation only")
-@click.option("--images-split", default="train", show_default=True, help="split folder of --images to use")
+@click.option("--images", type=click.Path(path_type=Path, file_okay=False), multiple=True,
+              help="face images ROOT/<split>/<emotion>/*.png (FER-2013 layout); apex representation only; "
+                   "repeatable")
+@click.option("--images-split", default="train", show_default=True, help="split folder of --images to train on")
+@click.option("--test-split", default="test", show_default=True,
+              help="split folder of --images scored after every epoch, for the record (skipped where absent)")
+@click.option("--images-by-subject", type=click.Path(path_type=Path, file_okay=False), multiple=True,
+              help="face images ROOT/<emotion>/<file> without split folders, the subject in the file name "
+                   "(CK+ layout): split by subject into train / test; repeatable")
+@click.option("--subject-pattern", default=r"S(\d+)_", show_default=True,
+              help="regular expression whose first group is the subject id in a --images-by-subject file name")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True, help="share of --images-by-subject subjects held out for test")
+@click.option("--split-seed", type=int, default=0, show_default=True, help="seed of the subject split (stable hash)")
 @click.option("--label-column", default="emotion", show_default=True, help="manifest column holding the label")
-@click.option("--representation", type=click.Choice(REPRESENTATIONS), default="flow", show_default=True)
+@click.option("--representation", type=click.Choice(REPRESENTATIONS), default=None,
+              help="input representation [default: apex for image folders alone, else flow]")
 @click.option("--variant", type=click.Choice(VARIANTS), default="mobilevit_xxs", show_default=True)
+@click.option("--scope", type=click.Choice(["mv2", "whole"]), default="mv2", show_default=True,
+              help="what is pretrained: the MobileNetV2 block, or the whole trunk up to final_conv")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True)
-@click.option("--input-size", type=int, default=128, show_default=True)
+@click.option("--input-size", type=int, default=None,
+              help="network input side in px [default: 64 for image folders alone (48-px faces), else 128]")
+@click.option("--grey/--colour", default=True, show_default=True,
+              help="read face images as grey (3 equal channels), like the mostly grey ME apex crops")
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="random shift / scale / rotation / brightness / contrast of image faces (flips always)")
+@click.option("--store-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="dtype of the saved weights file (float16: half the size; loaded as float32)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available)")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="folder for mv2_block.safetensors/.json and the checkpoint")
+              help="folder for the weights (mv2_block or trunk .safetensors/.json) and the checkpoint")
 @click.option("--resume", is_flag=True, help="continue from the checkpoint in --out")
-def pretrain_cmd(cache, manifest, images, images_split, label_column, representation, variant, epochs,
-                 batch_size, lr, input_size, seed, threads, device, out, resume):
-    """Pretrain the MobileNetV2 block of MobileViT on macro-expression samples."""
+@click.pass_context
+def pretrain_cmd(ctx, cache, manifest, images, images_split, test_split, images_by_subject, subject_pattern,
+                 test_fraction, split_seed, label_column, representation, variant, scope, epochs, batch_size, lr,
+                 input_size, grey, augment, store_dtype, seed, threads, device, out, resume):
+    """Pretrain MobileViT (MobileNetV2 block or whole trunk) on macro-expression samples."""
     from microfer.errors import MicroferError
     from microfer.models.pretrain import (PretrainSettings, combine, load_cache_samples, load_image_folder,
-                                          pretrain)
+                                          load_images_by_subject, pretrain)
 
-    if cache is None and images is None:
-        raise MicroferError("give macro-expression data: --cache (with --manifest) and/or --images")
+    has_images = bool(images or images_by_subject)
+    if cache is None and not has_images:
+        raise MicroferError("give macro-expression data: --cache (with --manifest), --images and/or "
+                            "--images-by-subject")
     if cache is not None and manifest is None:
         raise MicroferError("--cache needs --manifest: the emotion of each macro clip comes from its manifest row")
-    if images is not None and representation != "apex":
-        raise MicroferError(f"--images holds still faces, which only give the 'apex' representation "
-                            f"(got --representation {representation})")
-    parts = []
+    representation = representation or ("flow" if cache is not None else "apex")
+    input_size = input_size or (128 if cache is not None else 64)
+    ctx.params.update(representation=representation, input_size=input_size)  # the command records what ran
+    if has_images and representation != "apex":
+        raise MicroferError(f"--images / --images-by-subject hold still faces, which only give the 'apex' "
+                            f"representation (got --representation {representation})")
+    parts, tests = [], {}
+
+    def add_test(name, ts):
+        name = name if name not in tests else f"{name}#{len(tests) + 1}"
+        tests[name] = ts
+
     if cache is not None:
         parts.append(load_cache_samples(cache, manifest, representation, input_size, label_column, progress=True))
-    if images is not None:
-        parts.append(load_image_folder(images, images_split, input_size, progress=True))
+    for root in images:
+        parts.append(load_image_folder(root, images_split, input_size, progress=True, grey=grey))
+        if test_split and (root / test_split).is_dir():
+            add_test(root.name, load_image_folder(root, test_split, input_size, progress=True, grey=grey))
+    for root in images_by_subject:
+        train, test = load_images_by_subject(root, subject_pattern, test_fraction, split_seed, input_size,
+                                             progress=True, grey=grey)
+        parts.append(train)
+        add_test(root.name, test)
+        click.echo(f"{root}: {len(train.parts[0]['subjects'])} training subjects ({len(train)} images), "
+                   f"{len(test.parts[0]['subjects'])} test subjects ({len(test)} images)")
     data = combine(parts)
     click.echo(f"{len(data)} macro samples, {len(data.labels)} labels: "
                + ", ".join(f"{l} {int((data.y == i).sum())}" for i, l in enumerate(data.labels)))
     for reason, count in data.skipped.items():
         click.echo(f"  skipped {count}: {reason}")
-    settings = PretrainSettings(variant=variant, representation=representation, input_size=input_size,
-                                epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, num_threads=threads,
-                                device=device)
-    result = pretrain(data, settings, out, resume=resume, progress=True)
+    for name, ts in tests.items():
+        click.echo(f"test {name}: {len(ts)} samples (scored after every epoch, for the record only)")
+    settings = PretrainSettings(variant=variant, representation=representation, input_size=input_size, scope=scope,
+                                epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed,
+                                store_dtype=store_dtype, num_threads=threads, device=device)
+    result = pretrain(data, settings, out, resume=resume, progress=True, test_sets=tests,
+                      notes={"command": command_line(ctx, leave_out=("resume",))})
     if result.resumed_from:
         click.echo(f"resumed after epoch {result.resumed_from}")
     if result.history:
         last = result.history[-1]
         click.echo(f"epoch {last['epoch']}: loss {last['loss']:.4f}, train accuracy {last['train_accuracy']:.3f}")
+        for name, m in last.get("test", {}).items():
+            click.echo(f"  test {name}: accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f} (n {m['n']})")
     click.echo(f"wrote {result.weights} (+ .json)")
 
 
@@ -79,9 +163,9 @@ def pretrain_cmd(cache, manifest, images, images_split, label_column, representa
               help="report folder: results.json, report.md, confusion.png, per_subject.png")
 @click.option("--jobs", type=int, default=-1, show_default=True, help="parallel folds (joblib; -1 = all cores)")
 @GRID_OPTION
+@FEATURES_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="network initialisation seed")
-@click.option("--weights", type=click.Path(path_type=Path), default=None,
-              help="pretrained MV2 block (folder from `microfer pretrain`)")
+@WEIGHTS_OPTION
 @click.option("--inner-splits", type=click.IntRange(min=2), default=5, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for feature extraction")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -94,14 +178,15 @@ def pretrain_cmd(cache, manifest, images, images_split, label_column, representa
                    "when several are pooled); reports the null UF1/UAR and p-values (N=99 allows p <= 0.01)")
 @click.option("--permutation-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="seed of the label permutations")
-def loso_cmd(protocol, cache, manifest, out, jobs, grid, seed, weights, inner_splits, threads, batch_size,
+def loso_cmd(protocol, cache, manifest, out, jobs, grid, features, seed, weights, inner_splits, threads, batch_size,
              input_size, feature_dir, device, permutations, permutation_seed):
     """Leave-one-subject-out evaluation of PROTOCOL on a prepare cache."""
     from microfer.evaluate import LosoSettings, run_loso
+    from microfer.models import resolve_weights
 
-    settings = LosoSettings(grid=grid, seed=seed, n_jobs=jobs, inner_splits=inner_splits, batch_size=batch_size,
-                            num_threads=threads, input_size=input_size,
-                            block_weights=str(weights) if weights else None,
+    settings = LosoSettings(grid=grid, features=tuple(features), seed=seed, n_jobs=jobs, inner_splits=inner_splits,
+                            batch_size=batch_size, num_threads=threads, input_size=input_size,
+                            block_weights=resolve_weights(weights),
                             feature_dir=str(feature_dir) if feature_dir else None, device=device,
                             permutations=permutations, permutation_seed=permutation_seed)
     result = run_loso(protocol, cache, manifest=list(manifest) or None, settings=settings, progress=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from microfer.cli.evaluate import GRID_OPTION
+from microfer.cli.evaluate import FEATURES_OPTION, GRID_OPTION, WEIGHTS_OPTION
 
 
 @click.command("train")
@@ -17,17 +17,18 @@ from microfer.cli.evaluate import GRID_OPTION
               help="manifest CSV(s) instead of the protocol's shipped one (repeatable)")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="bundle folder to write")
 @GRID_OPTION
+@FEATURES_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="network initialisation seed")
-@click.option("--weights", type=click.Path(path_type=Path), default=None,
-              help="pretrained MV2 block (folder from `microfer pretrain`)")
+@WEIGHTS_OPTION
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for feature extraction")
-def train_cmd(protocol, cache, manifest, out, grid, seed, weights, threads):
+def train_cmd(protocol, cache, manifest, out, grid, features, seed, weights, threads):
     """Fit the whole pipeline on all subjects of PROTOCOL (grid search inside) and write a model bundle."""
     from microfer.evaluate import LosoSettings
+    from microfer.models import resolve_weights
     from microfer.train import train_bundle
 
-    settings = LosoSettings(grid=grid, seed=seed, num_threads=threads,
-                            block_weights=str(weights) if weights else None)
+    settings = LosoSettings(grid=grid, features=tuple(features), seed=seed, num_threads=threads,
+                            block_weights=resolve_weights(weights))
     result = train_bundle(protocol, cache, out, manifest=list(manifest) or None, settings=settings)
     c = result.choice
     click.echo(f"trained on {result.n_samples} samples of {result.n_subjects} subjects "

@@ -53,3 +53,29 @@ def _mobilevit_factory(variant: str):
 
 for _variant in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s"):
     register_model(_variant)(_mobilevit_factory(_variant))
+
+
+def _descriptor_factory(name: str):
+    def factory(**_network_settings):
+        # layer / pool / weights / seed describe networks; a descriptor has none of them
+        from microfer.models.descriptors import DESCRIPTORS, FlowDescriptor
+
+        return FlowDescriptor(*DESCRIPTORS[name])
+
+    factory.__name__ = name
+    return factory
+
+
+# training-free motion descriptors of the flow input (microfer/models/descriptors.py)
+DESCRIPTOR_NAMES = ("flow_raw", "flow_grid14", "flow_grid7", "flow_hoof4")
+for _name in DESCRIPTOR_NAMES:
+    register_model(_name)(_descriptor_factory(_name))
+
+
+def is_descriptor(name: str) -> bool:
+    """True for the training-free descriptors (no layers, weights or seed; `flow` input only)."""
+    return name in DESCRIPTOR_NAMES
+
+
+# the shipped pretrained weights and the `--weights` resolver (microfer/models/shipped.py)
+from microfer.models.shipped import default_weights, resolve_weights  # noqa: E402,F401
