@@ -1,6 +1,7 @@
 """Atomic file writes: a reader never sees a half-written file, a crash loses nothing old."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -15,19 +16,40 @@ os.umask(_UMASK)
 def atomic_path(path, suffix=""):
     """Yield a temporary path next to `path`; rename it over `path` only on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is None:
+            raise
+        raise NotADirectoryError(errno.ENOTDIR, f"{os.strerror(errno.ENOTDIR)} (a file stands where "
+                                 f"{path} needs a folder)", str(blocker)) from None
+    except OSError as exc:
+        _name(exc, path, None)
+        raise
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should read like any file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            _name(exc, path, tmp)
         raise
+
+
+def _name(exc: OSError, path: Path, tmp) -> None:
+    """Let an OSError name the file the caller asked for (disk full says no name; a
+    refused temporary file names that), so the CLI's one line points at it."""
+    if exc.filename is None or exc.filename == tmp or (
+            tmp is None and str(exc.filename).startswith(str(path.parent / f".{path.name}."))):
+        exc.filename = str(path)
+        exc.filename2 = None
 
 
 def write_text(path, text: str) -> None:

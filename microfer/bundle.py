@@ -2,19 +2,31 @@
 
 A bundle is a directory:
 
-    bundle.json              format marker, versions, settings, class names, file hashes
+    bundle.json              format marker, versions, settings, class names, file hashes,
+                             integrity hash over all of it and the files
     network.safetensors      the feature extractor's weights (MobileViT with its MV2 block)
     classifier.safetensors   scaler + SVM as plain arrays (support vectors, dual coefficients...)
 
 No pickle anywhere: the SVM is stored as the arrays of its decision function and
 evaluated by `ArraySVM`, which reproduces scikit-learn's SVC (one-vs-one) exactly for the
-kernels microfer fits (linear, rbf). Loading checks the format marker, the version and
-the SHA-256 of every file, so a tampered or foreign bundle is refused, not executed.
+kernels microfer fits (linear, rbf).
+
+Integrity (format version 2): bundle.json carries
+`"integrity": {"algorithm": "sha256", "content": HEX}`, the SHA-256 of the canonical JSON of
+every other entry of bundle.json (`json.dumps(sort_keys=True, separators=(",", ":"),
+ensure_ascii=False)`) followed by one `NAME:SHA256` line per weights file, hashed from the
+files on disk. `load_bundle` checks the format marker and version, then this hash, then the
+schema of bundle.json and the shapes of the classifier arrays, all BEFORE anything is used;
+any failure is a BundleError naming the bundle and the entry. This detects accidental edits
+and naive tampering; it is NOT a signature: whoever rewrites the hash too is not stopped.
+Loading never executes code either way (safetensors + JSON, no pickle).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +36,12 @@ from microfer._io import atomic_path, write_json
 from microfer.errors import BundleError
 
 FORMAT = "microfer-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: adds the "integrity" entry covering bundle.json and every file
 FILES = ("network.safetensors", "classifier.safetensors")
 SUPPORTED_KERNELS = ("linear", "rbf")
+ARRAYS = ("scaler_mean", "scaler_scale", "support_vectors", "dual_coef", "intercept", "n_support", "classes")
+INTEGRITY_KEY = "integrity"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class ArraySVM:
@@ -134,6 +149,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _canonical(doc) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def integrity_digest(doc: dict, file_hashes: dict[str, str]) -> str:
+    """SHA-256 over bundle.json's content (all entries but "integrity") and the files' hashes."""
+    h = hashlib.sha256(_canonical({k: v for k, v in doc.items() if k != INTEGRITY_KEY}))
+    for name in sorted(file_hashes):
+        h.update(f"\n{name}:{file_hashes[name]}".encode("utf-8"))
+    return h.hexdigest()
+
+
 def save_bundle(path, *, network_state: dict, classifier: ArraySVM, config: dict) -> Path:
     """Write a bundle directory atomically file by file, bundle.json last (its presence = complete)."""
     from safetensors.torch import save_file as save_torch
@@ -149,18 +176,121 @@ def save_bundle(path, *, network_state: dict, classifier: ArraySVM, config: dict
         save_torch(state, str(tmp))
     with atomic_path(path / "classifier.safetensors") as tmp:
         save_numpy({k: np.ascontiguousarray(v) for k, v in classifier.arrays().items()}, str(tmp))
-    doc = dict(config)
+    doc = {k: v for k, v in config.items() if k != INTEGRITY_KEY}
+    hashes = {name: _sha256(path / name) for name in FILES}
     doc.update({
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "svm": {**doc.get("svm", {}), "kernel": classifier.kernel, "gamma": classifier.gamma},
-        "files": {name: _sha256(path / name) for name in FILES},
+        "files": hashes,
     })
+    doc = json.loads(json.dumps(doc, default=str))  # hash exactly what load_bundle will read back
+    doc[INTEGRITY_KEY] = {"algorithm": "sha256", "content": integrity_digest(doc, hashes)}
     write_json(marker, doc)
     return path
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _check_config(config: dict, marker: Path) -> None:
+    """The schema of bundle.json (after the integrity check): one BundleError naming the entry."""
+    def bad(field: str, expected: str, value) -> BundleError:
+        shown = json.dumps(value, default=str)  # ASCII: always printable
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return BundleError(f"{marker}: entry {field!r} must be {expected}, found {shown}")
+
+    for key in ("classes", "prepare", "features", "svm", "files"):
+        if key not in config:
+            raise BundleError(f"{marker}: required entry {key!r} is missing")
+    classes = config["classes"]
+    if not isinstance(classes, list) or not classes:
+        raise bad("classes", "a non-empty list of class names", classes)
+    for i, c in enumerate(classes):
+        if not isinstance(c, str) or not c.strip() or not _encodable(c):
+            raise bad(f"classes[{i}]", "a non-empty string of valid text", c)
+    dupes = sorted({c for c in classes if classes.count(c) > 1})
+    if dupes:
+        raise bad("classes", "a list of unique names", dupes)
+    files = config["files"]
+    if not isinstance(files, dict):
+        raise bad("files", f"a mapping file name -> sha256 for {list(FILES)}", files)
+    if set(files) != set(FILES):
+        raise bad("files", f"a mapping for exactly {list(FILES)}", sorted(files))
+    for name in FILES:
+        if not isinstance(files[name], str) or not _HEX64.fullmatch(files[name]):
+            raise bad(f"files.{name}", "a sha256 (64 lowercase hex digits)", files[name])
+    svm = config["svm"]
+    if not isinstance(svm, dict):
+        raise bad("svm", "a mapping with the SVM's kernel and gamma", svm)
+    if svm.get("kernel") not in SUPPORTED_KERNELS:
+        raise bad("svm.kernel", f"one of {list(SUPPORTED_KERNELS)}", svm.get("kernel"))
+    if svm["kernel"] == "rbf":
+        if not _is_number(svm.get("gamma")) or svm["gamma"] <= 0:
+            raise bad("svm.gamma", "a positive number for the rbf kernel", svm.get("gamma"))
+    elif "gamma" in svm and (not isinstance(svm["gamma"], (int, float)) or isinstance(svm["gamma"], bool)):
+        raise bad("svm.gamma", "a number", svm["gamma"])
+    for key in ("features", "prepare"):
+        if not isinstance(config[key], dict):
+            raise bad(key, "a mapping of settings", config[key])
+
+
+def _check_arrays(arrays: dict, n_names: int, source: Path) -> None:
+    """Shapes and types of the classifier arrays agree with each other and with `classes`."""
+    missing = set(ARRAYS) - set(arrays)
+    if missing:
+        raise BundleError(f"{source}: arrays missing: {sorted(missing)}")
+    for name in ARRAYS:
+        a = arrays[name]
+        kinds = "iu" if name in ("n_support", "classes") else "fiu"
+        if a.dtype.kind not in kinds:
+            raise BundleError(f"{source}: array {name!r} has dtype {a.dtype}, expected "
+                              f"{'integers' if kinds == 'iu' else 'numbers'}")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise BundleError(f"{source}: array {name!r} holds NaN or infinite values")
+
+    def shape(name, expected):
+        if arrays[name].shape != tuple(expected):
+            raise BundleError(f"{source}: array {name!r} has shape {arrays[name].shape}, expected {tuple(expected)}")
+
+    sv, cls = arrays["support_vectors"], arrays["classes"]
+    if sv.ndim != 2 or sv.shape[0] < 1 or sv.shape[1] < 1:
+        raise BundleError(f"{source}: array 'support_vectors' has shape {sv.shape}, expected (n_sv, n_features)")
+    n_sv, dim = sv.shape
+    if cls.ndim != 1 or len(cls) < 2:
+        raise BundleError(f"{source}: array 'classes' has shape {cls.shape}, expected at least 2 class indices")
+    k = len(cls)
+    if (np.diff(cls) <= 0).any() or cls.min() < 0:
+        raise BundleError(f"{source}: class indices {cls.tolist()} are not increasing non-negative integers")
+    if cls.max() >= n_names:
+        raise BundleError(f"{source.parent / 'bundle.json'}: entry 'classes' has {n_names} name(s), too few for "
+                          f"the class indices {cls.tolist()} of {source.name}")
+    shape("n_support", (k,))
+    if (arrays["n_support"] < 0).any() or int(arrays["n_support"].sum()) != n_sv:
+        raise BundleError(f"{source}: n_support {arrays['n_support'].tolist()} does not add up to "
+                          f"the {n_sv} support vectors")
+    shape("dual_coef", (k - 1, n_sv))
+    shape("intercept", (k * (k - 1) // 2,))
+    shape("scaler_mean", (dim,))
+    shape("scaler_scale", (dim,))
+    if (arrays["scaler_scale"] == 0).any():
+        raise BundleError(f"{source}: array 'scaler_scale' has zeros (would divide by zero)")
+
+
 def load_bundle(path) -> Bundle:
-    """Load and validate a bundle; anything else is refused with a BundleError naming the problem."""
+    """Load and validate a bundle; anything else is refused with a BundleError naming the problem.
+
+    Order: format marker and version, integrity hash (bundle.json + files), schema of
+    bundle.json, then the safetensors files and the classifier arrays' shapes.
+    """
     from safetensors import SafetensorError
     from safetensors.numpy import load_file as load_numpy
     from safetensors.torch import load_file as load_torch
@@ -173,32 +303,54 @@ def load_bundle(path) -> Bundle:
         config = json.loads(marker.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BundleError(f"{path}: not a microfer model bundle (bundle.json is missing)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BundleError(f"{marker}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise BundleError(f"{marker}: unreadable ({exc})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise BundleError(f"{marker}: not a microfer model bundle (format marker missing)")
-    if config.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{marker}: bundle format version {config.get('format_version')} "
+    version = config.get("format_version")
+    if version == 1:
+        raise BundleError(f"{marker}: bundle format version 1 has no integrity check over bundle.json and is "
+                          f"refused by this microfer (reads version {FORMAT_VERSION}); retrain it with "
+                          f"`microfer train` to write a version-{FORMAT_VERSION} bundle")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{marker}: bundle format version {json.dumps(version, default=str)} "
                           f"is not supported (this microfer reads version {FORMAT_VERSION})")
-    for key in ("classes", "prepare", "features", "svm", "files"):
-        if key not in config:
-            raise BundleError(f"{marker}: required entry {key!r} is missing")
+
+    # integrity first: nothing below is used before bundle.json and every file match the hash
+    seal = config.get(INTEGRITY_KEY)
+    if (not isinstance(seal, dict) or seal.get("algorithm") != "sha256"
+            or not isinstance(seal.get("content"), str) or not _HEX64.fullmatch(seal["content"])):
+        raise BundleError(f"{marker}: entry {INTEGRITY_KEY!r} must be "
+                          '{"algorithm": "sha256", "content": <64 hex digits>}; '
+                          "the bundle cannot be verified (modified, or not written by microfer)")
+    hashes = {}
     for name in FILES:
         f = path / name
         if not f.is_file():
             raise BundleError(f"{f}: missing from the bundle")
-        if _sha256(f) != config["files"].get(name):
-            raise BundleError(f"{f}: checksum does not match bundle.json (modified or foreign file)")
+        hashes[name] = _sha256(f)
+    if integrity_digest(config, hashes) != seal["content"]:
+        recorded = config.get("files")
+        changed = [n for n in FILES if isinstance(recorded, dict) and recorded.get(n) != hashes[n]]
+        if changed and integrity_digest(config, {n: recorded.get(n) for n in FILES}) == seal["content"]:
+            what = f"{changed[0]} checksum does not match bundle.json (the file was modified or replaced)"
+        elif changed:
+            what = f"{changed[0]} checksum does not match bundle.json, and bundle.json itself was modified"
+        else:
+            what = "bundle.json was modified after the bundle was written (its content no longer matches the hash)"
+        raise BundleError(f"{path}: integrity check failed: {what}; refusing to load it")
+
+    _check_config(config, marker)
+    for name in FILES:  # the hash matched, so these only differ if the hash itself was rewritten
+        if hashes[name] != config["files"][name]:
+            raise BundleError(f"{path / name}: checksum does not match bundle.json (modified or foreign file)")
     try:
         network = load_torch(str(path / "network.safetensors"))
         arrays = load_numpy(str(path / "classifier.safetensors"))
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{path}: unreadable safetensors file ({exc})") from None
-    missing = {"scaler_mean", "scaler_scale", "support_vectors", "dual_coef", "intercept",
-               "n_support", "classes"} - set(arrays)
-    if missing:
-        raise BundleError(f"{path / 'classifier.safetensors'}: arrays missing: {sorted(missing)}")
-    classifier = ArraySVM(arrays, config["svm"].get("kernel", ""), config["svm"].get("gamma", 0.0))
-    if len(config["classes"]) < int(classifier.classes.max()) + 1:
-        raise BundleError(f"{marker}: {len(config['classes'])} class names for class index {int(classifier.classes.max())}")
+    _check_arrays(arrays, len(config["classes"]), path / "classifier.safetensors")
+    classifier = ArraySVM(arrays, config["svm"]["kernel"], config["svm"].get("gamma", 0.0))
     return Bundle(path=path, config=config, network=network, classifier=classifier)

@@ -405,6 +405,12 @@ def gather_features(protocol, cache, manifest=None, settings: Optional[LosoSetti
     if kept.empty:
         raise MicroferError(f"protocol {proto.name}: none of its {len(samples)} samples is in the cache "
                             f"(prepare them first)")
+    found = sorted({int(v) for v in kept["y"]})
+    if len(found) < 2:
+        names = [str(proto.classes[i]) if 0 <= i < len(proto.classes) else str(i) for i in found]
+        raise MicroferError(f"protocol {proto.name}: the {len(kept)} sample(s) in the cache hold {len(found)} class "
+                            f"({', '.join(names)}) of {list(proto.classes)}; a classifier needs at least 2 "
+                            f"({len(excluded)} sample(s) excluded)")
     keys = kept["key"].astype(str).tolist()
     feature_dir = settings.feature_dir
     if feature_dir is None and getattr(source, "dir", None) is not None:

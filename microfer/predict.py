@@ -74,7 +74,7 @@ class Predictor:
             self.prepare_settings = PrepareSettings(**cfg["prepare"])
             # pretrained weights travel inside network.safetensors, not as separate files
             self.feature_setting = feature_setting_from_config(cfg["features"])
-        except (TypeError, KeyError, MicroferError) as exc:
+        except (TypeError, KeyError, ValueError, AttributeError, MicroferError) as exc:
             raise BundleError(f"{self.bundle.path}: settings in bundle.json do not fit this microfer ({exc})") from None
         self.feature_model = FeatureModel(self.feature_setting, batch_size=1, num_threads=num_threads)
         self.feature_model.load_state_dict(self.bundle.network, source=str(self.bundle.path / "network.safetensors"))
@@ -88,6 +88,8 @@ class Predictor:
 
     def predict(self, clip, onset: Optional[int] = None, apex: Optional[int] = None,
                 offset: Optional[int] = None) -> Prediction:
+        import dataclasses
+
         from microfer.apex import spot_interval
         from microfer.prepare import prepare_clip
         from microfer.video import ArraySource, open_frames
@@ -110,27 +112,67 @@ class Predictor:
                 raise ClipError(f"{name}: {what} frame {value} is not in the clip "
                                 f"(frames {numbers[0]}..{numbers[-1]})")
         given = [k for k, v in (("onset", onset), ("apex", apex), ("offset", offset)) if v is not None]
+        # Frames the caller gave are used as given or refused, never replaced.
+        user_apex = apex is not None
+        if user_apex and onset is not None and apex <= onset:
+            raise ClipError(f"{name}: the given apex {apex} is not after the given onset {onset}; give an apex "
+                            "after the onset, or none to have it spotted")
+        if user_apex and offset is not None and apex > offset:
+            raise ClipError(f"{name}: the given apex {apex} is after the given offset {offset}; give an apex "
+                            "at or before the offset, or none to have it spotted")
+        if onset is not None and offset is not None and offset <= onset:
+            raise ClipError(f"{name}: the given offset {offset} is not after the given onset {onset}")
         spotted: list[str] = []
+        notes: list[str] = []
         first, last = (onset if onset is not None else numbers[0]), (offset if offset is not None else numbers[-1])
         if onset is None or offset is None:
             # spot over the given (or whole) range, aligned once on its first frame
             scan = prepare_clip(source, first, None, last, self.prepare_settings, timings=timings)
             span = [n for n in numbers if first <= n <= last]
             i_on, i_apex, i_off = spot_interval(scan.motion_curve)
+            # spotted bounds stay inside the run of frames with a face around the apex
+            missing = set(scan.no_face_frames)
+            if not user_apex and span[i_apex] in missing:  # the peak of a smoothed edge: take scan's
+                i_apex = span.index(scan.apex)
+            centre = apex if user_apex else span[i_apex]
+            if centre in missing:
+                from microfer.video import _ranges
+
+                raise ClipError(f"{name}: no face found in the given apex frame {apex} "
+                                f"(frames {_ranges(sorted(missing))} have none)")
+            lo = hi = span.index(centre)
+            while lo > 0 and span[lo - 1] not in missing:
+                lo -= 1
+            while hi < len(span) - 1 and span[hi + 1] not in missing:
+                hi += 1
             if onset is None:
-                onset, spotted = span[i_on], spotted + ["onset"]
+                onset, spotted = max(span[i_on], span[lo]), spotted + ["onset"]
             if offset is None:
-                offset, spotted = span[max(i_off, i_apex)], spotted + ["offset"]
-            if apex is None and onset < span[i_apex] <= offset:
+                offset, spotted = min(span[max(i_off, i_apex)], span[hi]), spotted + ["offset"]
+            if user_apex:  # the given apex is kept: spotted bounds make room for it
+                if onset >= apex:
+                    onset = span[lo]
+                    notes.append(f"spotted onset moved to {onset}, before the given apex {apex}")
+                if offset < apex:
+                    offset = span[hi]
+                    notes.append(f"spotted offset moved to {offset}, after the given apex {apex}")
+                if onset >= apex:
+                    raise ClipError(f"{name}: the given apex {apex} is the first frame "
+                                    f"{'with a face ' if missing else ''}of the clip; there is no onset before it")
+            elif onset < span[i_apex] <= offset:
                 apex, spotted = span[i_apex], spotted + ["apex"]
             if offset <= onset:  # no rise to speak of: fall back to the whole range
                 onset, offset = first, last
-            if (onset, apex) == (first, scan.apex):
-                prepared = scan
+            if not user_apex and (onset, apex) == (first, scan.apex):
+                prepared = dataclasses.replace(scan, offset=offset)  # same flow; the spotted offset
             else:
-                prepared = prepare_clip(source, onset, apex, offset, self.prepare_settings, timings=timings)
+                prepared = prepare_clip(source, onset, apex, offset, self.prepare_settings, timings=timings,
+                                        strict_apex=user_apex)
+                notes += [n for n in scan.notes.split("; ") if n.startswith("no face") and n not in prepared.notes]
         else:
-            prepared = prepare_clip(source, onset, apex, offset, self.prepare_settings, timings=timings)
+            prepared = prepare_clip(source, onset, apex, offset, self.prepare_settings, timings=timings,
+                                    strict_apex=user_apex)
+        notes = [n for n in prepared.notes.split("; ") if n] + notes
         if apex is None or prepared.apex_source == "spotted":
             spotted = sorted(set(spotted) | {"apex"})
         t = time.perf_counter()
@@ -147,7 +189,7 @@ class Predictor:
             onset=int(prepared.onset), apex=int(prepared.apex), offset=int(prepared.offset),
             given=given, spotted=[s for s in ("onset", "apex", "offset") if s in spotted],
             face_box=tuple(int(v) for v in prepared.face_box), n_frames=len(numbers),
-            timings_ms={k: round(v, 2) for k, v in timings.items()}, notes=prepared.notes,
+            timings_ms={k: round(v, 2) for k, v in timings.items()}, notes="; ".join(notes),
         )
 
 

@@ -3,12 +3,23 @@
 `prepare_clip` (library API, also used by single-clip prediction):
 1. read the onset frame (and the apex frame, or every frame onset..offset when the apex
    has to be spotted);
+   Every frame read must have the onset frame's size (a folder mixing frame sizes is
+   refused, naming the frame: one crop position cannot fit both);
 2. detect the face and fit 68 landmarks on the ONSET frame only, and fit ONE similarity
    transform (face.alignment_transform) that is applied to every frame of the clip, so
    per-frame landmark jitter never shows up as motion;
 3. use the annotated apex when it is a frame inside (onset, offset], else spot it
-   (apex.spot_apex on the motion-vs-onset curve) and say so (apex_source = "spotted");
-4. optical flow onset -> apex on the aligned grey faces, and its optical strain.
+   (apex.spot_apex on the motion-vs-onset curve) and say so (apex_source = "spotted").
+   A dataset's annotated apex outside the clip is replaced by a spotted one with a note
+   (coding files carry such apexes); an apex the caller chose (`strict_apex=True`, e.g.
+   `microfer predict --apex`) is used as given or refused, never replaced. Before
+   spotting, the face is looked for every few frames (a cheap detection around the onset
+   face, bisected to the exact frame where it goes or comes back); frames without it
+   are left out of spotting and listed in the notes;
+4. the face is verified on the apex frame: a face must be detected where the onset face
+   was, and its landmarks must lie near the aligned position (within `APEX_FACE_TOLERANCE`
+   eye distances); else ClipError (stage "face") -- never a flow from a face-less crop;
+5. optical flow onset -> apex on the aligned grey faces, and its optical strain.
 
 `prepare_dataset` checks the dataset layout first (one report), then prepares every clip
 not already in the cache, in parallel processes, saving each clip as it completes; a
@@ -35,7 +46,7 @@ from microfer.motion import DEFAULT_FLOW, FLOW_METHODS
 from microfer.records import ClipFailure, PreparedClip, Sample, is_missing
 
 # Bump when a change in this stage changes what it produces: it is part of the cache key.
-PREPARE_VERSION = "prepare-3"  # tight crops align (landmark-judged border cut)
+PREPARE_VERSION = "prepare-4"  # face checked at the apex (and through a spotted curve); sizes checked
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,19 @@ class PrepareSettings:
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+# The apex face's alignment points (eye centres, nose tip, mouth corners), mapped through
+# the onset frame's transform, must lie within this many eye-centre distances (mean) of
+# where the alignment put the onset's: half an eye distance is a head moved by ~23 px in
+# a 128 px crop, far beyond the sub-pixel drift of an ME recording, and still well short
+# of a face that left the crop.
+APEX_FACE_TOLERANCE = 0.5
+# Face presence through a spotted curve: about this many evenly spaced checks (plus a
+# bisection at each change), each a detection on the onset face's region downscaled so
+# that the face is ~_CHECK_FACE_PX wide.
+_PRESENCE_CHECKS = 12
+_CHECK_FACE_PX = 100
+
+
 def _fail(stage: str, message: str) -> ClipError:
     """A ClipError that remembers the stage it comes from (for ClipFailure.stage)."""
     exc = ClipError(message)
@@ -85,13 +109,108 @@ class _Timer:
         self.t = now
 
 
+def _iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _faces_near(image: np.ndarray, box, upsample: int, face_px: int | None, max_side: int) -> list:
+    """Face boxes (full-image coordinates) found in the region around `box` (the onset
+    face, one box side of context each way, half for the cheap check), best overlap first; only boxes
+    overlapping it by IoU >= 0.3 count. `face_px`: downscale the region so the face is
+    about that wide (a cheap presence check); None: the usual `max_side` detection."""
+    from microfer.face import detect_faces
+
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    side = max(x1 - x0, y1 - y0, 1)
+    context = side if face_px is None else side // 2  # the cheap check looks closer
+    rx0, ry0 = max(0, x0 - context), max(0, y0 - context)
+    rx1, ry1 = min(w, x1 + context), min(h, y1 + context)
+    region = image[ry0:ry1, rx0:rx1]
+    if region.size == 0:
+        return []
+    if face_px is not None:
+        max_side = max(64, int(round(max(region.shape[:2]) * min(1.0, face_px / side))))
+    found = [(bx0 + rx0, by0 + ry0, bx1 + rx0, by1 + ry0)
+             for bx0, by0, bx1, by1 in detect_faces(region, upsample, max_side)]
+    scored = sorted(((_iou(b, box), b) for b in found), key=lambda t: -t[0])
+    return [b for score, b in scored if score >= 0.3]
+
+
+def _face_presence(images: list, numbers: list, box, settings: PrepareSettings) -> list[int]:
+    """Frame numbers (of `numbers`, after the onset at index 0) where the onset's face is
+    not found: checked every few frames, and bisected between a check that finds it and
+    one that does not, so the first / last missing frame is exact."""
+    n = len(images)
+    if n < 2:
+        return []
+    cache: dict[int, bool] = {0: True}
+
+    def present(i: int) -> bool:
+        if i not in cache:
+            cache[i] = bool(_faces_near(images[i], box, settings.upsample, _CHECK_FACE_PX, settings.detect_max_side))
+        return cache[i]
+
+    step = max(1, int(np.ceil((n - 1) / _PRESENCE_CHECKS)))
+    checks = sorted(set(range(0, n, step)) | {n - 1})
+    missing = np.zeros(n, bool)
+    for a, b in zip(checks, checks[1:]):
+        pa, pb = present(a), present(b)
+        if pa and pb:
+            continue
+        if not pa and not pb:
+            missing[a:b + 1] = True
+            continue
+        lo, hi = a, b  # present(lo) != present(hi): find where it changes
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if present(mid) == pa:
+                lo = mid
+            else:
+                hi = mid
+        if pa:
+            missing[hi:b + 1] = True
+        else:
+            missing[a:lo + 1] = True
+    return [numbers[i] for i in np.flatnonzero(missing) if i > 0]
+
+
+def _check_apex_face(where: str, image: np.ndarray, apex_number: int, onset_box, M: np.ndarray,
+                     settings: PrepareSettings) -> None:
+    """ClipError (stage "face") unless the onset's face is at the apex frame, near where
+    the onset frame's alignment puts it."""
+    from microfer.face import alignment_points, canonical_points, fit_landmarks, transform_points
+
+    boxes = _faces_near(image, onset_box, settings.upsample, None, settings.detect_max_side)
+    if not boxes:
+        raise _fail("face", f"{where}: no face found in the apex frame {apex_number} where the onset frame "
+                            f"has one (the face left the frame, or the clip cuts away)")
+    # Where the landmarks sit is what counts, not whether they clear the border as the
+    # onset's must: a tight crop whose onset eye just clears the edge may not, 1 px on.
+    points = fit_landmarks(image, boxes[0])
+    canon = canonical_points(settings.size)
+    eye = float(np.hypot(*(canon[1] - canon[0])))
+    moved = float(np.hypot(*(transform_points(alignment_points(points), M) - canon).T).mean()) / eye
+    if moved > APEX_FACE_TOLERANCE:
+        raise _fail("face", f"{where}: the face in the apex frame {apex_number} is {moved:.2f} eye distances "
+                            f"away from where the onset frame aligned it (at most {APEX_FACE_TOLERANCE}); "
+                            "the head moved too far for one alignment")
+
+
 def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: PrepareSettings = PrepareSettings(),
-                 frame_numbers: Sequence[int] | None = None, *, timings: dict | None = None) -> PreparedClip:
+                 frame_numbers: Sequence[int] | None = None, *, timings: dict | None = None,
+                 strict_apex: bool = False) -> PreparedClip:
     """Prepare one clip; see the module docstring. Raises ClipError with the reason.
 
     `frames`: a video.FrameSource, or a sequence of BGR uint8 arrays whose frame numbers
     are `frame_numbers` (default 0..n-1). `timings`, when given, accumulates ms per stage
-    (decode, detect, landmarks, warp, spot, flow).
+    (decode, detect, landmarks, warp, spot, flow). `strict_apex`: the apex is the
+    caller's own choice, used as given or refused (ClipError naming the frames); without
+    it an unusable (dataset-annotated) apex is replaced by a spotted one, with a note.
     """
     from microfer.face import alignment_transform, detect_faces, fit_landmarks, landmark_problem, warp_face
     from microfer.motion import optical_flow, optical_strain
@@ -114,6 +233,10 @@ def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: Pr
     if apex is not None and not apex_ok:
         why = ("equals the onset" if int(apex) == onset else
                "is outside onset..offset" if not onset <= int(apex) <= offset else "is not an available frame")
+        if strict_apex:
+            raise _fail("frames", f"{where}: the given apex {apex} {why} (onset {onset}, offset {offset}); a given "
+                                  f"apex is used as given, never replaced: give one in {onset + 1}..{offset}, "
+                                  "or none to have it spotted")
         notes.append(f"annotated apex {apex} {why}: spotted instead")
     want_curve = not apex_ok or settings.motion_curve == "always"
     numbers = available if want_curve else [onset, int(apex)]
@@ -122,6 +245,13 @@ def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: Pr
     images = source.read(numbers)
     timer.lap("decode")
     onset_image = images[0]
+    for number, image in zip(numbers, images):
+        if image.shape[:2] != onset_image.shape[:2]:
+            file = getattr(source, "files", {}).get(number)
+            raise _fail("frames", f"{where}: frame {number}{f' ({file.name})' if file else ''} is "
+                                  f"{image.shape[1]}x{image.shape[0]} px but the onset frame {onset} is "
+                                  f"{onset_image.shape[1]}x{onset_image.shape[0]} px; the frame size changes "
+                                  "inside the clip, so one face crop cannot fit both")
     boxes = detect_faces(onset_image, settings.upsample, settings.detect_max_side)
     timer.lap("detect")
     if not boxes:
@@ -140,24 +270,47 @@ def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: Pr
     timer.lap("warp")
 
     curve = np.zeros(0, np.float32)
+    no_face: list[int] = []
+    if not apex_ok:  # spotting: frames without the face take no part in it
+        no_face = _face_presence(images, numbers, face.box, settings)
+        timer.lap("detect")
+        if len(no_face) == len(numbers) - 1:
+            raise _fail("face", f"{where}: no face found in frames {_frame_ranges(no_face)} after the onset "
+                                f"frame {onset}; nothing to spot an apex in")
     if want_curve:
-        curve = motion_curve(faces, settings.spot_method, reference=0)
+        left_out = set(no_face)
+        keep = [i for i, n in enumerate(numbers) if n not in left_out]
+        curve = np.zeros(len(numbers), np.float32)
+        curve[keep] = motion_curve([faces[i] for i in keep], settings.spot_method, reference=0)
     if apex_ok:
         apex_number, source_name = int(apex), "annotated"
     else:
-        apex_number, source_name = numbers[spot_apex(curve)], "spotted"
+        sub = curve[keep]
+        apex_number, source_name = numbers[keep[spot_apex(sub)]], "spotted"
     timer.lap("spot")
     if want_curve and len(available) < offset - onset + 1:
         notes.append(f"{offset - onset + 1 - len(available)} frame(s) missing in {onset}..{offset}")
+    if no_face:
+        notes.append(f"no face in frame(s) {_frame_ranges(no_face)}: left out of apex spotting")
 
-    apex_face = faces[numbers.index(apex_number)]
+    apex_index = numbers.index(apex_number)
+    _check_apex_face(where, images[apex_index], apex_number, face.box, M, settings)
+    timer.lap("detect")
+    apex_face = faces[apex_index]
     flow = optical_flow(faces[0], apex_face, settings.flow)
     strain = optical_strain(flow)
     timer.lap("flow")
     return PreparedClip(onset=onset, apex=apex_number, offset=offset, apex_source=source_name,
                         onset_face=faces[0], apex_face=apex_face, flow=flow, strain=strain,
                         landmarks=face.points.astype(np.float32), transform=M.astype(np.float32),
-                        face_box=tuple(int(v) for v in face.box), motion_curve=curve, notes="; ".join(notes))
+                        face_box=tuple(int(v) for v in face.box), motion_curve=curve, notes="; ".join(notes),
+                        no_face_frames=tuple(int(n) for n in no_face))
+
+
+def _frame_ranges(numbers) -> str:
+    from microfer.video import _ranges
+
+    return _ranges(numbers)
 
 
 # --- dataset layout check ---------------------------------------------------------------
@@ -332,7 +485,9 @@ def prepare_dataset(samples: pd.DataFrame, root: Path, out: Path, settings: Prep
         from microfer._io import write_text
 
         summary.layout_report_path = out / "layout_report.txt"
-        write_text(summary.layout_report_path, report)
+        if not (summary.layout_report_path.is_file()
+                and summary.layout_report_path.read_text(encoding="utf-8") == report):
+            write_text(summary.layout_report_path, report)  # a rerun on a finished cache writes nothing
         head = "\n".join(report.splitlines()[:11])
         if strict:
             raise LayoutError(f"{head}\nfull report: {summary.layout_report_path} "

@@ -97,6 +97,9 @@ class PreparedClip:
     # what a flow value means: "pixels" (computed here), or "minmax_per_image" (circulated
     # derived inputs: each channel min-max scaled to 0..1 per image, the pixel scale is lost)
     flow_units: str = "pixels"
+    # frames left out of apex spotting because the face was not found in them (this run
+    # only: not cached; the notes say it too)
+    no_face_frames: tuple = ()
 
 
 @dataclass

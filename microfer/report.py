@@ -195,7 +195,7 @@ def plot_permutation_null(perm: dict[str, Any], majority: dict[str, Any], path: 
     metrics = perm["metrics"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
     for ax, (name, v) in zip(axes[0], metrics.items()):
-        ax.hist(v["null"], bins=min(30, max(5, len(v["null"]) // 3)), range=(0, 1), color="tab:gray",
+        ax.hist(v["null"], bins=50, range=(0, 1), color="tab:gray",
                 label=f"null (N={perm['n_permutations']})")
         ax.axvline(v["real"], color="tab:blue", lw=2, label=f"model {v['real']:.3f} (p {v['p_value']:.3f})")
         ax.axvline(v["null_p95"], color="black", ls=":", label=f"null 95th pct {v['null_p95']:.3f}")

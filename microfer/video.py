@@ -261,6 +261,8 @@ def open_frames(path, prefix: str | None = None, first_number: int = 0) -> Frame
     if path.is_file():
         if path.suffix.lower() in IMAGE_EXTENSIONS:
             raise LayoutError(f"{path} is a single image; expected a folder of frames or a video")
+        if path.stat().st_size == 0:
+            raise ClipError(f"video {path} is empty (0 bytes)")
         return VideoSource(path, _video_frame_count(path), first_number)
     raise LayoutError(f"{path} does not exist (expected a folder of frames or a video file)")
 

@@ -419,7 +419,7 @@ def test_cli_datasets_and_manifest(annotations_dir, tmp_path):
         ["Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame", "Estimated Emotion"],
         [1, "EP01_01", 10, "/", 30, "happiness"], [2, "EP02_01", 40, 35, 30, "others"]])
     result = runner.invoke(cli, ["manifest", "casme2", "--coding", str(messy), "--out", str(tmp_path / "m.csv")])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # written, one row dropped (listed)
     assert "rows: 1" in result.output and "apex null: 1" in result.output
     assert "dropped rows: 1\n  sub02/EP02_01: onset 40 > offset 30" in result.output
 

@@ -2,11 +2,22 @@
 
 Each command lives in a small module of this package and is imported only when it is
 run, so `microfer --help` stays fast (torch is never imported for it).
+
+Exit codes (the same for every command; README "Bad input"):
+    0  all good
+    1  a bug in microfer (a traceback: please report it)
+    2  bad input or nothing usable: one line `error: ...` naming the file and the problem
+       (a MicroferError, an OSError on a path such as a read-only or full output folder,
+       a usage error of the options); nothing, or nothing new, was written
+    3  finished, the output was written, but some clips failed, samples were excluded or
+       rows were dropped: they are listed above the closing `incomplete: ...` line
+    130 interrupted
 """
 from __future__ import annotations
 
 import importlib
 import os
+import warnings
 
 import click
 
@@ -23,6 +34,49 @@ COMMANDS = {
     "demo": "predict:demo_cmd",
     "bench": "bench:bench_cmd",
 }
+
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_INCOMPLETE = 0, 2, 3
+
+
+class Incomplete(click.ClickException):
+    """The command finished and wrote its output, but not everything went in (exit 3)."""
+
+    exit_code = EXIT_INCOMPLETE
+
+    def show(self, file=None) -> None:
+        click.echo(f"incomplete: {self.format_message()}", err=True)
+
+
+def finish(problems: int, what: str) -> None:
+    """End a command that wrote its output: exit 0, or exit 3 when `problems` (> 0) of
+    `what` did not make it, e.g. finish(3, "of 162 clips failed (listed above)")."""
+    if problems:
+        raise Incomplete(f"{problems} {what}; exit code {EXIT_INCOMPLETE}")
+
+
+def jobs_option(*param_decls: str, **kwargs):
+    """A joblib-style --jobs: a number of processes >= 1, or -1 for all cores."""
+
+    def check(ctx, param, value):
+        if value is not None and value != -1 and value < 1:
+            raise click.BadParameter(f"{value} is not a number of jobs: give 1 or more, or -1 for all cores")
+        return value
+
+    return click.option(*param_decls, type=int, callback=check, **kwargs)
+
+
+def os_error_line(exc: OSError) -> str:
+    """`<path>: <problem>` of an OSError (read-only folder, a path under a file, disk full...)."""
+    problem = exc.strerror or str(exc) or type(exc).__name__
+    names = [n for n in (exc.filename, getattr(exc, "filename2", None)) if n]
+    return ": ".join([*(os.fsdecode(n) for n in names), problem])
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one microfer line, without the Python source path and line."""
+    text = " ".join(str(message).split())
+    click.echo(f"warning: {text}", err=True)
 
 
 class LazyGroup(click.Group):
@@ -51,14 +105,17 @@ def cli():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def main():
+def main(args=None) -> None:
+    """Entry point: run the command and turn its outcome into the exit codes above."""
     from microfer.errors import MicroferError
 
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
-        cli(standalone_mode=False)
+        rc = cli(args=args, standalone_mode=False)
     except MicroferError as exc:
         click.echo(f"error: {exc}", err=True)
-        raise SystemExit(2)
+        raise SystemExit(EXIT_BAD_INPUT)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         raise SystemExit(130)
@@ -67,3 +124,10 @@ def main():
         raise SystemExit(exc.exit_code)
     except click.exceptions.Exit as exc:
         raise SystemExit(exc.exit_code)
+    except OSError as exc:  # an output (or input) path the system refused: one line, no traceback
+        click.echo(f"error: {os_error_line(exc)}", err=True)
+        raise SystemExit(EXIT_BAD_INPUT)
+    finally:
+        warnings.showwarning = shown
+    if isinstance(rc, int) and not isinstance(rc, bool) and rc:
+        raise SystemExit(rc)  # a command's ctx.exit(code)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from microfer.cli import finish
 from microfer.datasets.registry import get, names
 
 
@@ -72,7 +73,16 @@ def manifest_cmd(dataset: str, coding: Path | None, root: Path | None, out: Path
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dropped rows are printed below, with reasons
         df = adapter.read(coding, root)
+    dropped = df.attrs.get("dropped", [])
+    if df.empty:
+        from microfer.errors import MicroferError
+
+        why = "; ".join(f"{d['key']}: {d['reason']}" for d in dropped[:3]) + ("; ..." if len(dropped) > 3 else "")
+        raise MicroferError(f"{coding or root}: no usable row for {dataset} "
+                            + (f"(all {len(dropped)} dropped: {why}); " if dropped else "")
+                            + f"{out} not written")
     write_csv(out, df)
     click.echo(f"wrote {out}")
     for line in summary(df):
         click.echo(line)
+    finish(len(dropped), f"of {len(df) + len(dropped)} coding rows dropped (listed above)")

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from microfer.cli import finish, jobs_option
+
 REPRESENTATIONS = ("apex", "onset_apex", "flow")
 VARIANTS = ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s")
 WEIGHTS_OPTION = click.option(
@@ -161,7 +163,7 @@ def pretrain_cmd(ctx, cache, manifest, images, images_split, test_split, images_
                    "repeat to pool several")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="report folder: results.json, report.md, confusion.png, per_subject.png")
-@click.option("--jobs", type=int, default=-1, show_default=True, help="parallel folds (joblib; -1 = all cores)")
+@jobs_option("--jobs", default=-1, show_default=True, help="parallel folds (joblib; -1 = all cores)")
 @GRID_OPTION
 @FEATURES_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="network initialisation seed")
@@ -222,3 +224,4 @@ def loso_cmd(protocol, cache, manifest, out, jobs, grid, features, seed, weights
 
         paths = write_report(result, out)
         click.echo(f"wrote {paths['results']}, {paths['report']}")
+    finish(ex["count"], f"of {ex['of']} samples excluded (reasons above)")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from microfer.cli import finish
 from microfer.cli.evaluate import FEATURES_OPTION, GRID_OPTION, WEIGHTS_OPTION
 
 
@@ -35,13 +36,15 @@ def train_cmd(protocol, cache, manifest, out, grid, features, seed, weights, thr
                f"({', '.join(f'{k} {v}' for k, v in result.class_counts.items())}); {result.excluded} excluded")
     click.echo(f"chosen by inner leave-subject-out: {c.feature_name}, SVM {c.params} (inner UF1 {c.inner_score:.3f})")
     click.echo(f"wrote {result.bundle}")
+    finish(result.excluded, f"of {result.n_samples + result.excluded} samples excluded (not prepared, or failed "
+                            f"in prepare: `microfer loso` lists them)")
 
 
 @click.command("predict")
 @click.argument("clip", type=click.Path(path_type=Path))
 @click.option("--model", type=click.Path(path_type=Path), required=True, help="bundle folder from `microfer train`")
 @click.option("--onset", type=int, default=None, help="onset frame (folder: number in the file name; video: index)")
-@click.option("--apex", type=int, default=None, help="apex frame (spotted when absent)")
+@click.option("--apex", type=int, default=None, help="apex frame (spotted when absent; a given apex is used as given, or refused when it is not inside onset..offset or the face is not there)")
 @click.option("--offset", type=int, default=None, help="offset frame (spotted when absent)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of text")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the network")

@@ -64,6 +64,9 @@ def prepare_cmd(dataset, root, out, coding, manifest, workers, strict, size, flo
                                 f"give --manifest to match against another composite manifest")
         summary = composite_inputs.prepare_cache(root, out, manifest, progress=not no_progress)
         click.echo(summary.text())
+        _finish(summary.ok, summary.ok + len(summary.failed), len(summary.failed) + len(summary.unmatched),
+                f"problem(s): {len(summary.failed)} manifest sample(s) failed, "
+                f"{len(summary.unmatched)} csv row(s) not used", summary.cache_dir)
         return
     from microfer.prepare import PrepareSettings, prepare_dataset
 
@@ -72,3 +75,17 @@ def prepare_cmd(dataset, root, out, coding, manifest, workers, strict, size, flo
     summary = prepare_dataset(samples, root, out, settings, workers=workers, strict=strict,
                               progress=not no_progress, retry_failed=retry_failed)
     click.echo(summary.text())
+    failed = len(summary.failed) + len(summary.layout) + summary.earlier_failures
+    _finish(summary.prepared + summary.skipped - summary.earlier_failures, summary.total, failed,
+            f"of {summary.total} clips failed or were skipped", summary.cache_dir)
+
+
+def _finish(usable: int, total: int, problems: int, what: str, cache_dir: Path) -> None:
+    """Exit 2 when no clip of the dataset is in the cache, 3 when some are missing, else 0."""
+    from microfer.cli import finish
+    from microfer.errors import MicroferError
+
+    if usable == 0:
+        raise MicroferError(f"prepare: none of the {total} clip(s) is prepared in {cache_dir} "
+                            f"(every one failed or was skipped: reasons above)")
+    finish(problems, what + " (listed above)")

@@ -83,6 +83,9 @@ def _check_file(path: Path, what: str, expected: Sequence[str]) -> None:
     if path.is_dir():
         raise AnnotationError(f"{what} file {path} is a folder, expected a coding file with columns: "
                               f"{', '.join(expected)}")
+    if path.stat().st_size == 0:
+        raise AnnotationError(f"{what} file {path} is empty (0 bytes); expected a coding file with columns: "
+                              f"{', '.join(expected)}")
 
 
 def _excel_sheets(path: Path, what: str, expected: Sequence[str]) -> dict[str, list[list[Any]]]:
@@ -316,6 +319,9 @@ def read_manifest(path) -> pd.DataFrame:
     if not path.is_file():
         raise AnnotationError(f"manifest {path} does not exist (expected a csv with columns "
                               f"{', '.join(MANIFEST_COLUMNS)})")
+    if path.stat().st_size == 0:
+        raise AnnotationError(f"manifest {path} is empty (0 bytes); expected a csv with columns "
+                              f"{', '.join(MANIFEST_COLUMNS)}")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:

@@ -1,0 +1,230 @@
+"""Nothing silently wrong with faces and frames (issue 12): the face is verified at the apex,
+frames without it are left out of spotting, a frame size change is refused, and a frame the
+caller gave is used as given or refused -- never replaced."""
+import importlib.util
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from microfer.errors import ClipError
+from microfer.predict import Predictor
+from microfer.prepare import PrepareSettings, prepare_clip
+from microfer.video import open_frames
+
+N, APEX = 30, 15     # synthetic clip: onset 0, apex 15, offset 29
+CUT = 18             # frames CUT.. of the "face leaves" clip have no face
+
+
+@pytest.fixture(scope="module")
+def face_frames():
+    from microfer.synth import load_identities
+    from microfer.synth.motion import Camera, make_clip_frames
+
+    identity = load_identities(1, frame_size=(320, 240), face_width=(110, 130), seed=0)[0]
+    return make_clip_frames(identity, "happiness", N, 0, APEX, N - 1, 2.5, np.random.default_rng(0), Camera())
+
+
+def _no_face_image(shape):
+    """A frame with no face: the CGI Megamind video when present, else a flat grey."""
+    video = Path(__file__).resolve().parents[1].parent / "shared/realdata/faces/debian-opencv-doc/Megamind.avi"
+    if video.is_file():
+        frame = open_frames(video).read([0])[0]
+        return cv2.resize(frame, (shape[1], shape[0]))
+    return np.full(shape, 120, np.uint8)
+
+
+@pytest.fixture(scope="module")
+def cut_frames(face_frames):
+    """A person, then a title card: the face leaves the clip at frame CUT."""
+    blank = _no_face_image(face_frames[0].shape)
+    return face_frames[:CUT] + [blank.copy() for _ in range(N - CUT)]
+
+
+def _write(folder: Path, frames, sizes=None) -> Path:
+    folder.mkdir()
+    for i, frame in enumerate(frames):
+        if sizes is not None:
+            frame = cv2.resize(frame, sizes[i % len(sizes)])
+        cv2.imwrite(str(folder / f"img{i}.png"), frame)
+    return folder
+
+
+class _StubPredictor:
+    """microfer.predict.Predictor with the real `predict` and a stand-in model (no bundle):
+    what is tested is which frames reach the model, not the model."""
+
+    def __new__(cls, *args, **kwargs):
+        obj = object.__new__(Predictor)  # the real class (the CLI test patches the module's name)
+        obj.prepare_settings = PrepareSettings()
+        obj.classes = ["negative", "positive"]
+        obj.features = lambda prepared: np.zeros((1, 4), np.float32)
+        classifier = types.SimpleNamespace(classes=np.array([0, 1]),
+                                           class_scores=lambda X: np.array([[0.4, 0.6]]),
+                                           predict=lambda X: np.array([1]))
+        obj.bundle = types.SimpleNamespace(classifier=classifier)
+        return obj
+
+
+# --- prepare_clip --------------------------------------------------------------------------
+
+ARRAYS = ("onset_face", "apex_face", "flow", "strain", "landmarks", "transform", "motion_curve")
+
+
+def test_face_checks_change_nothing_on_a_normal_clip(face_frames, monkeypatch):
+    import microfer.prepare as prep
+
+    checked = {apex: prepare_clip(face_frames, 0, apex, N - 1) for apex in (APEX, None)}
+    monkeypatch.setattr(prep, "_check_apex_face", lambda *a, **k: None)
+    monkeypatch.setattr(prep, "_face_presence", lambda *a, **k: [])
+    for apex, new in checked.items():
+        plain = prepare_clip(face_frames, 0, apex, N - 1)
+        assert (new.apex, new.apex_source, new.notes, new.no_face_frames) == (plain.apex, plain.apex_source, "", ())
+        for name in ARRAYS:
+            np.testing.assert_array_equal(getattr(new, name), getattr(plain, name), err_msg=name)
+
+
+def test_normal_clip_prepares_exactly_as_before(face_frames, tmp_path):
+    """The new checks change no array of a clip whose face stays (the previous prepare_clip,
+    from git HEAD when available, is the reference)."""
+    root = Path(__file__).resolve().parents[1]
+    old_src = subprocess.run(["git", "show", "HEAD:microfer/prepare.py"], cwd=root, capture_output=True, text=True)
+    if old_src.returncode != 0 or "_check_apex_face" in old_src.stdout:
+        pytest.skip("no earlier prepare.py to compare with")
+    path = tmp_path / "prepare_before.py"
+    path.write_text(old_src.stdout)
+    spec = importlib.util.spec_from_file_location("prepare_before", path)
+    before = importlib.util.module_from_spec(spec)
+    sys.modules["prepare_before"] = before
+    try:
+        spec.loader.exec_module(before)
+        for apex in (APEX, None):
+            new = prepare_clip(face_frames, 0, apex, N - 1)
+            old = before.prepare_clip(face_frames, 0, apex, N - 1)
+            assert (new.apex, new.apex_source, new.notes) == (old.apex, old.apex_source, old.notes)
+            for name in ARRAYS:
+                np.testing.assert_array_equal(getattr(new, name), getattr(old, name), err_msg=name)
+            assert new.no_face_frames == ()
+    finally:
+        del sys.modules["prepare_before"]
+
+
+def test_no_face_at_the_apex_is_refused(cut_frames, tmp_path):
+    with pytest.raises(ClipError, match="no face found in the apex frame 22") as err:
+        prepare_clip(cut_frames, 0, 22, N - 1)
+    assert err.value.stage == "face"
+    folder = _write(tmp_path / "walks_off", cut_frames)
+    with pytest.raises(ClipError) as err:
+        prepare_clip(open_frames(folder), 0, 22, N - 1)
+    assert str(folder) in str(err.value) and "apex frame 22" in str(err.value) and err.value.stage == "face"
+
+
+def test_spotting_leaves_out_frames_without_the_face(cut_frames):
+    clip = prepare_clip(cut_frames, 0, None, N - 1)
+    assert clip.apex_source == "spotted" and clip.apex < CUT and abs(clip.apex - APEX) <= 4
+    assert clip.no_face_frames == tuple(range(CUT, N))  # exact, though checked only every few frames
+    assert f"no face in frame(s) {CUT}-{N - 1}" in clip.notes
+    assert clip.motion_curve.size == N and not clip.motion_curve[CUT:].any()
+
+
+def test_face_that_goes_and_comes_back_is_bisected_exactly(face_frames):
+    blank = _no_face_image(face_frames[0].shape)
+    frames = face_frames[:20] + [blank] * 3 + face_frames[23:]   # gone in 20-22 only
+    clip = prepare_clip(frames, 0, None, N - 1)
+    assert clip.no_face_frames == (20, 21, 22) and "no face in frame(s) 20-22" in clip.notes
+    assert clip.apex not in clip.no_face_frames
+
+
+def test_face_gone_from_every_frame_after_the_onset_is_refused(face_frames):
+    blank = _no_face_image(face_frames[0].shape)
+    with pytest.raises(ClipError, match="no face found in frames 1-5 after the onset") as err:
+        prepare_clip([face_frames[0]] + [blank] * 5, 0, None, 5)
+    assert err.value.stage == "face"
+
+
+def test_a_face_that_moved_far_from_the_alignment_is_refused(face_frames):
+    shifted = [np.roll(f, 35, axis=1) for f in face_frames]  # the head moved 35 px (~0.7 eye distances)
+    frames = face_frames[:10] + shifted[10:]
+    with pytest.raises(ClipError, match="apex frame 15 is .* eye distances away") as err:
+        prepare_clip(frames, 0, APEX, N - 1)
+    assert err.value.stage == "face"
+
+
+def test_frame_size_change_is_refused_naming_the_frame(face_frames, tmp_path):
+    folder = _write(tmp_path / "mixed", face_frames, sizes=[(320, 240), (336, 252)])
+    with pytest.raises(ClipError) as err:
+        prepare_clip(open_frames(folder), 0, None, N - 1)
+    msg = str(err.value)
+    assert str(folder) in msg and "frame 1 (img1.png)" in msg and "336x252" in msg and "320x240" in msg
+    assert err.value.stage == "frames"
+    with pytest.raises(ClipError, match="frame 15 .* 336x252 px but the onset frame 0 is 320x240"):
+        prepare_clip(open_frames(folder), 0, 15, N - 1)   # only onset and apex read: still checked
+    arrays = [cv2.resize(f, (336, 252)) if i == 3 else f for i, f in enumerate(face_frames)]
+    with pytest.raises(ClipError, match="frame 3 is 336x252"):
+        prepare_clip(arrays, 0, None, N - 1)
+
+
+def test_given_apex_is_refused_not_replaced(face_frames):
+    for apex, why in ((0, "equals the onset"), (25, "is outside onset..offset")):
+        with pytest.raises(ClipError, match=f"given apex {apex} {why} \\(onset 0, offset 20\\)"):
+            prepare_clip(face_frames, 0, apex, 20, strict_apex=True)
+    # a dataset's annotated apex keeps its documented repair: spotted, with a note
+    repaired = prepare_clip(face_frames, 0, 25, 20)
+    assert repaired.apex_source == "spotted" and "annotated apex 25 is outside onset..offset" in repaired.notes
+    kept = prepare_clip(face_frames, 0, APEX, N - 1, strict_apex=True)
+    assert kept.apex == APEX and kept.apex_source == "annotated"
+
+
+# --- predict (the real Predictor.predict, a stand-in model) ----------------------------------
+
+def test_predict_respects_or_refuses_given_frames(face_frames, cut_frames):
+    predictor = _StubPredictor()
+    assert isinstance(predictor, Predictor)
+    with pytest.raises(ClipError, match="frames: the given apex 25 is after the given offset 20"):
+        predictor.predict(face_frames, onset=0, apex=25, offset=20)
+    with pytest.raises(ClipError, match="the given apex 3 is not after the given onset 5"):
+        predictor.predict(face_frames, onset=5, apex=3)
+    with pytest.raises(ClipError, match="the given apex 0 is the first frame"):
+        predictor.predict(face_frames, apex=0)
+    p = predictor.predict(face_frames, apex=12)  # onset/offset spotted around the given apex
+    assert p.apex == 12 and p.given == ["apex"] and "apex" not in p.spotted and p.onset < 12 <= p.offset
+    with pytest.raises(ClipError, match="no face found in the given apex frame 22"):
+        predictor.predict(cut_frames, apex=22)
+    with pytest.raises(ClipError, match="no face found in the apex frame 22"):
+        predictor.predict(cut_frames, onset=0, apex=22, offset=N - 1)
+
+
+def test_predict_spots_only_among_frames_with_the_face(cut_frames):
+    p = _StubPredictor().predict(cut_frames)
+    assert p.apex < CUT and p.offset < CUT and p.spotted == ["onset", "apex", "offset"]
+    assert f"no face in frame(s) {CUT}-{N - 1}" in p.notes
+
+
+def _main(args, monkeypatch, capsys):
+    import microfer.predict
+    from microfer.cli import main
+
+    monkeypatch.setattr(microfer.predict, "Predictor", _StubPredictor)
+    monkeypatch.setattr(sys, "argv", ["microfer", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    return exc.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_cli_predict_refuses_with_exit_2_naming_the_clip(face_frames, cut_frames, tmp_path, monkeypatch, capsys):
+    walks_off = _write(tmp_path / "walks_off", cut_frames)
+    mixed = _write(tmp_path / "mixed", face_frames[:8], sizes=[(320, 240), (336, 252)])
+    model = str(tmp_path)  # the stand-in predictor loads nothing
+    last = str(N - 1)
+    for args, expect in (
+            ([str(walks_off), "--onset", "0", "--apex", "22", "--offset", last], "no face found in the apex frame 22"),
+            ([str(walks_off), "--onset", "0", "--apex", "25", "--offset", "20"], "apex 25 is after the given offset"),
+            ([str(mixed), "--onset", "0", "--apex", "3", "--offset", "7"], "frame 3 (img3.png) is 336x252"),
+            ([str(mixed)], "frame 1 (img1.png) is 336x252")):
+        code, err = _main(["predict", *args, "--model", model], monkeypatch, capsys)
+        assert code == 2 and len(err) == 1, err
+        assert err[0].startswith("error: ") and str(args[0]) in err[0] and expect in err[0], err
