@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
@@ -139,14 +142,15 @@ class VideoSource:
         numbers = [int(n) for n in numbers]
         _check_numbers(self, numbers)
         indices = [n - self.first_number for n in numbers]
-        frames = None
-        try:
-            frames = _decord_read(self.path, indices)
-        except Exception:  # decord missing, or it cannot demux this file: OpenCV reads it
-            frames = None
-        if frames is None:
-            frames = _cv2_read(self.path, indices)
-        return frames
+        with native_stderr_captured() as noise:
+            try:
+                return _decord_read(self.path, indices)
+            except Exception:  # decord missing, or it cannot demux this file: OpenCV reads it
+                pass
+            try:
+                return _cv2_read(self.path, indices)
+            except ClipError as exc:
+                raise ClipError(f"{exc}{_last_line(noise())}") from None
 
 
 @dataclass
@@ -177,6 +181,38 @@ class ArraySource:
                 image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
             out.append(image)
         return out
+
+
+@contextmanager
+def native_stderr_captured():
+    """Hold what C libraries (FFmpeg under decord and OpenCV) print on file descriptor 2.
+
+    On a broken file they print lines such as `moov atom not found` with build paths before
+    microfer's own error; the user should see one line. Yields a function returning what
+    was captured so far, so an error message can quote its last line.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): nothing to hold
+        yield lambda: ""
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            # pread: reading must not move the offset the C libraries write at
+            yield lambda: os.pread(tmp.fileno(), 1 << 16, 0).decode("utf-8", "replace")
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _last_line(text: str) -> str:
+    """The decoder's own reason, for quoting: its last message without the `[mov,mp4 @ 0x..]`
+    context, skipping lines that point into the library's source (`video_reader.cc:83`)."""
+    lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", ln).strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not re.search(r"\.\w+:\d+:", ln)]
+    return f"; the decoder says: {lines[-1][:160]}" if lines else ""
 
 
 def _decord_read(path: Path, indices: list[int]) -> list[np.ndarray]:
@@ -217,6 +253,14 @@ def _cv2_read(path: Path, indices: list[int]) -> list[np.ndarray]:
 
 
 def _video_frame_count(path: Path) -> int:
+    with native_stderr_captured() as noise:
+        try:
+            return _count_frames(path)
+        except ClipError as exc:
+            raise ClipError(f"{exc}{_last_line(noise())}") from None
+
+
+def _count_frames(path: Path) -> int:
     try:
         import decord
 

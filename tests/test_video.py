@@ -137,3 +137,29 @@ def test_cropped_variant_is_found_by_the_template_prefix(tmp_path):
     source = frames_for_sample(tmp_path, sample)
     assert list(source.numbers) == [46, 47, 48]
     assert abs(int(source.read([47])[0].mean()) - 47) <= 2
+
+
+def test_a_broken_video_gives_one_microfer_line_and_no_decoder_noise(tmp_path, capfd):
+    """FFmpeg (under decord and OpenCV) prints C-level lines on a broken file; the user sees one."""
+    import cv2
+    import numpy as np
+    import pytest
+
+    from microfer.errors import ClipError
+    from microfer.video import open_frames
+
+    good = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(good), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))
+    for i in range(20):
+        writer.write(np.full((48, 64, 3), 10 * i, np.uint8))
+    writer.release()
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(good.read_bytes()[: good.stat().st_size // 3])  # no index atom left
+    capfd.readouterr()
+    with pytest.raises(ClipError) as info:
+        open_frames(broken).read([0])
+    message = str(info.value)
+    assert str(broken) in message and "\n" not in message
+    assert "moov atom not found" in message  # the decoder's reason, quoted once
+    out, err = capfd.readouterr()
+    assert "moov" not in err and "video_reader" not in err and err.strip() == ""
