@@ -405,6 +405,8 @@ def test_cli_datasets_and_manifest(annotations_dir, tmp_path):
     assert listing.exit_code == 0, listing.output
     for name in datasets.names():
         assert f"{name}  (" in listing.output
+    # SMIC's folder scan is what `manifest` does; `prepare` without --coding takes the shipped list
+    assert "`microfer prepare smic_hs` without --coding/--manifest prepares the shipped manifest" in listing.output
     assert runner.invoke(cli, ["manifest", "--help"]).exit_code == 0
 
     out = tmp_path / "casme2.csv"

@@ -157,6 +157,7 @@ def test_prepare_with_a_failed_clip_exits_3_and_a_finished_cache_needs_no_writes
     code, stdout, err = run_main(capsys, *args)
     assert code == 3, err
     assert "prepared now: 1" in stdout and "skipped by the layout check: 1" in stdout
+    assert f"casme2: 2 samples from coding file {s.coding_file}" in stdout  # says which sample list it used
     assert "incomplete: 1 of 2 clips failed or were skipped" in err and "Traceback" not in err
     # the cache is complete: a rerun on a folder that refuses writes does not need to write
     refuse_writes(monkeypatch)

@@ -15,11 +15,17 @@ from microfer.datasets.registry import get, names
 @click.command("datasets")
 def datasets_cmd():
     """List the supported datasets: fps, default protocol and the layout each expects."""
+    from microfer.protocols import manifests_dir
+
     for name in names():
         a = get(name)
         click.echo(f"{a.name}  ({a.title}, {a.fps:g} fps, default protocol: {a.default_protocol or 'none'})")
         for line in a.layout.splitlines():
             click.echo(f"    {line}")
+        shipped = manifests_dir() / f"{name}.csv"
+        if shipped.is_file():
+            click.echo(f"    `microfer prepare {name}` without --coding/--manifest prepares the shipped manifest "
+                       f"{shipped.name};\n    the rules above are those of --coding and `microfer manifest {name}`.")
         click.echo("")
     from microfer.datasets import composite_inputs
 

@@ -7,20 +7,22 @@ import click
 
 
 def load_samples(dataset: str, root: Path | None, coding: Path | None, manifest: Path | None):
-    """The samples table of a dataset: --manifest, else the coding file, else the shipped manifest."""
+    """(samples table, where it came from): --manifest, else the coding file, else the
+    shipped manifest, else (SMIC) the clip folders under --root."""
     from microfer import datasets
     from microfer.protocols import manifests_dir
     from microfer.errors import MicroferError
 
     if manifest is not None:
         df = datasets.read_manifest(manifest)
-        return df[df["dataset"] == dataset] if dataset in set(df["dataset"]) else df
+        return (df[df["dataset"] == dataset] if dataset in set(df["dataset"]) else df), f"manifest {manifest}"
     shipped = manifests_dir() / f"{dataset}.csv"
     if coding is None and shipped.is_file():
-        return datasets.read_manifest(shipped)
+        return datasets.read_manifest(shipped), f"the shipped manifest {shipped} (give --coding to use your file)"
     adapter = datasets.get(dataset)
     if coding is not None or not adapter.coding_required:
-        return adapter.read(coding, root=root)
+        source = f"coding file {coding}" if coding is not None else f"the clip folders under {root}"
+        return adapter.read(coding, root=root), source
     raise MicroferError(f"no sample list for '{dataset}': give --coding (the dataset's coding file) "
                         f"or --manifest (a manifest CSV)")
 
@@ -70,7 +72,8 @@ def prepare_cmd(dataset, root, out, coding, manifest, workers, strict, size, flo
         return
     from microfer.prepare import PrepareSettings, prepare_dataset
 
-    samples = load_samples(dataset, root, coding, manifest)
+    samples, source = load_samples(dataset, root, coding, manifest)
+    click.echo(f"{dataset}: {len(samples)} samples from {source}")
     settings = PrepareSettings(size=size, flow=flow, spot_method=spot_method)
     summary = prepare_dataset(samples, root, out, settings, workers=workers, strict=strict,
                               progress=not no_progress, retry_failed=retry_failed)
