@@ -51,6 +51,12 @@ def train_bundle(protocol, cache, out, manifest=None, settings=None, progress: b
     if n_groups < 2:
         raise MicroferError(f"protocol {data.protocol.name}: training needs at least 2 subjects in the cache "
                             f"(the grid search selects by leave-subject-out), found {n_groups}")
+    if data.prepare_settings.get("source"):
+        # predict prepares a new clip from its frames; derived inputs (e.g. the circulated
+        # composite flow images) say nothing about how to do that for a new clip
+        raise MicroferError(f"{cache}: holds {data.prepare_settings['source']} entries, not clips prepared from "
+                            f"frames by `microfer prepare`; evaluate them with `microfer loso`, but a bundle "
+                            f"for `predict` must be trained on a prepared cache")
     if not data.prepare_settings:
         raise MicroferError(f"{cache}: the prepare cache has no settings.json; cannot record how clips "
                             "were prepared (re-run `microfer prepare`)")

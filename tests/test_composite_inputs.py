@@ -248,6 +248,19 @@ def test_a_grid_asking_only_for_what_the_cache_lacks_is_refused(broken_cache, mo
                                  progress=False)
 
 
+def test_derived_inputs_are_evaluated_but_not_trained_into_a_bundle(broken_cache, tiny_grid, tmp_path):
+    """predict prepares new clips from frames; a bundle trained on derived flows could not."""
+    from microfer.evaluate import LosoSettings
+    from microfer.train import train_bundle
+
+    _, out, _, _ = broken_cache
+    settings = LosoSettings(grid=tiny_grid, input_size=32, inner_splits=3, num_threads=1,
+                            feature_dir=str(tmp_path / "features"))
+    with pytest.raises(MicroferError, match="composite_inputs entries"):
+        train_bundle("megc2019-composite", out, tmp_path / "bundle", settings=settings, progress=False)
+    assert not (tmp_path / "bundle").exists()
+
+
 def test_a_folder_without_the_layout_is_one_clear_error(tmp_path):
     (tmp_path / ci.APEX_DIR).mkdir()
     with pytest.raises(MicroferError, match=ci.FLOW_DIR):
