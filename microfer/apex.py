@@ -16,10 +16,11 @@ change between two crops is facial motion, noise or residual head drift):
    the centre of the plateau around its maximum (frames above 90 % of the peak; see
    `spot_apex`), never the onset itself.
 
-Measured with `python -m microfer.apex` (`measure_spotting`: 24 `microfer.synth` clips of
+Measured with `python -m microfer.bench_spot` (`bench_spot.measure_spotting`, kept with the
+benchmarks because it runs prepare, which imports this module): 24 `microfer.synth` clips of
 640 x 480, 40-100 frames from onset to offset, apex at 25-75 % of the span, micro amplitude
 1.5-3 px, 4 emotions, 8 identities from the shipped faces; the synth camera's sensor noise
-(sigma 2), sub-pixel head drift (<= 0.3 px, 0.1 deg over the clip) and 0.4 % flicker):
+(sigma 2), sub-pixel head drift (<= 0.3 px, 0.1 deg over the clip) and 0.4 % flicker:
 
     method   mean |error|  median  max  within 3 frames  ms per frame (128 px)
     fd       2.3 frames    1.5     11     79 %             0.16
@@ -40,16 +41,13 @@ low-motion frame after it ("low" = below baseline + `low` x (peak - baseline)).
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from microfer.errors import ClipError
-
-if TYPE_CHECKING:
-    from microfer.synth import Camera
 
 SPOT_METHODS = ("fd", "diff", "flow")
 DEFAULT_SPOT = "fd"
@@ -165,46 +163,3 @@ def spot_interval(curve: np.ndarray, low: float = 0.2, sigma: float | None = Non
     below = np.flatnonzero(after <= level_after)
     offset = apex + int(below[0]) if below.size else curve.size - 1
     return onset, apex, offset
-
-
-def measure_spotting(n_clips: int = 24, method: str = DEFAULT_SPOT, seed: int = 0,
-                     frame_size: tuple[int, int] = (640, 480), n_frames: tuple[int, int] = (40, 100),
-                     camera: Camera | None = None) -> dict:
-    """Spotting error (frames) on `microfer.synth` clips whose apex is known.
-
-    Each clip is one expression from onset (frame 0) to offset (last frame), `n_frames`
-    (min, max) long like CASME II's onset..offset spans, apex at 25-75 % of the span, micro
-    amplitude (1.5-3 px at the apex), emotions and identities cycled, `camera` the synth
-    nuisances (default `synth.Camera()`: sensor noise, sub-pixel head drift, flicker). The
-    apex is not given to prepare_clip.
-    """
-    from microfer.prepare import PrepareSettings, prepare_clip
-    from microfer.synth import Camera, load_identities, make_clip_frames
-
-    rng = np.random.default_rng(seed)
-    scale = frame_size[1] / 480  # the CASME II layout's face widths, scaled to the frame
-    identities = load_identities(min(n_clips, 8), frame_size=frame_size, face_width=(200 * scale, 280 * scale),
-                                 seed=seed)
-    emotions = ("happiness", "surprise", "disgust", "repression")
-    settings = PrepareSettings(spot_method=method)
-    errors, spotted, total_frames, timings = [], 0, 0, {}
-    for i in range(n_clips):
-        n = int(rng.integers(n_frames[0], n_frames[1] + 1))
-        apex = int(rng.integers(int(0.25 * n), int(0.75 * n)))
-        frames = make_clip_frames(identities[i % len(identities)], emotions[i % len(emotions)], n, 0, apex, n - 1,
-                                  float(rng.uniform(1.5, 3.0)), rng, camera or Camera())
-        prepared = prepare_clip(frames, 0, None, n - 1, settings, timings=timings)
-        total_frames += n
-        spotted += prepared.apex_source == "spotted"
-        errors.append(abs(prepared.apex - apex))
-    errors = np.array(errors)
-    return {"method": method, "clips": n_clips, "spotted": spotted, "errors": errors.tolist(),
-            "mean_abs_frames": float(errors.mean()), "median_abs_frames": float(np.median(errors)),
-            "max_abs_frames": int(errors.max()), "within_3": float((errors <= 3).mean()),
-            "spot_ms_per_frame": timings.get("spot", 0.0) / max(1, total_frames)}
-
-
-if __name__ == "__main__":  # python -m microfer.apex
-    cv2.setNumThreads(1)
-    for m in SPOT_METHODS:
-        print(measure_spotting(method=m))

@@ -196,3 +196,26 @@ class Cache:
         for key in [k for k in rows if k not in seen]:
             del rows[key]
         self.flush_index()
+
+
+def open_cache(cache):
+    """A prepare cache: a Cache object (anything with .index() and .load(key)) or a path.
+
+    A path may be the settings folder (CACHE/<settings_key>, holding index.csv) or the
+    top folder CACHE when it holds exactly one settings folder.
+    """
+    if hasattr(cache, "index") and hasattr(cache, "load"):
+        return cache
+    path = Path(cache)
+    if not path.is_dir():
+        raise MicroferError(f"{path}: prepare cache folder not found (run `microfer prepare` first)")
+    if (path / "index.csv").is_file() or (path / "settings.json").is_file():
+        return Cache(path.parent, path.name)
+    keys = sorted(p.name for p in path.iterdir()
+                  if p.is_dir() and ((p / "index.csv").is_file() or (p / "settings.json").is_file()))
+    if len(keys) == 1:
+        return Cache(path, keys[0])
+    if not keys:
+        raise MicroferError(f"{path}: not a prepare cache (no index.csv here nor in a settings sub-folder)")
+    raise MicroferError(f"{path}: holds {len(keys)} prepare settings ({', '.join(keys)}); "
+                        f"pass one of them, e.g. {path / keys[0]}")

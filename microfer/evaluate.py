@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from microfer.cache import open_cache  # noqa: F401  (its home is microfer.cache; kept importable from here)
 from microfer.classify import FULL_PARAM_GRID, SMALL_PARAM_GRID, expand_grid, make_svm, select_and_fit
 from microfer.errors import MicroferError
 from microfer.features import FeatureSetting, FusedSetting, extract_features
@@ -263,31 +264,6 @@ def feature_grid(settings: LosoSettings) -> list:
         weights = resolve_weights(settings.block_weights)
         meta = read_block_meta(weights)
     return [parse_feature_set(text, settings, weights, meta) for text in spec]
-
-
-def open_cache(cache):
-    """A prepare cache: a Cache object (anything with .index() and .load(key)) or a path.
-
-    A path may be the settings folder (CACHE/<settings_key>, holding index.csv) or the
-    top folder CACHE when it holds exactly one settings folder.
-    """
-    if hasattr(cache, "index") and hasattr(cache, "load"):
-        return cache
-    from microfer.cache import Cache
-
-    path = Path(cache)
-    if not path.is_dir():
-        raise MicroferError(f"{path}: prepare cache folder not found (run `microfer prepare` first)")
-    if (path / "index.csv").is_file() or (path / "settings.json").is_file():
-        return Cache(path.parent, path.name)
-    keys = sorted(p.name for p in path.iterdir()
-                  if p.is_dir() and ((p / "index.csv").is_file() or (p / "settings.json").is_file()))
-    if len(keys) == 1:
-        return Cache(path, keys[0])
-    if not keys:
-        raise MicroferError(f"{path}: not a prepare cache (no index.csv here nor in a settings sub-folder)")
-    raise MicroferError(f"{path}: holds {len(keys)} prepare settings ({', '.join(keys)}); "
-                        f"pass one of them, e.g. {path / keys[0]}")
 
 
 def load_samples(protocol, manifest=None) -> tuple[Any, pd.DataFrame]:

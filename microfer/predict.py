@@ -126,8 +126,10 @@ class Predictor:
         notes: list[str] = []
         first, last = (onset if onset is not None else numbers[0]), (offset if offset is not None else numbers[-1])
         if onset is None or offset is None:
-            # spot over the given (or whole) range, aligned once on its first frame
-            scan = prepare_clip(source, first, None, last, self.prepare_settings, timings=timings)
+            # spot over the given (or whole) range, aligned once on its first frame; the second
+            # pass below reuses the scan's decoded frames, and its alignment when the onset stays
+            memo: dict = {}
+            scan = prepare_clip(source, first, None, last, self.prepare_settings, timings=timings, memo=memo)
             span = [n for n in numbers if first <= n <= last]
             i_on, i_apex, i_off = spot_interval(scan.motion_curve)
             # spotted bounds stay inside the run of frames with a face around the apex
@@ -167,7 +169,8 @@ class Predictor:
                 prepared = dataclasses.replace(scan, offset=offset)  # same flow; the spotted offset
             else:
                 prepared = prepare_clip(source, onset, apex, offset, self.prepare_settings, timings=timings,
-                                        strict_apex=user_apex)
+                                        strict_apex=user_apex, memo=memo)
+                memo.clear()
                 notes += [n for n in scan.notes.split("; ") if n.startswith("no face") and n not in prepared.notes]
         else:
             prepared = prepare_clip(source, onset, apex, offset, self.prepare_settings, timings=timings,

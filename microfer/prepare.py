@@ -203,7 +203,7 @@ def _check_apex_face(where: str, image: np.ndarray, apex_number: int, onset_box,
 
 def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: PrepareSettings = PrepareSettings(),
                  frame_numbers: Sequence[int] | None = None, *, timings: dict | None = None,
-                 strict_apex: bool = False) -> PreparedClip:
+                 strict_apex: bool = False, memo: dict | None = None) -> PreparedClip:
     """Prepare one clip; see the module docstring. Raises ClipError with the reason.
 
     `frames`: a video.FrameSource, or a sequence of BGR uint8 arrays whose frame numbers
@@ -211,6 +211,10 @@ def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: Pr
     (decode, detect, landmarks, warp, spot, flow). `strict_apex`: the apex is the
     caller's own choice, used as given or refused (ClipError naming the frames); without
     it an unusable (dataset-annotated) apex is replaced by a spotted one, with a note.
+    `memo`: a dict shared by several calls on the SAME frames and settings (e.g. predict's
+    scan of a whole clip, then its spotted interval): frames decoded and onset faces found
+    (detection + landmarks, hence the alignment) by one call are reused by the next instead
+    of being computed again; the results are the same as without it.
     """
     from microfer.face import alignment_transform, detect_faces, fit_landmarks, landmark_problem, warp_face
     from microfer.motion import optical_flow, optical_strain
@@ -242,7 +246,11 @@ def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: Pr
     numbers = available if want_curve else [onset, int(apex)]
 
     timer = _Timer(timings)
-    images = source.read(numbers)
+    decoded = memo.setdefault("frames", {}) if memo is not None else {}
+    todo = [n for n in numbers if n not in decoded]
+    if todo:
+        decoded.update(zip(todo, source.read(todo)))
+    images = [decoded[n] for n in numbers]
     timer.lap("decode")
     onset_image = images[0]
     for number, image in zip(numbers, images):
@@ -252,15 +260,19 @@ def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: Pr
                                   f"{image.shape[1]}x{image.shape[0]} px but the onset frame {onset} is "
                                   f"{onset_image.shape[1]}x{onset_image.shape[0]} px; the frame size changes "
                                   "inside the clip, so one face crop cannot fit both")
-    boxes = detect_faces(onset_image, settings.upsample, settings.detect_max_side)
-    timer.lap("detect")
-    if not boxes:
-        raise _fail("face", f"{where}: no face found in the onset frame {onset}")
-    if len(boxes) > 1:
-        notes.append(f"{len(boxes)} faces in the onset frame: kept the largest")
     from microfer.records import FaceLandmarks
 
-    face = FaceLandmarks(box=boxes[0], points=fit_landmarks(onset_image, boxes[0]), n_faces=len(boxes))
+    found = memo.setdefault("onset_faces", {}) if memo is not None else {}
+    face = found.get(onset)
+    if face is None:
+        boxes = detect_faces(onset_image, settings.upsample, settings.detect_max_side)
+        timer.lap("detect")
+        if not boxes:
+            raise _fail("face", f"{where}: no face found in the onset frame {onset}")
+        face = FaceLandmarks(box=boxes[0], points=fit_landmarks(onset_image, boxes[0]), n_faces=len(boxes))
+        found[onset] = face
+    if face.n_faces > 1:
+        notes.append(f"{face.n_faces} faces in the onset frame: kept the largest")
     timer.lap("landmarks")
     problem = landmark_problem(face, onset_image.shape)
     if problem:

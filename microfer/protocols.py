@@ -22,8 +22,11 @@ manifest of CASME II / SAMM / SMIC clips with their native emotions and default-
 labels); neither -> the row is excluded. Rows of datasets the label_map does not name
 (and no '*' entry) are excluded, so a single-dataset protocol ignores other datasets.
 
-Names resolve in the repository's protocols/ folder (env MICROFER_PROTOCOLS overrides),
-manifests in data_manifests/ (env MICROFER_MANIFESTS overrides).
+Names resolve in a protocols folder, manifests in a data_manifests folder, each looked up in
+this order: the env var (MICROFER_PROTOCOLS, MICROFER_MANIFESTS); the checkout's top-level
+protocols/ and data_manifests/ (the source of truth, used when microfer runs from a checkout,
+e.g. an editable install); the copy a wheel ships as package data (microfer/_shipped/, made
+at build time by setup.py).
 """
 from __future__ import annotations
 
@@ -46,12 +49,30 @@ GROUP_COLUMNS = ("dataset", "subject")
 ANY_DATASET = "*"
 
 
+SHIPPED_DIR = "_shipped"  # package data folder inside microfer/ that a wheel carries (see setup.py)
+
+
+def _data_dir(env: str, name: str) -> Path:
+    """The folder `name` (protocols or data_manifests): env var, else checkout, else packaged copy."""
+    if os.environ.get(env):
+        return Path(os.environ[env])
+    package = Path(microfer.__file__).resolve().parent
+    root = package.parent
+    checkout = root / name
+    if (root / "pyproject.toml").is_file() and checkout.is_dir():
+        return checkout  # running from a checkout (editable install or PYTHONPATH)
+    packaged = package / SHIPPED_DIR / name
+    if packaged.is_dir() or not (root / "pyproject.toml").is_file():
+        return packaged  # an installed wheel (errors name this folder when it is missing)
+    return checkout
+
+
 def protocols_dir() -> Path:
-    return Path(os.environ.get("MICROFER_PROTOCOLS") or Path(microfer.__file__).resolve().parents[1] / "protocols")
+    return _data_dir("MICROFER_PROTOCOLS", "protocols")
 
 
 def manifests_dir() -> Path:
-    return Path(os.environ.get("MICROFER_MANIFESTS") or Path(microfer.__file__).resolve().parents[1] / "data_manifests")
+    return _data_dir("MICROFER_MANIFESTS", "data_manifests")
 
 
 def _key(text) -> str:

@@ -71,11 +71,11 @@ def test_spotting_error_on_synthetic_clips_with_known_apex():
     """The spotted apex is within a few frames of the true one, with and without head drift.
 
     Measured on 24 microfer.synth clips of 40-100 frames at 640 x 480 (python -m
-    microfer.apex, numbers in its docstring): the default "fd" curve has mean error 2.3
-    frames, max 11, where motion-vs-onset ("diff") drifted up to 38 frames off. Smaller,
+    microfer.bench_spot, numbers in microfer.apex's docstring): the default "fd" curve has
+    mean error 2.3 frames, max 11, where motion-vs-onset ("diff") drifted up to 38 frames off. Smaller,
     shorter clips here keep the test fast.
     """
-    from microfer.apex import measure_spotting
+    from microfer.bench_spot import measure_spotting
     from microfer.synth import Camera
 
     steady = measure_spotting(n_clips=5, seed=3, frame_size=(320, 240), n_frames=(30, 60),

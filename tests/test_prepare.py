@@ -208,6 +208,53 @@ def test_prepare_clip_from_arrays(dataset):
         prepare_clip([np.full((240, 320, 3), 90, np.uint8)] * 4, 0, None, 3)
 
 
+def test_memo_reuses_decoded_frames_and_onset_alignment_with_identical_results(synth_set, monkeypatch):
+    """predict's second pass (the spotted interval after a scan of the whole clip) reads no
+    frame again and, when its onset is the scan's, finds no face again: same numbers."""
+    import dataclasses
+
+    import microfer.face
+
+    root, df, _ = synth_set
+    row = df.iloc[0]
+    src = open_frames(root / row["subject"] / row["clip"])
+    on, off = int(row.onset), int(row.offset)
+    reads, detects = [], []
+
+    class Counting:
+        numbers, path = src.numbers, src.path
+
+        def read(self, numbers):
+            reads.append(list(numbers))
+            return src.read(numbers)
+
+    real_detect = microfer.face.detect_faces
+    monkeypatch.setattr(microfer.face, "detect_faces", lambda *a, **k: detects.append(1) or real_detect(*a, **k))
+
+    def passes(memo):
+        reads.clear(), detects.clear()
+        scan = prepare_clip(Counting(), on, None, off, memo=memo)
+        n_reads, n_detects = len(reads), len(detects)
+        apex = on + 1 if scan.apex != on + 1 else on + 2
+        same_onset = prepare_clip(Counting(), on, apex, off, memo=memo)
+        later_onset = prepare_clip(Counting(), on + 2, scan.apex, off, memo=memo)
+        return [scan, same_onset, later_onset], n_reads, len(reads), n_detects, len(detects)
+
+    plain, _, plain_reads, _, plain_detects = passes(None)
+    memo: dict = {}
+    kept, scan_reads, memo_reads, scan_detects, memo_detects = passes(memo)
+    assert scan_reads == 1 and memo_reads == scan_reads and plain_reads == 3  # nothing read twice
+    assert memo_detects == plain_detects - 1  # the same onset frame: its face (and alignment) reused
+    assert sorted(memo["onset_faces"]) == [on, on + 2]
+    for a, b in zip(plain, kept):
+        for f in dataclasses.fields(a):
+            x, y = getattr(a, f.name), getattr(b, f.name)
+            if isinstance(x, np.ndarray):
+                np.testing.assert_array_equal(x, y, err_msg=f.name)
+            else:
+                assert x == y, f.name
+
+
 def test_cli_prepare(dataset, tmp_path):
     from click.testing import CliRunner
 

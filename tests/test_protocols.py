@@ -155,3 +155,57 @@ def test_manifest_check_can_be_skipped(tmp_path):
     assert len(p.samples(df)) == 5
     with pytest.raises(MicroferError, match="folds\\(\\) needs the table from samples"):
         p.folds(df)
+
+
+def _installed_layout(tmp_path, monkeypatch, *, ship=True):
+    """microfer as a wheel installs it: site/microfer/ with the build's _shipped/ copy, no checkout."""
+    import shutil
+
+    import microfer
+    from microfer.protocols import SHIPPED_DIR
+
+    monkeypatch.delenv("MICROFER_PROTOCOLS", raising=False)
+    monkeypatch.delenv("MICROFER_MANIFESTS", raising=False)
+    package = tmp_path / "site-packages" / "microfer"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    if ship:  # what setup.py's build_py copies: protocols/*.yaml, data_manifests/*.csv + README.md
+        for folder, patterns in (("protocols", ["*.yaml"]), ("data_manifests", ["*.csv", "README.md"])):
+            dest = package / SHIPPED_DIR / folder
+            dest.mkdir(parents=True)
+            for pattern in patterns:
+                for f in (REPO / folder).glob(pattern):
+                    shutil.copy2(f, dest / f.name)
+    monkeypatch.setattr(microfer, "__file__", str(package / "__init__.py"))
+    return package
+
+
+def test_checkout_folders_are_used_from_a_checkout(monkeypatch):
+    from microfer.protocols import manifests_dir, protocols_dir
+
+    monkeypatch.delenv("MICROFER_PROTOCOLS", raising=False)
+    monkeypatch.delenv("MICROFER_MANIFESTS", raising=False)
+    assert protocols_dir() == REPO / "protocols" and manifests_dir() == REPO / "data_manifests"
+
+
+def test_installed_wheel_finds_its_packaged_protocols_and_manifests(tmp_path, monkeypatch):
+    from microfer.protocols import manifests_dir, protocols_dir
+
+    package = _installed_layout(tmp_path, monkeypatch)
+    assert protocols_dir() == package / "_shipped" / "protocols"
+    assert manifests_dir() == package / "_shipped" / "data_manifests"
+    assert list_protocols() == SHIPPED
+    p = load_protocol("megc2019-composite")
+    assert p.path.parent == protocols_dir() and p.manifest_path.parent == manifests_dir()
+    assert len(p.samples()) == 442
+    # the env vars still win over the packaged copy
+    monkeypatch.setenv("MICROFER_PROTOCOLS", str(tmp_path))
+    assert protocols_dir() == tmp_path and list_protocols() == []
+
+
+def test_installed_without_packaged_data_says_where_it_looked(tmp_path, monkeypatch):
+    package = _installed_layout(tmp_path, monkeypatch, ship=False)
+    assert list_protocols() == []
+    with pytest.raises(MicroferError, match="unknown protocol 'casme2-5class'.*_shipped.*available: none"):
+        load_protocol("casme2-5class")
+    assert not (package.parent / "protocols").exists()

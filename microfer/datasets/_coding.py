@@ -212,6 +212,22 @@ def subject_number(value: Any, *, what: str = "subject") -> int:
     return int(digits[0])
 
 
+# Rule S, per dataset: (format of the canonical id, what a bad cell is called). The
+# adapters' `canonical_subject` and `read_manifest` both format ids from this one table,
+# so this module never imports an adapter (the adapters import it).
+SUBJECT_FORMATS = {"casme2": ("sub{:02d}", "CASME II subject"), "samm": ("{:03d}", "SAMM subject"),
+                   "smic": ("s{}", "SMIC subject")}
+# manifest `dataset` values -> their SUBJECT_FORMATS key (the SMIC cameras share SMIC's ids)
+_SUBJECT_FORMAT_OF = {"casme2": "casme2", "samm": "samm", "smic_hs": "smic", "smic_vis": "smic", "smic_nir": "smic"}
+
+
+def canonical_subject(family: str, value: Any) -> str:
+    """`value`'s subject number formatted as dataset `family`'s canonical id (rule S):
+    canonical_subject("casme2", "1") == "sub01", ("samm", 6.0) -> "006", ("smic", "s01") -> "s1"."""
+    template, what = SUBJECT_FORMATS[family]
+    return template.format(subject_number(value, what=what))
+
+
 # ---------------------------------------------------------------- rows and rules
 
 @dataclass
@@ -362,15 +378,10 @@ def read_manifest(path) -> pd.DataFrame:
 def _canonical_subjects(datasets: pd.Series, subjects: pd.Series) -> list[str]:
     """Subject ids as the adapters write them: a manifest edited in a spreadsheet or
     re-saved by pandas turns SAMM '006' into '6' and CASME II 'sub01' survives, '01' not."""
-    from microfer.datasets import casme2, samm, smic
-
-    canon = {"casme2": casme2.canonical_subject, "samm": samm.canonical_subject,
-             "smic_hs": smic.canonical_subject, "smic_vis": smic.canonical_subject,
-             "smic_nir": smic.canonical_subject}
     out = []
     for d, s in zip(datasets, subjects):
         try:
-            out.append(canon[d](s) if d in canon else s)
+            out.append(canonical_subject(_SUBJECT_FORMAT_OF[d], s) if d in _SUBJECT_FORMAT_OF else s)
         except AnnotationError:
             out.append(s)  # not a numbered subject: keep as written
     return out

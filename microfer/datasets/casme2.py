@@ -21,7 +21,8 @@ from typing import Optional
 
 import pandas as pd
 
-from microfer.datasets._coding import read_clip_coding, subject_number
+from microfer.datasets._coding import read_clip_coding
+from microfer.datasets._coding import canonical_subject as format_subject
 from microfer.errors import AnnotationError
 
 NAME = "casme2"
@@ -41,7 +42,7 @@ Coding file: CASME2-coding-20140508.xlsx or CASME2-coding-20190701.xlsx (sheet 1
 
 
 def canonical_subject(value) -> str:
-    return f"sub{subject_number(value, what='CASME II subject'):02d}"
+    return format_subject("casme2", value)
 
 
 def frame_template(subject: str, clip: str) -> str:

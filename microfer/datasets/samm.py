@@ -21,7 +21,8 @@ from typing import Optional
 
 import pandas as pd
 
-from microfer.datasets._coding import read_clip_coding, subject_number
+from microfer.datasets._coding import read_clip_coding
+from microfer.datasets._coding import canonical_subject as format_subject
 from microfer.errors import AnnotationError
 
 NAME = "samm"
@@ -42,7 +43,7 @@ _CLASS_BY_KEY = {c.lower(): c for c in CLASSES}
 
 
 def canonical_subject(value) -> str:
-    return f"{subject_number(value, what='SAMM subject'):03d}"
+    return format_subject("samm", value)
 
 
 def frame_template(subject: str, clip: str) -> str:

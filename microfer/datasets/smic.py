@@ -31,6 +31,7 @@ from typing import Optional
 import pandas as pd
 
 from microfer.datasets._coding import RowCollector, frame_number, norm_text, read_table, subject_number
+from microfer.datasets._coding import canonical_subject as format_subject
 from microfer.errors import AnnotationError, LayoutError
 
 CLASSES = ("negative", "positive", "surprise")
@@ -69,7 +70,7 @@ Coding file (optional): SMIC-HS-E_annotation*.xlsx, sheet {camera.folder}, colum
 
 
 def canonical_subject(value) -> str:
-    return f"s{subject_number(value, what='SMIC subject')}"
+    return format_subject("smic", value)
 
 
 def canonical_clip(name: str) -> str:

@@ -112,7 +112,7 @@ def _counts(labels: Sequence[str], y: np.ndarray) -> dict[str, int]:
 def load_cache_samples(cache, manifest, representation: str, input_size: int = 128,
                        label_column: str = "emotion", progress: bool = False) -> MacroSet:
     """Macro clips of a prepare cache, labelled from the manifest rows they came from."""
-    from microfer.evaluate import open_cache
+    from microfer.cache import open_cache
 
     check_kind(representation)
     source = open_cache(cache)
