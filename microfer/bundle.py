@@ -133,7 +133,9 @@ class ArraySVM:
 class Bundle:
     path: Path
     config: dict
-    network: dict  # name -> torch.Tensor
+    # name -> numpy array: loading a bundle never imports torch, so a bundle whose features
+    # need no network (the motion descriptors) predicts without it
+    network: dict
     classifier: ArraySVM
 
     @property
@@ -161,9 +163,15 @@ def integrity_digest(doc: dict, file_hashes: dict[str, str]) -> str:
     return h.hexdigest()
 
 
+def as_array(value) -> np.ndarray:
+    """A weight as a numpy array (torch tensors are detached and moved to the CPU first)."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
 def save_bundle(path, *, network_state: dict, classifier: ArraySVM, config: dict) -> Path:
     """Write a bundle directory atomically file by file, bundle.json last (its presence = complete)."""
-    from safetensors.torch import save_file as save_torch
     from safetensors.numpy import save_file as save_numpy
 
     path = Path(path)
@@ -171,9 +179,10 @@ def save_bundle(path, *, network_state: dict, classifier: ArraySVM, config: dict
     marker = path / "bundle.json"
     if marker.exists():
         marker.unlink()  # an interrupted overwrite must not look complete
-    state = {k: v.detach().contiguous().cpu() for k, v in network_state.items()}
+    # np.array, not ascontiguousarray: that turns 0-d tensors (BatchNorm counters) into 1-d
+    state = {k: np.array(as_array(v), order="C") for k, v in network_state.items()}
     with atomic_path(path / "network.safetensors") as tmp:
-        save_torch(state, str(tmp))
+        save_numpy(state, str(tmp))
     with atomic_path(path / "classifier.safetensors") as tmp:
         save_numpy({k: np.ascontiguousarray(v) for k, v in classifier.arrays().items()}, str(tmp))
     doc = {k: v for k, v in config.items() if k != INTEGRITY_KEY}
@@ -293,7 +302,6 @@ def load_bundle(path) -> Bundle:
     """
     from safetensors import SafetensorError
     from safetensors.numpy import load_file as load_numpy
-    from safetensors.torch import load_file as load_torch
 
     path = Path(path)
     if not path.is_dir():
@@ -347,7 +355,7 @@ def load_bundle(path) -> Bundle:
         if hashes[name] != config["files"][name]:
             raise BundleError(f"{path / name}: checksum does not match bundle.json (modified or foreign file)")
     try:
-        network = load_torch(str(path / "network.safetensors"))
+        network = load_numpy(str(path / "network.safetensors"))
         arrays = load_numpy(str(path / "classifier.safetensors"))
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{path}: unreadable safetensors file ({exc})") from None

@@ -357,8 +357,11 @@ class MobileViTExtractor:
     def load_state_dict(self, state: dict, source: str = "network weights") -> None:
         """Load weights saved by `state_dict()` of an extractor with the same settings (strict).
 
-        Raises BundleError naming `source` when keys or shapes differ.
+        Raises BundleError naming `source` when keys or shapes differ. Values may be torch
+        tensors or numpy arrays (a loaded bundle holds numpy arrays).
         """
+        import torch
+
         expected = self._net.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
@@ -369,7 +372,7 @@ class MobileViTExtractor:
         if bad:
             raise BundleError(f"{source}: {len(bad)} tensors have the wrong shape for {self.variant} "
                               f"(e.g. {bad[0]}: {tuple(state[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)})")
-        self._net.load_state_dict({k: v.to(self.device) for k, v in state.items()}, strict=True)
+        self._net.load_state_dict({k: torch.as_tensor(v).to(self.device) for k, v in state.items()}, strict=True)
         self._net.eval()
 
     def _pool(self, fmap):
