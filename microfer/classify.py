@@ -171,6 +171,7 @@ def select_and_fit(
     scoring: str = "uf1",
     n_classes: Optional[int] = None,
     make_estimator: Callable[..., Any] = make_svm,
+    n_jobs: int = 1,
 ) -> FittedChoice:
     """Pick feature set + SVM settings by inner CV on `train_idx` only, then fit on all of it.
 
@@ -179,7 +180,8 @@ def select_and_fit(
     given x `param_grid` in order; the first best wins. `seed` is accepted for API
     stability: every step here is deterministic (unshuffled GroupKFold, SVC without
     probability), so it changes nothing today. `make_estimator(**params)` builds the
-    model (tests pass a spy).
+    model (tests pass a spy). `n_jobs` != 1: the candidates are scored in parallel (joblib,
+    e.g. on a dask cluster); the scores, hence the choice, are the same.
     """
     del seed
     train_idx = np.asarray(train_idx)
@@ -195,11 +197,19 @@ def select_and_fit(
     splits = inner_splits_for(g_tr, inner_splits)
     best: Optional[tuple[float, str, dict]] = None
     scores: dict[str, list[float]] = {}
+    computed = None
+    if n_jobs != 1:
+        from joblib import Parallel, delayed
+
+        tasks = [delayed(inner_cv_score)(np.asarray(X)[train_idx], y_tr, splits, params, k, scoring, make_estimator)
+                 for X in feature_sets.values() for params in candidates]
+        computed = iter(Parallel(n_jobs=n_jobs)(tasks))  # in task order: the loop below reads them in turn
     for name, X in feature_sets.items():
         X_tr = np.asarray(X)[train_idx]
         scores[name] = []
         for params in candidates:
-            s = inner_cv_score(X_tr, y_tr, splits, params, k, scoring, make_estimator)
+            s = next(computed) if computed is not None else \
+                inner_cv_score(X_tr, y_tr, splits, params, k, scoring, make_estimator)
             s = -1.0 if np.isnan(s) else s
             scores[name].append(float(s))
             if best is None or s > best[0]:

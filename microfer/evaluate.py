@@ -220,6 +220,13 @@ class LosoSettings:
     features: tuple[str, ...] = ()  # explicit feature sets (FEATURE_GRIDS syntax) instead of the grid's
     permutations: int = 0          # label permutations for the chance level (0 = none)
     permutation_seed: int = 0
+    # where folds and permutations run: None = here (n_jobs processes), "local" = a dask
+    # LocalCluster, else a dask scheduler address (microfer.parallel). Not a setting of the
+    # result: results.json is the same wherever it ran, so it is left out of it.
+    scheduler: Optional[str] = None
+
+
+RUN_ONLY_SETTINGS = ("scheduler",)  # how a run was executed, not what it computed
 
 
 def parse_feature_set(text: str, settings: LosoSettings, weights: Optional[str] = None,
@@ -426,14 +433,25 @@ def run_loso(protocol, cache, manifest=None, settings: Optional[LosoSettings] = 
         from microfer.permutation import check_request
 
         check_request(settings.permutations, settings.permutation_seed)  # before the long work, not after
-    data = gather_features(protocol, cache, manifest, settings, progress)
+    from microfer.parallel import jobs_for, scheduler_context
+
+    # connected before the features are extracted (here), so a wrong address fails at once
+    with scheduler_context(settings.scheduler):
+        data = gather_features(protocol, cache, manifest, settings, progress)
+        folds = data.protocol.folds(data.samples)
+        check_folds(folds, data.groups)
+        return _evaluate(settings, data, folds, progress, make_estimator, manifest,
+                         jobs_for(settings.scheduler, settings.n_jobs))
+
+
+def _evaluate(settings: LosoSettings, data: ProtocolFeatures, folds, progress: bool,
+              make_estimator: Callable[..., Any], manifest, n_jobs: int) -> LosoResult:
+    """run_loso after the features: folds, metrics, permutations (on the scheduler, if any)."""
     proto, kept, excluded, samples_n = data.protocol, data.samples, data.excluded, data.n_candidates
     y, groups, classes, fsets, feature_sets = data.y, data.groups, data.classes, data.feature_settings, data.feature_sets
-    folds = proto.folds(kept)
-    check_folds(folds, groups)
     t2 = time.perf_counter()
     results = evaluate_folds(feature_sets, y, groups, folds, param_grid=PARAM_GRIDS[settings.grid],
-                             inner_splits=settings.inner_splits, n_jobs=settings.n_jobs, seed=settings.seed,
+                             inner_splits=settings.inner_splits, n_jobs=n_jobs, seed=settings.seed,
                              n_classes=len(classes), scoring=settings.scoring, make_estimator=make_estimator,
                              progress=progress)
     t3 = time.perf_counter()
@@ -456,7 +474,7 @@ def run_loso(protocol, cache, manifest=None, settings: Optional[LosoSettings] = 
             feature_sets, y, groups, folds, param_grid=PARAM_GRIDS[settings.grid],
             inner_splits=settings.inner_splits, n_classes=len(classes), scoring=settings.scoring,
             make_estimator=make_estimator, n_permutations=settings.permutations, seed=settings.permutation_seed,
-            strata=strata, n_jobs=settings.n_jobs, progress=progress, real=pooled_scores(y, results, len(classes)))
+            strata=strata, n_jobs=n_jobs, progress=progress, real=pooled_scores(y, results, len(classes)))
         metrics["permutation"] = permutation.as_dict()
     t4 = time.perf_counter()
     pred, maj, _ = pooled_predictions(y.size, results)
@@ -472,7 +490,8 @@ def run_loso(protocol, cache, manifest=None, settings: Optional[LosoSettings] = 
     return LosoResult(
         protocol=str(proto.name), classes=classes, samples=kept, excluded=excluded, y=y, pred=pred,
         majority_pred=maj, folds=results, metrics=metrics,
-        settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
+        settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
+                  if k not in RUN_ONLY_SETTINGS},
         feature_sets=[{**asdict(fs), "name": fs.name, "key": fs.key()} for fs in fsets],
         samples_sha256=_frame_sha256(kept, [*MERGE_KEYS, "emotion", "label", "y", "group"]),
         manifest_sha256=manifest_sha,

@@ -138,10 +138,10 @@ class Predictor:
                 i_apex = span.index(scan.apex)
             centre = apex if user_apex else span[i_apex]
             if centre in missing:
-                from microfer.video import _ranges
+                from microfer.video import frame_ranges
 
                 raise ClipError(f"{name}: no face found in the given apex frame {apex} "
-                                f"(frames {_ranges(sorted(missing))} have none)")
+                                f"(frames {frame_ranges(sorted(missing))} have none)")
             lo = hi = span.index(centre)
             while lo > 0 and span[lo - 1] not in missing:
                 lo -= 1

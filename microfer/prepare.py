@@ -218,7 +218,7 @@ def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: Pr
     """
     from microfer.face import alignment_transform, detect_faces, fit_landmarks, landmark_problem, warp_face
     from microfer.motion import optical_flow, optical_strain
-    from microfer.video import ArraySource
+    from microfer.video import ArraySource, frame_ranges
 
     source = frames if hasattr(frames, "read") and hasattr(frames, "numbers") else \
         ArraySource(list(frames), list(frame_numbers or []))
@@ -287,7 +287,7 @@ def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: Pr
         no_face = _face_presence(images, numbers, face.box, settings)
         timer.lap("detect")
         if len(no_face) == len(numbers) - 1:
-            raise _fail("face", f"{where}: no face found in frames {_frame_ranges(no_face)} after the onset "
+            raise _fail("face", f"{where}: no face found in frames {frame_ranges(no_face)} after the onset "
                                 f"frame {onset}; nothing to spot an apex in")
     if want_curve:
         left_out = set(no_face)
@@ -303,7 +303,7 @@ def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: Pr
     if want_curve and len(available) < offset - onset + 1:
         notes.append(f"{offset - onset + 1 - len(available)} frame(s) missing in {onset}..{offset}")
     if no_face:
-        notes.append(f"no face in frame(s) {_frame_ranges(no_face)}: left out of apex spotting")
+        notes.append(f"no face in frame(s) {frame_ranges(no_face)}: left out of apex spotting")
 
     apex_index = numbers.index(apex_number)
     _check_apex_face(where, images[apex_index], apex_number, face.box, M, settings)
@@ -317,12 +317,6 @@ def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: Pr
                         landmarks=face.points.astype(np.float32), transform=M.astype(np.float32),
                         face_box=tuple(int(v) for v in face.box), motion_curve=curve, notes="; ".join(notes),
                         no_face_frames=tuple(int(n) for n in no_face))
-
-
-def _frame_ranges(numbers) -> str:
-    from microfer.video import _ranges
-
-    return _ranges(numbers)
 
 
 # --- dataset layout check ---------------------------------------------------------------
@@ -351,7 +345,7 @@ def _missing_hint(location: Path) -> str:
 def check_layout(samples: Sequence[Sample], root: Path) -> list[ClipFailure]:
     """Problems with the on-disk layout, one per clip: missing/renamed/empty folder, frame
     numbers not covering onset..offset, unreadable video. Cheap: lists folders only."""
-    from microfer.video import _ranges, list_sequences, open_frames, sample_location
+    from microfer.video import frame_ranges, list_sequences, open_frames, sample_location
 
     root = Path(root)
     problems: list[ClipFailure] = []
@@ -398,7 +392,7 @@ def check_layout(samples: Sequence[Sample], root: Path) -> list[ClipFailure]:
         missing = [n for n in range(s.onset, s.offset + 1) if n not in have]
         if missing:
             lo, hi = min(have), max(have)
-            problems.append(ClipFailure(s.key, "layout", f"{location}: frames {_ranges(missing)} of "
+            problems.append(ClipFailure(s.key, "layout", f"{location}: frames {frame_ranges(missing)} of "
                                         f"{s.onset}..{s.offset} missing (folder has {len(have)} frames, {lo}..{hi})"))
     return problems
 
@@ -475,10 +469,20 @@ def _prepare_sample(sample: Sample, root: Path, settings: PrepareSettings):
         return sample.key, ClipFailure(sample.key, "motion", f"{type(exc).__name__}: {exc}")
 
 
+def _prepare_on_worker(sample: Sample, root: Path, settings: PrepareSettings):
+    """_prepare_sample on a dask worker (one thread per worker process, like the local pool)."""
+    _init_worker()
+    return _prepare_sample(sample, root, settings)
+
+
 def prepare_dataset(samples: pd.DataFrame, root: Path, out: Path, settings: PrepareSettings = PrepareSettings(),
                     workers: int = 1, strict: bool = False, progress: bool = True,
-                    retry_failed: bool = False) -> PrepareSummary:
-    """Prepare every sample of a manifest into the cache at `out` (see module docstring)."""
+                    retry_failed: bool = False, scheduler: str | None = None) -> PrepareSummary:
+    """Prepare every sample of a manifest into the cache at `out` (see module docstring).
+
+    `scheduler`: "local" or a dask scheduler address (microfer.parallel) to prepare the
+    clips on a dask.distributed cluster instead of `workers` local processes; its workers
+    must see `root` at the same path. Results are saved here, as each clip completes."""
     from microfer.cache import Cache
 
     root, out = Path(root), Path(out)
@@ -547,7 +551,20 @@ def prepare_dataset(samples: pd.DataFrame, root: Path, out: Path, settings: Prep
 
     by_key = {s.key: s for s in todo}
     try:
-        if workers <= 1 or len(todo) <= 1:
+        if scheduler and todo:
+            from microfer.parallel import scheduler_context
+
+            with scheduler_context(scheduler) as client:
+                from distributed import as_completed as dask_completed
+
+                futures = client.map(_prepare_on_worker, todo, root=root, settings=settings, pure=False)
+                try:
+                    for fut in dask_completed(futures):
+                        handle(fut.result())
+                except BaseException:
+                    client.cancel(futures)
+                    raise
+        elif workers <= 1 or len(todo) <= 1:
             _init_worker()
             for s in todo:
                 handle(_prepare_sample(s, root, settings))

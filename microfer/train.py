@@ -40,12 +40,20 @@ def versions() -> dict[str, str]:
 
 
 def train_bundle(protocol, cache, out, manifest=None, settings=None, progress: bool = True) -> TrainResult:
-    from microfer.bundle import ArraySVM, save_bundle
-    from microfer.classify import select_and_fit
-    from microfer.evaluate import PARAM_GRIDS, LosoSettings, _frame_sha256, gather_features
-    from microfer.features import FeatureModel, feature_config
+    from microfer.evaluate import LosoSettings
+    from microfer.parallel import scheduler_context
 
     settings = settings or LosoSettings()
+    with scheduler_context(settings.scheduler):  # the grid search's candidates go to the cluster, if any
+        return _train(protocol, cache, out, manifest, settings, progress)
+
+
+def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainResult:
+    from microfer.bundle import ArraySVM, save_bundle
+    from microfer.classify import select_and_fit
+    from microfer.evaluate import PARAM_GRIDS, _frame_sha256, gather_features
+    from microfer.features import FeatureModel, feature_config
+
     data = gather_features(protocol, cache, manifest, settings, progress)
     n_groups = len(set(data.groups))
     if n_groups < 2:
@@ -62,7 +70,8 @@ def train_bundle(protocol, cache, out, manifest=None, settings=None, progress: b
                             "were prepared (re-run `microfer prepare`)")
     choice = select_and_fit(data.feature_sets, data.y, data.groups, np.arange(len(data.y)),
                             inner_splits=settings.inner_splits, param_grid=PARAM_GRIDS[settings.grid],
-                            seed=settings.seed, scoring=settings.scoring, n_classes=len(data.classes))
+                            seed=settings.seed, scoring=settings.scoring, n_classes=len(data.classes),
+                            n_jobs=-1 if settings.scheduler else 1)
     setting = {fs.name: fs for fs in data.feature_settings}[choice.feature_name]
     model = FeatureModel(setting, batch_size=1, num_threads=settings.num_threads)
     counts = {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)}

@@ -45,11 +45,11 @@ def _check_numbers(source, numbers: Sequence[int]) -> None:
     missing = [n for n in numbers if n not in available]
     if missing:
         lo, hi = (source.numbers[0], source.numbers[-1]) if source.numbers else (None, None)
-        raise ClipError(f"{source.path}: frame(s) {_ranges(missing)} not found "
+        raise ClipError(f"{source.path}: frame(s) {frame_ranges(missing)} not found "
                         f"(available: {len(available)} frames, {lo}..{hi})")
 
 
-def _ranges(numbers: Sequence[int], limit: int = 6) -> str:
+def frame_ranges(numbers: Sequence[int], limit: int = 6) -> str:
     """Compact '3-7, 9, 12-15' listing of frame numbers, for messages."""
     nums = sorted(set(int(n) for n in numbers))
     parts, start = [], None

@@ -26,6 +26,13 @@ FEATURES_OPTION = click.option(
     help="feature set(s) to choose among instead of the grid's (repeatable), written as the report names "
          "them: 'flow_grid14/flow', 'mobilevit_xxs/apex/final/avg', 'flow_grid14/flow + mobilevit_xxs/apex/final/avg'")
 
+SCHEDULER_OPTION = click.option(
+    "--scheduler", default=None, metavar="local|ADDRESS",
+    help="run the parallel work (clips, folds, permutations, grid search candidates) on a dask.distributed "
+         "cluster instead of local processes (--workers / --jobs): 'local' (2 worker processes here) or a "
+         "scheduler address such as tcp://HOST:8786 (README 'Scaling out'; needs pip install 'microfer[dask]'); "
+         "the results are those of a run without it")
+
 
 def command_line(ctx: click.Context, leave_out: tuple[str, ...] = ()) -> str:
     """The command that reproduces this invocation: every option spelt out, defaults included
@@ -180,8 +187,9 @@ def pretrain_cmd(ctx, cache, manifest, images, images_split, test_split, images_
                    "when several are pooled); reports the null UF1/UAR and p-values (N=99 allows p <= 0.01)")
 @click.option("--permutation-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="seed of the label permutations")
+@SCHEDULER_OPTION
 def loso_cmd(protocol, cache, manifest, out, jobs, grid, features, seed, weights, inner_splits, threads, batch_size,
-             input_size, feature_dir, device, permutations, permutation_seed):
+             input_size, feature_dir, device, permutations, permutation_seed, scheduler):
     """Leave-one-subject-out evaluation of PROTOCOL on a prepare cache."""
     from microfer.evaluate import LosoSettings, run_loso
     from microfer.models import resolve_weights
@@ -190,7 +198,7 @@ def loso_cmd(protocol, cache, manifest, out, jobs, grid, features, seed, weights
                             batch_size=batch_size, num_threads=threads, input_size=input_size,
                             block_weights=resolve_weights(weights),
                             feature_dir=str(feature_dir) if feature_dir else None, device=device,
-                            permutations=permutations, permutation_seed=permutation_seed)
+                            permutations=permutations, permutation_seed=permutation_seed, scheduler=scheduler)
     result = run_loso(protocol, cache, manifest=list(manifest) or None, settings=settings, progress=True)
     m = result.metrics
     ex = m["excluded"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from microfer.cli import finish
-from microfer.cli.evaluate import FEATURES_OPTION, GRID_OPTION, WEIGHTS_OPTION
+from microfer.cli.evaluate import FEATURES_OPTION, GRID_OPTION, SCHEDULER_OPTION, WEIGHTS_OPTION
 
 
 @click.command("train")
@@ -22,14 +22,15 @@ from microfer.cli.evaluate import FEATURES_OPTION, GRID_OPTION, WEIGHTS_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="network initialisation seed")
 @WEIGHTS_OPTION
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for feature extraction")
-def train_cmd(protocol, cache, manifest, out, grid, features, seed, weights, threads):
+@SCHEDULER_OPTION
+def train_cmd(protocol, cache, manifest, out, grid, features, seed, weights, threads, scheduler):
     """Fit the whole pipeline on all subjects of PROTOCOL (grid search inside) and write a model bundle."""
     from microfer.evaluate import LosoSettings
     from microfer.models import resolve_weights
     from microfer.train import train_bundle
 
     settings = LosoSettings(grid=grid, features=tuple(features), seed=seed, num_threads=threads,
-                            block_weights=resolve_weights(weights))
+                            block_weights=resolve_weights(weights), scheduler=scheduler)
     result = train_bundle(protocol, cache, out, manifest=list(manifest) or None, settings=settings)
     c = result.choice
     click.echo(f"trained on {result.n_samples} samples of {result.n_subjects} subjects "

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from microfer.cli.evaluate import SCHEDULER_OPTION
+
 
 def load_samples(dataset: str, root: Path | None, coding: Path | None, manifest: Path | None):
     """(samples table, where it came from): --manifest, else the coding file, else the
@@ -47,8 +49,9 @@ def load_samples(dataset: str, root: Path | None, coding: Path | None, manifest:
               help="Apex spotting measure when the apex is not annotated.")
 @click.option("--retry-failed", is_flag=True, help="Try again clips that failed in an earlier run.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@SCHEDULER_OPTION
 def prepare_cmd(dataset, root, out, coding, manifest, workers, strict, size, flow, spot_method, retry_failed,
-                no_progress):
+                no_progress, scheduler):
     """Prepare DATASET's clips: aligned onset/apex faces, optical flow and strain, cached.
 
     Re-running with the same settings does no work; an interrupted run resumes.
@@ -76,7 +79,7 @@ def prepare_cmd(dataset, root, out, coding, manifest, workers, strict, size, flo
     click.echo(f"{dataset}: {len(samples)} samples from {source}")
     settings = PrepareSettings(size=size, flow=flow, spot_method=spot_method)
     summary = prepare_dataset(samples, root, out, settings, workers=workers, strict=strict,
-                              progress=not no_progress, retry_failed=retry_failed)
+                              progress=not no_progress, retry_failed=retry_failed, scheduler=scheduler)
     click.echo(summary.text())
     failed = len(summary.failed) + len(summary.layout) + summary.earlier_failures
     _finish(summary.prepared + summary.skipped - summary.earlier_failures, summary.total, failed,
