@@ -102,3 +102,26 @@ def test_bench_prepare_reads_synthetic_casme2_through_the_adapter():
     assert {"decode", "detect", "landmarks", "warp", "spot", "flow", "total"} <= set(r["ms"])
     assert r["ms"]["total"] == pytest.approx(sum(v for k, v in r["ms"].items() if k != "total"))
     assert r["clips_per_s"] > 0 and r["one_process_s_per_clip"] > 0
+    bare = r["bare"]  # the bare dlib + DIS baseline ran on the same clips, same workers
+    assert bare["clips"] == 2 and bare["workers"] == 1 and bare["clips_per_s"] > 0
+    goal = r["goals"]["prepare_vs_bare"]
+    assert goal["goal"] == 0.5 and goal["value"] == pytest.approx(r["clips_per_s"] / bare["clips_per_s"])
+    assert goal["met"] == (goal["value"] >= 0.5) and r["ratio_to_bare"] == goal["value"]
+    json.dumps(r)  # goes into bench.json as it is
+
+
+def test_bare_baseline_flows_two_synthetic_clips(tmp_path):
+    from microfer.bench_prepare import bare_pairs, bench_bare, format_prepare, synthetic_casme2
+
+    samples = synthetic_casme2(tmp_path / "data", subjects=1, clips_per_subject=2, clip_frames=(24, 30))
+    pairs = bare_pairs(tmp_path / "data", samples)
+    assert len(pairs) == 2 and all(a != b for a, b in pairs)
+    r = bench_bare(pairs, workers=1, size=64, return_flows=True)
+    assert r["clips"] == 2 and r["failed"] == 0 and r["clips_per_s"] > 0
+    for flow in r["flows"]:
+        assert flow.shape == (64, 64, 2) and flow.dtype == np.float32 and np.isfinite(flow).all()
+    prepare = {"clips": 2, "workers": 1, "clips_per_s": 1.0, "clips_per_s_steady": 1.5, "failed": 0,
+               "ms": {"total": 1.0}, "bare": r, "ratio_to_bare_steady": 0.4,
+               "goals": {"prepare_vs_bare": {"goal": 0.5, "value": 0.3, "met": False}}}
+    text = format_prepare(prepare)
+    assert "bare dlib + DIS script" in text and re.search(r"prepare >= 0.5 x bare .*= 0\.30  MISS", text), text
