@@ -20,6 +20,10 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # pandas, cv2, dlib are imported where used: bare-baseline workers import this module
 # (spawn) and should load no more than the bare script would.

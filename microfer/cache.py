@@ -198,6 +198,15 @@ class Cache:
         self.flush_index()
 
 
+def prepare_settings_of(source) -> dict:
+    """The settings a prepare cache records in its settings.json ({} when it has none)."""
+    directory = getattr(source, "dir", None)
+    path = Path(directory) / "settings.json" if directory is not None else None
+    if path is None or not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+
+
 def open_cache(cache):
     """A prepare cache: a Cache object (anything with .index() and .load(key)) or a path.
 

@@ -18,7 +18,6 @@ Every fold is checked: a subject in both train and test raises FoldLeakError.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from microfer.cache import open_cache  # noqa: F401  (its home is microfer.cache; kept importable from here)
+from microfer.cache import open_cache, prepare_settings_of  # noqa: F401  (open_cache: kept importable from here)
 from microfer.classify import FULL_PARAM_GRID, SMALL_PARAM_GRID, expand_grid, make_svm, select_and_fit
 from microfer.errors import MicroferError
 from microfer.features import FeatureSetting, FusedSetting, extract_features
@@ -400,10 +399,8 @@ def gather_features(protocol, cache, manifest=None, settings: Optional[LosoSetti
         # beside the prepared clips they were computed from (same prepare settings)
         feature_dir = str(Path(source.dir) / "features")
     t1 = time.perf_counter()
-    prepare_settings: dict[str, Any] = {}
+    prepare_settings = prepare_settings_of(source)
     settings_file = Path(getattr(source, "dir", "")) / "settings.json"
-    if getattr(source, "dir", None) is not None and settings_file.is_file():
-        prepare_settings = json.loads(settings_file.read_text(encoding="utf-8")).get("settings", {})
     fsets = feature_grid(settings)
     offered = prepare_settings.get("representations")
     if offered is not None:

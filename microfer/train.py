@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -50,21 +50,23 @@ def train_bundle(protocol, cache, out, manifest=None, settings=None, progress: b
 
 def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainResult:
     from microfer.bundle import ArraySVM, save_bundle
+    from microfer.cache import open_cache, prepare_settings_of
     from microfer.classify import select_and_fit
     from microfer.evaluate import PARAM_GRIDS, _frame_sha256, gather_features
     from microfer.features import FeatureModel, feature_config
 
+    derived = prepare_settings_of(open_cache(cache)).get("source")
+    if derived:  # refused before any feature is extracted
+        # predict prepares a new clip from its frames; derived inputs (e.g. the circulated
+        # composite flow images) say nothing about how to do that for a new clip
+        raise MicroferError(f"{cache}: holds {derived} entries, not clips prepared from "
+                            f"frames by `microfer prepare`; evaluate them with `microfer loso`, but a bundle "
+                            f"for `predict` must be trained on a prepared cache")
     data = gather_features(protocol, cache, manifest, settings, progress)
     n_groups = len(set(data.groups))
     if n_groups < 2:
         raise MicroferError(f"protocol {data.protocol.name}: training needs at least 2 subjects in the cache "
                             f"(the grid search selects by leave-subject-out), found {n_groups}")
-    if data.prepare_settings.get("source"):
-        # predict prepares a new clip from its frames; derived inputs (e.g. the circulated
-        # composite flow images) say nothing about how to do that for a new clip
-        raise MicroferError(f"{cache}: holds {data.prepare_settings['source']} entries, not clips prepared from "
-                            f"frames by `microfer prepare`; evaluate them with `microfer loso`, but a bundle "
-                            f"for `predict` must be trained on a prepared cache")
     if not data.prepare_settings:
         raise MicroferError(f"{cache}: the prepare cache has no settings.json; cannot record how clips "
                             "were prepared (re-run `microfer prepare`)")
