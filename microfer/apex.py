@@ -45,7 +45,6 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
 
 from microfer.errors import ClipError
 
@@ -113,7 +112,17 @@ def smooth_curve(curve: np.ndarray, sigma: float | None = None) -> np.ndarray:
     if curve.size < 3:
         return curve.astype(np.float32)
     sigma = max(1.0, curve.size / 30) if sigma is None else sigma
-    return gaussian_filter1d(curve, sigma, mode="nearest").astype(np.float32)
+    return gaussian_smooth(curve, sigma)
+
+
+def gaussian_smooth(curve: np.ndarray, sigma: float) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter1d(curve, sigma, mode="nearest") (truncate 4), in numpy:
+    importing scipy.ndimage costs a one-clip `microfer predict` about 0.3 s."""
+    radius = int(4.0 * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    weights = np.exp(-0.5 * (x / float(sigma)) ** 2)
+    padded = np.pad(np.asarray(curve, np.float64), radius, mode="edge")
+    return np.convolve(padded, weights / weights.sum(), mode="valid").astype(np.float32)
 
 
 def spot_apex(curve: np.ndarray, sigma: float | None = None, plateau: float = 0.9) -> int:

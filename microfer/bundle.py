@@ -6,6 +6,8 @@ A bundle is a directory:
                              integrity hash over all of it and the files
     network.safetensors      the feature extractor's weights (MobileViT with its MV2 block)
     classifier.safetensors   scaler + SVM as plain arrays (support vectors, dual coefficients...)
+    network[.partN.]onnx     (network feature sets) the same network exported to ONNX, so that
+                             `predict` runs it in onnxruntime without importing torch or timm
 
 No pickle anywhere: the SVM is stored as the arrays of its decision function and
 evaluated by `ArraySVM`, which reproduces scikit-learn's SVC (one-vs-one) exactly for the
@@ -27,8 +29,9 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -38,6 +41,8 @@ from microfer.errors import BundleError
 FORMAT = "microfer-bundle"
 FORMAT_VERSION = 2  # 2: adds the "integrity" entry covering bundle.json and every file
 FILES = ("network.safetensors", "classifier.safetensors")
+# optional: a network part exported to ONNX (`features.FeatureModel.onnx_names`)
+ONNX_FILE = re.compile(r"network\.(part\d+\.)?onnx")
 SUPPORTED_KERNELS = ("linear", "rbf")
 ARRAYS = ("scaler_mean", "scaler_scale", "support_vectors", "dual_coef", "intercept", "n_support", "classes")
 INTEGRITY_KEY = "integrity"
@@ -137,6 +142,7 @@ class Bundle:
     # need no network (the motion descriptors) predicts without it
     network: dict
     classifier: ArraySVM
+    onnx: dict = field(default_factory=dict)  # ONNX file name -> verified path in the bundle
 
     @property
     def class_names(self) -> list[str]:
@@ -170,8 +176,12 @@ def as_array(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def save_bundle(path, *, network_state: dict, classifier: ArraySVM, config: dict) -> Path:
-    """Write a bundle directory atomically file by file, bundle.json last (its presence = complete)."""
+def save_bundle(path, *, network_state: dict, classifier: ArraySVM, config: dict,
+                onnx: Optional[dict[str, bytes]] = None) -> Path:
+    """Write a bundle directory atomically file by file, bundle.json last (its presence = complete).
+
+    `onnx`: {file name: ONNX model bytes} of the network parts (names matching `ONNX_FILE`).
+    """
     from safetensors.numpy import save_file as save_numpy
 
     path = Path(path)
@@ -185,8 +195,16 @@ def save_bundle(path, *, network_state: dict, classifier: ArraySVM, config: dict
         save_numpy(state, str(tmp))
     with atomic_path(path / "classifier.safetensors") as tmp:
         save_numpy({k: np.ascontiguousarray(v) for k, v in classifier.arrays().items()}, str(tmp))
+    for name, blob in (onnx or {}).items():
+        if not ONNX_FILE.fullmatch(name):
+            raise BundleError(f"{path}: {name!r} is not a bundle ONNX file name (network[.partN].onnx)")
+        with atomic_path(path / name) as tmp:
+            Path(tmp).write_bytes(blob)
+    for stale in path.glob("network*.onnx"):  # an overwritten bundle keeps no other model's graph
+        if stale.name not in (onnx or {}):
+            stale.unlink()
     doc = {k: v for k, v in config.items() if k != INTEGRITY_KEY}
-    hashes = {name: _sha256(path / name) for name in FILES}
+    hashes = {name: _sha256(path / name) for name in (*FILES, *sorted(onnx or {}))}
     doc.update({
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "svm": {**doc.get("svm", {}), "kernel": classifier.kernel, "gamma": classifier.gamma},
@@ -232,9 +250,9 @@ def _check_config(config: dict, marker: Path) -> None:
     files = config["files"]
     if not isinstance(files, dict):
         raise bad("files", f"a mapping file name -> sha256 for {list(FILES)}", files)
-    if set(files) != set(FILES):
-        raise bad("files", f"a mapping for exactly {list(FILES)}", sorted(files))
-    for name in FILES:
+    if not set(FILES) <= set(files) or any(n not in FILES and not ONNX_FILE.fullmatch(n) for n in files):
+        raise bad("files", f"a mapping for {list(FILES)} and optional network[.partN].onnx files", sorted(files))
+    for name in files:
         if not isinstance(files[name], str) or not _HEX64.fullmatch(files[name]):
             raise bad(f"files.{name}", "a sha256 (64 lowercase hex digits)", files[name])
     svm = config["svm"]
@@ -333,16 +351,20 @@ def load_bundle(path) -> Bundle:
         raise BundleError(f"{marker}: entry {INTEGRITY_KEY!r} must be "
                           '{"algorithm": "sha256", "content": <64 hex digits>}; '
                           "the bundle cannot be verified (modified, or not written by microfer)")
+    listed = config.get("files")
+    onnx_names = sorted(n for n in listed if isinstance(n, str) and ONNX_FILE.fullmatch(n)) \
+        if isinstance(listed, dict) else []
+    names = (*FILES, *onnx_names)
     hashes = {}
-    for name in FILES:
+    for name in names:
         f = path / name
         if not f.is_file():
             raise BundleError(f"{f}: missing from the bundle")
         hashes[name] = _sha256(f)
     if integrity_digest(config, hashes) != seal["content"]:
         recorded = config.get("files")
-        changed = [n for n in FILES if isinstance(recorded, dict) and recorded.get(n) != hashes[n]]
-        if changed and integrity_digest(config, {n: recorded.get(n) for n in FILES}) == seal["content"]:
+        changed = [n for n in names if isinstance(recorded, dict) and recorded.get(n) != hashes[n]]
+        if changed and integrity_digest(config, {n: recorded.get(n) for n in names}) == seal["content"]:
             what = f"{changed[0]} checksum does not match bundle.json (the file was modified or replaced)"
         elif changed:
             what = f"{changed[0]} checksum does not match bundle.json, and bundle.json itself was modified"
@@ -351,7 +373,7 @@ def load_bundle(path) -> Bundle:
         raise BundleError(f"{path}: integrity check failed: {what}; refusing to load it")
 
     _check_config(config, marker)
-    for name in FILES:  # the hash matched, so these only differ if the hash itself was rewritten
+    for name in names:  # the hash matched, so these only differ if the hash itself was rewritten
         if hashes[name] != config["files"][name]:
             raise BundleError(f"{path / name}: checksum does not match bundle.json (modified or foreign file)")
     try:
@@ -361,4 +383,5 @@ def load_bundle(path) -> Bundle:
         raise BundleError(f"{path}: unreadable safetensors file ({exc})") from None
     _check_arrays(arrays, len(config["classes"]), path / "classifier.safetensors")
     classifier = ArraySVM(arrays, config["svm"]["kernel"], config["svm"].get("gamma", 0.0))
-    return Bundle(path=path, config=config, network=network, classifier=classifier)
+    return Bundle(path=path, config=config, network=network, classifier=classifier,
+                  onnx={n: path / n for n in onnx_names})

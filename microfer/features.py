@@ -279,6 +279,19 @@ def feature_setting_from_config(doc: dict) -> "FeatureSetting | FusedSetting":
     return FeatureSetting(**{**fields, "block_weights": None})
 
 
+def _part_prefix(setting: "FeatureSetting | FusedSetting", i: int) -> str:
+    return f"part{i}." if isinstance(setting, FusedSetting) else ""
+
+
+def _onnx_name(setting: "FeatureSetting | FusedSetting", i: int) -> str:
+    return f"network.{_part_prefix(setting, i)}onnx"
+
+
+def onnx_names(setting: "FeatureSetting | FusedSetting") -> list[str]:
+    """The ONNX file each network part of a feature set is exported to (descriptors have none)."""
+    return [_onnx_name(setting, i) for i, p in enumerate(setting.parts) if not p.is_descriptor]
+
+
 class FeatureModel:
     """The extractor(s) of one feature set: prepared clips in, (N, D) features out.
 
@@ -287,13 +300,33 @@ class FeatureModel:
     """
 
     def __init__(self, setting: "FeatureSetting | FusedSetting", batch_size: int = 1,
-                 num_threads: Optional[int] = None, device: str = "cpu"):
+                 num_threads: Optional[int] = None, device: str = "cpu", onnx: Optional[dict] = None):
+        """`onnx`: {file name: path} of exported network parts (`onnx_names`); those parts run
+        in onnxruntime and torch is not imported for them."""
         self.setting = setting
-        self.extractors = [p.create_extractor(batch_size=batch_size, num_threads=num_threads, device=device)
-                           for p in setting.parts]
+        onnx = onnx or {}
+        self.extractors = []
+        for i, part in enumerate(setting.parts):
+            name = _onnx_name(setting, i)
+            if not part.is_descriptor and name in onnx:
+                from microfer.models.onnx_extractor import OnnxExtractor
+
+                self.extractors.append(OnnxExtractor(onnx[name], num_threads=num_threads))
+            else:
+                self.extractors.append(part.create_extractor(batch_size=batch_size, num_threads=num_threads,
+                                                             device=device))
 
     def _prefix(self, i: int) -> str:
-        return f"part{i}." if isinstance(self.setting, FusedSetting) else ""
+        return _part_prefix(self.setting, i)
+
+    @property
+    def onnx_names(self) -> list[str]:
+        return onnx_names(self.setting)
+
+    def export_onnx(self, crop_size: int) -> dict[str, bytes]:
+        """{file name: ONNX model} of every network part, for inputs of `crop_size` px."""
+        return {_onnx_name(self.setting, i): ex.to_onnx(crop_size)
+                for i, (p, ex) in enumerate(zip(self.setting.parts, self.extractors)) if not p.is_descriptor}
 
     def __call__(self, prepared: Sequence[PreparedClip], names: Optional[Sequence[str]] = None) -> np.ndarray:
         from microfer.representation import stack_inputs
@@ -307,6 +340,8 @@ class FeatureModel:
 
     def load_state_dict(self, state: dict, source: str = "network weights") -> None:
         for i, ex in enumerate(self.extractors):
+            if not hasattr(ex, "load_state_dict"):  # an ONNX graph carries its own weights
+                continue
             prefix = self._prefix(i)
             ex.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, source=source)
         if isinstance(self.setting, FusedSetting):

@@ -24,6 +24,7 @@ import numpy as np
 from microfer.errors import ClipError
 
 MIN_FRAMES = 4  # fewer frames cannot show an onset, a rise and an apex
+RUNTIMES = ("auto", "onnx", "torch")
 
 
 @dataclass
@@ -62,10 +63,12 @@ class Prediction:
 class Predictor:
     """A loaded model bundle, ready to predict many clips (the extractor is built once)."""
 
-    def __init__(self, bundle, num_threads: Optional[int] = None):
+    def __init__(self, bundle, num_threads: Optional[int] = None, runtime: str = "auto"):
+        """`runtime` for the network: "onnx" (the bundle's ONNX export in onnxruntime: no torch),
+        "torch" (the weights in timm's MobileViT), or "auto" (onnx when the bundle has it)."""
         from microfer.bundle import load_bundle
         from microfer.errors import BundleError, MicroferError
-        from microfer.features import FeatureModel, feature_setting_from_config
+        from microfer.features import FeatureModel, feature_setting_from_config, onnx_names
         from microfer.prepare import PrepareSettings
 
         self.bundle = bundle if hasattr(bundle, "classifier") else load_bundle(bundle)
@@ -76,8 +79,27 @@ class Predictor:
             self.feature_setting = feature_setting_from_config(cfg["features"])
         except (TypeError, KeyError, ValueError, AttributeError, MicroferError) as exc:
             raise BundleError(f"{self.bundle.path}: settings in bundle.json do not fit this microfer ({exc})") from None
-        self.feature_model = FeatureModel(self.feature_setting, batch_size=1, num_threads=num_threads)
+        if runtime not in RUNTIMES:
+            raise MicroferError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+        onnx = {} if runtime == "torch" else self.bundle.onnx
+        if runtime == "onnx":
+            from microfer.models.onnx_extractor import onnxruntime_available
+
+            missing = [n for n in onnx_names(self.feature_setting) if n not in onnx]
+            if missing:
+                raise BundleError(f"{self.bundle.path}: has no {missing[0]} (trained before bundles carried "
+                                  f"ONNX exports); use runtime 'torch' or 'auto', or retrain it")
+            if not onnxruntime_available():
+                raise MicroferError("runtime 'onnx' needs the package onnxruntime (pip install onnxruntime)")
+        elif runtime == "auto":
+            from microfer.models.onnx_extractor import onnxruntime_available
+
+            onnx = onnx if onnxruntime_available() else {}
+        self.feature_model = FeatureModel(self.feature_setting, batch_size=1, num_threads=num_threads, onnx=onnx)
         self.feature_model.load_state_dict(self.bundle.network, source=str(self.bundle.path / "network.safetensors"))
+        # what runs the network: "onnx", "torch", or "none" (training-free descriptors only)
+        self.runtime = ("none" if not self.feature_model.onnx_names
+                        else "onnx" if all(n in onnx for n in self.feature_model.onnx_names) else "torch")
         self.classes = self.bundle.class_names
         from microfer.face import load_models
 

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 
 from microfer.apex import DEFAULT_SPOT, SPOT_METHODS, motion_curve, spot_apex
 from microfer.errors import ClipError, LayoutError, MicroferError
@@ -408,6 +407,8 @@ def samples_of(samples) -> tuple[list[Sample], list[ClipFailure]]:
     prepared because they have no onset/offset (as layout failures)."""
     if isinstance(samples, (list, tuple)) and all(isinstance(s, Sample) for s in samples):
         return list(samples), []
+    import pandas as pd
+
     out, unbounded = [], []
     for rec in pd.DataFrame(samples).to_dict("records"):
         if is_missing(rec["onset"]) or is_missing(rec["offset"]):
@@ -475,7 +476,7 @@ def _prepare_on_worker(sample: Sample, root: Path, settings: PrepareSettings):
     return _prepare_sample(sample, root, settings)
 
 
-def prepare_dataset(samples: pd.DataFrame, root: Path, out: Path, settings: PrepareSettings = PrepareSettings(),
+def prepare_dataset(samples, root: Path, out: Path, settings: PrepareSettings = PrepareSettings(),
                     workers: int = 1, strict: bool = False, progress: bool = True,
                     retry_failed: bool = False, scheduler: str | None = None) -> PrepareSummary:
     """Prepare every sample of a manifest into the cache at `out` (see module docstring).
@@ -488,7 +489,9 @@ def prepare_dataset(samples: pd.DataFrame, root: Path, out: Path, settings: Prep
     root, out = Path(root), Path(out)
     t_start = time.perf_counter()
     sample_list, unbounded = samples_of(samples)
-    dupes = [k for k, n in pd.Series([s.key for s in sample_list]).value_counts().items() if n > 1]
+    from collections import Counter
+
+    dupes = [k for k, n in Counter(s.key for s in sample_list).items() if n > 1]
     if dupes:
         raise MicroferError(f"the manifest lists {len(dupes)} clip(s) more than once: {', '.join(dupes[:5])}")
 
@@ -550,6 +553,12 @@ def prepare_dataset(samples: pd.DataFrame, root: Path, out: Path, settings: Prep
             last_flush = time.perf_counter()
 
     by_key = {s.key: s for s in todo}
+    if todo:
+        from microfer.face import landmark_model_path
+        from microfer.landmark_model import load as load_landmark_model
+
+        # converts dlib's landmark file on the first run ever, here once, not in every worker
+        load_landmark_model(landmark_model_path())
     try:
         if scheduler and todo:
             from microfer.parallel import scheduler_context

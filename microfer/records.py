@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-import pandas as pd
 
 # The common manifest schema every dataset adapter produces (one row per sample).
 MANIFEST_COLUMNS = [
@@ -31,7 +30,12 @@ def is_missing(value) -> bool:
     """True for None, NaN, pandas NA and blank strings (empty manifest cells)."""
     if isinstance(value, str):
         return not value.strip()
-    return value is None or bool(pd.isna(value))
+    if value is None:
+        return True
+    try:  # NaN and NaT are the values unequal to themselves; pandas does not need importing
+        return bool(value != value)
+    except TypeError:  # pandas.NA refuses a truth value: it is the missing value
+        return True
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
         "versions": versions(),
     }
     svm = ArraySVM.from_pipeline(choice.model)
-    path = save_bundle(out, network_state=model.state_dict(), classifier=svm, config=config)
+    onnx = model.export_onnx(int(data.prepare_settings.get("size", 128))) if model.onnx_names else None
+    path = save_bundle(out, network_state=model.state_dict(), classifier=svm, config=config, onnx=onnx)
     return TrainResult(bundle=path, feature_setting=setting, choice=choice, n_samples=int(len(data.y)),
                        n_subjects=n_groups, excluded=int(len(data.excluded)), class_counts=counts)

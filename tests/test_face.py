@@ -119,3 +119,106 @@ def test_tight_crop_aligns_and_a_face_cut_in_half_does_not(faces_dir):
         right_eye = int(round(pts[42:48, 0].mean())) - x0
         for cut in (tight[:, :mid], tight[:, mid:], tight[:int(round(pts[30, 1])) - y0], tight[:, :right_eye]):
             assert not _aligns(np.ascontiguousarray(cut)), name
+
+
+def test_saved_detector_finds_the_same_boxes_as_dlibs_built_in_one(faces_dir):
+    import dlib
+
+    from microfer.face import SAVED_DETECTOR
+
+    saved, built_in = dlib.fhog_object_detector(str(SAVED_DETECTOR)), dlib.get_frontal_face_detector()
+    found = 0
+    for path in sorted(faces_dir.rglob("*.jpg"))[:12]:
+        grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        for upsample in (0, 1):
+            a = [(r.left(), r.top(), r.right(), r.bottom()) for r in saved(grey, upsample)]
+            b = [(r.left(), r.top(), r.right(), r.bottom()) for r in built_in(grey, upsample)]
+            assert a == b, path
+            found += len(a)
+    assert found >= 10  # the comparison saw faces, not only empty lists
+
+
+@pytest.fixture(scope="module")
+def numpy_and_dlib_landmarks():
+    import dlib
+
+    from microfer import landmark_model
+    from microfer.face import landmark_model_path
+
+    model = landmark_model.load(landmark_model_path())
+    assert model is not None
+    predictor = dlib.shape_predictor(str(landmark_model_path()))
+    return model, lambda gray, box: np.array([[p.x, p.y] for p in predictor(gray, dlib.rectangle(*box)).parts()])
+
+
+def _gray_faces(faces_dir=None):
+    from microfer.synth import load_identities
+
+    images = [cv2.cvtColor(f.image, cv2.COLOR_BGR2GRAY) for f in load_identities(3)]  # shipped photos
+    if faces_dir is not None:
+        images += [cv2.imread(str(faces_dir / n), cv2.IMREAD_GRAYSCALE) for n in SINGLE_FACES]
+    return images
+
+
+def _check_same_points(model, dlib_points, images, jitter: int):
+    from microfer.face import detect_faces
+
+    rng, compared = np.random.default_rng(1), 0
+    for gray in images:
+        for box in detect_faces(gray)[:2]:
+            for _ in range(4):
+                moved = tuple(int(v) for v in np.asarray(box) + rng.integers(-jitter, jitter + 1, 4))
+                np.testing.assert_array_equal(model.predict(gray, moved), dlib_points(gray, moved))
+                compared += 1
+    assert compared >= 4 * len(images)
+
+
+def test_numpy_landmark_model_gives_dlibs_points_on_shipped_faces(numpy_and_dlib_landmarks):
+    _check_same_points(*numpy_and_dlib_landmarks, _gray_faces(), jitter=12)
+
+
+def test_numpy_landmark_model_gives_dlibs_points_on_real_photos(numpy_and_dlib_landmarks, faces_dir):
+    model, dlib_points = numpy_and_dlib_landmarks
+    images = _gray_faces(faces_dir)
+    _check_same_points(model, dlib_points, images, jitter=12)
+    _check_same_points(model, dlib_points, [cv2.GaussianBlur(g, (5, 5), 0) for g in images], jitter=3)
+
+
+def test_landmark_model_refuses_a_foreign_file_and_falls_back_without_a_cache(tmp_path, monkeypatch):
+    from microfer import landmark_model
+    from microfer.errors import MicroferError
+    from microfer.face import landmark_model_path
+
+    junk = tmp_path / "junk.dat"
+    junk.write_bytes(b"\x05not a model at all")
+    with pytest.raises(MicroferError, match="junk.dat"):
+        landmark_model.read_dlib_file(junk)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder's parent should be")
+    monkeypatch.setenv("MICROFER_CACHE", str(blocker / "cache"))
+    assert landmark_model.load(landmark_model_path()) is None  # the caller then uses dlib's predictor
+
+
+def test_a_damaged_landmark_cache_is_converted_again(tmp_path, monkeypatch):
+    from microfer import landmark_model
+
+    calls = []
+    rng = np.random.default_rng(0)
+    small = {"initial_shape": rng.random(8, np.float32), "split_index": np.zeros((2, 3, 3, 2), np.int32),
+             "split_threshold": np.zeros((2, 3, 3), np.float32), "leaves": rng.random((2, 3, 4, 8), np.float32),
+             "anchors": np.zeros((2, 5), np.int32), "deltas": np.zeros((2, 5, 2), np.float32)}
+    # the reading of dlib's file is tested above; here only what happens around it
+    monkeypatch.setattr(landmark_model, "read_dlib_file", lambda path: calls.append(path) or small)
+    monkeypatch.setenv("MICROFER_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "model.dat"
+    source.write_bytes(b"stands in for dlib's file")
+    first = landmark_model.load(source)
+    assert len(calls) == 1 and landmark_model.load(source) is not None and len(calls) == 1  # converted once
+    del first  # its pages are mapped from the file cut below
+    leaves = next((tmp_path / "cache").glob("landmarks-*")) / "leaves.npy"
+    data = leaves.read_bytes()[:100]
+    leaves.unlink()
+    leaves.write_bytes(data)  # cut short
+    again = landmark_model.load(source)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(again.leaves, small["leaves"])

@@ -88,3 +88,15 @@ def test_spotting_error_on_synthetic_clips_with_known_apex():
     drifting = measure_spotting(n_clips=5, seed=3, frame_size=(320, 240), n_frames=(30, 60))
     assert drifting["method"] == "fd"
     assert np.mean(drifting["errors"]) <= 3 and drifting["max_abs_frames"] <= 8, drifting["errors"]
+
+
+@pytest.mark.parametrize("n", [3, 7, 60, 250])
+@pytest.mark.parametrize("sigma", [1.0, 2.5, 8.0, 40.0])
+def test_gaussian_smooth_is_scipys_gaussian_filter1d(n, sigma):
+    from scipy.ndimage import gaussian_filter1d
+
+    from microfer.apex import gaussian_smooth
+
+    curve = np.random.default_rng(n).random(n)
+    np.testing.assert_allclose(gaussian_smooth(curve, sigma), gaussian_filter1d(curve, sigma, mode="nearest"),
+                               atol=1e-6)

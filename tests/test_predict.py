@@ -148,3 +148,74 @@ def test_top_level_python_api(demo):
 
     p = microfer.predict(demo.predictions[0]["video"], model=demo.bundle)
     assert p.label == demo.predictions[0]["predicted_spotted"]
+
+
+@pytest.fixture(scope="module")
+def network_bundle(demo, tmp_path_factory):
+    """A bundle whose features come from a network (the demo's default grid picks a descriptor)."""
+    from microfer.evaluate import LosoSettings
+    from microfer.prepare import PrepareSettings
+    from microfer.train import train_bundle
+
+    settings = LosoSettings(features=("mobilevit_xxs/apex/final/avg",))
+    return train_bundle("megc2019-composite", demo.out / "cache" / PrepareSettings().key(),
+                        tmp_path_factory.mktemp("nb") / "bundle", manifest=demo.out / "manifest.csv",
+                        settings=settings, progress=False).bundle
+
+
+def test_network_bundle_predicts_the_same_in_onnxruntime_as_in_torch(demo, network_bundle):
+    from microfer.predict import Predictor
+
+    cfg = json.loads((network_bundle / "bundle.json").read_text())
+    assert "network.onnx" in cfg["files"]
+    onnx, torch_ = Predictor(network_bundle, runtime="onnx"), Predictor(network_bundle, runtime="torch")
+    assert (onnx.runtime, torch_.runtime) == ("onnx", "torch")
+    truth = pd.read_csv(demo.out / "heldout" / "synth_truth.csv", dtype=str, keep_default_na=False)
+    for row in truth.to_dict("records"):
+        video = demo.out / "heldout" / row["frame_dir"]
+        for frames in ({}, {k: int(row[k]) for k in ("onset", "apex", "offset")}):
+            a, b = onnx.predict(video, **frames), torch_.predict(video, **frames)
+            assert a.label == b.label and (a.onset, a.apex, a.offset) == (b.onset, b.apex, b.offset)
+            assert a.scores.keys() == b.scores.keys()
+            np.testing.assert_allclose(list(a.scores.values()), list(b.scores.values()), atol=2e-4)
+
+
+def test_predict_from_the_shell_imports_neither_torch_nor_timm(demo, network_bundle):
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys, json\n"
+            "sys.argv = ['microfer', 'predict', sys.argv[1], '--model', sys.argv[2], '--json']\n"
+            "try:\n    runpy.run_module('microfer', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(json.dumps(sorted(m for m in ('torch', 'timm', 'torchvision', 'scipy.ndimage', 'pandas') "
+            "if m in sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(demo.predictions[0]["video"]), str(network_bundle)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    assert '"label"' in out.stdout
+
+
+def test_runtime_onnx_needs_the_export_and_tampered_exports_are_refused(demo, network_bundle, tmp_path, capsys):
+    import shutil
+
+    from microfer.bundle import load_bundle, save_bundle
+    from microfer.errors import BundleError
+    from microfer.predict import Predictor
+
+    b = load_bundle(network_bundle)
+    config = {k: v for k, v in b.config.items() if k not in ("files", "integrity")}
+    old = save_bundle(tmp_path / "old", network_state=b.network, classifier=b.classifier, config=config)
+    assert not list(old.glob("*.onnx"))
+    with pytest.raises(BundleError, match="network.onnx"):
+        Predictor(old, runtime="onnx")
+    assert Predictor(old).runtime == "torch"  # auto falls back on a bundle without the export
+
+    copy = tmp_path / "tampered"
+    shutil.copytree(network_bundle, copy)
+    data = bytearray((copy / "network.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "network.onnx").write_bytes(bytes(data))
+    code, err = _main(["predict", demo.predictions[0]["video"], "--model", str(copy)], capsys)
+    assert code == 2 and len(err) == 1 and "network.onnx" in err[0] and "checksum" in err[0]

@@ -49,11 +49,15 @@ def train_cmd(protocol, cache, manifest, out, grid, features, seed, weights, thr
 @click.option("--offset", type=int, default=None, help="offset frame (spotted when absent)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of text")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the network")
-def predict_cmd(clip, model, onset, apex, offset, as_json, threads):
+@click.option("--runtime", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
+              help="what runs the network: the bundle's ONNX export in onnxruntime (fast start, no torch), "
+                   "or torch; auto = onnx when the bundle has it")
+def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime):
     """Emotion of one CLIP: a video file (mp4/avi/mov) or a folder of frames."""
     from microfer.predict import Predictor
 
-    result = Predictor(model, num_threads=threads).predict(clip, onset=onset, apex=apex, offset=offset)
+    result = Predictor(model, num_threads=threads, runtime=runtime).predict(clip, onset=onset, apex=apex,
+                                                                            offset=offset)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.text())
 
 

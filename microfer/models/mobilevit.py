@@ -382,6 +382,41 @@ class MobileViTExtractor:
             return fmap.mean(dim=(2, 3))
         return F.adaptive_avg_pool2d(fmap, 2).flatten(1)
 
+    def to_onnx(self, crop_size: int) -> bytes:
+        """The whole feature path (resize to input_size, network, pooling) as an ONNX model.
+
+        `crop_size` is the side of the inputs it will be given (the prepared face crop): the
+        graph resizes from it exactly as `__call__` does, so onnxruntime gives the same
+        features without importing torch. The batch dimension stays free.
+        """
+        import io
+        import warnings
+
+        import torch
+        import torch.nn.functional as F
+
+        extractor = self
+
+        class FeaturePath(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = extractor._net
+
+            def forward(self, x):
+                if x.shape[-1] != extractor.input_size:
+                    x = F.interpolate(x, size=(extractor.input_size, extractor.input_size),
+                                      mode="bilinear", align_corners=False)
+                return extractor._pool(self.net(x))
+
+        probe = torch.zeros(1, 3, int(crop_size), int(crop_size))
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes on timm's shape arithmetic: constants here
+            torch.onnx.export(FeaturePath().eval(), (probe,), buf, input_names=["input"],
+                              output_names=["features"], dynamic_axes={"input": {0: "n"}, "features": {0: "n"}},
+                              opset_version=17, dynamo=False)
+        return buf.getvalue()
+
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         import torch
         import torch.nn.functional as F
