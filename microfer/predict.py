@@ -40,6 +40,10 @@ class Prediction:
     n_frames: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     notes: str = ""
+    # motion vs the first frame of the scanned range, one value per frame of motion_frames
+    # (what onset/apex/offset were spotted on; empty when all three were given)
+    motion_curve: list[float] = field(default_factory=list)
+    motion_frames: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         doc = asdict(self)
@@ -146,6 +150,7 @@ class Predictor:
             raise ClipError(f"{name}: the given offset {offset} is not after the given onset {onset}")
         spotted: list[str] = []
         notes: list[str] = []
+        curve, curve_frames = [], []
         first, last = (onset if onset is not None else numbers[0]), (offset if offset is not None else numbers[-1])
         if onset is None or offset is None:
             # spot over the given (or whole) range, aligned once on its first frame; the second
@@ -153,6 +158,7 @@ class Predictor:
             memo: dict = {}
             scan = prepare_clip(source, first, None, last, self.prepare_settings, timings=timings, memo=memo)
             span = [n for n in numbers if first <= n <= last]
+            curve, curve_frames = list(scan.motion_curve), span
             i_on, i_apex, i_off = spot_interval(scan.motion_curve)
             # spotted bounds stay inside the run of frames with a face around the apex
             missing = set(scan.no_face_frames)
@@ -215,6 +221,7 @@ class Predictor:
             given=given, spotted=[s for s in ("onset", "apex", "offset") if s in spotted],
             face_box=tuple(int(v) for v in prepared.face_box), n_frames=len(numbers),
             timings_ms={k: round(v, 2) for k, v in timings.items()}, notes="; ".join(notes),
+            motion_curve=[round(float(v), 5) for v in curve], motion_frames=[int(n) for n in curve_frames],
         )
 
 

@@ -25,3 +25,11 @@ def annotations_dir(shared_dir) -> Path:
 @pytest.fixture(scope="session")
 def faces_dir(shared_dir) -> Path:
     return shared_dir / "faces"
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """The quick demo (synthetic clips, a cache, LOSO, a bundle, held-out videos), run once."""
+    from microfer.demo import run_demo
+
+    return run_demo(tmp_path_factory.mktemp("demo"), quick=True, seed=0, echo=None, progress=False)

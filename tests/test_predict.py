@@ -9,13 +9,6 @@ from click.testing import CliRunner
 
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from microfer.demo import run_demo
-
-    return run_demo(tmp_path_factory.mktemp("demo"), quick=True, seed=0, echo=None, progress=False)
-
-
 def _run(args):
     """Invoke the CLI like the console script does (errors -> one line, exit 2)."""
     import microfer.cli as mcli

@@ -1,0 +1,96 @@
+"""`microfer serve`: the JSON endpoint, and the page driven in a real headless Chromium."""
+import json
+import shutil
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def server(demo):
+    from microfer.serve import make_server
+
+    srv = make_server(demo.bundle, port=0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def expected(demo):
+    from microfer.predict import Predictor
+
+    video = Path(demo.predictions[0]["video"])
+    return video, Predictor(demo.bundle).predict(video)
+
+
+def _post(url: str, data: bytes, name: str):
+    request = urllib.request.Request(url + "api/predict", data=data, method="POST",
+                                     headers={"X-Filename": name, "Content-Type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_endpoint_predicts_like_the_library_and_refuses_bad_uploads(server, expected):
+    video, truth = expected
+    with urllib.request.urlopen(server.url, timeout=30) as page:
+        html = page.read().decode()
+    assert 'id="file"' in html and "/api/predict" in html
+    with urllib.request.urlopen(server.url + "api/info", timeout=30) as info:
+        assert json.loads(info.read())["classes"] == server.predictor.classes
+
+    status, doc = _post(server.url, video.read_bytes(), video.name)
+    assert status == 200, doc
+    assert doc["label"] == truth.label and doc["scores"] == truth.scores and doc["file"] == video.name
+    assert (doc["onset"], doc["apex"], doc["offset"]) == (truth.onset, truth.apex, truth.offset)
+    assert len(doc["motion_curve"]) == len(doc["motion_frames"]) == doc["n_frames"]
+
+    status, doc = _post(server.url, b"this is not a video", "notes.mp4")
+    assert status == 400 and "notes.mp4" in doc["error"] and "/tmp" not in doc["error"]
+    status, doc = _post(server.url, b"hello", "notes.txt")
+    assert status == 415 and "notes.txt" in doc["error"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package chromium)")
+def test_page_in_headless_chromium_shows_the_emotion_scores_and_curve(server, expected, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    video, truth = expected
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page()
+            page.goto(server.url)
+            page.wait_for_function("document.getElementById('model').textContent.includes('runtime')")
+            page.set_input_files("#file", str(video))
+            page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+            assert page.inner_text("#label") == truth.label
+            shown = {row.get_attribute("data-class"): float(row.query_selector(".value").inner_text())
+                     for row in page.query_selector_all("tr.score")}
+            assert shown == pytest.approx({k: round(v, 3) for k, v in truth.scores.items()}, abs=1e-3)
+            assert f"apex {truth.apex}" in page.inner_text("#frames")
+            assert page.query_selector("#curve polyline") is not None
+            shot = tmp_path / "page.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
+
+            page.set_input_files("#file", str(bad))
+            page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=60_000)
+            error = page.inner_text("#error")
+            assert error.startswith("error: ") and "broken.mp4" in error
+            assert page.is_hidden("#result")
+        finally:
+            browser.close()
