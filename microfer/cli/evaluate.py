@@ -91,6 +91,8 @@ def command_line(ctx: click.Context, leave_out: tuple[str, ...] = ()) -> str:
               help="read face images as grey (3 equal channels), like the mostly grey ME apex crops")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="random shift / scale / rotation / brightness / contrast of image faces (flips always)")
+@click.option("--mix", type=click.Choice(["none", "cutout", "mixup", "cutmix", "fmix"]), default="none",
+              show_default=True, help="batch augmentation that erases or mixes samples (microfer/models/mixing.py)")
 @click.option("--store-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="dtype of the saved weights file (float16: half the size; loaded as float32)")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -102,7 +104,7 @@ def command_line(ctx: click.Context, leave_out: tuple[str, ...] = ()) -> str:
 @click.pass_context
 def pretrain_cmd(ctx, cache, manifest, images, images_split, test_split, images_by_subject, subject_pattern,
                  test_fraction, split_seed, label_column, representation, variant, scope, epochs, batch_size, lr,
-                 input_size, grey, augment, store_dtype, seed, threads, device, out, resume):
+                 input_size, grey, augment, mix, store_dtype, seed, threads, device, out, resume):
     """Pretrain MobileViT (MobileNetV2 block or whole trunk) on macro-expression samples."""
     from microfer.errors import MicroferError
     from microfer.models.pretrain import (PretrainSettings, combine, load_cache_samples, load_image_folder,
@@ -147,7 +149,7 @@ def pretrain_cmd(ctx, cache, manifest, images, images_split, test_split, images_
     for name, ts in tests.items():
         click.echo(f"test {name}: {len(ts)} samples (scored after every epoch, for the record only)")
     settings = PretrainSettings(variant=variant, representation=representation, input_size=input_size, scope=scope,
-                                epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed,
+                                epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, mix=mix, seed=seed,
                                 store_dtype=store_dtype, num_threads=threads, device=device)
     result = pretrain(data, settings, out, resume=resume, progress=True, test_sets=tests,
                       notes={"command": command_line(ctx, leave_out=("resume",))})

@@ -39,7 +39,7 @@ import numpy as np
 
 from microfer._io import atomic_path, write_json
 from microfer.errors import MicroferError
-from microfer.models import augment
+from microfer.models import augment, mixing
 from microfer.models.macro_data import (  # noqa: F401  (re-exported: the pretraining API in one place)
     CK_SUBJECT_PATTERN, IMAGE_SUFFIXES, MacroSet, combine, load_cache_samples, load_image_folder,
     load_images_by_subject, normalise_label, split_subjects)
@@ -113,6 +113,7 @@ class PretrainSettings:
     head_channels: int = 128   # mv2 scope only (the whole trunk's head is pool + linear)
     dropout: float = 0.2
     augment: bool = True       # geometric + photometric on image faces; flips always
+    mix: str = "none"          # batch augmentation: none | cutout | mixup | cutmix | fmix (mixing.py)
     seed: int = 0
     store_dtype: str = "float32"  # of the saved weights file; training is float32
     num_threads: Optional[int] = None
@@ -123,6 +124,8 @@ class PretrainSettings:
         d = asdict(self)
         for k in ("epochs", "num_threads", "device", "store_dtype"):
             d.pop(k)
+        if d["mix"] == "none":  # checkpoints written before batch augmentations existed resume
+            d.pop("mix")
         return d
 
 
@@ -253,6 +256,7 @@ def pretrain(data: MacroSet, settings: PretrainSettings, out, resume: bool = Fal
     check_variant(settings.variant)
     check_kind(settings.representation)
     check_scope(settings.scope)
+    mixing.check_mix(settings.mix)
     if settings.store_dtype not in STORE_DTYPES:
         raise MicroferError(f"unknown storage dtype {settings.store_dtype!r}; expected one of {', '.join(STORE_DTYPES)}")
     test_sets = dict(test_sets or {})
@@ -302,6 +306,7 @@ def pretrain(data: MacroSet, settings: PretrainSettings, out, resume: bool = Fal
         rng = np.random.default_rng([settings.seed, epoch])
         order, flips = rng.permutation(n), rng.random(n) < 0.5
         aug = augment.draw(rng, n) if settings.augment else None
+        mix_rng = np.random.default_rng([settings.seed, epoch, 1])  # its own stream: "none" runs unchanged
         torch.manual_seed(settings.seed * 1_000_003 + epoch)  # dropout stream of this epoch
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
@@ -313,10 +318,16 @@ def pretrain(data: MacroSet, settings: PretrainSettings, out, resume: bool = Fal
             f = flips[idx]
             if f.any():
                 x[f] = flip_input(x[f], data.representation)
-            xb = torch.from_numpy(x).to(device)
             yb = y_all[idx].to(device)
+            if settings.mix != "none":
+                x, soft = mixing.mix_batch(x, data.y[idx], len(data.labels), settings.mix, mix_rng)
+                # soft targets: the class weights scale each class's share of a mixed label
+                loss_target = torch.from_numpy(soft).to(device)
+            else:
+                loss_target = yb
+            xb = torch.from_numpy(x).to(device)
             logits = model(xb)
-            loss = F.cross_entropy(logits, yb, weight=weights)
+            loss = F.cross_entropy(logits, loss_target, weight=weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -342,7 +353,8 @@ def pretrain(data: MacroSet, settings: PretrainSettings, out, resume: bool = Fal
         "epochs": settings.epochs, "seed": settings.seed, "settings": settings.identity(),
         "sources": data.sources, "skipped": data.skipped, "history": history, "versions": _versions(),
         "training_data": data.parts,
-        "augmentation": augment.describe() if settings.augment else {"horizontal_flip": 0.5},
+        "augmentation": {**(augment.describe() if settings.augment else {"horizontal_flip": 0.5}),
+                         "batch": mixing.describe(settings.mix)},
         "loss": "class-weighted cross-entropy (weight n / (K x count))",
         "schedule": f"AdamW, cosine learning rate from {settings.lr} over {settings.epochs} epochs (per epoch), "
                     f"weight decay {settings.weight_decay}, batch {settings.batch_size}",
