@@ -25,7 +25,7 @@ each video once and choose the interval parameters inside the training folds:
      the largest over the scales (`scales_s`: micro- to macro-length), so short and long
      expressions are both measured against neutral frames.
    Frame t's value needs frames up to t + k_max: the stream keeps a ring of 2 k_max + 1
-   crops (128 x 128 float16: 21 MB at 200 fps with the default 1.6 s scale).
+   crops (128 x 128 float16: 10.5 MB at 200 fps with the default 0.8 s largest scale).
 2. `spot_intervals(signal, PeakSettings)`: each region's curve is put in noise units
    ((value - median) / robust sd over the video), the largest region is the video's
    curve; peaks above `threshold` (with half that prominence) are intervals, bounded by
@@ -57,7 +57,10 @@ SPOT_REGIONS = {
     "nose": (0.38, 0.38, 0.62, 0.58),
     "mouth_left": (0.22, 0.58, 0.50, 0.86),
     "mouth_right": (0.50, 0.58, 0.78, 0.86),
+    # measured to recognise blinks, never spotted from
+    "eyes": (0.16, 0.25, 0.84, 0.40),
 }
+EYES = list(SPOT_REGIONS).index("eyes")
 MICRO_MAX_S = 0.5  # MEGC: a micro-expression lasts at most 0.5 s
 
 
@@ -65,7 +68,7 @@ MICRO_MAX_S = 0.5  # MEGC: a micro-expression lasts at most 0.5 s
 class SignalSettings:
     size: int = 128                            # aligned crop side, px
     blur: float = 2.0                          # Gaussian sigma on the crop, px (noise, JPEG blocks)
-    scales_s: tuple[float, ...] = (0.2, 0.5, 1.2)  # feature-difference distances k, seconds
+    scales_s: tuple[float, ...] = (0.2, 0.4, 0.8)  # feature-difference distances k, seconds
     track_px: float = 0.5                      # head translations above this (crop px) are followed
     min_ncc: float = 0.85                      # crop vs reference correlation below this: fit again
     max_shift: float = 0.12                    # translation followed (x size) before fitting again
@@ -86,7 +89,10 @@ class PeakSettings:
     low: float = 0.15             # onset/offset: where the curve falls below this fraction of the peak
     micro_max_s: float = MICRO_MAX_S  # spotted duration at most this -> micro, else macro
     min_s: float = 0.1            # shorter spotted intervals are noise
-    max_head: float = 0.08        # head travel (eye distances) within an interval: a head movement
+    max_head: float = 0.05        # head travel (eye distances) within an interval: a head movement
+    blink_ratio: float = 1.5      # eye band peak above this x the interval's peak: a blink
+    burst: int = 3                # this many intervals in a row, gaps < burst_gap_s: talking / chewing
+    burst_gap_s: float = 0.3
     smooth_s: float = 0.03        # Gaussian smoothing of the curve, seconds
 
 
@@ -97,7 +103,7 @@ class MotionSignal:
     numbers: np.ndarray      # (n,) frame numbers
     fps: float
     regions: np.ndarray      # (n, R) float32 motion per SPOT_REGIONS region; NaN without a face
-    head: np.ndarray         # (n, 2) float32 face centre in the image, px; NaN without a face
+    head: np.ndarray         # (n, 3) float32 face centre in the image (px) and roll (deg); NaN without a face
     eye_px: np.ndarray       # (n,) float32 eye-centre distance in the image, px; NaN without a face
     realigned: list[int] = field(default_factory=list)   # frame numbers where landmarks were fitted
     frame_size: tuple[int, int] = (0, 0)                  # (W, H)
@@ -105,6 +111,10 @@ class MotionSignal:
     @property
     def face(self) -> np.ndarray:
         return ~np.isnan(self.regions).any(axis=1)
+
+    @property
+    def region_names(self) -> list[str]:
+        return list(SPOT_REGIONS)
 
     def lost_ranges(self) -> list[tuple[int, int]]:
         """(first, last) frame numbers of each run of frames without a usable face."""
@@ -193,8 +203,7 @@ class _Tracker:
         # copies: phaseCorrelate multiplies its inputs by the window in place
         (dx, dy), _ = cv2.phaseCorrelate(self.ref.copy(), crop.copy(), self.window)
         if np.hypot(dx, dy) > self.s.track_px:
-            self.M[:, 2] -= (dx, dy)
-            self.followed += (dx, dy)
+            self.follow(crop, dx, dy)
             crop = self.grey(frame, self.M)
         far = np.hypot(*self.followed) > self.s.max_shift * self.s.size
         if far or _ncc(crop, self.ref) < self.s.min_ncc:
@@ -206,12 +215,28 @@ class _Tracker:
             crop = self.ref
         return crop, fitted
 
-    def centre_and_eyes(self) -> tuple[np.ndarray, float]:
-        """Face centre in the image and eye-centre distance (image px) of the current alignment."""
+    def follow(self, crop: np.ndarray, dx: float, dy: float) -> None:
+        """Fold the head's movement since the reference into the transform: a rigid (rotation +
+        translation) fit of the crop to the reference (ECC), from the phase-correlation shift;
+        the shift alone when ECC does not converge. Runs only while the head moves."""
+        warp = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
+        try:
+            _, warp = cv2.findTransformECC(self.ref, crop, warp, cv2.MOTION_EUCLIDEAN,
+                                           (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-4), None, 1)
+        except cv2.error:
+            warp = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
+        # the crop at W(x) shows what the reference shows at x: new transform = W^-1 o M
+        inv = cv2.invertAffineTransform(warp).astype(np.float64)
+        self.M = np.column_stack([inv[:, :2] @ self.M[:, :2], inv[:, :2] @ self.M[:, 2] + inv[:, 2]])
+        self.followed += warp[:, 2]
+
+    def pose(self) -> tuple[np.ndarray, float]:
+        """(face centre x, y in the image (px), roll (deg)) and eye-centre distance (image px)."""
         inv = cv2.invertAffineTransform(self.M.astype(np.float32))
         centre = inv[:, :2] @ np.array([self.s.size / 2, self.s.size / 2]) + inv[:, 2]
         scale = float(np.hypot(*self.M[0, :2]))
-        return centre, 0.36 * self.s.size / scale
+        roll = float(np.degrees(np.arctan2(self.M[1, 0], self.M[0, 0])))
+        return np.array([centre[0], centre[1], roll]), 0.36 * self.s.size / scale
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -290,7 +315,7 @@ def motion_signal(source, fps: float, settings: SignalSettings = SignalSettings(
     ring = _Ring(2 * kmax + 1, settings.size)
     slices = _region_slices(settings.size)
     regions = np.full((n, len(slices)), np.nan, np.float32)
-    head = np.full((n, 2), np.nan, np.float32)
+    head = np.full((n, 3), np.nan, np.float32)
     eye_px = np.full(n, np.nan, np.float32)
     tracker = _Tracker(settings, fps)
     realigned: list[int] = []
@@ -309,7 +334,7 @@ def motion_signal(source, fps: float, settings: SignalSettings = SignalSettings(
             if fitted:
                 realigned.append(int(number))
             if crop is not None:
-                head[i], eye_px[i] = tracker.centre_and_eyes()
+                head[i], eye_px[i] = tracker.pose()
             ring.put(i, crop)
             if i - kmax >= 0:
                 regions[i - kmax] = _motion_at(ring, i - kmax, ks, slices)
@@ -330,36 +355,51 @@ def motion_signal(source, fps: float, settings: SignalSettings = SignalSettings(
 def spot_curve(signal: MotionSignal, smooth_s: float = PeakSettings.smooth_s) -> np.ndarray:
     """The video's curve in noise units: per region (value - median) / (1.4826 MAD), the
     largest region per frame, smoothed inside each run of face frames; NaN without a face."""
-    from scipy.ndimage import gaussian_filter1d
+    z = region_z(signal)
+    spotted = [k for k in range(z.shape[1]) if k != EYES]
+    curve = z[:, spotted].max(axis=1)
+    return _smooth_runs(curve, smooth_s * signal.fps)
 
+
+def region_z(signal: MotionSignal) -> np.ndarray:
+    """(n, R) each region's motion in robust noise units: (value - median) / (1.4826 MAD)."""
     regions = np.asarray(signal.regions, np.float64)
     face = ~np.isnan(regions).any(axis=1)
-    curve = np.full(len(regions), np.nan)
+    z = np.full(regions.shape, np.nan)
     if face.sum() < 3:
-        return curve
+        return z
     values = regions[face]
     med = np.median(values, axis=0)
     mad = 1.4826 * np.median(np.abs(values - med), axis=0)
     mad = np.where(mad > 1e-6, mad, max(1e-6, float(np.mean(mad))))
-    curve[face] = ((values - med) / mad).max(axis=1)
-    sigma = smooth_s * signal.fps
+    z[face] = (values - med) / mad
+    return z
+
+
+def _smooth_runs(curve: np.ndarray, sigma: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter1d
+
+    curve = curve.copy()
     if sigma >= 0.5:
-        for a, b in _runs(face):
+        for a, b in _runs(~np.isnan(curve)):
             curve[a:b] = gaussian_filter1d(curve[a:b], sigma, mode="nearest")
     return curve
 
 
 def spot_intervals(signal: MotionSignal, peaks: PeakSettings = PeakSettings(),
-                   curve: Optional[np.ndarray] = None) -> list[SpottedInterval]:
-    """Stage 2: intervals (frame numbers) from a measured signal; `curve` = spot_curve(signal)
-    when the caller has it already (spot-eval tries many thresholds on one curve)."""
+                   curves: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                   rejected: Optional[list] = None) -> list[SpottedInterval]:
+    """Stage 2: intervals (frame numbers) from a measured signal. `curves` = spot_curves(signal)
+    when the caller has them already (spot-eval tries many thresholds on one signal);
+    `rejected` collects (interval, reason) of the peaks that were not expressions."""
     from scipy.signal import find_peaks
 
     from microfer.apex import spot_interval
 
-    curve = spot_curve(signal, peaks.smooth_s) if curve is None else curve
+    curve, eyes = spot_curves(signal, peaks.smooth_s) if curves is None else curves
     face = ~np.isnan(curve)
     out: list[SpottedInterval] = []
+    dropped = [] if rejected is None else rejected
     for a, b in _runs(face):
         run = curve[a:b]
         if len(run) < 3:
@@ -380,21 +420,57 @@ def spot_intervals(signal: MotionSignal, peaks: PeakSettings = PeakSettings(),
             duration = (offset - onset + 1) / signal.fps
             if duration < peaks.min_s:
                 continue
-            if _head_travel(signal, onset, offset) > peaks.max_head:
-                continue
             kind = "micro" if duration <= peaks.micro_max_s else "macro"
-            out.append(SpottedInterval(int(signal.numbers[onset]), int(signal.numbers[apex]),
-                                       int(signal.numbers[offset]), kind, round(float(run[top]), 3)))
-    return out
+            interval = SpottedInterval(int(signal.numbers[onset]), int(signal.numbers[apex]),
+                                       int(signal.numbers[offset]), kind, round(float(run[top]), 3))
+            if _head_travel(signal, onset, offset) > peaks.max_head:
+                dropped.append((interval, "head movement"))
+            elif np.nanmax(eyes[onset:offset + 1]) > peaks.blink_ratio * run[top]:
+                dropped.append((interval, "blink"))
+            else:
+                out.append(interval)
+    return _without_bursts(out, signal.fps, peaks, dropped)
+
+
+def spot_curves(signal: MotionSignal, smooth_s: float = PeakSettings.smooth_s) -> tuple[np.ndarray, np.ndarray]:
+    """(the spotting curve, the eye band's curve), both in noise units and smoothed."""
+    z = region_z(signal)
+    return spot_curve(signal, smooth_s), _smooth_runs(z[:, EYES], smooth_s * signal.fps)
+
+
+def _without_bursts(intervals: list[SpottedInterval], fps: float, peaks: PeakSettings,
+                    dropped: list) -> list[SpottedInterval]:
+    """Drop runs of >= `burst` intervals separated by gaps < `burst_gap_s`: syllables of
+    speech and chewing come in such trains, expressions hardly ever do."""
+    if peaks.burst < 2 or not intervals:
+        return intervals
+    groups, current = [], [intervals[0]]
+    for iv in intervals[1:]:
+        if (iv.onset - current[-1].offset) / fps < peaks.burst_gap_s:
+            current.append(iv)
+        else:
+            groups.append(current)
+            current = [iv]
+    groups.append(current)
+    kept = []
+    for g in groups:
+        if len(g) >= peaks.burst:
+            dropped.extend((iv, "burst (talking, chewing)") for iv in g)
+        else:
+            kept.extend(g)
+    return kept
 
 
 def _head_travel(signal: MotionSignal, onset: int, offset: int) -> float:
     """Largest distance of the face centre from its place at the onset, in eye distances."""
-    pos = signal.head[onset:offset + 1]
+    pose = signal.head[onset:offset + 1].astype(np.float64)
     eyes = float(np.nanmedian(signal.eye_px[onset:offset + 1]))
     if not np.isfinite(eyes) or eyes <= 0:
         return 0.0
-    return float(np.nanmax(np.hypot(*(pos - pos[0]).T)) / eyes)
+    moved = np.hypot(*(pose[:, :2] - pose[0, :2]).T) / eyes
+    # a roll moves the face outline (~1.5 eye distances from the centre) by angle x radius
+    turned = np.radians(np.abs(pose[:, 2] - pose[0, 2])) * 1.5
+    return float(np.nanmax(moved + turned))
 
 
 # ---------------------------------------------------------------- one video
@@ -443,7 +519,8 @@ def spot_video(path, fps: Optional[float] = None, signal_settings: SignalSetting
     source = open_frames(path)
     fps = float(fps) if fps else video_fps(Path(path))
     signal = motion_signal(source, fps, signal_settings, progress=progress)
-    intervals = spot_intervals(signal, peaks)
+    rejected: list = []
+    intervals = spot_intervals(signal, peaks, rejected=rejected)
     return SpotResult(path=str(path), fps=fps, n_frames=len(signal.numbers), intervals=intervals,
                       lost=signal.lost_ranges(), realigned=signal.realigned, signal=signal,
                       settings={"signal": asdict(signal_settings), "peaks": asdict(peaks)})

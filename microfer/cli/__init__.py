@@ -33,6 +33,8 @@ COMMANDS = {
     "predict": "predict:predict_cmd",
     "demo": "predict:demo_cmd",
     "bench": "bench:bench_cmd",
+    "spot": "spot:spot_cmd",
+    "spot-eval": "spot:spot_eval_cmd",
 }
 
 
