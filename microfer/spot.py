@@ -91,7 +91,8 @@ class PeakSettings:
     min_s: float = 0.1            # shorter spotted intervals are noise
     max_head: float = 0.05        # head travel (eye distances) within an interval: a head movement
     blink_ratio: float = 1.5      # eye band peak above this x the interval's peak: a blink
-    burst: int = 3                # this many intervals in a row, gaps < burst_gap_s: talking / chewing
+    merge: float = 0.5            # neighbouring peaks whose dip stays above this x the lower: one expression
+    burst: int = 3                # this many micro intervals in a row, gaps < burst_gap_s: talking / chewing
     burst_gap_s: float = 0.3
     smooth_s: float = 0.03        # Gaussian smoothing of the curve, seconds
 
@@ -275,23 +276,29 @@ class _Ring:
             return None
         return self.data[slot].astype(np.float32)
 
+    def toward(self, c: int, k: int) -> np.ndarray:
+        """Frame c + k, or where it is missing (video start or end, face lost) the face frame
+        nearest to it between c and c + k: the motion is then measured over a shorter step,
+        never against one side alone (which would show the other side's expressions)."""
+        step = 1 if k > 0 else -1
+        for j in range(c + k, c, -step):
+            frame = self.get(j)
+            if frame is not None:
+                return frame
+        return self.get(c)
+
 
 def _motion_at(ring: _Ring, c: int, ks: Sequence[int], slices) -> np.ndarray:
-    """Region values of stream index c (NaN when c has no face or no neighbour at any scale)."""
+    """Region values of stream index c (NaN when c has no face): per scale the region means of
+    min(|F_c - F_c-k|, |F_c - F_c+k|), the largest over the scales. (The largest 8 x 8 px block
+    of a region instead of its mean spotted worse on the synthetic CAS(ME)^2 set: overall F1
+    0.59 against 0.69, blinks leaking into the brow blocks.)"""
     out = np.full(len(slices), np.nan, np.float32)
     centre = ring.get(c)
     if centre is None:
         return out
     for k in ks:
-        before, after = ring.get(c - k), ring.get(c + k)
-        if before is None and after is None:
-            continue
-        if before is None:
-            diff = np.abs(centre - after)
-        elif after is None:
-            diff = np.abs(centre - before)
-        else:
-            diff = np.minimum(np.abs(centre - before), np.abs(centre - after))
+        diff = np.minimum(np.abs(centre - ring.toward(c, -k)), np.abs(centre - ring.toward(c, k)))
         values = np.array([diff[ys, xs].mean() for ys, xs in slices], np.float32)
         out = np.fmax(out, values)
     return out
@@ -406,7 +413,7 @@ def spot_intervals(signal: MotionSignal, peaks: PeakSettings = PeakSettings(),
             continue
         tops, _ = find_peaks(np.concatenate([[-np.inf], run, [-np.inf]]), height=peaks.threshold,
                              prominence=0.5 * peaks.threshold)
-        tops = tops - 1
+        tops = _merge_shoulders(run, tops - 1, peaks.merge)
         # each peak owns the stretch between the lowest points that separate it from its neighbours
         cuts = [0] + [int(p + np.argmin(run[p:q + 1])) for p, q in zip(tops[:-1], tops[1:])] + [len(run) - 1]
         for j, top in enumerate(tops):
@@ -432,6 +439,19 @@ def spot_intervals(signal: MotionSignal, peaks: PeakSettings = PeakSettings(),
     return _without_bursts(out, signal.fps, peaks, dropped)
 
 
+def _merge_shoulders(run: np.ndarray, tops: np.ndarray, merge: float) -> np.ndarray:
+    """Peaks whose separating dip stays above `merge` x the lower of the two are shoulders of
+    one expression (a long one rises and falls in steps at the larger scales): keep the higher."""
+    kept: list[int] = []
+    for top in (int(t) for t in tops):
+        if kept and run[kept[-1]:top + 1].min() > merge * min(run[kept[-1]], run[top]):
+            if run[top] > run[kept[-1]]:
+                kept[-1] = top
+            continue
+        kept.append(top)
+    return np.asarray(kept, int)
+
+
 def spot_curves(signal: MotionSignal, smooth_s: float = PeakSettings.smooth_s) -> tuple[np.ndarray, np.ndarray]:
     """(the spotting curve, the eye band's curve), both in noise units and smoothed."""
     z = region_z(signal)
@@ -440,13 +460,14 @@ def spot_curves(signal: MotionSignal, smooth_s: float = PeakSettings.smooth_s) -
 
 def _without_bursts(intervals: list[SpottedInterval], fps: float, peaks: PeakSettings,
                     dropped: list) -> list[SpottedInterval]:
-    """Drop runs of >= `burst` intervals separated by gaps < `burst_gap_s`: syllables of
-    speech and chewing come in such trains, expressions hardly ever do."""
+    """Drop runs of >= `burst` micro-length intervals separated by gaps < `burst_gap_s`:
+    syllables of speech and chewing come in such trains, expressions hardly ever do."""
     if peaks.burst < 2 or not intervals:
         return intervals
     groups, current = [], [intervals[0]]
     for iv in intervals[1:]:
-        if (iv.onset - current[-1].offset) / fps < peaks.burst_gap_s:
+        prev = current[-1]
+        if iv.type == prev.type == "micro" and (iv.onset - prev.offset) / fps < peaks.burst_gap_s:
             current.append(iv)
         else:
             groups.append(current)

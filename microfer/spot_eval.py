@@ -60,7 +60,7 @@ PROTOCOLS = {
 
 # what the folds choose from (the training subjects' pooled overall F1 decides)
 THRESHOLDS = tuple(float(t) for t in np.arange(3.0, 40.01, 1.0))
-BLINK_RATIOS = (1.5, 2.5, 1e9)  # 1e9: no blink rejection
+BLINK_RATIOS = (1.0, 1.25, 1.5, 2.0, 1e9)  # 1e9: no blink rejection
 
 
 def get_protocol(name: str) -> SpotProtocol:
