@@ -177,6 +177,14 @@ class VideoData:
     curves: tuple[np.ndarray, np.ndarray]
 
 
+def settings_key(settings: SignalSettings) -> str:
+    """Short hash of the signal settings: the cache folder of the signals they make."""
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
+
+
 def find_coding(root: Path, protocol: SpotProtocol) -> Path:
     for pattern in protocol.coding_patterns:
         found = sorted(Path(root).glob(pattern))
@@ -228,6 +236,25 @@ def _best(videos: Sequence[VideoData], candidates, spot_with) -> tuple[object, f
     return best, best_f1
 
 
+CHOSEN = ("threshold", "blink_ratio", "low", "merge")
+LOWS = (0.1, 0.15, 0.25)
+MERGES = (0.2, 0.35, 0.5)
+
+
+def choose_peaks(train: Sequence[VideoData], peaks: PeakSettings = PeakSettings(),
+                 thresholds: Sequence[float] = THRESHOLDS,
+                 blink_ratios: Sequence[float] = BLINK_RATIOS) -> tuple[PeakSettings, float]:
+    """The PeakSettings with the best pooled overall F1 on `train`: threshold and blink ratio on a
+    grid, then (with those) where onsets/offsets fall (`low`) and when peaks merge (`merge`)."""
+    def spot(v, p):
+        return spot_intervals(v.signal, p, curves=v.curves)
+
+    grid = [replace(peaks, threshold=t, blink_ratio=b) for t, b in itertools.product(thresholds, blink_ratios)]
+    chosen, _ = _best(train, grid, spot)
+    grid = [replace(chosen, low=lo, merge=m) for lo, m in itertools.product(LOWS, MERGES)]
+    return _best(train, grid, spot)
+
+
 def evaluate_loso(videos: Sequence[VideoData], peaks: PeakSettings = PeakSettings(),
                   thresholds: Sequence[float] = THRESHOLDS, blink_ratios: Sequence[float] = BLINK_RATIOS,
                   choose=None) -> dict:
@@ -251,12 +278,11 @@ def evaluate_loso(videos: Sequence[VideoData], peaks: PeakSettings = PeakSetting
             chosen = choose(train)
             train_f1 = None
         else:
-            grid = [replace(peaks, threshold=t, blink_ratio=b) for t, b in itertools.product(thresholds, blink_ratios)]
-            chosen, train_f1 = _best(train, grid, lambda v, p: spot_intervals(v.signal, p, curves=v.curves))
+            chosen, train_f1 = choose_peaks(train, peaks, thresholds, blink_ratios)
         base_t, base_f1 = _best(train, thresholds, lambda v, t: threshold_baseline(v.signal, t, peaks.micro_max_s))
         rates, lengths = _training_rates(train)
         fold = {"test_subject": subject, "n_train_videos": len(train), "n_test_videos": len(test),
-                "chosen": {"threshold": chosen.threshold, "blink_ratio": chosen.blink_ratio},
+                "chosen": {k: getattr(chosen, k) for k in CHOSEN},
                 "train_f1": train_f1, "threshold_baseline": {"threshold": base_t, "train_f1": base_f1},
                 "spaced_baseline": {"rates_per_frame": rates, "lengths": lengths}}
         for v in test:
@@ -304,7 +330,8 @@ def run_spot_eval(protocol_name: str, root: Path, out: Path, coding: Optional[Pa
         manifest = get(protocol.dataset).read(coding)
     intervals = interval_table(manifest)
     start = time.perf_counter()
-    videos, failures = load_signals(root, intervals, Path(out) / "signals", settings, progress)
+    cache = Path(out) / "signals" / settings_key(settings)
+    videos, failures = load_signals(root, intervals, cache, settings, progress)
     signal_s = time.perf_counter() - start
     if not videos:
         raise MicroferError(f"{root}: no video of {coding.name} could be read "
@@ -317,7 +344,8 @@ def run_spot_eval(protocol_name: str, root: Path, out: Path, coding: Optional[Pa
            "dropped_rows": manifest.attrs.get("dropped", []), "coding_warnings": [str(w.message) for w in caught],
            "failures": failures, "iou_min": IOU_MIN,
            "settings": {"signal": asdict(settings), "peaks": asdict(PeakSettings()),
-                        "grid": {"thresholds": list(THRESHOLDS), "blink_ratios": list(BLINK_RATIOS)}},
+                        "grid": {"thresholds": list(THRESHOLDS), "blink_ratios": list(BLINK_RATIOS),
+                                 "lows": list(LOWS), "merges": list(MERGES)}},
            "timings": {"signals_s": round(signal_s, 2)}, **result}
     write_spot_report(doc, videos, Path(out), plots=plots)
     return doc
