@@ -104,7 +104,7 @@ def _frames(rng: np.random.Generator, fps: float, lo: float, hi: float) -> int:
 
 
 def plan_video(layout: str, subject: str, code: str, index: int, video: str, folder: str, intervals: int,
-               seed: int, emotions, face_leaves: bool = False) -> LongVideoPlan:
+               seed: int, emotions, face_leaves: bool = False, frame_width: int | None = None) -> LongVideoPlan:
     """Where everything happens in one long video (0-based frame indices)."""
     spec = SPECS[layout]
     fps = spec.fps
@@ -138,7 +138,7 @@ def plan_video(layout: str, subject: str, code: str, index: int, video: str, fol
             segments.append(Segment(kind, t, t + dur // 2, t + dur, round(float(rng.uniform(6, 14)), 2)))
         elif kind == "away":
             dur = _frames(rng, fps, 2.0, 3.0)
-            segments.append(Segment(kind, t, t + dur // 2, t + dur, float(spec.frame_size[0])))
+            segments.append(Segment(kind, t, t + dur // 2, t + dur, float(frame_width or spec.frame_size[0])))
         else:  # talk: a run of syllables
             start, end = t, t + _frames(rng, fps, 1.0, 2.0)
             while t < end:
@@ -240,7 +240,7 @@ def write_samm_lv_coding(rows: list[dict], path: Path, note: str = "") -> None:
 
 
 def plan_long(layout: str, *, subjects: int, videos_per_subject: int, intervals: int, seed: int,
-              face_leaves: bool = False) -> list[LongVideoPlan]:
+              face_leaves: bool = False, frame_width: int | None = None) -> list[LongVideoPlan]:
     if layout not in SPECS:
         raise MicroferError(f"long videos are written in the layouts {', '.join(SPECS)}, not {layout!r}")
     if subjects < 1 or videos_per_subject < 1 or intervals < 1:
@@ -258,7 +258,7 @@ def plan_long(layout: str, *, subjects: int, videos_per_subject: int, intervals:
                 video = f"{subject}_{v + 1}"
                 folder = f"SAMM_longvideos/{video}"
             plan = plan_video(layout, subject, code, s, video, folder, intervals, seed, spec.emotions,
-                              face_leaves=face_leaves)
+                              face_leaves=face_leaves, frame_width=frame_width)
             for k, seg in enumerate(plan.intervals, 1):
                 seg.clip = f"{stem}_{k}" if layout == "casme_sq" else f"{video}_{k}"
             plans.append(plan)
@@ -267,23 +267,27 @@ def plan_long(layout: str, *, subjects: int, videos_per_subject: int, intervals:
 
 def generate_long(layout: str, out: Path, *, subjects: int = 10, videos_per_subject: int = 1, intervals: int = 6,
                   seed: int = 0, faces: Path | None = None, progress: bool = True, force: bool = False,
-                  face_leaves: bool = False, camera: Camera = Camera(), workers: int | None = None) -> SynthSet:
+                  face_leaves: bool = False, camera: Camera = Camera(), workers: int | None = None,
+                  frame_size: tuple[int, int] | None = None) -> SynthSet:
     """Write synthetic long videos in `layout` (casme_sq | samm_lv) under `out`, with the coding
-    file in the real format, synth_truth.csv (the intervals) and synth_nuisances.csv."""
+    file in the real format, synth_truth.csv (the intervals) and synth_nuisances.csv.
+    `frame_size` (W, H) overrides the layout's (faces scaled with it; tests render small)."""
     spec = SPECS.get(layout)
     if spec is None:
         raise MicroferError(f"long videos are written in the layouts {', '.join(SPECS)}, not {layout!r}")
     out = Path(out)
+    size = tuple(frame_size) if frame_size else spec.frame_size
+    scale = min(size[0] / spec.frame_size[0], size[1] / spec.frame_size[1])
     plans = plan_long(layout, subjects=subjects, videos_per_subject=videos_per_subject, intervals=intervals,
-                      seed=seed, face_leaves=face_leaves)
-    identities = load_identities(subjects, faces=faces, frame_size=spec.frame_size, face_width=spec.face_width,
-                                 seed=seed)
+                      seed=seed, face_leaves=face_leaves, frame_width=size[0])
+    identities = load_identities(subjects, faces=faces, frame_size=size,
+                                 face_width=(spec.face_width[0] * scale, spec.face_width[1] * scale), seed=seed)
     prepare_out(out, force)
     files = [f"{p.folder}/{frame_name(layout, p, i + 1)}" for p in plans for i in range(p.n_frames)]
     files += [spec.coding_name, TRUTH_NAME, NUISANCE_NAME]
     marker = {"tool": "microfer synth", "layout": layout, "long_videos": True, "seed": seed, "subjects": subjects,
               "videos_per_subject": videos_per_subject, "intervals": intervals, "face_leaves": face_leaves,
-              "frame_size": list(spec.frame_size), "fps": spec.fps, "coding_file": spec.coding_name,
+              "frame_size": list(size), "fps": spec.fps, "coding_file": spec.coding_name,
               "complete": False, "files": files}
     write_text(out / MARKER, json.dumps(marker, indent=1) + "\n")
     truth, nuisances, coded, samm_rows = [], [], [], []
