@@ -545,3 +545,21 @@ def spot_video(path, fps: Optional[float] = None, signal_settings: SignalSetting
     return SpotResult(path=str(path), fps=fps, n_frames=len(signal.numbers), intervals=intervals,
                       lost=signal.lost_ranges(), realigned=signal.realigned, signal=signal,
                       settings={"signal": asdict(signal_settings), "peaks": asdict(peaks)})
+
+
+def recognise_micro(intervals: Sequence[SpottedInterval], source, predictor) -> list[tuple[SpottedInterval, str]]:
+    """Spot-then-recognise: set `emotion` of each micro interval with a `predict.Predictor`
+    (onset, spotted apex and offset given, so the classifier sees the interval as spotted).
+    Returns the (interval, reason) of those that could not be recognised."""
+    failed = []
+    for iv in intervals:
+        if iv.type != "micro":
+            continue
+        numbers = [n for n in source.numbers if iv.onset <= n <= iv.offset]
+        try:
+            frames = source.read(numbers)
+            pred = predictor.predict(frames, onset=0, apex=numbers.index(iv.apex), offset=len(numbers) - 1)
+            iv.emotion = pred.label
+        except MicroferError as exc:
+            failed.append((iv, str(exc)))
+    return failed

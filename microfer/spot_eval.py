@@ -313,8 +313,44 @@ def _training_rates(train: Sequence[VideoData]) -> tuple[dict[str, float], dict[
     return rates, lengths
 
 
+def spot_then_recognise(videos: Sequence[VideoData], spotted: list[dict], root: Path, model: Path,
+                        spot_f1: float) -> dict:
+    """STRS: recognise every true-positive micro interval (matched to a true micro interval
+    whose `label` the bundle knows) and multiply the spotting F1 by the recognition UF1."""
+    from microfer.metrics import summarize as class_summary
+    from microfer.predict import Predictor
+    from microfer.spot import recognise_micro
+    from microfer.video import open_frames
+
+    predictor = Predictor(model)
+    classes = list(predictor.classes)
+    by_video = {s["video"]: s for s in spotted}
+    y_true, y_pred, skipped = [], [], 0
+    for v in videos:
+        ivs = [SpottedInterval(**d) for d in by_video[v.video]["intervals"] if d["type"] == "micro"]
+        truth = v.truth[v.truth["type"] == "micro"].reset_index(drop=True)
+        pairs = match([(iv.onset, iv.offset) for iv in ivs], list(zip(truth["onset"], truth["offset"])))
+        hits = [(ivs[i], truth["label"][j]) for i, j in pairs if truth["label"][j] in classes]
+        skipped += len(pairs) - len(hits)
+        if not hits:
+            continue
+        failed = {id(iv) for iv, _ in recognise_micro([iv for iv, _ in hits], open_frames(Path(root) / v.video),
+                                                      predictor)}
+        for iv, label in hits:
+            y_true.append(classes.index(label))
+            # an interval the classifier could not take counts as wrong
+            y_pred.append(classes.index(iv.emotion) if id(iv) not in failed and iv.emotion in classes else -1)
+    wrong = [(t + 1) % len(classes) for t in y_true]
+    y_pred = [p if p >= 0 else w for p, w in zip(y_pred, wrong)]
+    scores = class_summary(np.array(y_true, int), np.array(y_pred, int), classes)
+    uf1 = scores["uf1"] or 0.0
+    return {"strs": spot_f1 * uf1, "spot_f1": spot_f1, "uf1": uf1, "n": len(y_true),
+            "skipped_without_label": skipped, "recognition": scores, "model": str(model)}
+
+
 def run_spot_eval(protocol_name: str, root: Path, out: Path, coding: Optional[Path] = None,
-                  settings: SignalSettings = SignalSettings(), progress: bool = True, plots: int = 4) -> dict:
+                  settings: SignalSettings = SignalSettings(), progress: bool = True, plots: int = 4,
+                  model: Optional[Path] = None) -> dict:
     """The whole `microfer spot-eval`: signals (cached in out/signals), LOSO, report files."""
     from microfer.datasets import get
     from microfer.datasets.long_videos import interval_table
@@ -337,6 +373,9 @@ def run_spot_eval(protocol_name: str, root: Path, out: Path, coding: Optional[Pa
         raise MicroferError(f"{root}: no video of {coding.name} could be read "
                             f"(first problem: {failures[0]['reason'] if failures else 'none listed'})")
     result = evaluate_loso(videos)
+    if model is not None:
+        result["strs"] = spot_then_recognise(videos, result["spotted"], root, Path(model),
+                                             result["metrics"]["spot"]["overall"]["f1"])
     n_frames = sum(len(v.signal.numbers) for v in videos)
     doc = {"protocol": protocol.name, "description": protocol.description, "root": str(root), "coding": str(coding),
            "n_subjects": len({v.subject for v in videos}), "n_videos": len(videos), "n_frames": n_frames,

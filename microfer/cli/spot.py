@@ -74,25 +74,14 @@ def spot_cmd(video, model, fps, threshold, as_json, as_csv, plot, quiet):
 
 def _recognise(result, video: Path, model: Path) -> int:
     """Label each micro interval with the bundle's classifier; returns how many failed."""
-    from microfer.errors import MicroferError
     from microfer.predict import Predictor
+    from microfer.spot import recognise_micro
     from microfer.video import open_frames
 
-    predictor = Predictor(model)
-    source = open_frames(video)
-    failed = 0
-    for iv in result.intervals:
-        if iv.type != "micro":
-            continue
-        numbers = [n for n in source.numbers if iv.onset <= n <= iv.offset]
-        try:
-            frames = source.read(numbers)
-            pred = predictor.predict(frames, onset=0, apex=numbers.index(iv.apex), offset=len(numbers) - 1)
-            iv.emotion = pred.label
-        except MicroferError as exc:
-            failed += 1
-            click.echo(f"{video} frames {iv.onset}-{iv.offset}: not recognised: {exc}", err=True)
-    return failed
+    failed = recognise_micro(result.intervals, open_frames(video), Predictor(model))
+    for iv, reason in failed:
+        click.echo(f"{video} frames {iv.onset}-{iv.offset}: not recognised: {reason}", err=True)
+    return len(failed)
 
 
 @click.command("spot-eval")
@@ -104,16 +93,21 @@ def _recognise(result, video: Path, model: Path) -> int:
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="run folder: results.json, report.md, signal plots; signals/ caches each video's signal")
 @click.option("--plots", type=click.IntRange(min=0), default=4, show_default=True, help="videos to plot")
+@click.option("--model", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="bundle from `microfer train`: recognise the true-positive micro intervals and report STRS")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def spot_eval_cmd(protocol, root, coding, out, plots, quiet):
+def spot_eval_cmd(protocol, root, coding, out, plots, model, quiet):
     """MEGC spotting evaluation (IoU >= 0.5; P, R, F1 overall and per type), leave-one-subject-out
     with every threshold chosen on the training subjects; beside two trivial baselines."""
     from microfer.spot_eval import run_spot_eval
 
-    doc = run_spot_eval(protocol, root, out, coding=coding, progress=not quiet, plots=plots)
+    doc = run_spot_eval(protocol, root, out, coding=coding, progress=not quiet, plots=plots, model=model)
     for method, scores in doc["metrics"].items():
         click.echo(f"{method:20s} F1 overall {scores['overall']['f1']:.3f}  micro {scores['micro']['f1']:.3f}  "
                    f"macro {scores['macro']['f1']:.3f}")
+    if "strs" in doc:
+        click.echo(f"STRS {doc['strs']['strs']:.3f} (spotting F1 x recognition UF1 {doc['strs']['uf1']:.3f} on "
+                   f"{doc['strs']['n']} true-positive micro intervals)")
     click.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}")
     for f in doc["failures"]:
         click.echo(f"{f['video']}: {f['reason']}", err=True)

@@ -4,7 +4,7 @@ Both adapters write one manifest row per annotated interval with `type=macro|mic
 notes and the long video in `frame_template`; spotting needs them grouped by video:
 
     intervals = interval_table(datasets.get("samm_lv").read(coding))
-    intervals.columns -> subject, video, clip, onset, apex, offset, type, emotion, fps, frame_dir
+    intervals.columns -> subject, video, clip, onset, apex, offset, type, emotion, label, fps, frame_dir
 
 `video` is the frame folder relative to the dataset root (`rawpic/s15/15_0401girlcrashing`,
 `SAMM_longvideos/006_1`), `frame_dir` the same (kept apart so that a video-file layout can
@@ -19,7 +19,8 @@ import pandas as pd
 from microfer.datasets.casme_sq import expression_type
 from microfer.errors import AnnotationError
 
-INTERVAL_COLUMNS = ["subject", "video", "clip", "onset", "apex", "offset", "type", "emotion", "fps", "frame_dir"]
+INTERVAL_COLUMNS = ["subject", "video", "clip", "onset", "apex", "offset", "type", "emotion", "label", "fps",
+                    "frame_dir"]
 
 
 def interval_table(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -33,6 +34,7 @@ def interval_table(manifest: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "subject": manifest["subject"], "video": frame_dir, "clip": manifest["clip"],
         "onset": manifest["onset"].astype(int), "apex": manifest["apex"], "offset": manifest["offset"].astype(int),
-        "type": kinds, "emotion": manifest["emotion"], "fps": manifest["fps"].astype(float), "frame_dir": frame_dir,
+        "type": kinds, "emotion": manifest["emotion"], "label": manifest["label"],
+        "fps": manifest["fps"].astype(float), "frame_dir": frame_dir,
     }, columns=INTERVAL_COLUMNS)
     return out.sort_values(["subject", "video", "onset"], kind="stable").reset_index(drop=True)
