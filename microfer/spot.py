@@ -61,6 +61,7 @@ SPOT_REGIONS = {
     "eyes": (0.16, 0.25, 0.84, 0.40),
 }
 EYES = list(SPOT_REGIONS).index("eyes")
+MOUTH = [list(SPOT_REGIONS).index(r) for r in ("mouth_left", "mouth_right")]
 MICRO_MAX_S = 0.5  # MEGC: a micro-expression lasts at most 0.5 s
 
 
@@ -94,6 +95,7 @@ class PeakSettings:
     merge: float = 0.5            # neighbouring peaks whose dip stays above this x the lower: one expression
     burst: int = 3                # this many micro intervals in a row, gaps < burst_gap_s: talking / chewing
     burst_gap_s: float = 0.3
+    talk_peaks: int = 0           # an interval whose mouth curve rises and falls this often: talking (0: off)
     smooth_s: float = 0.03        # Gaussian smoothing of the curve, seconds
 
 
@@ -403,7 +405,7 @@ def spot_intervals(signal: MotionSignal, peaks: PeakSettings = PeakSettings(),
 
     from microfer.apex import spot_interval
 
-    curve, eyes = spot_curves(signal, peaks.smooth_s) if curves is None else curves
+    curve, eyes, mouth = spot_curves(signal, peaks.smooth_s) if curves is None else curves
     face = ~np.isnan(curve)
     out: list[SpottedInterval] = []
     dropped = [] if rejected is None else rejected
@@ -434,6 +436,8 @@ def spot_intervals(signal: MotionSignal, peaks: PeakSettings = PeakSettings(),
                 dropped.append((interval, "head movement"))
             elif np.nanmax(eyes[onset:offset + 1]) > peaks.blink_ratio * run[top]:
                 dropped.append((interval, "blink"))
+            elif peaks.talk_peaks and _syllables(mouth[onset:offset + 1]) >= peaks.talk_peaks:
+                dropped.append((interval, "talking"))
             else:
                 out.append(interval)
     return _without_bursts(out, signal.fps, peaks, dropped)
@@ -452,10 +456,23 @@ def _merge_shoulders(run: np.ndarray, tops: np.ndarray, merge: float) -> np.ndar
     return np.asarray(kept, int)
 
 
-def spot_curves(signal: MotionSignal, smooth_s: float = PeakSettings.smooth_s) -> tuple[np.ndarray, np.ndarray]:
-    """(the spotting curve, the eye band's curve), both in noise units and smoothed."""
+def spot_curves(signal: MotionSignal, smooth_s: float = PeakSettings.smooth_s
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the spotting curve, the eye band's curve, the mouth's curve), in noise units, smoothed."""
     z = region_z(signal)
-    return spot_curve(signal, smooth_s), _smooth_runs(z[:, EYES], smooth_s * signal.fps)
+    sigma = smooth_s * signal.fps
+    return spot_curve(signal, smooth_s), _smooth_runs(z[:, EYES], sigma), _smooth_runs(z[:, MOUTH].max(axis=1), sigma)
+
+
+def _syllables(mouth: np.ndarray) -> int:
+    """How many times the mouth curve rises to a peak of at least a quarter of its range."""
+    from scipy.signal import find_peaks
+
+    mouth = mouth[~np.isnan(mouth)]
+    if mouth.size < 3:
+        return 0
+    span = float(mouth.max() - mouth.min())
+    return len(find_peaks(mouth, prominence=0.25 * span)[0]) if span > 0 else 0
 
 
 def _without_bursts(intervals: list[SpottedInterval], fps: float, peaks: PeakSettings,

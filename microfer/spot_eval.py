@@ -141,7 +141,7 @@ def threshold_baseline(signal: MotionSignal, threshold: float, micro_max_s: floa
     """Trivial baseline: every run of frames whose curve is above a fixed threshold is an interval."""
     from microfer.spot import _runs
 
-    curve, _ = spot_curves(signal)
+    curve = spot_curves(signal)[0]
     out = []
     for a, b in _runs(np.nan_to_num(curve, nan=-np.inf) > threshold):
         kind = "micro" if (b - a) / signal.fps <= micro_max_s else "macro"
@@ -174,7 +174,7 @@ class VideoData:
     video: str
     signal: MotionSignal
     truth: pd.DataFrame
-    curves: tuple[np.ndarray, np.ndarray]
+    curves: tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def settings_key(settings: SignalSettings) -> str:
@@ -236,22 +236,24 @@ def _best(videos: Sequence[VideoData], candidates, spot_with) -> tuple[object, f
     return best, best_f1
 
 
-CHOSEN = ("threshold", "blink_ratio", "low", "merge")
+CHOSEN = ("threshold", "blink_ratio", "low", "merge", "talk_peaks")
 LOWS = (0.1, 0.15, 0.25)
 MERGES = (0.2, 0.35, 0.5)
+TALK_PEAKS = (0, 4, 6)
 
 
 def choose_peaks(train: Sequence[VideoData], peaks: PeakSettings = PeakSettings(),
                  thresholds: Sequence[float] = THRESHOLDS,
                  blink_ratios: Sequence[float] = BLINK_RATIOS) -> tuple[PeakSettings, float]:
     """The PeakSettings with the best pooled overall F1 on `train`: threshold and blink ratio on a
-    grid, then (with those) where onsets/offsets fall (`low`) and when peaks merge (`merge`)."""
+    grid, then (with those) where onsets/offsets fall (`low`), when peaks merge (`merge`) and
+    how many mouth peaks make talking (`talk_peaks`)."""
     def spot(v, p):
         return spot_intervals(v.signal, p, curves=v.curves)
 
     grid = [replace(peaks, threshold=t, blink_ratio=b) for t, b in itertools.product(thresholds, blink_ratios)]
     chosen, _ = _best(train, grid, spot)
-    grid = [replace(chosen, low=lo, merge=m) for lo, m in itertools.product(LOWS, MERGES)]
+    grid = [replace(chosen, low=lo, merge=m, talk_peaks=k) for lo, m, k in itertools.product(LOWS, MERGES, TALK_PEAKS)]
     return _best(train, grid, spot)
 
 
@@ -384,7 +386,7 @@ def run_spot_eval(protocol_name: str, root: Path, out: Path, coding: Optional[Pa
            "failures": failures, "iou_min": IOU_MIN,
            "settings": {"signal": asdict(settings), "peaks": asdict(PeakSettings()),
                         "grid": {"thresholds": list(THRESHOLDS), "blink_ratios": list(BLINK_RATIOS),
-                                 "lows": list(LOWS), "merges": list(MERGES)}},
+                                 "lows": list(LOWS), "merges": list(MERGES), "talk_peaks": list(TALK_PEAKS)}},
            "timings": {"signals_s": round(signal_s, 2)}, **result}
     write_spot_report(doc, videos, Path(out), plots=plots)
     return doc

@@ -77,9 +77,11 @@ def spot_markdown(doc: dict) -> str:
                   f"{doc['strs']['spot_f1']:.3f} x recognition UF1 {doc['strs']['uf1']:.3f} on "
                   f"{doc['strs']['n']} true-positive micro intervals", ""]
     lines += ["## Per fold (chosen on the training subjects)", "",
-              _table(["test subject", "threshold", "blink ratio", "low", "merge", "train F1", "baseline threshold"],
+              _table(["test subject", "threshold", "blink ratio", "low", "merge", "talk peaks", "train F1",
+                      "baseline threshold"],
                      [[f["test_subject"], f["chosen"]["threshold"], f["chosen"]["blink_ratio"], f["chosen"]["low"],
-                       f["chosen"]["merge"], _fmt(f["train_f1"]), f["threshold_baseline"]["threshold"]]
+                       f["chosen"]["merge"], f["chosen"]["talk_peaks"], _fmt(f["train_f1"]),
+                       f["threshold_baseline"]["threshold"]]
                       for f in doc["folds"]]), ""]
     if doc.get("failures"):
         lines += ["## Videos that could not be read", ""] + [f"- {f['video']}: {f['reason']}" for f in doc["failures"]]

@@ -45,7 +45,7 @@ def spot_cmd(video, model, fps, threshold, as_json, as_csv, plot, quiet):
     if model is not None:
         failed = _recognise(result, video, model)
     plot = plot or _default_plot(video)
-    curve, _ = spot_curves(result.signal, peaks.smooth_s)
+    curve = spot_curves(result.signal, peaks.smooth_s)[0]
     plot_signal(result.signal.numbers, curve, plot, f"{video} ({result.fps:g} fps)", spotted=result.intervals,
                 lost=result.lost, threshold=peaks.threshold)
     doc = result.to_dict()
