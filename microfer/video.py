@@ -341,3 +341,79 @@ def frames_for_sample(root: Path, sample: Sample) -> FrameSource:
         return open_frames(location, prefix=prefix)
     except LayoutError as exc:
         raise LayoutError(f"{sample.key}: {exc}") from None
+
+
+def stream_frames(source: FrameSource, prefetch: int = 8) -> Iterable[tuple[int, np.ndarray]]:
+    """(frame number, BGR frame) of every frame of `source`, in order, one at a time.
+
+    A long recording never sits in memory: image files are decoded one by one and a video
+    is read sequentially (no seeking). Decoding runs in a background thread `prefetch`
+    frames ahead (OpenCV's decoders release the GIL), so it overlaps the caller's work.
+    A frame that cannot be decoded ends the stream with a ClipError naming it.
+    """
+    if isinstance(source, VideoSource):
+        produce = _video_frames(source)
+    elif isinstance(source, ImageFolderSource):
+        produce = ((n, read_image(source.files[n])) for n in source.numbers)
+    else:
+        produce = ((n, source.read([n])[0]) for n in source.numbers)
+    if prefetch <= 0:
+        yield from produce
+        return
+    yield from _prefetched(produce, prefetch)
+
+
+def _video_frames(source: VideoSource):
+    # stderr is held only while opening: a stream lasts long and progress bars write there
+    with native_stderr_captured() as noise:
+        cap = cv2.VideoCapture(str(source.path))
+        if not cap.isOpened():
+            raise ClipError(f"cannot open video {source.path}{_last_line(noise())}")
+    try:
+        for number in source.numbers:
+            ok, frame = cap.read()
+            if not ok:
+                if number == source.numbers[0]:
+                    raise ClipError(f"video {source.path}: its first frame could not be decoded")
+                return  # containers overstate their frame count now and then: the stream ends here
+            yield number, frame
+    finally:
+        cap.release()
+
+
+def _prefetched(items, depth: int):
+    """Iterate `items` in a daemon thread, at most `depth` ahead; its exceptions re-raised here."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def run():
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)

@@ -62,9 +62,9 @@ def frames_of(df):
 # ------------------------------------------------------------------ registry
 
 def test_registry_lists_every_dataset_with_layout():
-    assert datasets.names() == ["casme2", "samm", "smic_hs", "smic_vis", "smic_nir", "casme_sq"]
+    assert datasets.names() == ["casme2", "samm", "smic_hs", "smic_vis", "smic_nir", "casme_sq", "samm_lv"]
     fps = {n: datasets.get(n).fps for n in datasets.names()}
-    assert fps == {"casme2": 200, "samm": 200, "smic_hs": 100, "smic_vis": 25, "smic_nir": 25, "casme_sq": 30}
+    assert fps == {"casme2": 200, "samm": 200, "smic_hs": 100, "smic_vis": 25, "smic_nir": 25, "casme_sq": 30, "samm_lv": 200}
     assert "reg_img" in datasets.get("casme2").layout
     assert "{frame:05d}" in datasets.get("samm").layout
     with pytest.raises(MicroferError, match="unknown dataset 'casme3'"):

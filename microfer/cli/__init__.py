@@ -34,6 +34,8 @@ COMMANDS = {
     "serve": "serve:serve_cmd",
     "demo": "predict:demo_cmd",
     "bench": "bench:bench_cmd",
+    "spot": "spot:spot_cmd",
+    "spot-eval": "spot:spot_eval_cmd",
 }
 
 

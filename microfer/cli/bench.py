@@ -8,7 +8,7 @@ import click
 
 
 @click.command("bench")
-@click.argument("what", type=click.Choice(["predict", "prepare", "all"]), default="all")
+@click.argument("what", type=click.Choice(["predict", "prepare", "spot", "all"]), default="all")
 @click.option("--model", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
               help="bundle folder from `microfer train`; without it a MobileViT bundle is trained on the quick "
                    "demo's clips first (about 35 s)")
@@ -35,7 +35,10 @@ def bench_cmd(what, model, runs, threads, workers, subjects, clips_per_subject, 
     prepare  clips/s of `prepare` on a synthetic CASME II set (640x480, 40-100 frames),
              and of a bare dlib + DIS-flow script on the same clips with the same
              workers (start-up included in both); the goal prepare >= 0.5 x bare.
-    all      both (default).
+    spot     frames/s of `microfer spot` on a 2,000-frame 640x480 video and its peak
+             memory there and at 20,000 frames (goals: >= 200 frames/s, memory flat);
+             not part of `all` (it writes a 20,000-frame video first).
+    all      predict and prepare (default).
 
     predict also runs `microfer predict` from the shell (a new process: start-up, imports and
     model loading included) and checks its label and scores against torch.
@@ -46,6 +49,17 @@ def bench_cmd(what, model, runs, threads, workers, subjects, clips_per_subject, 
     from microfer.bench import bench_predict, demo_bundle, format_predict, write_results
     from microfer.bench_prepare import bench_prepare, format_prepare
 
+    if what == "spot":
+        from microfer.bench_spot_long import bench_spot, format_spot
+
+        spot_result = bench_spot(echo=click.echo)
+        click.echo(format_spot(spot_result))
+        if out is not None:
+            from microfer._io import write_json
+
+            write_json(out / "bench_spot.json", spot_result)
+            click.echo(f"wrote {out / 'bench_spot.json'}")
+        return
     predict_result = prepare_result = None
     if what in ("predict", "all"):
         context = nullcontext(model) if model is not None else demo_bundle(echo=click.echo)

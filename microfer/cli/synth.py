@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-LAYOUT_CHOICES = ["casme2", "samm", "smic", "casme_sq", "video", "composite"]
+LAYOUT_CHOICES = ["casme2", "samm", "smic", "casme_sq", "samm_lv", "video", "composite"]
 
 
 def _frames_range(ctx, param, value: str | None) -> tuple[int, int] | None:
@@ -43,14 +43,41 @@ def _frames_range(ctx, param, value: str | None) -> tuple[int, int] | None:
               help="emotions to cycle through (repeatable; default: the layout's classes)")
 @click.option("--force", is_flag=True, help="write into a non-empty folder that is not a synth output "
                                            "(nothing there is deleted)")
+@click.option("--long-videos", is_flag=True,
+              help="casme_sq: long videos for spotting (several macro and micro intervals among blinks, head "
+                   "moves and talking; --clips-per-subject = intervals per video); samm_lv always writes these")
+@click.option("--videos-per-subject", type=click.IntRange(1, 9), default=1, show_default=True,
+              help="long videos: videos per subject")
+@click.option("--face-leaves", is_flag=True, help="long videos: the head moves out of the frame once and comes back")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def synth_cmd(layout, out, subjects, clips_per_subject, seed, faces, amplitude, apex_unknown, clip_frames,
-              emotions, force, quiet):
+              emotions, force, long_videos, videos_per_subject, face_leaves, quiet):
     """Write synthetic micro-expression clips made from real faces, with a coding file in
-    the dataset's real format and synth_truth.csv (the exact onset/apex/offset per clip)."""
+    the dataset's real format and synth_truth.csv (the exact onset/apex/offset per clip).
+
+    Long videos for spotting (`--layout samm_lv`, or `--layout casme_sq --long-videos`) hold
+    several macro and micro intervals at known frames; synth_nuisances.csv lists the blinks,
+    head movements and talking between them."""
     from microfer.synth import generate, generate_composite
 
     start = time.perf_counter()
+    if layout == "samm_lv" or long_videos:
+        from microfer.synth.long_videos import generate_long
+
+        if layout not in ("casme_sq", "samm_lv"):
+            raise click.UsageError("--long-videos is for --layout casme_sq (samm_lv always writes long videos)")
+        if emotions or apex_unknown or clip_frames or amplitude != "micro":
+            raise click.UsageError("--emotion, --apex-unknown, --frames and --amplitude do not apply to long videos")
+        s = generate_long(layout, out, subjects=subjects, videos_per_subject=videos_per_subject,
+                          intervals=clips_per_subject, seed=seed, faces=faces, progress=not quiet, force=force,
+                          face_leaves=face_leaves)
+        click.echo(f"{s.layout}: {s.n_clips} intervals in {subjects * videos_per_subject} long videos in {s.root}")
+        click.echo(f"  coding file: {s.coding_file}")
+        click.echo(f"  ground truth: {s.truth_file} (nuisances: {s.root / 'synth_nuisances.csv'})")
+        click.echo(f"done in {time.perf_counter() - start:.1f} s")
+        return
+    if videos_per_subject != 1 or face_leaves:
+        raise click.UsageError("--videos-per-subject and --face-leaves are for long videos")
     common = dict(seed=seed, faces=faces, amplitude=amplitude, progress=not quiet, clip_frames=clip_frames,
                   force=force)
     if layout == "composite":

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 import pandas as pd
 
-from microfer.datasets import casme2, casme_sq, samm, smic
+from microfer.datasets import casme2, casme_sq, samm, samm_lv, smic
 from microfer.errors import MicroferError
 
 
@@ -48,6 +48,8 @@ _ADAPTERS = {
         _smic(smic.CAMERAS["smic_nir"]),
         Adapter(casme_sq.NAME, "CAS(ME)^2", casme_sq.FPS, casme_sq.LAYOUT, casme_sq.DEFAULT_PROTOCOL, True,
                 casme_sq.read),
+        Adapter(samm_lv.NAME, "SAMM Long Videos", samm_lv.FPS, samm_lv.LAYOUT, samm_lv.DEFAULT_PROTOCOL, True,
+                samm_lv.read),
     )
 }
 

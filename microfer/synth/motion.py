@@ -250,8 +250,13 @@ def _smooth_walk(rng: np.random.Generator, n: int, scale: float) -> np.ndarray:
 
 
 def iter_frames(identity: Identity, events: Sequence[Event], n_frames: int, rng: np.random.Generator,
-                camera: Camera = Camera(), fields: Sequence[Field] | None = None) -> Iterator[np.ndarray]:
-    """Frames of one recording, rendered one at a time (long recordings stay out of memory)."""
+                camera: Camera = Camera(), fields: Sequence[Field] | None = None,
+                head: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Frames of one recording, rendered one at a time (long recordings stay out of memory).
+
+    `head`: (n_frames, 3) head movement added to the camera's drift: x, y translation (px)
+    and in-plane rotation (degrees) per frame (long videos: the subject looks away, nods).
+    """
     base = identity.image
     h, w = base.shape[:2]
     if fields is None:
@@ -261,6 +266,8 @@ def iter_frames(identity: Identity, events: Sequence[Event], n_frames: int, rng:
     tx = _smooth_walk(rng, n_frames, camera.drift_px)
     ty = _smooth_walk(rng, n_frames, camera.drift_px)
     rot = _smooth_walk(rng, n_frames, camera.drift_deg)
+    if head is not None:
+        tx, ty, rot = tx + head[:, 0], ty + head[:, 1], rot + head[:, 2]
     gain = 1 + _smooth_walk(rng, n_frames, camera.flicker) + rng.normal(0, camera.flicker / 3, n_frames)
     xs = np.arange(w, dtype=np.float32)
     ys = np.arange(h, dtype=np.float32)
