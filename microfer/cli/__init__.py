@@ -31,6 +31,7 @@ COMMANDS = {
     "loso": "evaluate:loso_cmd",
     "train": "predict:train_cmd",
     "predict": "predict:predict_cmd",
+    "live": "live:live_cmd",
     "demo": "predict:demo_cmd",
     "bench": "bench:bench_cmd",
     "spot": "spot:spot_cmd",
