@@ -32,6 +32,7 @@ COMMANDS = {
     "train": "predict:train_cmd",
     "predict": "predict:predict_cmd",
     "serve": "serve:serve_cmd",
+    "live": "live:live_cmd",
     "demo": "predict:demo_cmd",
     "bench": "bench:bench_cmd",
     "spot": "spot:spot_cmd",
