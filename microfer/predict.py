@@ -40,6 +40,12 @@ class Prediction:
     n_frames: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     notes: str = ""
+    # relative Mahalanobis distance of the features to the training data (`microfer.ood`);
+    # None for bundles trained without it. ood: score above the bundle's threshold, so the
+    # label is kept but should not be trusted (the input is unlike anything trained on)
+    ood_score: Optional[float] = None
+    ood_threshold: Optional[float] = None
+    ood: Optional[bool] = None
 
     def to_dict(self) -> dict:
         doc = asdict(self)
@@ -49,15 +55,31 @@ class Prediction:
 
     def text(self) -> str:
         ranked = sorted(self.scores.items(), key=lambda kv: -kv[1])
-        lines = [f"emotion: {self.label}",
+        lines = [f"emotion: {self.label}" + ("   [OUT OF DISTRIBUTION: unreliable]" if self.ood else ""),
                  "scores:  " + "  ".join(f"{k} {v:.3f}" for k, v in ranked) + "   (SVM decision scores)",
                  f"frames:  onset {self.onset}, apex {self.apex}, offset {self.offset} of {self.n_frames}"
                  f"  (given: {', '.join(self.given) or 'none'}; spotted: {', '.join(self.spotted) or 'none'})",
                  f"face:    box {self.face_box}",
                  "timings: " + ", ".join(f"{k} {v:.1f} ms" for k, v in self.timings_ms.items())]
+        lines.insert(2, ood_line(self.ood_score, self.ood_threshold))
         if self.notes:
             lines.append(f"notes:   {self.notes}")
         return "\n".join(lines)
+
+
+def ood_line(score: Optional[float], threshold: Optional[float]) -> str:
+    if score is None:
+        return "ood:     no score (bundle trained without one)"
+    verdict = "OUT OF DISTRIBUTION" if score > threshold else "in distribution"
+    return f"ood:     score {score:.2f}, threshold {threshold:.2f}: {verdict}"
+
+
+def ood_fields(ood, feats: np.ndarray) -> dict:
+    """Prediction's ood_score / ood_threshold / ood for one row of features (all None without a score)."""
+    if ood is None:
+        return {"ood_score": None, "ood_threshold": None, "ood": None}
+    score = float(ood.score(feats)[0])
+    return {"ood_score": round(score, 4), "ood_threshold": round(ood.threshold, 4), "ood": score > ood.threshold}
 
 
 class Predictor:
@@ -207,6 +229,9 @@ class Predictor:
         scores = self.bundle.classifier.class_scores(feats)[0]
         label_idx = int(self.bundle.classifier.predict(feats)[0])
         timings["svm"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        ood = ood_fields(self.bundle.ood, feats)
+        timings["ood"] = (time.perf_counter() - t) * 1000
         cls_idx = self.bundle.classifier.classes
         return Prediction(
             label=self.classes[label_idx],
@@ -214,7 +239,7 @@ class Predictor:
             onset=int(prepared.onset), apex=int(prepared.apex), offset=int(prepared.offset),
             given=given, spotted=[s for s in ("onset", "apex", "offset") if s in spotted],
             face_box=tuple(int(v) for v in prepared.face_box), n_frames=len(numbers),
-            timings_ms={k: round(v, 2) for k, v in timings.items()}, notes="; ".join(notes),
+            timings_ms={k: round(v, 2) for k, v in timings.items()}, notes="; ".join(notes), **ood,
         )
 
 

@@ -219,3 +219,32 @@ def test_runtime_onnx_needs_the_export_and_tampered_exports_are_refused(demo, ne
     (copy / "network.onnx").write_bytes(bytes(data))
     code, err = _main(["predict", demo.predictions[0]["video"], "--model", str(copy)], capsys)
     assert code == 2 and len(err) == 1 and "network.onnx" in err[0] and "checksum" in err[0]
+
+
+def test_ood_score_flags_a_noisy_clip_but_not_the_held_out_ones(demo):
+    """The bundle's OOD score: held-out synthetic clips (new identities) pass, the same clip
+    under heavy sensor noise is flagged, and its label is kept but marked."""
+    from microfer.ood_eval import _frames, sensor_noise
+    from microfer.predict import Predictor
+
+    predictor = Predictor(demo.bundle)
+    assert predictor.bundle.ood is not None
+    clean = [predictor.predict(p["video"]) for p in demo.predictions]
+    assert not any(p.ood for p in clean), [p.ood_score for p in clean]
+    rng = np.random.default_rng(0)
+    noisy = predictor.predict([sensor_noise(f, rng) for f in _frames(demo.predictions[0]["video"])])
+    assert noisy.ood and noisy.ood_score > max(p.ood_score for p in clean)
+    assert noisy.label in noisy.scores and "OUT OF DISTRIBUTION" in noisy.text().splitlines()[0]
+    doc = noisy.to_dict()
+    assert doc["ood"] is True and doc["ood_score"] > doc["ood_threshold"]
+
+
+def test_bundle_without_ood_predicts_with_no_score(demo, tmp_path):
+    from microfer.bundle import load_bundle, save_bundle
+    from microfer.predict import Predictor
+
+    b = load_bundle(demo.bundle)
+    old = save_bundle(tmp_path / "old", network_state=b.network, classifier=b.classifier, config=b.config,
+                      onnx={n: p.read_bytes() for n, p in b.onnx.items()})
+    p = Predictor(old).predict(demo.predictions[0]["video"])
+    assert p.ood_score is None and p.ood is None and "no score" in p.text()
