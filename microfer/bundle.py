@@ -117,10 +117,22 @@ class ArraySVM:
         These are decision scores, not calibrated probabilities. Their argmax equals
         `predict` except on a vote tie, which libsvm (and so `predict`) gives to the first class.
         """
+        votes, conf = self._votes_and_confidence(X)
+        if votes is None:
+            return conf
+        # same monotone squashing as libsvm/sklearn ovr: never overturns a vote difference
+        return votes + conf / (3 * (np.abs(conf) + 1))
+
+    def confidence(self, X: np.ndarray) -> np.ndarray:
+        """Per-class sums of the one-vs-one decision values for each class (n, n_class):
+        continuous, unlike the votes, so small changes of the input show (activation maps)."""
+        return self._votes_and_confidence(X)[1]
+
+    def _votes_and_confidence(self, X: np.ndarray):
         dec = self.decision_function(X)
         n_class = len(self.classes)
         if n_class == 2:  # sklearn flips the binary sign: positive means classes[1]
-            return np.stack([-dec[:, 0], dec[:, 0]], axis=1)
+            return None, np.stack([-dec[:, 0], dec[:, 0]], axis=1)
         votes = np.zeros((len(dec), n_class))
         conf = np.zeros((len(dec), n_class))
         p = 0
@@ -131,8 +143,7 @@ class ArraySVM:
                 conf[:, i] += dec[:, p]
                 conf[:, j] -= dec[:, p]
                 p += 1
-        # same monotone squashing as libsvm/sklearn ovr: never overturns a vote difference
-        return votes + conf / (3 * (np.abs(conf) + 1))
+        return votes, conf
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         scores = self.class_scores(X)

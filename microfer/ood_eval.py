@@ -18,7 +18,7 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -132,7 +132,9 @@ def plot(rows: list[Scored], threshold: float, path: Path) -> None:
     plt.close(fig)
 
 
-def run(model: Path, out: Path, n_clips: int = 9, cgi: Optional[Path] = None, seed: int = 4242) -> list[dict]:
+def run(model: Path, out: Path, n_clips: int = 9, cgi: Optional[Path] = None, seed: int = 4242,
+        extra: Sequence[Path] = ()) -> list[dict]:
+    """`extra`: more in-distribution clips (e.g. the demo's held-out videos); OOD copies are made of them too."""
     from tqdm import tqdm
 
     from microfer._io import write_json, write_text
@@ -145,7 +147,7 @@ def run(model: Path, out: Path, n_clips: int = 9, cgi: Optional[Path] = None, se
         raise MicroferError(f"{model}: the bundle has no OOD score (trained before it existed); retrain it")
     made = generate("video", out / "clips", subjects=max(1, n_clips // 3), clips_per_subject=3, seed=seed,
                     identity_offset=131, progress=False)
-    clips = sorted((made.root / "clips").glob("*.mp4"))[:n_clips]
+    clips = sorted((made.root / "clips").glob("*.mp4"))[:n_clips] + [Path(c) for c in extra]
     rng = np.random.default_rng(seed)
     jobs = [("in distribution", c.name, lambda c=c: c) for c in clips]
     jobs += [(kind, c.name, lambda c=c, f=f: [f(fr, rng) for fr in _frames(c)])
@@ -173,8 +175,10 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="folder for the clips, table and plot")
     ap.add_argument("--clips", type=int, default=9, help="in-distribution clips (each also made OOD)")
     ap.add_argument("--cgi", type=Path, default=None, help="a CGI face video (e.g. Megamind.avi)")
+    ap.add_argument("--extra", type=Path, nargs="*", default=[],
+                    help="more in-distribution clips, e.g. microfer-demo/heldout/clips/*.mp4")
     args = ap.parse_args(argv)
-    run(args.model, args.out, n_clips=args.clips, cgi=args.cgi)
+    run(args.model, args.out, n_clips=args.clips, cgi=args.cgi, extra=args.extra)
     print((args.out / "ood_eval.md").read_text(encoding="utf-8"), end="")
 
 

@@ -46,6 +46,7 @@ class Prediction:
     ood_score: Optional[float] = None
     ood_threshold: Optional[float] = None
     ood: Optional[bool] = None
+    explanation: list[str] = field(default_factory=list)  # PNGs written by `explain` (predict --explain)
 
     def to_dict(self) -> dict:
         doc = asdict(self)
@@ -62,6 +63,8 @@ class Prediction:
                  f"face:    box {self.face_box}",
                  "timings: " + ", ".join(f"{k} {v:.1f} ms" for k, v in self.timings_ms.items())]
         lines.insert(2, ood_line(self.ood_score, self.ood_threshold))
+        if self.explanation:
+            lines.append("explain: " + ", ".join(self.explanation) + "   (occlusion sensitivity)")
         if self.notes:
             lines.append(f"notes:   {self.notes}")
         return "\n".join(lines)
@@ -131,7 +134,9 @@ class Predictor:
         return self.feature_model([prepared])
 
     def predict(self, clip, onset: Optional[int] = None, apex: Optional[int] = None,
-                offset: Optional[int] = None) -> Prediction:
+                offset: Optional[int] = None, explain=None) -> Prediction:
+        """`explain`: a folder to write occlusion-sensitivity overlays of the apex face and the
+        flow to (`microfer.explain`); it re-runs features + SVM once per patch position."""
         import dataclasses
 
         from microfer.apex import spot_interval
@@ -232,6 +237,14 @@ class Predictor:
         t = time.perf_counter()
         ood = ood_fields(self.bundle.ood, feats)
         timings["ood"] = (time.perf_counter() - t) * 1000
+        explanation = []
+        if explain is not None:
+            from microfer.explain import occlusion_map, write_overlays
+
+            t = time.perf_counter()
+            occ = occlusion_map(self.feature_model, self.bundle.classifier, prepared, label_idx)
+            explanation = [str(p) for p in write_overlays(prepared, occ, explain)]
+            timings["explain"] = (time.perf_counter() - t) * 1000
         cls_idx = self.bundle.classifier.classes
         return Prediction(
             label=self.classes[label_idx],
@@ -240,17 +253,18 @@ class Predictor:
             given=given, spotted=[s for s in ("onset", "apex", "offset") if s in spotted],
             face_box=tuple(int(v) for v in prepared.face_box), n_frames=len(numbers),
             timings_ms={k: round(v, 2) for k, v in timings.items()}, notes="; ".join(notes), **ood,
+            explanation=explanation,
         )
 
 
 def predict(clip, model, onset: Optional[int] = None, apex: Optional[int] = None,
-            offset: Optional[int] = None) -> Prediction:
+            offset: Optional[int] = None, explain=None) -> Prediction:
     """Emotion of one clip (video file, frame folder, or a sequence of BGR arrays).
 
     `model` is a bundle directory or a `Predictor` (reuse one for many clips).
     """
     predictor = model if isinstance(model, Predictor) else Predictor(model)
-    return predictor.predict(clip, onset=onset, apex=apex, offset=offset)
+    return predictor.predict(clip, onset=onset, apex=apex, offset=offset, explain=explain)
 
 
 class _CallableModule(types.ModuleType):

@@ -248,3 +248,59 @@ def test_bundle_without_ood_predicts_with_no_score(demo, tmp_path):
                       onnx={n: p.read_bytes() for n, p in b.onnx.items()})
     p = Predictor(old).predict(demo.predictions[0]["video"])
     assert p.ood_score is None and p.ood is None and "no score" in p.text()
+
+
+def test_explain_writes_overlays_of_the_apex_face_and_the_flow(demo, tmp_path):
+    from microfer.explain import OVERLAY_SIZE
+
+    p = _run(["predict", demo.predictions[1]["video"], "--model", str(demo.bundle), "--explain",
+              str(tmp_path / "why"), "--json"])
+    assert p.exit_code == 0, p.output
+    doc = json.loads(p.output)
+    assert sorted(doc["explanation"]) == sorted(str(tmp_path / "why" / n) for n in ("apex_face.png", "flow.png"))
+    for name in doc["explanation"]:
+        assert cv2.imread(name).shape == (OVERLAY_SIZE, OVERLAY_SIZE, 3)
+
+
+def _held_out_prepared(demo, i=1):
+    from microfer.prepare import PrepareSettings, prepare_clip
+    from microfer.video import open_frames
+
+    row = pd.read_csv(demo.out / "heldout" / "synth_truth.csv", dtype=str, keep_default_na=False).iloc[i]
+    return prepare_clip(open_frames(demo.out / "heldout" / row["frame_dir"]), int(row["onset"]), int(row["apex"]),
+                        int(row["offset"]), PrepareSettings())
+
+
+def test_masking_the_highlighted_region_changes_the_score_more_than_a_random_one(demo):
+    """On a synthetic clip whose only motion is in a known region (the flow zeroed outside a
+    box around the mouth), the map's peak lies on that region, and masking it changes the
+    class score more than masking patches drawn at random."""
+    import dataclasses
+
+    from microfer.explain import class_score, network_inputs, occlude, occlusion_map
+    from microfer.predict import Predictor
+
+    predictor = Predictor(demo.bundle)
+    prepared = _held_out_prepared(demo)
+    s = prepared.flow.shape[0]
+    region = (s // 4, s // 2, 3 * s // 4, 7 * s // 8)  # x0, y0, x1, y1: mouth and lip corners
+    flow = np.zeros_like(prepared.flow)
+    flow[region[1]:region[3], region[0]:region[2]] = prepared.flow[region[1]:region[3], region[0]:region[2]]
+    known = dataclasses.replace(prepared, flow=flow, strain=np.where(flow[..., 0] != 0, prepared.strain, 0))
+    label = int(predictor.bundle.classifier.predict(predictor.features(known))[0])
+    occ = occlusion_map(predictor.feature_model, predictor.bundle.classifier, known, label)
+    assert occ.heat.shape == (s, s)
+    x0, y0, x1, y1 = occ.top_box
+    assert x0 < region[2] and x1 > region[0] and y0 < region[3] and y1 > region[1], (occ.top_box, region)
+
+    inputs = network_inputs(predictor.feature_model, known)
+    base = occ.base_score
+
+    def change(box):
+        return abs(base - class_score(predictor.feature_model, predictor.bundle.classifier,
+                                      occlude(inputs, box), label)[0])
+
+    rng = np.random.default_rng(0)
+    corners = rng.integers(0, s - occ.patch + 1, size=(20, 2))
+    random_change = np.mean([change((x, y, x + occ.patch, y + occ.patch)) for x, y in corners])
+    assert change(occ.top_box) > 2 * random_change

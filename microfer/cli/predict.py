@@ -52,12 +52,15 @@ def train_cmd(protocol, cache, manifest, out, grid, features, seed, weights, thr
 @click.option("--runtime", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
               help="what runs the network: the bundle's ONNX export in onnxruntime (fast start, no torch), "
                    "or torch; auto = onnx when the bundle has it")
-def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime):
+@click.option("--explain", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="write apex_face.png and flow.png here: occlusion-sensitivity overlays of where the "
+                   "decision came from (re-runs features + SVM per patch: slower)")
+def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, explain):
     """Emotion of one CLIP: a video file (mp4/avi/mov) or a folder of frames."""
     from microfer.predict import Predictor
 
     result = Predictor(model, num_threads=threads, runtime=runtime).predict(clip, onset=onset, apex=apex,
-                                                                            offset=offset)
+                                                                            offset=offset, explain=explain)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.text())
 
 
