@@ -85,6 +85,38 @@ def ood_fields(ood, feats: np.ndarray) -> dict:
     return {"ood_score": round(score, 4), "ood_threshold": round(ood.threshold, 4), "ood": score > ood.threshold}
 
 
+def bundle_network(bundle, feature_setting, runtime: str = "auto", num_threads: Optional[int] = None):
+    """(FeatureModel with the bundle's weights, what runs it: "onnx", "torch" or "none").
+
+    `runtime` for the network: "onnx" (the bundle's ONNX export in onnxruntime: no torch),
+    "torch" (the weights in timm's MobileViT), or "auto" (onnx when the bundle has it).
+    """
+    from microfer.errors import BundleError, MicroferError
+    from microfer.features import FeatureModel, onnx_names
+
+    if runtime not in RUNTIMES:
+        raise MicroferError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+    onnx = {} if runtime == "torch" else bundle.onnx
+    if runtime == "onnx":
+        from microfer.models.onnx_extractor import onnxruntime_available
+
+        missing = [n for n in onnx_names(feature_setting) if n not in onnx]
+        if missing:
+            raise BundleError(f"{bundle.path}: has no {missing[0]} (trained before bundles carried "
+                              f"ONNX exports); use runtime 'torch' or 'auto', or retrain it")
+        if not onnxruntime_available():
+            raise MicroferError("runtime 'onnx' needs the package onnxruntime (pip install onnxruntime)")
+    elif runtime == "auto":
+        from microfer.models.onnx_extractor import onnxruntime_available
+
+        onnx = onnx if onnxruntime_available() else {}
+    model = FeatureModel(feature_setting, batch_size=1, num_threads=num_threads, onnx=onnx)
+    model.load_state_dict(bundle.network, source=str(bundle.path / "network.safetensors"))
+    # "none": training-free descriptors only
+    used = ("none" if not model.onnx_names else "onnx" if all(n in onnx for n in model.onnx_names) else "torch")
+    return model, used
+
+
 class Predictor:
     """A loaded model bundle, ready to predict many clips (the extractor is built once)."""
 
@@ -93,7 +125,7 @@ class Predictor:
         "torch" (the weights in timm's MobileViT), or "auto" (onnx when the bundle has it)."""
         from microfer.bundle import load_bundle
         from microfer.errors import BundleError, MicroferError
-        from microfer.features import FeatureModel, feature_setting_from_config, onnx_names
+        from microfer.features import feature_setting_from_config
         from microfer.prepare import PrepareSettings
 
         self.bundle = bundle if hasattr(bundle, "classifier") else load_bundle(bundle)
@@ -104,27 +136,7 @@ class Predictor:
             self.feature_setting = feature_setting_from_config(cfg["features"])
         except (TypeError, KeyError, ValueError, AttributeError, MicroferError) as exc:
             raise BundleError(f"{self.bundle.path}: settings in bundle.json do not fit this microfer ({exc})") from None
-        if runtime not in RUNTIMES:
-            raise MicroferError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
-        onnx = {} if runtime == "torch" else self.bundle.onnx
-        if runtime == "onnx":
-            from microfer.models.onnx_extractor import onnxruntime_available
-
-            missing = [n for n in onnx_names(self.feature_setting) if n not in onnx]
-            if missing:
-                raise BundleError(f"{self.bundle.path}: has no {missing[0]} (trained before bundles carried "
-                                  f"ONNX exports); use runtime 'torch' or 'auto', or retrain it")
-            if not onnxruntime_available():
-                raise MicroferError("runtime 'onnx' needs the package onnxruntime (pip install onnxruntime)")
-        elif runtime == "auto":
-            from microfer.models.onnx_extractor import onnxruntime_available
-
-            onnx = onnx if onnxruntime_available() else {}
-        self.feature_model = FeatureModel(self.feature_setting, batch_size=1, num_threads=num_threads, onnx=onnx)
-        self.feature_model.load_state_dict(self.bundle.network, source=str(self.bundle.path / "network.safetensors"))
-        # what runs the network: "onnx", "torch", or "none" (training-free descriptors only)
-        self.runtime = ("none" if not self.feature_model.onnx_names
-                        else "onnx" if all(n in onnx for n in self.feature_model.onnx_names) else "torch")
+        self.feature_model, self.runtime = bundle_network(self.bundle, self.feature_setting, runtime, num_threads)
         self.classes = self.bundle.class_names
         from microfer.face import load_models
 
