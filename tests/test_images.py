@@ -119,8 +119,6 @@ def test_small_face_crops_and_faceless_images(tmp_path):
 
 
 def test_image_input_errors_are_one_line(image_bundle, tmp_path, capsys):
-    import sys
-
     from microfer.cli import main
 
     blank = tmp_path / "wall.png"
@@ -131,12 +129,7 @@ def test_image_input_errors_are_one_line(image_bundle, tmp_path, capsys):
              (["predict", str(blank), "--model", str(image_bundle.bundle), "--apex", "3"], "--apex"),
              (["predict", str(empty), "--model", str(image_bundle.bundle)], "no images")]
     for args, message in cases:
-        argv = sys.argv
-        sys.argv = ["microfer", *args]
-        try:
-            with pytest.raises(SystemExit) as exc:
-                main()
-        finally:
-            sys.argv = argv
+        with pytest.raises(SystemExit) as exc:
+            main(args)
         err = capsys.readouterr().err.strip().splitlines()
         assert exc.value.code == 2 and len(err) == 1 and message in err[0], err
