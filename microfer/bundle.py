@@ -8,6 +8,9 @@ A bundle is a directory:
     classifier.safetensors   scaler + SVM as plain arrays (support vectors, dual coefficients...)
     network[.partN.]onnx     (network feature sets) the same network exported to ONNX, so that
                              `predict` runs it in onnxruntime without importing torch or timm
+    ood.safetensors          (optional) the out-of-distribution score's arrays
+                             (`microfer.ood.RelativeMahalanobis`); its scalars and threshold
+                             are bundle.json's "ood" entry. Bundles without it load (no OOD score).
 
 No pickle anywhere: the SVM is stored as the arrays of its decision function and
 evaluated by `ArraySVM`, which reproduces scikit-learn's SVC (one-vs-one) exactly for the
@@ -37,12 +40,16 @@ import numpy as np
 
 from microfer._io import atomic_path, write_json
 from microfer.errors import BundleError
+from microfer.ood import ARRAYS as OOD_ARRAYS
+from microfer.ood import METHOD as OOD_METHOD
+from microfer.ood import RelativeMahalanobis
 
 FORMAT = "microfer-bundle"
 FORMAT_VERSION = 2  # 2: adds the "integrity" entry covering bundle.json and every file
 FILES = ("network.safetensors", "classifier.safetensors")
 # optional: a network part exported to ONNX (`features.FeatureModel.onnx_names`)
 ONNX_FILE = re.compile(r"network\.(part\d+\.)?onnx")
+OOD_FILE = "ood.safetensors"  # optional: the OOD score's arrays (`microfer.ood`)
 SUPPORTED_KERNELS = ("linear", "rbf")
 ARRAYS = ("scaler_mean", "scaler_scale", "support_vectors", "dual_coef", "intercept", "n_support", "classes")
 INTEGRITY_KEY = "integrity"
@@ -110,10 +117,22 @@ class ArraySVM:
         These are decision scores, not calibrated probabilities. Their argmax equals
         `predict` except on a vote tie, which libsvm (and so `predict`) gives to the first class.
         """
+        votes, conf = self._votes_and_confidence(X)
+        if votes is None:
+            return conf
+        # same monotone squashing as libsvm/sklearn ovr: never overturns a vote difference
+        return votes + conf / (3 * (np.abs(conf) + 1))
+
+    def confidence(self, X: np.ndarray) -> np.ndarray:
+        """Per-class sums of the one-vs-one decision values for each class (n, n_class):
+        continuous, unlike the votes, so small changes of the input show (activation maps)."""
+        return self._votes_and_confidence(X)[1]
+
+    def _votes_and_confidence(self, X: np.ndarray):
         dec = self.decision_function(X)
         n_class = len(self.classes)
         if n_class == 2:  # sklearn flips the binary sign: positive means classes[1]
-            return np.stack([-dec[:, 0], dec[:, 0]], axis=1)
+            return None, np.stack([-dec[:, 0], dec[:, 0]], axis=1)
         votes = np.zeros((len(dec), n_class))
         conf = np.zeros((len(dec), n_class))
         p = 0
@@ -124,8 +143,7 @@ class ArraySVM:
                 conf[:, i] += dec[:, p]
                 conf[:, j] -= dec[:, p]
                 p += 1
-        # same monotone squashing as libsvm/sklearn ovr: never overturns a vote difference
-        return votes + conf / (3 * (np.abs(conf) + 1))
+        return votes, conf
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         scores = self.class_scores(X)
@@ -143,6 +161,7 @@ class Bundle:
     network: dict
     classifier: ArraySVM
     onnx: dict = field(default_factory=dict)  # ONNX file name -> verified path in the bundle
+    ood: Optional[RelativeMahalanobis] = None  # None: a bundle trained before OOD scores
 
     @property
     def class_names(self) -> list[str]:
@@ -177,10 +196,11 @@ def as_array(value) -> np.ndarray:
 
 
 def save_bundle(path, *, network_state: dict, classifier: ArraySVM, config: dict,
-                onnx: Optional[dict[str, bytes]] = None) -> Path:
+                onnx: Optional[dict[str, bytes]] = None, ood: Optional[RelativeMahalanobis] = None) -> Path:
     """Write a bundle directory atomically file by file, bundle.json last (its presence = complete).
 
     `onnx`: {file name: ONNX model bytes} of the network parts (names matching `ONNX_FILE`).
+    `ood`: the fitted OOD score, written to `OOD_FILE` with its scalars in bundle.json's "ood".
     """
     from safetensors.numpy import save_file as save_numpy
 
@@ -203,8 +223,16 @@ def save_bundle(path, *, network_state: dict, classifier: ArraySVM, config: dict
     for stale in path.glob("network*.onnx"):  # an overwritten bundle keeps no other model's graph
         if stale.name not in (onnx or {}):
             stale.unlink()
-    doc = {k: v for k, v in config.items() if k != INTEGRITY_KEY}
-    hashes = {name: _sha256(path / name) for name in (*FILES, *sorted(onnx or {}))}
+    doc = {k: v for k, v in config.items() if k not in (INTEGRITY_KEY, "ood")}
+    extra = sorted(onnx or {})
+    if ood is not None:
+        with atomic_path(path / OOD_FILE) as tmp:
+            save_numpy({k: np.ascontiguousarray(v) for k, v in ood.arrays().items()}, str(tmp))
+        doc["ood"] = ood.config()
+        extra.append(OOD_FILE)
+    elif (path / OOD_FILE).exists():  # an overwritten bundle keeps no other model's OOD score
+        (path / OOD_FILE).unlink()
+    hashes = {name: _sha256(path / name) for name in (*FILES, *extra)}
     doc.update({
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "svm": {**doc.get("svm", {}), "kernel": classifier.kernel, "gamma": classifier.gamma},
@@ -250,8 +278,9 @@ def _check_config(config: dict, marker: Path) -> None:
     files = config["files"]
     if not isinstance(files, dict):
         raise bad("files", f"a mapping file name -> sha256 for {list(FILES)}", files)
-    if not set(FILES) <= set(files) or any(n not in FILES and not ONNX_FILE.fullmatch(n) for n in files):
-        raise bad("files", f"a mapping for {list(FILES)} and optional network[.partN].onnx files", sorted(files))
+    if not set(FILES) <= set(files) or any(n not in (*FILES, OOD_FILE) and not ONNX_FILE.fullmatch(n) for n in files):
+        raise bad("files", f"a mapping for {list(FILES)} and optional network[.partN].onnx and "
+                           f"{OOD_FILE} files", sorted(files))
     for name in files:
         if not isinstance(files[name], str) or not _HEX64.fullmatch(files[name]):
             raise bad(f"files.{name}", "a sha256 (64 lowercase hex digits)", files[name])
@@ -268,6 +297,15 @@ def _check_config(config: dict, marker: Path) -> None:
     for key in ("features", "prepare"):
         if not isinstance(config[key], dict):
             raise bad(key, "a mapping of settings", config[key])
+    if ("ood" in config) != (OOD_FILE in files):
+        raise bad("ood", f"present exactly when {OOD_FILE} is listed in 'files'", config.get("ood"))
+    if "ood" in config:
+        ood = config["ood"]
+        if not isinstance(ood, dict) or ood.get("method") != OOD_METHOD:
+            raise bad("ood", f"a mapping with method {OOD_METHOD!r}", ood)
+        for key in ("threshold", "percentile", "floor"):
+            if not _is_number(ood.get(key)) or (key.endswith("floor") and ood[key] <= 0):
+                raise bad(f"ood.{key}", "a positive number" if key.endswith("floor") else "a number", ood.get(key))
 
 
 def _check_arrays(arrays: dict, n_names: int, source: Path) -> None:
@@ -312,6 +350,31 @@ def _check_arrays(arrays: dict, n_names: int, source: Path) -> None:
         raise BundleError(f"{source}: array 'scaler_scale' has zeros (would divide by zero)")
 
 
+def _check_ood_arrays(arrays: dict, dim: int, n_names: int, source: Path) -> None:
+    """The OOD arrays fit each other and the classifier's `dim` feature columns."""
+    missing = set(OOD_ARRAYS) - set(arrays)
+    if missing:
+        raise BundleError(f"{source}: arrays missing: {sorted(missing)}")
+    for name in OOD_ARRAYS:
+        a = arrays[name]
+        if a.dtype.kind != "f" or not np.isfinite(a).all():
+            raise BundleError(f"{source}: array {name!r} must hold finite floats")
+    expected = {"center": (dim,), "scale": (dim,), "background_mean": (dim,)}
+    for prefix in ("class", "background"):
+        r = arrays[f"{prefix}_basis"].shape[0] if arrays[f"{prefix}_basis"].ndim == 2 else -1
+        expected.update({f"{prefix}_basis": (r, dim), f"{prefix}_eigvals": (r,)})
+        if (arrays[f"{prefix}_eigvals"] <= 0).any():
+            raise BundleError(f"{source}: array '{prefix}_eigvals' must be positive")
+    k = arrays["class_means"].shape[0] if arrays["class_means"].ndim == 2 else -1
+    expected["class_means"] = (k, dim)
+    for name, shape in expected.items():
+        if arrays[name].shape != shape or min(shape) < 1 or k > n_names:
+            raise BundleError(f"{source}: array {name!r} has shape {arrays[name].shape}, expected {shape} "
+                              f"({dim} feature columns, at most {n_names} classes)")
+    if (arrays["scale"] == 0).any():
+        raise BundleError(f"{source}: array 'scale' has zeros (would divide by zero)")
+
+
 def load_bundle(path) -> Bundle:
     """Load and validate a bundle; anything else is refused with a BundleError naming the problem.
 
@@ -354,7 +417,7 @@ def load_bundle(path) -> Bundle:
     listed = config.get("files")
     onnx_names = sorted(n for n in listed if isinstance(n, str) and ONNX_FILE.fullmatch(n)) \
         if isinstance(listed, dict) else []
-    names = (*FILES, *onnx_names)
+    names = (*FILES, *onnx_names, *([OOD_FILE] if isinstance(listed, dict) and OOD_FILE in listed else []))
     hashes = {}
     for name in names:
         f = path / name
@@ -383,5 +446,13 @@ def load_bundle(path) -> Bundle:
         raise BundleError(f"{path}: unreadable safetensors file ({exc})") from None
     _check_arrays(arrays, len(config["classes"]), path / "classifier.safetensors")
     classifier = ArraySVM(arrays, config["svm"]["kernel"], config["svm"].get("gamma", 0.0))
+    ood = None
+    if OOD_FILE in names:
+        try:
+            ood_arrays = load_numpy(str(path / OOD_FILE))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise BundleError(f"{path}: unreadable safetensors file ({exc})") from None
+        _check_ood_arrays(ood_arrays, classifier.support_vectors.shape[1], len(config["classes"]), path / OOD_FILE)
+        ood = RelativeMahalanobis.from_arrays(ood_arrays, config["ood"])
     return Bundle(path=path, config=config, network=network, classifier=classifier,
-                  onnx={n: path / n for n in onnx_names})
+                  onnx={n: path / n for n in onnx_names}, ood=ood)

@@ -331,8 +331,11 @@ class FeatureModel:
     def __call__(self, prepared: Sequence[PreparedClip], names: Optional[Sequence[str]] = None) -> np.ndarray:
         from microfer.representation import stack_inputs
 
-        blocks = [ex(stack_inputs(prepared, part.representation, names))
-                  for part, ex in zip(self.setting.parts, self.extractors)]
+        return self.from_inputs({rep: stack_inputs(prepared, rep, names) for rep in self.setting.representations})
+
+    def from_inputs(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Features of network inputs already made: {representation: (N, 3, S, S)} -> (N, D)."""
+        blocks = [ex(inputs[part.representation]) for part, ex in zip(self.setting.parts, self.extractors)]
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
     def state_dict(self) -> dict:

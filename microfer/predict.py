@@ -44,6 +44,13 @@ class Prediction:
     # (what onset/apex/offset were spotted on; empty when all three were given)
     motion_curve: list[float] = field(default_factory=list)
     motion_frames: list[int] = field(default_factory=list)
+    # relative Mahalanobis distance of the features to the training data (`microfer.ood`);
+    # None for bundles trained without it. ood: score above the bundle's threshold, so the
+    # label is kept but should not be trusted (the input is unlike anything trained on)
+    ood_score: Optional[float] = None
+    ood_threshold: Optional[float] = None
+    ood: Optional[bool] = None
+    explanation: list[str] = field(default_factory=list)  # PNGs written by `explain` (predict --explain)
 
     def to_dict(self) -> dict:
         doc = asdict(self)
@@ -53,15 +60,65 @@ class Prediction:
 
     def text(self) -> str:
         ranked = sorted(self.scores.items(), key=lambda kv: -kv[1])
-        lines = [f"emotion: {self.label}",
+        lines = [f"emotion: {self.label}" + ("   [OUT OF DISTRIBUTION: unreliable]" if self.ood else ""),
                  "scores:  " + "  ".join(f"{k} {v:.3f}" for k, v in ranked) + "   (SVM decision scores)",
                  f"frames:  onset {self.onset}, apex {self.apex}, offset {self.offset} of {self.n_frames}"
                  f"  (given: {', '.join(self.given) or 'none'}; spotted: {', '.join(self.spotted) or 'none'})",
                  f"face:    box {self.face_box}",
                  "timings: " + ", ".join(f"{k} {v:.1f} ms" for k, v in self.timings_ms.items())]
+        lines.insert(2, ood_line(self.ood_score, self.ood_threshold))
+        if self.explanation:
+            lines.append("explain: " + ", ".join(self.explanation) + "   (occlusion sensitivity)")
         if self.notes:
             lines.append(f"notes:   {self.notes}")
         return "\n".join(lines)
+
+
+def ood_line(score: Optional[float], threshold: Optional[float]) -> str:
+    if score is None:
+        return "ood:     no score (bundle trained without one)"
+    verdict = "OUT OF DISTRIBUTION" if score > threshold else "in distribution"
+    return f"ood:     score {score:.2f}, threshold {threshold:.2f}: {verdict}"
+
+
+def ood_fields(ood, feats: np.ndarray) -> dict:
+    """Prediction's ood_score / ood_threshold / ood for one row of features (all None without a score)."""
+    if ood is None:
+        return {"ood_score": None, "ood_threshold": None, "ood": None}
+    score = float(ood.score(feats)[0])
+    return {"ood_score": round(score, 4), "ood_threshold": round(ood.threshold, 4), "ood": score > ood.threshold}
+
+
+def bundle_network(bundle, feature_setting, runtime: str = "auto", num_threads: Optional[int] = None):
+    """(FeatureModel with the bundle's weights, what runs it: "onnx", "torch" or "none").
+
+    `runtime` for the network: "onnx" (the bundle's ONNX export in onnxruntime: no torch),
+    "torch" (the weights in timm's MobileViT), or "auto" (onnx when the bundle has it).
+    """
+    from microfer.errors import BundleError, MicroferError
+    from microfer.features import FeatureModel, onnx_names
+
+    if runtime not in RUNTIMES:
+        raise MicroferError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+    onnx = {} if runtime == "torch" else bundle.onnx
+    if runtime == "onnx":
+        from microfer.models.onnx_extractor import onnxruntime_available
+
+        missing = [n for n in onnx_names(feature_setting) if n not in onnx]
+        if missing:
+            raise BundleError(f"{bundle.path}: has no {missing[0]} (trained before bundles carried "
+                              f"ONNX exports); use runtime 'torch' or 'auto', or retrain it")
+        if not onnxruntime_available():
+            raise MicroferError("runtime 'onnx' needs the package onnxruntime (pip install onnxruntime)")
+    elif runtime == "auto":
+        from microfer.models.onnx_extractor import onnxruntime_available
+
+        onnx = onnx if onnxruntime_available() else {}
+    model = FeatureModel(feature_setting, batch_size=1, num_threads=num_threads, onnx=onnx)
+    model.load_state_dict(bundle.network, source=str(bundle.path / "network.safetensors"))
+    # "none": training-free descriptors only
+    used = ("none" if not model.onnx_names else "onnx" if all(n in onnx for n in model.onnx_names) else "torch")
+    return model, used
 
 
 class Predictor:
@@ -72,7 +129,7 @@ class Predictor:
         "torch" (the weights in timm's MobileViT), or "auto" (onnx when the bundle has it)."""
         from microfer.bundle import load_bundle
         from microfer.errors import BundleError, MicroferError
-        from microfer.features import FeatureModel, feature_setting_from_config, onnx_names
+        from microfer.features import feature_setting_from_config
         from microfer.prepare import PrepareSettings
 
         self.bundle = bundle if hasattr(bundle, "classifier") else load_bundle(bundle)
@@ -83,27 +140,7 @@ class Predictor:
             self.feature_setting = feature_setting_from_config(cfg["features"])
         except (TypeError, KeyError, ValueError, AttributeError, MicroferError) as exc:
             raise BundleError(f"{self.bundle.path}: settings in bundle.json do not fit this microfer ({exc})") from None
-        if runtime not in RUNTIMES:
-            raise MicroferError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
-        onnx = {} if runtime == "torch" else self.bundle.onnx
-        if runtime == "onnx":
-            from microfer.models.onnx_extractor import onnxruntime_available
-
-            missing = [n for n in onnx_names(self.feature_setting) if n not in onnx]
-            if missing:
-                raise BundleError(f"{self.bundle.path}: has no {missing[0]} (trained before bundles carried "
-                                  f"ONNX exports); use runtime 'torch' or 'auto', or retrain it")
-            if not onnxruntime_available():
-                raise MicroferError("runtime 'onnx' needs the package onnxruntime (pip install onnxruntime)")
-        elif runtime == "auto":
-            from microfer.models.onnx_extractor import onnxruntime_available
-
-            onnx = onnx if onnxruntime_available() else {}
-        self.feature_model = FeatureModel(self.feature_setting, batch_size=1, num_threads=num_threads, onnx=onnx)
-        self.feature_model.load_state_dict(self.bundle.network, source=str(self.bundle.path / "network.safetensors"))
-        # what runs the network: "onnx", "torch", or "none" (training-free descriptors only)
-        self.runtime = ("none" if not self.feature_model.onnx_names
-                        else "onnx" if all(n in onnx for n in self.feature_model.onnx_names) else "torch")
+        self.feature_model, self.runtime = bundle_network(self.bundle, self.feature_setting, runtime, num_threads)
         self.classes = self.bundle.class_names
         from microfer.face import load_models
 
@@ -113,7 +150,9 @@ class Predictor:
         return self.feature_model([prepared])
 
     def predict(self, clip, onset: Optional[int] = None, apex: Optional[int] = None,
-                offset: Optional[int] = None) -> Prediction:
+                offset: Optional[int] = None, explain=None) -> Prediction:
+        """`explain`: a folder to write occlusion-sensitivity overlays of the apex face and the
+        flow to (`microfer.explain`); it re-runs features + SVM once per patch position."""
         import dataclasses
 
         from microfer.apex import spot_interval
@@ -213,6 +252,17 @@ class Predictor:
         scores = self.bundle.classifier.class_scores(feats)[0]
         label_idx = int(self.bundle.classifier.predict(feats)[0])
         timings["svm"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        ood = ood_fields(self.bundle.ood, feats)
+        timings["ood"] = (time.perf_counter() - t) * 1000
+        explanation = []
+        if explain is not None:
+            from microfer.explain import occlusion_map, write_overlays
+
+            t = time.perf_counter()
+            occ = occlusion_map(self.feature_model, self.bundle.classifier, prepared, label_idx)
+            explanation = [str(p) for p in write_overlays(prepared, occ, explain)]
+            timings["explain"] = (time.perf_counter() - t) * 1000
         cls_idx = self.bundle.classifier.classes
         return Prediction(
             label=self.classes[label_idx],
@@ -220,19 +270,20 @@ class Predictor:
             onset=int(prepared.onset), apex=int(prepared.apex), offset=int(prepared.offset),
             given=given, spotted=[s for s in ("onset", "apex", "offset") if s in spotted],
             face_box=tuple(int(v) for v in prepared.face_box), n_frames=len(numbers),
-            timings_ms={k: round(v, 2) for k, v in timings.items()}, notes="; ".join(notes),
+            timings_ms={k: round(v, 2) for k, v in timings.items()}, notes="; ".join(notes), **ood,
+            explanation=explanation,
             motion_curve=[round(float(v), 5) for v in curve], motion_frames=[int(n) for n in curve_frames],
         )
 
 
 def predict(clip, model, onset: Optional[int] = None, apex: Optional[int] = None,
-            offset: Optional[int] = None) -> Prediction:
+            offset: Optional[int] = None, explain=None) -> Prediction:
     """Emotion of one clip (video file, frame folder, or a sequence of BGR arrays).
 
     `model` is a bundle directory or a `Predictor` (reuse one for many clips).
     """
     predictor = model if isinstance(model, Predictor) else Predictor(model)
-    return predictor.predict(clip, onset=onset, apex=apex, offset=offset)
+    return predictor.predict(clip, onset=onset, apex=apex, offset=offset, explain=explain)
 
 
 class _CallableModule(types.ModuleType):

@@ -54,6 +54,7 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
     from microfer.classify import select_and_fit
     from microfer.evaluate import PARAM_GRIDS, _frame_sha256, gather_features
     from microfer.features import FeatureModel, feature_config
+    from microfer.ood import fit_ood
 
     derived = prepare_settings_of(open_cache(cache)).get("source")
     if derived:  # refused before any feature is extracted
@@ -90,7 +91,9 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
         "versions": versions(),
     }
     svm = ArraySVM.from_pipeline(choice.model)
+    # the OOD score sees exactly the rows (and columns) the chosen SVM was fitted on
+    ood = fit_ood(data.feature_sets[choice.feature_name], data.y, data.groups)
     onnx = model.export_onnx(int(data.prepare_settings.get("size", 128))) if model.onnx_names else None
-    path = save_bundle(out, network_state=model.state_dict(), classifier=svm, config=config, onnx=onnx)
+    path = save_bundle(out, network_state=model.state_dict(), classifier=svm, config=config, onnx=onnx, ood=ood)
     return TrainResult(bundle=path, feature_setting=setting, choice=choice, n_samples=int(len(data.y)),
                        n_subjects=n_groups, excluded=int(len(data.excluded)), class_counts=counts)

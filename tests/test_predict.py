@@ -212,3 +212,88 @@ def test_runtime_onnx_needs_the_export_and_tampered_exports_are_refused(demo, ne
     (copy / "network.onnx").write_bytes(bytes(data))
     code, err = _main(["predict", demo.predictions[0]["video"], "--model", str(copy)], capsys)
     assert code == 2 and len(err) == 1 and "network.onnx" in err[0] and "checksum" in err[0]
+
+
+def test_ood_score_flags_a_noisy_clip_but_not_the_held_out_ones(demo):
+    """The bundle's OOD score: held-out synthetic clips (new identities) pass, the same clip
+    under heavy sensor noise is flagged, and its label is kept but marked."""
+    from microfer.ood_eval import _frames, sensor_noise
+    from microfer.predict import Predictor
+
+    predictor = Predictor(demo.bundle)
+    assert predictor.bundle.ood is not None
+    clean = [predictor.predict(p["video"]) for p in demo.predictions]
+    assert not any(p.ood for p in clean), [p.ood_score for p in clean]
+    rng = np.random.default_rng(0)
+    noisy = predictor.predict([sensor_noise(f, rng) for f in _frames(demo.predictions[0]["video"])])
+    assert noisy.ood and noisy.ood_score > max(p.ood_score for p in clean)
+    assert noisy.label in noisy.scores and "OUT OF DISTRIBUTION" in noisy.text().splitlines()[0]
+    doc = noisy.to_dict()
+    assert doc["ood"] is True and doc["ood_score"] > doc["ood_threshold"]
+
+
+def test_bundle_without_ood_predicts_with_no_score(demo, tmp_path):
+    from microfer.bundle import load_bundle, save_bundle
+    from microfer.predict import Predictor
+
+    b = load_bundle(demo.bundle)
+    old = save_bundle(tmp_path / "old", network_state=b.network, classifier=b.classifier, config=b.config,
+                      onnx={n: p.read_bytes() for n, p in b.onnx.items()})
+    p = Predictor(old).predict(demo.predictions[0]["video"])
+    assert p.ood_score is None and p.ood is None and "no score" in p.text()
+
+
+def test_explain_writes_overlays_of_the_apex_face_and_the_flow(demo, tmp_path):
+    from microfer.explain import OVERLAY_SIZE
+
+    p = _run(["predict", demo.predictions[1]["video"], "--model", str(demo.bundle), "--explain",
+              str(tmp_path / "why"), "--json"])
+    assert p.exit_code == 0, p.output
+    doc = json.loads(p.output)
+    assert sorted(doc["explanation"]) == sorted(str(tmp_path / "why" / n) for n in ("apex_face.png", "flow.png"))
+    for name in doc["explanation"]:
+        assert cv2.imread(name).shape == (OVERLAY_SIZE, OVERLAY_SIZE, 3)
+
+
+def _held_out_prepared(demo, i=1):
+    from microfer.prepare import PrepareSettings, prepare_clip
+    from microfer.video import open_frames
+
+    row = pd.read_csv(demo.out / "heldout" / "synth_truth.csv", dtype=str, keep_default_na=False).iloc[i]
+    return prepare_clip(open_frames(demo.out / "heldout" / row["frame_dir"]), int(row["onset"]), int(row["apex"]),
+                        int(row["offset"]), PrepareSettings())
+
+
+def test_masking_the_highlighted_region_changes_the_score_more_than_a_random_one(demo):
+    """On a synthetic clip whose only motion is in a known region (the flow zeroed outside a
+    box around the mouth), the map's peak lies on that region, and masking it changes the
+    class score more than masking patches drawn at random."""
+    import dataclasses
+
+    from microfer.explain import class_score, network_inputs, occlude, occlusion_map
+    from microfer.predict import Predictor
+
+    predictor = Predictor(demo.bundle)
+    prepared = _held_out_prepared(demo)
+    s = prepared.flow.shape[0]
+    region = (s // 4, s // 2, 3 * s // 4, 7 * s // 8)  # x0, y0, x1, y1: mouth and lip corners
+    flow = np.zeros_like(prepared.flow)
+    flow[region[1]:region[3], region[0]:region[2]] = prepared.flow[region[1]:region[3], region[0]:region[2]]
+    known = dataclasses.replace(prepared, flow=flow, strain=np.where(flow[..., 0] != 0, prepared.strain, 0))
+    label = int(predictor.bundle.classifier.predict(predictor.features(known))[0])
+    occ = occlusion_map(predictor.feature_model, predictor.bundle.classifier, known, label)
+    assert occ.heat.shape == (s, s)
+    x0, y0, x1, y1 = occ.top_box
+    assert x0 < region[2] and x1 > region[0] and y0 < region[3] and y1 > region[1], (occ.top_box, region)
+
+    inputs = network_inputs(predictor.feature_model, known)
+    base = occ.base_score
+
+    def change(box):
+        return abs(base - class_score(predictor.feature_model, predictor.bundle.classifier,
+                                      occlude(inputs, box), label)[0])
+
+    rng = np.random.default_rng(0)
+    corners = rng.integers(0, s - occ.patch + 1, size=(20, 2))
+    random_change = np.mean([change((x, y, x + occ.patch, y + occ.patch)) for x, y in corners])
+    assert change(occ.top_box) > 2 * random_change

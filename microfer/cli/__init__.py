@@ -30,6 +30,7 @@ COMMANDS = {
     "pretrain": "evaluate:pretrain_cmd",
     "loso": "evaluate:loso_cmd",
     "train": "predict:train_cmd",
+    "train-images": "predict:train_images_cmd",
     "predict": "predict:predict_cmd",
     "serve": "serve:serve_cmd",
     "live": "live:live_cmd",

@@ -43,7 +43,8 @@ def train_cmd(protocol, cache, manifest, out, grid, features, seed, weights, thr
 
 @click.command("predict")
 @click.argument("clip", type=click.Path(path_type=Path))
-@click.option("--model", type=click.Path(path_type=Path), required=True, help="bundle folder from `microfer train`")
+@click.option("--model", type=click.Path(path_type=Path), required=True,
+              help="bundle folder from `microfer train` (clips) or `microfer train-images` (face images)")
 @click.option("--onset", type=int, default=None, help="onset frame (folder: number in the file name; video: index)")
 @click.option("--apex", type=int, default=None, help="apex frame (spotted when absent; a given apex is used as given, or refused when it is not inside onset..offset or the face is not there)")
 @click.option("--offset", type=int, default=None, help="offset frame (spotted when absent)")
@@ -52,13 +53,72 @@ def train_cmd(protocol, cache, manifest, out, grid, features, seed, weights, thr
 @click.option("--runtime", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
               help="what runs the network: the bundle's ONNX export in onnxruntime (fast start, no torch), "
                    "or torch; auto = onnx when the bundle has it")
-def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime):
-    """Emotion of one CLIP: a video file (mp4/avi/mov) or a folder of frames."""
-    from microfer.predict import Predictor
+@click.option("--explain", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="write apex_face.png and flow.png here: occlusion-sensitivity overlays of where the "
+                   "decision came from (re-runs features + SVM per patch: slower)")
+def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, explain):
+    """Emotion of one CLIP (a video file or a folder of frames) with a clip bundle, or of a face
+    image (or every image in a folder) with an image bundle."""
+    from microfer.bundle import load_bundle
+    from microfer.errors import MicroferError
+    from microfer.images import is_image_bundle
 
-    result = Predictor(model, num_threads=threads, runtime=runtime).predict(clip, onset=onset, apex=apex,
-                                                                            offset=offset)
+    bundle = load_bundle(model)
+    if is_image_bundle(bundle):
+        from microfer.images import ImagePredictor, predict_images
+
+        given = [n for n, v in (("--onset", onset), ("--apex", apex), ("--offset", offset), ("--explain", explain))
+                 if v is not None]
+        if given:
+            raise MicroferError(f"{model}: an image bundle predicts single images; {', '.join(given)} "
+                                f"belong to clips")
+        results = predict_images(clip, ImagePredictor(bundle, num_threads=threads, runtime=runtime))
+        if as_json:
+            docs = [r.to_dict() for r in results]
+            click.echo(json.dumps(docs[0] if clip.is_file() else docs, indent=2))
+        else:
+            click.echo("\n".join(r.text() for r in results))
+        return
+    from microfer.predict import Predictor
+    from microfer.video import IMAGE_EXTENSIONS
+
+    if clip.is_file() and clip.suffix.lower() in IMAGE_EXTENSIONS:
+        raise MicroferError(f"{clip}: a single image; {model} is a clip bundle (video or frame folder in); "
+                            f"images need an image bundle from `microfer train-images`")
+    result = Predictor(bundle, num_threads=threads, runtime=runtime).predict(clip, onset=onset, apex=apex,
+                                                                             offset=offset, explain=explain)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.text())
+
+
+@click.command("train-images")
+@click.option("--images", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True,
+              help="FER-2013-layout folder: ROOT/train/<emotion>/*.jpg and ROOT/test/<emotion>/*.jpg")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="bundle folder to write")
+@click.option("--test-by-subject", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="CK+-layout folder (ROOT/<emotion>/S<subject>_...): its test subjects are scored too")
+@click.option("--per-class", type=click.IntRange(min=10), default=600, show_default=True,
+              help="training images drawn per emotion (the SVM's cost grows with their square)")
+@click.option("--seed", type=int, default=0, show_default=True, help="which images are drawn, and the inner folds")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the network")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def train_images_cmd(images, out, test_by_subject, per_class, seed, threads, quiet):
+    """Fit an SVM on the shipped macro trunk's features of aligned training faces and write an
+    image bundle for `microfer predict IMAGE --model OUT` (7 basic emotions)."""
+    import shlex
+    import sys
+
+    from microfer.train_images import train_image_bundle
+
+    command = " ".join(["microfer", *map(shlex.quote, sys.argv[1:])])
+    r = train_image_bundle(images, out, test_by_subject=test_by_subject, per_class=per_class, seed=seed,
+                           num_threads=threads, progress=not quiet, command=command)
+    click.echo(f"trained on {r.n_train} images ({', '.join(f'{k} {v}' for k, v in r.class_counts.items())})")
+    click.echo(f"SVM chosen by inner cross-validation: {r.params} (inner macro F1 {r.inner_score:.3f})")
+    for name, m in r.test.items():
+        click.echo(f"test {name}: {m['n']} images, accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}"
+                   f" (argmax over its own labels: {m['accuracy_own_labels']:.3f} / {m['macro_f1_own_labels']:.3f})"
+                   + (f"; {m['left_out_other_labels']} of other labels left out" if m['left_out_other_labels'] else ""))
+    click.echo(f"wrote {r.bundle}")
 
 
 @click.command("demo")

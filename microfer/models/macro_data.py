@@ -158,7 +158,8 @@ def load_cache_samples(cache, manifest, representation: str, input_size: int = 1
 
 
 # ---------------------------------------------------------------------------- image folders
-def _list_images(base: Path, expected: str) -> list[Path]:
+def list_images(base: Path, expected: str) -> list[Path]:
+    """Image files in the <emotion>/ sub-folders of `base` (sorted), or an error naming `expected`."""
     if not base.is_dir():
         raise MicroferError(f"{base}: image folder not found (expected {expected})")
     files = sorted(p for d in sorted(base.iterdir()) if d.is_dir()
@@ -210,7 +211,7 @@ def load_image_folder(root, split: str = "train", input_size: int = 128, progres
     test split and a train split of one source agree on it.
     """
     base = Path(root) / split
-    files = _list_images(base, f"ROOT/{split}/<emotion>/*.png")
+    files = list_images(base, f"ROOT/{split}/<emotion>/*.png")
     labels = sorted({normalise_label(p.parent.name) for p in files})
     return _image_set(files, base, f"{Path(root).name}/{split}", labels, input_size, grey, progress,
                       {"split": split})
@@ -233,14 +234,11 @@ def split_subjects(subjects: Sequence[str], test_fraction: float = 0.2, seed: in
     return sorted(ranked[k:]), sorted(ranked[:k])
 
 
-def load_images_by_subject(root, subject_pattern: str = CK_SUBJECT_PATTERN, test_fraction: float = 0.2,
-                           split_seed: int = 0, input_size: int = 128, progress: bool = False,
-                           grey: bool = True) -> tuple[MacroSet, MacroSet]:
-    """Face images ROOT/<emotion>/<file> with the subject in the file name (CK+ layout)
-    -> (train, test) 'apex' sets split by subject (`split_subjects`); every file must
-    name its subject (group 1 of `subject_pattern`), else the split could leak."""
+def files_by_subject(root, subject_pattern: str = CK_SUBJECT_PATTERN, test_fraction: float = 0.2,
+                     split_seed: int = 0) -> tuple[list[Path], list[str], tuple[list[str], list[str]]]:
+    """(image files, the subject of each, (train subjects, test subjects)) of a CK+-layout folder."""
     base = Path(root)
-    files = _list_images(base, "ROOT/<emotion>/<subject-coded file name>")
+    files = list_images(base, "ROOT/<emotion>/<subject-coded file name>")
     try:
         pattern = re.compile(subject_pattern)
     except re.error as exc:
@@ -252,7 +250,17 @@ def load_images_by_subject(root, subject_pattern: str = CK_SUBJECT_PATTERN, test
             raise MicroferError(f"{p}: no subject id in the file name (pattern {subject_pattern!r}, "
                                 f"its first group is the subject)")
         subjects.append(m.group(1))
-    train_ids, test_ids = split_subjects(subjects, test_fraction, split_seed)
+    return files, subjects, split_subjects(subjects, test_fraction, split_seed)
+
+
+def load_images_by_subject(root, subject_pattern: str = CK_SUBJECT_PATTERN, test_fraction: float = 0.2,
+                           split_seed: int = 0, input_size: int = 128, progress: bool = False,
+                           grey: bool = True) -> tuple[MacroSet, MacroSet]:
+    """Face images ROOT/<emotion>/<file> with the subject in the file name (CK+ layout)
+    -> (train, test) 'apex' sets split by subject (`split_subjects`); every file must
+    name its subject (group 1 of `subject_pattern`), else the split could leak."""
+    base = Path(root)
+    files, subjects, (train_ids, test_ids) = files_by_subject(base, subject_pattern, test_fraction, split_seed)
     labels = sorted({normalise_label(p.parent.name) for p in files})
     split = {"split": "by subject", "subject_pattern": subject_pattern, "test_fraction": test_fraction,
              "split_seed": split_seed, "rule": "subjects ranked by sha256('<split_seed>:<subject>'), "
