@@ -4,7 +4,8 @@ Python's own `http.server` (threaded) serves one static page (`assets/web/index.
 one JSON endpoint; nothing else to install, nothing fetched from the internet by the page.
 
     GET  /              the page
-    POST /api/predict   body: the file's bytes; header X-Filename: its name (for the suffix)
+    POST /api/predict   body: the file's bytes; header X-Filename: its name (for the suffix);
+                        ?explain=1 adds the occlusion maps (`microfer.explain`) as PNG data URLs
                         -> 200 Prediction.to_dict() | 400/413/415 {"error": "..."}
 
 Uploads go to a temporary file that is deleted after the prediction. One `Predictor` serves
@@ -55,8 +56,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {self.path}"})
 
     def do_POST(self):  # noqa: N802
-        if self.path != "/api/predict":
+        from urllib.parse import parse_qs, urlsplit
+
+        url = urlsplit(self.path)
+        if url.path != "/api/predict":
             return self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {self.path}"})
+        explain = parse_qs(url.query).get("explain", ["0"])[0] in ("1", "true", "yes")
         name = Path(self.headers.get("X-Filename", "upload")).name or "upload"
         suffix = Path(name).suffix.lower()
         if suffix not in CLIP_SUFFIXES:
@@ -77,12 +82,19 @@ class _Handler(BaseHTTPRequestHandler):
             clip.write_bytes(data)
             try:
                 with self.server.lock:
-                    result = self.server.predictor.predict(clip)
+                    result = self.server.predictor.predict(clip, explain=Path(tmp) / "explain" if explain else None)
             except MicroferError as exc:
                 return self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc).replace(str(clip), name)})
-        doc = result.to_dict()
+            doc = result.to_dict()
+            doc["explanation"] = {Path(p).stem: _data_url(Path(p)) for p in result.explanation}
         doc["file"] = name
         self._json(HTTPStatus.OK, doc)
+
+
+def _data_url(png: Path) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
 class PredictServer(ThreadingHTTPServer):

@@ -83,6 +83,16 @@ def test_page_in_headless_chromium_shows_the_emotion_scores_and_curve(server, ex
             assert shown == pytest.approx({k: round(v, 3) for k, v in truth.scores.items()}, abs=1e-3)
             assert f"apex {truth.apex}" in page.inner_text("#frames")
             assert page.query_selector("#curve polyline") is not None
+            assert page.query_selector_all("img.map") == []  # occlusion maps only when asked
+
+            page.check("#explain")
+            page.set_input_files("#file", str(video))
+            page.wait_for_function("document.querySelectorAll('img.map').length == 2", timeout=180_000)
+            assert page.inner_text("#label") == truth.label
+            for img in page.query_selector_all("img.map"):
+                assert img.evaluate("e => e.complete && e.naturalWidth") > 100  # decoded PNGs, not broken images
+            if truth.ood_score is not None:
+                assert ("OUT OF DISTRIBUTION" in page.inner_text("#ood")) == bool(truth.ood)
             shot = tmp_path / "page.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
