@@ -64,7 +64,7 @@ class _StubPredictor:
         classifier = types.SimpleNamespace(classes=np.array([0, 1]),
                                            class_scores=lambda X: np.array([[0.4, 0.6]]),
                                            predict=lambda X: np.array([1]))
-        obj.bundle = types.SimpleNamespace(classifier=classifier)
+        obj.bundle = types.SimpleNamespace(classifier=classifier, ood=None)
         return obj
 
 
@@ -181,7 +181,11 @@ def _main(args, monkeypatch, capsys):
     import microfer.predict
     from microfer.cli import main
 
+    import microfer.bundle
+
     monkeypatch.setattr(microfer.predict, "Predictor", _StubPredictor)
+    # the command reads the bundle first (clip or image bundle?): a clip bundle's, loading nothing
+    monkeypatch.setattr(microfer.bundle, "load_bundle", lambda path: types.SimpleNamespace(config={}))
     monkeypatch.setattr(sys, "argv", ["microfer", *args])
     with pytest.raises(SystemExit) as exc:
         main()
