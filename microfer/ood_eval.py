@@ -118,14 +118,15 @@ def plot(rows: list[Scored], threshold: float, path: Path) -> None:
     kinds = list(dict.fromkeys(r.kind for r in rows))
     finite = [r.score for r in rows if np.isfinite(r.score)]
     top = max(finite + [threshold]) * 1.15 if finite else threshold + 1
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.55 * len(kinds)))
+    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.55 * len(kinds)))
     for i, kind in enumerate(kinds):
         s = np.array([r.score for r in rows if r.kind == kind])
         ax.scatter(np.where(np.isfinite(s), s, top), np.full(s.size, i), marker="|", s=200,
                    color=["tab:red" if not np.isfinite(v) else "tab:blue" for v in s])
     ax.axvline(threshold, color="k", ls="--", label="threshold")
+    ax.set_xscale("symlog", linthresh=max(1.0, abs(threshold)))  # far inputs score 1000x the threshold
     ax.set_yticks(range(len(kinds)), kinds)
-    ax.set_xlabel("relative Mahalanobis score (red, at the right: no face found)")
+    ax.set_xlabel("relative Mahalanobis score, symlog (red, right: no face found)")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -113,7 +113,7 @@ def train_images_cmd(images, out, test_by_subject, per_class, seed, threads, qui
     r = train_image_bundle(images, out, test_by_subject=test_by_subject, per_class=per_class, seed=seed,
                            num_threads=threads, progress=not quiet, command=command)
     click.echo(f"trained on {r.n_train} images ({', '.join(f'{k} {v}' for k, v in r.class_counts.items())})")
-    click.echo(f"SVM chosen by inner cross-validation: {r.params} (inner macro F1 {r.inner_score:.3f})")
+    click.echo(f"chosen by inner cross-validation: {r.features}, SVM {r.params} (inner macro F1 {r.inner_score:.3f})")
     for name, m in r.test.items():
         click.echo(f"test {name}: {m['n']} images, accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}"
                    f" (argmax over its own labels: {m['accuracy_own_labels']:.3f} / {m['macro_f1_own_labels']:.3f})"
