@@ -96,6 +96,7 @@ class RelativeMahalanobis:
     background: Gaussian
     threshold: float = float("inf")
     percentile: float = DEFAULT_PERCENTILE
+    held_out: str = "subject"  # what was left out to score the training rows for the threshold
 
     @classmethod
     def fit(cls, X: np.ndarray, y: np.ndarray) -> "RelativeMahalanobis":
@@ -134,7 +135,8 @@ class RelativeMahalanobis:
     def config(self) -> dict:
         """What bundle.json records (the floors and threshold are scalars, readable there)."""
         return {"method": METHOD, "threshold": float(self.threshold), "percentile": float(self.percentile),
-                "threshold_from": "scores of each training subject left out of the fit",
+                "threshold_from": f"scores of each training {self.held_out} left out of the fit",
+                "held_out": self.held_out,
                 "floor": float(self.shared.floor)}
 
     @classmethod
@@ -144,7 +146,8 @@ class RelativeMahalanobis:
                    shared=Gaussian(a["class_basis"], a["class_eigvals"], float(config["floor"])),
                    background_mean=a["background_mean"],
                    background=Gaussian(a["background_basis"], a["background_eigvals"], float(config["floor"])),
-                   threshold=float(config["threshold"]), percentile=float(config["percentile"]))
+                   threshold=float(config["threshold"]), percentile=float(config["percentile"]),
+                   held_out=str(config.get("held_out", "subject")))
 
 
 def held_out_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -159,12 +162,14 @@ def held_out_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndar
     return out
 
 
-def fit_ood(X: np.ndarray, y: np.ndarray, groups: np.ndarray,
-            percentile: float = DEFAULT_PERCENTILE) -> RelativeMahalanobis:
-    """The score fitted on all rows, its threshold from leave-one-subject-out scores (see module doc)."""
+def fit_ood(X: np.ndarray, y: np.ndarray, groups: np.ndarray, percentile: float = DEFAULT_PERCENTILE,
+            held_out: str = "subject") -> RelativeMahalanobis:
+    """The score fitted on all rows, its threshold from leave-one-group-out scores (see module doc);
+    `held_out` names what a group is, for bundle.json (subjects; random folds where there are none)."""
     if len(np.unique(groups)) < 2:
-        raise MicroferError("OOD threshold: needs at least 2 subjects (each is left out once)")
+        raise MicroferError(f"OOD threshold: needs at least 2 groups ({held_out}s; each is left out once)")
     model = RelativeMahalanobis.fit(X, y)
     model.threshold = float(np.percentile(held_out_scores(X, y, groups), percentile))
     model.percentile = float(percentile)
+    model.held_out = held_out
     return model

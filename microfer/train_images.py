@@ -165,7 +165,7 @@ def train_image_bundle(images, out, test_by_subject=None, per_class: int = DEFAU
     model = FeatureModel(setting, batch_size=256, num_threads=num_threads)
     X = candidates[choice.feature_name]
     svm = ArraySVM.from_pipeline(choice.model)
-    ood = fit_ood(X, y, folds)
+    ood = fit_ood(X, y, folds, held_out="random fold of images (FER-2013 names no subjects)")
 
     tests = {}
     test_sets = [(f"{images.name}/test", *_labelled_files(images / "test", "ROOT/test/<emotion>/*.jpg"))]
