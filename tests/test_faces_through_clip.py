@@ -64,7 +64,7 @@ class _StubPredictor:
         classifier = types.SimpleNamespace(classes=np.array([0, 1]),
                                            class_scores=lambda X: np.array([[0.4, 0.6]]),
                                            predict=lambda X: np.array([1]))
-        obj.bundle = types.SimpleNamespace(classifier=classifier)
+        obj.bundle = types.SimpleNamespace(classifier=classifier, ood=None)
         return obj
 
 
