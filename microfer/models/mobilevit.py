@@ -46,7 +46,6 @@ from microfer.models.torch_extractor import TorchExtractor
 
 VARIANTS = ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050")
 LAYERS = ("mv2", "stage3", "stage4", "stage5", "final")
-POOLS = ("avg", "grid2")
 MV2_BLOCK_MODULES = ("stem", "stages.0", "stages.1")
 TRUNK_MODULES = ("stem", "stages", "final_conv")
 SCOPES = {"mv2": MV2_BLOCK_MODULES, "whole": TRUNK_MODULES}
@@ -318,15 +317,9 @@ class MobileViTExtractor(TorchExtractor):
         check_variant(variant)
         if layer not in LAYERS:
             raise MicroferError(f"unknown layer {layer!r}; expected one of {', '.join(LAYERS)}")
-        if pool not in POOLS:
-            raise MicroferError(f"unknown pooling {pool!r}; expected one of {', '.join(POOLS)}")
         if input_size < 32 or input_size % 32:
             raise MicroferError(f"input_size must be a multiple of 32 (>= 32), got {input_size}")
-        if num_threads:
-            torch.set_num_threads(int(num_threads))
-        self.variant, self.layer, self.pool = variant, layer, pool
-        self.input_size, self.seed, self.batch_size = int(input_size), int(seed), int(batch_size)
-        self.device = torch.device(device)
+        self._settle(variant, layer, pool, input_size, seed, batch_size, num_threads, device)
         model = create_mobilevit(variant, seed=seed)
         self.block_meta: Optional[dict[str, Any]] = None
         self.block_weights = Path(block_weights) if block_weights else None

@@ -12,8 +12,24 @@ import numpy as np
 from microfer.errors import BundleError, MicroferError
 
 
+POOLS = ("avg", "grid2")
+
+
 class TorchExtractor:
     """The shared half of a frozen torch extractor (see the module docstring)."""
+
+    def _settle(self, variant: str, layer: str, pool: str, input_size: int, seed: int, batch_size: int,
+                num_threads, device: str) -> None:
+        """Check the pooling, set the common attributes and torch's thread count."""
+        import torch
+
+        if pool not in POOLS:
+            raise MicroferError(f"unknown pooling {pool!r}; expected one of {', '.join(POOLS)}")
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        self.variant, self.layer, self.pool = variant, layer, pool
+        self.input_size, self.seed, self.batch_size = int(input_size), int(seed), int(batch_size)
+        self.device = torch.device(device)
 
     @property
     def feature_dim(self) -> int:

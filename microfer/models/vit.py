@@ -21,7 +21,6 @@ from microfer.models.torch_extractor import TorchExtractor
 
 VARIANTS = ("vit_tiny_patch16_224", "vit_small_patch16_224")
 LAYERS = ("mid", "final")
-POOLS = ("avg", "grid2")
 PATCH = 16
 
 
@@ -64,18 +63,10 @@ class ViTExtractor(TorchExtractor):
     def __init__(self, variant: str = "vit_tiny_patch16_224", layer: str = "final", input_size: int = 128,
                  pool: str = "avg", seed: int = 0, batch_size: int = 32, num_threads: Optional[int] = None,
                  device: str = "cpu", block_weights=None):
-        import torch
-
         if block_weights:
             raise MicroferError(f"{block_weights}: pretrained weights are MobileViT weights; {variant} has none "
                                 f"(it is randomly initialised)")
-        if pool not in POOLS:
-            raise MicroferError(f"unknown pooling {pool!r}; expected one of {', '.join(POOLS)}")
-        if num_threads:
-            torch.set_num_threads(int(num_threads))
-        self.variant, self.layer, self.pool = variant, layer, pool
-        self.input_size, self.seed, self.batch_size = int(input_size), int(seed), int(batch_size)
-        self.device = torch.device(device)
+        self._settle(variant, layer, pool, input_size, seed, batch_size, num_threads, device)
         self._net = create_vit(variant, self.input_size, layer, seed).to(self.device).eval()
         self.channels = int(self._net.vit.num_features)
 
