@@ -153,12 +153,11 @@ class RelativeMahalanobis:
 def held_out_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Each row's score from a fit on the OTHER groups (subjects): what a new person scores."""
     groups = np.asarray(groups)
-    out = np.empty(len(X))
+    out = np.full(len(X), np.nan)  # NaN: a group whose absence leaves fewer than 2 rows to fit on
     for g in np.unique(groups):
         test = groups == g
-        if (~test).sum() < 2:
-            raise MicroferError("OOD threshold: every subject left out must leave at least 2 training rows")
-        out[test] = RelativeMahalanobis.fit(X[~test], np.asarray(y)[~test]).score(X[test])
+        if (~test).sum() >= 2:
+            out[test] = RelativeMahalanobis.fit(X[~test], np.asarray(y)[~test]).score(X[test])
     return out
 
 
@@ -169,7 +168,10 @@ def fit_ood(X: np.ndarray, y: np.ndarray, groups: np.ndarray, percentile: float 
     if len(np.unique(groups)) < 2:
         raise MicroferError(f"OOD threshold: needs at least 2 groups ({held_out}s; each is left out once)")
     model = RelativeMahalanobis.fit(X, y)
-    model.threshold = float(np.percentile(held_out_scores(X, y, groups), percentile))
+    scores = held_out_scores(X, y, groups)
+    if np.isnan(scores).all():
+        raise MicroferError(f"OOD threshold: no {held_out} can be left out with 2 or more training rows remaining")
+    model.threshold = float(np.nanpercentile(scores, percentile))
     model.percentile = float(percentile)
     model.held_out = held_out
     return model

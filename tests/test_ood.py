@@ -112,3 +112,13 @@ def test_auroc_counts_refused_inputs_as_rejected_and_ties_as_half():
     table = {t["inputs"]: t for t in summarise(rows, threshold=1.0)}
     assert table["in distribution"]["rejected"] == 0.5
     assert table["noise"] == {"inputs": "noise", "n": 2, "auroc": 1.0, "rejected": 1.0, "no_face": 1}
+
+
+def test_threshold_with_a_subject_too_big_to_leave_out():
+    """Two subjects, one holding all but one row: leaving it out leaves 1 row, so only the
+    other subject's scores set the threshold (no error, no NaN)."""
+    X, y, _, _, _ = _data(subjects=2)
+    groups = np.array(["big"] * (len(X) - 1) + ["small"])
+    model = fit_ood(X, y, groups)
+    assert np.isfinite(model.threshold)
+    assert model.threshold == pytest.approx(held_out_scores(X, y, groups)[-1])
