@@ -73,7 +73,18 @@ def list_image_files(folder) -> list[Path]:
 
 
 def is_image_bundle(bundle) -> bool:
-    return bundle.config.get("input") == INPUT_KIND
+    """A loaded Bundle, or a bundle folder: then only its bundle.json is peeked at (unverified:
+    the predictor chosen by it loads and verifies the bundle; anything unreadable is "not images"
+    and left to that loader's errors)."""
+    if hasattr(bundle, "config"):
+        return bundle.config.get("input") == INPUT_KIND
+    import json
+
+    try:
+        doc = json.loads((Path(bundle) / "bundle.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("input") == INPUT_KIND
 
 
 @dataclass

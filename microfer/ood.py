@@ -96,6 +96,7 @@ class RelativeMahalanobis:
     background: Gaussian
     threshold: float = float("inf")
     percentile: float = DEFAULT_PERCENTILE
+    held_out: str = "subject"  # what was left out to score the training rows for the threshold
 
     @classmethod
     def fit(cls, X: np.ndarray, y: np.ndarray) -> "RelativeMahalanobis":
@@ -134,7 +135,8 @@ class RelativeMahalanobis:
     def config(self) -> dict:
         """What bundle.json records (the floors and threshold are scalars, readable there)."""
         return {"method": METHOD, "threshold": float(self.threshold), "percentile": float(self.percentile),
-                "threshold_from": "scores of each training subject left out of the fit",
+                "threshold_from": f"scores of each training {self.held_out} left out of the fit",
+                "held_out": self.held_out,
                 "floor": float(self.shared.floor)}
 
     @classmethod
@@ -144,27 +146,32 @@ class RelativeMahalanobis:
                    shared=Gaussian(a["class_basis"], a["class_eigvals"], float(config["floor"])),
                    background_mean=a["background_mean"],
                    background=Gaussian(a["background_basis"], a["background_eigvals"], float(config["floor"])),
-                   threshold=float(config["threshold"]), percentile=float(config["percentile"]))
+                   threshold=float(config["threshold"]), percentile=float(config["percentile"]),
+                   held_out=str(config.get("held_out", "subject")))
 
 
 def held_out_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Each row's score from a fit on the OTHER groups (subjects): what a new person scores."""
     groups = np.asarray(groups)
-    out = np.empty(len(X))
+    out = np.full(len(X), np.nan)  # NaN: a group whose absence leaves fewer than 2 rows to fit on
     for g in np.unique(groups):
         test = groups == g
-        if (~test).sum() < 2:
-            raise MicroferError("OOD threshold: every subject left out must leave at least 2 training rows")
-        out[test] = RelativeMahalanobis.fit(X[~test], np.asarray(y)[~test]).score(X[test])
+        if (~test).sum() >= 2:
+            out[test] = RelativeMahalanobis.fit(X[~test], np.asarray(y)[~test]).score(X[test])
     return out
 
 
-def fit_ood(X: np.ndarray, y: np.ndarray, groups: np.ndarray,
-            percentile: float = DEFAULT_PERCENTILE) -> RelativeMahalanobis:
-    """The score fitted on all rows, its threshold from leave-one-subject-out scores (see module doc)."""
+def fit_ood(X: np.ndarray, y: np.ndarray, groups: np.ndarray, percentile: float = DEFAULT_PERCENTILE,
+            held_out: str = "subject") -> RelativeMahalanobis:
+    """The score fitted on all rows, its threshold from leave-one-group-out scores (see module doc);
+    `held_out` names what a group is, for bundle.json (subjects; random folds where there are none)."""
     if len(np.unique(groups)) < 2:
-        raise MicroferError("OOD threshold: needs at least 2 subjects (each is left out once)")
+        raise MicroferError(f"OOD threshold: needs at least 2 groups ({held_out}s; each is left out once)")
     model = RelativeMahalanobis.fit(X, y)
-    model.threshold = float(np.percentile(held_out_scores(X, y, groups), percentile))
+    scores = held_out_scores(X, y, groups)
+    if np.isnan(scores).all():
+        raise MicroferError(f"OOD threshold: no {held_out} can be left out with 2 or more training rows remaining")
+    model.threshold = float(np.nanpercentile(scores, percentile))
     model.percentile = float(percentile)
+    model.held_out = held_out
     return model

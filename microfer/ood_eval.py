@@ -2,6 +2,7 @@
 should refuse: AUROC per kind of OOD input and the share rejected at the bundle's threshold.
 
     python -m microfer.ood_eval --model BUNDLE --out DIR [--clips N] [--cgi Megamind.avi]
+    python -m microfer.ood_eval --model IMAGE_BUNDLE --images FER2013 --out DIR [--clips N] [--cgi ...]
 
 In distribution: synthetic clips of identities the bundle never saw (`microfer synth --layout
 video`, a seed and identity offset of their own) -- new people, the same kind of clip.
@@ -9,8 +10,9 @@ Out of distribution, made from those same clips so that only the property under 
 changes: upside down, rotated 90 degrees, each frame's background replaced by fresh noise
 around the face, strong sensor noise (sigma 40 grey levels), and a CGI face video when given
 (cut into 30-frame segments, each a clip).
-An input `predict` refuses (no face found) counts as rejected: its score is +inf. Writes
-ood_eval.json, ood_eval.md (the table) and ood_scores.png.
+An input `predict` refuses (no face found) counts as rejected: its score is +inf. Image
+bundles get their own inputs (`image_jobs`). Writes ood_eval.json, ood_eval.md (the table)
+and ood_scores.png.
 """
 from __future__ import annotations
 
@@ -72,8 +74,10 @@ def _frames(path: Path) -> list[np.ndarray]:
 
 
 def score_input(predictor, clip, kind: str, name: str) -> Scored:
+    from microfer.images import ImagePredictor
+
     try:
-        p = predictor.predict(clip)
+        p = predictor.predict(clip, name=name) if isinstance(predictor, ImagePredictor) else predictor.predict(clip)
     except MicroferError as exc:
         return Scored(kind, name, float("inf"), str(exc).splitlines()[0])
     if p.ood_score is None:
@@ -89,7 +93,7 @@ def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
 
 def summarise(rows: list[Scored], threshold: float) -> list[dict]:
     ind = np.array([r.score for r in rows if r.kind == "in distribution"])
-    table = [{"inputs": "in distribution (new synthetic identities)", "n": int(ind.size), "auroc": None,
+    table = [{"inputs": "in distribution", "n": int(ind.size), "auroc": None,
               "rejected": float(np.mean(ind > threshold))}]
     for kind in dict.fromkeys(r.kind for r in rows if r.kind != "in distribution"):
         out = np.array([r.score for r in rows if r.kind == kind])
@@ -118,33 +122,25 @@ def plot(rows: list[Scored], threshold: float, path: Path) -> None:
     kinds = list(dict.fromkeys(r.kind for r in rows))
     finite = [r.score for r in rows if np.isfinite(r.score)]
     top = max(finite + [threshold]) * 1.15 if finite else threshold + 1
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.55 * len(kinds)))
+    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.55 * len(kinds)))
     for i, kind in enumerate(kinds):
         s = np.array([r.score for r in rows if r.kind == kind])
         ax.scatter(np.where(np.isfinite(s), s, top), np.full(s.size, i), marker="|", s=200,
                    color=["tab:red" if not np.isfinite(v) else "tab:blue" for v in s])
     ax.axvline(threshold, color="k", ls="--", label="threshold")
+    ax.set_xscale("symlog", linthresh=max(1.0, abs(threshold)))  # far inputs score 1000x the threshold
     ax.set_yticks(range(len(kinds)), kinds)
-    ax.set_xlabel("relative Mahalanobis score (red, at the right: no face found)")
+    ax.set_xlabel("relative Mahalanobis score, symlog (red, right: no face found)")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def run(model: Path, out: Path, n_clips: int = 9, cgi: Optional[Path] = None, seed: int = 4242,
-        extra: Sequence[Path] = ()) -> list[dict]:
-    """`extra`: more in-distribution clips (e.g. the demo's held-out videos); OOD copies are made of them too."""
-    from tqdm import tqdm
-
-    from microfer._io import write_json, write_text
-    from microfer.predict import Predictor
+def clip_jobs(out: Path, n_clips: int, cgi: Optional[Path], seed: int, extra: Sequence[Path]) -> list:
+    """(kind, name, make input) for a clip bundle (see the module docstring)."""
     from microfer.synth import generate
 
-    out = Path(out)
-    predictor = Predictor(model)
-    if predictor.bundle.ood is None:
-        raise MicroferError(f"{model}: the bundle has no OOD score (trained before it existed); retrain it")
     made = generate("video", out / "clips", subjects=max(1, n_clips // 3), clips_per_subject=3, seed=seed,
                     identity_offset=131, progress=False)
     clips = sorted((made.root / "clips").glob("*.mp4"))[:n_clips] + [Path(c) for c in extra]
@@ -157,9 +153,59 @@ def run(model: Path, out: Path, n_clips: int = 9, cgi: Optional[Path] = None, se
         jobs += [(f"CGI face ({Path(cgi).name}, {CGI_SEGMENT}-frame segments)", f"{Path(cgi).name}@{i}",
                   lambda i=i: frames[i:i + CGI_SEGMENT])
                  for i in range(0, len(frames) - CGI_SEGMENT + 1, CGI_SEGMENT)]
+    return jobs
+
+
+def image_jobs(images: Path, n: int, cgi: Optional[Path], seed: int) -> list:
+    """(kind, name, make input) for an image bundle: `n` test images of a FER-layout folder
+    (ROOT/test/<emotion>/*) in distribution; the same upside down and rotated, 48-px uniform
+    noise images (FER's size: taken whole as face crops, so they reach the score), and every
+    10th frame of the CGI video."""
+    import cv2
+
+    from microfer.models.macro_data import list_images
+    from microfer.video import read_image
+
+    files = list_images(Path(images) / "test", "ROOT/test/<emotion>/*.jpg")
+    files = [files[i] for i in np.linspace(0, len(files) - 1, min(n, len(files))).astype(int)]
+    rng = np.random.default_rng(seed)
+    jobs = [("in distribution", f.name, lambda f=f: read_image(f)) for f in files]
+    jobs += [("upside down", f.name, lambda f=f: cv2.flip(read_image(f), 0)) for f in files]
+    jobs += [("rotated 90 degrees", f.name, lambda f=f: cv2.rotate(read_image(f), cv2.ROTATE_90_CLOCKWISE))
+             for f in files]
+    jobs += [("uniform noise, 48 px", f"noise{i}", lambda: rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+             for i in range(n)]
+    if cgi is not None:
+        frames = _frames(Path(cgi))
+        jobs += [(f"CGI face ({Path(cgi).name}, every 10th frame)", f"{Path(cgi).name}@{i}",
+                  lambda i=i: frames[i]) for i in range(0, len(frames), 10)]
+    return jobs
+
+
+def run(model: Path, out: Path, n_clips: int = 9, cgi: Optional[Path] = None, seed: int = 4242,
+        extra: Sequence[Path] = (), images: Optional[Path] = None) -> list[dict]:
+    """`extra`: more in-distribution clips (e.g. the demo's held-out videos); OOD copies are made of them too.
+    An image bundle needs `images` (a FER-layout folder); `n_clips` test images of it are used."""
+    from tqdm import tqdm
+
+    from microfer._io import write_json, write_text
+    from microfer.bundle import load_bundle
+    from microfer.images import ImagePredictor, is_image_bundle
+    from microfer.predict import Predictor
+
+    out = Path(out)
+    bundle = load_bundle(model)
+    if bundle.ood is None:
+        raise MicroferError(f"{model}: the bundle has no OOD score (trained before it existed); retrain it")
+    if is_image_bundle(bundle):
+        if images is None:
+            raise MicroferError(f"{model}: an image bundle; give --images (a FER-layout folder) for its inputs")
+        predictor, jobs = ImagePredictor(bundle), image_jobs(images, n_clips, cgi, seed)
+    else:
+        predictor, jobs = Predictor(bundle), clip_jobs(out, n_clips, cgi, seed, extra)
     rows = [score_input(predictor, make(), kind, name)
-            for kind, name, make in tqdm(jobs, desc="ood inputs", unit="clip", disable=None)]
-    threshold = predictor.bundle.ood.threshold
+            for kind, name, make in tqdm(jobs, desc="ood inputs", unit="input", disable=None)]
+    threshold = bundle.ood.threshold
     table = summarise(rows, threshold)
     write_json(out / "ood_eval.json", {"bundle": str(model), "threshold": threshold, "table": table,
                                        "inputs": [{**asdict(r), "score": r.score if np.isfinite(r.score)
@@ -173,12 +219,13 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m microfer.ood_eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, required=True, help="bundle folder from `microfer train`")
     ap.add_argument("--out", type=Path, required=True, help="folder for the clips, table and plot")
-    ap.add_argument("--clips", type=int, default=9, help="in-distribution clips (each also made OOD)")
+    ap.add_argument("--clips", type=int, default=9, help="in-distribution clips or images (each also made OOD)")
+    ap.add_argument("--images", type=Path, default=None, help="image bundles: a FER-layout folder (its test split)")
     ap.add_argument("--cgi", type=Path, default=None, help="a CGI face video (e.g. Megamind.avi)")
     ap.add_argument("--extra", type=Path, nargs="*", default=[],
                     help="more in-distribution clips, e.g. microfer-demo/heldout/clips/*.mp4")
     args = ap.parse_args(argv)
-    run(args.model, args.out, n_clips=args.clips, cgi=args.cgi, extra=args.extra)
+    run(args.model, args.out, n_clips=args.clips, cgi=args.cgi, extra=args.extra, images=args.images)
     print((args.out / "ood_eval.md").read_text(encoding="utf-8"), end="")
 
 

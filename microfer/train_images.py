@@ -5,8 +5,8 @@
 Training images: FER-2013's train split (ROOT/train/<emotion>/*), at most `per_class` per
 emotion drawn with a fixed seed (a few thousand images keep the SVM cheap on a CPU). Each
 goes through the same face finder as `predict` (`microfer.images.image_face`). The network
-is frozen; only the SVM (and its settings, chosen by inner cross-validation on the training
-images) is fitted. FER-2013 names no subjects, so the inner folds and the OOD threshold's
+is frozen; the layer it is read at (`IMAGE_LAYERS`) and the SVM's settings are chosen by
+inner cross-validation on the training images, then the SVM is fitted on all of them. FER-2013 names no subjects, so the inner folds and the OOD threshold's
 held-out folds are random folds of images (fixed seed) -- a person may sit on both sides,
 which makes the threshold a little low (more in-distribution images flagged), not high.
 
@@ -27,6 +27,9 @@ import numpy as np
 from microfer.errors import MicroferError
 
 DEFAULT_PER_CLASS = 600
+# (layer, pooling) of the trunk offered to the inner folds: the pretrained head's own input,
+# and the 2x2 grid of the stage before (where a face's regions are still apart)
+IMAGE_LAYERS = (("final", "avg"), ("stage4", "grid2"), ("final", "grid2"))
 INNER_FOLDS = 3
 # rbf only: a linear kernel in libsvm converges slowly on these overlapping classes (minutes
 # per fit); the inner folds choose C
@@ -56,6 +59,7 @@ class ImageTrainResult:
     params: dict[str, Any]
     inner_score: float
     test: dict[str, dict]
+    features: str = ""
 
 
 def _labelled_files(base: Path, expected: str) -> tuple[list[Path], list[str]]:
@@ -148,16 +152,20 @@ def train_image_bundle(images, out, test_by_subject=None, per_class: int = DEFAU
     classes = sorted(set(train.labels))
     if len(classes) < 2:
         raise MicroferError(f"{images / 'train'}: images of at least 2 emotions are needed, found {classes}")
-    setting = FeatureSetting(variant="mobilevit_xxs", representation="apex", layer="final", pool="avg",
-                             input_size=FACE_SIZE, block_weights=str(default_weights()))
-    model = FeatureModel(setting, batch_size=256, num_threads=num_threads)
-    X = _features(model, train.faces)
+    settings = [FeatureSetting(variant="mobilevit_xxs", representation="apex", layer=layer, pool=pool,
+                               input_size=FACE_SIZE, block_weights=str(default_weights()))
+                for layer, pool in IMAGE_LAYERS]
     y = np.array([classes.index(lab) for lab in train.labels], np.int64)
     folds = np.random.default_rng(seed).permutation(len(y)) % INNER_FOLDS  # no subjects in FER: random folds
-    choice = select_and_fit({setting.name: X}, y, folds, np.arange(len(y)), inner_splits=INNER_FOLDS,
+    candidates = {fs.name: _features(FeatureModel(fs, batch_size=256, num_threads=num_threads), train.faces)
+                  for fs in settings}
+    choice = select_and_fit(candidates, y, folds, np.arange(len(y)), inner_splits=INNER_FOLDS,
                             param_grid=IMAGE_PARAM_GRID, n_classes=len(classes))
+    setting = {fs.name: fs for fs in settings}[choice.feature_name]
+    model = FeatureModel(setting, batch_size=256, num_threads=num_threads)
+    X = candidates[choice.feature_name]
     svm = ArraySVM.from_pipeline(choice.model)
-    ood = fit_ood(X, y, folds)
+    ood = fit_ood(X, y, folds, held_out="random fold of images (FER-2013 names no subjects)")
 
     tests = {}
     test_sets = [(f"{images.name}/test", *_labelled_files(images / "test", "ROOT/test/<emotion>/*.jpg"))]
@@ -181,7 +189,8 @@ def train_image_bundle(images, out, test_by_subject=None, per_class: int = DEFAU
                             "96 px without a detected face are taken whole (dataset face crops)"},
         "features": feature_config(setting),
         "svm": {**choice.params, "inner_uf1": round(float(choice.inner_score), 4),
-                "inner_folds": f"{INNER_FOLDS} random folds of the training images (seed {seed})"},
+                "inner_folds": f"{INNER_FOLDS} random folds of the training images (seed {seed})",
+                "inner_uf1_by_candidate": {k: [round(v, 4) for v in vs] for k, vs in choice.scores.items()}},
         "data": {"training": str(images / "train"), "per_class_cap": per_class, "seed": seed,
                  "n_train": int(len(y)), "class_counts": counts,
                  "no_face_found_taken_whole": int((~train.aligned).sum()), "unreadable": len(train.skipped),
@@ -193,4 +202,4 @@ def train_image_bundle(images, out, test_by_subject=None, per_class: int = DEFAU
     onnx = model.export_onnx(FACE_SIZE)
     path = save_bundle(out, network_state=model.state_dict(), classifier=svm, config=config, onnx=onnx, ood=ood)
     return ImageTrainResult(bundle=path, n_train=int(len(y)), class_counts=counts, params=dict(choice.params),
-                            inner_score=float(choice.inner_score), test=tests)
+                            inner_score=float(choice.inner_score), test=tests, features=setting.name)

@@ -133,3 +133,19 @@ def test_image_input_errors_are_one_line(image_bundle, tmp_path, capsys):
             main(args)
         err = capsys.readouterr().err.strip().splitlines()
         assert exc.value.code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_the_readme_one_liner_imports_no_torch(image_bundle, fer_like):
+    """`predict_images(...)` with an image bundle runs its network in onnxruntime."""
+    import subprocess
+    import sys
+
+    one = sorted((fer_like / "test" / "happy").glob("*.jpg"))[0]
+    code = ("import json, sys\nfrom microfer.images import predict_images\n"
+            "label = predict_images(sys.argv[1], model=sys.argv[2])[0].label\n"
+            "print(json.dumps([label, [m for m in ('torch', 'timm') if m in sys.modules]]))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(one), str(image_bundle.bundle)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    label, heavy = json.loads(out.stdout.strip().splitlines()[-1])
+    assert label in ("happy", "sadness") and heavy == []

@@ -60,7 +60,7 @@ def test_arrays_round_trip_gives_the_same_scores():
     again = RelativeMahalanobis.from_arrays(model.arrays(), json.loads(json.dumps(model.config())))
     Q = rng.normal(size=(7, X.shape[1]))
     np.testing.assert_allclose(again.score(Q), model.score(Q))
-    assert again.threshold == model.threshold
+    assert again.threshold == model.threshold and again.config() == model.config()
 
 
 def _bundle(tmp_path, with_ood=True):
@@ -100,3 +100,25 @@ def test_bundle_without_ood_still_loads_and_overwrite_drops_a_stale_file(tmp_pat
     assert not (path / OOD_FILE).exists()
     b = load_bundle(path)
     assert b.ood is None and "ood" not in b.config
+
+
+def test_auroc_counts_refused_inputs_as_rejected_and_ties_as_half():
+    from microfer.ood_eval import Scored, summarise
+
+    assert auroc(np.array([0.0, 1.0]), np.array([2.0, np.inf])) == 1.0
+    assert auroc(np.array([1.0]), np.array([1.0])) == 0.5
+    rows = [Scored("in distribution", "a", 0.0), Scored("in distribution", "b", 2.0),
+            Scored("noise", "c", 3.0), Scored("noise", "d", float("inf"), "no face found")]
+    table = {t["inputs"]: t for t in summarise(rows, threshold=1.0)}
+    assert table["in distribution"]["rejected"] == 0.5
+    assert table["noise"] == {"inputs": "noise", "n": 2, "auroc": 1.0, "rejected": 1.0, "no_face": 1}
+
+
+def test_threshold_with_a_subject_too_big_to_leave_out():
+    """Two subjects, one holding all but one row: leaving it out leaves 1 row, so only the
+    other subject's scores set the threshold (no error, no NaN)."""
+    X, y, _, _, _ = _data(subjects=2)
+    groups = np.array(["big"] * (len(X) - 1) + ["small"])
+    model = fit_ood(X, y, groups)
+    assert np.isfinite(model.threshold)
+    assert model.threshold == pytest.approx(held_out_scores(X, y, groups)[-1])

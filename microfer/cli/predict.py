@@ -59,12 +59,10 @@ def train_cmd(protocol, cache, manifest, out, grid, features, seed, weights, thr
 def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, explain):
     """Emotion of one CLIP (a video file or a folder of frames) with a clip bundle, or of a face
     image (or every image in a folder) with an image bundle."""
-    from microfer.bundle import load_bundle
     from microfer.errors import MicroferError
     from microfer.images import is_image_bundle
 
-    bundle = load_bundle(model)
-    if is_image_bundle(bundle):
+    if is_image_bundle(model):
         from microfer.images import ImagePredictor, predict_images
 
         given = [n for n, v in (("--onset", onset), ("--apex", apex), ("--offset", offset), ("--explain", explain))
@@ -72,7 +70,7 @@ def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, exp
         if given:
             raise MicroferError(f"{model}: an image bundle predicts single images; {', '.join(given)} "
                                 f"belong to clips")
-        results = predict_images(clip, ImagePredictor(bundle, num_threads=threads, runtime=runtime))
+        results = predict_images(clip, ImagePredictor(model, num_threads=threads, runtime=runtime))
         if as_json:
             docs = [r.to_dict() for r in results]
             click.echo(json.dumps(docs[0] if clip.is_file() else docs, indent=2))
@@ -82,11 +80,11 @@ def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, exp
     from microfer.predict import Predictor
     from microfer.video import IMAGE_EXTENSIONS
 
+    predictor = Predictor(model, num_threads=threads, runtime=runtime)
     if clip.is_file() and clip.suffix.lower() in IMAGE_EXTENSIONS:
         raise MicroferError(f"{clip}: a single image; {model} is a clip bundle (video or frame folder in); "
                             f"images need an image bundle from `microfer train-images`")
-    result = Predictor(bundle, num_threads=threads, runtime=runtime).predict(clip, onset=onset, apex=apex,
-                                                                             offset=offset, explain=explain)
+    result = predictor.predict(clip, onset=onset, apex=apex, offset=offset, explain=explain)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.text())
 
 
@@ -113,7 +111,7 @@ def train_images_cmd(images, out, test_by_subject, per_class, seed, threads, qui
     r = train_image_bundle(images, out, test_by_subject=test_by_subject, per_class=per_class, seed=seed,
                            num_threads=threads, progress=not quiet, command=command)
     click.echo(f"trained on {r.n_train} images ({', '.join(f'{k} {v}' for k, v in r.class_counts.items())})")
-    click.echo(f"SVM chosen by inner cross-validation: {r.params} (inner macro F1 {r.inner_score:.3f})")
+    click.echo(f"chosen by inner cross-validation: {r.features}, SVM {r.params} (inner macro F1 {r.inner_score:.3f})")
     for name, m in r.test.items():
         click.echo(f"test {name}: {m['n']} images, accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}"
                    f" (argmax over its own labels: {m['accuracy_own_labels']:.3f} / {m['macro_f1_own_labels']:.3f})"

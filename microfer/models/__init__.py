@@ -51,8 +51,23 @@ def _mobilevit_factory(variant: str):
     return factory
 
 
-for _variant in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s"):
+for _variant in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050"):
     register_model(_variant)(_mobilevit_factory(_variant))
+
+
+def _vit_factory(variant: str):
+    def factory(**kwargs):
+        from microfer.models.vit import ViTExtractor
+
+        return ViTExtractor(variant=variant, **kwargs)
+
+    factory.__name__ = variant
+    return factory
+
+
+# timm ViTs, randomly initialised (microfer/models/vit.py); names as timm spells them
+for _variant in ("vit_tiny_patch16_224", "vit_small_patch16_224"):
+    register_model(_variant)(_vit_factory(_variant))
 
 
 def _descriptor_factory(name: str):
