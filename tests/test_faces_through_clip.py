@@ -181,11 +181,7 @@ def _main(args, monkeypatch, capsys):
     import microfer.predict
     from microfer.cli import main
 
-    import microfer.bundle
-
     monkeypatch.setattr(microfer.predict, "Predictor", _StubPredictor)
-    # the command reads the bundle first (clip or image bundle?): a clip bundle's, loading nothing
-    monkeypatch.setattr(microfer.bundle, "load_bundle", lambda path: types.SimpleNamespace(config={}))
     monkeypatch.setattr(sys, "argv", ["microfer", *args])
     with pytest.raises(SystemExit) as exc:
         main()
