@@ -88,16 +88,21 @@ class SignalSettings:
 
 @dataclass(frozen=True)
 class PeakSettings:
-    threshold: float = 8.0        # peak height, in robust noise units of the video's curve
+    """Stage 2's parameters. `microfer spot-eval` chooses threshold, blink_ratio, low, merge and
+    talk_peaks on the training subjects of each fold; these defaults (for `microfer spot`) are
+    what most folds chose on the synthetic sets (CAS(ME)^2: 15 / 1.0 / 0.15 / 0.2 / off;
+    SAMM-LV: 12 / 1.25 / 0.1 / 0.2 / 4; see README "Spotting long videos")."""
+
+    threshold: float = 14.0       # peak height, in robust noise units of the video's curve
     low: float = 0.15             # onset/offset: where the curve falls below this fraction of the peak
     micro_max_s: float = MICRO_MAX_S  # spotted duration at most this -> micro, else macro
     min_s: float = 0.1            # shorter spotted intervals are noise
     max_head: float = 0.05        # head travel (eye distances) within an interval: a head movement
-    blink_ratio: float = 1.5      # eye band peak above this x the interval's peak: a blink
-    merge: float = 0.5            # neighbouring peaks whose dip stays above this x the lower: one expression
+    blink_ratio: float = 1.25     # eye band peak above this x the interval's peak: a blink
+    merge: float = 0.2            # neighbouring peaks whose dip stays above this x the lower: one expression
     burst: int = 3                # this many micro intervals in a row, gaps < burst_gap_s: talking / chewing
     burst_gap_s: float = 0.3
-    talk_peaks: int = 0           # an interval whose mouth curve rises and falls this often: talking (0: off)
+    talk_peaks: int = 4           # an interval whose mouth curve rises and falls this often: talking (0: off)
     smooth_s: float = 0.03        # Gaussian smoothing of the curve, seconds
 
 
@@ -525,10 +530,12 @@ class SpotResult:
     realigned: list[int]
     signal: MotionSignal
     settings: dict
+    rejected: list = field(default_factory=list)  # (interval, why): peaks that were not expressions
 
     def to_dict(self) -> dict:
         return {"video": self.path, "fps": self.fps, "n_frames": self.n_frames,
                 "intervals": [iv.to_dict() for iv in self.intervals],
+                "rejected": [dict(iv.to_dict(), reason=why) for iv, why in self.rejected],
                 "face_lost": [list(r) for r in self.lost], "realigned": self.realigned, "settings": self.settings}
 
 
@@ -563,7 +570,7 @@ def spot_video(path, fps: Optional[float] = None, signal_settings: SignalSetting
     intervals = spot_intervals(signal, peaks, rejected=rejected)
     return SpotResult(path=str(path), fps=fps, n_frames=len(signal.numbers), intervals=intervals,
                       lost=signal.lost_ranges(), realigned=signal.realigned, signal=signal,
-                      settings={"signal": asdict(signal_settings), "peaks": asdict(peaks)})
+                      settings={"signal": asdict(signal_settings), "peaks": asdict(peaks)}, rejected=rejected)
 
 
 def recognise_micro(intervals: Sequence[SpottedInterval], source, predictor) -> list[tuple[SpottedInterval, str]]:
