@@ -128,7 +128,7 @@ class MotionSignal:
 
     def lost_ranges(self) -> list[tuple[int, int]]:
         """(first, last) frame numbers of each run of frames without a usable face."""
-        return [(int(self.numbers[a]), int(self.numbers[b - 1])) for a, b in _runs(~self.face)]
+        return [(int(self.numbers[a]), int(self.numbers[b - 1])) for a, b in runs_of(~self.face)]
 
     def save(self, path: Path) -> None:
         from microfer._io import atomic_path
@@ -160,7 +160,7 @@ class SpottedInterval:
         return asdict(self)
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+def runs_of(mask: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) index runs where `mask` is True."""
     m = np.concatenate([[False], np.asarray(mask, bool), [False]])
     edges = np.flatnonzero(m[1:] != m[:-1])
@@ -397,7 +397,7 @@ def _smooth_runs(curve: np.ndarray, sigma: float) -> np.ndarray:
 
     curve = curve.copy()
     if sigma >= 0.5:
-        for a, b in _runs(~np.isnan(curve)):
+        for a, b in runs_of(~np.isnan(curve)):
             curve[a:b] = gaussian_filter1d(curve[a:b], sigma, mode="nearest")
     return curve
 
@@ -416,7 +416,7 @@ def spot_intervals(signal: MotionSignal, peaks: PeakSettings = PeakSettings(),
     face = ~np.isnan(curve)
     out: list[SpottedInterval] = []
     dropped = [] if rejected is None else rejected
-    for a, b in _runs(face):
+    for a, b in runs_of(face):
         run = curve[a:b]
         if len(run) < 3:
             continue

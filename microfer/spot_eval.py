@@ -139,11 +139,11 @@ def summarize(per_type: dict[str, Counts]) -> dict:
 
 def threshold_baseline(signal: MotionSignal, threshold: float, micro_max_s: float) -> list[SpottedInterval]:
     """Trivial baseline: every run of frames whose curve is above a fixed threshold is an interval."""
-    from microfer.spot import _runs
+    from microfer.spot import runs_of
 
     curve = spot_curves(signal)[0]
     out = []
-    for a, b in _runs(np.nan_to_num(curve, nan=-np.inf) > threshold):
+    for a, b in runs_of(np.nan_to_num(curve, nan=-np.inf) > threshold):
         kind = "micro" if (b - a) / signal.fps <= micro_max_s else "macro"
         apex = a + int(np.argmax(curve[a:b]))
         out.append(SpottedInterval(int(signal.numbers[a]), int(signal.numbers[apex]), int(signal.numbers[b - 1]),
