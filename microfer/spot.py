@@ -89,9 +89,11 @@ class SignalSettings:
 @dataclass(frozen=True)
 class PeakSettings:
     """Stage 2's parameters. `microfer spot-eval` chooses threshold, blink_ratio, low, merge and
-    talk_peaks on the training subjects of each fold; these defaults (for `microfer spot`) are
-    what most folds chose on the synthetic sets (CAS(ME)^2: 15 / 1.0 / 0.15 / 0.2 / off;
-    SAMM-LV: 12 / 1.25 / 0.1 / 0.2 / 4; see README "Spotting long videos")."""
+    talk_peaks on the training subjects of each fold; these defaults (for `microfer spot`) lie
+    between what the folds chose on the synthetic sets (CAS(ME)^2: 15 / 1.0 / 0.15 / 0.2 / off;
+    SAMM-LV: 12 / 1.25 / 0.1 / 0.2 / 4 in 7 of 10 folds; see README "Spotting long videos").
+    The talking rule is off by default: on a video without talking it can drop a long
+    expression whose mouth rises in steps (seen on a synthetic CAS(ME)^2 video)."""
 
     threshold: float = 14.0       # peak height, in robust noise units of the video's curve
     low: float = 0.15             # onset/offset: where the curve falls below this fraction of the peak
@@ -102,7 +104,7 @@ class PeakSettings:
     merge: float = 0.2            # neighbouring peaks whose dip stays above this x the lower: one expression
     burst: int = 3                # this many micro intervals in a row, gaps < burst_gap_s: talking / chewing
     burst_gap_s: float = 0.3
-    talk_peaks: int = 4           # an interval whose mouth curve rises and falls this often: talking (0: off)
+    talk_peaks: int = 0           # an interval whose mouth curve rises and falls this often: talking (0: off)
     smooth_s: float = 0.03        # Gaussian smoothing of the curve, seconds
 
 
