@@ -29,13 +29,13 @@ def write_bench_video(path: Path, n_frames: int, seed: int = 0, size: tuple[int,
     import numpy as np
 
     from microfer.synth.faces import load_identities
-    from microfer.synth.long_videos import SPECS, _events, head_path, plan_video
+    from microfer.synth.long_videos import SPECS, render_events, head_path, plan_video
     from microfer.synth.motion import iter_frames
 
     spec = SPECS["casme_sq"]
     plan = plan_video("casme_sq", "s15", "1", 0, "s15/15_0401girlcrashing", "clips", 4, seed, spec.emotions)
     identity = load_identities(1, frame_size=size, face_width=spec.face_width, seed=seed)[0]
-    events, _ = _events(plan, np.random.default_rng([plan.seed, 3]))
+    events, _ = render_events(plan, np.random.default_rng([plan.seed, 3]))
     head = head_path(plan, np.random.default_rng([plan.seed, 4]))
     loop = [f for f, _ in zip(iter_frames(identity, events, plan.n_frames, np.random.default_rng(seed),
                                           head=head), range(LOOP))]

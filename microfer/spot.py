@@ -88,13 +88,20 @@ class SignalSettings:
 
 @dataclass(frozen=True)
 class PeakSettings:
-    threshold: float = 8.0        # peak height, in robust noise units of the video's curve
+    """Stage 2's parameters. `microfer spot-eval` chooses threshold, blink_ratio, low, merge and
+    talk_peaks on the training subjects of each fold; these defaults (for `microfer spot`) lie
+    between what the folds chose on the synthetic sets (CAS(ME)^2: 15 / 1.0 / 0.15 / 0.2 / off;
+    SAMM-LV: 12 / 1.25 / 0.1 / 0.2 / 4 in 7 of 10 folds; see README "Spotting long videos").
+    The talking rule is off by default: on a video without talking it can drop a long
+    expression whose mouth rises in steps (seen on a synthetic CAS(ME)^2 video)."""
+
+    threshold: float = 14.0       # peak height, in robust noise units of the video's curve
     low: float = 0.15             # onset/offset: where the curve falls below this fraction of the peak
     micro_max_s: float = MICRO_MAX_S  # spotted duration at most this -> micro, else macro
     min_s: float = 0.1            # shorter spotted intervals are noise
     max_head: float = 0.05        # head travel (eye distances) within an interval: a head movement
-    blink_ratio: float = 1.5      # eye band peak above this x the interval's peak: a blink
-    merge: float = 0.5            # neighbouring peaks whose dip stays above this x the lower: one expression
+    blink_ratio: float = 1.25     # eye band peak above this x the interval's peak: a blink
+    merge: float = 0.2            # neighbouring peaks whose dip stays above this x the lower: one expression
     burst: int = 3                # this many micro intervals in a row, gaps < burst_gap_s: talking / chewing
     burst_gap_s: float = 0.3
     talk_peaks: int = 0           # an interval whose mouth curve rises and falls this often: talking (0: off)
@@ -123,7 +130,7 @@ class MotionSignal:
 
     def lost_ranges(self) -> list[tuple[int, int]]:
         """(first, last) frame numbers of each run of frames without a usable face."""
-        return [(int(self.numbers[a]), int(self.numbers[b - 1])) for a, b in _runs(~self.face)]
+        return [(int(self.numbers[a]), int(self.numbers[b - 1])) for a, b in runs_of(~self.face)]
 
     def save(self, path: Path) -> None:
         from microfer._io import atomic_path
@@ -155,7 +162,7 @@ class SpottedInterval:
         return asdict(self)
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+def runs_of(mask: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) index runs where `mask` is True."""
     m = np.concatenate([[False], np.asarray(mask, bool), [False]])
     edges = np.flatnonzero(m[1:] != m[:-1])
@@ -392,7 +399,7 @@ def _smooth_runs(curve: np.ndarray, sigma: float) -> np.ndarray:
 
     curve = curve.copy()
     if sigma >= 0.5:
-        for a, b in _runs(~np.isnan(curve)):
+        for a, b in runs_of(~np.isnan(curve)):
             curve[a:b] = gaussian_filter1d(curve[a:b], sigma, mode="nearest")
     return curve
 
@@ -411,7 +418,7 @@ def spot_intervals(signal: MotionSignal, peaks: PeakSettings = PeakSettings(),
     face = ~np.isnan(curve)
     out: list[SpottedInterval] = []
     dropped = [] if rejected is None else rejected
-    for a, b in _runs(face):
+    for a, b in runs_of(face):
         run = curve[a:b]
         if len(run) < 3:
             continue
@@ -525,10 +532,12 @@ class SpotResult:
     realigned: list[int]
     signal: MotionSignal
     settings: dict
+    rejected: list = field(default_factory=list)  # (interval, why): peaks that were not expressions
 
     def to_dict(self) -> dict:
         return {"video": self.path, "fps": self.fps, "n_frames": self.n_frames,
                 "intervals": [iv.to_dict() for iv in self.intervals],
+                "rejected": [dict(iv.to_dict(), reason=why) for iv, why in self.rejected],
                 "face_lost": [list(r) for r in self.lost], "realigned": self.realigned, "settings": self.settings}
 
 
@@ -563,7 +572,7 @@ def spot_video(path, fps: Optional[float] = None, signal_settings: SignalSetting
     intervals = spot_intervals(signal, peaks, rejected=rejected)
     return SpotResult(path=str(path), fps=fps, n_frames=len(signal.numbers), intervals=intervals,
                       lost=signal.lost_ranges(), realigned=signal.realigned, signal=signal,
-                      settings={"signal": asdict(signal_settings), "peaks": asdict(peaks)})
+                      settings={"signal": asdict(signal_settings), "peaks": asdict(peaks)}, rejected=rejected)
 
 
 def recognise_micro(intervals: Sequence[SpottedInterval], source, predictor) -> list[tuple[SpottedInterval, str]]:

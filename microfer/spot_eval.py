@@ -139,11 +139,11 @@ def summarize(per_type: dict[str, Counts]) -> dict:
 
 def threshold_baseline(signal: MotionSignal, threshold: float, micro_max_s: float) -> list[SpottedInterval]:
     """Trivial baseline: every run of frames whose curve is above a fixed threshold is an interval."""
-    from microfer.spot import _runs
+    from microfer.spot import runs_of
 
     curve = spot_curves(signal)[0]
     out = []
-    for a, b in _runs(np.nan_to_num(curve, nan=-np.inf) > threshold):
+    for a, b in runs_of(np.nan_to_num(curve, nan=-np.inf) > threshold):
         kind = "micro" if (b - a) / signal.fps <= micro_max_s else "macro"
         apex = a + int(np.argmax(curve[a:b]))
         out.append(SpottedInterval(int(signal.numbers[a]), int(signal.numbers[apex]), int(signal.numbers[b - 1]),
@@ -240,6 +240,7 @@ CHOSEN = ("threshold", "blink_ratio", "low", "merge", "talk_peaks")
 LOWS = (0.1, 0.15, 0.25)
 MERGES = (0.2, 0.35, 0.5)
 TALK_PEAKS = (0, 4, 6)
+ROUNDS = 1  # 2 rounds measured: synthetic SAMM-LV overall F1 0.782 against 0.810 (CAS(ME)^2 0.836 both)
 
 
 def choose_peaks(train: Sequence[VideoData], peaks: PeakSettings = PeakSettings(),
@@ -247,14 +248,19 @@ def choose_peaks(train: Sequence[VideoData], peaks: PeakSettings = PeakSettings(
                  blink_ratios: Sequence[float] = BLINK_RATIOS) -> tuple[PeakSettings, float]:
     """The PeakSettings with the best pooled overall F1 on `train`: threshold and blink ratio on a
     grid, then (with those) where onsets/offsets fall (`low`), when peaks merge (`merge`) and
-    how many mouth peaks make talking (`talk_peaks`)."""
+    how many mouth peaks make talking (`talk_peaks`); the two steps ROUNDS times (a second
+    round, so the first choice does not hang on the second group's defaults, did worse)."""
     def spot(v, p):
         return spot_intervals(v.signal, p, curves=v.curves)
 
-    grid = [replace(peaks, threshold=t, blink_ratio=b) for t, b in itertools.product(thresholds, blink_ratios)]
-    chosen, _ = _best(train, grid, spot)
-    grid = [replace(chosen, low=lo, merge=m, talk_peaks=k) for lo, m, k in itertools.product(LOWS, MERGES, TALK_PEAKS)]
-    return _best(train, grid, spot)
+    chosen, f1 = peaks, -1.0
+    for _ in range(ROUNDS):  # coordinate ascent: each group is chosen given the other's last choice
+        grid = [replace(chosen, threshold=t, blink_ratio=b) for t, b in itertools.product(thresholds, blink_ratios)]
+        chosen, _ = _best(train, grid, spot)
+        grid = [replace(chosen, low=lo, merge=m, talk_peaks=k)
+                for lo, m, k in itertools.product(LOWS, MERGES, TALK_PEAKS)]
+        chosen, f1 = _best(train, grid, spot)
+    return chosen, f1
 
 
 def evaluate_loso(videos: Sequence[VideoData], peaks: PeakSettings = PeakSettings(),

@@ -33,7 +33,8 @@ def plot_signal(numbers: np.ndarray, curve: np.ndarray, path: Path, title: str, 
         for r in truth.itertuples():
             ax.axvspan(r.onset, r.offset, color=COLOURS.get(r.type, "grey"), alpha=0.18, lw=0)
     for iv in spotted:
-        kind, on, off = (iv["type"], iv["onset"], iv["offset"]) if isinstance(iv, dict) else (iv.type, iv.onset, iv.offset)
+        d = iv if isinstance(iv, dict) else iv.to_dict()
+        kind, on, off = d["type"], d["onset"], d["offset"]
         ax.plot([on, off], [top * 1.06] * 2, color=COLOURS.get(kind, "grey"), lw=3, solid_capstyle="butt")
     for a, b in lost:
         ax.axvspan(a, b, color="0.6", alpha=0.5, lw=0, hatch="//")

@@ -64,6 +64,12 @@ def spot_cmd(video, model, fps, threshold, as_json, as_csv, plot, quiet):
             label = f"  {iv.emotion}" if iv.emotion else ""
             click.echo(f"  {iv.type:5s} onset {iv.onset:6d}  apex {iv.apex:6d}  offset {iv.offset:6d}  "
                        f"score {iv.score:6.1f}{label}")
+        if result.rejected:
+            from collections import Counter
+
+            why = Counter(reason for _, reason in result.rejected)
+            click.echo(f"  not expressions: {len(result.rejected)} peak(s) ("
+                       + ", ".join(f"{r} {n}" for r, n in sorted(why.items())) + ")")
         click.echo(f"plot: {plot}")
     if result.lost:
         numbers = [n for a, b in result.lost for n in range(a, b + 1)]

@@ -176,7 +176,7 @@ def head_path(plan: LongVideoPlan, rng: np.random.Generator) -> np.ndarray:
     return path
 
 
-def _events(plan: LongVideoPlan, rng: np.random.Generator) -> tuple[list[Event], dict[int, str]]:
+def render_events(plan: LongVideoPlan, rng: np.random.Generator) -> tuple[list[Event], dict[int, str]]:
     events, aus = [], {}
     for k, s in enumerate(plan.segments):
         if s.kind in ("micro", "macro"):
@@ -200,7 +200,7 @@ def frame_name(layout: str, plan: LongVideoPlan, number: int) -> str:
 
 def _render(plan: LongVideoPlan, identity, layout: str, root: Path, camera: Camera) -> tuple[list[str], dict]:
     rng = np.random.default_rng([plan.seed, 2])
-    events, aus = _events(plan, np.random.default_rng([plan.seed, 3]))
+    events, aus = render_events(plan, np.random.default_rng([plan.seed, 3]))
     head = head_path(plan, np.random.default_rng([plan.seed, 4]))
     written = []
     for i, frame in enumerate(iter_frames(identity, events, plan.n_frames, rng, camera, head=head)):
