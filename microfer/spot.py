@@ -395,12 +395,12 @@ def region_z(signal: MotionSignal) -> np.ndarray:
 
 
 def _smooth_runs(curve: np.ndarray, sigma: float) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter1d
+    from microfer.apex import gaussian_smooth
 
     curve = curve.copy()
     if sigma >= 0.5:
         for a, b in runs_of(~np.isnan(curve)):
-            curve[a:b] = gaussian_filter1d(curve[a:b], sigma, mode="nearest")
+            curve[a:b] = gaussian_smooth(curve[a:b], sigma)
     return curve
 
 
