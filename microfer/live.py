@@ -15,10 +15,8 @@ size anyway), so 4 s of 30 fps video hold about 110 MB whatever the stream's len
 from __future__ import annotations
 
 import collections
-import queue
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 import cv2
@@ -129,45 +127,29 @@ def read_frames(cap, realtime: bool = False, fps: float = 0.0, buffer: int = 256
     """(index, frame) from a capture, read by a background thread so that decoding overlaps
     spotting. `realtime`: a file is paced at `fps`, like a camera, and frames the spotter
     cannot keep up with are dropped (counted in `dropped[0]`) instead of queued."""
-    frames: queue.Queue = queue.Queue(maxsize=buffer)
-    stop = threading.Event()
+    from microfer.video import prefetched
+
     lost = dropped if dropped is not None else [0]
     lost[:] = [0]
+    paced = realtime and fps > 0
 
     def produce():
         i, t0 = 0, time.perf_counter()
-        try:
-            while not stop.is_set():
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                if realtime and fps > 0:
-                    time.sleep(max(0.0, t0 + i / fps - time.perf_counter()))
-                    try:
-                        frames.put_nowait((i, frame))
-                    except queue.Full:
-                        lost[0] += 1
-                else:
-                    frames.put((i, frame))
-                i += 1
-        finally:
-            frames.put(None)
-
-    reader = threading.Thread(target=produce, daemon=True)
-    reader.start()
-    try:
         while True:
-            item = frames.get()
-            if item is None:
+            ok, frame = cap.read()
+            if not ok:
                 return
-            yield item
+            if paced:
+                time.sleep(max(0.0, t0 + i / fps - time.perf_counter()))
+            yield i, frame
+            i += 1
+
+    def count_drop():
+        lost[0] += 1
+
+    try:
+        yield from prefetched(produce(), buffer, on_full=count_drop if paced else None)
     finally:
-        stop.set()
-        while reader.is_alive():  # unblock a reader waiting on a full queue
-            try:
-                frames.get_nowait()
-            except queue.Empty:
-                time.sleep(0.01)
         cap.release()
 
 

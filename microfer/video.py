@@ -360,7 +360,7 @@ def stream_frames(source: FrameSource, prefetch: int = 8) -> Iterable[tuple[int,
     if prefetch <= 0:
         yield from produce
         return
-    yield from _prefetched(produce, prefetch)
+    yield from prefetched(produce, prefetch)
 
 
 def _video_frames(source: VideoSource):
@@ -381,8 +381,11 @@ def _video_frames(source: VideoSource):
         cap.release()
 
 
-def _prefetched(items, depth: int):
-    """Iterate `items` in a daemon thread, at most `depth` ahead; its exceptions re-raised here."""
+def prefetched(items, depth: int, on_full=None):
+    """Iterate `items` in a daemon thread, at most `depth` ahead; its exceptions re-raised here.
+
+    `on_full`: called instead of waiting when the consumer is `depth` behind, and the item is
+    dropped (a live camera goes on whether or not it is read)."""
     import queue
     import threading
 
@@ -395,7 +398,13 @@ def _prefetched(items, depth: int):
             for item in items:
                 if stop.is_set():
                     return
-                q.put(item)
+                if on_full is None:
+                    q.put(item)
+                    continue
+                try:
+                    q.put_nowait(item)
+                except queue.Full:
+                    on_full()
             q.put(done)
         except BaseException as exc:  # handed to the consumer
             q.put(exc)

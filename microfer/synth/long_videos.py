@@ -140,7 +140,7 @@ def plan_video(layout: str, subject: str, code: str, index: int, video: str, fol
             dur = _frames(rng, fps, 2.0, 3.0)
             segments.append(Segment(kind, t, t + dur // 2, t + dur, float(frame_width or spec.frame_size[0])))
         else:  # talk: a run of syllables
-            start, end = t, t + _frames(rng, fps, 1.0, 2.0)
+            end = t + _frames(rng, fps, 1.0, 2.0)
             while t < end:
                 dur = _frames(rng, fps, 0.12, 0.25)
                 segments.append(Segment("talk", t, t + dur // 2, t + dur, round(float(rng.uniform(2, 4)), 2),
