@@ -64,3 +64,14 @@ def write_json(path, obj) -> None:
 def write_csv(path, df) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, lineterminator="\n")
+
+
+def file_sha256(path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MB chunks (weights, bundles, model files)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

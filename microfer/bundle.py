@@ -38,7 +38,7 @@ from typing import Optional
 
 import numpy as np
 
-from microfer._io import atomic_path, write_json
+from microfer._io import atomic_path, file_sha256, write_json
 from microfer.errors import BundleError
 from microfer.ood import ARRAYS as OOD_ARRAYS
 from microfer.ood import METHOD as OOD_METHOD
@@ -168,12 +168,7 @@ class Bundle:
         return list(self.config["classes"])
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_sha256 = file_sha256
 
 
 def _canonical(doc) -> bytes:

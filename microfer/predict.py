@@ -98,12 +98,12 @@ def bundle_network(bundle, feature_setting, runtime: str = "auto", num_threads: 
     from microfer.errors import BundleError, MicroferError
     from microfer.features import FeatureModel, onnx_names
 
+    from microfer.models.onnx_extractor import onnxruntime_available
+
     if runtime not in RUNTIMES:
         raise MicroferError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
     onnx = {} if runtime == "torch" else bundle.onnx
     if runtime == "onnx":
-        from microfer.models.onnx_extractor import onnxruntime_available
-
         missing = [n for n in onnx_names(feature_setting) if n not in onnx]
         if missing:
             raise BundleError(f"{bundle.path}: has no {missing[0]} (trained before bundles carried "
@@ -111,8 +111,6 @@ def bundle_network(bundle, feature_setting, runtime: str = "auto", num_threads: 
         if not onnxruntime_available():
             raise MicroferError("runtime 'onnx' needs the package onnxruntime (pip install onnxruntime)")
     elif runtime == "auto":
-        from microfer.models.onnx_extractor import onnxruntime_available
-
         onnx = onnx if onnxruntime_available() else {}
     model = FeatureModel(feature_setting, batch_size=1, num_threads=num_threads, onnx=onnx)
     model.load_state_dict(bundle.network, source=str(bundle.path / "network.safetensors"))

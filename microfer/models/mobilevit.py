@@ -36,11 +36,11 @@ Pooling: "avg" = global average (C features); "grid2" = 2x2 average pooling flat
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Optional
 
+from microfer._io import file_sha256
 from microfer.errors import BundleError, MicroferError
 from microfer.models.torch_extractor import TorchExtractor
 
@@ -122,12 +122,6 @@ def weights_paths(path, scope: Optional[str] = None) -> tuple[Path, Path]:
     return path / f"{stem}.safetensors", path / f"{stem}.json"
 
 
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_block_weights(model, out, meta: dict[str, Any], scope: str = "mv2", store_dtype: str = "float32") -> Path:
