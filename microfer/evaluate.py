@@ -265,7 +265,7 @@ def feature_grid(settings: LosoSettings) -> list:
     weights, meta = None, None
     if settings.block_weights:
         from microfer.models import resolve_weights
-        from microfer.models.mobilevit import read_block_meta
+        from microfer.models.weights import read_block_meta
 
         weights = resolve_weights(settings.block_weights)
         meta = read_block_meta(weights)
@@ -475,7 +475,7 @@ def _evaluate(settings: LosoSettings, data: ProtocolFeatures, folds, progress: b
         metrics["permutation"] = permutation.as_dict()
     t4 = time.perf_counter()
     pred, maj, _ = pooled_predictions(y.size, results)
-    from microfer.models.mobilevit import file_sha256
+    from microfer._io import file_sha256
 
     manifest_sha = None
     if manifest is None and getattr(proto, "manifest_path", None) is not None and Path(proto.manifest_path).is_file():

@@ -74,7 +74,7 @@ class FeatureSetting:
     def weights_sha256(self) -> Optional[str]:
         if not self.block_weights or self.is_descriptor:
             return None
-        from microfer.models.mobilevit import read_block_meta
+        from microfer.models.weights import read_block_meta
 
         return read_block_meta(self.block_weights).get("weights_sha256")
 
@@ -104,7 +104,7 @@ def check_weights_fit(setting: FeatureSetting) -> None:
         return
     if not setting.block_weights:
         return
-    from microfer.models.mobilevit import read_block_meta
+    from microfer.models.weights import read_block_meta
 
     meta = read_block_meta(setting.block_weights)
     rep = meta.get("representation")

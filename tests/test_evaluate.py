@@ -217,7 +217,7 @@ def test_pretrain_from_a_cache_then_loso_with_the_pretrained_block(prepared_cach
     from microfer.cli import cli
     from microfer.errors import MicroferError
     from microfer.features import check_weights_fit
-    from microfer.models.mobilevit import read_block_meta
+    from microfer.models.weights import read_block_meta
 
     root, manifest = prepared_cache  # stands in for a cache of macro clips
     weights = tmp_path / "w"

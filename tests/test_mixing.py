@@ -70,7 +70,7 @@ def test_pretraining_with_fmix_records_it_and_resumes_exactly(tmp_path):
     from safetensors.torch import load_file
 
     from microfer.models.macro_data import MacroSet
-    from microfer.models.mobilevit import read_block_meta
+    from microfer.models.weights import read_block_meta
     from microfer.models.pretrain import PretrainSettings, pretrain
 
     torch.set_num_threads(1)

@@ -5,8 +5,8 @@ import pytest
 
 from microfer.errors import BundleError, MicroferError
 from microfer.models import create_extractor, list_models
-from microfer.models.mobilevit import (MV2_BLOCK_MODULES, MobileViTExtractor, create_mobilevit, load_block_weights,
-                                       mv2_state_dict, read_block_meta, save_block_weights, weights_paths)
+from microfer.models.mobilevit import MV2_BLOCK_MODULES, MobileViTExtractor, create_mobilevit, mv2_state_dict
+from microfer.models.weights import load_block_weights, read_block_meta, save_block_weights, weights_paths
 from microfer.records import PreparedClip
 from microfer.representation import flip_input, stack_inputs, to_input
 
@@ -135,7 +135,7 @@ def test_foreign_or_mismatched_weights_are_refused(tmp_path):
     with pytest.raises(BundleError, match="sha256"):
         MobileViTExtractor("mobilevit_xxs", layer="mv2", input_size=32, block_weights=tmp_path / "w")
     # ... and with a matching hash, the key check speaks
-    from microfer.models.mobilevit import file_sha256
+    from microfer._io import file_sha256
 
     meta = json.loads(js.read_text())
     meta["weights_sha256"] = file_sha256(st)
@@ -144,7 +144,7 @@ def test_foreign_or_mismatched_weights_are_refused(tmp_path):
         MobileViTExtractor("mobilevit_xxs", layer="mv2", input_size=32, block_weights=tmp_path / "w")
     # a JSON of another kind
     js.write_text(json.dumps({"format": "someone.else", "variant": "mobilevit_xxs"}))
-    with pytest.raises(BundleError, match="not a microfer MobileViT weights"):
+    with pytest.raises(BundleError, match="not a microfer backbone weights"):
         MobileViTExtractor("mobilevit_xxs", layer="mv2", input_size=32, block_weights=tmp_path / "w")
 
 

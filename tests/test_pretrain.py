@@ -11,8 +11,9 @@ from microfer.errors import BundleError, MicroferError
 from microfer.models import default_weights, resolve_weights
 from microfer.models.macro_data import (MacroSet, combine, load_image_folder, load_images_by_subject,
                                         normalise_label, split_subjects)
-from microfer.models.mobilevit import (TRUNK_MODULES, MobileViTExtractor, file_sha256, read_block_meta,
-                                       save_block_weights, scope_state_dict, weights_paths)
+from microfer._io import file_sha256
+from microfer.models.mobilevit import TRUNK_MODULES, MobileViTExtractor
+from microfer.models.weights import read_block_meta, save_block_weights, scope_state_dict, weights_paths
 
 MACRO = Path(__file__).resolve().parents[1].parent / "shared" / "macro"
 
@@ -140,7 +141,7 @@ def test_whole_trunk_weights_round_trip_into_the_extractor(tmp_path):
     fresh.load_state_dict(shallow.state_dict())
     assert np.array_equal(fresh(x), shallow(x))
     # an MV2-block extractor refuses nothing it should take: the trunk file names its scope
-    assert set(scope_state_dict(model, "whole")) == set(doc["tensors"])
+    assert set(scope_state_dict(model, "whole", "mobilevit_xxs")) == set(doc["tensors"])
 
 
 # ---------------------------------------------------------------------------- training

@@ -28,6 +28,7 @@ COMMANDS = {
     "synth": "synth:synth_cmd",
     "prepare": "prepare:prepare_cmd",
     "pretrain": "evaluate:pretrain_cmd",
+    "pretrain-report": "evaluate:pretrain_report_cmd",
     "loso": "evaluate:loso_cmd",
     "train": "predict:train_cmd",
     "train-images": "predict:train_images_cmd",

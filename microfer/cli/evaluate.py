@@ -1,4 +1,4 @@
-"""`microfer pretrain` (MV2 block on macro-expressions) and `microfer loso` (evaluation)."""
+"""`microfer pretrain` (a backbone on macro-expressions) and `microfer loso` (evaluation)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import click
 from microfer.cli import finish, jobs_option
 
 REPRESENTATIONS = ("apex", "onset_apex", "flow")
-VARIANTS = ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s")
+VARIANTS = ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050", "vit_tiny_patch16_224", "vit_small_patch16_224")
 WEIGHTS_OPTION = click.option(
     "--weights", default="default", show_default=True, metavar="default|none|PATH",
     help="pretrained MobileViT weights: 'default' = the shipped macro-expression trunk "
@@ -80,8 +80,9 @@ def command_line(ctx: click.Context, leave_out: tuple[str, ...] = ()) -> str:
 @click.option("--representation", type=click.Choice(REPRESENTATIONS), default=None,
               help="input representation [default: apex for image folders alone, else flow]")
 @click.option("--variant", type=click.Choice(VARIANTS), default="mobilevit_xxs", show_default=True)
-@click.option("--scope", type=click.Choice(["mv2", "whole"]), default="mv2", show_default=True,
-              help="what is pretrained: the MobileNetV2 block, or the whole trunk up to final_conv")
+@click.option("--scope", type=click.Choice(["mv2", "whole"]), default=None,
+              help="what is pretrained: MobileViT's MobileNetV2 block, or the whole trunk up to final_conv "
+                   "(a ViT: its whole encoder) [default: mv2 for MobileViT, whole for a ViT]")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True)
@@ -105,7 +106,7 @@ def command_line(ctx: click.Context, leave_out: tuple[str, ...] = ()) -> str:
 def pretrain_cmd(ctx, cache, manifest, images, images_split, test_split, images_by_subject, subject_pattern,
                  test_fraction, split_seed, label_column, representation, variant, scope, epochs, batch_size, lr,
                  input_size, grey, augment, mix, store_dtype, seed, threads, device, out, resume):
-    """Pretrain MobileViT (MobileNetV2 block or whole trunk) on macro-expression samples."""
+    """Pretrain a backbone (MobileViT's MobileNetV2 block or whole trunk, a ViT's encoder) on macro-expression samples."""
     from microfer.errors import MicroferError
     from microfer.models.pretrain import (PretrainSettings, combine, load_cache_samples, load_image_folder,
                                           load_images_by_subject, pretrain)
@@ -117,8 +118,9 @@ def pretrain_cmd(ctx, cache, manifest, images, images_split, test_split, images_
     if cache is not None and manifest is None:
         raise MicroferError("--cache needs --manifest: the emotion of each macro clip comes from its manifest row")
     representation = representation or ("flow" if cache is not None else "apex")
+    scope = scope or ("whole" if variant.startswith("vit_") else "mv2")
     input_size = input_size or (128 if cache is not None else 64)
-    ctx.params.update(representation=representation, input_size=input_size)  # the command records what ran
+    ctx.params.update(representation=representation, input_size=input_size, scope=scope)  # the command records what ran
     if has_images and representation != "apex":
         raise MicroferError(f"--images / --images-by-subject hold still faces, which only give the 'apex' "
                             f"representation (got --representation {representation})")
@@ -161,6 +163,20 @@ def pretrain_cmd(ctx, cache, manifest, images, images_split, test_split, images_
         for name, m in last.get("test", {}).items():
             click.echo(f"  test {name}: accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f} (n {m['n']})")
     click.echo(f"wrote {result.weights} (+ .json)")
+
+
+@click.command("pretrain-report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="folder for pretrain_table.md / .json / .png")
+def pretrain_report_cmd(runs, out):
+    """Pretraining RUNS (`microfer pretrain --out` folders) side by side: backbone x --mix -> test accuracy,
+    macro F1 and time per epoch, as a table and a plot."""
+    from microfer.models.pretrain_report import write_report
+
+    paths = write_report(runs, out)
+    click.echo(paths["markdown"].read_text(encoding="utf-8"), nl=False)
+    click.echo(f"wrote {paths['markdown']}, {paths['json'].name}, {paths['plot'].name}")
 
 
 @click.command("loso")

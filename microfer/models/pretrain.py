@@ -1,4 +1,4 @@
-"""Pretrain MobileViT on MACRO-expression data: the MV2 block, or the whole trunk.
+"""Pretrain a backbone on MACRO-expression data: MobileViT's MV2 block or whole trunk, or a ViT.
 
 Macro-expressions are the same facial movements as micro-expressions, larger and far more
 plentiful; a network that learnt to see them gives the frozen extractor better filters
@@ -6,11 +6,13 @@ than random ones. The data (`macro_data.py`): a prepare cache of macro clips pre
 EXACTLY like micro samples (any representation), and/or face-image folders (apex only):
 FER-2013-style ROOT/<split>/<emotion>/ and split-less folders split by subject (CK+).
 
-Scopes (mobilevit.py):
-- mv2: MV2 block (stem, stages.0, stages.1) + a small head (1x1 conv, BN, SiLU, global
-  average pool, dropout, linear);
-- whole: the whole trunk up to final_conv + global average pool, dropout, linear -- the
-  head a timm MobileViT classifier has.
+Scopes (`microfer.models.weights`):
+- mv2 (MobileViT v1 / v2): MV2 block (stem, stages.0, stages.1) + a small head (1x1 conv,
+  BN, SiLU, global average pool, dropout, linear);
+- whole, MobileViT: the whole trunk up to final_conv + global average pool, dropout,
+  linear -- the head a timm MobileViT classifier has;
+- whole, ViT (vit_tiny_patch16_224, vit_small_patch16_224): the encoder at `input_size`
+  + dropout, linear on its class token -- timm's ViT head.
 Loss: class-weighted cross-entropy (macro emotion sets are imbalanced); AdamW with a cosine
 learning rate that is a pure function of the epoch; augmentation (`augment.py`): flips
 for every representation (flow u negated), and for image faces a random shift / scale /
@@ -43,8 +45,11 @@ from microfer.models import augment, mixing
 from microfer.models.macro_data import (  # noqa: F401  (re-exported: the pretraining API in one place)
     CK_SUBJECT_PATTERN, IMAGE_SUFFIXES, MacroSet, combine, load_cache_samples, load_image_folder,
     load_images_by_subject, normalise_label, split_subjects)
-from microfer.models.mobilevit import (STORE_DTYPES, check_scope, check_variant, create_mobilevit,
-                                       file_sha256, save_block_weights)
+from microfer._io import file_sha256
+from microfer.models.mobilevit import create_mobilevit
+from microfer.models.vit import VARIANTS as VIT_VARIANTS
+from microfer.models.vit import create_vit_encoder
+from microfer.models.weights import STORE_DTYPES, check_scope, save_block_weights
 from microfer.representation import check_kind, flip_input
 
 CHECKPOINT_FORMAT = "microfer.pretrain_checkpoint"
@@ -52,16 +57,28 @@ CHECKPOINT_FORMAT = "microfer.pretrain_checkpoint"
 
 # ---------------------------------------------------------------------------- model
 def build_classifier(variant: str, n_classes: int, seed: int = 0, head_channels: int = 128, dropout: float = 0.2,
-                     scope: str = "mv2"):
+                     scope: str = "mv2", input_size: int = 128):
     """`scope` of `variant` + a classification head (deterministic in `seed`).
 
-    Attribute names match timm's (stem, stages, final_conv), so the state keys of the
-    pretrained part are those of the full model and of the extractor.
+    Attribute names match timm's (stem, stages, final_conv; a ViT under `vit`), so the
+    state keys of the pretrained part are those of the full model and of the extractor.
+    `input_size` matters to ViTs only (their position embedding is made for it).
     """
     import torch
     from torch import nn
 
-    check_scope(scope)
+    check_scope(scope, variant)
+
+    class ViTClassifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vit = create_vit_encoder(variant, input_size, seed=seed)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)
+                self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.vit.num_features, n_classes))
+
+        def forward(self, x):
+            return self.head(self.vit(x))
 
     class MV2Classifier(nn.Module):
         def __init__(self):
@@ -96,6 +113,8 @@ def build_classifier(variant: str, n_classes: int, seed: int = 0, head_channels:
         def forward(self, x):
             return self.head(self.trunk(x))
 
+    if variant in VIT_VARIANTS:
+        return ViTClassifier()
     return MV2Classifier() if scope == "mv2" else TrunkClassifier()
 
 
@@ -110,7 +129,7 @@ class PretrainSettings:
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.05
-    head_channels: int = 128   # mv2 scope only (the whole trunk's head is pool + linear)
+    head_channels: int = 128   # MobileViT mv2 scope only (the other heads are pool + linear)
     dropout: float = 0.2
     augment: bool = True       # geometric + photometric on image faces; flips always
     mix: str = "none"          # batch augmentation: none | cutout | mixup | cutmix | fmix (mixing.py)
@@ -253,9 +272,8 @@ def pretrain(data: MacroSet, settings: PretrainSettings, out, resume: bool = Fal
     import torch
     import torch.nn.functional as F
 
-    check_variant(settings.variant)
     check_kind(settings.representation)
-    check_scope(settings.scope)
+    check_scope(settings.scope, settings.variant)
     mixing.check_mix(settings.mix)
     if settings.store_dtype not in STORE_DTYPES:
         raise MicroferError(f"unknown storage dtype {settings.store_dtype!r}; expected one of {', '.join(STORE_DTYPES)}")
@@ -276,7 +294,7 @@ def pretrain(data: MacroSet, settings: PretrainSettings, out, resume: bool = Fal
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     model = build_classifier(settings.variant, len(data.labels), settings.seed, settings.head_channels,
-                             settings.dropout, settings.scope).to(device)
+                             settings.dropout, settings.scope, settings.input_size).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     identity = {"settings": settings.identity(), "labels": data.labels, "data_hash": data.data_hash(),
                 "test_hash": _test_hash(test_sets)}
@@ -344,7 +362,8 @@ def pretrain(data: MacroSet, settings: PretrainSettings, out, resume: bool = Fal
         if progress:
             epochs.set_postfix(loss=record["loss"], acc=record["train_accuracy"],
                                **{f"{k[:6]}_acc": v["accuracy"] for k, v in record.get("test", {}).items()})
-        _save_checkpoint(model, optimizer, out, {**identity, "epochs_done": epoch + 1, "history": history})
+        _save_checkpoint(model, optimizer, out, {**identity, "epochs": settings.epochs, "epochs_done": epoch + 1,
+                                                 "history": history})
 
     meta = {
         "variant": settings.variant, "representation": settings.representation,

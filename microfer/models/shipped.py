@@ -35,7 +35,7 @@ def resolve_weights(value) -> Optional[str]:
     Non-None results are validated as microfer weights first (BundleError naming the
     file), so a typo fails before any feature is extracted.
     """
-    from microfer.models.mobilevit import read_block_meta
+    from microfer.models.weights import read_block_meta
 
     text = "" if value is None else str(value).strip()
     if text.lower() in ("", NONE):
