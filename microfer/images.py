@@ -2,8 +2,9 @@
 
 An image bundle is a model bundle (`microfer.bundle`: safetensors + JSON, integrity hash,
 ONNX network, OOD score) whose bundle.json says `"input": "image"`; it is written by
-`microfer.train_images`. Its features are the shipped macro trunk's (grey faces, 64 px,
-the 'apex' representation, as it was pretrained), its classifier an SVM on them.
+`microfer.train_images`. Its features are a macro-pretrained network's -- the shipped
+trunk unless `train-images --weights` named another -- on grey 64-px faces (the 'apex'
+representation, as it was pretrained), its classifier an SVM on them.
 
 The face of an image is found and aligned as a clip's is (dlib's 68 landmarks, the same
 similarity onto `microfer.face.CANONICAL_POINTS`): FER-2013's 48-px crops put the eyes

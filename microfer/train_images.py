@@ -1,6 +1,9 @@
-"""Build an image bundle: the shipped macro trunk's features of aligned faces + an SVM.
+"""Build an image bundle: a macro-pretrained network's features of aligned faces + an SVM.
 
-    microfer train-images --images FER2013 --out models/images [--test-by-subject CK+48]
+    microfer train-images --images FER2013 --out models/images [--test-by-subject CK+48] [--weights W]
+
+The network is the shipped macro trunk (`--weights default`) or any apex-pretrained weights
+of `microfer pretrain` (a MobileViT or a ViT).
 
 Training images: FER-2013's train split (ROOT/train/<emotion>/*), at most `per_class` per
 emotion drawn with a fixed seed (a few thousand images keep the SVM cheap on a CPU). Each
@@ -27,9 +30,10 @@ import numpy as np
 from microfer.errors import MicroferError
 
 DEFAULT_PER_CLASS = 600
-# (layer, pooling) of the trunk offered to the inner folds: the pretrained head's own input,
-# and the 2x2 grid of the stage before (where a face's regions are still apart)
-IMAGE_LAYERS = (("final", "avg"), ("stage4", "grid2"), ("final", "grid2"))
+# (layer, pooling) of the network offered to the inner folds, per backbone: the pretrained
+# head's own input, and a 2x2 grid of an earlier layer (where a face's regions are still apart)
+IMAGE_LAYERS = {"mobilevit": (("final", "avg"), ("stage4", "grid2"), ("final", "grid2")),
+                "vit": (("final", "avg"), ("mid", "grid2"), ("final", "grid2"))}
 INNER_FOLDS = 3
 # rbf only: a linear kernel in libsvm converges slowly on these overlapping classes (minutes
 # per fit); the inner folds choose C
@@ -37,7 +41,8 @@ IMAGE_PARAM_GRID = [{"kernel": ["rbf"], "C": [1.0, 10.0], "gamma": ["scale"], "c
 TRAINING_DATA_TERMS = {
     "FER-2013": "Facial Expression Recognition 2013 data of the ICML 2013 workshop 'Challenges in Representation "
                 "Learning' (Goodfellow et al., Kaggle); faces collected from the web, released for research use.",
-    "network": "the shipped mobilevit_xxs_macro trunk (FER-2013 train + CK+ training subjects; see its card)",
+    "network": "the pretrained network's own data: see the card of `features.block_weights` (the shipped "
+               "mobilevit_xxs_macro trunk: FER-2013 train + CK+ training subjects)",
     "bundle": "derived from these data: use it for non-commercial research, as their terms allow",
 }
 
@@ -134,27 +139,47 @@ def evaluate(svm, X: np.ndarray, labels: Sequence[str], classes: list[str]) -> d
             "confusion": full["confusion"]}
 
 
+def image_feature_settings(weights="default") -> list:
+    """The candidate feature sets of an image bundle on pretrained `weights` ("default": the
+    shipped trunk); MicroferError when they were not pretrained on still faces."""
+    from microfer.features import FeatureSetting
+    from microfer.models import resolve_weights
+    from microfer.models.vit import VARIANTS as VIT_VARIANTS
+    from microfer.models.weights import read_block_meta
+
+    path = resolve_weights(weights)
+    if path is None:
+        raise MicroferError("an image bundle needs pretrained weights (--weights default or a pretrain output)")
+    meta = read_block_meta(path)
+    if meta.get("representation") != "apex":
+        raise MicroferError(f"{path}: pretrained on {meta.get('representation')!r} inputs; image bundles need "
+                            f"weights pretrained on still faces ('apex', e.g. `microfer pretrain --images ...`)")
+    variant = meta["variant"]
+    layers = IMAGE_LAYERS["vit" if variant in VIT_VARIANTS else "mobilevit"]
+    return [FeatureSetting(variant=variant, representation="apex", layer=layer, pool=pool,
+                           input_size=int(meta.get("input_size", 64)), block_weights=str(path))
+            for layer, pool in layers]
+
+
 def train_image_bundle(images, out, test_by_subject=None, per_class: int = DEFAULT_PER_CLASS, seed: int = 0,
-                       num_threads: Optional[int] = None, progress: bool = True, command: str = "") -> ImageTrainResult:
+                       num_threads: Optional[int] = None, progress: bool = True, command: str = "",
+                       weights="default") -> ImageTrainResult:
     from microfer.bundle import ArraySVM, save_bundle
     from microfer.classify import select_and_fit
-    from microfer.features import FeatureModel, FeatureSetting, feature_config
+    from microfer.features import FeatureModel, feature_config
     from microfer.images import FACE_SIZE, INPUT_KIND
-    from microfer.models import default_weights
     from microfer.models.macro_data import files_by_subject, normalise_label
     from microfer.ood import fit_ood
     from microfer.train import versions
 
     images = Path(images)
+    settings = image_feature_settings(weights)  # refuses unfit weights before any image is read
     files, labels = _labelled_files(images / "train", "ROOT/train/<emotion>/*.jpg (FER-2013 layout)")
     files, labels = sample_per_class(files, labels, per_class, seed)
     train = load_faces(files, labels, FACE_SIZE, progress, "faces train")
     classes = sorted(set(train.labels))
     if len(classes) < 2:
         raise MicroferError(f"{images / 'train'}: images of at least 2 emotions are needed, found {classes}")
-    settings = [FeatureSetting(variant="mobilevit_xxs", representation="apex", layer=layer, pool=pool,
-                               input_size=FACE_SIZE, block_weights=str(default_weights()))
-                for layer, pool in IMAGE_LAYERS]
     y = np.array([classes.index(lab) for lab in train.labels], np.int64)
     folds = np.random.default_rng(seed).permutation(len(y)) % INNER_FOLDS  # no subjects in FER: random folds
     candidates = {fs.name: _features(FeatureModel(fs, batch_size=256, num_threads=num_threads), train.faces)

@@ -149,3 +149,38 @@ def test_the_readme_one_liner_imports_no_torch(image_bundle, fer_like):
     assert out.returncode == 0, out.stderr
     label, heavy = json.loads(out.stdout.strip().splitlines()[-1])
     assert label in ("happy", "sadness") and heavy == []
+
+
+def test_an_image_bundle_on_pretrained_vit_weights(fer_like, tmp_path):
+    """`train-images --weights RUN`: any backbone pretrained on still faces (here a ViT, 1 epoch)."""
+    import sys
+
+    from microfer.bundle import load_bundle
+    from microfer.errors import MicroferError
+    from microfer.images import ImagePredictor
+    from microfer.models.pretrain import PretrainSettings, pretrain
+    from microfer.train_images import train_image_bundle
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_pretrain import _face_set
+
+    run = pretrain(_face_set(size=32), PretrainSettings(variant="vit_tiny_patch16_224", representation="apex",
+                                                        input_size=32, scope="whole", epochs=1, batch_size=4,
+                                                        device="cpu", num_threads=1), tmp_path / "vit", progress=False)
+    result = train_image_bundle(fer_like, tmp_path / "b", per_class=10, progress=False, weights=run.weights)
+    features = load_bundle(result.bundle).config["features"]
+    assert features["variant"] == "vit_tiny_patch16_224" and features["input_size"] == 32
+    assert result.features.split("/")[2] in ("final", "mid")
+    one = sorted((fer_like / "test" / "happy").glob("*.jpg"))[0]
+    predictor = ImagePredictor(result.bundle)
+    assert predictor.runtime == "onnx" and predictor.predict(one).label in ("happy", "sadness")
+
+    flow = pretrain(_face_set(size=32), PretrainSettings(representation="apex", input_size=32, scope="mv2", epochs=1,
+                                                         batch_size=4, device="cpu", num_threads=1),
+                    tmp_path / "mv2", progress=False)
+    meta_path = flow.weights.with_suffix(".json")
+    doc = json.loads(meta_path.read_text())
+    doc["representation"] = "flow"  # as if pretrained on flow: no use for still faces
+    meta_path.write_text(json.dumps(doc))
+    with pytest.raises(MicroferError, match="pretrained on 'flow' inputs; image bundles need"):
+        train_image_bundle(fer_like, tmp_path / "c", per_class=10, progress=False, weights=flow.weights)

@@ -98,9 +98,12 @@ def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, exp
               help="training images drawn per emotion (the SVM's cost grows with their square)")
 @click.option("--seed", type=int, default=0, show_default=True, help="which images are drawn, and the inner folds")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the network")
+@click.option("--weights", default="default", show_default=True, metavar="default|PATH",
+              help="the network: 'default' = the shipped macro trunk, or a `microfer pretrain --images` output "
+                   "(any backbone pretrained on still faces)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def train_images_cmd(images, out, test_by_subject, per_class, seed, threads, quiet):
-    """Fit an SVM on the shipped macro trunk's features of aligned training faces and write an
+def train_images_cmd(images, out, test_by_subject, per_class, seed, threads, weights, quiet):
+    """Fit an SVM on a macro-pretrained network's features of aligned training faces and write an
     image bundle for `microfer predict IMAGE --model OUT` (7 basic emotions)."""
     import shlex
     import sys
@@ -109,7 +112,7 @@ def train_images_cmd(images, out, test_by_subject, per_class, seed, threads, qui
 
     command = " ".join(["microfer", *map(shlex.quote, sys.argv[1:])])
     r = train_image_bundle(images, out, test_by_subject=test_by_subject, per_class=per_class, seed=seed,
-                           num_threads=threads, progress=not quiet, command=command)
+                           num_threads=threads, progress=not quiet, command=command, weights=weights)
     click.echo(f"trained on {r.n_train} images ({', '.join(f'{k} {v}' for k, v in r.class_counts.items())})")
     click.echo(f"chosen by inner cross-validation: {r.features}, SVM {r.params} (inner macro F1 {r.inner_score:.3f})")
     for name, m in r.test.items():
