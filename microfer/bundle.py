@@ -4,7 +4,7 @@ A bundle is a directory:
 
     bundle.json              format marker, versions, settings, class names, file hashes,
                              integrity hash over all of it and the files
-    network.safetensors      the feature extractor's weights (MobileViT with its MV2 block)
+    network.safetensors      the feature extractor's weights (up to the layer it is read at)
     classifier.safetensors   scaler + SVM as plain arrays (support vectors, dual coefficients...)
     network[.partN.]onnx     (network feature sets) the same network exported to ONNX, so that
                              `predict` runs it in onnxruntime without importing torch or timm

@@ -6,7 +6,7 @@ Flow of `run_loso`:
 2. samples without an ok entry in the prepare cache are listed with the reason and
    excluded (counts in the result), then the protocol builds folds on what is left;
 3. features are extracted ONCE for all kept clips per feature setting (features do not
-   depend on labels; pretrained MV2 blocks saw macro-expression data only);
+   depend on labels; pretrained weights saw macro-expression data only);
 4. each fold (in parallel, joblib) selects feature set + SVM settings by inner CV on its
    training subjects only (`classify.select_and_fit`) and predicts its held-out subject;
    the majority baseline predicts the fold's most frequent TRAINING class;

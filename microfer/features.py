@@ -10,7 +10,7 @@ reads rows. The cache is one .npy file per (feature setting, clip key):
                                                   entry file's size and mtime
 
 `setting.key()` hashes every setting that changes the numbers, including the sha256 of
-pretrained MV2 block weights and FEATURE_VERSION (bump it when the representation or
+pretrained weights and FEATURE_VERSION (bump it when the representation or
 extractor code changes the numbers). Writes are atomic, no pickle (np.save/np.load with
 allow_pickle=False).
 """
@@ -46,7 +46,7 @@ class FeatureSetting:
     pool: str = "avg"
     input_size: int = 128
     seed: int = 0
-    block_weights: Optional[str] = None  # MV2 block weights (folder or .safetensors), None = random init
+    block_weights: Optional[str] = None  # pretrained weights (folder, .json or .safetensors), None = random init
 
     @property
     def is_descriptor(self) -> bool:
@@ -96,7 +96,7 @@ class FeatureSetting:
 
 
 def check_weights_fit(setting: FeatureSetting) -> None:
-    """Refuse MV2 block weights pretrained on another input representation or variant."""
+    """Refuse pretrained weights of another input representation (the variant is checked on loading)."""
     if setting.is_descriptor:
         if setting.representation != "flow":
             raise MicroferError(f"{setting.variant} describes flow; feature set {setting.name} gives it "
@@ -109,7 +109,7 @@ def check_weights_fit(setting: FeatureSetting) -> None:
     meta = read_block_meta(setting.block_weights)
     rep = meta.get("representation")
     if rep is not None and rep != setting.representation:
-        raise MicroferError(f"{setting.block_weights}: MV2 block was pretrained on {rep!r} inputs, "
+        raise MicroferError(f"{setting.block_weights}: weights were pretrained on {rep!r} inputs, "
                             f"feature set {setting.name} uses {setting.representation!r}")
 
 

@@ -256,3 +256,32 @@ def test_real_ck_split_is_by_subject_and_fer_labels_are_canonical():
     labels = sorted(normalise_label(d.name) for d in (MACRO / "fer2013" / "test").iterdir() if d.is_dir())
     assert labels == ["anger", "disgust", "fear", "happy", "neutral", "sadness", "surprise"]
     assert train.labels == ["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
+
+
+def test_warmup_rises_per_step_and_resumes_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    from microfer.models.pretrain import PretrainSettings, pretrain, warmup_factor
+
+    assert warmup_factor(0, 0, 0, 10) == 1.0
+    assert [warmup_factor(1.5, e, s, 4) for e, s in ((0, 0), (0, 3), (1, 0), (1, 1), (2, 0))] == \
+        [1 / 6, 4 / 6, 5 / 6, 1.0, 1.0]
+
+    data = _face_set()
+
+    def settings(epochs, warmup=1.5):
+        return PretrainSettings(variant="vit_tiny_patch16_224", representation="apex", input_size=32, scope="whole",
+                                epochs=epochs, batch_size=4, lr=1e-3, warmup_epochs=warmup, augment=False,
+                                device="cpu", num_threads=1)
+
+    pretrain(data, settings(1), tmp_path / "a", progress=False)
+    resumed = pretrain(data, settings(2), tmp_path / "a", resume=True, progress=False)
+    straight = pretrain(data, settings(2), tmp_path / "b", progress=False)
+    wa, wb = load_file(str(resumed.weights)), load_file(str(straight.weights))
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+    assert "linear warm-up over the first 1.5 epochs" in read_block_meta(tmp_path / "b")["schedule"]
+    no_warmup = pretrain(data, settings(2, warmup=0), tmp_path / "c", progress=False)
+    wc = load_file(str(no_warmup.weights))
+    assert not all(np.array_equal(wc[k].numpy(), wb[k].numpy()) for k in wc)  # the warm-up acts
+    with pytest.raises(MicroferError, match="cannot resume"):  # a different schedule is another run
+        pretrain(data, settings(3, warmup=0), tmp_path / "a", resume=True, progress=False)

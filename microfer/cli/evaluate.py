@@ -11,7 +11,7 @@ REPRESENTATIONS = ("apex", "onset_apex", "flow")
 VARIANTS = ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050", "vit_tiny_patch16_224", "vit_small_patch16_224")
 WEIGHTS_OPTION = click.option(
     "--weights", default="default", show_default=True, metavar="default|none|PATH",
-    help="pretrained MobileViT weights: 'default' = the shipped macro-expression trunk "
+    help="pretrained weights: 'default' = the shipped macro-expression trunk (mobilevit_xxs) "
          "(microfer/weights/mobilevit_xxs_macro.json), 'none' = randomly initialised (ablation), "
          "or a weights folder / .json from `microfer pretrain`")
 # the names of microfer.evaluate.FEATURE_GRIDS (spelt out: --help must not import the library)
@@ -86,6 +86,8 @@ def command_line(ctx: click.Context, leave_out: tuple[str, ...] = ()) -> str:
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="linear learning-rate warm-up over the first N epochs, per step (ViTs from scratch need ~1)")
 @click.option("--input-size", type=int, default=None,
               help="network input side in px [default: 64 for image folders alone (48-px faces), else 128]")
 @click.option("--grey/--colour", default=True, show_default=True,
@@ -105,7 +107,7 @@ def command_line(ctx: click.Context, leave_out: tuple[str, ...] = ()) -> str:
 @click.pass_context
 def pretrain_cmd(ctx, cache, manifest, images, images_split, test_split, images_by_subject, subject_pattern,
                  test_fraction, split_seed, label_column, representation, variant, scope, epochs, batch_size, lr,
-                 input_size, grey, augment, mix, store_dtype, seed, threads, device, out, resume):
+                 input_size, grey, augment, mix, warmup_epochs, store_dtype, seed, threads, device, out, resume):
     """Pretrain a backbone (MobileViT's MobileNetV2 block or whole trunk, a ViT's encoder) on macro-expression samples."""
     from microfer.errors import MicroferError
     from microfer.models.pretrain import (PretrainSettings, combine, load_cache_samples, load_image_folder,
@@ -151,7 +153,8 @@ def pretrain_cmd(ctx, cache, manifest, images, images_split, test_split, images_
     for name, ts in tests.items():
         click.echo(f"test {name}: {len(ts)} samples (scored after every epoch, for the record only)")
     settings = PretrainSettings(variant=variant, representation=representation, input_size=input_size, scope=scope,
-                                epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, mix=mix, seed=seed,
+                                epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, mix=mix,
+                                warmup_epochs=warmup_epochs, seed=seed,
                                 store_dtype=store_dtype, num_threads=threads, device=device)
     result = pretrain(data, settings, out, resume=resume, progress=True, test_sets=tests,
                       notes={"command": command_line(ctx, leave_out=("resume",))})

@@ -119,6 +119,15 @@ def build_classifier(variant: str, n_classes: int, seed: int = 0, head_channels:
 
 
 # ---------------------------------------------------------------------------- training
+def warmup_factor(warmup_epochs: float, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """Share of the epoch's learning rate at `step`: rising linearly to 1 over the first
+    `warmup_epochs` (a pure function of the position, so a resumed run follows it exactly).
+    Transformers trained from scratch diverge or collapse onto one class without it."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return min(1.0, (epoch * steps_per_epoch + step + 1) / (warmup_epochs * steps_per_epoch))
+
+
 @dataclass
 class PretrainSettings:
     variant: str = "mobilevit_xxs"
@@ -133,6 +142,7 @@ class PretrainSettings:
     dropout: float = 0.2
     augment: bool = True       # geometric + photometric on image faces; flips always
     mix: str = "none"          # batch augmentation: none | cutout | mixup | cutmix | fmix (mixing.py)
+    warmup_epochs: float = 0.0  # linear warm-up of the learning rate, per step (ViTs need it)
     seed: int = 0
     store_dtype: str = "float32"  # of the saved weights file; training is float32
     num_threads: Optional[int] = None
@@ -145,6 +155,8 @@ class PretrainSettings:
             d.pop(k)
         if d["mix"] == "none":  # checkpoints written before batch augmentations existed resume
             d.pop("mix")
+        if not d["warmup_epochs"]:  # ... and those written before warm-up existed
+            d.pop("warmup_epochs")
         return d
 
 
@@ -319,8 +331,6 @@ def pretrain(data: MacroSet, settings: PretrainSettings, out, resume: bool = Fal
     for epoch in epochs:
         t0 = time.perf_counter()
         lr = settings.lr * 0.5 * (1 + math.cos(math.pi * epoch / settings.epochs))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         rng = np.random.default_rng([settings.seed, epoch])
         order, flips = rng.permutation(n), rng.random(n) < 0.5
         aug = augment.draw(rng, n) if settings.augment else None
@@ -328,8 +338,11 @@ def pretrain(data: MacroSet, settings: PretrainSettings, out, resume: bool = Fal
         torch.manual_seed(settings.seed * 1_000_003 + epoch)  # dropout stream of this epoch
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
-        for start_i in range(0, n, settings.batch_size):
+        steps = math.ceil(n / settings.batch_size)
+        for step, start_i in enumerate(range(0, n, settings.batch_size)):
             idx = order[start_i:start_i + settings.batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = lr * warmup_factor(settings.warmup_epochs, epoch, step, steps)
             if idx.size < 2:  # BatchNorm cannot train on one sample
                 continue
             x = data.batch(idx, None if aug is None else aug[idx])
@@ -375,8 +388,10 @@ def pretrain(data: MacroSet, settings: PretrainSettings, out, resume: bool = Fal
         "augmentation": {**(augment.describe() if settings.augment else {"horizontal_flip": 0.5}),
                          "batch": mixing.describe(settings.mix)},
         "loss": "class-weighted cross-entropy (weight n / (K x count))",
-        "schedule": f"AdamW, cosine learning rate from {settings.lr} over {settings.epochs} epochs (per epoch), "
-                    f"weight decay {settings.weight_decay}, batch {settings.batch_size}",
+        "schedule": f"AdamW, cosine learning rate from {settings.lr} over {settings.epochs} epochs (per epoch)"
+                    + (f", linear warm-up over the first {settings.warmup_epochs:g} epochs (per step)"
+                       if settings.warmup_epochs else "")
+                    + f", weight decay {settings.weight_decay}, batch {settings.batch_size}",
     }
     if test_sets:
         meta["test_data"] = [p for ts in test_sets.values() for p in ts.parts]
