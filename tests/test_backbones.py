@@ -176,9 +176,9 @@ def test_pretrain_report_tables_and_plots_the_runs(tmp_path):
     assert res.exit_code == 0, res.output
     table = (tmp_path / "rep" / "pretrain_table.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "backbone" not in line]
-    assert [r.split(" | ")[:3] for r in rows] == [["| vit_tiny_patch16_224", "fmix", "1"],
-                                                 ["| mobilevitv2_050", "none", "1"],
-                                                 ["| mobilevitv2_050", "cutout", "1 of 1 (unfinished)"]]
+    assert [r.split(" | ")[:4] for r in rows] == [["| vit_tiny_patch16_224", "fmix", "1", "0.002 (0)"],
+                                                 ["| mobilevitv2_050", "none", "1", "0.002 (0)"],
+                                                 ["| mobilevitv2_050", "cutout", "1 of 1 (unfinished)", "0.002 (0)"]]
     m = read_block_meta(vit.weights)["test_metrics"]["heldout"]
     assert f"{m['accuracy']:.3f} / {m['macro_f1']:.3f}" in rows[0]
     assert (tmp_path / "rep" / "pretrain_table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

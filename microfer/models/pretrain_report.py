@@ -22,6 +22,8 @@ import numpy as np
 from microfer._io import atomic_path, write_json, write_text
 from microfer.errors import MicroferError
 
+MIX_ORDER = ("none", "cutout", "mixup", "cutmix", "fmix")
+
 
 @dataclass
 class RunRow:
@@ -30,6 +32,8 @@ class RunRow:
     mix: str
     scope: str
     input_size: int
+    lr: float                  # the peak learning rate
+    warmup_epochs: float
     epochs_done: int
     epochs: Optional[int]      # planned (the cosine schedule's length); None: unknown
     finished: bool             # the run wrote its weights
@@ -60,6 +64,7 @@ def read_run(folder) -> RunRow:
     times = [float(h["train_s"]) for h in history if "train_s" in h]
     return RunRow(run=str(folder), variant=settings["variant"], mix=settings.get("mix", "none"),
                   scope=settings.get("scope", "mv2"), input_size=int(settings.get("input_size", 0)),
+                  lr=float(settings.get("lr", 0.0)), warmup_epochs=float(settings.get("warmup_epochs", 0.0)),
                   epochs_done=len(history), epochs=int(epochs) if epochs else None, finished=bool(cards),
                   test={k: {m: v.get(m) for m in ("accuracy", "macro_f1", "n")}
                         for k, v in sorted(history[-1].get("test", {}).items())},
@@ -69,11 +74,11 @@ def read_run(folder) -> RunRow:
 
 def markdown(rows: Sequence[RunRow]) -> str:
     sets = sorted({k for r in rows for k in r.test})
-    head = ["backbone", "--mix", "epochs"] + [f"{s} accuracy / macro F1" for s in sets] + ["s per epoch (median, range)"]
+    head = ["backbone", "--mix", "epochs", "lr (warm-up epochs)"] + [f"{s} accuracy / macro F1" for s in sets] + ["s per epoch (median, range)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         epochs = str(r.epochs_done) if r.finished else f"{r.epochs_done} of {r.epochs or '?'} (unfinished)"
-        cells = [r.variant, r.mix, epochs]
+        cells = [r.variant, r.mix, epochs, f"{r.lr:g} ({r.warmup_epochs:g})"]
         for s in sets:
             t = r.test.get(s)
             cells.append(f"{t['accuracy']:.3f} / {t['macro_f1']:.3f}" if t and t.get("accuracy") is not None else "")
@@ -83,32 +88,51 @@ def markdown(rows: Sequence[RunRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _config_labels(rows: Sequence[RunRow]) -> list[str]:
+    """A grid row per backbone; runs of one backbone with another length or learning rate
+    get rows of their own (named by what differs)."""
+    configs = {}
+    for r in rows:
+        configs.setdefault(r.variant, set()).add((r.epochs_done, r.lr, r.warmup_epochs))
+    out = []
+    for r in rows:
+        if len(configs[r.variant]) == 1:
+            out.append(r.variant)
+        else:
+            out.append(f"{r.variant}\n{r.epochs_done} ep, lr {r.lr:g}" + (f", warm-up {r.warmup_epochs:g}"
+                                                                          if r.warmup_epochs else ""))
+    return out
+
+
 def plot_grid(rows: Sequence[RunRow], path: Path) -> None:
-    """Macro F1 per test set: a backbone x --mix grid each, the number in every cell."""
+    """Macro F1 per test set: a (backbone, run length) x --mix grid each, on a 0-1 scale,
+    the number in every cell."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sets = sorted({k for r in rows for k in r.test})
-    variants = list(dict.fromkeys(r.variant for r in rows))
-    mixes = [m for m in ("none", "cutout", "mixup", "cutmix", "fmix") if any(r.mix == m for r in rows)]
-    fig, axes = plt.subplots(1, max(len(sets), 1), figsize=(1.3 * len(mixes) * max(len(sets), 1) + 3,
-                                                             0.6 * len(variants) + 1.8), squeeze=False)
+    labels = _config_labels(rows)
+    configs = list(dict.fromkeys(labels))
+    mixes = [m for m in MIX_ORDER if any(r.mix == m for r in rows)]
+    fig, axes = plt.subplots(1, max(len(sets), 1), figsize=(1.3 * len(mixes) * max(len(sets), 1) + 4,
+                                                             0.7 * len(configs) + 1.8), squeeze=False)
     for ax, name in zip(axes[0], sets):
-        grid = np.full((len(variants), len(mixes)), np.nan)
-        for r in rows:
+        grid = np.full((len(configs), len(mixes)), np.nan)
+        for r, label in zip(rows, labels):
             t = r.test.get(name)
             if t and t.get("macro_f1") is not None and r.mix in mixes:
-                grid[variants.index(r.variant), mixes.index(r.mix)] = t["macro_f1"]
-        ax.imshow(grid, cmap="viridis", vmin=0, vmax=max(np.nanmax(grid) if np.isfinite(grid).any() else 1, 0.1))
-        for i in range(len(variants)):
+                grid[configs.index(label), mixes.index(r.mix)] = t["macro_f1"]
+        ax.imshow(grid, cmap="viridis", vmin=0, vmax=1)
+        for i in range(len(configs)):
             for j in range(len(mixes)):
                 if np.isfinite(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w", fontsize=9)
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center",
+                            color="w" if grid[i, j] < 0.6 else "k", fontsize=9)
         ax.set_xticks(range(len(mixes)), mixes)
-        ax.set_yticks(range(len(variants)), variants)
-        ax.set_title(f"{name}: macro F1")
+        ax.set_yticks(range(len(configs)), configs, fontsize=8)
+        ax.set_title(f"{name}: macro F1 (test split)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -120,6 +144,10 @@ def write_report(folders: Sequence, out) -> dict[str, Path]:
     if not folders:
         raise MicroferError("name at least one pretraining run folder")
     rows = [read_run(f) for f in folders]
+    # grouped by backbone (in the order given), then --mix in a fixed order, then length
+    first = {v: i for i, v in reversed(list(enumerate(r.variant for r in rows)))}
+    rows.sort(key=lambda r: (first[r.variant], MIX_ORDER.index(r.mix) if r.mix in MIX_ORDER else len(MIX_ORDER),
+                             r.epochs_done, r.lr))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "pretrain_table.md", "json": out / "pretrain_table.json",
