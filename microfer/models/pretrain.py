@@ -14,7 +14,8 @@ Scopes (`microfer.models.weights`):
 - whole, ViT (vit_tiny_patch16_224, vit_small_patch16_224): the encoder at `input_size`
   + dropout, linear on its class token -- timm's ViT head.
 Loss: class-weighted cross-entropy (macro emotion sets are imbalanced); AdamW with a cosine
-learning rate that is a pure function of the epoch; augmentation (`augment.py`): flips
+learning rate that is a pure function of the epoch (times an optional linear warm-up, a pure
+function of the step); augmentation (`augment.py`): flips
 for every representation (flow u negated), and for image faces a random shift / scale /
 small rotation and brightness / contrast. Every epoch draws its order, flips and
 augmentation from RNG streams derived from (seed, epoch) only, and the checkpoint keeps
