@@ -74,7 +74,8 @@ def read_run(folder) -> RunRow:
 
 def markdown(rows: Sequence[RunRow]) -> str:
     sets = sorted({k for r in rows for k in r.test})
-    head = ["backbone", "--mix", "epochs", "lr (warm-up epochs)"] + [f"{s} accuracy / macro F1" for s in sets] + ["s per epoch (median, range)"]
+    head = (["backbone", "--mix", "epochs", "lr (warm-up epochs)"] + [f"{s} accuracy / macro F1" for s in sets]
+            + ["s per epoch (median, range)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         epochs = str(r.epochs_done) if r.finished else f"{r.epochs_done} of {r.epochs or '?'} (unfinished)"
