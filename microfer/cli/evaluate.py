@@ -120,7 +120,10 @@ def pretrain_cmd(ctx, cache, manifest, images, images_split, test_split, images_
     if cache is not None and manifest is None:
         raise MicroferError("--cache needs --manifest: the emotion of each macro clip comes from its manifest row")
     representation = representation or ("flow" if cache is not None else "apex")
-    scope = scope or ("whole" if variant.startswith("vit_") else "mv2")
+    if scope is None:
+        from microfer.models.weights import default_scope
+
+        scope = default_scope(variant)
     input_size = input_size or (128 if cache is not None else 64)
     ctx.params.update(representation=representation, input_size=input_size, scope=scope)  # the command records what ran
     if has_images and representation != "apex":

@@ -48,8 +48,7 @@ from microfer.models.macro_data import (  # noqa: F401  (re-exported: the pretra
     load_images_by_subject, normalise_label, split_subjects)
 from microfer._io import file_sha256
 from microfer.models.mobilevit import create_mobilevit
-from microfer.models.vit import VARIANTS as VIT_VARIANTS
-from microfer.models.vit import create_vit_encoder
+from microfer.models.vit import VARIANTS as VIT_VARIANTS, create_vit_encoder
 from microfer.models.weights import STORE_DTYPES, check_scope, save_block_weights
 from microfer.representation import check_kind, flip_input
 

@@ -43,6 +43,12 @@ def backbone_scopes(variant: str) -> dict[str, tuple[str, ...]]:
     raise MicroferError(f"{variant!r} cannot be pretrained; pretrainable backbones: {', '.join(names)}")
 
 
+def default_scope(variant: str) -> str:
+    """The scope `microfer pretrain` trains when none is named: the first the backbone
+    declares (MobileViT's MV2 block, a ViT's whole encoder)."""
+    return next(iter(backbone_scopes(variant)))
+
+
 def check_scope(scope: str, variant: str) -> str:
     scopes = backbone_scopes(variant)
     if scope not in scopes:
