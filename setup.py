@@ -3,7 +3,7 @@
 The top-level protocols/ and data_manifests/ folders are the source of truth. A wheel
 (`pip install .`, not editable) gets a copy of them as package data, made at build time
 under microfer/_shipped/ (never committed), so an installed microfer finds its protocols
-and shipped manifests without the checkout (see microfer.protocols). An editable install
+and shipped manifests without the checkout (see microfer.learn.protocols). An editable install
 copies nothing: it reads the checkout's folders directly. An sdist carries both folders,
 so a wheel built from it gets the same copy.
 """
@@ -41,7 +41,7 @@ class BuildPyWithShipped(build_py):
     def run(self):
         super().run()
         if self.editable_mode:
-            return  # editable: microfer.protocols reads the checkout's folders
+            return  # editable: microfer.learn.protocols reads the checkout's folders
         target = Path(self.build_lib, "microfer", "_shipped")
         if target.exists():
             shutil.rmtree(target)  # no stale files from an earlier build

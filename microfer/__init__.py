@@ -1,6 +1,6 @@
 """microfer: micro-expression recognition research toolkit.
 
-`microfer.predict(clip, model=BUNDLE)` gives the emotion of one clip; the stages are
+`microfer.recognise.predict(clip, model=BUNDLE)` gives the emotion of one clip; the stages are
 modules named after them (datasets, video, face, apex, motion, prepare, features,
 classify, evaluate, report, bundle, predict).
 """
@@ -12,5 +12,5 @@ def __getattr__(name):
     if name == "predict":
         import importlib
 
-        return importlib.import_module("microfer.predict")
+        return importlib.import_module("microfer.recognise.predict")
     raise AttributeError(f"module 'microfer' has no attribute {name!r}")

@@ -30,6 +30,6 @@ def faces_dir(shared_dir) -> Path:
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
     """The quick demo (synthetic clips, a cache, LOSO, a bundle, held-out videos), run once."""
-    from microfer.demo import run_demo
+    from microfer.bench.demo import run_demo
 
     return run_demo(tmp_path_factory.mktemp("demo"), quick=True, seed=0, echo=None, progress=False)

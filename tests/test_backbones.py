@@ -42,8 +42,8 @@ def test_vit_exports_to_onnx_and_reloads_its_weights(tmp_path):
 
 
 def test_usable_in_the_loso_grid_without_mobilevit_weights():
-    from microfer.evaluate import LosoSettings, feature_grid, run_fold
-    from microfer.features import extract_features
+    from microfer.learn.evaluate import LosoSettings, feature_grid, run_fold
+    from microfer.learn.features import extract_features
     from test_evaluate import synthetic_set
 
     settings = LosoSettings(features=("vit_tiny_patch16_224/flow/final/grid2", "mobilevitv2_050/flow/stage4/avg"),
@@ -61,7 +61,7 @@ def test_usable_in_the_loso_grid_without_mobilevit_weights():
 
 # ---------------------------------------------------------------------------- pretraining
 def _pretrained(tmp_path, variant, size=32, mix="fmix"):
-    from microfer.models.pretrain import PretrainSettings, pretrain
+    from microfer.learn.pretrain import PretrainSettings, pretrain
     from test_pretrain import _face_set
 
     settings = PretrainSettings(variant=variant, representation="apex", input_size=size, scope="whole", epochs=1,
@@ -117,7 +117,7 @@ def test_position_embedding_resampling_keeps_the_class_token_and_a_flat_grid():
 
 
 def test_vit_has_no_mv2_scope():
-    from microfer.models.pretrain import build_classifier
+    from microfer.learn.pretrain import build_classifier
 
     with pytest.raises(MicroferError, match="scope 'mv2' for vit_tiny_patch16_224; expected one of whole"):
         build_classifier("vit_tiny_patch16_224", n_classes=3, scope="mv2", input_size=32)
@@ -144,7 +144,7 @@ def test_pretrained_vit_weights_go_to_vit_candidates_of_the_loso_grid(tmp_path):
     from click.testing import CliRunner
 
     from microfer.cli import cli
-    from microfer.evaluate import LosoSettings, feature_grid
+    from microfer.learn.evaluate import LosoSettings, feature_grid
     from test_pretrain import _fer_folder
 
     out = tmp_path / "w"

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from microfer.bench import MODES, PREDICT_STAGES, _stage_summary, bench_predict, write_results
+from microfer.bench.suite import MODES, PREDICT_STAGES, _stage_summary, bench_predict, write_results
 
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
     """A valid bundle made in ~1 s: the untrained default network and an SVM fitted on random
     features. Its labels mean nothing; the bench times the path, not the answer."""
-    from microfer.bundle import ArraySVM, save_bundle
-    from microfer.classify import make_svm
-    from microfer.features import FeatureSetting
-    from microfer.prepare import PrepareSettings
+    from microfer.learn.bundle import ArraySVM, save_bundle
+    from microfer.learn.classify import make_svm
+    from microfer.learn.features import FeatureSetting
+    from microfer.clip.prepare import PrepareSettings
 
     setting = FeatureSetting()
     extractor = setting.create_extractor(batch_size=1)
@@ -85,7 +85,7 @@ def test_bench_runs_predict_from_the_shell_and_compares_it_with_torch(result):
 
 
 def test_format_goals_lists_each_goal_with_ratio_and_verdict():
-    from microfer.bench import format_goals, goal_entry
+    from microfer.bench.suite import format_goals, goal_entry
 
     text = format_goals({"a": goal_entry("fast thing", 3.0, 1.5, "s")},
                         {"b": goal_entry("throughput ratio", 0.6, 0.5, "x", higher_is_better=True)})
@@ -119,7 +119,7 @@ def test_bench_cli_predict_with_a_model(tiny_bundle, tmp_path):
 
 
 def test_bench_prepare_reads_synthetic_casme2_through_the_adapter():
-    from microfer.bench_prepare import bench_prepare
+    from microfer.bench.prepare import bench_prepare
 
     r = bench_prepare(workers=1, subjects=1, clips_per_subject=2, clip_frames=(24, 30), verbose=False)
     assert r["clips"] == 2 and r["failed"] == 0
@@ -136,8 +136,8 @@ def test_bench_prepare_reads_synthetic_casme2_through_the_adapter():
 
 
 def test_bare_baseline_flows_two_synthetic_clips(tmp_path):
-    from microfer.bench import goal_entry
-    from microfer.bench_prepare import bare_pairs, bench_bare, format_prepare, synthetic_casme2
+    from microfer.bench.suite import goal_entry
+    from microfer.bench.prepare import bare_pairs, bench_bare, format_prepare, synthetic_casme2
 
     samples = synthetic_casme2(tmp_path / "data", subjects=1, clips_per_subject=2, clip_frames=(24, 30))
     pairs = bare_pairs(tmp_path / "data", samples)

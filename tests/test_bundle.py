@@ -8,7 +8,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from microfer.bundle import FILES, ArraySVM, _sha256, integrity_digest, load_bundle, save_bundle
+from microfer.learn.bundle import FILES, ArraySVM, _sha256, integrity_digest, load_bundle, save_bundle
 from microfer.errors import BundleError
 
 CONFIG = {"classes": ["negative", "positive", "surprise", "x", "y"], "prepare": {}, "features": {}, "svm": {}}

@@ -4,8 +4,8 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.svm import SVC
 
-from microfer.classify import (GridSearchSVM, expand_grid, inner_splits_for, make_svm, select_and_fit)
-from microfer.evaluate import leave_one_group_out
+from microfer.learn.classify import (GridSearchSVM, expand_grid, inner_splits_for, make_svm, select_and_fit)
+from microfer.learn.evaluate import leave_one_group_out
 
 
 def blobs(n_groups=6, per_group=9, n_classes=3, dim=8, noise=1.0, seed=0):

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microfer.cache import Cache
+from microfer.clip.cache import Cache
 from microfer.datasets import composite_inputs as ci
 from microfer.errors import ClipError, MicroferError
 from microfer.records import PreparedClip
-from microfer.representation import to_input
+from microfer.clip.representation import to_input
 
 # 5 subjects of 3 datasets (39 rows): SMIC s1_ vs s01 apex names, the two SMIC clips
 # without onset/offset in the manifest, SAMM, CASME II
@@ -65,7 +65,7 @@ def test_all_207_rows_match_the_composite_manifest_with_their_quirks(inputs_dir,
     assert rows["samm/007/007_3_1"].flow_names[0] == "007_007_3_1 .png"
     assert rows["casme2/sub02/EP01_11f"].apex_names[0] == "sub02_EP01_11f.jpg"
     # labels: the csv's 0/1/2 and the manifest's class agree on every row (else a problem)
-    from microfer.protocols import manifests_dir
+    from microfer.learn.protocols import manifests_dir
 
     mf = pd.read_csv(manifests_dir() / ci.MANIFEST_NAME, dtype=str, keep_default_na=False)
     labels = {f"{d}/{s}/{c}": lab for d, s, c, lab in zip(mf["dataset"], mf["subject"], mf["clip"], mf["label"])}
@@ -204,8 +204,7 @@ def test_entries_without_flow_units_load_as_pixels(tmp_path):
 # ---------------------------------------------------------------------------- evaluation
 @pytest.fixture
 def tiny_grid(monkeypatch):
-    from microfer import evaluate
-
+    from microfer.learn import evaluate
     grid = ["flow_grid7/flow", "mobilevit_xxs/onset_apex/stage4/grid2"]
     monkeypatch.setitem(evaluate.FEATURE_GRIDS, "tiny", grid)
     svm = [{"kernel": ["linear"], "C": [1.0], "class_weight": ["balanced"]}]
@@ -218,7 +217,7 @@ def test_loso_on_a_few_subjects_uses_the_offered_representations_and_reports_exc
     from click.testing import CliRunner
 
     from microfer.cli import cli
-    from microfer.evaluate import LosoSettings, run_loso
+    from microfer.learn.evaluate import LosoSettings, run_loso
 
     _, out, _, n = broken_cache
     settings = LosoSettings(grid=tiny_grid, input_size=32, inner_splits=3, num_threads=1,
@@ -239,8 +238,7 @@ def test_loso_on_a_few_subjects_uses_the_offered_representations_and_reports_exc
 
 
 def test_a_grid_asking_only_for_what_the_cache_lacks_is_refused(broken_cache, monkeypatch):
-    from microfer import evaluate
-
+    from microfer.learn import evaluate
     _, out, _, _ = broken_cache
     monkeypatch.setitem(evaluate.FEATURE_GRIDS, "onset_only", ["mobilevit_xxs/onset_apex/stage4/grid2"])
     with pytest.raises(MicroferError, match="offers representations apex, flow"):
@@ -250,8 +248,8 @@ def test_a_grid_asking_only_for_what_the_cache_lacks_is_refused(broken_cache, mo
 
 def test_derived_inputs_are_evaluated_but_not_trained_into_a_bundle(broken_cache, tiny_grid, tmp_path):
     """predict prepares new clips from frames; a bundle trained on derived flows could not."""
-    from microfer.evaluate import LosoSettings
-    from microfer.train import train_bundle
+    from microfer.learn.evaluate import LosoSettings
+    from microfer.learn.train import train_bundle
 
     _, out, _, _ = broken_cache
     settings = LosoSettings(grid=tiny_grid, input_size=32, inner_splits=3, num_threads=1,

@@ -35,7 +35,7 @@ def test_loso_on_a_local_cluster_equals_the_local_run(tiny_loso, tmp_path):
     assert "scheduler" not in json.loads((tmp_path / "there" / "results.json").read_text())["settings"]
 
     # train's grid search: its candidates scored on the cluster, the same choice and scores
-    from microfer.classify import select_and_fit
+    from microfer.learn.classify import select_and_fit
     from microfer.parallel import scheduler_context
 
     sets, y, g = tiny_set(1.0, n_subjects=4)
@@ -49,9 +49,9 @@ def test_loso_on_a_local_cluster_equals_the_local_run(tiny_loso, tmp_path):
 
 
 def test_prepare_on_a_local_cluster_writes_the_same_cache(tmp_path):
-    from microfer.cache import Cache
+    from microfer.clip.cache import Cache
     from microfer.datasets import get
-    from microfer.prepare import PrepareSettings, prepare_dataset
+    from microfer.clip.prepare import PrepareSettings, prepare_dataset
     from microfer.synth import generate
 
     s = generate("casme2", tmp_path / "synth", subjects=1, clips_per_subject=3, seed=2, apex_unknown=0.3,
@@ -75,11 +75,11 @@ def test_a_run_without_scheduler_never_imports_dask(tmp_path):
         import sys
         import numpy as np, pandas as pd
         from click.testing import CliRunner
-        import microfer.evaluate as ev
+        import microfer.learn.evaluate as ev
         from microfer.cli import cli
-        from microfer.classify import select_and_fit
-        from microfer.features import FeatureSetting
-        from microfer.protocols import load_protocol
+        from microfer.learn.classify import select_and_fit
+        from microfer.learn.features import FeatureSetting
+        from microfer.learn.protocols import load_protocol
 
         for cmd in ("prepare", "loso", "train"):
             assert CliRunner().invoke(cli, [cmd, "--help"]).exit_code == 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from microfer.errors import BundleError, MicroferError
-from microfer.features import (FeatureModel, FeatureSetting, FusedSetting, extract_features, feature_config,
+from microfer.learn.features import (FeatureModel, FeatureSetting, FusedSetting, extract_features, feature_config,
                                feature_setting_from_config)
 from microfer.models import create_extractor, is_descriptor, list_models
 from microfer.models.descriptors import HOOF_BINS, WORK_SIZE
@@ -120,7 +120,7 @@ def test_fusion_with_a_network_round_trips_through_a_bundle_config():
 
 
 def test_grid_entries_parse_and_weights_go_only_where_they_fit(tmp_path):
-    from microfer.evaluate import FEATURE_GRIDS, LosoSettings, parse_feature_set
+    from microfer.learn.evaluate import FEATURE_GRIDS, LosoSettings, parse_feature_set
 
     settings = LosoSettings(block_weights=None)
     w = str(tmp_path / "w")
@@ -142,7 +142,7 @@ def test_grid_entries_parse_and_weights_go_only_where_they_fit(tmp_path):
 
 def test_in_fold_choice_is_not_worse_than_its_best_member():
     """Choosing among feature sets inside the folds costs at most noise against the best one."""
-    from microfer.evaluate import compute_metrics, evaluate_folds, leave_one_group_out
+    from microfer.learn.evaluate import compute_metrics, evaluate_folds, leave_one_group_out
 
     rng = np.random.default_rng(0)
     n_subjects, per = 8, 12

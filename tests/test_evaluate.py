@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microfer.evaluate import (FoldLeakError, LosoSettings, SimpleFold, check_folds, compute_metrics, evaluate_folds,
+from microfer.learn.evaluate import (FoldLeakError, LosoSettings, SimpleFold, check_folds, compute_metrics, evaluate_folds,
                                feature_grid, leave_one_group_out, run_loso)
-from microfer.features import FeatureSetting, extract_features
+from microfer.learn.features import FeatureSetting, extract_features
 from microfer.records import MANIFEST_COLUMNS, PreparedClip
 
 EMOTIONS = ["happiness", "surprise", "disgust"]
@@ -99,7 +99,7 @@ def test_feature_cache_is_reused_and_keyed_by_settings(tmp_path):
 def test_feature_cache_notices_a_re_prepared_clip(tmp_path):
     import os
 
-    from microfer.cache import Cache
+    from microfer.clip.cache import Cache
 
     cache = Cache(tmp_path / "c", "k")
     clips, _, _ = synthetic_set(n_subjects=1, per_class=1)
@@ -126,7 +126,7 @@ def _manifest_row(subject, clip, emotion):
 @pytest.fixture(scope="module")
 def prepared_cache(tmp_path_factory):
     """A real prepare Cache of synthetic clips + a manifest with one failed and one unprepared clip."""
-    from microfer.cache import Cache
+    from microfer.clip.cache import Cache
 
     root = tmp_path_factory.mktemp("cache")
     cache = Cache(root, "settingsA", {"note": "synthetic"})
@@ -148,7 +148,7 @@ def prepared_cache(tmp_path_factory):
 
 
 def test_loso_end_to_end_through_cache_and_protocol(prepared_cache, tmp_path):
-    from microfer.report import write_report
+    from microfer.learn.report import write_report
 
     root, manifest = prepared_cache
     settings = LosoSettings(input_size=64, inner_splits=3, n_jobs=1)
@@ -216,7 +216,7 @@ def test_pretrain_from_a_cache_then_loso_with_the_pretrained_block(prepared_cach
 
     from microfer.cli import cli
     from microfer.errors import MicroferError
-    from microfer.features import check_weights_fit
+    from microfer.learn.features import check_weights_fit
     from microfer.models.weights import read_block_meta
 
     root, manifest = prepared_cache  # stands in for a cache of macro clips

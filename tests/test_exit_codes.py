@@ -88,7 +88,7 @@ def test_empty_coding_file_and_manifest_are_called_empty(tmp_path, capsys):
 
 
 def test_empty_video_is_called_empty(tmp_path):
-    from microfer.video import open_frames
+    from microfer.clip.video import open_frames
 
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"")
@@ -172,7 +172,7 @@ def test_prepare_with_a_failed_clip_exits_3_and_a_finished_cache_needs_no_writes
 
 # ------------------------------------------------------------------------- loso / train
 def _one_class_cache(tmp_path):
-    from microfer.cache import Cache
+    from microfer.clip.cache import Cache
     from microfer.records import PreparedClip
 
     rng = np.random.default_rng(0)
@@ -203,7 +203,7 @@ def _one_class_cache(tmp_path):
 
 
 def test_loso_and_train_refuse_a_single_class(tmp_path, capsys):
-    from microfer.evaluate import gather_features, run_loso
+    from microfer.learn.evaluate import gather_features, run_loso
 
     cache, manifest = _one_class_cache(tmp_path)
     for fn in (run_loso, gather_features):

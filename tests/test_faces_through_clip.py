@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from microfer.errors import ClipError
-from microfer.predict import Predictor
-from microfer.prepare import PrepareSettings, prepare_clip
-from microfer.video import open_frames
+from microfer.recognise.predict import Predictor
+from microfer.clip.prepare import PrepareSettings, prepare_clip
+from microfer.clip.video import open_frames
 
 N, APEX = 30, 15     # synthetic clip: onset 0, apex 15, offset 29
 CUT = 18             # frames CUT.. of the "face leaves" clip have no face
@@ -53,7 +53,7 @@ def _write(folder: Path, frames, sizes=None) -> Path:
 
 
 class _StubPredictor:
-    """microfer.predict.Predictor with the real `predict` and a stand-in model (no bundle):
+    """microfer.recognise.predict.Predictor with the real `predict` and a stand-in model (no bundle):
     what is tested is which frames reach the model, not the model."""
 
     def __new__(cls, *args, **kwargs):
@@ -74,7 +74,7 @@ ARRAYS = ("onset_face", "apex_face", "flow", "strain", "landmarks", "transform",
 
 
 def test_face_checks_change_nothing_on_a_normal_clip(face_frames, monkeypatch):
-    import microfer.prepare as prep
+    import microfer.clip.prepare as prep
 
     checked = {apex: prepare_clip(face_frames, 0, apex, N - 1) for apex in (APEX, None)}
     monkeypatch.setattr(prep, "_check_apex_face", lambda *a, **k: None)
@@ -178,10 +178,10 @@ def test_predict_spots_only_among_frames_with_the_face(cut_frames):
 
 
 def _main(args, monkeypatch, capsys):
-    import microfer.predict
+    import microfer.recognise.predict
     from microfer.cli import main
 
-    monkeypatch.setattr(microfer.predict, "Predictor", _StubPredictor)
+    monkeypatch.setattr(microfer.recognise.predict, "Predictor", _StubPredictor)
     monkeypatch.setattr(sys, "argv", ["microfer", *args])
     with pytest.raises(SystemExit) as exc:
         main()

@@ -43,7 +43,7 @@ def fer_like(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_bundle(fer_like, tmp_path_factory):
-    from microfer.train_images import train_image_bundle
+    from microfer.learn.train_images import train_image_bundle
 
     out = tmp_path_factory.mktemp("bundle") / "images"
     result = train_image_bundle(fer_like, out, per_class=10, progress=False)
@@ -57,8 +57,8 @@ def _run(args):
 
 
 def test_image_bundle_records_its_data_and_test_numbers(image_bundle, fer_like):
-    from microfer.bundle import load_bundle
-    from microfer.images import is_image_bundle
+    from microfer.learn.bundle import load_bundle
+    from microfer.recognise.images import is_image_bundle
 
     b = load_bundle(image_bundle.bundle)
     assert is_image_bundle(b) and b.class_names == ["happy", "sadness"] and b.ood is not None
@@ -88,10 +88,10 @@ def test_predict_one_image_and_a_folder(image_bundle, fer_like):
 def test_image_predictions_match_the_in_memory_features(image_bundle, fer_like):
     """Same face finder and network in training and predict: the reloaded bundle (ONNX)
     gives the label its own SVM gives to torch features of the same face."""
-    from microfer.features import FeatureModel, feature_setting_from_config
-    from microfer.images import ImagePredictor, image_face
+    from microfer.learn.features import FeatureModel, feature_setting_from_config
+    from microfer.recognise.images import ImagePredictor, image_face
     from microfer.models import default_weights
-    from microfer.representation import face_to_input
+    from microfer.clip.representation import face_to_input
 
     predictor = ImagePredictor(image_bundle.bundle)
     assert predictor.runtime == "onnx"
@@ -106,7 +106,7 @@ def test_image_predictions_match_the_in_memory_features(image_bundle, fer_like):
 
 def test_small_face_crops_and_faceless_images(tmp_path):
     from microfer.errors import ClipError
-    from microfer.images import FACE_SIZE, image_face
+    from microfer.recognise.images import FACE_SIZE, image_face
 
     photo = cv2.imread(str(FACES / "grace_hopper.jpg"))
     found = image_face(photo, "hopper")
@@ -141,7 +141,7 @@ def test_the_readme_one_liner_imports_no_torch(image_bundle, fer_like):
     import sys
 
     one = sorted((fer_like / "test" / "happy").glob("*.jpg"))[0]
-    code = ("import json, sys\nfrom microfer.images import predict_images\n"
+    code = ("import json, sys\nfrom microfer.recognise.images import predict_images\n"
             "label = predict_images(sys.argv[1], model=sys.argv[2])[0].label\n"
             "print(json.dumps([label, [m for m in ('torch', 'timm') if m in sys.modules]]))\n")
     out = subprocess.run([sys.executable, "-c", code, str(one), str(image_bundle.bundle)], capture_output=True,
@@ -155,11 +155,11 @@ def test_an_image_bundle_on_pretrained_vit_weights(fer_like, tmp_path):
     """`train-images --weights RUN`: any backbone pretrained on still faces (here a ViT, 1 epoch)."""
     import sys
 
-    from microfer.bundle import load_bundle
+    from microfer.learn.bundle import load_bundle
     from microfer.errors import MicroferError
-    from microfer.images import ImagePredictor
-    from microfer.models.pretrain import PretrainSettings, pretrain
-    from microfer.train_images import train_image_bundle
+    from microfer.recognise.images import ImagePredictor
+    from microfer.learn.pretrain import PretrainSettings, pretrain
+    from microfer.learn.train_images import train_image_bundle
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_pretrain import _face_set

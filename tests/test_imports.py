@@ -61,20 +61,20 @@ def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
 
 def test_the_graph_is_read():
     modules = _modules()
-    assert {"microfer.apex", "microfer.prepare", "microfer.datasets._coding",
-            "microfer.models.pretrain"} <= set(modules)
+    assert {"microfer.clip.apex", "microfer.clip.prepare", "microfer.datasets._coding",
+            "microfer.learn.pretrain"} <= set(modules)
     g = {name: _imports(name, path, modules) for name, path in modules.items()}
     # the parser sees both kinds of import, lazy ones included
-    assert "microfer.apex" in g["microfer.prepare"]
+    assert "microfer.clip.apex" in g["microfer.clip.prepare"]
     assert "microfer.datasets.casme2" in g["microfer.datasets.registry"]  # `from pkg import submodule`
     assert "microfer.datasets._coding" in g["microfer.datasets.casme2"]
-    assert "microfer.cache" in g["microfer.prepare"]  # imported inside a function
+    assert "microfer.clip.cache" in g["microfer.clip.prepare"]  # imported inside a function
 
 
 def test_apex_does_not_import_prepare(graph):
     """prepare uses apex to spot; the spotting benchmark, which runs prepare, is bench_spot."""
-    assert "microfer.prepare" not in _reaches(graph, "microfer.apex"), graph["microfer.apex"]
-    assert "microfer.apex" in _reaches(graph, "microfer.prepare")
+    assert "microfer.clip.prepare" not in _reaches(graph, "microfer.clip.apex"), graph["microfer.clip.apex"]
+    assert "microfer.clip.apex" in _reaches(graph, "microfer.clip.prepare")
 
 
 def test_coding_does_not_import_the_adapters(graph):
@@ -86,8 +86,8 @@ def test_coding_does_not_import_the_adapters(graph):
 
 
 def test_models_do_not_import_evaluate(graph):
-    """models/ is below the LOSO runner: it opens prepare caches through microfer.cache."""
+    """models/ is below the LOSO runner: it opens prepare caches through microfer.clip.cache."""
     models = [m for m in graph if m == "microfer.models" or m.startswith("microfer.models.")]
-    assert "microfer.models.pretrain" in models and "microfer.models.macro_data" in models
+    assert "microfer.learn.pretrain" in models and "microfer.learn.macro_data" in models
     for m in models:
-        assert "microfer.evaluate" not in _reaches(graph, m), m
+        assert "microfer.learn.evaluate" not in _reaches(graph, m), m

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from microfer.spot_eval import iou
+from microfer.spotting.spot_eval import iou
 from microfer.synth.long_videos import generate_long
 
 
@@ -33,7 +33,7 @@ def stream(tmp_path_factory):
 
 
 def test_live_reports_each_expression_once_after_its_apex(stream):
-    from microfer.live import LiveSettings, LiveSpotter, open_stream, run_live
+    from microfer.spotting.live import LiveSettings, LiveSpotter, open_stream, run_live
 
     video, truth, n = stream
     cap, fps = open_stream(video=video)

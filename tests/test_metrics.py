@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from microfer.evaluate import FoldResult, compute_metrics
+from microfer.learn.evaluate import FoldResult, compute_metrics
 from microfer.metrics import (accuracy, confusion_matrix, majority_class, per_class_f1, score, summarize, uar,
                               uf1)
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from microfer.errors import MicroferError
-from microfer.models.mixing import MIXES, fmix_mask, mix_batch
+from microfer.learn.mixing import MIXES, fmix_mask, mix_batch
 
 
 def _batch(n=6, size=32):
@@ -69,9 +69,9 @@ def test_pretraining_with_fmix_records_it_and_resumes_exactly(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from microfer.models.macro_data import MacroSet
+    from microfer.learn.macro_data import MacroSet
     from microfer.models.weights import read_block_meta
-    from microfer.models.pretrain import PretrainSettings, pretrain
+    from microfer.learn.pretrain import PretrainSettings, pretrain
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)

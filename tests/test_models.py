@@ -8,7 +8,7 @@ from microfer.models import create_extractor, list_models
 from microfer.models.mobilevit import MV2_BLOCK_MODULES, MobileViTExtractor, create_mobilevit, mv2_state_dict
 from microfer.models.weights import load_block_weights, read_block_meta, save_block_weights, weights_paths
 from microfer.records import PreparedClip
-from microfer.representation import flip_input, stack_inputs, to_input
+from microfer.clip.representation import flip_input, stack_inputs, to_input
 
 
 def clip(size=32, seed=0, u=0.5):
@@ -92,7 +92,7 @@ def test_extractor_leaves_the_global_rng_alone():
 
 # ---------------------------------------------------------------------------- block weights
 def _trained_block(seed=5):
-    from microfer.models.pretrain import build_classifier
+    from microfer.learn.pretrain import build_classifier
 
     return build_classifier("mobilevit_xxs", n_classes=3, seed=seed)
 
@@ -135,7 +135,7 @@ def test_foreign_or_mismatched_weights_are_refused(tmp_path):
     with pytest.raises(BundleError, match="sha256"):
         MobileViTExtractor("mobilevit_xxs", layer="mv2", input_size=32, block_weights=tmp_path / "w")
     # ... and with a matching hash, the key check speaks
-    from microfer._io import file_sha256
+    from microfer.io import file_sha256
 
     meta = json.loads(js.read_text())
     meta["weights_sha256"] = file_sha256(st)
@@ -151,7 +151,7 @@ def test_foreign_or_mismatched_weights_are_refused(tmp_path):
 # ---------------------------------------------------------------------------- pretraining
 def _macro_set(n_per_class=6, size=32):
     """Two 'emotions' with opposite vertical flow in the lower face."""
-    from microfer.models.pretrain import MacroSet
+    from microfer.learn.pretrain import MacroSet
 
     rng = np.random.default_rng(0)
     inputs, y = [], []
@@ -168,7 +168,7 @@ def _macro_set(n_per_class=6, size=32):
 def test_pretrain_runs_checkpoints_and_resumes_exactly(tmp_path):
     from safetensors.torch import load_file
 
-    from microfer.models.pretrain import PretrainSettings, pretrain
+    from microfer.learn.pretrain import PretrainSettings, pretrain
 
     data = _macro_set()
     s1 = PretrainSettings(representation="flow", input_size=32, epochs=1, batch_size=4, seed=3, device="cpu")

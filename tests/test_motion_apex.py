@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from microfer.apex import motion_curve, region_mask, spot_apex, spot_interval
+from microfer.clip.apex import motion_curve, region_mask, spot_apex, spot_interval
 from microfer.errors import ClipError, MicroferError
-from microfer.face import alignment_transform, warp_face
-from microfer.motion import apply_displacement, expression_field, optical_flow, optical_strain
+from microfer.clip.face import alignment_transform, warp_face
+from microfer.clip.motion import apply_displacement, expression_field, optical_flow, optical_strain
 from microfer.synth import load_identities
 
 
@@ -24,7 +24,7 @@ def test_flow_recovers_a_known_displacement(aligned_face, method, max_epe):
     flow = optical_flow(gray, moved, method)
     assert flow.shape == (128, 128, 2) and flow.dtype == np.float32
     err = np.hypot(*(flow - true).transpose(2, 0, 1))[13:-13, 13:-13]
-    # measured (python -m microfer.motion): dis 0.06, tvl1 0.085 px at this amplitude
+    # measured (python -m microfer.clip.motion): dis 0.06, tvl1 0.085 px at this amplitude
     assert err.mean() < max_epe, err.mean()
     still = optical_flow(gray, gray, method)
     assert np.abs(still).mean() < 0.02
@@ -71,11 +71,11 @@ def test_spotting_error_on_synthetic_clips_with_known_apex():
     """The spotted apex is within a few frames of the true one, with and without head drift.
 
     Measured on 24 microfer.synth clips of 40-100 frames at 640 x 480 (python -m
-    microfer.bench_spot, numbers in microfer.apex's docstring): the default "fd" curve has
+    microfer.bench.spot, numbers in microfer.clip.apex's docstring): the default "fd" curve has
     mean error 2.3 frames, max 11, where motion-vs-onset ("diff") drifted up to 38 frames off. Smaller,
     shorter clips here keep the test fast.
     """
-    from microfer.bench_spot import measure_spotting
+    from microfer.bench.spot import measure_spotting
     from microfer.synth import Camera
 
     steady = measure_spotting(n_clips=5, seed=3, frame_size=(320, 240), n_frames=(30, 60),
@@ -95,7 +95,7 @@ def test_spotting_error_on_synthetic_clips_with_known_apex():
 def test_gaussian_smooth_is_scipys_gaussian_filter1d(n, sigma):
     from scipy.ndimage import gaussian_filter1d
 
-    from microfer.apex import gaussian_smooth
+    from microfer.clip.apex import gaussian_smooth
 
     curve = np.random.default_rng(n).random(n)
     np.testing.assert_allclose(gaussian_smooth(curve, sigma), gaussian_filter1d(curve, sigma, mode="nearest"),

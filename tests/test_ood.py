@@ -7,10 +7,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from microfer.bundle import OOD_FILE, ArraySVM, load_bundle, save_bundle
+from microfer.learn.bundle import OOD_FILE, ArraySVM, load_bundle, save_bundle
 from microfer.errors import BundleError
-from microfer.ood import RelativeMahalanobis, fit_ood, held_out_scores
-from microfer.ood_eval import auroc
+from microfer.learn.ood import RelativeMahalanobis, fit_ood, held_out_scores
+from microfer.bench.ood_eval import auroc
 
 CONFIG = {"classes": ["a", "b", "c"], "prepare": {}, "features": {}, "svm": {}}
 
@@ -103,7 +103,7 @@ def test_bundle_without_ood_still_loads_and_overwrite_drops_a_stale_file(tmp_pat
 
 
 def test_auroc_counts_refused_inputs_as_rejected_and_ties_as_half():
-    from microfer.ood_eval import Scored, summarise
+    from microfer.bench.ood_eval import Scored, summarise
 
     assert auroc(np.array([0.0, 1.0]), np.array([2.0, np.inf])) == 1.0
     assert auroc(np.array([1.0]), np.array([1.0])) == 0.5

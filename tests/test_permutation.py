@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from microfer.errors import MicroferError
-from microfer.evaluate import leave_one_group_out
-from microfer.permutation import permutation_test, permute_labels
+from microfer.learn.evaluate import leave_one_group_out
+from microfer.learn.permutation import permutation_test, permute_labels
 
 # one linear candidate keeps a whole nested LOSO at a few dozen tiny SVC fits
 TINY_GRID = {"kernel": ["linear"], "C": [1.0], "class_weight": ["balanced"]}
@@ -90,9 +90,9 @@ def test_bad_requests_are_one_line_errors():
 @pytest.fixture
 def tiny_loso(monkeypatch):
     """run_loso on tiny arrays: gather_features replaced, two datasets pooled with different class mixes."""
-    import microfer.evaluate as ev
-    from microfer.features import FeatureSetting
-    from microfer.protocols import load_protocol
+    import microfer.learn.evaluate as ev
+    from microfer.learn.features import FeatureSetting
+    from microfer.learn.protocols import load_protocol
 
     sets, y, _ = tiny_set(3.0, n_subjects=6)
     X = sets["f"]
@@ -122,8 +122,8 @@ def tiny_loso(monkeypatch):
 
 
 def test_run_loso_without_permutations_reports_none(tiny_loso, tmp_path):
-    from microfer.evaluate import LosoSettings, run_loso
-    from microfer.report import write_report
+    from microfer.learn.evaluate import LosoSettings, run_loso
+    from microfer.learn.report import write_report
 
     (tmp_path / "permutation_null.png").write_bytes(b"stale")
     result = run_loso("casme2-5class", tmp_path, settings=LosoSettings(inner_splits=3), progress=False)

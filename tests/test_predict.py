@@ -29,11 +29,11 @@ def test_demo_writes_report_bundle_and_beats_majority(demo):
 
 
 def test_reloaded_bundle_predicts_like_the_in_memory_model(demo, tmp_path):
-    from microfer.features import extract_features
-    from microfer.predict import Predictor
-    from microfer.prepare import PrepareSettings, prepare_clip
-    from microfer.train import train_bundle
-    from microfer.video import open_frames
+    from microfer.learn.features import extract_features
+    from microfer.recognise.predict import Predictor
+    from microfer.clip.prepare import PrepareSettings, prepare_clip
+    from microfer.learn.train import train_bundle
+    from microfer.clip.video import open_frames
 
     trained = train_bundle("megc2019-composite", demo.out / "cache" / PrepareSettings().key(), tmp_path / "b",
                            manifest=demo.out / "manifest.csv", progress=False)
@@ -139,16 +139,16 @@ def test_tampered_bundle_is_refused_by_predict(demo, tmp_path, capsys):
 def test_top_level_python_api(demo):
     import microfer
 
-    p = microfer.predict(demo.predictions[0]["video"], model=demo.bundle)
+    p = microfer.recognise.predict(demo.predictions[0]["video"], model=demo.bundle)
     assert p.label == demo.predictions[0]["predicted_spotted"]
 
 
 @pytest.fixture(scope="module")
 def network_bundle(demo, tmp_path_factory):
     """A bundle whose features come from a network (the demo's default grid picks a descriptor)."""
-    from microfer.evaluate import LosoSettings
-    from microfer.prepare import PrepareSettings
-    from microfer.train import train_bundle
+    from microfer.learn.evaluate import LosoSettings
+    from microfer.clip.prepare import PrepareSettings
+    from microfer.learn.train import train_bundle
 
     settings = LosoSettings(features=("mobilevit_xxs/apex/final/avg",))
     return train_bundle("megc2019-composite", demo.out / "cache" / PrepareSettings().key(),
@@ -157,7 +157,7 @@ def network_bundle(demo, tmp_path_factory):
 
 
 def test_network_bundle_predicts_the_same_in_onnxruntime_as_in_torch(demo, network_bundle):
-    from microfer.predict import Predictor
+    from microfer.recognise.predict import Predictor
 
     cfg = json.loads((network_bundle / "bundle.json").read_text())
     assert "network.onnx" in cfg["files"]
@@ -193,9 +193,9 @@ def test_predict_from_the_shell_imports_neither_torch_nor_timm(demo, network_bun
 def test_runtime_onnx_needs_the_export_and_tampered_exports_are_refused(demo, network_bundle, tmp_path, capsys):
     import shutil
 
-    from microfer.bundle import load_bundle, save_bundle
+    from microfer.learn.bundle import load_bundle, save_bundle
     from microfer.errors import BundleError
-    from microfer.predict import Predictor
+    from microfer.recognise.predict import Predictor
 
     b = load_bundle(network_bundle)
     config = {k: v for k, v in b.config.items() if k not in ("files", "integrity")}
@@ -217,8 +217,8 @@ def test_runtime_onnx_needs_the_export_and_tampered_exports_are_refused(demo, ne
 def test_ood_score_flags_a_noisy_clip_but_not_the_held_out_ones(demo):
     """The bundle's OOD score: held-out synthetic clips (new identities) pass, the same clip
     under heavy sensor noise is flagged, and its label is kept but marked."""
-    from microfer.ood_eval import _frames, sensor_noise
-    from microfer.predict import Predictor
+    from microfer.bench.ood_eval import _frames, sensor_noise
+    from microfer.recognise.predict import Predictor
 
     predictor = Predictor(demo.bundle)
     assert predictor.bundle.ood is not None
@@ -233,8 +233,8 @@ def test_ood_score_flags_a_noisy_clip_but_not_the_held_out_ones(demo):
 
 
 def test_bundle_without_ood_predicts_with_no_score(demo, tmp_path):
-    from microfer.bundle import load_bundle, save_bundle
-    from microfer.predict import Predictor
+    from microfer.learn.bundle import load_bundle, save_bundle
+    from microfer.recognise.predict import Predictor
 
     b = load_bundle(demo.bundle)
     old = save_bundle(tmp_path / "old", network_state=b.network, classifier=b.classifier, config=b.config,
@@ -244,7 +244,7 @@ def test_bundle_without_ood_predicts_with_no_score(demo, tmp_path):
 
 
 def test_explain_writes_overlays_of_the_apex_face_and_the_flow(demo, tmp_path):
-    from microfer.explain import OVERLAY_SIZE
+    from microfer.recognise.explain import OVERLAY_SIZE
 
     p = _run(["predict", demo.predictions[1]["video"], "--model", str(demo.bundle), "--explain",
               str(tmp_path / "why"), "--json"])
@@ -256,8 +256,8 @@ def test_explain_writes_overlays_of_the_apex_face_and_the_flow(demo, tmp_path):
 
 
 def _held_out_prepared(demo, i=1):
-    from microfer.prepare import PrepareSettings, prepare_clip
-    from microfer.video import open_frames
+    from microfer.clip.prepare import PrepareSettings, prepare_clip
+    from microfer.clip.video import open_frames
 
     row = pd.read_csv(demo.out / "heldout" / "synth_truth.csv", dtype=str, keep_default_na=False).iloc[i]
     return prepare_clip(open_frames(demo.out / "heldout" / row["frame_dir"]), int(row["onset"]), int(row["apex"]),
@@ -270,8 +270,8 @@ def test_masking_the_highlighted_region_changes_the_score_more_than_a_random_one
     class score more than masking patches drawn at random."""
     import dataclasses
 
-    from microfer.explain import class_score, network_inputs, occlude, occlusion_map
-    from microfer.predict import Predictor
+    from microfer.recognise.explain import class_score, network_inputs, occlude, occlusion_map
+    from microfer.recognise.predict import Predictor
 
     predictor = Predictor(demo.bundle)
     prepared = _held_out_prepared(demo)

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import microfer.prepare as prep
-from microfer.cache import Cache
+import microfer.clip.prepare as prep
+from microfer.clip.cache import Cache
 from microfer.errors import ClipError, LayoutError
-from microfer.prepare import PrepareSettings, prepare_clip, prepare_dataset
-from microfer.video import open_frames
+from microfer.clip.prepare import PrepareSettings, prepare_clip, prepare_dataset
+from microfer.clip.video import open_frames
 
 REAL_PREPARE_CLIP = prep.prepare_clip
 
@@ -142,8 +142,8 @@ def test_hard_kill_mid_write_leaves_no_corrupt_entry(dataset, tmp_path):
     # A child process that dies (SIGKILL-like os._exit) while writing its 3rd entry.
     script = textwrap.dedent(f"""
         import os, numpy as np, pandas as pd
-        import microfer.cache as cache
-        from microfer.prepare import PrepareSettings, prepare_dataset
+        import microfer.clip.cache as cache
+        from microfer.clip.prepare import PrepareSettings, prepare_dataset
         real, n = np.savez_compressed, [0]
         def dying(path, **arrays):
             n[0] += 1
@@ -213,7 +213,7 @@ def test_memo_reuses_decoded_frames_and_onset_alignment_with_identical_results(s
     frame again and, when its onset is the scan's, finds no face again: same numbers."""
     import dataclasses
 
-    import microfer.face
+    import microfer.clip.face
 
     root, df, _ = synth_set
     row = df.iloc[0]
@@ -228,8 +228,8 @@ def test_memo_reuses_decoded_frames_and_onset_alignment_with_identical_results(s
             reads.append(list(numbers))
             return src.read(numbers)
 
-    real_detect = microfer.face.detect_faces
-    monkeypatch.setattr(microfer.face, "detect_faces", lambda *a, **k: detects.append(1) or real_detect(*a, **k))
+    real_detect = microfer.clip.face.detect_faces
+    monkeypatch.setattr(microfer.clip.face, "detect_faces", lambda *a, **k: detects.append(1) or real_detect(*a, **k))
 
     def passes(memo):
         reads.clear(), detects.clear()

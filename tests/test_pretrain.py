@@ -9,9 +9,9 @@ import pytest
 
 from microfer.errors import BundleError, MicroferError
 from microfer.models import default_weights, resolve_weights
-from microfer.models.macro_data import (MacroSet, combine, load_image_folder, load_images_by_subject,
+from microfer.learn.macro_data import (MacroSet, combine, load_image_folder, load_images_by_subject,
                                         normalise_label, split_subjects)
-from microfer._io import file_sha256
+from microfer.io import file_sha256
 from microfer.models.mobilevit import TRUNK_MODULES, MobileViTExtractor
 from microfer.models.weights import read_block_meta, save_block_weights, scope_state_dict, weights_paths
 
@@ -97,7 +97,7 @@ def test_labels_of_fer_and_ck_fold_into_one_set(tmp_path):
 def _trained_trunk(seed=5):
     import torch
 
-    from microfer.models.pretrain import build_classifier
+    from microfer.learn.pretrain import build_classifier
 
     model = build_classifier("mobilevit_xxs", n_classes=3, seed=seed, scope="whole").eval()
     g = torch.Generator().manual_seed(seed)
@@ -162,8 +162,8 @@ def _face_set(n_per_class=6, size=32):
 def test_whole_trunk_pretraining_resumes_exactly_with_augmentation(tmp_path):
     from safetensors.torch import load_file
 
-    from microfer.models import augment
-    from microfer.models.pretrain import PretrainSettings, pretrain
+    from microfer.learn import augment
+    from microfer.learn.pretrain import PretrainSettings, pretrain
 
     data, held_out = _face_set(), {"heldout": _face_set(n_per_class=3)}
     params = augment.draw(np.random.default_rng([0, 0]), 4)
@@ -261,7 +261,7 @@ def test_real_ck_split_is_by_subject_and_fer_labels_are_canonical():
 def test_warmup_rises_per_step_and_resumes_exactly(tmp_path):
     from safetensors.torch import load_file
 
-    from microfer.models.pretrain import PretrainSettings, pretrain, warmup_factor
+    from microfer.learn.pretrain import PretrainSettings, pretrain, warmup_factor
 
     assert warmup_factor(0, 0, 0, 10) == 1.0
     assert [warmup_factor(1.5, e, s, 4) for e, s in ((0, 0), (0, 3), (1, 0), (1, 1), (2, 0))] == \

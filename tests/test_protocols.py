@@ -9,7 +9,7 @@ import yaml
 
 from microfer.datasets._coding import manifest_frame
 from microfer.errors import MicroferError
-from microfer.protocols import Fold, list_protocols, load_protocol
+from microfer.learn.protocols import Fold, list_protocols, load_protocol
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ["casme2-5class", "cross-dataset", "megc2019-composite", "samm-5class", "smic-hs-3class",
@@ -161,7 +161,7 @@ def _installed_layout(tmp_path, monkeypatch, *, ship=True):
     import shutil
 
     import microfer
-    from microfer.protocols import SHIPPED_DIR
+    from microfer.learn.protocols import SHIPPED_DIR
 
     monkeypatch.delenv("MICROFER_PROTOCOLS", raising=False)
     monkeypatch.delenv("MICROFER_MANIFESTS", raising=False)
@@ -180,7 +180,7 @@ def _installed_layout(tmp_path, monkeypatch, *, ship=True):
 
 
 def test_checkout_folders_are_used_from_a_checkout(monkeypatch):
-    from microfer.protocols import manifests_dir, protocols_dir
+    from microfer.learn.protocols import manifests_dir, protocols_dir
 
     monkeypatch.delenv("MICROFER_PROTOCOLS", raising=False)
     monkeypatch.delenv("MICROFER_MANIFESTS", raising=False)
@@ -188,7 +188,7 @@ def test_checkout_folders_are_used_from_a_checkout(monkeypatch):
 
 
 def test_installed_wheel_finds_its_packaged_protocols_and_manifests(tmp_path, monkeypatch):
-    from microfer.protocols import manifests_dir, protocols_dir
+    from microfer.learn.protocols import manifests_dir, protocols_dir
 
     package = _installed_layout(tmp_path, monkeypatch)
     assert protocols_dir() == package / "_shipped" / "protocols"

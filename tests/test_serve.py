@@ -13,7 +13,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def server(demo):
-    from microfer.serve import make_server
+    from microfer.recognise.serve import make_server
 
     srv = make_server(demo.bundle, port=0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -25,7 +25,7 @@ def server(demo):
 
 @pytest.fixture(scope="module")
 def expected(demo):
-    from microfer.predict import Predictor
+    from microfer.recognise.predict import Predictor
 
     video = Path(demo.predictions[0]["video"])
     return video, Predictor(demo.bundle).predict(video)

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from microfer import datasets
 from microfer.datasets.long_videos import interval_table
-from microfer.spot import SignalSettings, motion_signal, spot_video
-from microfer.spot_eval import iou
+from microfer.spotting.spot import SignalSettings, motion_signal, spot_video
+from microfer.spotting.spot_eval import iou
 from microfer.synth.long_videos import generate_long
 
 SMALL = (480, 360)  # renders ~2x faster than 640x480; faces stay >= 135 px wide
@@ -163,7 +163,7 @@ def test_spot_eval_command(casme_long, tmp_path):
 def test_spot_then_recognise(casme_long, tmp_path):
     """--model labels every micro interval with one of the bundle's classes (macro ones stay unlabelled)."""
     from microfer.cli import cli
-    from microfer.demo import run_demo
+    from microfer.bench.demo import run_demo
 
     bundle = run_demo(tmp_path / "demo", quick=True, seed=0, echo=None, progress=False).bundle
     classes = json.loads((Path(bundle) / "bundle.json").read_text())["classes"]

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microfer.spot import SPOT_REGIONS, MotionSignal, SpottedInterval, spot_curves
-from microfer.spot_eval import Counts, VideoData, count_video, evaluate_loso, iou, match, summarize
+from microfer.spotting.spot import SPOT_REGIONS, MotionSignal, SpottedInterval, spot_curves
+from microfer.spotting.spot_eval import Counts, VideoData, count_video, evaluate_loso, iou, match, summarize
 
 
 def test_iou_hand_worked():
@@ -73,7 +73,7 @@ def test_folds_choose_on_training_subjects_only():
 
     def choose(train):
         seen.append({v.subject for v in train})
-        from microfer.spot import PeakSettings
+        from microfer.spotting.spot import PeakSettings
         return PeakSettings(threshold=10.0)
 
     result = evaluate_loso(videos, choose=choose)

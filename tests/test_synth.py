@@ -282,7 +282,7 @@ def test_noise_drift_and_neutral_frames(identity):
 def test_written_apex_is_the_frame_of_peak_motion(sets):
     """From the JPEGs alone: inside the face's expressive regions (found by dlib on the onset
     frame, as the pipeline does), the frame that differs most from the onset frame is the apex."""
-    from microfer.face import detect_landmarks
+    from microfer.clip.face import detect_landmarks
 
     s = sets["casme2"]
     for r in truth(s).itertuples():
@@ -310,7 +310,7 @@ def test_amplitudes_in_stated_ranges(sets, tmp_path):
 
 
 def test_dlib_finds_the_face_on_synthetic_frames(sets):
-    from microfer.face import detect_landmarks
+    from microfer.clip.face import detect_landmarks
 
     s = sets["casme2"]
     r = truth(s).iloc[0]

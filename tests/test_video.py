@@ -5,10 +5,10 @@ import cv2
 import numpy as np
 import pytest
 
-from microfer import video
+from microfer.clip import video
 from microfer.errors import ClipError, LayoutError
 from microfer.records import Sample
-from microfer.video import ArraySource, frames_for_sample, open_frames
+from microfer.clip.video import ArraySource, frames_for_sample, open_frames
 
 
 def _frame(value: int, size=(24, 32)) -> np.ndarray:
@@ -126,7 +126,7 @@ def test_cropped_variant_is_found_by_the_template_prefix(tmp_path):
     import numpy as np
 
     from microfer.records import Sample
-    from microfer.video import frames_for_sample
+    from microfer.clip.video import frames_for_sample
 
     clip = tmp_path / "sub01" / "EP02_01f"
     clip.mkdir(parents=True)
@@ -146,7 +146,7 @@ def test_a_broken_video_gives_one_microfer_line_and_no_decoder_noise(tmp_path, c
     import pytest
 
     from microfer.errors import ClipError
-    from microfer.video import open_frames
+    from microfer.clip.video import open_frames
 
     good = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(good), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))

@@ -46,16 +46,16 @@ def bench_cmd(what, model, runs, threads, workers, subjects, clips_per_subject, 
     Without --model, a MobileViT bundle is first trained on the quick demo's clips (about
     35 s, not timed). At the end, every goal with its measured figure and ratio.
     """
-    from microfer.bench import bench_predict, demo_bundle, format_predict, write_results
-    from microfer.bench_prepare import bench_prepare, format_prepare
+    from microfer.bench.suite import bench_predict, demo_bundle, format_predict, write_results
+    from microfer.bench.prepare import bench_prepare, format_prepare
 
     if what == "spot":
-        from microfer.bench_spot_long import bench_spot, format_spot
+        from microfer.bench.spot_long import bench_spot, format_spot
 
         spot_result = bench_spot(echo=click.echo)
         click.echo(format_spot(spot_result))
         if out is not None:
-            from microfer._io import write_json
+            from microfer.io import write_json
 
             write_json(out / "bench_spot.json", spot_result)
             click.echo(f"wrote {out / 'bench_spot.json'}")
@@ -76,7 +76,7 @@ def bench_cmd(what, model, runs, threads, workers, subjects, clips_per_subject, 
                                        verbose=False)
         click.echo(format_prepare(prepare_result))
     if predict_result is not None and prepare_result is not None:
-        from microfer.bench import format_goals
+        from microfer.bench.suite import format_goals
 
         click.echo("")
         click.echo(format_goals(predict_result["goals"], prepare_result.get("goals")))

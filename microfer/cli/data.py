@@ -15,7 +15,7 @@ from microfer.datasets.registry import get, names
 @click.command("datasets")
 def datasets_cmd():
     """List the supported datasets: fps, default protocol and the layout each expects."""
-    from microfer.protocols import manifests_dir
+    from microfer.learn.protocols import manifests_dir
 
     for name in names():
         a = get(name)
@@ -73,7 +73,7 @@ def summary(df) -> list[str]:
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="manifest csv to write")
 def manifest_cmd(dataset: str, coding: Path | None, root: Path | None, out: Path):
     """Write the manifest of DATASET from its coding file (or SMIC folders) and summarise it."""
-    from microfer._io import write_csv
+    from microfer.io import write_csv
 
     adapter = get(dataset)
     with warnings.catch_warnings():

@@ -14,7 +14,7 @@ WEIGHTS_OPTION = click.option(
     help="pretrained weights: 'default' = the shipped macro-expression trunk (mobilevit_xxs) "
          "(microfer/weights/mobilevit_xxs_macro.json), 'none' = randomly initialised (ablation), "
          "or a weights folder / .json from `microfer pretrain`")
-# the names of microfer.evaluate.FEATURE_GRIDS (spelt out: --help must not import the library)
+# the names of microfer.learn.evaluate.FEATURE_GRIDS (spelt out: --help must not import the library)
 GRID_OPTION = click.option("--grid", type=click.Choice(["small", "motion", "raw", "network", "full"]), default="small",
                            show_default=True,
                            help="feature x SVM grid searched inside each training fold: small (default: motion "
@@ -110,7 +110,7 @@ def pretrain_cmd(ctx, cache, manifest, images, images_split, test_split, images_
                  input_size, grey, augment, mix, warmup_epochs, store_dtype, seed, threads, device, out, resume):
     """Pretrain a backbone (MobileViT's MobileNetV2 block or whole trunk, a ViT's encoder) on macro-expression samples."""
     from microfer.errors import MicroferError
-    from microfer.models.pretrain import (PretrainSettings, combine, load_cache_samples, load_image_folder,
+    from microfer.learn.pretrain import (PretrainSettings, combine, load_cache_samples, load_image_folder,
                                           load_images_by_subject, pretrain)
 
     has_images = bool(images or images_by_subject)
@@ -178,7 +178,7 @@ def pretrain_cmd(ctx, cache, manifest, images, images_split, test_split, images_
 def pretrain_report_cmd(runs, out):
     """Pretraining RUNS (`microfer pretrain --out` folders) side by side: backbone x --mix -> test accuracy,
     macro F1 and time per epoch, as a table and a plot."""
-    from microfer.models.pretrain_report import write_report
+    from microfer.learn.pretrain_report import write_report
 
     paths = write_report(runs, out)
     click.echo(paths["markdown"].read_text(encoding="utf-8"), nl=False)
@@ -215,7 +215,7 @@ def pretrain_report_cmd(runs, out):
 def loso_cmd(protocol, cache, manifest, out, jobs, grid, features, seed, weights, inner_splits, threads, batch_size,
              input_size, feature_dir, device, permutations, permutation_seed, scheduler):
     """Leave-one-subject-out evaluation of PROTOCOL on a prepare cache."""
-    from microfer.evaluate import LosoSettings, run_loso
+    from microfer.learn.evaluate import LosoSettings, run_loso
     from microfer.models import resolve_weights
 
     settings = LosoSettings(grid=grid, features=tuple(features), seed=seed, n_jobs=jobs, inner_splits=inner_splits,
@@ -252,7 +252,7 @@ def loso_cmd(protocol, cache, manifest, out, jobs, grid, features, seed, weights
     click.echo(f"time: {result.timings['total_s']:.1f} s (features {result.timings['features_s']:.1f} s, "
                f"folds {result.timings['folds_s']:.1f} s{extra})")
     if out is not None:
-        from microfer.report import write_report
+        from microfer.learn.report import write_report
 
         paths = write_report(result, out)
         click.echo(f"wrote {paths['results']}, {paths['report']}")

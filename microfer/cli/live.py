@@ -31,7 +31,7 @@ def live_cmd(camera, url, video, model, fps, window_s, hop_s, realtime, max_fram
     """Spot micro- and macro-expressions while the frames arrive; each event is printed as it
     is found, with the frame rate achieved. Stop a camera or stream with Ctrl+C."""
     from microfer.errors import MicroferError
-    from microfer.live import LiveSettings, LiveSpotter, open_stream, run_live
+    from microfer.spotting.live import LiveSettings, LiveSpotter, open_stream, run_live
 
     cap, source_fps = open_stream(camera=camera, url=url, video=video)
     rate = fps or source_fps
@@ -40,7 +40,7 @@ def live_cmd(camera, url, video, model, fps, window_s, hop_s, realtime, max_fram
         raise MicroferError(f"{video or url or f'camera {camera}'}: the source gives no frame rate; pass --fps")
     predictor = None
     if model is not None:
-        from microfer.predict import Predictor
+        from microfer.recognise.predict import Predictor
 
         predictor = Predictor(model)
     spotter = LiveSpotter(rate, LiveSettings(window_s=window_s, hop_s=hop_s), predictor=predictor)

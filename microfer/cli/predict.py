@@ -25,9 +25,9 @@ from microfer.cli.evaluate import FEATURES_OPTION, GRID_OPTION, SCHEDULER_OPTION
 @SCHEDULER_OPTION
 def train_cmd(protocol, cache, manifest, out, grid, features, seed, weights, threads, scheduler):
     """Fit the whole pipeline on all subjects of PROTOCOL (grid search inside) and write a model bundle."""
-    from microfer.evaluate import LosoSettings
+    from microfer.learn.evaluate import LosoSettings
     from microfer.models import resolve_weights
-    from microfer.train import train_bundle
+    from microfer.learn.train import train_bundle
 
     settings = LosoSettings(grid=grid, features=tuple(features), seed=seed, num_threads=threads,
                             block_weights=resolve_weights(weights), scheduler=scheduler)
@@ -60,10 +60,10 @@ def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, exp
     """Emotion of one CLIP (a video file or a folder of frames) with a clip bundle, or of a face
     image (or every image in a folder) with an image bundle."""
     from microfer.errors import MicroferError
-    from microfer.images import is_image_bundle
+    from microfer.recognise.images import is_image_bundle
 
     if is_image_bundle(model):
-        from microfer.images import ImagePredictor, predict_images
+        from microfer.recognise.images import ImagePredictor, predict_images
 
         given = [n for n, v in (("--onset", onset), ("--apex", apex), ("--offset", offset), ("--explain", explain))
                  if v is not None]
@@ -77,8 +77,8 @@ def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, exp
         else:
             click.echo("\n".join(r.text() for r in results))
         return
-    from microfer.predict import Predictor
-    from microfer.video import IMAGE_EXTENSIONS
+    from microfer.recognise.predict import Predictor
+    from microfer.clip.video import IMAGE_EXTENSIONS
 
     predictor = Predictor(model, num_threads=threads, runtime=runtime)
     if clip.is_file() and clip.suffix.lower() in IMAGE_EXTENSIONS:
@@ -108,7 +108,7 @@ def train_images_cmd(images, out, test_by_subject, per_class, seed, threads, wei
     import shlex
     import sys
 
-    from microfer.train_images import train_image_bundle
+    from microfer.learn.train_images import train_image_bundle
 
     command = " ".join(["microfer", *map(shlex.quote, sys.argv[1:])])
     r = train_image_bundle(images, out, test_by_subject=test_by_subject, per_class=per_class, seed=seed,
@@ -133,7 +133,7 @@ def train_images_cmd(images, out, test_by_subject, per_class, seed, threads, wei
 def demo_cmd(out, quick, seed, faces, no_progress):
     """Run the whole pipeline on synthetic clips made from shipped faces: synth, prepare,
     LOSO on the MEGC2019 composite protocol, train a bundle, predict held-out videos."""
-    from microfer.demo import run_demo
+    from microfer.bench.demo import run_demo
 
     r = run_demo(out, quick=quick, seed=seed, faces=faces, echo=click.echo, progress=not no_progress)
     m = r.loso_metrics

@@ -12,7 +12,7 @@ def load_samples(dataset: str, root: Path | None, coding: Path | None, manifest:
     """(samples table, where it came from): --manifest, else the coding file, else the
     shipped manifest, else (SMIC) the clip folders under --root."""
     from microfer import datasets
-    from microfer.protocols import manifests_dir
+    from microfer.learn.protocols import manifests_dir
     from microfer.errors import MicroferError
 
     if manifest is not None:
@@ -73,7 +73,7 @@ def prepare_cmd(dataset, root, out, coding, manifest, workers, strict, size, flo
                 f"problem(s): {len(summary.failed)} manifest sample(s) failed, "
                 f"{len(summary.unmatched)} csv row(s) not used", summary.cache_dir)
         return
-    from microfer.prepare import PrepareSettings, prepare_dataset
+    from microfer.clip.prepare import PrepareSettings, prepare_dataset
 
     samples, source = load_samples(dataset, root, coding, manifest)
     click.echo(f"{dataset}: {len(samples)} samples from {source}")

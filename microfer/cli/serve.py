@@ -16,7 +16,7 @@ import click
 def serve_cmd(model, host, port, threads, verbose):
     """A local web page: upload a clip, see its emotion, the scores and the motion curve
     with onset, apex and offset. Stop it with Ctrl+C."""
-    from microfer.serve import make_server
+    from microfer.recognise.serve import make_server
 
     server = make_server(model, host=host, port=port, verbose=verbose, num_threads=threads)
     click.echo(f"microfer serving {model} at {server.url}  (Ctrl+C stops it)")

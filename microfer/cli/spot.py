@@ -33,9 +33,9 @@ def spot_cmd(video, model, fps, threshold, as_json, as_csv, plot, quiet):
     listed and never hold an interval."""
     from dataclasses import replace
 
-    from microfer.spot import PeakSettings, spot_curves, spot_video
-    from microfer.spot_report import plot_signal
-    from microfer.video import frame_ranges
+    from microfer.spotting.spot import PeakSettings, spot_curves, spot_video
+    from microfer.spotting.spot_report import plot_signal
+    from microfer.clip.video import frame_ranges
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
@@ -80,9 +80,9 @@ def spot_cmd(video, model, fps, threshold, as_json, as_csv, plot, quiet):
 
 def _recognise(result, video: Path, model: Path) -> int:
     """Label each micro interval with the bundle's classifier; returns how many failed."""
-    from microfer.predict import Predictor
-    from microfer.spot import recognise_micro
-    from microfer.video import open_frames
+    from microfer.recognise.predict import Predictor
+    from microfer.spotting.spot import recognise_micro
+    from microfer.clip.video import open_frames
 
     failed = recognise_micro(result.intervals, open_frames(video), Predictor(model))
     for iv, reason in failed:
@@ -105,7 +105,7 @@ def _recognise(result, video: Path, model: Path) -> int:
 def spot_eval_cmd(protocol, root, coding, out, plots, model, quiet):
     """MEGC spotting evaluation (IoU >= 0.5; P, R, F1 overall and per type), leave-one-subject-out
     with every threshold chosen on the training subjects; beside two trivial baselines."""
-    from microfer.spot_eval import run_spot_eval
+    from microfer.spotting.spot_eval import run_spot_eval
 
     doc = run_spot_eval(protocol, root, out, coding=coding, progress=not quiet, plots=plots, model=model)
     for method, scores in doc["metrics"].items():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from microfer._io import write_csv
+from microfer.io import write_csv
 from microfer.datasets import megc2019
 from microfer.datasets.registry import get
 

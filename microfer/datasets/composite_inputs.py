@@ -173,7 +173,7 @@ def _manifest(manifest) -> tuple[pd.DataFrame, str]:
     if isinstance(manifest, pd.DataFrame):
         return manifest, "the given manifest"
     if manifest is None:
-        from microfer.protocols import manifests_dir
+        from microfer.learn.protocols import manifests_dir
 
         manifest = manifests_dir() / MANIFEST_NAME
     return read_manifest(manifest), str(manifest)
@@ -253,7 +253,7 @@ def _clip_error(message: str) -> ClipError:
 def _decode(path: Path, flags: int, what: str) -> np.ndarray:
     import cv2
 
-    from microfer.video import _jpeg_is_complete
+    from microfer.clip.video import _jpeg_is_complete
 
     try:
         data = path.read_bytes()
@@ -357,7 +357,7 @@ class CompositeSummary:
 def prepare_cache(root, out, manifest=None, settings: CompositeSettings = CompositeSettings(),
                   progress: bool = False) -> CompositeSummary:
     """Read `root` (see module docstring) into the prepare cache at `out`; see `CompositeSummary`."""
-    from microfer.cache import Cache
+    from microfer.clip.cache import Cache
 
     t0 = time.perf_counter()
     table = read_table(root, manifest)

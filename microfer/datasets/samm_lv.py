@@ -32,7 +32,7 @@ from microfer.errors import AnnotationError
 
 NAME = "samm_lv"
 FPS = 200.0
-DEFAULT_PROTOCOL = None  # spotting: see microfer.spot_eval.PROTOCOLS
+DEFAULT_PROTOCOL = None  # spotting: see microfer.spotting.spot_eval.PROTOCOLS
 REQUIRED = ("Subject", "Filename", "Onset", "Apex", "Offset", "Type")
 OPTIONAL = ("Inducement Code", "Action Units", "Emotion", "Notes")
 FRAMES_DIR = "SAMM_longvideos"

@@ -1,7 +1,7 @@
 """Motion descriptors that need no training: the flow itself, pooled over a face grid.
 
 They take the same `flow` network input as MobileViT ((N, 3, H, W): u, v, strain on a
-fixed scale, see `microfer.representation`) and give plain feature vectors, so the grid
+fixed scale, see `microfer.clip.representation`) and give plain feature vectors, so the grid
 search weighs them against the networks inside each training fold, as equals.
 
 Every descriptor first brings the flow to a 28x28 face (area averaging: the size of the

@@ -100,7 +100,7 @@ def _truncate(model, layer: str):
 class MobileViTExtractor(TorchExtractor):
     """Frozen MobileViT -> pooled features of one layer, numpy in, numpy out.
 
-    Inputs are (N, 3, H, W) float32 arrays (`microfer.representation`), resized to
+    Inputs are (N, 3, H, W) float32 arrays (`microfer.clip.representation`), resized to
     `input_size` when they differ. Always eval mode under torch.inference_mode.
     """
 

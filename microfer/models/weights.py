@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from microfer._io import file_sha256
+from microfer.io import file_sha256
 from microfer.errors import BundleError, MicroferError
 
 WEIGHTS_STEMS = {"mv2": "mv2_block", "whole": "trunk"}
@@ -98,7 +98,7 @@ def save_block_weights(model, out, meta: dict[str, Any], scope: str = "mv2", sto
     import torch
     from safetensors.torch import save_file
 
-    from microfer._io import atomic_path, write_json
+    from microfer.io import atomic_path, write_json
 
     variant = meta.get("variant", "")
     modules = backbone_scopes(variant)[check_scope(scope, variant)]
@@ -222,7 +222,7 @@ def publish_weights(src, dest, notes: dict[str, Any]) -> Path:
     """
     import shutil
 
-    from microfer._io import atomic_path, write_json
+    from microfer.io import atomic_path, write_json
 
     src_st, src_json = weights_paths(src)
     meta = read_block_meta(src)

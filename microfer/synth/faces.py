@@ -79,7 +79,7 @@ def find_face_photos(folder: Path) -> list[Path]:
 
 @lru_cache(maxsize=256)
 def _detect_cached(path: str, mtime_ns: int, size: int) -> np.ndarray | None:
-    from microfer.face import detect_landmarks
+    from microfer.clip.face import detect_landmarks
 
     image = read_photo(Path(path))
     if image is None:

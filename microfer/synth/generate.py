@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from microfer._io import atomic_path, write_csv, write_text
+from microfer.io import atomic_path, write_csv, write_text
 from microfer.errors import MicroferError
 from microfer.synth import layouts as L
 from microfer.synth.faces import Identity, load_identities

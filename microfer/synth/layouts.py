@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from microfer._io import atomic_path
+from microfer.io import atomic_path
 from microfer.errors import MicroferError
 
 

@@ -1,0 +1,406 @@
+"""Pretrain a backbone on MACRO-expression data: MobileViT's MV2 block or whole trunk, or a ViT.
+
+Macro-expressions are the same facial movements as micro-expressions, larger and far more
+plentiful; a network that learnt to see them gives the frozen extractor better filters
+than random ones. The data (`macro_data.py`): a prepare cache of macro clips preprocessed
+EXACTLY like micro samples (any representation), and/or face-image folders (apex only):
+FER-2013-style ROOT/<split>/<emotion>/ and split-less folders split by subject (CK+).
+
+Scopes (`microfer.models.weights`):
+- mv2 (MobileViT v1 / v2): MV2 block (stem, stages.0, stages.1) + a small head (1x1 conv,
+  BN, SiLU, global average pool, dropout, linear);
+- whole, MobileViT: the whole trunk up to final_conv + global average pool, dropout,
+  linear -- the head a timm MobileViT classifier has;
+- whole, ViT (vit_tiny_patch16_224, vit_small_patch16_224): the encoder at `input_size`
+  + dropout, linear on its class token -- timm's ViT head.
+Loss: class-weighted cross-entropy (macro emotion sets are imbalanced); AdamW with a cosine
+learning rate that is a pure function of the epoch (times an optional linear warm-up, a pure
+function of the step); augmentation (`augment.py`): flips
+for every representation (flow u negated), and for image faces a random shift / scale /
+small rotation and brightness / contrast. Every epoch draws its order, flips and
+augmentation from RNG streams derived from (seed, epoch) only, and the checkpoint keeps
+the model AND the AdamW moments, so a resumed run gives the same weights as an
+uninterrupted one.
+
+Held-out test sets (FER-2013 test split, CK+ test subjects) are evaluated after every
+epoch and only reported (history, card): they choose nothing -- no early stopping, no
+epoch picking; the weights saved are those of the last epoch.
+
+Output folder: <stem>.safetensors + <stem>.json (stem mv2_block or trunk; what `microfer
+loso --weights` loads), checkpoint.safetensors + checkpoint.json (for --resume).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from microfer.io import atomic_path, write_json
+from microfer.errors import MicroferError
+from microfer.learn import augment
+from microfer.learn import mixing
+from microfer.learn.macro_data import (  # noqa: F401  (re-exported: the pretraining API in one place)
+    CK_SUBJECT_PATTERN, IMAGE_SUFFIXES, MacroSet, combine, load_cache_samples, load_image_folder,
+    load_images_by_subject, normalise_label, split_subjects)
+from microfer.io import file_sha256
+from microfer.models.mobilevit import create_mobilevit
+from microfer.models.vit import VARIANTS as VIT_VARIANTS, create_vit_encoder
+from microfer.models.weights import STORE_DTYPES, check_scope, save_block_weights
+from microfer.clip.representation import check_kind, flip_input
+
+CHECKPOINT_FORMAT = "microfer.pretrain_checkpoint"
+
+
+# ---------------------------------------------------------------------------- model
+def build_classifier(variant: str, n_classes: int, seed: int = 0, head_channels: int = 128, dropout: float = 0.2,
+                     scope: str = "mv2", input_size: int = 128):
+    """`scope` of `variant` + a classification head (deterministic in `seed`).
+
+    Attribute names match timm's (stem, stages, final_conv; a ViT under `vit`), so the
+    state keys of the pretrained part are those of the full model and of the extractor.
+    `input_size` matters to ViTs only (their position embedding is made for it).
+    """
+    import torch
+    from torch import nn
+
+    check_scope(scope, variant)
+
+    class ViTClassifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vit = create_vit_encoder(variant, input_size, seed=seed)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)
+                self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.vit.num_features, n_classes))
+
+        def forward(self, x):
+            return self.head(self.vit(x))
+
+    class MV2Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            base = create_mobilevit(variant, seed=seed)
+            self.stem = base.stem
+            self.stages = nn.Sequential(base.stages[0], base.stages[1])
+            channels = base.feature_info[1]["num_chs"]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)
+                self.head = nn.Sequential(
+                    nn.Conv2d(channels, head_channels, 1, bias=False), nn.BatchNorm2d(head_channels), nn.SiLU(),
+                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(head_channels, n_classes),
+                )
+
+        def forward(self, x):
+            return self.head(self.stages(self.stem(x)))
+
+    class TrunkClassifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            base = create_mobilevit(variant, seed=seed)
+            self.stem, self.stages, self.final_conv = base.stem, base.stages, base.final_conv
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)
+                self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                          nn.Linear(base.num_features, n_classes))
+
+        def trunk(self, x):
+            return self.final_conv(self.stages(self.stem(x)))
+
+        def forward(self, x):
+            return self.head(self.trunk(x))
+
+    if variant in VIT_VARIANTS:
+        return ViTClassifier()
+    return MV2Classifier() if scope == "mv2" else TrunkClassifier()
+
+
+# ---------------------------------------------------------------------------- training
+def warmup_factor(warmup_epochs: float, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """Share of the epoch's learning rate at `step`: rising linearly to 1 over the first
+    `warmup_epochs` (a pure function of the position, so a resumed run follows it exactly).
+    Transformers trained from scratch diverge or collapse onto one class without it."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return min(1.0, (epoch * steps_per_epoch + step + 1) / (warmup_epochs * steps_per_epoch))
+
+
+@dataclass
+class PretrainSettings:
+    variant: str = "mobilevit_xxs"
+    representation: str = "flow"
+    input_size: int = 128
+    scope: str = "mv2"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    head_channels: int = 128   # MobileViT mv2 scope only (the other heads are pool + linear)
+    dropout: float = 0.2
+    augment: bool = True       # geometric + photometric on image faces; flips always
+    mix: str = "none"          # batch augmentation: none | cutout | mixup | cutmix | fmix (mixing.py)
+    warmup_epochs: float = 0.0  # linear warm-up of the learning rate, per step (ViTs need it)
+    seed: int = 0
+    store_dtype: str = "float32"  # of the saved weights file; training is float32
+    num_threads: Optional[int] = None
+    device: Optional[str] = None  # None: CUDA when available, else CPU
+
+    def identity(self) -> dict[str, Any]:
+        """Settings a resumed run must share with the checkpoint (epochs may grow)."""
+        d = asdict(self)
+        for k in ("epochs", "num_threads", "device", "store_dtype"):
+            d.pop(k)
+        if d["mix"] == "none":  # checkpoints written before batch augmentations existed resume
+            d.pop("mix")
+        if not d["warmup_epochs"]:  # ... and those written before warm-up existed
+            d.pop("warmup_epochs")
+        return d
+
+
+@dataclass
+class PretrainResult:
+    weights: Path
+    meta: dict[str, Any]
+    history: list[dict[str, float]]
+    resumed_from: int = 0
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("microfer", "torch", "timm", "numpy", "safetensors"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _save_checkpoint(model, optimizer, out: Path, doc: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for k, v in optimizer.state.get(p, {}).items():
+                tensors[f"optim.{names[id(p)]}.{k}"] = v.detach().cpu().contiguous().clone()
+    st_path = out / "checkpoint.safetensors"
+    with atomic_path(st_path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
+    write_json(out / "checkpoint.json", {**doc, "format": CHECKPOINT_FORMAT, "weights_sha256": file_sha256(st_path)})
+
+
+def _load_checkpoint(model, optimizer, out: Path, expect: dict[str, Any]) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    json_path, st_path = out / "checkpoint.json", out / "checkpoint.safetensors"
+    try:
+        doc = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MicroferError(f"{json_path}: unreadable checkpoint description ({exc})") from None
+    if doc.get("format") != CHECKPOINT_FORMAT or not st_path.is_file():
+        raise MicroferError(f"{json_path}: not a microfer pretraining checkpoint (or its safetensors is missing)")
+    if file_sha256(st_path) != doc.get("weights_sha256"):
+        raise MicroferError(f"{st_path}: does not match the sha256 in {json_path.name}")
+    for k in ("settings", "labels", "data_hash", "test_hash"):
+        if doc.get(k) != expect[k]:
+            raise MicroferError(f"{json_path}: cannot resume, the checkpoint's {k} differ from this run's "
+                                f"(checkpoint {str(doc.get(k))[:120]}, now {str(expect[k])[:120]})")
+    tensors = load_file(str(st_path))
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    device = next(model.parameters()).device
+    for n, p in model.named_parameters():
+        state = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"optim.{n}.")
+                 and "." not in k[len(f"optim.{n}."):]}
+        if state:
+            # AdamW keeps `step` on the CPU unless capturable
+            optimizer.state[p] = {k: (v if k == "step" else v.to(device)) for k, v in state.items()}
+    return doc
+
+
+def _test_hash(test_sets: Mapping[str, MacroSet]) -> Optional[str]:
+    if not test_sets:
+        return None
+    return hashlib.sha256("|".join(f"{k}:{v.data_hash()}" for k, v in sorted(test_sets.items())).encode()).hexdigest()
+
+
+def evaluate_sets(model, test_sets: Mapping[str, MacroSet], labels: list[str], batch_size: int = 128,
+                  device=None) -> dict[str, dict[str, Any]]:
+    """Accuracy and macro F1 of `model` (trained on `labels`) on each held-out set.
+
+    Main numbers: the prediction is restricted to the set's own label set (a FER-2013
+    face is never called "contempt", which FER-2013 does not have), which is how FER-2013
+    numbers are reported (7-way); `*_all_labels`: argmax over every trained label. Macro
+    F1 is `metrics.uf1` (mean F1 over the classes in the truth or the predictions).
+    Samples whose label the model never saw are left out and counted.
+    """
+    import torch
+
+    from microfer.metrics import accuracy, confusion_matrix, uf1
+
+    out: dict[str, dict[str, Any]] = {}
+    was_training = model.training
+    model.eval()
+    for name, ts in sorted(test_sets.items()):
+        own = [labels.index(l) for l in ts.labels if l in labels]
+        to_train = np.array([labels.index(l) if l in labels else -1 for l in ts.labels], np.int64)
+        y = to_train[ts.y]
+        idx = np.flatnonzero(y >= 0)
+        logits = []
+        with torch.inference_mode():
+            for i in range(0, idx.size, batch_size):
+                xb = torch.from_numpy(ts.batch(idx[i:i + batch_size])).to(device)
+                logits.append(model(xb).float().cpu().numpy())
+        z = np.concatenate(logits) if logits else np.zeros((0, len(labels)), np.float32)
+        mask = np.full(len(labels), -np.inf, np.float32)
+        mask[own] = 0.0
+        row: dict[str, Any] = {"n": int(idx.size)}
+        for suffix, pred in (("", (z + mask).argmax(1)), ("_all_labels", z.argmax(1))):
+            cm = confusion_matrix(y[idx], pred, len(labels))
+            row[f"accuracy{suffix}"] = round(accuracy(cm), 6) if idx.size else None
+            row[f"macro_f1{suffix}"] = round(uf1(cm), 6) if idx.size else None
+        if idx.size < len(ts):
+            row["left_out_unknown_label"] = int(len(ts) - idx.size)
+        out[name] = row
+    model.train(was_training)
+    return out
+
+
+def pretrain(data: MacroSet, settings: PretrainSettings, out, resume: bool = False,
+             progress: bool = True, test_sets: Optional[Mapping[str, MacroSet]] = None,
+             notes: Optional[Mapping[str, Any]] = None) -> PretrainResult:
+    """Train `settings.scope` + head on `data`; write its weights (and checkpoints) into `out`.
+
+    `test_sets` (name -> held-out MacroSet) are scored after every epoch, for the record
+    only. `notes` (e.g. the command line) are added to the weights JSON.
+    """
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    check_kind(settings.representation)
+    check_scope(settings.scope, settings.variant)
+    mixing.check_mix(settings.mix)
+    if settings.store_dtype not in STORE_DTYPES:
+        raise MicroferError(f"unknown storage dtype {settings.store_dtype!r}; expected one of {', '.join(STORE_DTYPES)}")
+    test_sets = dict(test_sets or {})
+    for name, ts in [("training data", data)] + list(test_sets.items()):
+        if ts.representation != settings.representation or ts.input_size != settings.input_size:
+            raise MicroferError(f"macro {name} are {ts.representation!r} at {ts.input_size}px, settings ask for "
+                                f"{settings.representation!r} at {settings.input_size}px")
+    if len(data) == 0 or len(data.labels) < 2:
+        raise MicroferError(f"pretraining needs samples of at least 2 emotions, got {len(data)} samples "
+                            f"of {data.labels}")
+    if settings.epochs < 1 or settings.batch_size < 2:
+        raise MicroferError("pretraining needs epochs >= 1 and batch_size >= 2")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if settings.num_threads:
+        torch.set_num_threads(int(settings.num_threads))
+    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    model = build_classifier(settings.variant, len(data.labels), settings.seed, settings.head_channels,
+                             settings.dropout, settings.scope, settings.input_size).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    identity = {"settings": settings.identity(), "labels": data.labels, "data_hash": data.data_hash(),
+                "test_hash": _test_hash(test_sets)}
+    start, history = 0, []
+    if (out / "checkpoint.json").is_file():
+        if not resume:
+            raise MicroferError(f"{out}: holds a pretraining checkpoint; pass --resume to continue it, "
+                                f"or choose an empty folder")
+        doc = _load_checkpoint(model, optimizer, out, identity)
+        start, history = int(doc["epochs_done"]), list(doc.get("history", []))
+    n = len(data)
+    counts = np.bincount(data.y, minlength=len(data.labels)).astype(np.float64)
+    weights = torch.tensor(np.where(counts > 0, n / (len(data.labels) * np.maximum(counts, 1)), 0.0),
+                           dtype=torch.float32, device=device)
+    y_all = torch.from_numpy(data.y)
+
+    epochs = range(start, settings.epochs)
+    if progress:
+        from tqdm import tqdm
+
+        epochs = tqdm(epochs, desc="pretrain", unit="epoch", initial=start, total=settings.epochs, disable=None)
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        lr = settings.lr * 0.5 * (1 + math.cos(math.pi * epoch / settings.epochs))
+        rng = np.random.default_rng([settings.seed, epoch])
+        order, flips = rng.permutation(n), rng.random(n) < 0.5
+        aug = augment.draw(rng, n) if settings.augment else None
+        mix_rng = np.random.default_rng([settings.seed, epoch, 1])  # its own stream: "none" runs unchanged
+        torch.manual_seed(settings.seed * 1_000_003 + epoch)  # dropout stream of this epoch
+        model.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        steps = math.ceil(n / settings.batch_size)
+        for step, start_i in enumerate(range(0, n, settings.batch_size)):
+            idx = order[start_i:start_i + settings.batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = lr * warmup_factor(settings.warmup_epochs, epoch, step, steps)
+            if idx.size < 2:  # BatchNorm cannot train on one sample
+                continue
+            x = data.batch(idx, None if aug is None else aug[idx])
+            f = flips[idx]
+            if f.any():
+                x[f] = flip_input(x[f], data.representation)
+            yb = y_all[idx].to(device)
+            if settings.mix != "none":
+                x, soft = mixing.mix_batch(x, data.y[idx], len(data.labels), settings.mix, mix_rng)
+                # soft targets: the class weights scale each class's share of a mixed label
+                loss_target = torch.from_numpy(soft).to(device)
+            else:
+                loss_target = yb
+            xb = torch.from_numpy(x).to(device)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, loss_target, weight=weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * idx.size
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += idx.size
+        train_s = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "loss": round(total_loss / max(seen, 1), 6),
+                  "train_accuracy": round(correct / max(seen, 1), 6), "lr": lr, "train_s": round(train_s, 1)}
+        if test_sets:
+            record["test"] = evaluate_sets(model, test_sets, data.labels, device=device)
+            record["test_s"] = round(time.perf_counter() - t0 - train_s, 1)
+        history.append(record)
+        if progress:
+            epochs.set_postfix(loss=record["loss"], acc=record["train_accuracy"],
+                               **{f"{k[:6]}_acc": v["accuracy"] for k, v in record.get("test", {}).items()})
+        _save_checkpoint(model, optimizer, out, {**identity, "epochs": settings.epochs, "epochs_done": epoch + 1,
+                                                 "history": history})
+
+    meta = {
+        "variant": settings.variant, "representation": settings.representation,
+        "input_size": settings.input_size, "labels": data.labels, "data_hash": identity["data_hash"],
+        "n_samples": n, "class_counts": {l: int(c) for l, c in zip(data.labels, counts)},
+        "epochs": settings.epochs, "seed": settings.seed, "settings": settings.identity(),
+        "sources": data.sources, "skipped": data.skipped, "history": history, "versions": _versions(),
+        "training_data": data.parts,
+        "augmentation": {**(augment.describe() if settings.augment else {"horizontal_flip": 0.5}),
+                         "batch": mixing.describe(settings.mix)},
+        "loss": "class-weighted cross-entropy (weight n / (K x count))",
+        "schedule": f"AdamW, cosine learning rate from {settings.lr} over {settings.epochs} epochs (per epoch)"
+                    + (f", linear warm-up over the first {settings.warmup_epochs:g} epochs (per step)"
+                       if settings.warmup_epochs else "")
+                    + f", weight decay {settings.weight_decay}, batch {settings.batch_size}",
+    }
+    if test_sets:
+        meta["test_data"] = [p for ts in test_sets.values() for p in ts.parts]
+        meta["test_hash"] = identity["test_hash"]
+        meta["test_metrics"] = history[-1].get("test") if history else None
+        meta["test_note"] = ("held-out data, scored after every epoch for the record only: no early stopping, "
+                             "no epoch choice; the weights are those of the last epoch")
+    meta.update(dict(notes or {}))
+    weights_path = save_block_weights(model.cpu(), out, meta, scope=settings.scope,
+                                      store_dtype=settings.store_dtype)
+    return PretrainResult(weights=weights_path, meta=meta, history=history, resumed_from=start)

@@ -1,0 +1,186 @@
+"""Face images in, emotion out: the macro-expression counterpart of `microfer.recognise.predict`.
+
+An image bundle is a model bundle (`microfer.learn.bundle`: safetensors + JSON, integrity hash,
+ONNX network, OOD score) whose bundle.json says `"input": "image"`; it is written by
+`microfer.learn.train_images`. Its features are a macro-pretrained network's -- the shipped
+trunk unless `train-images --weights` named another -- on grey 64-px faces (the 'apex'
+representation, as it was pretrained), its classifier an SVM on them.
+
+The face of an image is found and aligned as a clip's is (dlib's 68 landmarks, the same
+similarity onto `microfer.clip.face.CANONICAL_POINTS`): FER-2013's 48-px crops put the eyes
+0.37 of the side apart (median of 239 test images dlib found a face in), microfer's crop
+0.36, so aligned photos look like the training crops. Images at most `SMALL_CROP` px whose
+face dlib cannot find (a fifth of FER-2013's) are taken as face crops as they are,
+the datasets' convention; larger images without a face are refused.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from microfer.errors import BundleError, ClipError, MicroferError
+
+INPUT_KIND = "image"  # bundle.json "input" of image bundles
+FACE_SIZE = 64        # the shipped trunk's input (its card: input_size 64)
+SMALL_CROP = 96       # px: an image this small is a dataset face crop (FER 48, CK+48)
+DETECT_SIZE = 96      # small crops are enlarged to this before detection (dlib's window is 80 px)
+
+
+@dataclass
+class ImageFace:
+    face: np.ndarray                 # (FACE_SIZE, FACE_SIZE, 3) uint8, grey in 3 equal channels
+    box: Optional[tuple[int, int, int, int]]  # the detected face in the image; None: taken whole
+    aligned: bool
+
+
+def image_face(image: np.ndarray, name: str = "image", size: int = FACE_SIZE) -> ImageFace:
+    """The aligned grey face of one BGR (or grey) image; ClipError naming `name` when there is none."""
+    import cv2
+
+    from microfer.clip.face import alignment_transform, detect_landmarks, warp_face
+
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or image.shape[0] < 8 or image.shape[1] < 8:
+        raise ClipError(f"{name}: not an image of a face (shape {image.shape})")
+    grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    small = max(grey.shape) <= SMALL_CROP
+    scale = DETECT_SIZE / max(grey.shape) if small else 1.0
+    probe = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC) if small else grey
+    found = detect_landmarks(probe)
+    if found is not None:
+        points = found.points / scale
+        face = warp_face(grey, alignment_transform(points, size), size)
+        box = tuple(int(round(v / scale)) for v in found.box)
+        return ImageFace(np.repeat(face[..., None], 3, axis=2), box, True)
+    if not small:
+        raise ClipError(f"{name}: no face found in the image")
+    face = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA if min(grey.shape) > size
+                      else cv2.INTER_CUBIC)
+    return ImageFace(np.repeat(face[..., None], 3, axis=2), None, False)
+
+
+def list_image_files(folder) -> list[Path]:
+    from microfer.clip.video import IMAGE_EXTENSIONS
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise MicroferError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the folder")
+    return files
+
+
+def is_image_bundle(bundle) -> bool:
+    """A loaded Bundle, or a bundle folder: then only its bundle.json is peeked at (unverified:
+    the predictor chosen by it loads and verifies the bundle; anything unreadable is "not images"
+    and left to that loader's errors)."""
+    if hasattr(bundle, "config"):
+        return bundle.config.get("input") == INPUT_KIND
+    import json
+
+    try:
+        doc = json.loads((Path(bundle) / "bundle.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("input") == INPUT_KIND
+
+
+@dataclass
+class ImagePrediction:
+    image: str
+    label: str
+    scores: dict[str, float]          # SVM decision scores per class (NOT probabilities)
+    face_box: Optional[tuple[int, int, int, int]]  # None: no face detected, the image taken as a face crop
+    aligned: bool
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    ood_score: Optional[float] = None
+    ood_threshold: Optional[float] = None
+    ood: Optional[bool] = None
+
+    def to_dict(self) -> dict:
+        doc = asdict(self)
+        doc["face_box"] = list(self.face_box) if self.face_box else None
+        doc["score_kind"] = "svm one-vs-one votes + squashed confidence (not probabilities)"
+        return doc
+
+    def text(self) -> str:
+        from microfer.recognise.predict import ood_line
+
+        ranked = sorted(self.scores.items(), key=lambda kv: -kv[1])
+        face = (f"box {self.face_box}, aligned" if self.aligned
+                else "no face detected: the image taken as a face crop")
+        return "\n".join([
+            f"{self.image}: {self.label}" + ("   [OUT OF DISTRIBUTION: unreliable]" if self.ood else ""),
+            "  scores:  " + "  ".join(f"{k} {v:.3f}" for k, v in ranked) + "   (SVM decision scores)",
+            "  " + ood_line(self.ood_score, self.ood_threshold),
+            f"  face:    {face}",
+            "  timings: " + ", ".join(f"{k} {v:.1f} ms" for k, v in self.timings_ms.items())])
+
+
+class ImagePredictor:
+    """A loaded image bundle, ready for many images (the network is built once)."""
+
+    def __init__(self, bundle, num_threads: Optional[int] = None, runtime: str = "auto"):
+        from microfer.learn.bundle import load_bundle
+        from microfer.clip.face import load_models
+        from microfer.learn.features import feature_setting_from_config
+        from microfer.recognise.predict import bundle_network
+
+        self.bundle = bundle if hasattr(bundle, "classifier") else load_bundle(bundle)
+        if not is_image_bundle(self.bundle):
+            raise BundleError(f"{self.bundle.path}: a clip bundle (from `microfer train`); images need an image "
+                              f"bundle from `microfer train-images`")
+        try:
+            self.feature_setting = feature_setting_from_config(self.bundle.config["features"])
+            self.face_size = int(self.bundle.config["prepare"]["face_size"])
+        except (TypeError, KeyError, ValueError, AttributeError, MicroferError) as exc:
+            raise BundleError(f"{self.bundle.path}: settings in bundle.json do not fit this microfer ({exc})") from None
+        self.feature_model, self.runtime = bundle_network(self.bundle, self.feature_setting, runtime, num_threads)
+        self.classes = self.bundle.class_names
+        load_models()
+
+    def features(self, faces: Sequence[np.ndarray]) -> np.ndarray:
+        from microfer.clip.representation import face_to_input
+
+        return self.feature_model.from_inputs({"apex": np.stack([face_to_input(f) for f in faces])})
+
+    def predict(self, image, name: Optional[str] = None) -> ImagePrediction:
+        """One image: a path, or a BGR / grey array (`name` is then what errors call it)."""
+        from microfer.recognise.predict import ood_fields
+        from microfer.clip.video import read_image
+
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        if isinstance(image, (str, Path)):
+            name = str(image)
+            image = read_image(Path(image))
+        name = name or "image"
+        timings["read"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        face = image_face(image, name, self.face_size)
+        timings["face"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        feats = self.features([face.face])
+        timings["network"] = (time.perf_counter() - t) * 1000
+        svm = self.bundle.classifier
+        scores = svm.class_scores(feats)[0]
+        label = self.classes[int(svm.predict(feats)[0])]
+        return ImagePrediction(
+            image=name, label=label,
+            scores={self.classes[int(c)]: round(float(s), 4) for c, s in zip(svm.classes, scores)},
+            face_box=face.box, aligned=face.aligned, timings_ms={k: round(v, 2) for k, v in timings.items()},
+            **ood_fields(self.bundle.ood, feats))
+
+
+def predict_images(images, model) -> list[ImagePrediction]:
+    """Emotion of an image file, of every image in a folder, or of a list of paths.
+
+    `model` is an image bundle directory or an `ImagePredictor`.
+    """
+    predictor = model if isinstance(model, ImagePredictor) else ImagePredictor(model)
+    if isinstance(images, (str, Path)):
+        images = list_image_files(images) if Path(images).is_dir() else [images]
+    return [predictor.predict(p) for p in images]
