@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -68,10 +69,49 @@ def write_csv(path, df) -> None:
 
 def file_sha256(path) -> str:
     """SHA-256 hex digest of a file, read in 1 MB chunks (weights, bundles, model files)."""
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def frame_sha256(df, columns) -> str:
+    """SHA-256 of a table's `columns` (those present) as CSV text: what a result was computed on."""
+    cols = [c for c in columns if c in df.columns]
+    text = df[cols].astype(str).to_csv(index=False, lineterminator="\n")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def jpeg_is_complete(data: bytes) -> bool:
+    """False for a truncated JPEG file's bytes."""
+    # libjpeg decodes a truncated file with only a warning (grey lower half), so look for
+    # the End-Of-Image marker; 0xFF is byte-stuffed inside entropy data, so FFD9 near the
+    # end can only be a real EOI (some writers pad a few bytes after it).
+    return b"\xff\xd9" in data[-64:]
+
+
+SHIPPED_DIR = "_shipped"  # package data folder inside microfer/ that a wheel carries (see setup.py)
+
+
+def _data_dir(env: str, name: str) -> Path:
+    """The folder `name` (protocols or data_manifests): env var, else checkout, else packaged copy."""
+    if os.environ.get(env):
+        return Path(os.environ[env])
+    package = Path(__file__).resolve().parent
+    root = package.parent
+    checkout = root / name
+    if (root / "pyproject.toml").is_file() and checkout.is_dir():
+        return checkout  # running from a checkout (editable install or PYTHONPATH)
+    packaged = package / SHIPPED_DIR / name
+    if packaged.is_dir() or not (root / "pyproject.toml").is_file():
+        return packaged  # an installed wheel (errors name this folder when it is missing)
+    return checkout
+
+
+def protocols_dir() -> Path:
+    return _data_dir("MICROFER_PROTOCOLS", "protocols")
+
+
+def manifests_dir() -> Path:
+    return _data_dir("MICROFER_MANIFESTS", "data_manifests")

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from microfer.clip.cache import Cache
+from microfer.clip.composite_cache import prepare_cache
 from microfer.datasets import composite_inputs as ci
 from microfer.errors import ClipError, MicroferError
 from microfer.records import PreparedClip
@@ -116,7 +117,7 @@ def broken_cache(inputs_dir, tmp_path_factory):
     df = pd.concat([df, extra], ignore_index=True)                          # not a composite sample
     df.to_csv(root / ci.CSV_NAME, index=False)
     out = tmp_path_factory.mktemp("cache")
-    summary = ci.prepare_cache(root, out)
+    summary = prepare_cache(root, out)
     return root, out, summary, len(rows)
 
 
@@ -158,13 +159,13 @@ def test_rerun_rewrites_nothing_and_a_repaired_file_is_picked_up(broken_cache, i
     shutil.copytree(out, cache_dir)
     files = [p for p in cache_dir.rglob("*") if p.is_file()]
     before = {p: p.stat().st_mtime_ns for p in files}
-    again = ci.prepare_cache(root, cache_dir)
+    again = prepare_cache(root, cache_dir)
     assert again.written == 0 and again.unchanged == n - 5 and len(again.failed) == 5
     assert {p: p.stat().st_mtime_ns for p in files} == before
     work = tmp_path / "inputs"  # reasons name files by their full path: elsewhere they are new reasons
     shutil.copytree(root, work)
     shutil.copy2(inputs_dir / ci.FLOW_DIR / "sub02_EP01_11f .png", work / ci.FLOW_DIR / "sub02_EP01_11f .png")
-    fixed = ci.prepare_cache(work, cache_dir)
+    fixed = prepare_cache(work, cache_dir)
     assert fixed.written == 1 and len(fixed.failed) == 4
     cache = Cache(cache_dir, ci.CompositeSettings().key())
     assert cache.has("casme2/sub02/EP01_11f") and not cache.has_failed("casme2/sub02/EP01_11f")

@@ -139,7 +139,7 @@ def test_tampered_bundle_is_refused_by_predict(demo, tmp_path, capsys):
 def test_top_level_python_api(demo):
     import microfer
 
-    p = microfer.recognise.predict(demo.predictions[0]["video"], model=demo.bundle)
+    p = microfer.predict(demo.predictions[0]["video"], model=demo.bundle)
     assert p.label == demo.predictions[0]["predicted_spotted"]
 
 

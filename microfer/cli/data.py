@@ -15,7 +15,7 @@ from microfer.datasets.registry import get, names
 @click.command("datasets")
 def datasets_cmd():
     """List the supported datasets: fps, default protocol and the layout each expects."""
-    from microfer.learn.protocols import manifests_dir
+    from microfer.io import manifests_dir
 
     for name in names():
         a = get(name)

@@ -8,7 +8,9 @@ import click
 from microfer.cli import finish, jobs_option
 
 REPRESENTATIONS = ("apex", "onset_apex", "flow")
-VARIANTS = ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050", "vit_tiny_patch16_224", "vit_small_patch16_224")
+from microfer.models import list_models  # noqa: E402  (light: no torch)
+
+VARIANTS = tuple(list_models(pretrainable=True))
 WEIGHTS_OPTION = click.option(
     "--weights", default="default", show_default=True, metavar="default|none|PATH",
     help="pretrained weights: 'default' = the shipped macro-expression trunk (mobilevit_xxs) "

@@ -12,7 +12,7 @@ def load_samples(dataset: str, root: Path | None, coding: Path | None, manifest:
     """(samples table, where it came from): --manifest, else the coding file, else the
     shipped manifest, else (SMIC) the clip folders under --root."""
     from microfer import datasets
-    from microfer.learn.protocols import manifests_dir
+    from microfer.io import manifests_dir
     from microfer.errors import MicroferError
 
     if manifest is not None:
@@ -59,6 +59,7 @@ def prepare_cmd(dataset, root, out, coding, manifest, workers, strict, size, flo
     (apex crops + flow images, see `microfer datasets`) into entries of the composite
     manifest (--manifest replaces it); the face/flow options do not apply to it.
     """
+    from microfer.clip import composite_cache
     from microfer.datasets import composite_inputs
 
     if dataset == composite_inputs.NAME:
@@ -67,7 +68,7 @@ def prepare_cmd(dataset, root, out, coding, manifest, workers, strict, size, flo
 
             raise MicroferError(f"--coding {coding}: {dataset} reads its own csv under --root; "
                                 f"give --manifest to match against another composite manifest")
-        summary = composite_inputs.prepare_cache(root, out, manifest, progress=not no_progress)
+        summary = composite_cache.prepare_cache(root, out, manifest, progress=not no_progress)
         click.echo(summary.text())
         _finish(summary.ok, summary.ok + len(summary.failed), len(summary.failed) + len(summary.unmatched),
                 f"problem(s): {len(summary.failed)} manifest sample(s) failed, "

@@ -8,7 +8,7 @@ Two OpenCV methods:
   128-pixel face throws away the sub-pixel motion an ME is made of).
 
 Measured on this machine (2 cores, OpenCV 5.0, cv2.setNumThreads(1)) with
-`python -m microfer.clip.motion`: the 4 shipped faces (microfer/assets/faces), aligned to
+`python -m microfer.bench.flow`: the 4 shipped faces (microfer/assets/faces), aligned to
 128 x 128, moved by a known smooth displacement field (`expression_field`: brows up, mouth
 corners out and up, cheeks up) of peak 0.5 / 1.5 / 3 px, grey noise sigma 1 on both
 frames; endpoint error EPE = mean |flow - true flow| inside a 10 % border, mean of 4 faces:
@@ -59,7 +59,7 @@ def _dis():
     return dis
 
 
-def _gray(image: np.ndarray) -> np.ndarray:
+def to_gray(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
@@ -73,7 +73,7 @@ def optical_flow(a: np.ndarray, b: np.ndarray, method: str = DEFAULT_FLOW) -> np
 
     Convention: the content at pixel x of `a` is found at x + flow[x] in `b`.
     """
-    a, b = _gray(a), _gray(b)
+    a, b = to_gray(a), to_gray(b)
     if a.shape != b.shape:
         raise MicroferError(f"optical flow needs two images of one size, got {a.shape} and {b.shape}")
     if method == "tvl1":
@@ -139,47 +139,3 @@ def apply_displacement(image: np.ndarray, field: np.ndarray) -> tuple[np.ndarray
                                 borderMode=cv2.BORDER_REPLICATE) for k in range(2)], axis=-1)
     moved = cv2.remap(image, xx - g[..., 0], yy - g[..., 1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
     return moved, field.astype(np.float32)
-
-
-def flow_benchmark(faces: list[np.ndarray], peaks=(0.5, 1.5, 3.0), noise: float = 1.0,
-                   repeats: int = 3, seed: int = 0) -> dict:
-    """EPE and speed of each flow method on aligned faces moved by `expression_field`.
-
-    Returns {method: {peak: {"epe": px, "ms": per pair}}}, averaged over the faces; EPE is
-    taken inside a 10 % border (borders have no texture to match, only replicate-padding).
-    """
-    rng = np.random.default_rng(seed)
-    out: dict = {m: {} for m in FLOW_METHODS}
-    for peak in peaks:
-        sums = {m: [0.0, 0.0] for m in FLOW_METHODS}
-        for face in faces:
-            gray = _gray(face)
-            size = gray.shape[0]
-            moved, true = apply_displacement(gray, expression_field(size, peak))
-            a = np.clip(gray + rng.normal(0, noise, gray.shape), 0, 255).astype(np.uint8)
-            b = np.clip(moved + rng.normal(0, noise, gray.shape), 0, 255).astype(np.uint8)
-            m = size // 10
-            for method in FLOW_METHODS:
-                optical_flow(a, b, method)  # warm-up (allocations)
-                t0 = time.perf_counter()
-                for _ in range(repeats):
-                    flow = optical_flow(a, b, method)
-                sums[method][1] += (time.perf_counter() - t0) / repeats * 1000
-                sums[method][0] += float(np.hypot(*(flow - true).transpose(2, 0, 1))[m:-m, m:-m].mean())
-        for method, (epe, ms) in sums.items():
-            out[method][peak] = {"epe": epe / len(faces), "ms": ms / len(faces)}
-    return out
-
-
-def _shipped_aligned_faces(size: int = 128) -> list[np.ndarray]:
-    from microfer.clip.face import alignment_transform, warp_face
-    from microfer.synth import load_identities
-
-    return [warp_face(i.image, alignment_transform(i.landmarks, size), size) for i in load_identities(4)]
-
-
-if __name__ == "__main__":  # python -m microfer.clip.motion: the numbers in the module docstring
-    cv2.setNumThreads(1)
-    for method, rows in flow_benchmark(_shipped_aligned_faces()).items():
-        print(method.ljust(5), "  ".join(f"peak {p:.1f}px: EPE {r['epe']:.3f} px, {r['ms']:.1f} ms"
-                                         for p, r in rows.items()))

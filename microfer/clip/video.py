@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from microfer.errors import ClipError, LayoutError
+from microfer.io import jpeg_is_complete
 from microfer.records import Sample
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -63,13 +64,6 @@ def frame_ranges(numbers: Sequence[int], limit: int = 6) -> str:
     return ", ".join(parts[:limit]) + more
 
 
-def _jpeg_is_complete(data: bytes) -> bool:
-    # libjpeg decodes a truncated file with only a warning (grey lower half), so look for
-    # the End-Of-Image marker; 0xFF is byte-stuffed inside entropy data, so FFD9 near the
-    # end can only be a real EOI (some writers pad a few bytes after it).
-    return b"\xff\xd9" in data[-64:]
-
-
 def read_image(path: Path) -> np.ndarray:
     """Decode one image file to BGR uint8; ClipError naming the file when it is unreadable."""
     path = Path(path)
@@ -79,7 +73,7 @@ def read_image(path: Path) -> np.ndarray:
         raise ClipError(f"cannot read frame {path}: {exc.strerror or exc}") from None
     if not data:
         raise ClipError(f"frame {path} is empty (0 bytes)")
-    if path.suffix.lower() in (".jpg", ".jpeg") and not _jpeg_is_complete(data):
+    if path.suffix.lower() in (".jpg", ".jpeg") and not jpeg_is_complete(data):
         raise ClipError(f"frame {path} is truncated or corrupt (JPEG without end-of-image marker)")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:

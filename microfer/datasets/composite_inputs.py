@@ -173,7 +173,7 @@ def _manifest(manifest) -> tuple[pd.DataFrame, str]:
     if isinstance(manifest, pd.DataFrame):
         return manifest, "the given manifest"
     if manifest is None:
-        from microfer.learn.protocols import manifests_dir
+        from microfer.io import manifests_dir
 
         manifest = manifests_dir() / MANIFEST_NAME
     return read_manifest(manifest), str(manifest)
@@ -253,7 +253,7 @@ def _clip_error(message: str) -> ClipError:
 def _decode(path: Path, flags: int, what: str) -> np.ndarray:
     import cv2
 
-    from microfer.clip.video import _jpeg_is_complete
+    from microfer.io import jpeg_is_complete
 
     try:
         data = path.read_bytes()
@@ -262,7 +262,7 @@ def _decode(path: Path, flags: int, what: str) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
     if image is None:
         raise _clip_error(f"{what} unreadable: {path} could not be decoded as an image ({len(data)} bytes)")
-    if path.suffix.lower() in (".jpg", ".jpeg") and not _jpeg_is_complete(data):
+    if path.suffix.lower() in (".jpg", ".jpeg") and not jpeg_is_complete(data):
         # libjpeg decodes a truncated file with a warning only (grey lower half)
         raise _clip_error(f"{what} unreadable: {path} is truncated (JPEG without end-of-image marker)")
     return image
@@ -352,50 +352,3 @@ class CompositeSummary:
         if len(self.unmatched) > 20:
             lines.append(f"    ... {len(self.unmatched) - 20} more")
         return "\n".join(lines)
-
-
-def prepare_cache(root, out, manifest=None, settings: CompositeSettings = CompositeSettings(),
-                  progress: bool = False) -> CompositeSummary:
-    """Read `root` (see module docstring) into the prepare cache at `out`; see `CompositeSummary`."""
-    from microfer.clip.cache import Cache
-
-    t0 = time.perf_counter()
-    table = read_table(root, manifest)
-    cache = Cache.for_settings(out, settings)
-    summary = CompositeSummary(settings.key(), cache.dir, csv_rows=len(table.rows) + len(table.problems))
-    cache.sync_index()  # a killed run may have left entries the index does not list
-
-    def fail(problem: RowProblem) -> None:
-        summary.failed.append(problem)
-        # an entry its source no longer backs must not be evaluated
-        cache.entry_path(problem.key).unlink(missing_ok=True)
-        old = cache.failure(problem.key)
-        if old is None or (old.get("stage"), old.get("reason")) != (problem.stage, problem.reason):
-            cache.record_failure(problem.key, problem.stage, problem.reason)
-
-    for p in table.problems:
-        if p.key:
-            fail(p)
-        else:
-            summary.unmatched.append(p)
-    from tqdm import tqdm
-
-    for row in tqdm(table.rows, desc=f"prepare {NAME}", unit="clip", disable=not progress or None, file=sys.stderr):
-        try:
-            clip = load_row(table.root, row)
-        except ClipError as exc:
-            fail(RowProblem(row.line, row.key, "inputs", getattr(exc, "kind", "unreadable"), str(exc)))
-            continue
-        if cache.has(row.key):
-            try:
-                if same_entry(cache.load(row.key), clip):
-                    summary.unchanged += 1
-                    continue
-            except MicroferError:
-                pass  # an unreadable entry is rewritten below
-        cache.save(row.key, clip)
-        summary.written += 1
-    cache.flush_index()
-    summary.seconds = time.perf_counter() - t0
-    return summary
-

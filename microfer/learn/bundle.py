@@ -53,6 +53,7 @@ OOD_FILE = "ood.safetensors"  # optional: the OOD score's arrays (`microfer.lear
 SUPPORTED_KERNELS = ("linear", "rbf")
 ARRAYS = ("scaler_mean", "scaler_scale", "support_vectors", "dual_coef", "intercept", "n_support", "classes")
 INTEGRITY_KEY = "integrity"
+IMAGE_INPUT = "image"  # bundle.json "input" of image bundles (face images, not clips)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 

@@ -29,8 +29,12 @@ import pandas as pd
 from microfer.clip.cache import open_cache, prepare_settings_of  # noqa: F401  (open_cache: kept importable from here)
 from microfer.learn.classify import FULL_PARAM_GRID, SMALL_PARAM_GRID, expand_grid, make_svm, select_and_fit
 from microfer.errors import MicroferError
+from microfer.io import frame_sha256
 from microfer.learn.features import FeatureSetting, FusedSetting, extract_features
 from microfer.metrics import majority_class, summarize
+from microfer.learn.folds import (  # noqa: F401  (importable from here too)
+    FoldLeakError, FoldResult, SimpleFold, check_folds, evaluate_folds, leave_one_group_out, pooled_predictions, run_fold,
+)
 
 # Candidates are written as the names the report shows: "descriptor/representation",
 # "variant/representation/layer/pool" for a MobileViT (pretrained where the weights fit
@@ -58,114 +62,6 @@ FEATURE_GRIDS: dict[str, list[str]] = {
 PARAM_GRIDS = {"small": SMALL_PARAM_GRID, "motion": SMALL_PARAM_GRID, "raw": SMALL_PARAM_GRID, "network": SMALL_PARAM_GRID,
                "full": FULL_PARAM_GRID}
 MERGE_KEYS = ["dataset", "subject", "clip"]
-
-
-class FoldLeakError(MicroferError):
-    """A fold would train on a subject it tests on (a bug in fold generation)."""
-
-
-@dataclass(frozen=True)
-class SimpleFold:
-    """Same fields as `microfer.learn.protocols.Fold`: one held-out group."""
-
-    group: str
-    train_idx: np.ndarray
-    test_idx: np.ndarray
-
-
-def leave_one_group_out(groups: Sequence[str]) -> list[SimpleFold]:
-    """One fold per group, in sorted group order (for callers without a protocol)."""
-    groups = np.asarray(groups)
-    return [SimpleFold(str(g), np.flatnonzero(groups != g), np.flatnonzero(groups == g))
-            for g in sorted(set(groups.tolist()))]
-
-
-def check_folds(folds: Sequence[Any], groups: np.ndarray) -> None:
-    """Raise FoldLeakError when any fold shares a group between train and test."""
-    groups = np.asarray(groups)
-    for fold in folds:
-        train, test = np.asarray(fold.train_idx), np.asarray(fold.test_idx)
-        if test.size == 0:
-            raise FoldLeakError(f"fold {fold.group}: empty test part")
-        if np.intersect1d(train, test).size:
-            raise FoldLeakError(f"fold {fold.group}: samples in both train and test")
-        shared = set(groups[train].tolist()) & set(groups[test].tolist())
-        if shared:
-            raise FoldLeakError(f"fold {fold.group}: subject(s) {sorted(shared)} in both train and test")
-
-
-@dataclass
-class FoldResult:
-    group: str
-    test_idx: list[int]
-    n_train: int
-    feature_name: str
-    params: dict[str, Any]
-    inner_score: float
-    y_pred: list[int]
-    majority: int
-
-
-def run_fold(feature_sets: Mapping[str, np.ndarray], y: np.ndarray, groups: np.ndarray, fold: Any,
-             param_grid, inner_splits: int, n_classes: int, seed: int, scoring: str = "uf1",
-             make_estimator: Callable[..., Any] = make_svm) -> FoldResult:
-    check_folds([fold], groups)
-    train, test = np.asarray(fold.train_idx), np.asarray(fold.test_idx)
-    choice = select_and_fit(feature_sets, y, groups, train, inner_splits=inner_splits, param_grid=param_grid,
-                            seed=seed, scoring=scoring, n_classes=n_classes, make_estimator=make_estimator)
-    pred = choice.predict(feature_sets, test)
-    return FoldResult(group=str(fold.group), test_idx=test.tolist(), n_train=int(train.size),
-                      feature_name=choice.feature_name, params=choice.params,
-                      inner_score=round(float(choice.inner_score), 6), y_pred=[int(p) for p in pred],
-                      majority=majority_class(y[train], n_classes))
-
-
-def evaluate_folds(feature_sets: Mapping[str, np.ndarray], y, groups, folds: Sequence[Any],
-                   param_grid=None, inner_splits: int = 5, n_jobs: int = 1, seed: int = 0,
-                   n_classes: Optional[int] = None, scoring: str = "uf1",
-                   make_estimator: Callable[..., Any] = make_svm, progress: bool = False) -> list[FoldResult]:
-    """Run every fold (joblib, n_jobs); results in fold order, independent of n_jobs."""
-    from joblib import Parallel, delayed
-
-    y = np.asarray(y, dtype=np.int64)
-    groups = np.asarray(groups).astype(str)
-    n = y.size
-    for name, X in feature_sets.items():
-        if np.asarray(X).shape[0] != n:
-            raise MicroferError(f"feature set {name} has {np.asarray(X).shape[0]} rows for {n} samples")
-    folds = list(folds)
-    check_folds(folds, groups)
-    for f in folds:
-        n_train_groups = np.unique(groups[np.asarray(f.train_idx)]).size
-        if n_train_groups < 2:
-            raise MicroferError(f"fold {f.group}: its training part holds {n_train_groups} subject(s); choices "
-                                f"inside the fold need at least 2 (LOSO needs at least 3 subjects)")
-    k = int(n_classes if n_classes is not None else y.max() + 1)
-    param_grid = expand_grid(param_grid)
-    tasks = (delayed(run_fold)(feature_sets, y, groups, f, param_grid, inner_splits, k, seed, scoring, make_estimator)
-             for f in folds)
-    # results come back in fold order whatever n_jobs is, so the numbers do not depend on it
-    results = Parallel(n_jobs=n_jobs, return_as="generator")(tasks)
-    if progress:
-        from tqdm import tqdm
-
-        results = tqdm(results, total=len(folds), desc="LOSO folds", unit="fold", leave=False, disable=None)
-    return list(results)
-
-
-def pooled_predictions(n: int, results: Sequence[FoldResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(predictions, majority predictions, fold of each sample) over all folds; -1 = never tested."""
-    pred = np.full(n, -1, np.int64)
-    maj = np.full(n, -1, np.int64)
-    fold_of = np.full(n, -1, np.int64)
-    for i, r in enumerate(results):
-        idx = np.asarray(r.test_idx, dtype=np.int64)
-        if (fold_of[idx] >= 0).any():
-            raise FoldLeakError(f"fold {r.group}: a sample is tested by more than one fold")
-        pred[idx] = r.y_pred
-        maj[idx] = r.majority
-        fold_of[idx] = i
-    return pred, maj, fold_of
 
 
 def compute_metrics(y: np.ndarray, results: Sequence[FoldResult], classes: Sequence[str],
@@ -330,12 +226,6 @@ def match_cache(samples: pd.DataFrame, index: pd.DataFrame) -> tuple[pd.DataFram
     return kept, excluded.reset_index(drop=True)
 
 
-def _frame_sha256(df: pd.DataFrame, columns: Sequence[str]) -> str:
-    cols = [c for c in columns if c in df.columns]
-    text = df[cols].astype(str).to_csv(index=False, lineterminator="\n")
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 @dataclass
 class LosoResult:
     protocol: str
@@ -490,7 +380,7 @@ def _evaluate(settings: LosoSettings, data: ProtocolFeatures, folds, progress: b
         settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
                   if k not in RUN_ONLY_SETTINGS},
         feature_sets=[{**asdict(fs), "name": fs.name, "key": fs.key()} for fs in fsets],
-        samples_sha256=_frame_sha256(kept, [*MERGE_KEYS, "emotion", "label", "y", "group"]),
+        samples_sha256=frame_sha256(kept, [*MERGE_KEYS, "emotion", "label", "y", "group"]),
         manifest_sha256=manifest_sha,
         timings={"load_s": round(data.load_s, 3), "features_s": round(data.features_s, 3),
                  "folds_s": round(t3 - t2, 3),

@@ -5,7 +5,7 @@ every training part, and class-weighted SVMs then spread their guesses over the 
 so a classifier fed no information at all scores above it (a constant-feature SVM scored
 UF1 0.268 on a real 3-class set whose majority baseline is 0.167). The honest chance level
 is what the SAME procedure scores when the labels carry no information: each permutation
-reruns every outer fold's inner choice of feature set + SVM settings (`evaluate_folds`,
+reruns every outer fold's inner choice of feature set + SVM settings (`microfer.learn.folds.evaluate_folds`,
 unchanged) with permuted labels, keeping subjects and folds as they are, and scores its
 pooled predictions against the permuted labels.
 
@@ -82,7 +82,7 @@ def permute_labels(y, strata=None, rng=None) -> np.ndarray:
 
 def pooled_scores(y, results: Sequence[Any], n_classes: int) -> dict[str, float]:
     """UF1 and UAR of predictions pooled over folds, against labels `y` (unrounded)."""
-    from microfer.learn.evaluate import pooled_predictions
+    from microfer.learn.folds import pooled_predictions
 
     y = np.asarray(y, dtype=np.int64)
     pred, _, fold_of = pooled_predictions(y.size, results)
@@ -91,7 +91,7 @@ def pooled_scores(y, results: Sequence[Any], n_classes: int) -> dict[str, float]
 
 
 def _null_run(feature_sets, y_perm, groups, folds, n_classes, kwargs) -> dict[str, float]:
-    from microfer.learn.evaluate import evaluate_folds
+    from microfer.learn.folds import evaluate_folds
 
     # one permutation per worker: its folds run in sequence (no nested process pools)
     results = evaluate_folds(feature_sets, y_perm, groups, folds, n_jobs=1, n_classes=n_classes,
@@ -118,7 +118,7 @@ def permutation_test(
 ) -> PermutationResult:
     """Rerun `evaluate_folds` on `n_permutations` label permutations; null scores and p-values.
 
-    Arguments as `evaluate_folds`, plus: `strata` (one entry per sample, e.g. its dataset)
+    Arguments as `microfer.learn.folds.evaluate_folds`, plus: `strata` (one entry per sample, e.g. its dataset)
     to permute within, or None to permute across all samples; `real` ({"uf1", "uar"} of
     the run with the true labels, as `pooled_scores` gives) when the caller already has it,
     else it is computed here. Parallel over permutations (joblib, n_jobs); the results do
@@ -126,7 +126,7 @@ def permutation_test(
     """
     from joblib import Parallel, delayed
 
-    from microfer.learn.evaluate import evaluate_folds
+    from microfer.learn.folds import evaluate_folds
 
     check_request(n_permutations, seed)
     y = np.asarray(y, dtype=np.int64)

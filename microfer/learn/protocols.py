@@ -39,40 +39,14 @@ from typing import Mapping, Optional, Union
 import numpy as np
 import pandas as pd
 
-import microfer
 from microfer.errors import MicroferError
+from microfer.io import SHIPPED_DIR, manifests_dir, protocols_dir  # noqa: F401  (importable from here too)
 
 REQUIRED_KEYS = ("name", "description", "manifest", "classes", "label_map", "group_by", "metrics",
                  "per_dataset", "reference")
 KNOWN_METRICS = ("uf1", "uar", "accuracy")
 GROUP_COLUMNS = ("dataset", "subject")
 ANY_DATASET = "*"
-
-
-SHIPPED_DIR = "_shipped"  # package data folder inside microfer/ that a wheel carries (see setup.py)
-
-
-def _data_dir(env: str, name: str) -> Path:
-    """The folder `name` (protocols or data_manifests): env var, else checkout, else packaged copy."""
-    if os.environ.get(env):
-        return Path(os.environ[env])
-    package = Path(microfer.__file__).resolve().parent
-    root = package.parent
-    checkout = root / name
-    if (root / "pyproject.toml").is_file() and checkout.is_dir():
-        return checkout  # running from a checkout (editable install or PYTHONPATH)
-    packaged = package / SHIPPED_DIR / name
-    if packaged.is_dir() or not (root / "pyproject.toml").is_file():
-        return packaged  # an installed wheel (errors name this folder when it is missing)
-    return checkout
-
-
-def protocols_dir() -> Path:
-    return _data_dir("MICROFER_PROTOCOLS", "protocols")
-
-
-def manifests_dir() -> Path:
-    return _data_dir("MICROFER_MANIFESTS", "data_manifests")
 
 
 def _key(text) -> str:

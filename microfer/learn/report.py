@@ -62,7 +62,7 @@ def _fmt(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -92,7 +92,7 @@ def report_markdown(doc: dict[str, Any]) -> str:
         pm = perm["metrics"]
         rows.append([f"permutation null (N={perm['n_permutations']}), mean", _fmt(pm["uf1"]["null_mean"]),
                      _fmt(pm["uar"]["null_mean"]), "n/a", m["pooled"]["n"]])
-    parts.append(_table(["", "UF1", "UAR", "accuracy", "n"], rows))
+    parts.append(markdown_table(["", "UF1", "UAR", "accuracy", "n"], rows))
     if perm:
         within = (f"within each dataset ({', '.join(perm['strata'])})" if perm["strata"] else "across all samples")
         parts += ["", "## Chance level (permutation test)", ""]
@@ -103,35 +103,35 @@ def report_markdown(doc: dict[str, Any]) -> str:
                      f"p = (1 + #null >= model) / (N + 1); its minimum here is {1 / (perm['n_permutations'] + 1):.4f}. "
                      f"Histograms: permutation_null.png.")
         parts += [""]
-        parts.append(_table(["metric", "model", "null mean", "null 95th percentile", "p-value"],
+        parts.append(markdown_table(["metric", "model", "null mean", "null 95th percentile", "p-value"],
                             [[k.upper(), _fmt(v["real"]), _fmt(v["null_mean"]), _fmt(v["null_p95"]),
                               _fmt(v["p_value"])] for k, v in pm.items()]))
     if len(m.get("per_dataset", {})) > 1:
         parts += ["", "## Per dataset", ""]
         rows = [[ds, _fmt(v["model"]["uf1"]), _fmt(v["model"]["uar"]), _fmt(v["model"]["accuracy"]),
                  _fmt(v["majority"]["uf1"]), v["model"]["n"]] for ds, v in m["per_dataset"].items()]
-        parts.append(_table(["dataset", "UF1", "UAR", "accuracy", "majority UF1", "n"], rows))
+        parts.append(markdown_table(["dataset", "UF1", "UAR", "accuracy", "majority UF1", "n"], rows))
     parts += ["", "## Per class", ""]
     pc = m["pooled"]["per_class"]
-    parts.append(_table(["class", "F1", "recall", "precision", "support", "predicted"],
+    parts.append(markdown_table(["class", "F1", "recall", "precision", "support", "predicted"],
                         [[c, _fmt(pc[c]["f1"]), _fmt(pc[c]["recall"]), _fmt(pc[c]["precision"]),
                           pc[c]["support"], pc[c]["predicted"]] for c in classes]))
     parts += ["", "## Confusion (rows = truth, columns = prediction)", ""]
     cm = m["pooled"]["confusion"]
-    parts.append(_table([""] + classes, [[c] + cm[i] for i, c in enumerate(classes)]))
+    parts.append(markdown_table([""] + classes, [[c] + cm[i] for i, c in enumerate(classes)]))
     parts += ["", "## Choices made inside the folds", ""]
     counts: dict[tuple[str, str], int] = {}
     for f in doc["folds"]:
         key = (f["feature_set"], ", ".join(f"{k}={v}" for k, v in sorted(f["params"].items())))
         counts[key] = counts.get(key, 0) + 1
-    parts.append(_table(["feature set", "SVM", "folds"], [[a, b, n] for (a, b), n in sorted(counts.items())]))
+    parts.append(markdown_table(["feature set", "SVM", "folds"], [[a, b, n] for (a, b), n in sorted(counts.items())]))
     parts += ["", "## Per subject", ""]
-    parts.append(_table(["subject", "n", "accuracy", "majority accuracy", "feature set", "inner score"],
+    parts.append(markdown_table(["subject", "n", "accuracy", "majority accuracy", "feature set", "inner score"],
                         [[r["group"], r["n"], _fmt(r["accuracy"]), _fmt(r["majority_accuracy"]),
                           r["feature_set"], _fmt(r["inner_score"])] for r in m["per_subject"]]))
     if doc["excluded"]:
         parts += ["", "## Excluded samples", ""]
-        parts.append(_table(["reason", "count"], [[k, v] for k, v in m["excluded"]["by_reason"].items()]))
+        parts.append(markdown_table(["reason", "count"], [[k, v] for k, v in m["excluded"]["by_reason"].items()]))
     parts += ["", "## Versions", ""]
     parts.append(", ".join(f"{k} {v}" for k, v in doc["versions"].items()))
     return "\n".join(parts) + "\n"

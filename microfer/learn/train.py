@@ -52,7 +52,8 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
     from microfer.learn.bundle import ArraySVM, save_bundle
     from microfer.clip.cache import open_cache, prepare_settings_of
     from microfer.learn.classify import select_and_fit
-    from microfer.learn.evaluate import PARAM_GRIDS, _frame_sha256, gather_features
+    from microfer.io import frame_sha256
+    from microfer.learn.evaluate import PARAM_GRIDS, gather_features
     from microfer.learn.features import FeatureModel, feature_config
     from microfer.learn.ood import fit_ood
 
@@ -86,7 +87,7 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
         "prepare": {k: v for k, v in data.prepare_settings.items()},
         "features": features,
         "svm": {**choice.params, "inner_uf1": round(float(choice.inner_score), 4)},
-        "data": {"samples_sha256": _frame_sha256(data.samples, ["dataset", "subject", "clip", "emotion", "y"]),
+        "data": {"samples_sha256": frame_sha256(data.samples, ["dataset", "subject", "clip", "emotion", "y"]),
                  "n_samples": int(len(data.y)), "n_subjects": n_groups, "class_counts": counts},
         "versions": versions(),
     }

@@ -7,7 +7,7 @@ of `microfer pretrain` (a MobileViT or a ViT).
 
 Training images: FER-2013's train split (ROOT/train/<emotion>/*), at most `per_class` per
 emotion drawn with a fixed seed (a few thousand images keep the SVM cheap on a CPU). Each
-goes through the same face finder as `predict` (`microfer.recognise.images.image_face`). The network
+goes through the same face finder as `predict` (`microfer.clip.still.image_face`). The network
 is frozen; the layer it is read at (`IMAGE_LAYERS`) and the SVM's settings are chosen by
 inner cross-validation on the training images, then the SVM is fitted on all of them. FER-2013 names no subjects, so the inner folds and the OOD threshold's
 held-out folds are random folds of images (fixed seed) -- a person may sit on both sides,
@@ -90,7 +90,7 @@ def load_faces(files: Sequence[Path], labels: Sequence[str], size: int, progress
     from tqdm import tqdm
 
     from microfer.errors import ClipError
-    from microfer.recognise.images import image_face
+    from microfer.clip.still import image_face
     from microfer.clip.video import read_image
 
     out = ImageSet(files=[], labels=[])
@@ -167,7 +167,8 @@ def train_image_bundle(images, out, test_by_subject=None, per_class: int = DEFAU
     from microfer.learn.bundle import ArraySVM, save_bundle
     from microfer.learn.classify import select_and_fit
     from microfer.learn.features import FeatureModel, feature_config
-    from microfer.recognise.images import FACE_SIZE, INPUT_KIND
+    from microfer.clip.still import FACE_SIZE
+    from microfer.learn.bundle import IMAGE_INPUT
     from microfer.learn.macro_data import files_by_subject, normalise_label
     from microfer.learn.ood import fit_ood
     from microfer.learn.train import versions
@@ -207,7 +208,7 @@ def train_image_bundle(images, out, test_by_subject=None, per_class: int = DEFAU
     counts = {c: int((y == i).sum()) for i, c in enumerate(classes)}
     config = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "input": INPUT_KIND,
+        "input": IMAGE_INPUT,
         "classes": classes,
         "prepare": {"face_size": FACE_SIZE, "grey": True,
                     "face": "dlib 68 landmarks, similarity onto microfer.clip.face.CANONICAL_POINTS; images of at most "

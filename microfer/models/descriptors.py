@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from microfer.errors import MicroferError
+from microfer.models.registry import register_model
 
 WORK_SIZE = 28
 HOOF_BINS = 8
@@ -120,3 +121,16 @@ DESCRIPTORS = {
     "flow_grid7": ("grid", 7),
     "flow_hoof4": ("hoof", 4),
 }
+
+
+def _factory(name: str):
+    def factory(**_network_settings):
+        # layer / pool / weights / seed describe networks; a descriptor has none of them
+        return FlowDescriptor(*DESCRIPTORS[name])
+
+    factory.__name__ = name
+    return factory
+
+
+for _name in DESCRIPTORS:
+    register_model(_name, family="descriptor")(_factory(_name))

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from microfer.errors import MicroferError
+from microfer.models.registry import register_model
 from microfer.models.torch_extractor import TorchExtractor
 
 VARIANTS = ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050")
@@ -143,3 +144,15 @@ class MobileViTExtractor(TorchExtractor):
             "input_size": self.input_size, "seed": self.seed,
             "block_weights_sha256": (self.block_meta or {}).get("weights_sha256"),
         }
+
+
+def _factory(variant: str):
+    def factory(**kwargs):
+        return MobileViTExtractor(variant=variant, **kwargs)
+
+    factory.__name__ = variant
+    return factory
+
+
+for _variant in VARIANTS:
+    register_model(_variant, family="mobilevit", scopes=SCOPES)(_factory(_variant))

@@ -24,6 +24,7 @@ import math
 from typing import Any, Optional
 
 from microfer.errors import MicroferError
+from microfer.models.registry import register_model
 from microfer.models.torch_extractor import TorchExtractor
 
 VARIANTS = ("vit_tiny_patch16_224", "vit_small_patch16_224")
@@ -113,3 +114,16 @@ class ViTExtractor(TorchExtractor):
         """What determines the features (used for feature-cache keys)."""
         return {"variant": self.variant, "layer": self.layer, "pool": self.pool, "input_size": self.input_size,
                 "seed": self.seed, "block_weights_sha256": (self.block_meta or {}).get("weights_sha256")}
+
+
+def _factory(variant: str):
+    def factory(**kwargs):
+        return ViTExtractor(variant=variant, **kwargs)
+
+    factory.__name__ = variant
+    return factory
+
+
+# timm ViTs, randomly initialised unless pretrained weights are given; names as timm spells them
+for _variant in VARIANTS:
+    register_model(_variant, family="vit", scopes=SCOPES)(_factory(_variant))

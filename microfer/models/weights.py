@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 
 from microfer.io import file_sha256
 from microfer.errors import BundleError, MicroferError
+from microfer.models.registry import backbone_scopes
 
 WEIGHTS_STEMS = {"mv2": "mv2_block", "whole": "trunk"}
 STORE_DTYPES = ("float32", "float16")
@@ -30,17 +31,6 @@ WEIGHTS_FORMAT = "microfer.mobilevit_weights"
 WEIGHTS_FORMAT_VERSION = 1
 # files written before the whole-trunk scope existed (MobileViT MV2 block only, float32)
 LEGACY_FORMAT = "microfer.mv2_block"
-
-
-def backbone_scopes(variant: str) -> dict[str, tuple[str, ...]]:
-    """Scope -> module names of a pretrainable backbone (MicroferError for any other name)."""
-    from microfer.models import mobilevit, vit
-
-    for module in (mobilevit, vit):
-        if variant in module.VARIANTS:
-            return module.SCOPES
-    names = mobilevit.VARIANTS + vit.VARIANTS
-    raise MicroferError(f"{variant!r} cannot be pretrained; pretrainable backbones: {', '.join(names)}")
 
 
 def default_scope(variant: str) -> str:

@@ -285,8 +285,8 @@ def predict(clip, model, onset: Optional[int] = None, apex: Optional[int] = None
 
 
 class _CallableModule(types.ModuleType):
-    """Lets `microfer.recognise.predict(clip, model=...)` call `predict` while `microfer.recognise.predict`
-    stays the module DESIGN.md names (importing a submodule rebinds the package attribute)."""
+    """Lets `microfer.predict(clip, model=...)` (the top-level API, which is this module) call
+    `predict` while the name stays a module (importing a submodule rebinds the attribute)."""
 
     def __call__(self, clip, model, onset=None, apex=None, offset=None) -> Prediction:
         return predict(clip, model, onset=onset, apex=apex, offset=offset)

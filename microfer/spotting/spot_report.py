@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from microfer.io import atomic_path, write_json, write_text
-from microfer.learn.report import _table, package_versions
+from microfer.learn.report import markdown_table, package_versions
 
 COLOURS = {"micro": "tab:red", "macro": "tab:blue"}
 METHOD_NAMES = {"spot": "microfer spot (training-free, thresholds chosen in-fold)",
@@ -72,13 +72,13 @@ def spot_markdown(doc: dict) -> str:
         rows.append([METHOD_NAMES.get(method, method)] + [
             f"{scores[k]['f1']:.3f} (P {scores[k]['precision']:.2f} R {scores[k]['recall']:.2f}; "
             f"TP {scores[k]['tp']} FP {scores[k]['fp']} FN {scores[k]['fn']})" for k in ("overall", "micro", "macro")])
-    lines += [_table(["method", "overall F1", "micro F1", "macro F1"], rows), ""]
+    lines += [markdown_table(["method", "overall F1", "micro F1", "macro F1"], rows), ""]
     if "strs" in doc:
         lines += [f"STRS (spot-then-recognise): {doc['strs']['strs']:.3f} = spotting F1 "
                   f"{doc['strs']['spot_f1']:.3f} x recognition UF1 {doc['strs']['uf1']:.3f} on "
                   f"{doc['strs']['n']} true-positive micro intervals", ""]
     lines += ["## Per fold (chosen on the training subjects)", "",
-              _table(["test subject", "threshold", "blink ratio", "low", "merge", "talk peaks", "train F1",
+              markdown_table(["test subject", "threshold", "blink ratio", "low", "merge", "talk peaks", "train F1",
                       "baseline threshold"],
                      [[f["test_subject"], f["chosen"]["threshold"], f["chosen"]["blink_ratio"], f["chosen"]["low"],
                        f["chosen"]["merge"], f["chosen"]["talk_peaks"], _fmt(f["train_f1"]),

@@ -1,0 +1,75 @@
+"""The model registry, timm-style: each family module registers its names here.
+
+A name maps to a factory returning an extractor (`__call__(inputs (N,3,H,W) float32) ->
+(N, D) float32`, `feature_dim`, `settings()`) and, for networks that `microfer pretrain`
+can train, the backbone's weight SCOPES (scope -> module names). This module imports
+nothing of the families, so the weights format can ask for scopes without a cycle.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from microfer.errors import MicroferError
+
+
+@dataclass(frozen=True)
+class Entry:
+    factory: Callable[..., Any]
+    family: str  # "mobilevit", "vit", "descriptor", ...
+    scopes: Optional[dict[str, tuple[str, ...]]] = None  # None: nothing to pretrain
+
+
+_REGISTRY: dict[str, Entry] = {}
+
+
+def register_model(name: str, family: str = "other", scopes: Optional[dict[str, tuple[str, ...]]] = None):
+    """Decorator: register a factory under `name` (a later registration replaces it)."""
+
+    def wrap(factory):
+        _REGISTRY[name] = Entry(factory, family, scopes)
+        return factory
+
+    return wrap
+
+
+def list_models(pattern: str = "*", family: Optional[str] = None, pretrainable: bool = False) -> list[str]:
+    """Registered names matching `pattern`, optionally of one family or only those with scopes."""
+    return sorted(
+        n
+        for n, e in _REGISTRY.items()
+        if fnmatch.fnmatch(n, pattern)
+        and (family is None or e.family == family)
+        and (not pretrainable or e.scopes)
+    )
+
+
+def model_family(name: str) -> str:
+    return _entry(name).family
+
+
+def _entry(name: str) -> Entry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise MicroferError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
+
+
+def create_extractor(name: str, **kwargs):
+    """Create the extractor registered as `name`; kwargs go to its factory.
+
+    For the MobileViT names: layer, block_weights, input_size, pool, seed, batch_size,
+    num_threads, device (see `MobileViTExtractor`).
+    """
+    return _entry(name).factory(**kwargs)
+
+
+def backbone_scopes(name: str) -> dict[str, tuple[str, ...]]:
+    """Scope -> module names of a pretrainable backbone (MicroferError for any other name)."""
+    scopes = _REGISTRY[name].scopes if name in _REGISTRY else None
+    if not scopes:
+        names = ", ".join(list_models(pretrainable=True))
+        raise MicroferError(f"{name!r} cannot be pretrained; pretrainable backbones: {names}")
+    return scopes
