@@ -7,6 +7,7 @@ and shipped manifests without the checkout (see microfer.learn.protocols). An ed
 copies nothing: it reads the checkout's folders directly. An sdist carries both folders,
 so a wheel built from it gets the same copy.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -28,9 +29,13 @@ def _shipped_files():
     """(source file, destination relative to the build folder) pairs; fails when a folder is empty."""
     pairs = []
     for folder, patterns, dest in SHIPPED:
-        files = sorted({f for pattern in patterns for f in (ROOT / folder).glob(pattern) if f.is_file()})
+        files = sorted(
+            {f for pattern in patterns for f in (ROOT / folder).glob(pattern) if f.is_file()}
+        )
         if not files:
-            raise SystemExit(f"error: {ROOT / folder}: no {' / '.join(patterns)} files to ship in the wheel")
+            raise SystemExit(
+                f"error: {ROOT / folder}: no {' / '.join(patterns)} files to ship in the wheel"
+            )
         pairs += [(f, dest / f.name) for f in files]
     return pairs
 

@@ -27,20 +27,42 @@ __version__ = "0.1.0"
 # Old flat module paths -> their wing, importable for one release with a DeprecationWarning.
 MOVED = {
     "_io": "io",
-    "video": "clip.video", "face": "clip.face", "landmark_model": "clip.landmarks", "apex": "clip.apex",
-    "motion": "clip.motion", "representation": "clip.representation", "prepare": "clip.prepare",
+    "video": "clip.video",
+    "face": "clip.face",
+    "landmark_model": "clip.landmarks",
+    "apex": "clip.apex",
+    "motion": "clip.motion",
+    "representation": "clip.representation",
+    "prepare": "clip.prepare",
     "cache": "clip.cache",
-    "protocols": "learn.protocols", "features": "learn.features", "classify": "learn.classify",
-    "evaluate": "learn.evaluate", "permutation": "learn.permutation", "report": "learn.report",
-    "train": "learn.train", "train_images": "learn.train_images", "bundle": "learn.bundle", "ood": "learn.ood",
-    "models.pretrain": "learn.pretrain", "models.macro_data": "learn.macro_data",
-    "models.pretrain_report": "learn.pretrain_report", "models.augment": "learn.augment",
+    "protocols": "learn.protocols",
+    "features": "learn.features",
+    "classify": "learn.classify",
+    "evaluate": "learn.evaluate",
+    "permutation": "learn.permutation",
+    "report": "learn.report",
+    "train": "learn.train",
+    "train_images": "learn.train_images",
+    "bundle": "learn.bundle",
+    "ood": "learn.ood",
+    "models.pretrain": "learn.pretrain",
+    "models.macro_data": "learn.macro_data",
+    "models.pretrain_report": "learn.pretrain_report",
+    "models.augment": "learn.augment",
     "models.mixing": "learn.mixing",
-    "predict": "recognise.predict", "images": "recognise.images", "explain": "recognise.explain", "serve": "recognise.serve",
-    "spot": "spotting.spot", "spot_eval": "spotting.spot_eval", "spot_report": "spotting.spot_report",
+    "predict": "recognise.predict",
+    "images": "recognise.images",
+    "explain": "recognise.explain",
+    "serve": "recognise.serve",
+    "spot": "spotting.spot",
+    "spot_eval": "spotting.spot_eval",
+    "spot_report": "spotting.spot_report",
     "live": "spotting.live",
-    "bench_prepare": "bench.prepare", "bench_spot": "bench.spot", "bench_spot_long": "bench.spot_long",
-    "ood_eval": "bench.ood_eval", "demo": "bench.demo",
+    "bench_prepare": "bench.prepare",
+    "bench_spot": "bench.spot",
+    "bench_spot_long": "bench.spot_long",
+    "ood_eval": "bench.ood_eval",
+    "demo": "bench.demo",
 }
 
 
@@ -57,8 +79,11 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec):
         new = f"{__name__}.{MOVED[spec.name.removeprefix(f'{__name__}.')]}"
-        warnings.warn(f"{spec.name} moved to {new}; the old path goes in microfer 0.3",
-                      DeprecationWarning, stacklevel=3)
+        warnings.warn(
+            f"{spec.name} moved to {new}; the old path goes in microfer 0.3",
+            DeprecationWarning,
+            stacklevel=3,
+        )
         module = importlib.import_module(new)
         self._own[new] = (module.__spec__, module.__loader__)
         return module
@@ -72,7 +97,9 @@ sys.meta_path.insert(0, _MovedModules())
 
 
 def __getattr__(name):
-    if name == "predict":  # the top-level API: a callable module, loaded on first use (no torch, no dlib before)
+    if (
+        name == "predict"
+    ):  # the top-level API: a callable module, loaded on first use (no torch, no dlib before)
         return importlib.import_module(f"{__name__}.recognise.predict")
     if name in MOVED:
         return importlib.import_module(f"{__name__}.{name}")

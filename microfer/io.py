@@ -1,4 +1,5 @@
 """Atomic file writes: a reader never sees a half-written file, a crash loses nothing old."""
+
 from __future__ import annotations
 
 import errno
@@ -19,13 +20,18 @@ def atomic_path(path, suffix=""):
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent
+        )
     except (FileExistsError, NotADirectoryError):
         blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
         if blocker is None:
             raise
-        raise NotADirectoryError(errno.ENOTDIR, f"{os.strerror(errno.ENOTDIR)} (a file stands where "
-                                 f"{path} needs a folder)", str(blocker)) from None
+        raise NotADirectoryError(
+            errno.ENOTDIR,
+            f"{os.strerror(errno.ENOTDIR)} (a file stands where {path} needs a folder)",
+            str(blocker),
+        ) from None
     except OSError as exc:
         _name(exc, path, None)
         raise
@@ -47,8 +53,11 @@ def atomic_path(path, suffix=""):
 def _name(exc: OSError, path: Path, tmp) -> None:
     """Let an OSError name the file the caller asked for (disk full says no name; a
     refused temporary file names that), so the CLI's one line points at it."""
-    if exc.filename is None or exc.filename == tmp or (
-            tmp is None and str(exc.filename).startswith(str(path.parent / f".{path.name}."))):
+    if (
+        exc.filename is None
+        or exc.filename == tmp
+        or (tmp is None and str(exc.filename).startswith(str(path.parent / f".{path.name}.")))
+    ):
         exc.filename = str(path)
         exc.filename2 = None
 

@@ -12,6 +12,7 @@ Conventions (stated because papers differ):
 - Pooling: per-fold UF1s averaged over subjects is NOT what MEGC reports; a subject with
   two clips would weigh as much as one with twenty. Pool predictions, then compute.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -110,8 +111,13 @@ def summarize(y_true, y_pred, classes: Sequence[str]) -> dict:
         "confusion": cm.tolist(),
         "classes": list(classes),
         "per_class": {
-            c: {"f1": clean(f1[i]), "recall": clean(rec[i]), "precision": clean(prec[i]),
-                "support": int(cm[i].sum()), "predicted": int(cm[:, i].sum())}
+            c: {
+                "f1": clean(f1[i]),
+                "recall": clean(rec[i]),
+                "precision": clean(prec[i]),
+                "support": int(cm[i].sum()),
+                "predicted": int(cm[:, i].sum()),
+            }
             for i, c in enumerate(classes)
         },
     }

@@ -11,6 +11,7 @@ and every task is deterministic, so the numbers are those of a local run.
 Workers need microfer installed (the same version) and must see the same paths: the
 dataset root for `prepare`, the prepare cache for `loso` (shared storage).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,10 @@ def _import_distributed():
     try:
         import distributed  # noqa: F401
     except ImportError:
-        raise MicroferError("--scheduler needs dask.distributed: pip install 'microfer[dask]' "
-                            "(or pip install 'dask[distributed]')") from None
+        raise MicroferError(
+            "--scheduler needs dask.distributed: pip install 'microfer[dask]' "
+            "(or pip install 'dask[distributed]')"
+        ) from None
     return distributed
 
 
@@ -43,14 +46,22 @@ def scheduler_context(address: Optional[str]) -> Iterator[Optional[object]]:
 
     with contextlib.ExitStack() as stack:
         if address == LOCAL:
-            cluster = stack.enter_context(distributed.LocalCluster(
-                n_workers=LOCAL_WORKERS, threads_per_worker=1, processes=True, dashboard_address=None))
+            cluster = stack.enter_context(
+                distributed.LocalCluster(
+                    n_workers=LOCAL_WORKERS,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                )
+            )
             client = stack.enter_context(distributed.Client(cluster))
         else:
             try:
                 client = stack.enter_context(distributed.Client(address, timeout="30s"))
             except (OSError, TimeoutError, ValueError) as exc:
-                raise MicroferError(f"--scheduler {address}: cannot connect to a dask scheduler there ({exc})") from None
+                raise MicroferError(
+                    f"--scheduler {address}: cannot connect to a dask scheduler there ({exc})"
+                ) from None
         stack.enter_context(joblib.parallel_config(backend="dask"))
         yield client
 

@@ -3,6 +3,7 @@
 Stages exchange plain numpy arrays and these dataclasses; tables of many samples are
 pandas DataFrames whose columns are `MANIFEST_COLUMNS`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,17 +13,17 @@ import numpy as np
 
 # The common manifest schema every dataset adapter produces (one row per sample).
 MANIFEST_COLUMNS = [
-    "dataset",         # registry name: casme2, samm, smic_hs, smic_vis, smic_nir, casme_sq, ...
-    "subject",         # canonical subject id of that dataset: sub01, 006, s1, s15
-    "clip",            # clip id as the dataset names it: EP02_01f, 006_1_2, s1_ne_01
-    "onset",           # absolute frame number (the number in the frame file name)
-    "apex",            # absolute frame number, or empty when not annotated (spotted later)
-    "offset",          # absolute frame number
-    "emotion",         # emotion as written in the coding file
-    "label",           # class under the dataset's default protocol (empty = excluded there)
+    "dataset",  # registry name: casme2, samm, smic_hs, smic_vis, smic_nir, casme_sq, ...
+    "subject",  # canonical subject id of that dataset: sub01, 006, s1, s15
+    "clip",  # clip id as the dataset names it: EP02_01f, 006_1_2, s1_ne_01
+    "onset",  # absolute frame number (the number in the frame file name)
+    "apex",  # absolute frame number, or empty when not annotated (spotted later)
+    "offset",  # absolute frame number
+    "emotion",  # emotion as written in the coding file
+    "label",  # class under the dataset's default protocol (empty = excluded there)
     "frame_template",  # path relative to the dataset root, "{frame}" = the frame number
     "fps",
-    "notes",           # what the adapter repaired or noticed, ';'-separated
+    "notes",  # what the adapter repaired or noticed, ';'-separated
 ]
 
 
@@ -65,10 +66,17 @@ class Sample:
         missing = is_missing
         text = lambda v: "" if missing(v) else str(v)  # noqa: E731
         return cls(
-            dataset=str(row["dataset"]), subject=str(row["subject"]), clip=str(row["clip"]),
-            onset=int(row["onset"]), apex=None if missing(row["apex"]) else int(row["apex"]),
-            offset=int(row["offset"]), emotion=text(row["emotion"]), label=text(row["label"]),
-            frame_template=str(row["frame_template"]), fps=float(row["fps"]), notes=text(row.get("notes", "")),
+            dataset=str(row["dataset"]),
+            subject=str(row["subject"]),
+            clip=str(row["clip"]),
+            onset=int(row["onset"]),
+            apex=None if missing(row["apex"]) else int(row["apex"]),
+            offset=int(row["offset"]),
+            emotion=text(row["emotion"]),
+            label=text(row["label"]),
+            frame_template=str(row["frame_template"]),
+            fps=float(row["fps"]),
+            notes=text(row.get("notes", "")),
         )
 
 
@@ -78,25 +86,27 @@ class FaceLandmarks:
 
     box: tuple[int, int, int, int]
     points: np.ndarray  # (68, 2) float32, image coordinates
-    n_faces: int = 1    # how many faces the detector saw (the largest is kept)
+    n_faces: int = 1  # how many faces the detector saw (the largest is kept)
 
 
 @dataclass
 class PreparedClip:
     """Everything `prepare` derives from one clip, in the aligned face frame."""
 
-    onset: int                 # absolute frame numbers used
+    onset: int  # absolute frame numbers used
     apex: int
     offset: int
-    apex_source: str           # "annotated" | "spotted" | "derived_inputs" (read, not computed)
-    onset_face: np.ndarray     # (S, S, 3) uint8 BGR aligned crop of the onset frame
-    apex_face: np.ndarray      # (S, S, 3) uint8 BGR aligned crop of the apex frame
-    flow: np.ndarray           # (S, S, 2) float32 onset->apex optical flow (u, v), in `flow_units`
-    strain: np.ndarray         # (S, S) float32 optical strain magnitude
-    landmarks: np.ndarray      # (68, 2) float32 on the onset frame, image coordinates
-    transform: np.ndarray      # (2, 3) float32 similarity, image -> aligned face
+    apex_source: str  # "annotated" | "spotted" | "derived_inputs" (read, not computed)
+    onset_face: np.ndarray  # (S, S, 3) uint8 BGR aligned crop of the onset frame
+    apex_face: np.ndarray  # (S, S, 3) uint8 BGR aligned crop of the apex frame
+    flow: np.ndarray  # (S, S, 2) float32 onset->apex optical flow (u, v), in `flow_units`
+    strain: np.ndarray  # (S, S) float32 optical strain magnitude
+    landmarks: np.ndarray  # (68, 2) float32 on the onset frame, image coordinates
+    transform: np.ndarray  # (2, 3) float32 similarity, image -> aligned face
     face_box: tuple[int, int, int, int]
-    motion_curve: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # per frame onset..offset
+    motion_curve: np.ndarray = field(
+        default_factory=lambda: np.zeros(0, np.float32)
+    )  # per frame onset..offset
     notes: str = ""
     # what a flow value means: "pixels" (computed here), or "minmax_per_image" (circulated
     # derived inputs: each channel min-max scaled to 0..1 per image, the pixel scale is lost)
@@ -111,5 +121,5 @@ class ClipFailure:
     """A clip that could not be used, and why (collected, never raised through a dataset run)."""
 
     key: str
-    stage: str   # layout | frames | face | apex | motion
+    stage: str  # layout | frames | face | apex | motion
     reason: str

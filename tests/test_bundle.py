@@ -8,17 +8,31 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from microfer.learn.bundle import FILES, ArraySVM, _sha256, integrity_digest, load_bundle, save_bundle
 from microfer.errors import BundleError
+from microfer.learn.bundle import (
+    FILES,
+    ArraySVM,
+    _sha256,
+    integrity_digest,
+    load_bundle,
+    save_bundle,
+)
 
-CONFIG = {"classes": ["negative", "positive", "surprise", "x", "y"], "prepare": {}, "features": {}, "svm": {}}
+CONFIG = {
+    "classes": ["negative", "positive", "surprise", "x", "y"],
+    "prepare": {},
+    "features": {},
+    "svm": {},
+}
 
 
 def _reseal(path):
     """Rewrite bundle.json's integrity hash for its current content (what a deliberate attacker can do)."""
     doc = json.loads((path / "bundle.json").read_text())
-    doc["integrity"] = {"algorithm": "sha256",
-                        "content": integrity_digest(doc, {n: _sha256(path / n) for n in FILES})}
+    doc["integrity"] = {
+        "algorithm": "sha256",
+        "content": integrity_digest(doc, {n: _sha256(path / n) for n in FILES}),
+    }
     (path / "bundle.json").write_text(json.dumps(doc))
 
 
@@ -27,7 +41,9 @@ def _fitted(kernel, n_class, seed=0):
     X = rng.normal(size=(150, 6)) * 3 + 1
     y = rng.integers(0, n_class, len(X))
     X[:, :2] += y[:, None] * 0.8
-    pipe = make_pipeline(StandardScaler(), SVC(kernel=kernel, C=1.0, class_weight="balanced")).fit(X, y)
+    pipe = make_pipeline(StandardScaler(), SVC(kernel=kernel, C=1.0, class_weight="balanced")).fit(
+        X, y
+    )
     return pipe, rng.normal(size=(300, 6)) * 3 + 1
 
 
@@ -47,7 +63,9 @@ def test_array_svm_reproduces_sklearn(kernel, n_class):
 def test_bundle_round_trip(tmp_path):
     pipe, Xt = _fitted("rbf", 3)
     net = {"layer.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
-    save_bundle(tmp_path / "b", network_state=net, classifier=ArraySVM.from_pipeline(pipe), config=CONFIG)
+    save_bundle(
+        tmp_path / "b", network_state=net, classifier=ArraySVM.from_pipeline(pipe), config=CONFIG
+    )
     b = load_bundle(tmp_path / "b")
     np.testing.assert_array_equal(b.classifier.predict(Xt), pipe.predict(Xt))
     np.testing.assert_array_equal(b.network["layer.weight"], net["layer.weight"].numpy())
@@ -56,8 +74,12 @@ def test_bundle_round_trip(tmp_path):
 
 def test_tampered_and_foreign_bundles_are_refused(tmp_path):
     pipe, _ = _fitted("linear", 3)
-    path = save_bundle(tmp_path / "b", network_state={"w": torch.ones(2)},
-                       classifier=ArraySVM.from_pipeline(pipe), config=CONFIG)
+    path = save_bundle(
+        tmp_path / "b",
+        network_state={"w": torch.ones(2)},
+        classifier=ArraySVM.from_pipeline(pipe),
+        config=CONFIG,
+    )
     # a pickle dropped in place of the classifier arrays
     (path / "classifier.safetensors").write_bytes(pickle.dumps({"evil": 1}))
     with pytest.raises(BundleError, match="checksum"):
@@ -65,7 +87,10 @@ def test_tampered_and_foreign_bundles_are_refused(tmp_path):
     # ... even with the checksum "fixed" it is never unpickled: safetensors refuses it
     doc = json.loads((path / "bundle.json").read_text())
     import hashlib
-    doc["files"]["classifier.safetensors"] = hashlib.sha256((path / "classifier.safetensors").read_bytes()).hexdigest()
+
+    doc["files"]["classifier.safetensors"] = hashlib.sha256(
+        (path / "classifier.safetensors").read_bytes()
+    ).hexdigest()
     (path / "bundle.json").write_text(json.dumps(doc))
     with pytest.raises(BundleError, match="integrity check failed"):
         load_bundle(path)
@@ -85,10 +110,15 @@ def test_tampered_and_foreign_bundles_are_refused(tmp_path):
 
 # --- integrity over every file (bundle.json included) and schema validation ---------------
 
+
 def _small_bundle(tmp_path, name="b", kernel="rbf"):
     pipe, Xt = _fitted(kernel, 3)
-    path = save_bundle(tmp_path / name, network_state={"w": torch.ones(2)},
-                       classifier=ArraySVM.from_pipeline(pipe), config={**CONFIG, "classes": CONFIG["classes"][:3]})
+    path = save_bundle(
+        tmp_path / name,
+        network_state={"w": torch.ones(2)},
+        classifier=ArraySVM.from_pipeline(pipe),
+        config={**CONFIG, "classes": CONFIG["classes"][:3]},
+    )
     return path, pipe, Xt
 
 
@@ -110,6 +140,7 @@ def _set(*keys, value):
         for k in keys[:-1]:
             d = d[k]
         d[keys[-1]] = value
+
     return change
 
 
@@ -137,7 +168,9 @@ def test_any_edit_of_bundle_json_is_refused(tmp_path, edit):
     with pytest.raises(BundleError) as exc:
         load_bundle(path)
     msg = str(exc.value)
-    assert str(path) in msg and "integrity check failed" in msg and "bundle.json was modified" in msg
+    assert (
+        str(path) in msg and "integrity check failed" in msg and "bundle.json was modified" in msg
+    )
 
 
 # with the hash rewritten too (the check is not a signature), the schema still refuses
@@ -151,7 +184,10 @@ SCHEMA = {
     "too few class names": (_set("classes", value=["a", "b"]), "'classes' has 2 name"),
     "files as a list": (lambda doc: doc.update(files=list(doc["files"].values())), "'files'"),
     "files with an extra name": (_set("files", "extra.bin", value="0" * 64), "'files'"),
-    "files hash not hex": (_set("files", "network.safetensors", value="abc"), "files.network.safetensors"),
+    "files hash not hex": (
+        _set("files", "network.safetensors", value="abc"),
+        "files.network.safetensors",
+    ),
     "svm null": (_set("svm", value=None), "'svm'"),
     "unsupported kernel": (_set("svm", "kernel", value="poly"), "svm.kernel"),
     "gamma as a string": (_set("svm", "gamma", value="0.1"), "svm.gamma"),
@@ -182,7 +218,11 @@ def test_modified_weights_file_is_refused(tmp_path):
     with pytest.raises(BundleError) as exc:
         load_bundle(path)
     msg = str(exc.value)
-    assert str(path) in msg and "integrity check failed" in msg and "network.safetensors checksum" in msg
+    assert (
+        str(path) in msg
+        and "integrity check failed" in msg
+        and "network.safetensors checksum" in msg
+    )
 
 
 def test_missing_or_malformed_integrity_entry_is_refused(tmp_path):
@@ -203,7 +243,7 @@ def test_version_1_bundle_is_refused_with_a_retrain_hint(tmp_path):
         load_bundle(path)
     assert str(path) in str(exc.value)
     _edit(path, _set("format_version", value="2"))
-    with pytest.raises(BundleError, match="version \"2\" is not supported"):
+    with pytest.raises(BundleError, match='version "2" is not supported'):
         load_bundle(path)
 
 
@@ -213,19 +253,27 @@ def _rewrite_arrays(path, change):
     arrays = load_file(str(path / "classifier.safetensors"))
     change(arrays)
     save_file(arrays, str(path / "classifier.safetensors"))
-    _edit(path, lambda doc: doc["files"].update({"classifier.safetensors": _sha256(path / "classifier.safetensors")}),
-          reseal=True)
+    _edit(
+        path,
+        lambda doc: doc["files"].update(
+            {"classifier.safetensors": _sha256(path / "classifier.safetensors")}
+        ),
+        reseal=True,
+    )
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda a: a.update(dual_coef=a["dual_coef"][:, 1:]), "dual_coef"),
-    (lambda a: a.update(n_support=a["n_support"] + 1), "n_support"),
-    (lambda a: a.update(intercept=a["intercept"][:1]), "intercept"),
-    (lambda a: a.update(scaler_mean=a["scaler_mean"][:2]), "scaler_mean"),
-    (lambda a: a.update(classes=a["classes"][::-1].copy()), "class indices"),
-    (lambda a: a.update(classes=a["classes"].astype(np.float32)), "'classes' has dtype"),
-    (lambda a: a.pop("intercept"), "arrays missing"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.update(dual_coef=a["dual_coef"][:, 1:]), "dual_coef"),
+        (lambda a: a.update(n_support=a["n_support"] + 1), "n_support"),
+        (lambda a: a.update(intercept=a["intercept"][:1]), "intercept"),
+        (lambda a: a.update(scaler_mean=a["scaler_mean"][:2]), "scaler_mean"),
+        (lambda a: a.update(classes=a["classes"][::-1].copy()), "class indices"),
+        (lambda a: a.update(classes=a["classes"].astype(np.float32)), "'classes' has dtype"),
+        (lambda a: a.pop("intercept"), "arrays missing"),
+    ],
+)
 def test_classifier_arrays_must_agree_with_classes_and_each_other(tmp_path, change, message):
     path, _, _ = _small_bundle(tmp_path)
     _rewrite_arrays(path, change)
@@ -243,7 +291,12 @@ def test_untouched_bundle_loads_and_predicts_like_sklearn(tmp_path):
         np.testing.assert_array_equal(b.classifier.predict(Xt), pipe.predict(Xt))
         assert b.class_names == CONFIG["classes"][:3]
         # re-saving a loaded config (integrity entry included) gives a valid bundle again
-        save_bundle(tmp_path / f"{kernel}2", network_state=b.network, classifier=b.classifier, config=b.config)
+        save_bundle(
+            tmp_path / f"{kernel}2",
+            network_state=b.network,
+            classifier=b.classifier,
+            config=b.config,
+        )
         assert load_bundle(tmp_path / f"{kernel}2").class_names == b.class_names
 
 
@@ -258,8 +311,18 @@ def _cli(args, monkeypatch, capsys):
     return exc.value.code, capsys.readouterr().err.strip().splitlines()
 
 
-@pytest.mark.parametrize("edit", ["swapped class names", "classes as a string", "files as a list", "svm null",
-                                  "changed gamma", "v1", "weights"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "swapped class names",
+        "classes as a string",
+        "files as a list",
+        "svm null",
+        "changed gamma",
+        "v1",
+        "weights",
+    ],
+)
 def test_cli_predict_refuses_modified_bundles_in_one_line(tmp_path, edit, monkeypatch, capsys):
     path, _, _ = _small_bundle(tmp_path)
     if edit == "v1":
@@ -268,6 +331,8 @@ def test_cli_predict_refuses_modified_bundles_in_one_line(tmp_path, edit, monkey
         (path / "classifier.safetensors").write_bytes(pickle.dumps({"evil": 1}))
     else:
         _edit(path, EDITS[edit])
-    code, err = _cli(["predict", str(tmp_path / "clip.mp4"), "--model", str(path)], monkeypatch, capsys)
+    code, err = _cli(
+        ["predict", str(tmp_path / "clip.mp4"), "--model", str(path)], monkeypatch, capsys
+    )
     assert code == 2 and len(err) == 1 and str(path) in err[0] and err[0].startswith("error: ")
     assert "Traceback" not in err[0]

@@ -4,7 +4,13 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.svm import SVC
 
-from microfer.learn.classify import (GridSearchSVM, expand_grid, inner_splits_for, make_svm, select_and_fit)
+from microfer.learn.classify import (
+    GridSearchSVM,
+    expand_grid,
+    inner_splits_for,
+    make_svm,
+    select_and_fit,
+)
 from microfer.learn.evaluate import leave_one_group_out
 
 
@@ -102,12 +108,15 @@ def test_inner_selection_never_sees_the_test_subject():
     for fold in leave_one_group_out(g):
         held_out = int(fold.group.split("s")[-1])
         SpySVM.log = []
-        choice = select_and_fit(sets, y, g, fold.train_idx, inner_splits=3, param_grid=grid,
-                                make_estimator=SpySVM)
+        choice = select_and_fit(
+            sets, y, g, fold.train_idx, inner_splits=3, param_grid=grid, make_estimator=SpySVM
+        )
         # 2 feature sets x 2 candidates x (inner folds) + the final fit
         assert len(SpySVM.log) >= 2 * 2 * 3 + 1
         assert all(held_out not in seen for seen in SpySVM.log)
-        assert SpySVM.log[-1] == set(subject_id[fold.train_idx].tolist())  # final fit: all training subjects
+        assert SpySVM.log[-1] == set(
+            subject_id[fold.train_idx].tolist()
+        )  # final fit: all training subjects
         assert choice.feature_name in ("a", "b")
 
 
@@ -116,7 +125,10 @@ def test_select_and_fit_prefers_the_informative_feature_set_and_is_deterministic
     rng = np.random.default_rng(1)
     noise = rng.normal(size=X.shape)
     fold = leave_one_group_out(g)[0]
-    runs = [select_and_fit({"noise": noise, "signal": X}, y, g, fold.train_idx, inner_splits=3) for _ in range(2)]
+    runs = [
+        select_and_fit({"noise": noise, "signal": X}, y, g, fold.train_idx, inner_splits=3)
+        for _ in range(2)
+    ]
     assert runs[0].feature_name == "signal"
     assert runs[0].inner_score > 0.8 and max(runs[0].scores["noise"]) < runs[0].inner_score
     assert runs[0].params == runs[1].params and runs[0].inner_score == runs[1].inner_score
@@ -127,6 +139,10 @@ def test_select_and_fit_prefers_the_informative_feature_set_and_is_deterministic
 
 def test_expand_grid_keeps_order_and_rejects_unknown_keys():
     cands = expand_grid([{"kernel": ["linear"], "C": [0.1, 1.0]}, {"kernel": "rbf", "C": 3.0}])
-    assert cands == [{"C": 0.1, "kernel": "linear"}, {"C": 1.0, "kernel": "linear"}, {"kernel": "rbf", "C": 3.0}]
+    assert cands == [
+        {"C": 0.1, "kernel": "linear"},
+        {"C": 1.0, "kernel": "linear"},
+        {"kernel": "rbf", "C": 3.0},
+    ]
     with pytest.raises(ValueError, match="unknown SVM parameter"):
         expand_grid({"kernel": ["rbf"], "degree": [3]})

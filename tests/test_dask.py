@@ -1,6 +1,7 @@
 """`--scheduler`: clips, folds, permutations and train's grid search on a dask.distributed
 cluster (a LocalCluster of 2 worker processes here) give what a local run gives; without
 it dask is never imported."""
+
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from test_permutation import tiny_loso, tiny_set, TINY_GRID  # noqa: E402,F401  (tiny_loso: a fixture)
+from test_permutation import TINY_GRID, tiny_loso, tiny_set  # noqa: E402,F401,F811  (tiny_loso: a fixture)
 
 
 def _results(path):
@@ -20,19 +21,38 @@ def _results(path):
     return json.dumps(doc, sort_keys=True)
 
 
-def test_loso_on_a_local_cluster_equals_the_local_run(tiny_loso, tmp_path):
+def test_loso_on_a_local_cluster_equals_the_local_run(tiny_loso, tmp_path):  # noqa: F811  (the fixture)
     from click.testing import CliRunner
 
     from microfer.cli import cli
 
-    common = ["loso", "--protocol", "casme2-5class", "--cache", str(tmp_path), "--inner-splits", "3",
-              "--permutations", "3", "--permutation-seed", "5", "--jobs", "1"]  # --jobs: unused on a cluster
+    common = [
+        "loso",
+        "--protocol",
+        "casme2-5class",
+        "--cache",
+        str(tmp_path),
+        "--inner-splits",
+        "3",
+        "--permutations",
+        "3",
+        "--permutation-seed",
+        "5",
+        "--jobs",
+        "1",
+    ]  # --jobs: unused on a cluster
     here = CliRunner().invoke(cli, [*common, "--out", str(tmp_path / "here")])
     assert here.exit_code == 0, here.output
-    there = CliRunner().invoke(cli, [*common, "--out", str(tmp_path / "there"), "--scheduler", "local"])
+    there = CliRunner().invoke(
+        cli, [*common, "--out", str(tmp_path / "there"), "--scheduler", "local"]
+    )
     assert there.exit_code == 0, there.output
-    assert _results(tmp_path / "there" / "results.json") == _results(tmp_path / "here" / "results.json")
-    assert "scheduler" not in json.loads((tmp_path / "there" / "results.json").read_text())["settings"]
+    assert _results(tmp_path / "there" / "results.json") == _results(
+        tmp_path / "here" / "results.json"
+    )
+    assert (
+        "scheduler" not in json.loads((tmp_path / "there" / "results.json").read_text())["settings"]
+    )
 
     # train's grid search: its candidates scored on the cluster, the same choice and scores
     from microfer.learn.classify import select_and_fit
@@ -41,31 +61,58 @@ def test_loso_on_a_local_cluster_equals_the_local_run(tiny_loso, tmp_path):
     sets, y, g = tiny_set(1.0, n_subjects=4)
     sets = {"a": sets["f"], "b": sets["f"][:, :2]}
     grid = {**TINY_GRID, "C": [0.1, 1.0, 10.0]}
-    local = select_and_fit(sets, y, g, np.arange(y.size), inner_splits=3, param_grid=grid, n_classes=3)
+    local = select_and_fit(
+        sets, y, g, np.arange(y.size), inner_splits=3, param_grid=grid, n_classes=3
+    )
     with scheduler_context("local"):
-        remote = select_and_fit(sets, y, g, np.arange(y.size), inner_splits=3, param_grid=grid, n_classes=3,
-                                n_jobs=-1)
-    assert (remote.feature_name, remote.params, remote.scores) == (local.feature_name, local.params, local.scores)
+        remote = select_and_fit(
+            sets, y, g, np.arange(y.size), inner_splits=3, param_grid=grid, n_classes=3, n_jobs=-1
+        )
+    assert (remote.feature_name, remote.params, remote.scores) == (
+        local.feature_name,
+        local.params,
+        local.scores,
+    )
 
 
 def test_prepare_on_a_local_cluster_writes_the_same_cache(tmp_path):
     from microfer.clip.cache import Cache
-    from microfer.datasets import get
     from microfer.clip.prepare import PrepareSettings, prepare_dataset
+    from microfer.datasets import get
     from microfer.synth import generate
 
-    s = generate("casme2", tmp_path / "synth", subjects=1, clips_per_subject=3, seed=2, apex_unknown=0.3,
-                 progress=False)
+    s = generate(
+        "casme2",
+        tmp_path / "synth",
+        subjects=1,
+        clips_per_subject=3,
+        seed=2,
+        apex_unknown=0.3,
+        progress=False,
+    )
     df = get("casme2").read(s.coding_file, root=s.root)
     settings = PrepareSettings()
     here = prepare_dataset(df, s.root, tmp_path / "here", settings, progress=False)
-    there = prepare_dataset(df, s.root, tmp_path / "there", settings, progress=False, scheduler="local")
+    there = prepare_dataset(
+        df, s.root, tmp_path / "there", settings, progress=False, scheduler="local"
+    )
     assert there.prepared == here.prepared == 3 and not there.failed
-    a, b = Cache.for_settings(tmp_path / "here", settings), Cache.for_settings(tmp_path / "there", settings)
+    a, b = (
+        Cache.for_settings(tmp_path / "here", settings),
+        Cache.for_settings(tmp_path / "there", settings),
+    )
     assert (a.dir / "index.csv").read_text() == (b.dir / "index.csv").read_text()
     for key in a.index()["key"]:
         x, z = a.load(key), b.load(key)
-        for name in ("onset_face", "apex_face", "flow", "strain", "landmarks", "transform", "motion_curve"):
+        for name in (
+            "onset_face",
+            "apex_face",
+            "flow",
+            "strain",
+            "landmarks",
+            "transform",
+            "motion_curve",
+        ):
             np.testing.assert_array_equal(getattr(x, name), getattr(z, name))
         assert (x.apex, x.apex_source, x.notes) == (z.apex, z.apex_source, z.notes)
 
@@ -107,5 +154,7 @@ def test_a_run_without_scheduler_never_imports_dask(tmp_path):
         assert not loaded, loaded
         print("ok")
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr

@@ -1,4 +1,5 @@
 """Dataset adapters on the REAL coding files and on re-saved variants with each known mess."""
+
 from __future__ import annotations
 
 import csv
@@ -61,10 +62,27 @@ def frames_of(df):
 
 # ------------------------------------------------------------------ registry
 
+
 def test_registry_lists_every_dataset_with_layout():
-    assert datasets.names() == ["casme2", "samm", "smic_hs", "smic_vis", "smic_nir", "casme_sq", "samm_lv"]
+    assert datasets.names() == [
+        "casme2",
+        "samm",
+        "smic_hs",
+        "smic_vis",
+        "smic_nir",
+        "casme_sq",
+        "samm_lv",
+    ]
     fps = {n: datasets.get(n).fps for n in datasets.names()}
-    assert fps == {"casme2": 200, "samm": 200, "smic_hs": 100, "smic_vis": 25, "smic_nir": 25, "casme_sq": 30, "samm_lv": 200}
+    assert fps == {
+        "casme2": 200,
+        "samm": 200,
+        "smic_hs": 100,
+        "smic_vis": 25,
+        "smic_nir": 25,
+        "casme_sq": 30,
+        "samm_lv": 200,
+    }
     assert "reg_img" in datasets.get("casme2").layout
     assert "{frame:05d}" in datasets.get("samm").layout
     with pytest.raises(MicroferError, match="unknown dataset 'casme3'"):
@@ -72,6 +90,7 @@ def test_registry_lists_every_dataset_with_layout():
 
 
 # ------------------------------------------------------------------ CASME II
+
 
 @pytest.mark.parametrize("name", [CASME2_2014, CASME2_2019])
 def test_casme2_real_files(annotations_dir, name):
@@ -95,12 +114,23 @@ def test_casme2_real_files(annotations_dir, name):
 def test_casme2_versions_differ_only_in_emotions(annotations_dir):
     old = read("casme2", annotations_dir / CASME2_2014)
     new = read("casme2", annotations_dir / CASME2_2019)
-    assert old.emotion.value_counts().to_dict() == {"others": 99, "disgust": 63, "happiness": 32, "repression": 27,
-                                                    "surprise": 25, "sadness": 7, "fear": 2}
+    assert old.emotion.value_counts().to_dict() == {
+        "others": 99,
+        "disgust": 63,
+        "happiness": 32,
+        "repression": 27,
+        "surprise": 25,
+        "sadness": 7,
+        "fear": 2,
+    }
     changed = old[old.emotion != new.emotion]
-    assert sorted(changed["clip"]) == ["EP07_01", "EP07_04f", "EP10_03"] and set(changed.subject) == {"sub24"}
+    assert sorted(changed["clip"]) == ["EP07_01", "EP07_04f", "EP10_03"] and set(
+        changed.subject
+    ) == {"sub24"}
     assert set(new.loc[changed.index, "emotion"]) == {"surprise"}
-    pd.testing.assert_frame_equal(old[["onset", "apex", "offset"]], new[["onset", "apex", "offset"]])
+    pd.testing.assert_frame_equal(
+        old[["onset", "apex", "offset"]], new[["onset", "apex", "offset"]]
+    )
 
 
 def test_casme2_resaved_variants(annotations_dir, tmp_path):
@@ -113,8 +143,11 @@ def test_casme2_resaved_variants(annotations_dir, tmp_path):
     body = [[r[i] for i in keep] for r in rows[1:]]
     subject_styles = [lambda s: int(s), lambda s: f"sub{s}", lambda s: str(int(s))]
     for k, style in enumerate(subject_styles):
-        variant = [["CASME II coding (re-saved copy)"], [], [None, "note"]] + [header] + [
-            [style(r[0])] + r[1:] for r in body]
+        variant = (
+            [["CASME II coding (re-saved copy)"], [], [None, "note"]]
+            + [header]
+            + [[style(r[0])] + r[1:] for r in body]
+        )
         path = write_xlsx(tmp_path / f"casme2_{k}.xlsx", variant)
         got = read("casme2", path)
         pd.testing.assert_frame_equal(frames_of(got), frames_of(ref))
@@ -131,19 +164,21 @@ def test_casme2_csv_copy(annotations_dir, tmp_path):
 
 def test_apex_rules_on_variant(tmp_path):
     header = ["Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame", "Estimated Emotion"]
-    rows = [header,
-            ["01", "EP01_01", 10, "/", 30, "happiness"],      # A1
-            ["01", "EP01_02", 10, -1, 30, "happiness"],       # A1
-            ["01", "EP01_03", 10, "-1", 30, "happiness"],     # A1 (text)
-            ["01", "EP01_04", 10, 50, 30, "happiness"],       # A2
-            ["01", "EP01_05", 10, 5, 30, "happiness"],        # A2
-            ["01", "EP01_06", 10, 30, 30, "disgust"],         # A3 end
-            ["01", "EP01_07", 10, 10, 30, "disgust"],         # A3 start
-            ["01", "EP01_08", 12, 12, 12, "disgust"],         # single frame
-            ["02", "EP02_01", 40, 35, 30, "others"],          # D onset > offset
-            ["02", "EP02_02", "", 35, 40, "others"],          # D no onset
-            ["01", "EP01_01", 10, 20, 30, "others"],          # U duplicate
-            ["02", "EP02_03", 10.0, "20", "30", "Surprise"]]  # numbers as float / text
+    rows = [
+        header,
+        ["01", "EP01_01", 10, "/", 30, "happiness"],  # A1
+        ["01", "EP01_02", 10, -1, 30, "happiness"],  # A1
+        ["01", "EP01_03", 10, "-1", 30, "happiness"],  # A1 (text)
+        ["01", "EP01_04", 10, 50, 30, "happiness"],  # A2
+        ["01", "EP01_05", 10, 5, 30, "happiness"],  # A2
+        ["01", "EP01_06", 10, 30, 30, "disgust"],  # A3 end
+        ["01", "EP01_07", 10, 10, 30, "disgust"],  # A3 start
+        ["01", "EP01_08", 12, 12, 12, "disgust"],  # single frame
+        ["02", "EP02_01", 40, 35, 30, "others"],  # D onset > offset
+        ["02", "EP02_02", "", 35, 40, "others"],  # D no onset
+        ["01", "EP01_01", 10, 20, 30, "others"],  # U duplicate
+        ["02", "EP02_03", 10.0, "20", "30", "Surprise"],
+    ]  # numbers as float / text
     path = write_xlsx(tmp_path / "apex.xlsx", rows)
     with pytest.warns(CodingWarning, match="dropped 3 row"):
         df = datasets.get("casme2").read(path)
@@ -153,12 +188,16 @@ def test_apex_rules_on_variant(tmp_path):
     assert pd.isna(apex["EP01_01"]) and notes["EP01_01"] == "apex not annotated ('/')"
     assert pd.isna(apex["EP01_02"]) and notes["EP01_02"] == "apex not annotated ('-1')"
     assert pd.isna(apex["EP01_03"]) and notes["EP01_03"] == "apex not annotated ('-1')"
-    assert pd.isna(apex["EP01_04"]) and notes["EP01_04"] == "apex 50 outside [10, 30], will be spotted"
+    assert (
+        pd.isna(apex["EP01_04"]) and notes["EP01_04"] == "apex 50 outside [10, 30], will be spotted"
+    )
     assert pd.isna(apex["EP01_05"]) and "outside" in notes["EP01_05"]
     assert apex["EP01_06"] == 30 and notes["EP01_06"] == "apex at clip end"
     assert apex["EP01_07"] == 10 and notes["EP01_07"] == "apex at clip start"
     assert apex["EP01_08"] == 12 and notes["EP01_08"] == "single-frame clip"
-    assert row(df, "sub02", "EP02_03").onset == 10 and row(df, "sub02", "EP02_03").label == "surprise"
+    assert (
+        row(df, "sub02", "EP02_03").onset == 10 and row(df, "sub02", "EP02_03").label == "surprise"
+    )
     reasons = {d["key"]: d["reason"] for d in df.attrs["dropped"]}
     assert reasons["sub02/EP02_01"] == "onset 40 > offset 30"
     assert "not annotated" in reasons["sub02/EP02_02"]
@@ -167,30 +206,43 @@ def test_apex_rules_on_variant(tmp_path):
 
 
 def test_frame_number_cells():
-    assert [frame_number(v) for v in (46, 46.0, "46", " 46 ", "46.0", True, "/", "-1", -1, 46.5, None, "", "x1")] == \
-        [46, 46, 46, 46, 46, None, None, None, None, None, None, None, None]
+    assert [
+        frame_number(v)
+        for v in (46, 46.0, "46", " 46 ", "46.0", True, "/", "-1", -1, 46.5, None, "", "x1")
+    ] == [46, 46, 46, 46, 46, None, None, None, None, None, None, None, None]
 
 
-@pytest.mark.parametrize("module,values,expected", [
-    (casme2, [1, 1.0, "1", "01", "sub01", "sub1", " 01 "], "sub01"),
-    (samm, [6, "6", "06", "006", 6.0], "006"),
-    (smic, [1, "1", "01", "s1", "s01", "S01"], "s1"),
-])
+@pytest.mark.parametrize(
+    "module,values,expected",
+    [
+        (casme2, [1, 1.0, "1", "01", "sub01", "sub1", " 01 "], "sub01"),
+        (samm, [6, "6", "06", "006", 6.0], "006"),
+        (smic, [1, "1", "01", "s1", "s01", "S01"], "s1"),
+    ],
+)
 def test_subject_normalisation(module, values, expected):
     assert {module.canonical_subject(v) for v in values} == {expected}
 
 
 def test_subject_without_number_is_refused(tmp_path):
-    path = write_xlsx(tmp_path / "bad.xlsx", [["Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame",
-                                               "Estimated Emotion"], ["subX", "EP01_01", 1, 2, 3, "others"]])
+    path = write_xlsx(
+        tmp_path / "bad.xlsx",
+        [
+            ["Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame", "Estimated Emotion"],
+            ["subX", "EP01_01", 1, 2, 3, "others"],
+        ],
+    )
     with pytest.raises(AnnotationError, match=r"bad.xlsx row 2: CASME II subject code 'subX'"):
         datasets.get("casme2").read(path)
 
 
 # ------------------------------------------------------------------ wrong files
 
+
 def test_wrong_files_name_the_file_and_the_columns(annotations_dir, tmp_path):
-    with pytest.raises(AnnotationError, match=r"SAMM_Micro_FACS_Codes_v2.xlsx.*OnsetFrame, ApexFrame"):
+    with pytest.raises(
+        AnnotationError, match=r"SAMM_Micro_FACS_Codes_v2.xlsx.*OnsetFrame, ApexFrame"
+    ):
         datasets.get("casme2").read(annotations_dir / SAMM)
     with pytest.raises(AnnotationError, match=r"CASME2-coding-20140508.xlsx.*Onset Frame"):
         datasets.get("samm").read(annotations_dir / CASME2_2014)
@@ -202,7 +254,9 @@ def test_wrong_files_name_the_file_and_the_columns(annotations_dir, tmp_path):
         datasets.get("smic_nir").read(annotations_dir / SMIC)
     text = tmp_path / "coding.json"
     text.write_text("{}")
-    with pytest.raises(AnnotationError, match=r"coding.json is not an .xlsx or .csv file.*OnsetFrame"):
+    with pytest.raises(
+        AnnotationError, match=r"coding.json is not an .xlsx or .csv file.*OnsetFrame"
+    ):
         datasets.get("casme2").read(text)
     fake = tmp_path / "fake.xlsx"
     fake.write_text("Subject,Filename\n")
@@ -216,17 +270,30 @@ def test_wrong_files_name_the_file_and_the_columns(annotations_dir, tmp_path):
 
 # ------------------------------------------------------------------ SAMM
 
+
 def test_samm_real_file(annotations_dir):
     df = read("samm", annotations_dir / SAMM)
     assert len(df) == 159 and df.subject.nunique() == 29
-    assert df.emotion.value_counts().to_dict() == {"Anger": 57, "Other": 26, "Happiness": 26, "Surprise": 15,
-                                                   "Contempt": 12, "Disgust": 9, "Fear": 8, "Sadness": 6}
+    assert df.emotion.value_counts().to_dict() == {
+        "Anger": 57,
+        "Other": 26,
+        "Happiness": 26,
+        "Surprise": 15,
+        "Contempt": 12,
+        "Disgust": 9,
+        "Fear": 8,
+        "Sadness": 6,
+    }
     r = row(df, "006", "006_1_2")
     assert (r.onset, r.apex, r.offset) == (5562, 5588, 5632)
     assert r.frame_template == "006/006_1_2/006_{frame:05d}.jpg"
     assert r.frame_template.format(frame=r.onset).endswith("006_05562.jpg")
     assert df.apex.notna().all() and (df.notes == "").all()
-    assert (df.label != "").sum() == 136 and set(df.emotion[df.label == ""]) == {"Disgust", "Fear", "Sadness"}
+    assert (df.label != "").sum() == 136 and set(df.emotion[df.label == ""]) == {
+        "Disgust",
+        "Fear",
+        "Sadness",
+    }
 
 
 def test_samm_resaved_variants(annotations_dir, tmp_path):
@@ -236,12 +303,26 @@ def test_samm_resaved_variants(annotations_dir, tmp_path):
     rows = sheet_rows(src)
     h = next(i for i, r in enumerate(rows) if r[0] == "Subject")
     header = rows[h]
-    keep = [i for i, c in enumerate(header) if c in ("Subject", "Filename", "Onset Frame", "Apex Frame",
-                                                     "Offset Frame", "Estimated Emotion", "Notes")]
-    body = [[r[i] for i in keep] for r in rows[h + 1:]]
+    keep = [
+        i
+        for i, c in enumerate(header)
+        if c
+        in (
+            "Subject",
+            "Filename",
+            "Onset Frame",
+            "Apex Frame",
+            "Offset Frame",
+            "Estimated Emotion",
+            "Notes",
+        )
+    ]
+    body = [[r[i] for i in keep] for r in rows[h + 1 :]]
     for r in body:
         r[0] = int(r[0])
-    path = write_xlsx(tmp_path / "samm_nopreamble.xlsx", [[header[i] for i in keep]] + body, sheet="MICRO_ONLY")
+    path = write_xlsx(
+        tmp_path / "samm_nopreamble.xlsx", [[header[i] for i in keep]] + body, sheet="MICRO_ONLY"
+    )
     got = read("samm", path)
     pd.testing.assert_frame_equal(frames_of(got), frames_of(ref))
     assert (got.subject.str.len() == 3).all()
@@ -255,6 +336,7 @@ def test_samm_resaved_variants(annotations_dir, tmp_path):
 
 # ------------------------------------------------------------------ SMIC
 
+
 def test_smic_real_sheets(annotations_dir):
     hs = read("smic_hs", annotations_dir / SMIC)
     vis = read("smic_vis", annotations_dir / SMIC)
@@ -262,7 +344,10 @@ def test_smic_real_sheets(annotations_dir):
     assert hs.emotion.value_counts().to_dict() == {"negative": 70, "positive": 51, "surprise": 41}
     assert hs.apex.isna().all() and vis.apex.isna().all()
     assert hs.notes.str.contains("apex not annotated").all()
-    assert hs.notes.str.contains("second interval").sum() == 5 and vis.notes.str.contains("second interval").sum() == 5
+    assert (
+        hs.notes.str.contains("second interval").sum() == 5
+        and vis.notes.str.contains("second interval").sum() == 5
+    )
     r = row(hs, "s20", "s20_ne_01")
     assert (r.onset, r.offset, r.fps) == (17581039, 17581055, 100)
     assert r.frame_template == "HS/s20/micro/negative/s20_ne_01/image{frame}.bmp"
@@ -285,7 +370,9 @@ def test_smic_formulas_are_read_as_cached_values(annotations_dir):
 def test_smic_padded_copy_and_uncached_formula(annotations_dir, tmp_path):
     rows = sheet_rows(annotations_dir / SMIC, "HS")
     header, body = rows[0], [r for r in rows[1:] if r[1]]
-    padded = [[f"s{int(r[0]):02d}", f"s{int(r[0]):02d}_" + r[1].split("_", 1)[1]] + r[2:] for r in body]
+    padded = [
+        [f"s{int(r[0]):02d}", f"s{int(r[0]):02d}_" + r[1].split("_", 1)[1]] + r[2:] for r in body
+    ]
     path = write_xlsx(tmp_path / "smic.xlsx", [header] + padded, sheet="HS")
     got = read("smic_hs", path)
     ref = read("smic_hs", annotations_dir / SMIC)
@@ -300,8 +387,11 @@ def test_smic_padded_copy_and_uncached_formula(annotations_dir, tmp_path):
 
 def test_smic_folder_scan(tmp_path):
     base = tmp_path / "HS"
-    clips = {("s1", "negative", "s1_ne_01"): range(120, 131), ("s01", "surprise", "s1_sur_02"): range(7, 9),
-             ("s2", "positive", "s2_po_01"): range(1000, 1003)}
+    clips = {
+        ("s1", "negative", "s1_ne_01"): range(120, 131),
+        ("s01", "surprise", "s1_sur_02"): range(7, 9),
+        ("s2", "positive", "s2_po_01"): range(1000, 1003),
+    }
     for (subject, emotion, clip), numbers in clips.items():
         d = base / subject / "micro" / emotion / clip
         d.mkdir(parents=True)
@@ -312,11 +402,16 @@ def test_smic_folder_scan(tmp_path):
     with pytest.warns(CodingWarning, match="s2/s2_ne_09: no numbered image frames"):
         df = datasets.get("smic_hs").read(None, tmp_path)
     assert list(zip(df.subject, df["clip"], df.onset, df.offset, df.emotion)) == [
-        ("s1", "s1_ne_01", 120, 130, "negative"), ("s1", "s1_sur_02", 7, 8, "surprise"),
-        ("s2", "s2_po_01", 1000, 1002, "positive")]
+        ("s1", "s1_ne_01", 120, 130, "negative"),
+        ("s1", "s1_sur_02", 7, 8, "surprise"),
+        ("s2", "s2_po_01", 1000, 1002, "positive"),
+    ]
     assert df.apex.isna().all() and (df.label == df.emotion).all()
     # the template points at the folder as found (here padded 's01')
-    assert row(df, "s1", "s1_sur_02").frame_template == "HS/s01/micro/surprise/s1_sur_02/image{frame}.bmp"
+    assert (
+        row(df, "s1", "s1_sur_02").frame_template
+        == "HS/s01/micro/surprise/s1_sur_02/image{frame}.bmp"
+    )
     with pytest.raises(LayoutError, match="VIS is not a folder"):
         datasets.get("smic_vis").read(None, tmp_path)
     with pytest.raises(LayoutError, match="give the SMIC-E annotation file or the dataset root"):
@@ -324,6 +419,7 @@ def test_smic_folder_scan(tmp_path):
 
 
 # ------------------------------------------------------------------ CAS(ME)^2
+
 
 def test_casme_sq_real_file(annotations_dir):
     df = read("casme_sq", annotations_dir / CASME_SQ)
@@ -350,10 +446,22 @@ def test_casme_sq_real_file(annotations_dir):
 def test_casme_sq_variants(annotations_dir, tmp_path):
     with open(annotations_dir / CASME_SQ, newline="") as f:
         rows = list(csv.reader(f))
-    rows[1][1] = rows[0][1]              # same clip id twice in s15 (different videos)
+    rows[1][1] = rows[0][1]  # same clip id twice in s15 (different videos)
     rows[1][10] = "s15/15_0999other"
-    rows[2][3] = "0"                     # offset 0 with an apex that cannot bound it (row 3 has offset 0)
-    header = ["subject", "clip", "onset", "apex", "offset", "au", "emotion4", "type", "emotion", "dur", "video"]
+    rows[2][3] = "0"  # offset 0 with an apex that cannot bound it (row 3 has offset 0)
+    header = [
+        "subject",
+        "clip",
+        "onset",
+        "apex",
+        "offset",
+        "au",
+        "emotion4",
+        "type",
+        "emotion",
+        "dur",
+        "video",
+    ]
     path = tmp_path / "casme_sq.csv"
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows([header] + rows)
@@ -369,6 +477,7 @@ def test_casme_sq_variants(annotations_dir, tmp_path):
 
 
 # ------------------------------------------------------------------ manifests on disk
+
 
 def test_read_manifest_round_trip_and_errors(annotations_dir, tmp_path):
     df = read("casme2", annotations_dir / CASME2_2014)
@@ -396,6 +505,7 @@ def test_read_manifest_round_trip_and_errors(annotations_dir, tmp_path):
 
 # ------------------------------------------------------------------ CLI
 
+
 def test_cli_datasets_and_manifest(annotations_dir, tmp_path):
     from microfer.cli import cli
 
@@ -405,26 +515,44 @@ def test_cli_datasets_and_manifest(annotations_dir, tmp_path):
     for name in datasets.names():
         assert f"{name}  (" in listing.output
     # SMIC's folder scan is what `manifest` does; `prepare` without --coding takes the shipped list
-    assert "`microfer prepare smic_hs` without --coding/--manifest prepares the shipped manifest" in listing.output
+    assert (
+        "`microfer prepare smic_hs` without --coding/--manifest prepares the shipped manifest"
+        in listing.output
+    )
     assert runner.invoke(cli, ["manifest", "--help"]).exit_code == 0
 
     out = tmp_path / "casme2.csv"
-    result = runner.invoke(cli, ["manifest", "casme2", "--coding", str(annotations_dir / CASME2_2014),
-                                 "--out", str(out)])
+    result = runner.invoke(
+        cli,
+        ["manifest", "casme2", "--coding", str(annotations_dir / CASME2_2014), "--out", str(out)],
+    )
     assert result.exit_code == 0, result.output
-    assert "rows: 255" in result.output and "subjects: 26" in result.output and "apex null: 1" in result.output
+    assert (
+        "rows: 255" in result.output
+        and "subjects: 26" in result.output
+        and "apex null: 1" in result.output
+    )
     assert "disgust 63" in result.output and "dropped rows: 0" in result.output
     assert len(datasets.read_manifest(out)) == 255
 
-    messy = write_xlsx(tmp_path / "messy.xlsx", [
-        ["Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame", "Estimated Emotion"],
-        [1, "EP01_01", 10, "/", 30, "happiness"], [2, "EP02_01", 40, 35, 30, "others"]])
-    result = runner.invoke(cli, ["manifest", "casme2", "--coding", str(messy), "--out", str(tmp_path / "m.csv")])
+    messy = write_xlsx(
+        tmp_path / "messy.xlsx",
+        [
+            ["Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame", "Estimated Emotion"],
+            [1, "EP01_01", 10, "/", 30, "happiness"],
+            [2, "EP02_01", 40, 35, 30, "others"],
+        ],
+    )
+    result = runner.invoke(
+        cli, ["manifest", "casme2", "--coding", str(messy), "--out", str(tmp_path / "m.csv")]
+    )
     assert result.exit_code == 3, result.output  # written, one row dropped (listed)
     assert "rows: 1" in result.output and "apex null: 1" in result.output
     assert "dropped rows: 1\n  sub02/EP02_01: onset 40 > offset 30" in result.output
 
-    wrong = runner.invoke(cli, ["manifest", "casme2", "--coding", str(annotations_dir / SAMM), "--out", str(out)])
+    wrong = runner.invoke(
+        cli, ["manifest", "casme2", "--coding", str(annotations_dir / SAMM), "--out", str(out)]
+    )
     assert isinstance(wrong.exception, AnnotationError)
     assert len(datasets.read_manifest(out)) == 255  # the earlier manifest is untouched
 
@@ -432,8 +560,19 @@ def test_cli_datasets_and_manifest(annotations_dir, tmp_path):
 def test_cli_main_prints_one_line_and_exits_2(annotations_dir, tmp_path, monkeypatch, capsys):
     from microfer.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["microfer", "manifest", "samm", "--coding",
-                                      str(annotations_dir / CASME2_2014), "--out", str(tmp_path / "x.csv")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "microfer",
+            "manifest",
+            "samm",
+            "--coding",
+            str(annotations_dir / CASME2_2014),
+            "--out",
+            str(tmp_path / "x.csv"),
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2
@@ -448,13 +587,21 @@ def test_manifest_resaved_by_pandas_keeps_canonical_ids(tmp_path):
     from microfer.datasets import read_manifest
 
     src = tmp_path / "m.csv"
-    pd.DataFrame({
-        "dataset": ["samm", "casme2"], "subject": ["006", "sub01"], "clip": ["006_1_2", "EP02_01f"],
-        "onset": [10, 46], "apex": [None, 59], "offset": [40, 86], "emotion": ["Anger", "happiness"],
-        "label": ["Anger", "happiness"], "frame_template": ["006/006_1_2/006_{frame:05d}.jpg",
-                                                           "sub01/EP02_01f/img{frame}.jpg"],
-        "fps": [200.0, 200.0], "notes": ["", ""],
-    }).to_csv(src, index=False)
+    pd.DataFrame(
+        {
+            "dataset": ["samm", "casme2"],
+            "subject": ["006", "sub01"],
+            "clip": ["006_1_2", "EP02_01f"],
+            "onset": [10, 46],
+            "apex": [None, 59],
+            "offset": [40, 86],
+            "emotion": ["Anger", "happiness"],
+            "label": ["Anger", "happiness"],
+            "frame_template": ["006/006_1_2/006_{frame:05d}.jpg", "sub01/EP02_01f/img{frame}.jpg"],
+            "fps": [200.0, 200.0],
+            "notes": ["", ""],
+        }
+    ).to_csv(src, index=False)
     resaved = tmp_path / "resaved.csv"
     pd.read_csv(src).to_csv(resaved, index=False)  # subject 6, apex 59.0
     assert "6," in resaved.read_text() and "59.0" in resaved.read_text()

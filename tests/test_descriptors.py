@@ -1,12 +1,19 @@
 """Training-free motion descriptors, fusions of feature sets, and the grid that holds them."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from microfer.errors import BundleError, MicroferError
-from microfer.learn.features import (FeatureModel, FeatureSetting, FusedSetting, extract_features, feature_config,
-                               feature_setting_from_config)
+from microfer.learn.features import (
+    FeatureModel,
+    FeatureSetting,
+    FusedSetting,
+    extract_features,
+    feature_config,
+    feature_setting_from_config,
+)
 from microfer.models import create_extractor, is_descriptor, list_models
 from microfer.models.descriptors import HOOF_BINS, WORK_SIZE
 from microfer.records import PreparedClip
@@ -45,10 +52,12 @@ def test_grid_locates_a_local_movement():
 
 def test_hoof_histogram_points_where_the_flow_goes():
     x = _flow(n=1, size=28)
-    x[0, 0, :14, :14] = 1.0   # top-left cells move right (+u) ...
+    x[0, 0, :14, :14] = 1.0  # top-left cells move right (+u) ...
     x[0, 1, 14:, 14:] = -1.0  # ... bottom-right cells move up (-v)
     hoof = create_extractor("flow_hoof4")
-    hist = hoof(x)[0, 4 * 16:].reshape(4, 4, HOOF_BINS)  # after the u, v, strain, magnitude cell means
+    hist = hoof(x)[0, 4 * 16 :].reshape(
+        4, 4, HOOF_BINS
+    )  # after the u, v, strain, magnitude cell means
     right = int(np.floor((np.arctan2(0.0, 1.0) + np.pi) / (2 * np.pi) * HOOF_BINS)) % HOOF_BINS
     up = int(np.floor((np.arctan2(-1.0, 0.0) + np.pi) / (2 * np.pi) * HOOF_BINS)) % HOOF_BINS
     assert hist[0, 0, right] == pytest.approx(1.0, abs=1e-4)
@@ -75,11 +84,19 @@ def test_descriptor_refuses_wrong_shapes_and_weights():
 def _clip(seed: int, size: int = 32) -> PreparedClip:
     rng = np.random.default_rng(seed)
     face = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-    return PreparedClip(onset=0, apex=1, offset=2, apex_source="annotated", onset_face=face, apex_face=face,
-                        flow=rng.normal(size=(size, size, 2)).astype(np.float32),
-                        strain=np.abs(rng.normal(size=(size, size))).astype(np.float32),
-                        landmarks=np.zeros((68, 2), np.float32), transform=np.eye(2, 3, dtype=np.float32),
-                        face_box=(0, 0, size, size))
+    return PreparedClip(
+        onset=0,
+        apex=1,
+        offset=2,
+        apex_source="annotated",
+        onset_face=face,
+        apex_face=face,
+        flow=rng.normal(size=(size, size, 2)).astype(np.float32),
+        strain=np.abs(rng.normal(size=(size, size))).astype(np.float32),
+        landmarks=np.zeros((68, 2), np.float32),
+        transform=np.eye(2, 3, dtype=np.float32),
+        face_box=(0, 0, size, size),
+    )
 
 
 def test_descriptor_on_a_non_flow_representation_is_refused():
@@ -95,15 +112,24 @@ def test_fusion_concatenates_parts_and_caches_each(tmp_path):
     fused = FusedSetting((a, b))
     assert fused.name == "flow_grid7/flow + flow_hoof4/flow" and fused.representations == ("flow",)
     both = extract_features(clips, fused, keys=keys, feature_dir=tmp_path)
-    np.testing.assert_allclose(both, np.concatenate([extract_features(clips, a), extract_features(clips, b)], 1))
+    np.testing.assert_allclose(
+        both, np.concatenate([extract_features(clips, a), extract_features(clips, b)], 1)
+    )
     assert (tmp_path / a.key()).is_dir() and (tmp_path / b.key()).is_dir()
     with pytest.raises(MicroferError, match="at least two"):
         FusedSetting((a,))
 
 
 def test_fusion_with_a_network_round_trips_through_a_bundle_config():
-    net = FeatureSetting(variant="mobilevit_xxs", representation="apex", layer="stage3", pool="avg", input_size=64)
-    fused = FusedSetting((FeatureSetting(variant="flow_grid7", representation="flow", layer="none", pool="none"), net))
+    net = FeatureSetting(
+        variant="mobilevit_xxs", representation="apex", layer="stage3", pool="avg", input_size=64
+    )
+    fused = FusedSetting(
+        (
+            FeatureSetting(variant="flow_grid7", representation="flow", layer="none", pool="none"),
+            net,
+        )
+    )
     again = feature_setting_from_config(feature_config(fused))
     assert again == fused
     model = FeatureModel(fused)
@@ -111,12 +137,16 @@ def test_fusion_with_a_network_round_trips_through_a_bundle_config():
     assert state and all(k.startswith("part1.") for k in state)  # the descriptor has no weights
     clips = [_clip(0, 64), _clip(1, 64)]
     before = model(clips)
-    other = FeatureModel(FusedSetting((fused.parts[0], FeatureSetting(**{**net.__dict__, "seed": 5}))))
+    other = FeatureModel(
+        FusedSetting((fused.parts[0], FeatureSetting(**{**net.__dict__, "seed": 5})))
+    )
     assert not np.allclose(other(clips), before)
     other.load_state_dict(state)
     np.testing.assert_allclose(other(clips), before, atol=1e-5)
     with pytest.raises(BundleError, match="no part"):
-        other.load_state_dict({**state, "part7.x": state[next(iter(state))]}, source="n.safetensors")
+        other.load_state_dict(
+            {**state, "part7.x": state[next(iter(state))]}, source="n.safetensors"
+        )
 
 
 def test_grid_entries_parse_and_weights_go_only_where_they_fit(tmp_path):

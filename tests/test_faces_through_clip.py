@@ -1,6 +1,7 @@
 """Nothing silently wrong with faces and frames (issue 12): the face is verified at the apex,
 frames without it are left out of spotting, a frame size change is refused, and a frame the
 caller gave is used as given or refused -- never replaced."""
+
 import sys
 import types
 from pathlib import Path
@@ -9,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from microfer.errors import ClipError
-from microfer.recognise.predict import Predictor
 from microfer.clip.prepare import PrepareSettings, prepare_clip
 from microfer.clip.video import open_frames
+from microfer.errors import ClipError
+from microfer.recognise.predict import Predictor
 
-N, APEX = 30, 15     # synthetic clip: onset 0, apex 15, offset 29
-CUT = 18             # frames CUT.. of the "face leaves" clip have no face
+N, APEX = 30, 15  # synthetic clip: onset 0, apex 15, offset 29
+CUT = 18  # frames CUT.. of the "face leaves" clip have no face
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +25,17 @@ def face_frames():
     from microfer.synth.motion import Camera, make_clip_frames
 
     identity = load_identities(1, frame_size=(320, 240), face_width=(110, 130), seed=0)[0]
-    return make_clip_frames(identity, "happiness", N, 0, APEX, N - 1, 2.5, np.random.default_rng(0), Camera())
+    return make_clip_frames(
+        identity, "happiness", N, 0, APEX, N - 1, 2.5, np.random.default_rng(0), Camera()
+    )
 
 
 def _no_face_image(shape):
     """A frame with no face: the CGI Megamind video when present, else a flat grey."""
-    video = Path(__file__).resolve().parents[1].parent / "shared/realdata/faces/debian-opencv-doc/Megamind.avi"
+    video = (
+        Path(__file__).resolve().parents[1].parent
+        / "shared/realdata/faces/debian-opencv-doc/Megamind.avi"
+    )
     if video.is_file():
         frame = open_frames(video).read([0])[0]
         return cv2.resize(frame, (shape[1], shape[0]))
@@ -61,9 +67,11 @@ class _StubPredictor:
         obj.prepare_settings = PrepareSettings()
         obj.classes = ["negative", "positive"]
         obj.features = lambda prepared: np.zeros((1, 4), np.float32)
-        classifier = types.SimpleNamespace(classes=np.array([0, 1]),
-                                           class_scores=lambda X: np.array([[0.4, 0.6]]),
-                                           predict=lambda X: np.array([1]))
+        classifier = types.SimpleNamespace(
+            classes=np.array([0, 1]),
+            class_scores=lambda X: np.array([[0.4, 0.6]]),
+            predict=lambda X: np.array([1]),
+        )
         obj.bundle = types.SimpleNamespace(classifier=classifier, ood=None)
         return obj
 
@@ -81,7 +89,12 @@ def test_face_checks_change_nothing_on_a_normal_clip(face_frames, monkeypatch):
     monkeypatch.setattr(prep, "_face_presence", lambda *a, **k: [])
     for apex, new in checked.items():
         plain = prepare_clip(face_frames, 0, apex, N - 1)
-        assert (new.apex, new.apex_source, new.notes, new.no_face_frames) == (plain.apex, plain.apex_source, "", ())
+        assert (new.apex, new.apex_source, new.notes, new.no_face_frames) == (
+            plain.apex,
+            plain.apex_source,
+            "",
+            (),
+        )
         for name in ARRAYS:
             np.testing.assert_array_equal(getattr(new, name), getattr(plain, name), err_msg=name)
 
@@ -93,20 +106,26 @@ def test_no_face_at_the_apex_is_refused(cut_frames, tmp_path):
     folder = _write(tmp_path / "walks_off", cut_frames)
     with pytest.raises(ClipError) as err:
         prepare_clip(open_frames(folder), 0, 22, N - 1)
-    assert str(folder) in str(err.value) and "apex frame 22" in str(err.value) and err.value.stage == "face"
+    assert (
+        str(folder) in str(err.value)
+        and "apex frame 22" in str(err.value)
+        and err.value.stage == "face"
+    )
 
 
 def test_spotting_leaves_out_frames_without_the_face(cut_frames):
     clip = prepare_clip(cut_frames, 0, None, N - 1)
     assert clip.apex_source == "spotted" and clip.apex < CUT and abs(clip.apex - APEX) <= 4
-    assert clip.no_face_frames == tuple(range(CUT, N))  # exact, though checked only every few frames
+    assert clip.no_face_frames == tuple(
+        range(CUT, N)
+    )  # exact, though checked only every few frames
     assert f"no face in frame(s) {CUT}-{N - 1}" in clip.notes
     assert clip.motion_curve.size == N and not clip.motion_curve[CUT:].any()
 
 
 def test_face_that_goes_and_comes_back_is_bisected_exactly(face_frames):
     blank = _no_face_image(face_frames[0].shape)
-    frames = face_frames[:20] + [blank] * 3 + face_frames[23:]   # gone in 20-22 only
+    frames = face_frames[:20] + [blank] * 3 + face_frames[23:]  # gone in 20-22 only
     clip = prepare_clip(frames, 0, None, N - 1)
     assert clip.no_face_frames == (20, 21, 22) and "no face in frame(s) 20-22" in clip.notes
     assert clip.apex not in clip.no_face_frames
@@ -120,7 +139,9 @@ def test_face_gone_from_every_frame_after_the_onset_is_refused(face_frames):
 
 
 def test_a_face_that_moved_far_from_the_alignment_is_refused(face_frames):
-    shifted = [np.roll(f, 35, axis=1) for f in face_frames]  # the head moved 35 px (~0.7 eye distances)
+    shifted = [
+        np.roll(f, 35, axis=1) for f in face_frames
+    ]  # the head moved 35 px (~0.7 eye distances)
     frames = face_frames[:10] + shifted[10:]
     with pytest.raises(ClipError, match="apex frame 15 is .* eye distances away") as err:
         prepare_clip(frames, 0, APEX, N - 1)
@@ -132,10 +153,12 @@ def test_frame_size_change_is_refused_naming_the_frame(face_frames, tmp_path):
     with pytest.raises(ClipError) as err:
         prepare_clip(open_frames(folder), 0, None, N - 1)
     msg = str(err.value)
-    assert str(folder) in msg and "frame 1 (img1.png)" in msg and "336x252" in msg and "320x240" in msg
+    assert (
+        str(folder) in msg and "frame 1 (img1.png)" in msg and "336x252" in msg and "320x240" in msg
+    )
     assert err.value.stage == "frames"
     with pytest.raises(ClipError, match="frame 15 .* 336x252 px but the onset frame 0 is 320x240"):
-        prepare_clip(open_frames(folder), 0, 15, N - 1)   # only onset and apex read: still checked
+        prepare_clip(open_frames(folder), 0, 15, N - 1)  # only onset and apex read: still checked
     arrays = [cv2.resize(f, (336, 252)) if i == 3 else f for i, f in enumerate(face_frames)]
     with pytest.raises(ClipError, match="frame 3 is 336x252"):
         prepare_clip(arrays, 0, None, N - 1)
@@ -147,12 +170,16 @@ def test_given_apex_is_refused_not_replaced(face_frames):
             prepare_clip(face_frames, 0, apex, 20, strict_apex=True)
     # a dataset's annotated apex keeps its documented repair: spotted, with a note
     repaired = prepare_clip(face_frames, 0, 25, 20)
-    assert repaired.apex_source == "spotted" and "annotated apex 25 is outside onset..offset" in repaired.notes
+    assert (
+        repaired.apex_source == "spotted"
+        and "annotated apex 25 is outside onset..offset" in repaired.notes
+    )
     kept = prepare_clip(face_frames, 0, APEX, N - 1, strict_apex=True)
     assert kept.apex == APEX and kept.apex_source == "annotated"
 
 
 # --- predict (the real Predictor.predict, a stand-in model) ----------------------------------
+
 
 def test_predict_respects_or_refuses_given_frames(face_frames, cut_frames):
     predictor = _StubPredictor()
@@ -164,7 +191,12 @@ def test_predict_respects_or_refuses_given_frames(face_frames, cut_frames):
     with pytest.raises(ClipError, match="the given apex 0 is the first frame"):
         predictor.predict(face_frames, apex=0)
     p = predictor.predict(face_frames, apex=12)  # onset/offset spotted around the given apex
-    assert p.apex == 12 and p.given == ["apex"] and "apex" not in p.spotted and p.onset < 12 <= p.offset
+    assert (
+        p.apex == 12
+        and p.given == ["apex"]
+        and "apex" not in p.spotted
+        and p.onset < 12 <= p.offset
+    )
     with pytest.raises(ClipError, match="no face found in the given apex frame 22"):
         predictor.predict(cut_frames, apex=22)
     with pytest.raises(ClipError, match="no face found in the apex frame 22"):
@@ -188,16 +220,28 @@ def _main(args, monkeypatch, capsys):
     return exc.value.code, capsys.readouterr().err.strip().splitlines()
 
 
-def test_cli_predict_refuses_with_exit_2_naming_the_clip(face_frames, cut_frames, tmp_path, monkeypatch, capsys):
+def test_cli_predict_refuses_with_exit_2_naming_the_clip(
+    face_frames, cut_frames, tmp_path, monkeypatch, capsys
+):
     walks_off = _write(tmp_path / "walks_off", cut_frames)
     mixed = _write(tmp_path / "mixed", face_frames[:8], sizes=[(320, 240), (336, 252)])
     model = str(tmp_path)  # the stand-in predictor loads nothing
     last = str(N - 1)
     for args, expect in (
-            ([str(walks_off), "--onset", "0", "--apex", "22", "--offset", last], "no face found in the apex frame 22"),
-            ([str(walks_off), "--onset", "0", "--apex", "25", "--offset", "20"], "apex 25 is after the given offset"),
-            ([str(mixed), "--onset", "0", "--apex", "3", "--offset", "7"], "frame 3 (img3.png) is 336x252"),
-            ([str(mixed)], "frame 1 (img1.png) is 336x252")):
+        (
+            [str(walks_off), "--onset", "0", "--apex", "22", "--offset", last],
+            "no face found in the apex frame 22",
+        ),
+        (
+            [str(walks_off), "--onset", "0", "--apex", "25", "--offset", "20"],
+            "apex 25 is after the given offset",
+        ),
+        (
+            [str(mixed), "--onset", "0", "--apex", "3", "--offset", "7"],
+            "frame 3 (img3.png) is 336x252",
+        ),
+        ([str(mixed)], "frame 1 (img1.png) is 336x252"),
+    ):
         code, err = _main(["predict", *args, "--model", model], monkeypatch, capsys)
         assert code == 2 and len(err) == 1, err
         assert err[0].startswith("error: ") and str(args[0]) in err[0] and expect in err[0], err

@@ -1,4 +1,5 @@
 """Face images in, emotion out: image bundles (train-images) and `predict IMAGE`."""
+
 import json
 from pathlib import Path
 
@@ -76,10 +77,14 @@ def test_predict_one_image_and_a_folder(image_bundle, fer_like):
     assert doc["label"] in ("happy", "sadness") and set(doc["scores"]) == {"happy", "sadness"}
     assert doc["aligned"] and len(doc["face_box"]) == 4 and isinstance(doc["ood"], bool)
 
-    r = _run(["predict", str(fer_like / "test" / "sad"), "--model", str(image_bundle.bundle), "--json"])
+    r = _run(
+        ["predict", str(fer_like / "test" / "sad"), "--model", str(image_bundle.bundle), "--json"]
+    )
     assert r.exit_code == 0, r.output
     docs = json.loads(r.output)
-    assert [Path(d["image"]).name for d in docs] == sorted(p.name for p in (fer_like / "test" / "sad").glob("*.jpg"))
+    assert [Path(d["image"]).name for d in docs] == sorted(
+        p.name for p in (fer_like / "test" / "sad").glob("*.jpg")
+    )
 
     r = _run(["predict", str(one), "--model", str(image_bundle.bundle)])
     assert r.exit_code == 0 and f"{one}: " in r.output and "ood:" in r.output
@@ -88,20 +93,25 @@ def test_predict_one_image_and_a_folder(image_bundle, fer_like):
 def test_image_predictions_match_the_in_memory_features(image_bundle, fer_like):
     """Same face finder and network in training and predict: the reloaded bundle (ONNX)
     gives the label its own SVM gives to torch features of the same face."""
-    from microfer.learn.features import FeatureModel, feature_setting_from_config
-    from microfer.recognise.images import ImagePredictor, image_face
-    from microfer.models import default_weights
     from microfer.clip.representation import face_to_input
+    from microfer.learn.features import FeatureModel, feature_setting_from_config
+    from microfer.models import default_weights
+    from microfer.recognise.images import ImagePredictor, image_face
 
     predictor = ImagePredictor(image_bundle.bundle)
     assert predictor.runtime == "onnx"
     setting = feature_setting_from_config(predictor.bundle.config["features"])
-    torch_model = FeatureModel(type(setting)(**{**setting.__dict__, "block_weights": str(default_weights())}))
+    torch_model = FeatureModel(
+        type(setting)(**{**setting.__dict__, "block_weights": str(default_weights())})
+    )
     for path in sorted((fer_like / "test").rglob("*.jpg"))[:3]:
         face = image_face(cv2.imread(str(path)), str(path))
         X = torch_model.from_inputs({"apex": face_to_input(face.face)[None]})
         np.testing.assert_allclose(predictor.features([face.face]), X, atol=1e-3)
-        assert predictor.predict(path).label == predictor.classes[int(predictor.bundle.classifier.predict(X)[0])]
+        assert (
+            predictor.predict(path).label
+            == predictor.classes[int(predictor.bundle.classifier.predict(X)[0])]
+        )
 
 
 def test_small_face_crops_and_faceless_images(tmp_path):
@@ -125,9 +135,11 @@ def test_image_input_errors_are_one_line(image_bundle, tmp_path, capsys):
     cv2.imwrite(str(blank), np.full((300, 300, 3), 90, np.uint8))
     empty = tmp_path / "empty"
     empty.mkdir()
-    cases = [(["predict", str(blank), "--model", str(image_bundle.bundle)], "wall.png: no face"),
-             (["predict", str(blank), "--model", str(image_bundle.bundle), "--apex", "3"], "--apex"),
-             (["predict", str(empty), "--model", str(image_bundle.bundle)], "no images")]
+    cases = [
+        (["predict", str(blank), "--model", str(image_bundle.bundle)], "wall.png: no face"),
+        (["predict", str(blank), "--model", str(image_bundle.bundle), "--apex", "3"], "--apex"),
+        (["predict", str(empty), "--model", str(image_bundle.bundle)], "no images"),
+    ]
     for args, message in cases:
         with pytest.raises(SystemExit) as exc:
             main(args)
@@ -141,11 +153,17 @@ def test_the_readme_one_liner_imports_no_torch(image_bundle, fer_like):
     import sys
 
     one = sorted((fer_like / "test" / "happy").glob("*.jpg"))[0]
-    code = ("import json, sys\nfrom microfer.recognise.images import predict_images\n"
-            "label = predict_images(sys.argv[1], model=sys.argv[2])[0].label\n"
-            "print(json.dumps([label, [m for m in ('torch', 'timm') if m in sys.modules]]))\n")
-    out = subprocess.run([sys.executable, "-c", code, str(one), str(image_bundle.bundle)], capture_output=True,
-                         text=True, timeout=300)
+    code = (
+        "import json, sys\nfrom microfer.recognise.images import predict_images\n"
+        "label = predict_images(sys.argv[1], model=sys.argv[2])[0].label\n"
+        "print(json.dumps([label, [m for m in ('torch', 'timm') if m in sys.modules]]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(one), str(image_bundle.bundle)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     label, heavy = json.loads(out.stdout.strip().splitlines()[-1])
     assert label in ("happy", "sadness") and heavy == []
@@ -155,19 +173,33 @@ def test_an_image_bundle_on_pretrained_vit_weights(fer_like, tmp_path):
     """`train-images --weights RUN`: any backbone pretrained on still faces (here a ViT, 1 epoch)."""
     import sys
 
-    from microfer.learn.bundle import load_bundle
     from microfer.errors import MicroferError
-    from microfer.recognise.images import ImagePredictor
+    from microfer.learn.bundle import load_bundle
     from microfer.learn.pretrain import PretrainSettings, pretrain
     from microfer.learn.train_images import train_image_bundle
+    from microfer.recognise.images import ImagePredictor
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_pretrain import _face_set
 
-    run = pretrain(_face_set(size=32), PretrainSettings(variant="vit_tiny_patch16_224", representation="apex",
-                                                        input_size=32, scope="whole", epochs=1, batch_size=4,
-                                                        device="cpu", num_threads=1), tmp_path / "vit", progress=False)
-    result = train_image_bundle(fer_like, tmp_path / "b", per_class=10, progress=False, weights=run.weights)
+    run = pretrain(
+        _face_set(size=32),
+        PretrainSettings(
+            variant="vit_tiny_patch16_224",
+            representation="apex",
+            input_size=32,
+            scope="whole",
+            epochs=1,
+            batch_size=4,
+            device="cpu",
+            num_threads=1,
+        ),
+        tmp_path / "vit",
+        progress=False,
+    )
+    result = train_image_bundle(
+        fer_like, tmp_path / "b", per_class=10, progress=False, weights=run.weights
+    )
     features = load_bundle(result.bundle).config["features"]
     assert features["variant"] == "vit_tiny_patch16_224" and features["input_size"] == 32
     assert result.features.split("/")[2] in ("final", "mid")
@@ -175,12 +207,25 @@ def test_an_image_bundle_on_pretrained_vit_weights(fer_like, tmp_path):
     predictor = ImagePredictor(result.bundle)
     assert predictor.runtime == "onnx" and predictor.predict(one).label in ("happy", "sadness")
 
-    flow = pretrain(_face_set(size=32), PretrainSettings(representation="apex", input_size=32, scope="mv2", epochs=1,
-                                                         batch_size=4, device="cpu", num_threads=1),
-                    tmp_path / "mv2", progress=False)
+    flow = pretrain(
+        _face_set(size=32),
+        PretrainSettings(
+            representation="apex",
+            input_size=32,
+            scope="mv2",
+            epochs=1,
+            batch_size=4,
+            device="cpu",
+            num_threads=1,
+        ),
+        tmp_path / "mv2",
+        progress=False,
+    )
     meta_path = flow.weights.with_suffix(".json")
     doc = json.loads(meta_path.read_text())
     doc["representation"] = "flow"  # as if pretrained on flow: no use for still faces
     meta_path.write_text(json.dumps(doc))
     with pytest.raises(MicroferError, match="pretrained on 'flow' inputs; image bundles need"):
-        train_image_bundle(fer_like, tmp_path / "c", per_class=10, progress=False, weights=flow.weights)
+        train_image_bundle(
+            fer_like, tmp_path / "c", per_class=10, progress=False, weights=flow.weights
+        )

@@ -4,6 +4,7 @@ Every `import` in every module counts, the ones inside functions included (a laz
 hides a cycle from Python, not from the design): the graph is read from the source with
 `ast`, nothing is imported.
 """
+
 from __future__ import annotations
 
 import ast
@@ -33,7 +34,7 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -64,19 +65,36 @@ def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
 
 def test_the_graph_is_read():
     modules = _modules()
-    assert {"microfer.clip.apex", "microfer.clip.prepare", "microfer.datasets._coding",
-            "microfer.learn.pretrain"} <= set(modules)
+    assert {
+        "microfer.clip.apex",
+        "microfer.clip.prepare",
+        "microfer.datasets._coding",
+        "microfer.learn.pretrain",
+    } <= set(modules)
     g = {name: _imports(name, path, modules) for name, path in modules.items()}
     # the parser sees both kinds of import, lazy ones included
     assert "microfer.clip.apex" in g["microfer.clip.prepare"]
-    assert "microfer.datasets.casme2" in g["microfer.datasets.registry"]  # `from pkg import submodule`
+    assert (
+        "microfer.datasets.casme2" in g["microfer.datasets.registry"]
+    )  # `from pkg import submodule`
     assert "microfer.datasets._coding" in g["microfer.datasets.casme2"]
     assert "microfer.clip.cache" in g["microfer.clip.prepare"]  # imported inside a function
 
 
 # The wings in the order of the data flow: a module imports the ground and the wings
 # before its own, never one after it (the package root `microfer` is a facade above all)
-WINGS = ("ground", "datasets", "clip", "synth", "models", "learn", "recognise", "spotting", "bench", "cli")
+WINGS = (
+    "ground",
+    "datasets",
+    "clip",
+    "synth",
+    "models",
+    "learn",
+    "recognise",
+    "spotting",
+    "bench",
+    "cli",
+)
 
 
 def _wing(module: str) -> str:
@@ -90,18 +108,33 @@ def _wing(module: str) -> str:
 
 def test_every_module_belongs_to_a_known_place():
     ground = sorted(m for m in _modules() if _wing(m) == "ground")
-    assert ground == ["microfer.errors", "microfer.io", "microfer.metrics", "microfer.parallel", "microfer.records"]
+    assert ground == [
+        "microfer.errors",
+        "microfer.io",
+        "microfer.metrics",
+        "microfer.parallel",
+        "microfer.records",
+    ]
 
 
 def test_no_import_runs_up_the_flow(graph):
-    upward = [(a, b) for a, deps in graph.items() for b in deps
-              if "facade" not in (_wing(a), _wing(b)) and WINGS.index(_wing(b)) > WINGS.index(_wing(a))]
+    upward = [
+        (a, b)
+        for a, deps in graph.items()
+        for b in deps
+        if "facade" not in (_wing(a), _wing(b)) and WINGS.index(_wing(b)) > WINGS.index(_wing(a))
+    ]
     assert not upward, upward
 
 
 def test_only_the_cli_uses_the_facade_or_bench(graph):
-    wrong = [(a, b) for a, deps in graph.items() for b in deps
-             if (_wing(b) == "facade" or _wing(b) == "bench") and _wing(a) not in ("cli", "bench", "facade")]
+    wrong = [
+        (a, b)
+        for a, deps in graph.items()
+        for b in deps
+        if (_wing(b) == "facade" or _wing(b) == "bench")
+        and _wing(a) not in ("cli", "bench", "facade")
+    ]
     assert not wrong, wrong
 
 
@@ -110,7 +143,15 @@ def test_clip_stays_below_learning_and_its_uses(graph):
     assert "microfer.clip.prepare" in clip
     for m in clip:
         reached = {_wing(r) for r in _reaches(graph, m)}
-        assert not reached & {"learn", "recognise", "spotting", "bench", "cli", "synth", "models"}, (m, reached)
+        assert not reached & {
+            "learn",
+            "recognise",
+            "spotting",
+            "bench",
+            "cli",
+            "synth",
+            "models",
+        }, (m, reached)
 
 
 def test_no_cycles(graph):
@@ -121,14 +162,22 @@ def test_no_cycles(graph):
 
 def test_apex_does_not_import_prepare(graph):
     """prepare uses apex to spot; the spotting benchmark, which runs prepare, is bench_spot."""
-    assert "microfer.clip.prepare" not in _reaches(graph, "microfer.clip.apex"), graph["microfer.clip.apex"]
+    assert "microfer.clip.prepare" not in _reaches(graph, "microfer.clip.apex"), graph[
+        "microfer.clip.apex"
+    ]
     assert "microfer.clip.apex" in _reaches(graph, "microfer.clip.prepare")
 
 
 def test_coding_does_not_import_the_adapters(graph):
     """The dataset adapters import _coding's shared rules; never the other way round."""
-    adapters = {m for m in graph if m.startswith("microfer.datasets.") and m != "microfer.datasets._coding"}
-    assert {"microfer.datasets.casme2", "microfer.datasets.samm", "microfer.datasets.smic"} <= adapters
+    adapters = {
+        m for m in graph if m.startswith("microfer.datasets.") and m != "microfer.datasets._coding"
+    }
+    assert {
+        "microfer.datasets.casme2",
+        "microfer.datasets.samm",
+        "microfer.datasets.smic",
+    } <= adapters
     reached = _reaches(graph, "microfer.datasets._coding")
     assert not reached & (adapters | {"microfer.datasets"}), sorted(reached & adapters)
 
@@ -147,7 +196,11 @@ def test_old_flat_paths_still_import_with_a_warning():
 
     import microfer
 
-    for old, new in (("video", "clip.video"), ("evaluate", "learn.evaluate"), ("models.pretrain", "learn.pretrain")):
+    for old, new in (
+        ("video", "clip.video"),
+        ("evaluate", "learn.evaluate"),
+        ("models.pretrain", "learn.pretrain"),
+    ):
         sys.modules.pop(f"microfer.{old}", None)
         with pytest.warns(DeprecationWarning, match=f"microfer.{old} moved to microfer.{new}"):
             module = importlib.import_module(f"microfer.{old}")

@@ -4,18 +4,23 @@ import numpy as np
 import pytest
 
 from microfer.learn.evaluate import FoldResult, compute_metrics
-from microfer.metrics import (accuracy, confusion_matrix, majority_class, per_class_f1, score, summarize, uar,
-                              uf1)
+from microfer.metrics import (
+    accuracy,
+    confusion_matrix,
+    majority_class,
+    per_class_f1,
+    score,
+    summarize,
+    uar,
+    uf1,
+)
 
 # Toy problem, 4 classes a b c d, 8 samples:
 #   truth a: predicted a a a b      truth b: predicted b b a c
 #   c is never true but predicted once; d is neither true nor predicted.
 Y_TRUE = [0, 0, 0, 0, 1, 1, 1, 1]
 Y_PRED = [0, 0, 0, 1, 1, 1, 0, 2]
-CM = [[3, 1, 0, 0],
-      [1, 2, 1, 0],
-      [0, 0, 0, 0],
-      [0, 0, 0, 0]]
+CM = [[3, 1, 0, 0], [1, 2, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
 
 
 def test_confusion_matrix_of_toy():

@@ -1,4 +1,5 @@
 """Batch augmentations of pretraining: what each does to inputs and targets, and a run with one."""
+
 import numpy as np
 import pytest
 
@@ -70,18 +71,33 @@ def test_pretraining_with_fmix_records_it_and_resumes_exactly(tmp_path):
     from safetensors.torch import load_file
 
     from microfer.learn.macro_data import MacroSet
-    from microfer.models.weights import read_block_meta
     from microfer.learn.pretrain import PretrainSettings, pretrain
+    from microfer.models.weights import read_block_meta
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     faces = np.clip(rng.normal(120, 40, (12, 32, 32, 3)), 0, 255).astype(np.uint8)
-    data = MacroSet("apex", 32, ["anger", "happy", "neutral"], np.arange(12) % 3, [f"img/{i}" for i in range(12)],
-                    np.zeros((0, 3, 32, 32), np.float32), faces)
+    data = MacroSet(
+        "apex",
+        32,
+        ["anger", "happy", "neutral"],
+        np.arange(12) % 3,
+        [f"img/{i}" for i in range(12)],
+        np.zeros((0, 3, 32, 32), np.float32),
+        faces,
+    )
 
     def settings(epochs):
-        return PretrainSettings(representation="apex", input_size=32, scope="whole", epochs=epochs, batch_size=4,
-                                seed=1, mix="fmix", device="cpu")
+        return PretrainSettings(
+            representation="apex",
+            input_size=32,
+            scope="whole",
+            epochs=epochs,
+            batch_size=4,
+            seed=1,
+            mix="fmix",
+            device="cpu",
+        )
 
     pretrain(data, settings(1), tmp_path / "a", progress=False)
     resumed = pretrain(data, settings(2), tmp_path / "a", resume=True, progress=False)

@@ -3,12 +3,22 @@ import json
 import numpy as np
 import pytest
 
+from microfer.clip.representation import flip_input, stack_inputs, to_input
 from microfer.errors import BundleError, MicroferError
 from microfer.models import create_extractor, list_models
-from microfer.models.mobilevit import MV2_BLOCK_MODULES, MobileViTExtractor, create_mobilevit, mv2_state_dict
-from microfer.models.weights import load_block_weights, read_block_meta, save_block_weights, weights_paths
+from microfer.models.mobilevit import (
+    MV2_BLOCK_MODULES,
+    MobileViTExtractor,
+    create_mobilevit,
+    mv2_state_dict,
+)
+from microfer.models.weights import (
+    load_block_weights,
+    read_block_meta,
+    save_block_weights,
+    weights_paths,
+)
 from microfer.records import PreparedClip
-from microfer.clip.representation import flip_input, stack_inputs, to_input
 
 
 def clip(size=32, seed=0, u=0.5):
@@ -16,11 +26,18 @@ def clip(size=32, seed=0, u=0.5):
     flow = np.zeros((size, size, 2), np.float32)
     flow[..., 0] = u
     return PreparedClip(
-        onset=0, apex=3, offset=6, apex_source="annotated",
+        onset=0,
+        apex=3,
+        offset=6,
+        apex_source="annotated",
         onset_face=rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
         apex_face=rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
-        flow=flow, strain=np.full((size, size), 0.05, np.float32),
-        landmarks=np.zeros((68, 2), np.float32), transform=np.eye(2, 3, dtype=np.float32), face_box=(0, 0, size, size))
+        flow=flow,
+        strain=np.full((size, size), 0.05, np.float32),
+        landmarks=np.zeros((68, 2), np.float32),
+        transform=np.eye(2, 3, dtype=np.float32),
+        face_box=(0, 0, size, size),
+    )
 
 
 # ---------------------------------------------------------------------------- representation
@@ -99,17 +116,29 @@ def _trained_block(seed=5):
 
 def test_block_weights_round_trip(tmp_path):
     model = _trained_block()
-    st = save_block_weights(model, tmp_path / "w", {"variant": "mobilevit_xxs", "representation": "flow"})
+    st = save_block_weights(
+        model, tmp_path / "w", {"variant": "mobilevit_xxs", "representation": "flow"}
+    )
     assert st == weights_paths(tmp_path / "w")[0] and st.is_file()
     meta = read_block_meta(tmp_path / "w")
-    assert meta["modules"] == list(MV2_BLOCK_MODULES) and meta["scope"] == "mv2" and meta["representation"] == "flow"
-    assert not [p for p in (tmp_path / "w").iterdir() if p.name.startswith(".")]  # no temporaries left
-    ext = MobileViTExtractor("mobilevit_xxs", layer="mv2", input_size=32, block_weights=tmp_path / "w")
+    assert (
+        meta["modules"] == list(MV2_BLOCK_MODULES)
+        and meta["scope"] == "mv2"
+        and meta["representation"] == "flow"
+    )
+    assert not [
+        p for p in (tmp_path / "w").iterdir() if p.name.startswith(".")
+    ]  # no temporaries left
+    ext = MobileViTExtractor(
+        "mobilevit_xxs", layer="mv2", input_size=32, block_weights=tmp_path / "w"
+    )
     saved = mv2_state_dict(model)
     full = create_mobilevit("mobilevit_xxs", seed=0)
     load_block_weights(full, st, "mobilevit_xxs")
     loaded = mv2_state_dict(full)
-    assert set(saved) == set(loaded) and all(np.array_equal(saved[k].numpy(), loaded[k].numpy()) for k in saved)
+    assert set(saved) == set(loaded) and all(
+        np.array_equal(saved[k].numpy(), loaded[k].numpy()) for k in saved
+    )
     x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
     random_init = MobileViTExtractor("mobilevit_xxs", layer="mv2", input_size=32)
     assert not np.allclose(ext(x), random_init(x))
@@ -133,7 +162,9 @@ def test_foreign_or_mismatched_weights_are_refused(tmp_path):
     tensors["stem.renamed"] = tensors.pop(key)
     save_file(tensors, str(st))
     with pytest.raises(BundleError, match="sha256"):
-        MobileViTExtractor("mobilevit_xxs", layer="mv2", input_size=32, block_weights=tmp_path / "w")
+        MobileViTExtractor(
+            "mobilevit_xxs", layer="mv2", input_size=32, block_weights=tmp_path / "w"
+        )
     # ... and with a matching hash, the key check speaks
     from microfer.io import file_sha256
 
@@ -141,11 +172,15 @@ def test_foreign_or_mismatched_weights_are_refused(tmp_path):
     meta["weights_sha256"] = file_sha256(st)
     js.write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="keys do not match"):
-        MobileViTExtractor("mobilevit_xxs", layer="mv2", input_size=32, block_weights=tmp_path / "w")
+        MobileViTExtractor(
+            "mobilevit_xxs", layer="mv2", input_size=32, block_weights=tmp_path / "w"
+        )
     # a JSON of another kind
     js.write_text(json.dumps({"format": "someone.else", "variant": "mobilevit_xxs"}))
     with pytest.raises(BundleError, match="not a microfer backbone weights"):
-        MobileViTExtractor("mobilevit_xxs", layer="mv2", input_size=32, block_weights=tmp_path / "w")
+        MobileViTExtractor(
+            "mobilevit_xxs", layer="mv2", input_size=32, block_weights=tmp_path / "w"
+        )
 
 
 # ---------------------------------------------------------------------------- pretraining
@@ -158,11 +193,18 @@ def _macro_set(n_per_class=6, size=32):
     for c in range(2):
         for _ in range(n_per_class):
             x = rng.normal(0, 0.1, (3, size, size)).astype(np.float32)
-            x[1, size // 2:, :] += 1.0 if c else -1.0
+            x[1, size // 2 :, :] += 1.0 if c else -1.0
             inputs.append(x)
             y.append(c)
-    return MacroSet("flow", size, ["happiness", "surprise"], np.array(y), [f"m/{i}" for i in range(len(y))],
-                    np.stack(inputs), np.zeros((0, size, size, 3), np.uint8))
+    return MacroSet(
+        "flow",
+        size,
+        ["happiness", "surprise"],
+        np.array(y),
+        [f"m/{i}" for i in range(len(y))],
+        np.stack(inputs),
+        np.zeros((0, size, size, 3), np.uint8),
+    )
 
 
 def test_pretrain_runs_checkpoints_and_resumes_exactly(tmp_path):
@@ -171,7 +213,9 @@ def test_pretrain_runs_checkpoints_and_resumes_exactly(tmp_path):
     from microfer.learn.pretrain import PretrainSettings, pretrain
 
     data = _macro_set()
-    s1 = PretrainSettings(representation="flow", input_size=32, epochs=1, batch_size=4, seed=3, device="cpu")
+    s1 = PretrainSettings(
+        representation="flow", input_size=32, epochs=1, batch_size=4, seed=3, device="cpu"
+    )
     first = pretrain(data, s1, tmp_path / "a", progress=False)
     after_one = {k: v.numpy().copy() for k, v in load_file(str(first.weights)).items()}
     assert first.history[0]["epoch"] == 1 and (tmp_path / "a" / "checkpoint.safetensors").is_file()
@@ -179,7 +223,9 @@ def test_pretrain_runs_checkpoints_and_resumes_exactly(tmp_path):
     assert meta["labels"] == ["happiness", "surprise"] and meta["epochs"] == 1 and meta["data_hash"]
     assert meta["representation"] == "flow" and "torch" in meta["versions"]
 
-    s2 = PretrainSettings(representation="flow", input_size=32, epochs=2, batch_size=4, seed=3, device="cpu")
+    s2 = PretrainSettings(
+        representation="flow", input_size=32, epochs=2, batch_size=4, seed=3, device="cpu"
+    )
     with pytest.raises(MicroferError, match="--resume"):
         pretrain(data, s2, tmp_path / "a", progress=False)
     resumed = pretrain(data, s2, tmp_path / "a", resume=True, progress=False)
@@ -193,7 +239,9 @@ def test_pretrain_runs_checkpoints_and_resumes_exactly(tmp_path):
     with pytest.raises(MicroferError, match="data_hash"):
         pretrain(other, s2, tmp_path / "a", resume=True, progress=False)
     # the pretrained block plugs into the extractor
-    ext = MobileViTExtractor("mobilevit_xxs", layer="stage3", input_size=32, block_weights=tmp_path / "a")
+    ext = MobileViTExtractor(
+        "mobilevit_xxs", layer="stage3", input_size=32, block_weights=tmp_path / "a"
+    )
     assert ext(data.inputs[:2]).shape == (2, 48)
 
 
@@ -211,11 +259,28 @@ def test_pretrain_command_on_an_image_folder(tmp_path):
             img = np.clip(rng.normal(level, 20, (48, 48)), 0, 255).astype(np.uint8)
             cv2.imwrite(str(d / f"{i}.png"), img)
     out = tmp_path / "weights"
-    args = ["pretrain", "--images", str(tmp_path / "fer"), "--representation", "apex", "--epochs", "1",
-            "--batch-size", "4", "--input-size", "32", "--device", "cpu", "--out", str(out)]
+    args = [
+        "pretrain",
+        "--images",
+        str(tmp_path / "fer"),
+        "--representation",
+        "apex",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--input-size",
+        "32",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
-    assert "8 macro samples, 2 labels: happy 4, sadness 4" in res.output  # FER "sad" is CK+ "sadness"
+    assert (
+        "8 macro samples, 2 labels: happy 4, sadness 4" in res.output
+    )  # FER "sad" is CK+ "sadness"
     assert read_block_meta(out)["labels"] == ["happy", "sadness"]
     bad = CliRunner().invoke(cli, args[:4] + ["flow"] + args[5:])
     assert bad.exit_code != 0 and "apex" in str(bad.exception)
@@ -226,7 +291,9 @@ def test_extractor_network_state_round_trip():
     a = MobileViTExtractor("mobilevit_xxs", layer="stage3", input_size=32, seed=0)
     b = MobileViTExtractor("mobilevit_xxs", layer="stage3", input_size=32, seed=7)
     state = a.state_dict()
-    assert any(k.startswith("stem.") for k in state) and any(k.startswith("stages.2.") for k in state)
+    assert any(k.startswith("stem.") for k in state) and any(
+        k.startswith("stages.2.") for k in state
+    )
     assert not any(k.startswith("stages.3.") for k in state)  # cut after the layer
     assert not np.allclose(a(x), b(x))
     b.load_state_dict(state)

@@ -1,11 +1,12 @@
 """Optical flow accuracy, optical strain, and apex / interval spotting with known truth."""
+
 import numpy as np
 import pytest
 
 from microfer.clip.apex import motion_curve, region_mask, spot_apex, spot_interval
-from microfer.errors import ClipError, MicroferError
 from microfer.clip.face import alignment_transform, warp_face
 from microfer.clip.motion import apply_displacement, expression_field, optical_flow, optical_strain
+from microfer.errors import ClipError, MicroferError
 from microfer.synth import load_identities
 
 
@@ -34,11 +35,11 @@ def test_flow_recovers_a_known_displacement(aligned_face, method, max_epe):
 
 def test_optical_strain_of_known_flows():
     y, x = np.mgrid[0:32, 0:32].astype(np.float32)
-    stretch = np.stack([0.02 * x, -0.01 * y], -1)            # e_xx = .02, e_yy = -.01
+    stretch = np.stack([0.02 * x, -0.01 * y], -1)  # e_xx = .02, e_yy = -.01
     np.testing.assert_allclose(optical_strain(stretch)[4:-4, 4:-4], np.hypot(0.02, 0.01), rtol=1e-4)
-    shear = np.stack([0.03 * y, np.zeros_like(x)], -1)       # e_xy = .015 -> sqrt(2) * .015
+    shear = np.stack([0.03 * y, np.zeros_like(x)], -1)  # e_xy = .015 -> sqrt(2) * .015
     np.testing.assert_allclose(optical_strain(shear)[4:-4, 4:-4], np.sqrt(2) * 0.015, rtol=1e-4)
-    rotation = np.stack([-0.02 * y, 0.02 * x], -1)           # rigid: no strain
+    rotation = np.stack([-0.02 * y, 0.02 * x], -1)  # rigid: no strain
     assert np.abs(optical_strain(rotation)).max() < 1e-6
     assert np.abs(optical_strain(np.ones((8, 8, 2), np.float32))).max() == 0  # translation
     with pytest.raises(MicroferError):
@@ -61,7 +62,7 @@ def test_motion_curve_is_zero_at_onset_and_masked(aligned_face):
     assert mask.dtype == bool and 0.2 < mask.mean() < 0.6
     faces = [aligned_face, aligned_face.copy()]
     outside = aligned_face.copy()
-    outside[~mask] = 0                                       # change only outside the ME regions
+    outside[~mask] = 0  # change only outside the ME regions
     for method in ("diff", "flow"):
         curve = motion_curve(faces + [outside], method)
         assert curve[0] == 0 and curve[1] == 0
@@ -78,8 +79,13 @@ def test_spotting_error_on_synthetic_clips_with_known_apex():
     from microfer.bench.spot import measure_spotting
     from microfer.synth import Camera
 
-    steady = measure_spotting(n_clips=5, seed=3, frame_size=(320, 240), n_frames=(30, 60),
-                              camera=Camera(drift_px=0, drift_deg=0))
+    steady = measure_spotting(
+        n_clips=5,
+        seed=3,
+        frame_size=(320, 240),
+        n_frames=(30, 60),
+        camera=Camera(drift_px=0, drift_deg=0),
+    )
     assert steady["spotted"] == 5  # no apex was given, so every one was spotted
     errors = steady["errors"]
     assert len(errors) == 5 and steady["max_abs_frames"] == max(errors)
@@ -98,5 +104,6 @@ def test_gaussian_smooth_is_scipys_gaussian_filter1d(n, sigma):
     from microfer.clip.apex import gaussian_smooth
 
     curve = np.random.default_rng(n).random(n)
-    np.testing.assert_allclose(gaussian_smooth(curve, sigma), gaussian_filter1d(curve, sigma, mode="nearest"),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        gaussian_smooth(curve, sigma), gaussian_filter1d(curve, sigma, mode="nearest"), atol=1e-6
+    )

@@ -1,4 +1,5 @@
 """The OOD score (relative Mahalanobis) on plain arrays, and how bundles carry it."""
+
 import json
 
 import numpy as np
@@ -7,10 +8,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from microfer.learn.bundle import OOD_FILE, ArraySVM, load_bundle, save_bundle
-from microfer.errors import BundleError
-from microfer.learn.ood import RelativeMahalanobis, fit_ood, held_out_scores
 from microfer.bench.ood_eval import auroc
+from microfer.errors import BundleError
+from microfer.learn.bundle import OOD_FILE, ArraySVM, load_bundle, save_bundle
+from microfer.learn.ood import RelativeMahalanobis, fit_ood, held_out_scores
 
 CONFIG = {"classes": ["a", "b", "c"], "prepare": {}, "features": {}, "svm": {}}
 
@@ -37,8 +38,10 @@ def test_score_separates_far_inputs_and_the_threshold_keeps_new_subjects(d):
     X, y, g, basis, rng = _data(d=d)
     model = fit_ood(X, y, g)
     new = _data(d=d, subjects=3, seed=1, basis=basis)[0]  # new subjects, same distribution
-    far = [rng.normal(size=(10, d)) * X.std() * 5,                  # noise
-           X[:10].mean(0) + (rng.normal(size=(10, 5)) * 15) @ basis]  # far along the data's own directions
+    far = [
+        rng.normal(size=(10, d)) * X.std() * 5,  # noise
+        X[:10].mean(0) + (rng.normal(size=(10, 5)) * 15) @ basis,
+    ]  # far along the data's own directions
     ind_scores = model.score(new)
     for out in far:
         assert auroc(ind_scores, model.score(out)) > 0.95
@@ -67,8 +70,13 @@ def _bundle(tmp_path, with_ood=True):
     X, y, g, _, _ = _data()
     pipe = make_pipeline(StandardScaler(), SVC(kernel="rbf")).fit(X, y)
     ood = fit_ood(X, y, g) if with_ood else None
-    path = save_bundle(tmp_path / "b", network_state={}, classifier=ArraySVM.from_pipeline(pipe), config=CONFIG,
-                       ood=ood)
+    path = save_bundle(
+        tmp_path / "b",
+        network_state={},
+        classifier=ArraySVM.from_pipeline(pipe),
+        config=CONFIG,
+        ood=ood,
+    )
     return path, ood, X
 
 
@@ -107,11 +115,21 @@ def test_auroc_counts_refused_inputs_as_rejected_and_ties_as_half():
 
     assert auroc(np.array([0.0, 1.0]), np.array([2.0, np.inf])) == 1.0
     assert auroc(np.array([1.0]), np.array([1.0])) == 0.5
-    rows = [Scored("in distribution", "a", 0.0), Scored("in distribution", "b", 2.0),
-            Scored("noise", "c", 3.0), Scored("noise", "d", float("inf"), "no face found")]
+    rows = [
+        Scored("in distribution", "a", 0.0),
+        Scored("in distribution", "b", 2.0),
+        Scored("noise", "c", 3.0),
+        Scored("noise", "d", float("inf"), "no face found"),
+    ]
     table = {t["inputs"]: t for t in summarise(rows, threshold=1.0)}
     assert table["in distribution"]["rejected"] == 0.5
-    assert table["noise"] == {"inputs": "noise", "n": 2, "auroc": 1.0, "rejected": 1.0, "no_face": 1}
+    assert table["noise"] == {
+        "inputs": "noise",
+        "n": 2,
+        "auroc": 1.0,
+        "rejected": 1.0,
+        "no_face": 1,
+    }
 
 
 def test_threshold_with_a_subject_too_big_to_leave_out():

@@ -12,7 +12,9 @@ from microfer.learn.permutation import permutation_test, permute_labels
 TINY_GRID = {"kernel": ["linear"], "C": [1.0], "class_weight": ["balanced"]}
 
 
-def tiny_set(signal: float, seed: int = 0, n_subjects: int = 4, per_class: int = 3, n_features: int = 4):
+def tiny_set(
+    signal: float, seed: int = 0, n_subjects: int = 4, per_class: int = 3, n_features: int = 4
+):
     """3 balanced classes per subject; `signal` shifts two features by class (0 = pure noise)."""
     rng = np.random.default_rng(seed)
     y = np.tile(np.repeat(np.arange(3), per_class), n_subjects)
@@ -25,8 +27,19 @@ def tiny_set(signal: float, seed: int = 0, n_subjects: int = 4, per_class: int =
 
 def run(signal, n, seed=0, n_jobs=1, data_seed=0, **kw):
     sets, y, g = tiny_set(signal, data_seed)
-    return permutation_test(sets, y, g, leave_one_group_out(g), param_grid=TINY_GRID, inner_splits=3, n_classes=3,
-                            n_permutations=n, seed=seed, n_jobs=n_jobs, **kw)
+    return permutation_test(
+        sets,
+        y,
+        g,
+        leave_one_group_out(g),
+        param_grid=TINY_GRID,
+        inner_splits=3,
+        n_classes=3,
+        n_permutations=n,
+        seed=seed,
+        n_jobs=n_jobs,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +78,13 @@ def test_deterministic_for_a_seed_whatever_n_jobs_and_n(strong):
     for m in ("uf1", "uar"):
         np.testing.assert_array_equal(again.null[m], strong.null[m][:3])
     y, strata = tiny_set(0.0)[1], None
-    draws = lambda seed: [permute_labels(y, strata, np.random.default_rng(s))  # noqa: E731
-                          for s in np.random.SeedSequence(seed).spawn(3)]
+
+    def draws(seed):
+        return [
+            permute_labels(y, strata, np.random.default_rng(s))
+            for s in np.random.SeedSequence(seed).spawn(3)
+        ]
+
     assert all(np.array_equal(a, b) for a, b in zip(draws(0), draws(0)))
     assert not all(np.array_equal(a, b) for a, b in zip(draws(0), draws(1)))
 
@@ -102,19 +120,34 @@ def tiny_loso(monkeypatch):
     n = y.size
     subj = np.repeat(np.arange(6), 9)[keep]
     datasets = np.where(subj < 3, "casme2", "samm")
-    samples = pd.DataFrame({"dataset": datasets, "subject": [f"s{s}" for s in subj],
-                            "clip": [f"c{i}" for i in range(n)], "key": [f"k{i}" for i in range(n)],
-                            "emotion": "x", "label": "x", "y": y})
+    samples = pd.DataFrame(
+        {
+            "dataset": datasets,
+            "subject": [f"s{s}" for s in subj],
+            "clip": [f"c{i}" for i in range(n)],
+            "key": [f"k{i}" for i in range(n)],
+            "emotion": "x",
+            "label": "x",
+            "y": y,
+        }
+    )
     samples["group"] = samples["dataset"] + "/" + samples["subject"]
     fs = FeatureSetting(representation="flow", layer="stage4", pool="grid2", input_size=64)
     proto = load_protocol("casme2-5class")
 
     def fake_gather(protocol, cache, manifest=None, settings=None, progress=True):
         return ev.ProtocolFeatures(
-            protocol=proto, samples=samples, excluded=pd.DataFrame(columns=["dataset", "subject", "clip", "group",
-                                                                            "reason"]),
-            n_candidates=n, y=y, groups=samples["group"].to_numpy(), classes=list(proto.classes),
-            feature_settings=[fs], feature_sets={fs.name: X}, prepare_settings={})
+            protocol=proto,
+            samples=samples,
+            excluded=pd.DataFrame(columns=["dataset", "subject", "clip", "group", "reason"]),
+            n_candidates=n,
+            y=y,
+            groups=samples["group"].to_numpy(),
+            classes=list(proto.classes),
+            feature_settings=[fs],
+            feature_sets={fs.name: X},
+            prepare_settings={},
+        )
 
     monkeypatch.setattr(ev, "gather_features", fake_gather)
     monkeypatch.setitem(ev.PARAM_GRIDS, "small", TINY_GRID)
@@ -126,7 +159,9 @@ def test_run_loso_without_permutations_reports_none(tiny_loso, tmp_path):
     from microfer.learn.report import write_report
 
     (tmp_path / "permutation_null.png").write_bytes(b"stale")
-    result = run_loso("casme2-5class", tmp_path, settings=LosoSettings(inner_splits=3), progress=False)
+    result = run_loso(
+        "casme2-5class", tmp_path, settings=LosoSettings(inner_splits=3), progress=False
+    )
     assert result.permutation is None and "permutation" not in result.metrics
     assert "permutations_s" not in result.timings
     paths = write_report(result, tmp_path)
@@ -140,24 +175,51 @@ def test_loso_command_reports_the_null_beside_the_majority_baseline(tiny_loso, t
     from microfer.cli import cli
 
     out = tmp_path / "run"
-    res = CliRunner().invoke(cli, ["loso", "--protocol", "casme2-5class", "--cache", str(tmp_path), "--out", str(out),
-                                   "--jobs", "1", "--inner-splits", "3", "--permutations", "4",
-                                   "--permutation-seed", "7"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "loso",
+            "--protocol",
+            "casme2-5class",
+            "--cache",
+            str(tmp_path),
+            "--out",
+            str(out),
+            "--jobs",
+            "1",
+            "--inner-splits",
+            "3",
+            "--permutations",
+            "4",
+            "--permutation-seed",
+            "7",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "permutation null (N=4, labels permuted within casme2, samm, seed 7)" in res.output
-    assert "UF1  null mean" in res.output and "p 0.2000" in res.output  # strong signal: p = 1 / (4 + 1)
+    assert (
+        "UF1  null mean" in res.output and "p 0.2000" in res.output
+    )  # strong signal: p = 1 / (4 + 1)
     doc = json.loads((out / "results.json").read_text())
     perm = doc["metrics"]["permutation"]
     assert doc["settings"]["permutations"] == 4 and doc["settings"]["permutation_seed"] == 7
-    assert perm["n_permutations"] == 4 and perm["seed"] == 7 and perm["strata"] == ["casme2", "samm"]
-    assert perm["metrics"]["uf1"]["real"] == pytest.approx(doc["metrics"]["pooled"]["uf1"], abs=1e-6)
-    assert len(perm["metrics"]["uar"]["null"]) == 4 and perm["metrics"]["uar"]["p_value"] == pytest.approx(0.2)
+    assert (
+        perm["n_permutations"] == 4 and perm["seed"] == 7 and perm["strata"] == ["casme2", "samm"]
+    )
+    assert perm["metrics"]["uf1"]["real"] == pytest.approx(
+        doc["metrics"]["pooled"]["uf1"], abs=1e-6
+    )
+    assert len(perm["metrics"]["uar"]["null"]) == 4 and perm["metrics"]["uar"][
+        "p_value"
+    ] == pytest.approx(0.2)
     report = (out / "report.md").read_text()
     assert "| permutation null (N=4), mean |" in report and "majority baseline" in report
     assert "## Chance level (permutation test)" in report
     assert (out / "permutation_null.png").stat().st_size > 0
     assert "permutations_s" in doc["timings"]
 
-    refused = CliRunner().invoke(cli, ["loso", "--protocol", "casme2-5class", "--cache", str(tmp_path),
-                                       "--permutations", "-1"])
+    refused = CliRunner().invoke(
+        cli,
+        ["loso", "--protocol", "casme2-5class", "--cache", str(tmp_path), "--permutations", "-1"],
+    )
     assert refused.exit_code == 2 and "--permutations" in refused.output

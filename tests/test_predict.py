@@ -1,4 +1,5 @@
 """train -> bundle -> predict, and the embedded demo (quick), end to end on synthetic clips."""
+
 import json
 
 import cv2
@@ -6,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
 
 
 def _run(args):
@@ -29,14 +29,19 @@ def test_demo_writes_report_bundle_and_beats_majority(demo):
 
 
 def test_reloaded_bundle_predicts_like_the_in_memory_model(demo, tmp_path):
-    from microfer.learn.features import extract_features
-    from microfer.recognise.predict import Predictor
     from microfer.clip.prepare import PrepareSettings, prepare_clip
-    from microfer.learn.train import train_bundle
     from microfer.clip.video import open_frames
+    from microfer.learn.features import extract_features
+    from microfer.learn.train import train_bundle
+    from microfer.recognise.predict import Predictor
 
-    trained = train_bundle("megc2019-composite", demo.out / "cache" / PrepareSettings().key(), tmp_path / "b",
-                           manifest=demo.out / "manifest.csv", progress=False)
+    trained = train_bundle(
+        "megc2019-composite",
+        demo.out / "cache" / PrepareSettings().key(),
+        tmp_path / "b",
+        manifest=demo.out / "manifest.csv",
+        progress=False,
+    )
     predictor = Predictor(trained.bundle)
     truth = pd.read_csv(demo.out / "heldout" / "synth_truth.csv", dtype=str, keep_default_na=False)
     classes = predictor.classes
@@ -49,8 +54,11 @@ def test_reloaded_bundle_predicts_like_the_in_memory_model(demo, tmp_path):
         reloaded = predictor.predict(video, onset=on, apex=ap, offset=off)
         assert reloaded.label == in_memory
         assert reloaded.given == ["onset", "apex", "offset"] and reloaded.spotted == []
-        np.testing.assert_allclose(predictor.bundle.classifier.decision_function(predictor.features(prepared)),
-                                   _ovo(trained.choice.model, feats), atol=1e-6)
+        np.testing.assert_allclose(
+            predictor.bundle.classifier.decision_function(predictor.features(prepared)),
+            _ovo(trained.choice.model, feats),
+            atol=1e-6,
+        )
 
 
 def _ovo(pipeline, X):
@@ -146,14 +154,19 @@ def test_top_level_python_api(demo):
 @pytest.fixture(scope="module")
 def network_bundle(demo, tmp_path_factory):
     """A bundle whose features come from a network (the demo's default grid picks a descriptor)."""
-    from microfer.learn.evaluate import LosoSettings
     from microfer.clip.prepare import PrepareSettings
+    from microfer.learn.evaluate import LosoSettings
     from microfer.learn.train import train_bundle
 
     settings = LosoSettings(features=("mobilevit_xxs/apex/final/avg",))
-    return train_bundle("megc2019-composite", demo.out / "cache" / PrepareSettings().key(),
-                        tmp_path_factory.mktemp("nb") / "bundle", manifest=demo.out / "manifest.csv",
-                        settings=settings, progress=False).bundle
+    return train_bundle(
+        "megc2019-composite",
+        demo.out / "cache" / PrepareSettings().key(),
+        tmp_path_factory.mktemp("nb") / "bundle",
+        manifest=demo.out / "manifest.csv",
+        settings=settings,
+        progress=False,
+    ).bundle
 
 
 def test_network_bundle_predicts_the_same_in_onnxruntime_as_in_torch(demo, network_bundle):
@@ -161,7 +174,10 @@ def test_network_bundle_predicts_the_same_in_onnxruntime_as_in_torch(demo, netwo
 
     cfg = json.loads((network_bundle / "bundle.json").read_text())
     assert "network.onnx" in cfg["files"]
-    onnx, torch_ = Predictor(network_bundle, runtime="onnx"), Predictor(network_bundle, runtime="torch")
+    onnx, torch_ = (
+        Predictor(network_bundle, runtime="onnx"),
+        Predictor(network_bundle, runtime="torch"),
+    )
     assert (onnx.runtime, torch_.runtime) == ("onnx", "torch")
     truth = pd.read_csv(demo.out / "heldout" / "synth_truth.csv", dtype=str, keep_default_na=False)
     for row in truth.to_dict("records"):
@@ -177,29 +193,39 @@ def test_predict_from_the_shell_imports_neither_torch_nor_timm(demo, network_bun
     import subprocess
     import sys
 
-    code = ("import runpy, sys, json\n"
-            "sys.argv = ['microfer', 'predict', sys.argv[1], '--model', sys.argv[2], '--json']\n"
-            "try:\n    runpy.run_module('microfer', run_name='__main__')\n"
-            "except SystemExit as e:\n    assert not e.code, e.code\n"
-            "print(json.dumps(sorted(m for m in ('torch', 'timm', 'torchvision', 'scipy.ndimage', 'pandas') "
-            "if m in sys.modules)))\n")
-    out = subprocess.run([sys.executable, "-c", code, str(demo.predictions[0]["video"]), str(network_bundle)],
-                         capture_output=True, text=True, timeout=300)
+    code = (
+        "import runpy, sys, json\n"
+        "sys.argv = ['microfer', 'predict', sys.argv[1], '--model', sys.argv[2], '--json']\n"
+        "try:\n    runpy.run_module('microfer', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'timm', 'torchvision', 'scipy.ndimage', 'pandas') "
+        "if m in sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(demo.predictions[0]["video"]), str(network_bundle)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
     assert '"label"' in out.stdout
 
 
-def test_runtime_onnx_needs_the_export_and_tampered_exports_are_refused(demo, network_bundle, tmp_path, capsys):
+def test_runtime_onnx_needs_the_export_and_tampered_exports_are_refused(
+    demo, network_bundle, tmp_path, capsys
+):
     import shutil
 
-    from microfer.learn.bundle import load_bundle, save_bundle
     from microfer.errors import BundleError
+    from microfer.learn.bundle import load_bundle, save_bundle
     from microfer.recognise.predict import Predictor
 
     b = load_bundle(network_bundle)
     config = {k: v for k, v in b.config.items() if k not in ("files", "integrity")}
-    old = save_bundle(tmp_path / "old", network_state=b.network, classifier=b.classifier, config=config)
+    old = save_bundle(
+        tmp_path / "old", network_state=b.network, classifier=b.classifier, config=config
+    )
     assert not list(old.glob("*.onnx"))
     with pytest.raises(BundleError, match="network.onnx"):
         Predictor(old, runtime="onnx")
@@ -237,8 +263,13 @@ def test_bundle_without_ood_predicts_with_no_score(demo, tmp_path):
     from microfer.recognise.predict import Predictor
 
     b = load_bundle(demo.bundle)
-    old = save_bundle(tmp_path / "old", network_state=b.network, classifier=b.classifier, config=b.config,
-                      onnx={n: p.read_bytes() for n, p in b.onnx.items()})
+    old = save_bundle(
+        tmp_path / "old",
+        network_state=b.network,
+        classifier=b.classifier,
+        config=b.config,
+        onnx={n: p.read_bytes() for n, p in b.onnx.items()},
+    )
     p = Predictor(old).predict(demo.predictions[0]["video"])
     assert p.ood_score is None and p.ood is None and "no score" in p.text()
 
@@ -246,11 +277,22 @@ def test_bundle_without_ood_predicts_with_no_score(demo, tmp_path):
 def test_explain_writes_overlays_of_the_apex_face_and_the_flow(demo, tmp_path):
     from microfer.recognise.explain import OVERLAY_SIZE
 
-    p = _run(["predict", demo.predictions[1]["video"], "--model", str(demo.bundle), "--explain",
-              str(tmp_path / "why"), "--json"])
+    p = _run(
+        [
+            "predict",
+            demo.predictions[1]["video"],
+            "--model",
+            str(demo.bundle),
+            "--explain",
+            str(tmp_path / "why"),
+            "--json",
+        ]
+    )
     assert p.exit_code == 0, p.output
     doc = json.loads(p.output)
-    assert sorted(doc["explanation"]) == sorted(str(tmp_path / "why" / n) for n in ("apex_face.png", "flow.png"))
+    assert sorted(doc["explanation"]) == sorted(
+        str(tmp_path / "why" / n) for n in ("apex_face.png", "flow.png")
+    )
     for name in doc["explanation"]:
         assert cv2.imread(name).shape == (OVERLAY_SIZE, OVERLAY_SIZE, 3)
 
@@ -259,9 +301,16 @@ def _held_out_prepared(demo, i=1):
     from microfer.clip.prepare import PrepareSettings, prepare_clip
     from microfer.clip.video import open_frames
 
-    row = pd.read_csv(demo.out / "heldout" / "synth_truth.csv", dtype=str, keep_default_na=False).iloc[i]
-    return prepare_clip(open_frames(demo.out / "heldout" / row["frame_dir"]), int(row["onset"]), int(row["apex"]),
-                        int(row["offset"]), PrepareSettings())
+    row = pd.read_csv(
+        demo.out / "heldout" / "synth_truth.csv", dtype=str, keep_default_na=False
+    ).iloc[i]
+    return prepare_clip(
+        open_frames(demo.out / "heldout" / row["frame_dir"]),
+        int(row["onset"]),
+        int(row["apex"]),
+        int(row["offset"]),
+        PrepareSettings(),
+    )
 
 
 def test_masking_the_highlighted_region_changes_the_score_more_than_a_random_one(demo):
@@ -278,20 +327,31 @@ def test_masking_the_highlighted_region_changes_the_score_more_than_a_random_one
     s = prepared.flow.shape[0]
     region = (s // 4, s // 2, 3 * s // 4, 7 * s // 8)  # x0, y0, x1, y1: mouth and lip corners
     flow = np.zeros_like(prepared.flow)
-    flow[region[1]:region[3], region[0]:region[2]] = prepared.flow[region[1]:region[3], region[0]:region[2]]
-    known = dataclasses.replace(prepared, flow=flow, strain=np.where(flow[..., 0] != 0, prepared.strain, 0))
+    flow[region[1] : region[3], region[0] : region[2]] = prepared.flow[
+        region[1] : region[3], region[0] : region[2]
+    ]
+    known = dataclasses.replace(
+        prepared, flow=flow, strain=np.where(flow[..., 0] != 0, prepared.strain, 0)
+    )
     label = int(predictor.bundle.classifier.predict(predictor.features(known))[0])
     occ = occlusion_map(predictor.feature_model, predictor.bundle.classifier, known, label)
     assert occ.heat.shape == (s, s)
     x0, y0, x1, y1 = occ.top_box
-    assert x0 < region[2] and x1 > region[0] and y0 < region[3] and y1 > region[1], (occ.top_box, region)
+    assert x0 < region[2] and x1 > region[0] and y0 < region[3] and y1 > region[1], (
+        occ.top_box,
+        region,
+    )
 
     inputs = network_inputs(predictor.feature_model, known)
     base = occ.base_score
 
     def change(box):
-        return abs(base - class_score(predictor.feature_model, predictor.bundle.classifier,
-                                      occlude(inputs, box), label)[0])
+        return abs(
+            base
+            - class_score(
+                predictor.feature_model, predictor.bundle.classifier, occlude(inputs, box), label
+            )[0]
+        )
 
     rng = np.random.default_rng(0)
     corners = rng.integers(0, s - occ.patch + 1, size=(20, 2))

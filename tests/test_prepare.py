@@ -1,4 +1,5 @@
 """prepare_clip / prepare_dataset / Cache on synthetic clips in the real CASME II layout."""
+
 import shutil
 import subprocess
 import sys
@@ -11,9 +12,9 @@ import pytest
 
 import microfer.clip.prepare as prep
 from microfer.clip.cache import Cache
-from microfer.errors import ClipError, LayoutError
 from microfer.clip.prepare import PrepareSettings, prepare_clip, prepare_dataset
 from microfer.clip.video import open_frames
+from microfer.errors import ClipError, LayoutError
 
 REAL_PREPARE_CLIP = prep.prepare_clip
 
@@ -23,8 +24,15 @@ def synth_set(tmp_path_factory):
     from microfer.datasets import get
     from microfer.synth import generate
 
-    s = generate("casme2", tmp_path_factory.mktemp("synth") / "casme2", subjects=2, clips_per_subject=3, seed=1,
-                 apex_unknown=0.3, progress=False)
+    s = generate(
+        "casme2",
+        tmp_path_factory.mktemp("synth") / "casme2",
+        subjects=2,
+        clips_per_subject=3,
+        seed=1,
+        apex_unknown=0.3,
+        progress=False,
+    )
     df = get("casme2").read(s.coding_file, root=s.root)
     truth = pd.read_csv(s.truth_file, dtype={"subject": str})
     assert df["apex"].isna().sum() >= 1  # some apexes must be spotted
@@ -68,7 +76,9 @@ def test_good_clips_prepared_cached_and_not_redone(dataset, tmp_path, monkeypatc
         assert clip.onset_face.shape == (128, 128, 3) and clip.flow.shape == (128, 128, 2)
         assert clip.strain.shape == (128, 128) and clip.transform.shape == (2, 3)
         assert clip.flow.dtype == np.float32 and np.isfinite(clip.flow).all()
-        true_apex = int(truth[(truth["subject"] == row.subject) & (truth["clip"] == row.clip)]["apex"].iloc[0])
+        true_apex = int(
+            truth[(truth["subject"] == row.subject) & (truth["clip"] == row.clip)]["apex"].iloc[0]
+        )
         if pd.isna(row.apex):
             # Clips of 24-40 frames at 200 fps; measured error on such clips is 0-3 frames.
             assert clip.apex_source == "spotted" and abs(clip.apex - true_apex) <= 4
@@ -91,7 +101,9 @@ def test_broken_clips_are_reported_and_skipped(dataset, tmp_path, faces_dir):
     (root / renamed.subject / renamed.clip).rename(root / renamed.subject / (renamed.clip + "_old"))
     onset_file = root / corrupt.subject / corrupt.clip / f"img{corrupt.onset}.jpg"
     onset_file.write_bytes(onset_file.read_bytes()[:2000])
-    blank = open_frames(faces_dir / "debian-opencv-doc" / "Megamind.avi").read([0])[0]  # CGI, no face
+    blank = open_frames(faces_dir / "debian-opencv-doc" / "Megamind.avi").read([0])[
+        0
+    ]  # CGI, no face
     for f in (root / noface.subject / noface.clip).glob("*.jpg"):
         cv2.imwrite(str(f), cv2.resize(blank, (640, 480)))
     (root / gap.subject / gap.clip / f"img{gap.onset + 3}.jpg").unlink()
@@ -156,12 +168,14 @@ def test_hard_kill_mid_write_leaves_no_corrupt_entry(dataset, tmp_path):
         prepare_dataset(pd.read_csv({str(manifest)!r}, dtype={{"subject": str}}), {str(root)!r}, {str(out)!r},
                         PrepareSettings(), progress=False)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 9, proc.stderr
     key_dir = out / PrepareSettings().key()
     entries = [p for p in key_dir.rglob("*.npz") if not p.name.startswith(".")]
-    assert len(entries) == 2                            # whole entries only
-    assert len(list(key_dir.rglob(".*.npz"))) == 1      # the dead writer's temporary file
+    assert len(entries) == 2  # whole entries only
+    assert len(list(key_dir.rglob(".*.npz"))) == 1  # the dead writer's temporary file
     summary = prepare_dataset(df, root, out, PrepareSettings(), progress=False)
     assert summary.skipped == 2 and summary.prepared == len(df) - 2
     assert not list(key_dir.rglob(".*.npz"))
@@ -175,15 +189,22 @@ def test_changed_settings_get_a_new_cache_key(dataset, tmp_path):
     root, df, _ = dataset
     base = PrepareSettings()
     assert base.key() == PrepareSettings().key()
-    keys = {base.key(), PrepareSettings(size=96).key(), PrepareSettings(flow="tvl1").key(),
-            PrepareSettings(spot_method="flow").key(), PrepareSettings(version="prepare-x").key()}
+    keys = {
+        base.key(),
+        PrepareSettings(size=96).key(),
+        PrepareSettings(flow="tvl1").key(),
+        PrepareSettings(spot_method="flow").key(),
+        PrepareSettings(version="prepare-x").key(),
+    }
     assert len(keys) == 5
     out = tmp_path / "cache"
     small = PrepareSettings(size=96)
     prepare_dataset(df.head(2), root, out, base, progress=False)
     summary = prepare_dataset(df.head(2), root, out, small, progress=False)
     assert summary.prepared == 2  # nothing reused across settings
-    assert Cache.for_settings(out, small).load(Cache.for_settings(out, small).index()["key"][0]).flow.shape == (96, 96, 2)
+    assert Cache.for_settings(out, small).load(
+        Cache.for_settings(out, small).index()["key"][0]
+    ).flow.shape == (96, 96, 2)
     with pytest.raises(Exception, match="unknown flow"):
         PrepareSettings(flow="farneback")
 
@@ -200,7 +221,7 @@ def test_prepare_clip_from_arrays(dataset):
     assert set(timings) == {"decode", "detect", "landmarks", "warp", "spot", "flow"}
     same = prepare_clip(src, int(row.onset), int(row.apex), int(row.offset))
     np.testing.assert_array_equal(same.flow, clip.flow)  # one transform, same motion
-    bad = prepare_clip(frames, 0, 0, len(frames) - 1)    # apex == onset: spotted instead, and said
+    bad = prepare_clip(frames, 0, 0, len(frames) - 1)  # apex == onset: spotted instead, and said
     assert bad.apex_source == "spotted" and "equals the onset" in bad.notes
     with pytest.raises(ClipError, match="not after onset"):
         prepare_clip(frames, 5, None, 5)
@@ -208,7 +229,9 @@ def test_prepare_clip_from_arrays(dataset):
         prepare_clip([np.full((240, 320, 3), 90, np.uint8)] * 4, 0, None, 3)
 
 
-def test_memo_reuses_decoded_frames_and_onset_alignment_with_identical_results(synth_set, monkeypatch):
+def test_memo_reuses_decoded_frames_and_onset_alignment_with_identical_results(
+    synth_set, monkeypatch
+):
     """predict's second pass (the spotted interval after a scan of the whole clip) reads no
     frame again and, when its onset is the scan's, finds no face again: same numbers."""
     import dataclasses
@@ -229,7 +252,11 @@ def test_memo_reuses_decoded_frames_and_onset_alignment_with_identical_results(s
             return src.read(numbers)
 
     real_detect = microfer.clip.face.detect_faces
-    monkeypatch.setattr(microfer.clip.face, "detect_faces", lambda *a, **k: detects.append(1) or real_detect(*a, **k))
+    monkeypatch.setattr(
+        microfer.clip.face,
+        "detect_faces",
+        lambda *a, **k: detects.append(1) or real_detect(*a, **k),
+    )
 
     def passes(memo):
         reads.clear(), detects.clear()
@@ -244,7 +271,9 @@ def test_memo_reuses_decoded_frames_and_onset_alignment_with_identical_results(s
     memo: dict = {}
     kept, scan_reads, memo_reads, scan_detects, memo_detects = passes(memo)
     assert scan_reads == 1 and memo_reads == scan_reads and plain_reads == 3  # nothing read twice
-    assert memo_detects == plain_detects - 1  # the same onset frame: its face (and alignment) reused
+    assert (
+        memo_detects == plain_detects - 1
+    )  # the same onset frame: its face (and alignment) reused
     assert sorted(memo["onset_faces"]) == [on, on + 2]
     for a, b in zip(plain, kept):
         for f in dataclasses.fields(a):
@@ -262,8 +291,19 @@ def test_cli_prepare(dataset, tmp_path):
 
     root, df, _ = dataset
     coding = next(root.glob("*.xlsx"))
-    args = ["prepare", "casme2", "--root", str(root), "--coding", str(coding), "--out", str(tmp_path / "c"),
-            "--workers", "2", "--no-progress"]
+    args = [
+        "prepare",
+        "casme2",
+        "--root",
+        str(root),
+        "--coding",
+        str(coding),
+        "--out",
+        str(tmp_path / "c"),
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert f"prepared now: {len(df)}" in result.output

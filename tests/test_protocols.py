@@ -1,4 +1,5 @@
 """Protocols: shipped YAML files, class mapping, folds, validation errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,22 +13,31 @@ from microfer.errors import MicroferError
 from microfer.learn.protocols import Fold, list_protocols, load_protocol
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ["casme2-5class", "cross-dataset", "megc2019-composite", "samm-5class", "smic-hs-3class",
-           "smic-vis-3class"]
+SHIPPED = [
+    "casme2-5class",
+    "cross-dataset",
+    "megc2019-composite",
+    "samm-5class",
+    "smic-hs-3class",
+    "smic-vis-3class",
+]
 
 
 def test_list_protocols():
     assert list_protocols() == SHIPPED
 
 
-@pytest.mark.parametrize("name,n,groups,counts", [
-    ("casme2-5class", 246, 26, [32, 25, 63, 27, 99]),
-    ("samm-5class", 136, 27, [57, 12, 26, 15, 26]),
-    ("smic-hs-3class", 162, 16, [70, 51, 41]),
-    ("smic-vis-3class", 71, 8, [24, 28, 19]),
-    ("megc2019-composite", 442, 68, [250, 109, 83]),
-    ("cross-dataset", 442, 3, [250, 109, 83]),
-])
+@pytest.mark.parametrize(
+    "name,n,groups,counts",
+    [
+        ("casme2-5class", 246, 26, [32, 25, 63, 27, 99]),
+        ("samm-5class", 136, 27, [57, 12, 26, 15, 26]),
+        ("smic-hs-3class", 162, 16, [70, 51, 41]),
+        ("smic-vis-3class", 71, 8, [24, 28, 19]),
+        ("megc2019-composite", 442, 68, [250, 109, 83]),
+        ("cross-dataset", 442, 3, [250, 109, 83]),
+    ],
+)
 def test_shipped_protocols_samples_and_folds(name, n, groups, counts):
     p = load_protocol(name)
     s = p.samples()
@@ -55,27 +65,46 @@ def test_group_keys():
 
 def test_composite_label_wins_over_emotion():
     s = load_protocol("megc2019-composite").samples()
-    odd = s[s["clip"] == "s18_sur_03"].iloc[0]  # Emotion 'negative', official composite class surprise
+    odd = s[s["clip"] == "s18_sur_03"].iloc[
+        0
+    ]  # Emotion 'negative', official composite class surprise
     assert odd["y"] == 2
 
 
 def synthetic_manifest():
     """Native emotions and default-protocol labels, as a synthetic dataset's manifest has them."""
-    rows = [("casme2", "sub01", "EP01", "disgust", "disgust", "negative"),
-            ("casme2", "sub01", "EP02", "repression", "repression", "negative"),
-            ("casme2", "sub02", "EP03", "happiness", "happiness", "positive"),
-            ("casme2", "sub02", "EP04", "surprise", "surprise", "surprise"),
-            ("casme2", "sub02", "EP05", "fear", "", None),         # CASME II fear: excluded
-            ("casme2", "sub02", "EP06", "others", "others", None),
-            ("samm", "006", "006_1_1", "Fear", "", "negative"),    # SAMM Fear: negative
-            ("samm", "006", "006_1_2", "Anger", "Anger", "negative"),
-            ("samm", "007", "007_1_1", "Other", "Other", None),
-            ("samm", "007", "007_1_2", "Happiness", "Happiness", "positive"),
-            ("smic_hs", "s1", "s1_ne_01", "negative", "negative", "negative"),
-            ("smic_hs", "s1", "s1_sur_01", " Surprise ", "", "surprise")]
-    df = manifest_frame([dict(dataset=d, subject=s, clip=c, onset=1, apex=None, offset=9, emotion=e, label=lab,
-                              frame_template=f"{s}/{c}/img{{frame}}.jpg", fps=100.0, notes="")
-                         for d, s, c, e, lab, _ in rows])
+    rows = [
+        ("casme2", "sub01", "EP01", "disgust", "disgust", "negative"),
+        ("casme2", "sub01", "EP02", "repression", "repression", "negative"),
+        ("casme2", "sub02", "EP03", "happiness", "happiness", "positive"),
+        ("casme2", "sub02", "EP04", "surprise", "surprise", "surprise"),
+        ("casme2", "sub02", "EP05", "fear", "", None),  # CASME II fear: excluded
+        ("casme2", "sub02", "EP06", "others", "others", None),
+        ("samm", "006", "006_1_1", "Fear", "", "negative"),  # SAMM Fear: negative
+        ("samm", "006", "006_1_2", "Anger", "Anger", "negative"),
+        ("samm", "007", "007_1_1", "Other", "Other", None),
+        ("samm", "007", "007_1_2", "Happiness", "Happiness", "positive"),
+        ("smic_hs", "s1", "s1_ne_01", "negative", "negative", "negative"),
+        ("smic_hs", "s1", "s1_sur_01", " Surprise ", "", "surprise"),
+    ]
+    df = manifest_frame(
+        [
+            dict(
+                dataset=d,
+                subject=s,
+                clip=c,
+                onset=1,
+                apex=None,
+                offset=9,
+                emotion=e,
+                label=lab,
+                frame_template=f"{s}/{c}/img{{frame}}.jpg",
+                fps=100.0,
+                notes="",
+            )
+            for d, s, c, e, lab, _ in rows
+        ]
+    )
     expected = {(d, c): cls for d, _, c, _, _, cls in rows}
     return df, expected
 
@@ -86,7 +115,13 @@ def test_composite_on_a_synthetic_manifest():
     s = p.samples(df)
     got = {(r["dataset"], r["clip"]): p.classes[r["y"]] for r in s.to_dict("records")}
     assert got == {k: v for k, v in expected.items() if v is not None}
-    assert sorted(set(s["group"])) == ["casme2/sub01", "casme2/sub02", "samm/006", "samm/007", "smic_hs/s1"]
+    assert sorted(set(s["group"])) == [
+        "casme2/sub01",
+        "casme2/sub02",
+        "samm/006",
+        "samm/007",
+        "smic_hs/s1",
+    ]
     assert len(p.folds(s)) == 5
 
 
@@ -109,17 +144,23 @@ def write_protocol(folder, name="custom", **changes):
     return path
 
 
-@pytest.mark.parametrize("changes,message", [
-    ({"classes": None}, "missing key(s) classes"),
-    ({"classes": []}, "classes must be a non-empty list"),
-    ({"classes": ["a", "b", "a"]}, "classes repeat a name"),
-    ({"label_map": {"happiness": "joy"}}, "sends 'happiness' to 'joy', which is not one of the classes"),
-    ({"group_by": ["subject"]}, "group_by must be"),
-    ({"group_by": ["dataset", "clip"]}, "group_by must be"),
-    ({"metrics": ["f1"]}, "metrics must be"),
-    ({"manifest": "nowhere.csv"}, "manifest nowhere.csv not found"),
-    ({"manifest": "../casme2.csv"}, "manifest must be a csv file name"),
-])
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"classes": None}, "missing key(s) classes"),
+        ({"classes": []}, "classes must be a non-empty list"),
+        ({"classes": ["a", "b", "a"]}, "classes repeat a name"),
+        (
+            {"label_map": {"happiness": "joy"}},
+            "sends 'happiness' to 'joy', which is not one of the classes",
+        ),
+        ({"group_by": ["subject"]}, "group_by must be"),
+        ({"group_by": ["dataset", "clip"]}, "group_by must be"),
+        ({"metrics": ["f1"]}, "metrics must be"),
+        ({"manifest": "nowhere.csv"}, "manifest nowhere.csv not found"),
+        ({"manifest": "../casme2.csv"}, "manifest must be a csv file name"),
+    ],
+)
 def test_validation_names_the_file_and_the_problem(tmp_path, changes, message):
     path = write_protocol(tmp_path, **changes)
     with pytest.raises(MicroferError) as info:
@@ -169,7 +210,10 @@ def _installed_layout(tmp_path, monkeypatch, *, ship=True):
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     if ship:  # what setup.py's build_py copies: protocols/*.yaml, data_manifests/*.csv + README.md
-        for folder, patterns in (("protocols", ["*.yaml"]), ("data_manifests", ["*.csv", "README.md"])):
+        for folder, patterns in (
+            ("protocols", ["*.yaml"]),
+            ("data_manifests", ["*.csv", "README.md"]),
+        ):
             dest = package / SHIPPED_DIR / folder
             dest.mkdir(parents=True)
             for pattern in patterns:
@@ -205,6 +249,8 @@ def test_installed_wheel_finds_its_packaged_protocols_and_manifests(tmp_path, mo
 def test_installed_without_packaged_data_says_where_it_looked(tmp_path, monkeypatch):
     package = _installed_layout(tmp_path, monkeypatch, ship=False)
     assert list_protocols() == []
-    with pytest.raises(MicroferError, match="unknown protocol 'casme2-5class'.*_shipped.*available: none"):
+    with pytest.raises(
+        MicroferError, match="unknown protocol 'casme2-5class'.*_shipped.*available: none"
+    ):
         load_protocol("casme2-5class")
     assert not (package.parent / "protocols").exists()

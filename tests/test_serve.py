@@ -1,4 +1,5 @@
 """`microfer serve`: the JSON endpoint, and the page driven in a real headless Chromium."""
+
 import json
 import shutil
 import threading
@@ -32,8 +33,12 @@ def expected(demo):
 
 
 def _post(url: str, data: bytes, name: str):
-    request = urllib.request.Request(url + "api/predict", data=data, method="POST",
-                                     headers={"X-Filename": name, "Content-Type": "application/octet-stream"})
+    request = urllib.request.Request(
+        url + "api/predict",
+        data=data,
+        method="POST",
+        headers={"X-Filename": name, "Content-Type": "application/octet-stream"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, json.loads(response.read())
@@ -51,7 +56,9 @@ def test_endpoint_predicts_like_the_library_and_refuses_bad_uploads(server, expe
 
     status, doc = _post(server.url, video.read_bytes(), video.name)
     assert status == 200, doc
-    assert doc["label"] == truth.label and doc["scores"] == truth.scores and doc["file"] == video.name
+    assert (
+        doc["label"] == truth.label and doc["scores"] == truth.scores and doc["file"] == video.name
+    )
     assert (doc["onset"], doc["apex"], doc["offset"]) == (truth.onset, truth.apex, truth.offset)
     assert len(doc["motion_curve"]) == len(doc["motion_frames"]) == doc["n_frames"]
 
@@ -68,29 +75,49 @@ def test_page_in_headless_chromium_shows_the_emotion_scores_and_curve(server, ex
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video at all")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         try:
             page = browser.new_page()
             page.goto(server.url)
-            page.wait_for_function("document.getElementById('model').textContent.includes('runtime')")
+            page.wait_for_function(
+                "document.getElementById('model').textContent.includes('runtime')"
+            )
             page.set_input_files("#file", str(video))
             page.wait_for_selector("#result:not([hidden])", timeout=120_000)
             assert page.inner_text("#label") == truth.label
-            shown = {row.get_attribute("data-class"): float(row.query_selector(".value").inner_text())
-                     for row in page.query_selector_all("tr.score")}
-            assert shown == pytest.approx({k: round(v, 3) for k, v in truth.scores.items()}, abs=1e-3)
+            shown = {
+                row.get_attribute("data-class"): float(row.query_selector(".value").inner_text())
+                for row in page.query_selector_all("tr.score")
+            }
+            assert shown == pytest.approx(
+                {k: round(v, 3) for k, v in truth.scores.items()}, abs=1e-3
+            )
             assert f"apex {truth.apex}" in page.inner_text("#frames")
             assert page.query_selector("#curve polyline") is not None
             assert page.query_selector_all("img.map") == []  # occlusion maps only when asked
 
             page.check("#explain")
             page.set_input_files("#file", str(video))
-            page.wait_for_function("document.querySelectorAll('img.map').length == 2", timeout=180_000)
+            page.wait_for_function(
+                "document.querySelectorAll('img.map').length == 2", timeout=180_000
+            )
             assert page.inner_text("#label") == truth.label
             for img in page.query_selector_all("img.map"):
-                assert img.evaluate("e => e.complete && e.naturalWidth") > 100  # decoded PNGs, not broken images
+                assert (
+                    img.evaluate("e => e.complete && e.naturalWidth") > 100
+                )  # decoded PNGs, not broken images
             if truth.ood_score is not None:
                 assert ("OUT OF DISTRIBUTION" in page.inner_text("#ood")) == bool(truth.ood)
             shot = tmp_path / "page.png"
@@ -98,7 +125,9 @@ def test_page_in_headless_chromium_shows_the_emotion_scores_and_curve(server, ex
             assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
 
             page.set_input_files("#file", str(bad))
-            page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=60_000)
+            page.wait_for_function(
+                "document.getElementById('error').textContent.length > 0", timeout=60_000
+            )
             error = page.inner_text("#error")
             assert error.startswith("error: ") and "broken.mp4" in error
             assert page.is_hidden("#result")

@@ -1,5 +1,6 @@
 """Spotting long videos: synthetic long videos in both layouts, intervals where the truth is,
 nothing where the face is lost, memory flat in the video length, the commands."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,9 @@ SMALL = (480, 360)  # renders ~2x faster than 640x480; faces stay >= 135 px wide
 @pytest.fixture(scope="module")
 def casme_long(tmp_path_factory):
     out = tmp_path_factory.mktemp("casme_sq_long")
-    return generate_long("casme_sq", out, subjects=2, intervals=2, seed=5, progress=False, frame_size=SMALL)
+    return generate_long(
+        "casme_sq", out, subjects=2, intervals=2, seed=5, progress=False, frame_size=SMALL
+    )
 
 
 def test_long_videos_in_casme_sq_layout_read_by_the_adapter(casme_long):
@@ -33,7 +36,12 @@ def test_long_videos_in_casme_sq_layout_read_by_the_adapter(casme_long):
         warnings.simplefilter("error")
         table = interval_table(datasets.get("casme_sq").read(casme_long.coding_file))
     truth = pd.read_csv(casme_long.truth_file)
-    assert len(table) == len(truth) == 4 and sorted(table["type"]) == ["macro", "macro", "micro", "micro"]
+    assert len(table) == len(truth) == 4 and sorted(table["type"]) == [
+        "macro",
+        "macro",
+        "micro",
+        "micro",
+    ]
     assert list(table.onset) == list(truth.sort_values(["subject", "onset"]).onset)
     for video in table.video.unique():
         folder = casme_long.root / video
@@ -45,7 +53,9 @@ def test_long_videos_in_casme_sq_layout_read_by_the_adapter(casme_long):
 
 
 def test_long_videos_in_samm_lv_layout_read_by_the_adapter(tmp_path):
-    s = generate_long("samm_lv", tmp_path, subjects=1, intervals=1, seed=0, progress=False, frame_size=(320, 180))
+    s = generate_long(
+        "samm_lv", tmp_path, subjects=1, intervals=1, seed=0, progress=False, frame_size=(320, 180)
+    )
     lines = s.coding_file.read_text().splitlines()
     assert lines[9].startswith("Subject,Filename,Inducement Code,Onset,Apex,Offset,Duration,Type")
     df = datasets.get("samm_lv").read(s.coding_file)
@@ -62,15 +72,26 @@ def test_spot_finds_the_macro_intervals(casme_long):
         result = spot_video(casme_long.root / video, fps=30)
         assert result.lost == [] and result.realigned[0] == 1
         for r in rows[rows["type"] == "macro"].itertuples():
-            found = [iv for iv in result.intervals if iv.type == "macro" and iou((iv.onset, iv.offset),
-                                                                                 (r.onset, r.offset)) >= 0.5]
+            found = [
+                iv
+                for iv in result.intervals
+                if iv.type == "macro" and iou((iv.onset, iv.offset), (r.onset, r.offset)) >= 0.5
+            ]
             assert found, f"{video}: macro {r.onset}-{r.offset} not spotted: {result.intervals}"
             assert r.onset <= found[0].apex <= r.offset
 
 
 def test_no_interval_where_the_face_is_lost(tmp_path):
-    s = generate_long("casme_sq", tmp_path, subjects=1, intervals=1, seed=3, progress=False, frame_size=SMALL,
-                      face_leaves=True)
+    s = generate_long(
+        "casme_sq",
+        tmp_path,
+        subjects=1,
+        intervals=1,
+        seed=3,
+        progress=False,
+        frame_size=SMALL,
+        face_leaves=True,
+    )
     away = pd.read_csv(s.root / "synth_nuisances.csv").query("kind == 'away'").iloc[0]
     video = pd.read_csv(s.truth_file).frame_dir[0]
     result = spot_video(s.root / video, fps=30)
@@ -129,10 +150,14 @@ def test_spot_command_on_a_real_video(shared_dir, tmp_path):
     result = CliRunner().invoke(cli, ["spot", str(video), "--json", "--quiet", "--plot", str(plot)])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
-    assert doc["n_frames"] > 50 and doc["fps"] == pytest.approx(30, abs=1) and doc["face_lost"] == []
+    assert (
+        doc["n_frames"] > 50 and doc["fps"] == pytest.approx(30, abs=1) and doc["face_lost"] == []
+    )
     assert plot.stat().st_size > 10_000
     csv = CliRunner().invoke(cli, ["spot", str(video), "--csv", "--quiet", "--plot", str(plot)])
-    assert csv.exit_code == 0 and csv.output.splitlines()[0] == "onset,apex,offset,type,score,emotion"
+    assert (
+        csv.exit_code == 0 and csv.output.splitlines()[0] == "onset,apex,offset,type,score,emotion"
+    )
 
 
 def test_spot_command_bad_input(tmp_path):
@@ -148,8 +173,21 @@ def test_spot_eval_command(casme_long, tmp_path):
     from microfer.cli import cli
 
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["spot-eval", "--protocol", "casme_sq-spotting", "--root", str(casme_long.root),
-                                      "--out", str(out), "--quiet", "--plots", "1"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "spot-eval",
+            "--protocol",
+            "casme_sq-spotting",
+            "--root",
+            str(casme_long.root),
+            "--out",
+            str(out),
+            "--quiet",
+            "--plots",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "results.json").read_text())
     assert doc["n_subjects"] == 2 and doc["n_intervals"] == {"micro": 2, "macro": 2}
@@ -157,20 +195,39 @@ def test_spot_eval_command(casme_long, tmp_path):
     assert doc["metrics"]["spot"]["macro"]["tp"] >= 1
     assert [f["test_subject"] for f in doc["folds"]] == ["s15", "s16"]
     report = (out / "report.md").read_text()
-    assert "| test subject |" in report and len(doc["plots"]) == 1 and (out / doc["plots"][0]).is_file()
+    assert (
+        "| test subject |" in report
+        and len(doc["plots"]) == 1
+        and (out / doc["plots"][0]).is_file()
+    )
 
 
 def test_spot_then_recognise(casme_long, tmp_path):
     """--model labels every micro interval with one of the bundle's classes (macro ones stay unlabelled)."""
-    from microfer.cli import cli
     from microfer.bench.demo import run_demo
+    from microfer.cli import cli
 
     bundle = run_demo(tmp_path / "demo", quick=True, seed=0, echo=None, progress=False).bundle
     classes = json.loads((Path(bundle) / "bundle.json").read_text())["classes"]
     video = casme_long.root / pd.read_csv(casme_long.truth_file).frame_dir[0]
     # a low threshold: micro intervals to recognise, whether expressions or not
-    result = CliRunner().invoke(cli, ["spot", str(video), "--fps", "30", "--threshold", "5", "--model", str(bundle),
-                                      "--json", "--quiet", "--plot", str(tmp_path / "p.png")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "spot",
+            str(video),
+            "--fps",
+            "30",
+            "--threshold",
+            "5",
+            "--model",
+            str(bundle),
+            "--json",
+            "--quiet",
+            "--plot",
+            str(tmp_path / "p.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     micro = [iv for iv in doc["intervals"] if iv["type"] == "micro"]

@@ -1,4 +1,5 @@
 """Long-video adapters: SAMM-LV on its real csv, and the interval table of both datasets."""
+
 from __future__ import annotations
 
 import warnings
@@ -29,7 +30,10 @@ def test_samm_lv_real_csv(annotations_dir):
     assert df[df.apex.isna()].notes.str.contains("apex not annotated").all()
     # 037_4_1 is a micro and a macro interval: both kept, the second renamed
     twins = table[table["clip"].str.startswith("037_4_1")]
-    assert sorted(twins["clip"]) == ["037_4_1", "037_4_1@1487"] and set(twins.type) == {"micro", "macro"}
+    assert sorted(twins["clip"]) == ["037_4_1", "037_4_1@1487"] and set(twins.type) == {
+        "micro",
+        "macro",
+    }
     assert set(twins.video) == {"SAMM_longvideos/037_4"}
 
 
@@ -46,7 +50,9 @@ def test_samm_lv_preamble_free_copy_and_bad_type(annotations_dir, tmp_path):
 
 
 def test_samm_lv_refuses_another_coding_file(annotations_dir):
-    with pytest.raises(AnnotationError, match="no header row with the expected columns Subject, Filename, Onset"):
+    with pytest.raises(
+        AnnotationError, match="no header row with the expected columns Subject, Filename, Onset"
+    ):
         datasets.get("samm_lv").read(annotations_dir / "CASME2/CASME2-coding-20140508.xlsx")
 
 
@@ -67,5 +73,8 @@ def test_interval_table_refuses_clip_manifests(annotations_dir):
 
 def test_samm_lv_video_names():
     assert samm_lv.video_of("006_1_3") == "006_1"
-    assert samm_lv.interval_type("Micro - 1/2") == "micro" and samm_lv.interval_type(" macro") == "macro"
+    assert (
+        samm_lv.interval_type("Micro - 1/2") == "micro"
+        and samm_lv.interval_type(" macro") == "macro"
+    )
     assert samm_lv.interval_type("blink") == ""

@@ -1,5 +1,6 @@
 """MEGC spotting evaluation: IoU, one-to-one matching, P/R/F1 by hand, and folds that never
 choose a parameter on the held-out subject."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,15 +8,23 @@ import pandas as pd
 import pytest
 
 from microfer.spotting.spot import SPOT_REGIONS, MotionSignal, SpottedInterval, spot_curves
-from microfer.spotting.spot_eval import Counts, VideoData, count_video, evaluate_loso, iou, match, summarize
+from microfer.spotting.spot_eval import (
+    Counts,
+    VideoData,
+    count_video,
+    evaluate_loso,
+    iou,
+    match,
+    summarize,
+)
 
 
 def test_iou_hand_worked():
     assert iou((10, 19), (10, 19)) == 1.0
-    assert iou((10, 19), (15, 24)) == pytest.approx(5 / 15)      # overlap 15..19, union 10..24
+    assert iou((10, 19), (15, 24)) == pytest.approx(5 / 15)  # overlap 15..19, union 10..24
     assert iou((0, 9), (5, 14)) == pytest.approx(5 / 15)
-    assert iou((0, 9), (10, 19)) == 0.0                          # touching, no shared frame
-    assert iou((0, 99), (20, 69)) == pytest.approx(50 / 100)     # inside: exactly the 0.5 limit
+    assert iou((0, 9), (10, 19)) == 0.0  # touching, no shared frame
+    assert iou((0, 99), (20, 69)) == pytest.approx(50 / 100)  # inside: exactly the 0.5 limit
     assert iou((5, 5), (5, 5)) == 1.0
 
 
@@ -25,16 +34,20 @@ def test_match_is_one_to_one_best_first():
     # both first spots overlap truth 0; the better one (IoU 30/32 vs 28/30 -> 0.9375 > 0.933) wins
     assert iou(spotted[1], truth[0]) > iou(spotted[0], truth[0])
     assert match(spotted, truth) == [(1, 0), (2, 1)]
-    assert match([(100, 104)], [(100, 119)]) == []               # IoU 0.25 < 0.5
+    assert match([(100, 104)], [(100, 119)]) == []  # IoU 0.25 < 0.5
 
 
 def test_counts_and_f1_hand_worked():
-    truth = pd.DataFrame({"onset": [10, 50, 100], "offset": [18, 90, 160], "type": ["micro", "macro", "macro"]})
-    spotted = [SpottedInterval(11, 14, 18, "micro", 9.0),       # TP micro
-               SpottedInterval(52, 70, 88, "macro", 20.0),      # TP macro
-               SpottedInterval(100, 120, 115, "macro", 8.0),    # IoU 16/61: FP
-               SpottedInterval(300, 303, 306, "micro", 7.0),    # FP micro
-               SpottedInterval(52, 60, 90, "micro", 7.0)]       # right place, wrong type: FP micro
+    truth = pd.DataFrame(
+        {"onset": [10, 50, 100], "offset": [18, 90, 160], "type": ["micro", "macro", "macro"]}
+    )
+    spotted = [
+        SpottedInterval(11, 14, 18, "micro", 9.0),  # TP micro
+        SpottedInterval(52, 70, 88, "macro", 20.0),  # TP macro
+        SpottedInterval(100, 120, 115, "macro", 8.0),  # IoU 16/61: FP
+        SpottedInterval(300, 303, 306, "micro", 7.0),  # FP micro
+        SpottedInterval(52, 60, 90, "micro", 7.0),
+    ]  # right place, wrong type: FP micro
     counts = count_video(spotted, truth)
     assert (counts["micro"].tp, counts["micro"].spotted, counts["micro"].truth) == (1, 3, 1)
     assert (counts["macro"].tp, counts["macro"].spotted, counts["macro"].truth) == (1, 2, 2)
@@ -48,7 +61,9 @@ def test_counts_and_f1_hand_worked():
     assert Counts().scores()["f1"] == 0.0
 
 
-def _fake_video(subject: str, seed: int, height: float, n: int = 900, fps: float = 30.0) -> VideoData:
+def _fake_video(
+    subject: str, seed: int, height: float, n: int = 900, fps: float = 30.0
+) -> VideoData:
     """A measured signal with expressions of a known height at known frames (no face needed)."""
     rng = np.random.default_rng(seed)
     regions = (1.0 + 0.1 * rng.standard_normal((n, len(SPOT_REGIONS)))).astype(np.float32)
@@ -57,12 +72,18 @@ def _fake_video(subject: str, seed: int, height: float, n: int = 900, fps: float
         kind = "micro" if k % 2 == 0 else "macro"
         length = 10 if kind == "micro" else 40
         t = np.arange(length + 1)
-        regions[onset:onset + length + 1, 0] += (0.1 * height * 0.5 * (1 - np.cos(2 * np.pi * t / length))).astype(
-            np.float32)
+        regions[onset : onset + length + 1, 0] += (
+            0.1 * height * 0.5 * (1 - np.cos(2 * np.pi * t / length))
+        ).astype(np.float32)
         rows.append({"onset": onset + 1, "offset": onset + length + 1, "type": kind})
     numbers = np.arange(1, n + 1)
-    signal = MotionSignal(numbers=numbers, fps=fps, regions=regions, head=np.zeros((n, 3), np.float32),
-                          eye_px=np.full(n, 50, np.float32))
+    signal = MotionSignal(
+        numbers=numbers,
+        fps=fps,
+        regions=regions,
+        head=np.zeros((n, 3), np.float32),
+        eye_px=np.full(n, 50, np.float32),
+    )
     truth = pd.DataFrame(rows)
     return VideoData(subject, f"{subject}/v", signal, truth, spot_curves(signal))
 
@@ -74,6 +95,7 @@ def test_folds_choose_on_training_subjects_only():
     def choose(train):
         seen.append({v.subject for v in train})
         from microfer.spotting.spot import PeakSettings
+
         return PeakSettings(threshold=10.0)
 
     result = evaluate_loso(videos, choose=choose)
@@ -89,8 +111,13 @@ def test_built_in_choice_ignores_the_test_subject():
     # the held-out subject's truth and signal changed beyond recognition: its fold chooses the same
     tampered = list(videos)
     v = videos[0]
-    wild = MotionSignal(numbers=v.signal.numbers, fps=v.signal.fps, regions=v.signal.regions * 5.0 + 3.0,
-                        head=v.signal.head, eye_px=v.signal.eye_px)
+    wild = MotionSignal(
+        numbers=v.signal.numbers,
+        fps=v.signal.fps,
+        regions=v.signal.regions * 5.0 + 3.0,
+        head=v.signal.head,
+        eye_px=v.signal.eye_px,
+    )
     tampered[0] = VideoData(v.subject, v.video, wild, v.truth.iloc[:1], spot_curves(wild))
     again = evaluate_loso(tampered)
     assert again["folds"][0]["chosen"] == base["folds"][0]["chosen"]

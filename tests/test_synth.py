@@ -1,4 +1,5 @@
 """microfer synth: real layouts and coding formats, determinism, and motion that is really there."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,18 @@ import pytest
 from click.testing import CliRunner
 
 from microfer.errors import MicroferError
-from microfer.synth import (MARKER, TRUTH_NAME, Camera, Event, draw_pattern, generate, generate_composite,
-                            load_identities, make_clip_frames, render_clip)
+from microfer.synth import (
+    MARKER,
+    TRUTH_NAME,
+    Camera,
+    Event,
+    draw_pattern,
+    generate,
+    generate_composite,
+    load_identities,
+    make_clip_frames,
+    render_clip,
+)
 from microfer.synth.faces import usable_photos
 from microfer.synth.motion import FIXED, control_points
 
@@ -31,16 +42,53 @@ def synth_root(tmp_path_factory) -> Path:
 def sets(synth_root):
     """One small output per layout, shared by the layout/coding/adapter tests."""
     return {
-        "casme2": generate("casme2", synth_root / "casme2", subjects=2, clips_per_subject=3, seed=3,
-                           clip_frames=SHORT, apex_unknown=0.2, progress=False),
-        "samm": generate("samm", synth_root / "samm", subjects=2, clips_per_subject=2, seed=3,
-                         clip_frames=SHORT, apex_unknown=0.25, progress=False),
-        "smic": generate("smic", synth_root / "smic", subjects=2, clips_per_subject=2, seed=3,
-                         clip_frames=SHORT, progress=False),
-        "casme_sq": generate("casme_sq", synth_root / "casme_sq", subjects=1, clips_per_subject=2, seed=3,
-                             frame_size=(320, 240), progress=False),
-        "video": generate("video", synth_root / "video", subjects=1, clips_per_subject=1, seed=3,
-                          clip_frames=SHORT, progress=False),
+        "casme2": generate(
+            "casme2",
+            synth_root / "casme2",
+            subjects=2,
+            clips_per_subject=3,
+            seed=3,
+            clip_frames=SHORT,
+            apex_unknown=0.2,
+            progress=False,
+        ),
+        "samm": generate(
+            "samm",
+            synth_root / "samm",
+            subjects=2,
+            clips_per_subject=2,
+            seed=3,
+            clip_frames=SHORT,
+            apex_unknown=0.25,
+            progress=False,
+        ),
+        "smic": generate(
+            "smic",
+            synth_root / "smic",
+            subjects=2,
+            clips_per_subject=2,
+            seed=3,
+            clip_frames=SHORT,
+            progress=False,
+        ),
+        "casme_sq": generate(
+            "casme_sq",
+            synth_root / "casme_sq",
+            subjects=1,
+            clips_per_subject=2,
+            seed=3,
+            frame_size=(320, 240),
+            progress=False,
+        ),
+        "video": generate(
+            "video",
+            synth_root / "video",
+            subjects=1,
+            clips_per_subject=1,
+            seed=3,
+            clip_frames=SHORT,
+            progress=False,
+        ),
     }
 
 
@@ -49,8 +97,11 @@ def truth(s) -> pd.DataFrame:
 
 
 def digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def gray(path: Path) -> np.ndarray:
@@ -58,6 +109,7 @@ def gray(path: Path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- layouts and coding files
+
 
 def test_casme2_layout_and_numbering(sets):
     s = sets["casme2"]
@@ -67,7 +119,9 @@ def test_casme2_layout_and_numbering(sets):
     for r in t.itertuples():
         assert re.fullmatch(r"EP\d\d_\d\d f?".replace(" ", ""), r.clip)
         folder = s.root / r.subject / r.clip
-        numbers = sorted(int(re.fullmatch(r"img(\d+)\.jpg", p.name).group(1)) for p in folder.iterdir())
+        numbers = sorted(
+            int(re.fullmatch(r"img(\d+)\.jpg", p.name).group(1)) for p in folder.iterdir()
+        )
         # absolute, contiguous numbering from the first to the last frame, onset/apex/offset inside
         assert numbers == list(range(r.first_frame, r.last_frame + 1))
         assert r.first_frame < r.onset < r.apex < r.offset < r.last_frame
@@ -81,7 +135,10 @@ def test_casme2_coding_header_matches_real_file(sets, annotations_dir):
     real = openpyxl.load_workbook(annotations_dir / "CASME2" / "CASME2-coding-20140508.xlsx")
     ours = openpyxl.load_workbook(sets["casme2"].coding_file)
     assert ours.sheetnames == real.sheetnames
-    header = lambda ws: [c.value for c in ws[1]]
+
+    def header(ws):
+        return [c.value for c in ws[1]]
+
     assert header(ours.worksheets[0]) == header(real.worksheets[0])
     df = pd.read_excel(sets["casme2"].coding_file, dtype={"Subject": str})
     assert set(df["Subject"]) == {"01", "02"}  # text with the zero padding, like the real file
@@ -104,7 +161,17 @@ def test_samm_layout_and_header(sets, annotations_dir):
     ours = openpyxl.load_workbook(s.coding_file).active
     assert ours.title == real.title
     assert [c.value for c in ours[14]] == [c.value for c in real[14]]
-    for row in (1, 3, 4, 6, 7, 8, 10, 11, 12):  # preamble as in the real file (row 2 carries our note)
+    for row in (
+        1,
+        3,
+        4,
+        6,
+        7,
+        8,
+        10,
+        11,
+        12,
+    ):  # preamble as in the real file (row 2 carries our note)
         assert [c.value for c in ours[row]] == [c.value for c in real[row]]
     df = pd.read_excel(s.coding_file, header=13, dtype={"Subject": str})
     assert set(df["Subject"]) == {"006", "007"}
@@ -119,13 +186,17 @@ def test_smic_layout_and_header(sets, annotations_dir):
         emotion = {"ne": "negative", "po": "positive", "sur": "surprise"}[r.clip.split("_")[1]]
         assert r.emotion == emotion and re.fullmatch(rf"{r.subject}_(ne|po|sur)_\d\d", r.clip)
         folder = s.root / "HS" / r.subject / "micro" / emotion / r.clip
-        assert (folder / f"image{r.onset}.bmp").is_file() and (folder / f"image{r.offset}.bmp").is_file()
+        assert (folder / f"image{r.onset}.bmp").is_file() and (
+            folder / f"image{r.offset}.bmp"
+        ).is_file()
     real = openpyxl.load_workbook(annotations_dir / "SMIC" / "SMIC-HS-E_annotation_orig.xlsx")
     ours = openpyxl.load_workbook(s.coding_file)
     assert ours.sheetnames == real.sheetnames
     for sheet in ("HS", "VIS"):
-        assert [c.value for c in ours[sheet][1]] == [c.value for c in real[sheet][1]][:len(ours[sheet][1])]
-        assert all(v is None for v in [c.value for c in real[sheet][1]][len(ours[sheet][1]):])
+        assert [c.value for c in ours[sheet][1]] == [c.value for c in real[sheet][1]][
+            : len(ours[sheet][1])
+        ]
+        assert all(v is None for v in [c.value for c in real[sheet][1]][len(ours[sheet][1]) :])
     df = pd.read_excel(s.coding_file, sheet_name="HS")
     assert not any("apex" in str(c).lower() for c in df.columns)
     assert (t["coded_apex"] == "").all() and (t["apex"] > t["onset"]).all()
@@ -134,16 +205,22 @@ def test_smic_layout_and_header(sets, annotations_dir):
 
 def test_casme_sq_layout_and_csv_format(sets, annotations_dir):
     s = sets["casme_sq"]
-    real = pd.read_csv(annotations_dir / "CASME_sq" / "CAS(ME)^2code_final(Updated).csv", header=None)
+    real = pd.read_csv(
+        annotations_dir / "CASME_sq" / "CAS(ME)^2code_final(Updated).csv", header=None
+    )
     ours = pd.read_csv(s.coding_file, header=None)
     assert ours.shape[1] == real.shape[1] == 11
     assert set(ours[7]) == {"macro-expression", "micro-expression"}  # one of each per video
-    assert ours[10].str.fullmatch(r"s15/15_\d{4}[a-z]+").all() and ours[10].isin(set(real[10])).all()
+    assert (
+        ours[10].str.fullmatch(r"s15/15_\d{4}[a-z]+").all() and ours[10].isin(set(real[10])).all()
+    )
     assert ours[1].str.fullmatch(r"(anger|disgust|happy)\d_\d").all()
     assert (ours[9] == ours[4] - ours[2]).all()  # duration = offset - onset, as in the real file
     video = s.root / "rawpic" / ours[10].iloc[0]
     n = len(list(video.glob("img*.jpg")))
-    assert (video / "img1.jpg").is_file() and (video / f"img{n}.jpg").is_file() and ours[4].max() < n
+    assert (
+        (video / "img1.jpg").is_file() and (video / f"img{n}.jpg").is_file() and ours[4].max() < n
+    )
     t = truth(s)
     amp = t.set_index("type")["amplitude_px"]
     assert 1.5 <= amp["micro"] <= 3.0 and 6.0 <= amp["macro"] <= 10.0
@@ -163,7 +240,12 @@ def test_video_layout(sets):
 def test_adapters_read_synth_coding_files(sets):
     from microfer.datasets.registry import get  # the adapters are part of microfer now
 
-    for layout, dataset in (("casme2", "casme2"), ("samm", "samm"), ("smic", "smic_hs"), ("casme_sq", "casme_sq")):
+    for layout, dataset in (
+        ("casme2", "casme2"),
+        ("samm", "samm"),
+        ("smic", "smic_hs"),
+        ("casme_sq", "casme_sq"),
+    ):
         s = sets[layout]
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no dropped rows
@@ -171,26 +253,37 @@ def test_adapters_read_synth_coding_files(sets):
         t = truth(s)
         merged = df.merge(t, on=["subject", "clip"], suffixes=("", "_truth"), validate="1:1")
         assert len(merged) == len(df) == len(t), layout
-        assert (merged["onset"] == merged["onset_truth"]).all() and (merged["offset"] == merged["offset_truth"]).all()
+        assert (merged["onset"] == merged["onset_truth"]).all() and (
+            merged["offset"] == merged["offset_truth"]
+        ).all()
         assert (merged["emotion"] == merged["emotion_truth"]).all()
         if layout != "smic":  # SMIC has no apex column
             coded = merged["coded_apex"].replace("", np.nan).astype(float)
             assert merged["apex"].astype(float).equals(coded), layout
         for r in merged.itertuples():
             for frame in (r.onset, r.offset, r.apex_truth):
-                assert (s.root / r.frame_template.format(frame=int(frame))).is_file(), (layout, r.frame_template)
+                assert (s.root / r.frame_template.format(frame=int(frame))).is_file(), (
+                    layout,
+                    r.frame_template,
+                )
 
 
 # ---------------------------------------------------------------- determinism and the output folder
 
+
 def test_same_seed_same_bytes(tmp_path):
-    kw = dict(subjects=2, clips_per_subject=2, clip_frames=(14, 16), frame_size=(320, 240), progress=False)
+    kw = dict(
+        subjects=2, clips_per_subject=2, clip_frames=(14, 16), frame_size=(320, 240), progress=False
+    )
     a = digest(generate("casme2", tmp_path / "a", seed=11, **kw).root)
     b = digest(generate("casme2", tmp_path / "b", seed=11, **kw).root)
     c = digest(generate("casme2", tmp_path / "c", seed=12, **kw).root)
     assert a == b and len(a) > 50
     assert a["CASME2-coding-synth.xlsx"] != c["CASME2-coding-synth.xlsx"]
-    first = lambda d: d[min(k for k in d if k.startswith("sub01/"))]
+
+    def first(d):
+        return d[min(k for k in d if k.startswith("sub01/"))]
+
     assert first(a) != first(c)
 
 
@@ -210,21 +303,51 @@ def test_output_folder_safety(tmp_path):
     user = tmp_path / "user"
     user.mkdir()
     (user / "notes.txt").write_text("mine")
-    args = ["--layout", "casme2", "--subjects", "2", "--clips-per-subject", "1", "--frames", "14-15", "--quiet"]
+    args = [
+        "--layout",
+        "casme2",
+        "--subjects",
+        "2",
+        "--clips-per-subject",
+        "1",
+        "--frames",
+        "14-15",
+        "--quiet",
+    ]
     with pytest.raises(MicroferError, match="not empty"):
         runner.invoke(synth_cmd, args + ["--out", str(user)], catch_exceptions=False)
     res = runner.invoke(synth_cmd, args + ["--out", str(user), "--force"], catch_exceptions=False)
     assert res.exit_code == 0 and (user / "notes.txt").read_text() == "mine"
     assert "coding file:" in res.output and "2 clips" in res.output
     # a previous synth output is replaced: fewer subjects leave no stale clips, user files stay
-    res = runner.invoke(synth_cmd, ["--layout", "casme2", "--subjects", "1", "--clips-per-subject", "1",
-                                    "--frames", "14-15", "--quiet", "--out", str(user)], catch_exceptions=False)
+    res = runner.invoke(
+        synth_cmd,
+        [
+            "--layout",
+            "casme2",
+            "--subjects",
+            "1",
+            "--clips-per-subject",
+            "1",
+            "--frames",
+            "14-15",
+            "--quiet",
+            "--out",
+            str(user),
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0
-    assert not (user / "sub02").exists() and (user / "notes.txt").is_file() and (user / MARKER).is_file()
+    assert (
+        not (user / "sub02").exists()
+        and (user / "notes.txt").is_file()
+        and (user / MARKER).is_file()
+    )
     assert len(truth(type("S", (), {"truth_file": user / TRUTH_NAME}))) == 1
 
 
 # ---------------------------------------------------------------- motion
+
 
 @pytest.fixture(scope="module")
 def identity():
@@ -248,8 +371,13 @@ def _region_masks(identity, field, pattern):
 def test_motion_is_local_to_the_class_regions(identity, emotion):
     rng = np.random.default_rng(1)
     pattern = draw_pattern(emotion, rng)
-    clip = render_clip(identity, [Event(pattern, 2, 6, 10, 2.5)], 11, rng,
-                       Camera(noise_sigma=0, drift_px=0, drift_deg=0, flicker=0))
+    clip = render_clip(
+        identity,
+        [Event(pattern, 2, 6, 10, 2.5)],
+        11,
+        rng,
+        Camera(noise_sigma=0, drift_px=0, drift_deg=0, flicker=0),
+    )
     inside, outside = _region_masks(identity, clip.fields[0], pattern)
     mag = clip.fields[0].full(inside.shape)
     assert mag.max() == pytest.approx(2.5, rel=1e-4)  # the stated apex amplitude, in pixels
@@ -263,7 +391,9 @@ def test_motion_is_local_to_the_class_regions(identity, emotion):
 
 def test_noise_drift_and_neutral_frames(identity):
     rng = np.random.default_rng(2)
-    frames = make_clip_frames(identity, "surprise", 20, onset=4, apex=11, offset=16, amplitude=2.5, rng=rng)
+    frames = make_clip_frames(
+        identity, "surprise", 20, onset=4, apex=11, offset=16, amplitude=2.5, rng=rng
+    )
     f = [x.astype(np.float32) for x in frames]
     x0, y0, x1, y1 = identity.face_box
     face = (slice(y0, y1), slice(x0, x1))
@@ -274,8 +404,16 @@ def test_noise_drift_and_neutral_frames(identity):
     expressive = np.abs(f[11] - f[4])[face].mean()
     assert expressive > neutral.mean() + 0.5
     # the same generator state gives the same frames
-    again = make_clip_frames(identity, "surprise", 20, onset=4, apex=11, offset=16, amplitude=2.5,
-                             rng=np.random.default_rng(2))
+    again = make_clip_frames(
+        identity,
+        "surprise",
+        20,
+        onset=4,
+        apex=11,
+        offset=16,
+        amplitude=2.5,
+        rng=np.random.default_rng(2),
+    )
     assert all(np.array_equal(a, b) for a, b in zip(frames, again))
 
 
@@ -294,17 +432,30 @@ def test_written_apex_is_the_frame_of_peak_motion(sets):
         for group in (slice(17, 27), slice(27, 36), slice(36, 48), slice(48, 68), slice(5, 12)):
             x0, y0 = (pts[group].min(0) - pad).astype(int)
             x1, y1 = (pts[group].max(0) + pad).astype(int)
-            mask[max(0, y0):y1, max(0, x0):x1] = 1
+            mask[max(0, y0) : y1, max(0, x0) : x1] = 1
         onset = cv2.GaussianBlur(gray(folder / f"img{r.onset}.jpg"), (0, 0), 2)
-        scores = {n: np.abs(cv2.GaussianBlur(gray(folder / f"img{n}.jpg"), (0, 0), 2) - onset)[mask > 0].mean()
-                  for n in range(r.onset, r.offset + 1)}
+        scores = {
+            n: np.abs(cv2.GaussianBlur(gray(folder / f"img{n}.jpg"), (0, 0), 2) - onset)[
+                mask > 0
+            ].mean()
+            for n in range(r.onset, r.offset + 1)
+        }
         assert abs(max(scores, key=scores.get) - r.apex) <= 1, (r.clip, scores)
 
 
 def test_amplitudes_in_stated_ranges(sets, tmp_path):
     assert truth(sets["casme2"])["amplitude_px"].between(1.5, 3.0).all()
-    macro = generate("casme2", tmp_path / "macro", subjects=1, clips_per_subject=3, seed=1, amplitude="macro",
-                     clip_frames=(14, 15), frame_size=(320, 240), progress=False)
+    macro = generate(
+        "casme2",
+        tmp_path / "macro",
+        subjects=1,
+        clips_per_subject=3,
+        seed=1,
+        amplitude="macro",
+        clip_frames=(14, 15),
+        frame_size=(320, 240),
+        progress=False,
+    )
     t = truth(macro)
     assert t["amplitude_px"].between(6.0, 10.0).all() and (t["type"] == "macro").all()
 
@@ -314,27 +465,49 @@ def test_dlib_finds_the_face_on_synthetic_frames(sets):
 
     s = sets["casme2"]
     r = truth(s).iloc[0]
-    found = detect_landmarks(cv2.imread(str(s.root / r["subject"] / r["clip"] / f"img{r['onset']}.jpg")))
+    found = detect_landmarks(
+        cv2.imread(str(s.root / r["subject"] / r["clip"] / f"img{r['onset']}.jpg"))
+    )
     assert found is not None and found.n_faces == 1
     assert 200 * 0.8 < found.points[16, 0] - found.points[0, 0] < 280 * 1.2
 
 
 # ---------------------------------------------------------------- faces
 
+
 def test_faces_from_a_folder_of_photos(faces_dir, tmp_path):
     photos = usable_photos(faces_dir)
     names = {p.path.name for p in photos}
     assert "obama_partial_face.jpg" not in names  # face cut by the border
-    assert "messi5.jpg" not in names              # face too small to upscale
+    assert "messi5.jpg" not in names  # face too small to upscale
     assert {"multi_face.jpg", "t1.jpg"} <= names  # several faces: the largest is used
     assert len(photos) >= 8
     from microfer.cli.synth import synth_cmd
 
-    res = CliRunner().invoke(synth_cmd, ["--layout", "casme2", "--subjects", "3", "--clips-per-subject", "1",
-                                         "--frames", "14-15", "--quiet", "--faces", str(faces_dir),
-                                         "--out", str(tmp_path / "o")], catch_exceptions=False)
+    res = CliRunner().invoke(
+        synth_cmd,
+        [
+            "--layout",
+            "casme2",
+            "--subjects",
+            "3",
+            "--clips-per-subject",
+            "1",
+            "--frames",
+            "14-15",
+            "--quiet",
+            "--faces",
+            str(faces_dir),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0
-    used = {i.split("/")[0] for i in truth(type("S", (), {"truth_file": tmp_path / "o" / TRUTH_NAME}))["identity"]}
+    used = {
+        i.split("/")[0]
+        for i in truth(type("S", (), {"truth_file": tmp_path / "o" / TRUTH_NAME}))["identity"]
+    }
     assert len(used) == 3 and used <= {p.path.stem for p in photos}
 
 
@@ -352,14 +525,22 @@ def test_more_subjects_than_photos_are_augmented_variants():
 
 
 def test_no_usable_face_is_a_clear_error(tmp_path):
-    (tmp_path / "blank.png").write_bytes(cv2.imencode(".png", np.full((200, 200, 3), 128, np.uint8))[1].tobytes())
+    (tmp_path / "blank.png").write_bytes(
+        cv2.imencode(".png", np.full((200, 200, 3), 128, np.uint8))[1].tobytes()
+    )
     with pytest.raises(MicroferError, match="no usable face"):
         usable_photos(tmp_path)
 
 
 def test_composite_is_balanced(tmp_path):
-    sets = generate_composite(tmp_path / "comp", subjects_per_dataset=1, clips_per_subject=3, seed=2,
-                              clip_frames=(14, 15), progress=False)
+    sets = generate_composite(
+        tmp_path / "comp",
+        subjects_per_dataset=1,
+        clips_per_subject=3,
+        seed=2,
+        clip_frames=(14, 15),
+        progress=False,
+    )
     assert set(sets) == {"casme2", "samm", "smic"}
     for layout, s in sets.items():
         t = truth(s)
@@ -378,10 +559,25 @@ def test_rerun_removes_only_recorded_files(tmp_path):
     (out / "sub09" / "EP01_01" / "img5.jpg").write_bytes(b"old frame")
     (out / "keep.txt").write_text("user")
     (tmp_path / "outside.txt").write_text("user")
-    (out / MARKER).write_text(json.dumps({"tool": "microfer synth", "complete": False,
-                                          "files": ["sub09/EP01_01/img5.jpg", "../outside.txt"]}))
-    generate("casme2", out, subjects=1, clips_per_subject=1, seed=0, clip_frames=(12, 12),
-             frame_size=(320, 240), progress=False)
+    (out / MARKER).write_text(
+        json.dumps(
+            {
+                "tool": "microfer synth",
+                "complete": False,
+                "files": ["sub09/EP01_01/img5.jpg", "../outside.txt"],
+            }
+        )
+    )
+    generate(
+        "casme2",
+        out,
+        subjects=1,
+        clips_per_subject=1,
+        seed=0,
+        clip_frames=(12, 12),
+        frame_size=(320, 240),
+        progress=False,
+    )
     assert not (out / "sub09").exists()
     assert (out / "keep.txt").is_file() and (tmp_path / "outside.txt").is_file()
     marker = json.loads((out / MARKER).read_text())

@@ -1,4 +1,5 @@
 """Frame sources: image folders (numbering, prefixes, corrupt files) and video files."""
+
 from pathlib import Path
 
 import cv2
@@ -6,9 +7,9 @@ import numpy as np
 import pytest
 
 from microfer.clip import video
+from microfer.clip.video import ArraySource, frames_for_sample, open_frames
 from microfer.errors import ClipError, LayoutError
 from microfer.records import Sample
-from microfer.clip.video import ArraySource, frames_for_sample, open_frames
 
 
 def _frame(value: int, size=(24, 32)) -> np.ndarray:
@@ -22,7 +23,9 @@ def _write(folder: Path, names_values: dict[str, int]) -> None:
 
 
 def _sample(template: str, onset=1, apex=None, offset=3) -> Sample:
-    return Sample("casme2", "sub01", "EP01", onset, apex, offset, "happiness", "positive", template, 200.0)
+    return Sample(
+        "casme2", "sub01", "EP01", onset, apex, offset, "happiness", "positive", template, 200.0
+    )
 
 
 def test_folder_numbers_sort_naturally_and_read_by_number(tmp_path):
@@ -58,9 +61,11 @@ def test_reads_only_the_frames_asked_for(tmp_path, monkeypatch):
 
 def test_truncated_and_corrupt_frames_name_the_file(tmp_path):
     _write(tmp_path, {})
-    cv2.imwrite(str(tmp_path / "img1.jpg"), np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    cv2.imwrite(
+        str(tmp_path / "img1.jpg"), np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)
+    )
     data = (tmp_path / "img1.jpg").read_bytes()
-    (tmp_path / "img2.jpg").write_bytes(data[: len(data) // 2])   # cut mid-way (a killed copy)
+    (tmp_path / "img2.jpg").write_bytes(data[: len(data) // 2])  # cut mid-way (a killed copy)
     (tmp_path / "img3.jpg").write_bytes(b"not a jpeg at all")
     (tmp_path / "img4.jpg").write_bytes(b"")
     src = open_frames(tmp_path)
@@ -72,14 +77,22 @@ def test_truncated_and_corrupt_frames_name_the_file(tmp_path):
 
 
 def test_frames_for_sample_resolves_templates(tmp_path):
-    _write(tmp_path / "sub01" / "EP01", {"img1.png": 1, "img2.png": 2, "img3.png": 3, "reg_img1.png": 9})
+    _write(
+        tmp_path / "sub01" / "EP01",
+        {"img1.png": 1, "img2.png": 2, "img3.png": 3, "reg_img1.png": 9},
+    )
     src = frames_for_sample(tmp_path, _sample("sub01/EP01/img{frame}.jpg"))
-    assert src.numbers == [1, 2, 3]          # the raw sequence, not the cropped one
+    assert src.numbers == [1, 2, 3]  # the raw sequence, not the cropped one
     _write(tmp_path / "006" / "006_1_2", {"006_05562.png": 62, "006_05563.png": 63})
     src = frames_for_sample(tmp_path, _sample("006/006_1_2/006_{frame:05d}.jpg"))
     assert src.numbers == [5562, 5563] and src.read([5563])[0][0, 0, 0] == 63
     with pytest.raises(LayoutError, match="casme2/sub01/EP02"):
-        frames_for_sample(tmp_path, Sample("casme2", "sub01", "EP02", 1, None, 3, "", "", "sub01/EP02/img{frame}.jpg", 200.0))
+        frames_for_sample(
+            tmp_path,
+            Sample(
+                "casme2", "sub01", "EP02", 1, None, 3, "", "", "sub01/EP02/img{frame}.jpg", 200.0
+            ),
+        )
 
 
 def _write_video(path: Path, n: int) -> None:
@@ -94,8 +107,10 @@ def test_video_frames_are_zero_based_indices(tmp_path, monkeypatch, decord_ok):
     path = tmp_path / "clip.avi"
     _write_video(path, 12)
     if not decord_ok:  # decord missing or failing: OpenCV reads the same frames
+
         def broken(*a, **k):
             raise RuntimeError("no decord")
+
         monkeypatch.setattr(video, "_decord_read", broken)
     src = open_frames(path)
     assert src.numbers == list(range(12))
@@ -109,7 +124,9 @@ def test_real_video_file(faces_dir):
     src = open_frames(faces_dir / "debian-opencv-doc" / "Megamind.avi")
     assert len(src.numbers) > 100
     a, b = src.read([0, 100])
-    assert a.shape == b.shape and a.shape[2] == 3 and a.dtype == np.uint8 and not np.array_equal(a, b)
+    assert (
+        a.shape == b.shape and a.shape[2] == 3 and a.dtype == np.uint8 and not np.array_equal(a, b)
+    )
 
 
 def test_array_source_numbers():
@@ -125,15 +142,25 @@ def test_cropped_variant_is_found_by_the_template_prefix(tmp_path):
     import cv2
     import numpy as np
 
-    from microfer.records import Sample
     from microfer.clip.video import frames_for_sample
+    from microfer.records import Sample
 
     clip = tmp_path / "sub01" / "EP02_01f"
     clip.mkdir(parents=True)
     for n in (46, 47, 48):
         cv2.imwrite(str(clip / f"reg_img{n}.jpg"), np.full((8, 8, 3), n, np.uint8))
-    sample = Sample("casme2", "sub01", "EP02_01f", 46, 47, 48, "happiness", "happiness",
-                    "sub01/EP02_01f/img{frame}.jpg", 200.0)
+    sample = Sample(
+        "casme2",
+        "sub01",
+        "EP02_01f",
+        46,
+        47,
+        48,
+        "happiness",
+        "happiness",
+        "sub01/EP02_01f/img{frame}.jpg",
+        200.0,
+    )
     source = frames_for_sample(tmp_path, sample)
     assert list(source.numbers) == [46, 47, 48]
     assert abs(int(source.read([47])[0].mean()) - 47) <= 2
@@ -145,8 +172,8 @@ def test_a_broken_video_gives_one_microfer_line_and_no_decoder_noise(tmp_path, c
     import numpy as np
     import pytest
 
-    from microfer.errors import ClipError
     from microfer.clip.video import open_frames
+    from microfer.errors import ClipError
 
     good = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(good), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))

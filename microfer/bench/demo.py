@@ -5,6 +5,7 @@ SAMM / SMIC layouts with their real coding-file formats) -> read it through the 
 adapters -> prepare -> LOSO on the composite protocol -> train a bundle -> predict
 held-out synthetic videos (unseen identity variants) with and without onset/apex.
 """
+
 from __future__ import annotations
 
 import time
@@ -34,35 +35,56 @@ def _say(echo, text: str) -> None:
         echo(text)
 
 
-def run_demo(out, quick: bool = False, seed: int = 0, faces: Optional[Path] = None, echo=print,
-             progress: bool = True) -> DemoResult:
-    from microfer.datasets import get
-    from microfer.learn.evaluate import LosoSettings, run_loso
-    from microfer.recognise.predict import Predictor
+def run_demo(
+    out,
+    quick: bool = False,
+    seed: int = 0,
+    faces: Optional[Path] = None,
+    echo=print,
+    progress: bool = True,
+) -> DemoResult:
     from microfer.clip.prepare import PrepareSettings, prepare_dataset
-    from microfer.learn.report import write_report
-    from microfer.synth import generate, generate_composite
-    from microfer.learn.train import train_bundle
+    from microfer.datasets import get
     from microfer.io import write_csv
+    from microfer.learn.evaluate import LosoSettings, run_loso
+    from microfer.learn.report import write_report
+    from microfer.learn.train import train_bundle
+    from microfer.recognise.predict import Predictor
+    from microfer.synth import generate, generate_composite
 
     out = Path(out)
     times: dict[str, float] = {}
     subjects, clips = (2, 3) if quick else (4, 6)
     t = time.perf_counter()
-    _say(echo, f"[1/6] synthesising a composite: {subjects} subjects x {clips} clips in each of CASME II, SAMM, SMIC")
-    sets = generate_composite(out / "data", subjects_per_dataset=subjects, clips_per_subject=clips, seed=seed,
-                              faces=faces, progress=progress, clip_frames=(18, 26) if quick else None)
+    _say(
+        echo,
+        f"[1/6] synthesising a composite: {subjects} subjects x {clips} clips in each of CASME II, SAMM, SMIC",
+    )
+    sets = generate_composite(
+        out / "data",
+        subjects_per_dataset=subjects,
+        clips_per_subject=clips,
+        seed=seed,
+        faces=faces,
+        progress=progress,
+        clip_frames=(18, 26) if quick else None,
+    )
     times["synth_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _say(echo, "[2/6] reading the coding files and preparing clips (align, onset/apex, optical flow)")
+    _say(
+        echo, "[2/6] reading the coding files and preparing clips (align, onset/apex, optical flow)"
+    )
     settings = PrepareSettings()
     manifests = []
     for dataset, folder in PARTS:
         s = sets[folder]
         df = get(dataset).read(s.coding_file, root=s.root)
         summary = prepare_dataset(df, s.root, out / "cache", settings, workers=1, progress=progress)
-        _say(echo, f"      {dataset}: {summary.prepared + summary.skipped} prepared, {len(summary.failed)} failed")
+        _say(
+            echo,
+            f"      {dataset}: {summary.prepared + summary.skipped} prepared, {len(summary.failed)} failed",
+        )
         manifests.append(df)
     manifest = pd.concat(manifests, ignore_index=True)
     write_csv(out / "manifest.csv", manifest)
@@ -72,32 +94,72 @@ def run_demo(out, quick: bool = False, seed: int = 0, faces: Optional[Path] = No
     t = time.perf_counter()
     _say(echo, f"[3/6] leave-one-subject-out on {PROTOCOL} (grid search inside each training fold)")
     loso_settings = LosoSettings(seed=seed, n_jobs=1 if quick else 2)
-    result = run_loso(PROTOCOL, cache, manifest=out / "manifest.csv", settings=loso_settings, progress=progress)
+    result = run_loso(
+        PROTOCOL, cache, manifest=out / "manifest.csv", settings=loso_settings, progress=progress
+    )
     report_dir = out / "loso"
     write_report(result, report_dir)
     times["loso_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     _say(echo, "[4/6] training a bundle on all subjects")
-    trained = train_bundle(PROTOCOL, cache, out / "bundle", manifest=out / "manifest.csv",
-                           settings=loso_settings, progress=False)
+    trained = train_bundle(
+        PROTOCOL,
+        cache,
+        out / "bundle",
+        manifest=out / "manifest.csv",
+        settings=loso_settings,
+        progress=False,
+    )
     times["train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     _say(echo, "[5/6] synthesising held-out videos (identity variants never seen in training)")
-    held = generate("video", out / "heldout", subjects=1, clips_per_subject=3, seed=seed + 1000, faces=faces,
-                    emotions=["happiness", "surprise", "disgust"], identity_offset=97, progress=False)
+    held = generate(
+        "video",
+        out / "heldout",
+        subjects=1,
+        clips_per_subject=3,
+        seed=seed + 1000,
+        faces=faces,
+        emotions=["happiness", "surprise", "disgust"],
+        identity_offset=97,
+        progress=False,
+    )
     truth = pd.read_csv(held.truth_file, dtype=str, keep_default_na=False)
     predictor = Predictor(trained.bundle)
     predictions = []
-    _say(echo, "[6/6] predicting each held-out video, first spotting onset/apex/offset, then with the true frames")
+    _say(
+        echo,
+        "[6/6] predicting each held-out video, first spotting onset/apex/offset, then with the true frames",
+    )
     for row in truth.to_dict("records"):
-        video = held.root / row["frame_dir"] if row.get("frame_dir") else next((held.root / "clips").glob(f"{row['clip']}.*"))
+        video = (
+            held.root / row["frame_dir"]
+            if row.get("frame_dir")
+            else next((held.root / "clips").glob(f"{row['clip']}.*"))
+        )
         spotted = predictor.predict(video)
-        given = predictor.predict(video, onset=int(row["onset"]), apex=int(row["apex"]), offset=int(row["offset"]))
-        predictions.append({"video": str(video), "truth": row["class3"], "predicted_spotted": spotted.label,
-                            "predicted_given": given.label, "apex_true": int(row["apex"]),
-                            "apex_spotted": spotted.apex, "ms": round(sum(spotted.timings_ms.values()), 1)})
+        given = predictor.predict(
+            video, onset=int(row["onset"]), apex=int(row["apex"]), offset=int(row["offset"])
+        )
+        predictions.append(
+            {
+                "video": str(video),
+                "truth": row["class3"],
+                "predicted_spotted": spotted.label,
+                "predicted_given": given.label,
+                "apex_true": int(row["apex"]),
+                "apex_spotted": spotted.apex,
+                "ms": round(sum(spotted.timings_ms.values()), 1),
+            }
+        )
     times["predict_s"] = time.perf_counter() - t
-    return DemoResult(out=out, loso_metrics=result.metrics, report_dir=report_dir, bundle=trained.bundle,
-                      predictions=predictions, seconds={k: round(v, 1) for k, v in times.items()})
+    return DemoResult(
+        out=out,
+        loso_metrics=result.metrics,
+        report_dir=report_dir,
+        bundle=trained.bundle,
+        predictions=predictions,
+        seconds={k: round(v, 1) for k, v in times.items()},
+    )

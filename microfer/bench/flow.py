@@ -9,11 +9,22 @@ import time
 import cv2
 import numpy as np
 
-from microfer.clip.motion import FLOW_METHODS, apply_displacement, expression_field, optical_flow, to_gray
+from microfer.clip.motion import (
+    FLOW_METHODS,
+    apply_displacement,
+    expression_field,
+    optical_flow,
+    to_gray,
+)
 
 
-def flow_benchmark(faces: list[np.ndarray], peaks=(0.5, 1.5, 3.0), noise: float = 1.0,
-                   repeats: int = 3, seed: int = 0) -> dict:
+def flow_benchmark(
+    faces: list[np.ndarray],
+    peaks=(0.5, 1.5, 3.0),
+    noise: float = 1.0,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict:
     """EPE and speed of each flow method on aligned faces moved by `expression_field`.
 
     Returns {method: {peak: {"epe": px, "ms": per pair}}}, averaged over the faces; EPE is
@@ -36,7 +47,9 @@ def flow_benchmark(faces: list[np.ndarray], peaks=(0.5, 1.5, 3.0), noise: float 
                 for _ in range(repeats):
                     flow = optical_flow(a, b, method)
                 sums[method][1] += (time.perf_counter() - t0) / repeats * 1000
-                sums[method][0] += float(np.hypot(*(flow - true).transpose(2, 0, 1))[m:-m, m:-m].mean())
+                sums[method][0] += float(
+                    np.hypot(*(flow - true).transpose(2, 0, 1))[m:-m, m:-m].mean()
+                )
         for method, (epe, ms) in sums.items():
             out[method][peak] = {"epe": epe / len(faces), "ms": ms / len(faces)}
     return out
@@ -46,11 +59,17 @@ def _shipped_aligned_faces(size: int = 128) -> list[np.ndarray]:
     from microfer.clip.face import alignment_transform, warp_face
     from microfer.synth import load_identities
 
-    return [warp_face(i.image, alignment_transform(i.landmarks, size), size) for i in load_identities(4)]
+    return [
+        warp_face(i.image, alignment_transform(i.landmarks, size), size) for i in load_identities(4)
+    ]
 
 
 if __name__ == "__main__":  # python -m microfer.clip.motion: the numbers in the module docstring
     cv2.setNumThreads(1)
     for method, rows in flow_benchmark(_shipped_aligned_faces()).items():
-        print(method.ljust(5), "  ".join(f"peak {p:.1f}px: EPE {r['epe']:.3f} px, {r['ms']:.1f} ms"
-                                         for p, r in rows.items()))
+        print(
+            method.ljust(5),
+            "  ".join(
+                f"peak {p:.1f}px: EPE {r['epe']:.3f} px, {r['ms']:.1f} ms" for p, r in rows.items()
+            ),
+        )

@@ -14,6 +14,7 @@ An input `predict` refuses (no face found) counts as rejected: its score is +inf
 bundles get their own inputs (`image_jobs`). Writes ood_eval.json, ood_eval.md (the table)
 and ood_scores.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,16 +53,19 @@ def sensor_noise(frame: np.ndarray, rng) -> np.ndarray:
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
-TRANSFORMS: dict[str, Callable] = {"upside down": upside_down, "rotated 90 degrees": rotated_90,
-                                   "noise around the face": noise_around_face,
-                                   f"sensor noise sigma {NOISE_SIGMA:g}": sensor_noise}
+TRANSFORMS: dict[str, Callable] = {
+    "upside down": upside_down,
+    "rotated 90 degrees": rotated_90,
+    "noise around the face": noise_around_face,
+    f"sensor noise sigma {NOISE_SIGMA:g}": sensor_noise,
+}
 
 
 @dataclass
 class Scored:
-    kind: str          # "in distribution" or the OOD kind
+    kind: str  # "in distribution" or the OOD kind
     clip: str
-    score: float       # +inf when predict refused the input
+    score: float  # +inf when predict refused the input
     error: str = ""
 
 
@@ -76,11 +80,17 @@ def score_input(predictor, clip, kind: str, name: str) -> Scored:
     from microfer.recognise.images import ImagePredictor
 
     try:
-        p = predictor.predict(clip, name=name) if isinstance(predictor, ImagePredictor) else predictor.predict(clip)
+        p = (
+            predictor.predict(clip, name=name)
+            if isinstance(predictor, ImagePredictor)
+            else predictor.predict(clip)
+        )
     except MicroferError as exc:
         return Scored(kind, name, float("inf"), str(exc).splitlines()[0])
     if p.ood_score is None:
-        raise MicroferError(f"{predictor.bundle.path}: the bundle has no OOD score (trained before it existed)")
+        raise MicroferError(
+            f"{predictor.bundle.path}: the bundle has no OOD score (trained before it existed)"
+        )
     return Scored(kind, name, float(p.ood_score))
 
 
@@ -92,23 +102,40 @@ def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
 
 def summarise(rows: list[Scored], threshold: float) -> list[dict]:
     ind = np.array([r.score for r in rows if r.kind == "in distribution"])
-    table = [{"inputs": "in distribution", "n": int(ind.size), "auroc": None,
-              "rejected": float(np.mean(ind > threshold))}]
+    table = [
+        {
+            "inputs": "in distribution",
+            "n": int(ind.size),
+            "auroc": None,
+            "rejected": float(np.mean(ind > threshold)),
+        }
+    ]
     for kind in dict.fromkeys(r.kind for r in rows if r.kind != "in distribution"):
         out = np.array([r.score for r in rows if r.kind == kind])
-        table.append({"inputs": kind, "n": int(out.size), "auroc": auroc(ind, out),
-                      "rejected": float(np.mean(out > threshold)),
-                      "no_face": int(sum(1 for r in rows if r.kind == kind and r.error))})
+        table.append(
+            {
+                "inputs": kind,
+                "n": int(out.size),
+                "auroc": auroc(ind, out),
+                "rejected": float(np.mean(out > threshold)),
+                "no_face": int(sum(1 for r in rows if r.kind == kind and r.error)),
+            }
+        )
     return table
 
 
 def markdown(table: list[dict], threshold: float, bundle: Path) -> str:
-    lines = [f"OOD score of `{bundle}` (threshold {threshold:.2f}); rejected = score above it or no face found",
-             "", "| inputs | n | AUROC vs in-distribution | rejected at threshold | of which no face |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"OOD score of `{bundle}` (threshold {threshold:.2f}); rejected = score above it or no face found",
+        "",
+        "| inputs | n | AUROC vs in-distribution | rejected at threshold | of which no face |",
+        "|---|---|---|---|---|",
+    ]
     for t in table:
         auc = "" if t["auroc"] is None else f"{t['auroc']:.3f}"
-        lines.append(f"| {t['inputs']} | {t['n']} | {auc} | {t['rejected']:.2f} | {t.get('no_face', '')} |")
+        lines.append(
+            f"| {t['inputs']} | {t['n']} | {auc} | {t['rejected']:.2f} | {t.get('no_face', '')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -124,10 +151,17 @@ def plot(rows: list[Scored], threshold: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 1.0 + 0.55 * len(kinds)))
     for i, kind in enumerate(kinds):
         s = np.array([r.score for r in rows if r.kind == kind])
-        ax.scatter(np.where(np.isfinite(s), s, top), np.full(s.size, i), marker="|", s=200,
-                   color=["tab:red" if not np.isfinite(v) else "tab:blue" for v in s])
+        ax.scatter(
+            np.where(np.isfinite(s), s, top),
+            np.full(s.size, i),
+            marker="|",
+            s=200,
+            color=["tab:red" if not np.isfinite(v) else "tab:blue" for v in s],
+        )
     ax.axvline(threshold, color="k", ls="--", label="threshold")
-    ax.set_xscale("symlog", linthresh=max(1.0, abs(threshold)))  # far inputs score 1000x the threshold
+    ax.set_xscale(
+        "symlog", linthresh=max(1.0, abs(threshold))
+    )  # far inputs score 1000x the threshold
     ax.set_yticks(range(len(kinds)), kinds)
     ax.set_xlabel("relative Mahalanobis score, symlog (red, right: no face found)")
     ax.legend(loc="lower right")
@@ -136,22 +170,39 @@ def plot(rows: list[Scored], threshold: float, path: Path) -> None:
     plt.close(fig)
 
 
-def clip_jobs(out: Path, n_clips: int, cgi: Optional[Path], seed: int, extra: Sequence[Path]) -> list:
+def clip_jobs(
+    out: Path, n_clips: int, cgi: Optional[Path], seed: int, extra: Sequence[Path]
+) -> list:
     """(kind, name, make input) for a clip bundle (see the module docstring)."""
     from microfer.synth import generate
 
-    made = generate("video", out / "clips", subjects=max(1, n_clips // 3), clips_per_subject=3, seed=seed,
-                    identity_offset=131, progress=False)
+    made = generate(
+        "video",
+        out / "clips",
+        subjects=max(1, n_clips // 3),
+        clips_per_subject=3,
+        seed=seed,
+        identity_offset=131,
+        progress=False,
+    )
     clips = sorted((made.root / "clips").glob("*.mp4"))[:n_clips] + [Path(c) for c in extra]
     rng = np.random.default_rng(seed)
     jobs = [("in distribution", c.name, lambda c=c: c) for c in clips]
-    jobs += [(kind, c.name, lambda c=c, f=f: [f(fr, rng) for fr in _frames(c)])
-             for kind, f in TRANSFORMS.items() for c in clips]
+    jobs += [
+        (kind, c.name, lambda c=c, f=f: [f(fr, rng) for fr in _frames(c)])
+        for kind, f in TRANSFORMS.items()
+        for c in clips
+    ]
     if cgi is not None:  # cut into clips of a micro-expression's length, each predicted on its own
         frames = _frames(Path(cgi))
-        jobs += [(f"CGI face ({Path(cgi).name}, {CGI_SEGMENT}-frame segments)", f"{Path(cgi).name}@{i}",
-                  lambda i=i: frames[i:i + CGI_SEGMENT])
-                 for i in range(0, len(frames) - CGI_SEGMENT + 1, CGI_SEGMENT)]
+        jobs += [
+            (
+                f"CGI face ({Path(cgi).name}, {CGI_SEGMENT}-frame segments)",
+                f"{Path(cgi).name}@{i}",
+                lambda i=i: frames[i : i + CGI_SEGMENT],
+            )
+            for i in range(0, len(frames) - CGI_SEGMENT + 1, CGI_SEGMENT)
+        ]
     return jobs
 
 
@@ -162,27 +213,52 @@ def image_jobs(images: Path, n: int, cgi: Optional[Path], seed: int) -> list:
     10th frame of the CGI video."""
     import cv2
 
-    from microfer.learn.macro_data import list_images
     from microfer.clip.video import read_image
+    from microfer.learn.macro_data import list_images
 
     files = list_images(Path(images) / "test", "ROOT/test/<emotion>/*.jpg")
     files = [files[i] for i in np.linspace(0, len(files) - 1, min(n, len(files))).astype(int)]
     rng = np.random.default_rng(seed)
     jobs = [("in distribution", f.name, lambda f=f: read_image(f)) for f in files]
     jobs += [("upside down", f.name, lambda f=f: cv2.flip(read_image(f), 0)) for f in files]
-    jobs += [("rotated 90 degrees", f.name, lambda f=f: cv2.rotate(read_image(f), cv2.ROTATE_90_CLOCKWISE))
-             for f in files]
-    jobs += [("uniform noise, 48 px", f"noise{i}", lambda: rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
-             for i in range(n)]
+    jobs += [
+        (
+            "rotated 90 degrees",
+            f.name,
+            lambda f=f: cv2.rotate(read_image(f), cv2.ROTATE_90_CLOCKWISE),
+        )
+        for f in files
+    ]
+    jobs += [
+        (
+            "uniform noise, 48 px",
+            f"noise{i}",
+            lambda: rng.integers(0, 256, (48, 48, 3), dtype=np.uint8),
+        )
+        for i in range(n)
+    ]
     if cgi is not None:
         frames = _frames(Path(cgi))
-        jobs += [(f"CGI face ({Path(cgi).name}, every 10th frame)", f"{Path(cgi).name}@{i}",
-                  lambda i=i: frames[i]) for i in range(0, len(frames), 10)]
+        jobs += [
+            (
+                f"CGI face ({Path(cgi).name}, every 10th frame)",
+                f"{Path(cgi).name}@{i}",
+                lambda i=i: frames[i],
+            )
+            for i in range(0, len(frames), 10)
+        ]
     return jobs
 
 
-def run(model: Path, out: Path, n_clips: int = 9, cgi: Optional[Path] = None, seed: int = 4242,
-        extra: Sequence[Path] = (), images: Optional[Path] = None) -> list[dict]:
+def run(
+    model: Path,
+    out: Path,
+    n_clips: int = 9,
+    cgi: Optional[Path] = None,
+    seed: int = 4242,
+    extra: Sequence[Path] = (),
+    images: Optional[Path] = None,
+) -> list[dict]:
     """`extra`: more in-distribution clips (e.g. the demo's held-out videos); OOD copies are made of them too.
     An image bundle needs `images` (a FER-layout folder); `n_clips` test images of it are used."""
     from tqdm import tqdm
@@ -195,36 +271,66 @@ def run(model: Path, out: Path, n_clips: int = 9, cgi: Optional[Path] = None, se
     out = Path(out)
     bundle = load_bundle(model)
     if bundle.ood is None:
-        raise MicroferError(f"{model}: the bundle has no OOD score (trained before it existed); retrain it")
+        raise MicroferError(
+            f"{model}: the bundle has no OOD score (trained before it existed); retrain it"
+        )
     if is_image_bundle(bundle):
         if images is None:
-            raise MicroferError(f"{model}: an image bundle; give --images (a FER-layout folder) for its inputs")
+            raise MicroferError(
+                f"{model}: an image bundle; give --images (a FER-layout folder) for its inputs"
+            )
         predictor, jobs = ImagePredictor(bundle), image_jobs(images, n_clips, cgi, seed)
     else:
         predictor, jobs = Predictor(bundle), clip_jobs(out, n_clips, cgi, seed, extra)
-    rows = [score_input(predictor, make(), kind, name)
-            for kind, name, make in tqdm(jobs, desc="ood inputs", unit="input", disable=None)]
+    rows = [
+        score_input(predictor, make(), kind, name)
+        for kind, name, make in tqdm(jobs, desc="ood inputs", unit="input", disable=None)
+    ]
     threshold = bundle.ood.threshold
     table = summarise(rows, threshold)
-    write_json(out / "ood_eval.json", {"bundle": str(model), "threshold": threshold, "table": table,
-                                       "inputs": [{**asdict(r), "score": r.score if np.isfinite(r.score)
-                                                   else "inf"} for r in rows]})
+    write_json(
+        out / "ood_eval.json",
+        {
+            "bundle": str(model),
+            "threshold": threshold,
+            "table": table,
+            "inputs": [
+                {**asdict(r), "score": r.score if np.isfinite(r.score) else "inf"} for r in rows
+            ],
+        },
+    )
     write_text(out / "ood_eval.md", markdown(table, threshold, Path(model)))
     plot(rows, threshold, out / "ood_scores.png")
     return table
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m microfer.bench.ood_eval", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m microfer.bench.ood_eval", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--model", type=Path, required=True, help="bundle folder from `microfer train`")
     ap.add_argument("--out", type=Path, required=True, help="folder for the clips, table and plot")
-    ap.add_argument("--clips", type=int, default=9, help="in-distribution clips or images (each also made OOD)")
-    ap.add_argument("--images", type=Path, default=None, help="image bundles: a FER-layout folder (its test split)")
+    ap.add_argument(
+        "--clips", type=int, default=9, help="in-distribution clips or images (each also made OOD)"
+    )
+    ap.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="image bundles: a FER-layout folder (its test split)",
+    )
     ap.add_argument("--cgi", type=Path, default=None, help="a CGI face video (e.g. Megamind.avi)")
-    ap.add_argument("--extra", type=Path, nargs="*", default=[],
-                    help="more in-distribution clips, e.g. microfer-demo/heldout/clips/*.mp4")
+    ap.add_argument(
+        "--extra",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="more in-distribution clips, e.g. microfer-demo/heldout/clips/*.mp4",
+    )
     args = ap.parse_args(argv)
-    run(args.model, args.out, n_clips=args.clips, cgi=args.cgi, extra=args.extra, images=args.images)
+    run(
+        args.model, args.out, n_clips=args.clips, cgi=args.cgi, extra=args.extra, images=args.images
+    )
     print((args.out / "ood_eval.md").read_text(encoding="utf-8"), end="")
 
 

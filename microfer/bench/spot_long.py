@@ -12,6 +12,7 @@ Goals (issue 9): >= 200 frames/s on a 2,000-frame 640 x 480 video (SAMM-LV recor
 200 fps: real time), and memory flat in the video length (peak at 20,000 frames within
 `FLAT_MB` of the peak at 2,000).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -19,26 +20,35 @@ import time
 from pathlib import Path
 
 GOAL_FPS = 200.0
-FLAT_MB = 50.0   # peak RSS growth allowed from 2,000 to 20,000 frames
-LOOP = 300       # frames rendered; the video repeats them
+FLAT_MB = 50.0  # peak RSS growth allowed from 2,000 to 20,000 frames
+LOOP = 300  # frames rendered; the video repeats them
 
 
-def write_bench_video(path: Path, n_frames: int, seed: int = 0, size: tuple[int, int] = (640, 480)) -> Path:
+def write_bench_video(
+    path: Path, n_frames: int, seed: int = 0, size: tuple[int, int] = (640, 480)
+) -> Path:
     """An mp4 of `n_frames` frames: a synthetic long video's first LOOP frames, repeated."""
     import cv2
     import numpy as np
 
     from microfer.synth.faces import load_identities
-    from microfer.synth.long_videos import SPECS, render_events, head_path, plan_video
+    from microfer.synth.long_videos import SPECS, head_path, plan_video, render_events
     from microfer.synth.motion import iter_frames
 
     spec = SPECS["casme_sq"]
-    plan = plan_video("casme_sq", "s15", "1", 0, "s15/15_0401girlcrashing", "clips", 4, seed, spec.emotions)
+    plan = plan_video(
+        "casme_sq", "s15", "1", 0, "s15/15_0401girlcrashing", "clips", 4, seed, spec.emotions
+    )
     identity = load_identities(1, frame_size=size, face_width=spec.face_width, seed=seed)[0]
     events, _ = render_events(plan, np.random.default_rng([plan.seed, 3]))
     head = head_path(plan, np.random.default_rng([plan.seed, 4]))
-    loop = [f for f, _ in zip(iter_frames(identity, events, plan.n_frames, np.random.default_rng(seed),
-                                          head=head), range(LOOP))]
+    loop = [
+        f
+        for f, _ in zip(
+            iter_frames(identity, events, plan.n_frames, np.random.default_rng(seed), head=head),
+            range(LOOP),
+        )
+    ]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, size)
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {path}")
@@ -60,9 +70,14 @@ def _spot_in_child(video: str) -> dict:
     t = time.perf_counter()
     result = spot_video(video)
     wall = time.perf_counter() - t
-    return {"frames": result.n_frames, "wall_s": wall, "fps": result.n_frames / wall,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "intervals": len(result.intervals), "realigned": len(result.realigned)}
+    return {
+        "frames": result.n_frames,
+        "wall_s": wall,
+        "fps": result.n_frames / wall,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "intervals": len(result.intervals),
+        "realigned": len(result.realigned),
+    }
 
 
 def measure(video: Path) -> dict:
@@ -81,29 +96,38 @@ def bench_spot(lengths: tuple[int, int] = (2000, 20000), echo=print) -> dict:
         for n in lengths:
             echo(f"writing a {n}-frame 640x480 video ...")
             video = write_bench_video(Path(tmp) / f"long_{n}.mp4", n)
-            echo(f"spotting it ...")
+            echo("spotting it ...")
             out["runs"][n] = measure(video)
             video.unlink()
     first, last = out["runs"][lengths[0]], out["runs"][lengths[-1]]
     out["goals"] = {
         "fps": {"goal": GOAL_FPS, "value": first["fps"], "met": first["fps"] >= GOAL_FPS},
-        "flat_memory": {"goal": FLAT_MB, "value": last["peak_rss_mb"] - first["peak_rss_mb"],
-                        "met": last["peak_rss_mb"] - first["peak_rss_mb"] <= FLAT_MB},
+        "flat_memory": {
+            "goal": FLAT_MB,
+            "value": last["peak_rss_mb"] - first["peak_rss_mb"],
+            "met": last["peak_rss_mb"] - first["peak_rss_mb"] <= FLAT_MB,
+        },
     }
     return out
 
 
 def format_spot(result: dict) -> str:
-    lines = ["spot (640x480 mp4, detection + landmarks + streamed signal + intervals, one process):"]
+    lines = [
+        "spot (640x480 mp4, detection + landmarks + streamed signal + intervals, one process):"
+    ]
     for n, r in result["runs"].items():
-        lines.append(f"  {int(n):6d} frames: {r['fps']:.0f} frames/s ({r['wall_s']:.1f} s), peak memory "
-                     f"{r['peak_rss_mb']:.0f} MB, {r['intervals']} intervals, {r['realigned']} alignments")
+        lines.append(
+            f"  {int(n):6d} frames: {r['fps']:.0f} frames/s ({r['wall_s']:.1f} s), peak memory "
+            f"{r['peak_rss_mb']:.0f} MB, {r['intervals']} intervals, {r['realigned']} alignments"
+        )
     g = result["goals"]
-    lines += ["goals:",
-              f"  >= {g['fps']['goal']:.0f} frames/s on the first length: {g['fps']['value']:.0f}  "
-              f"{'met' if g['fps']['met'] else 'MISSED'}",
-              f"  memory flat (peak growth <= {g['flat_memory']['goal']:.0f} MB): {g['flat_memory']['value']:+.0f} MB  "
-              f"{'met' if g['flat_memory']['met'] else 'MISSED'}"]
+    lines += [
+        "goals:",
+        f"  >= {g['fps']['goal']:.0f} frames/s on the first length: {g['fps']['value']:.0f}  "
+        f"{'met' if g['fps']['met'] else 'MISSED'}",
+        f"  memory flat (peak growth <= {g['flat_memory']['goal']:.0f} MB): {g['flat_memory']['value']:+.0f} MB  "
+        f"{'met' if g['flat_memory']['met'] else 'MISSED'}",
+    ]
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ Every result is a plain dict of numbers (per-run values included, so a reader ca
 the medians); `write_results` saves them as bench.json with the machine they came from,
 and a bar chart of the stages (bench_stages.png).
 """
+
 from __future__ import annotations
 
 import os
@@ -25,12 +26,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-PAPER_MS_PER_SAMPLE = 35.4          # seed paper: MobileViT features + SVM, per sample
-GOAL_MODEL_PATH_MS = 15.0           # our model path (input + network + SVM), per clip
-GOAL_PREDICT_MS = 250.0             # whole predict of a 60-frame 640 x 480 clip, 2 CPU cores
-GOAL_IN_PROCESS_MS = 150.0          # issue 11: in-process predict of a real-clip kind (frames given)
-GOAL_SHELL_S = 1.5                  # issue 11: `microfer predict` from the shell, wall seconds
-GOAL_SHELL_MB = 400.0               # issue 11: ... and its peak resident memory
+PAPER_MS_PER_SAMPLE = 35.4  # seed paper: MobileViT features + SVM, per sample
+GOAL_MODEL_PATH_MS = 15.0  # our model path (input + network + SVM), per clip
+GOAL_PREDICT_MS = 250.0  # whole predict of a 60-frame 640 x 480 clip, 2 CPU cores
+GOAL_IN_PROCESS_MS = 150.0  # issue 11: in-process predict of a real-clip kind (frames given)
+GOAL_SHELL_S = 1.5  # issue 11: `microfer predict` from the shell, wall seconds
+GOAL_SHELL_MB = 400.0  # issue 11: ... and its peak resident memory
 PREDICT_STAGES = ("open", "decode", "detect", "landmarks", "warp", "spot", "flow", "network", "svm")
 MODES = ("given", "spotted")
 CLIP_FRAMES = 60
@@ -47,20 +48,35 @@ def _ms_since(t: float) -> float:
 
 # ---- the clip ---------------------------------------------------------------------------------------
 
+
 def make_bench_clip(out: Path, seed: int = 0, n_frames: int = CLIP_FRAMES) -> dict:
     """Write one synthetic n_frames 640 x 480 video under `out`; {"video", "onset", "apex", "offset"}."""
     import pandas as pd
 
     from microfer.synth import generate
 
-    synth = generate("video", Path(out), subjects=1, clips_per_subject=1, clip_frames=(n_frames, n_frames),
-                     seed=seed, progress=False)
+    synth = generate(
+        "video",
+        Path(out),
+        subjects=1,
+        clips_per_subject=1,
+        clip_frames=(n_frames, n_frames),
+        seed=seed,
+        progress=False,
+    )
     row = pd.read_csv(synth.truth_file, dtype=str, keep_default_na=False).iloc[0]
-    return {"video": synth.root / row["frame_dir"], "onset": int(row["onset"]), "apex": int(row["apex"]),
-            "offset": int(row["offset"]), "frames": n_frames}
+    return {
+        "video": synth.root / row["frame_dir"],
+        "onset": int(row["onset"]),
+        "apex": int(row["apex"]),
+        "offset": int(row["offset"]),
+        "frames": n_frames,
+    }
 
 
-BENCH_FEATURES = "mobilevit_xxs/apex/final/avg"  # a network bundle: the heavier kind to load and run
+BENCH_FEATURES = (
+    "mobilevit_xxs/apex/final/avg"  # a network bundle: the heavier kind to load and run
+)
 
 
 @contextmanager
@@ -70,20 +86,28 @@ def demo_bundle(echo: Optional[Callable[[str], None]] = None) -> Iterator[Path]:
     The demo's own grid usually picks a training-free descriptor; the bench times the
     network kind, which is what costs start-up time and memory."""
     from microfer.bench.demo import run_demo
-    from microfer.learn.evaluate import LosoSettings
     from microfer.clip.prepare import PrepareSettings
+    from microfer.learn.evaluate import LosoSettings
     from microfer.learn.train import train_bundle
 
     with tempfile.TemporaryDirectory(prefix="microfer-bench-demo-") as tmp:
         if echo is not None:
-            echo(f"no --model given: training a {BENCH_FEATURES} bundle on the quick demo's clips first (about 35 s)")
+            echo(
+                f"no --model given: training a {BENCH_FEATURES} bundle on the quick demo's clips first (about 35 s)"
+            )
         demo = run_demo(tmp, quick=True, echo=None, progress=False)
-        yield train_bundle("megc2019-composite", demo.out / "cache" / PrepareSettings().key(), Path(tmp) / "bench",
-                           manifest=demo.out / "manifest.csv", settings=LosoSettings(features=(BENCH_FEATURES,)),
-                           progress=False).bundle
+        yield train_bundle(
+            "megc2019-composite",
+            demo.out / "cache" / PrepareSettings().key(),
+            Path(tmp) / "bench",
+            manifest=demo.out / "manifest.csv",
+            settings=LosoSettings(features=(BENCH_FEATURES,)),
+            progress=False,
+        ).bundle
 
 
 # ---- predict ----------------------------------------------------------------------------------------
+
 
 def _ordered_stages(dicts) -> list[str]:
     """Stage names found in the dicts, in pipeline order (then any others by name);
@@ -95,10 +119,12 @@ def _ordered_stages(dicts) -> list[str]:
 def _stage_summary(runs: list[dict[str, float]], walls: list[float]) -> dict:
     stages = _ordered_stages(runs)
     runs_ms = {s: [float(r.get(s, 0.0)) for r in runs] for s in stages}
-    return {"stages_ms": {s: median(v) for s, v in runs_ms.items()},
-            "total_ms": median(walls),
-            "runs_ms": runs_ms,
-            "total_runs_ms": [float(w) for w in walls]}
+    return {
+        "stages_ms": {s: median(v) for s, v in runs_ms.items()},
+        "total_ms": median(walls),
+        "runs_ms": runs_ms,
+        "total_runs_ms": [float(w) for w in walls],
+    }
 
 
 def _time_predict(predictor, video: Path, runs: int, **frames) -> dict:
@@ -134,11 +160,19 @@ def _time_model_path(predictor, prepared, runs: int) -> dict:
         for kind in kinds:
             to_input(prepared, kind)
         inputs.append(_ms_since(t))
-    return {"median_ms": median(totals), "network_ms": median(networks), "svm_ms": median(svms),
-            "to_input_ms": median(inputs), "runs": runs, "runs_ms": totals}
+    return {
+        "median_ms": median(totals),
+        "network_ms": median(networks),
+        "svm_ms": median(svms),
+        "to_input_ms": median(inputs),
+        "runs": runs,
+        "runs_ms": totals,
+    }
 
 
-def _time_features(predictor, prepared, n_clips: int, batch_size: int, threads: Optional[int]) -> dict:
+def _time_features(
+    predictor, prepared, n_clips: int, batch_size: int, threads: Optional[int]
+) -> dict:
     """Feature throughput on n_clips copies of one prepared clip, in batches (bundle weights)."""
     import numpy as np
 
@@ -149,10 +183,18 @@ def _time_features(predictor, prepared, n_clips: int, batch_size: int, threads: 
     clips = [prepared] * n_clips
     model(clips[:batch_size])  # warm-up
     t = time.perf_counter()
-    feats = np.concatenate([model(clips[i:i + batch_size]) for i in range(0, n_clips, batch_size)])
+    feats = np.concatenate(
+        [model(clips[i : i + batch_size]) for i in range(0, n_clips, batch_size)]
+    )
     seconds = time.perf_counter() - t
-    return {"clips": n_clips, "batch_size": batch_size, "seconds": seconds, "clips_per_s": n_clips / seconds,
-            "ms_per_clip": 1000 * seconds / n_clips, "feature_dim": int(feats.shape[1])}
+    return {
+        "clips": n_clips,
+        "batch_size": batch_size,
+        "seconds": seconds,
+        "clips_per_s": n_clips / seconds,
+        "ms_per_clip": 1000 * seconds / n_clips,
+        "feature_dim": int(feats.shape[1]),
+    }
 
 
 # Runs one command and prints its wall seconds and peak RSS. A small process of its own:
@@ -181,21 +223,54 @@ def _time_shell_predict(bundle: Path, video: Path, runs: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="microfer-bench-shell-") as tmp:
         out = Path(tmp) / "predict.json"
         for _ in range(runs):
-            launched = subprocess.run([sys.executable, "-c", _LAUNCHER, str(out), sys.executable, "-m", "microfer",
-                                       "predict", str(video), "--model", str(bundle), "--json"],
-                                      capture_output=True, text=True, check=True)
+            launched = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    _LAUNCHER,
+                    str(out),
+                    sys.executable,
+                    "-m",
+                    "microfer",
+                    "predict",
+                    str(video),
+                    "--model",
+                    str(bundle),
+                    "--json",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             run = json.loads(launched.stdout)
             if run["exit"] != 0:
-                raise RuntimeError(f"microfer predict failed (exit {run['exit']}): {run['stderr'].strip()}")
+                raise RuntimeError(
+                    f"microfer predict failed (exit {run['exit']}): {run['stderr'].strip()}"
+                )
             walls.append(run["wall_s"])
             peaks.append(run["peak_mb"])  # ru_maxrss is KiB on Linux
             doc = json.loads(out.read_text())
-    return {"median_s": median(walls), "runs_s": walls, "peak_mb": max(peaks), "runs_peak_mb": peaks,
-            "label": doc.get("label"), "scores": doc.get("scores"), "runs": runs}
+    return {
+        "median_s": median(walls),
+        "runs_s": walls,
+        "peak_mb": max(peaks),
+        "runs_peak_mb": peaks,
+        "label": doc.get("label"),
+        "scores": doc.get("scores"),
+        "runs": runs,
+    }
 
 
-def bench_predict(model, runs: int = 10, threads: Optional[int] = None, seed: int = 0, model_runs: int = 50,
-                  feature_clips: int = 64, batch_size: int = 32, shell_runs: int = 3) -> dict:
+def bench_predict(
+    model,
+    runs: int = 10,
+    threads: Optional[int] = None,
+    seed: int = 0,
+    model_runs: int = 50,
+    feature_clips: int = 64,
+    batch_size: int = 32,
+    shell_runs: int = 3,
+) -> dict:
     """Per-stage latency of `Predictor.predict` and of the model path alone; see the module docstring.
 
     `model`: a bundle folder (or a loaded Bundle). `threads`: CPU threads for torch and
@@ -204,14 +279,16 @@ def bench_predict(model, runs: int = 10, threads: Optional[int] = None, seed: in
     """
     import cv2
 
-    from microfer.errors import MicroferError
-    from microfer.recognise.predict import Predictor
     from microfer.clip.prepare import prepare_clip
     from microfer.clip.video import open_frames
+    from microfer.errors import MicroferError
+    from microfer.recognise.predict import Predictor
 
     if runs < 1 or model_runs < 1 or feature_clips < 1 or batch_size < 1:
-        raise MicroferError(f"bench needs runs, model_runs, feature_clips and batch_size >= 1 "
-                            f"(got {runs}, {model_runs}, {feature_clips}, {batch_size})")
+        raise MicroferError(
+            f"bench needs runs, model_runs, feature_clips and batch_size >= 1 "
+            f"(got {runs}, {model_runs}, {feature_clips}, {batch_size})"
+        )
     # -1 = OpenCV's default: an earlier prepare in this process (the demo) may have left it at 1
     cv2.setNumThreads(int(threads) if threads else -1)
     predictor = Predictor(model, num_threads=threads)
@@ -220,49 +297,81 @@ def bench_predict(model, runs: int = 10, threads: Optional[int] = None, seed: in
         video = clip["video"]
         frames = {k: clip[k] for k in ("onset", "apex", "offset")}
         height, width = open_frames(video).read([frames["onset"]])[0].shape[:2]
-        result = {"clip": {"frames": clip["frames"], "width": width, "height": height, **frames},
-                  "runs": runs,
-                  "given": _time_predict(predictor, video, runs, **frames),
-                  "spotted": _time_predict(predictor, video, runs)}
-        prepared = prepare_clip(open_frames(video), frames["onset"], frames["apex"], frames["offset"],
-                                predictor.prepare_settings)
+        result = {
+            "clip": {"frames": clip["frames"], "width": width, "height": height, **frames},
+            "runs": runs,
+            "given": _time_predict(predictor, video, runs, **frames),
+            "spotted": _time_predict(predictor, video, runs),
+        }
+        prepared = prepare_clip(
+            open_frames(video),
+            frames["onset"],
+            frames["apex"],
+            frames["offset"],
+            predictor.prepare_settings,
+        )
         shell = None
         if shell_runs and isinstance(model, (str, Path)):
             shell = _time_shell_predict(Path(model), video, shell_runs)
             # "same label and scores": the shell's answer against torch running the bundle's weights
             reference = Predictor(model, num_threads=threads, runtime="torch").predict(video)
             shell["same_as_torch"] = bool(
-                shell["label"] == reference.label and shell["scores"].keys() == reference.scores.keys()
-                and all(abs(shell["scores"][k] - v) <= 2e-4 for k, v in reference.scores.items()))
+                shell["label"] == reference.label
+                and shell["scores"].keys() == reference.scores.keys()
+                and all(abs(shell["scores"][k] - v) <= 2e-4 for k, v in reference.scores.items())
+            )
     result["model_path"] = _time_model_path(predictor, prepared, model_runs)
     result["features"] = _time_features(predictor, prepared, feature_clips, batch_size, threads)
     worst = max(result[m]["total_ms"] for m in MODES)
     result["reference"] = {"paper_ms_per_sample": PAPER_MS_PER_SAMPLE}
     result["runtime"] = predictor.runtime
     goals = {
-        "model_path_ms": goal_entry("model path (input + network + SVM), clip already prepared",
-                                    result["model_path"]["median_ms"], GOAL_MODEL_PATH_MS, "ms"),
-        "predict_ms": goal_entry("in-process predict, slower mode (all spotted)", worst, GOAL_PREDICT_MS, "ms"),
-        "in_process_given_ms": goal_entry("in-process predict, onset/apex/offset given",
-                                          result["given"]["total_ms"], GOAL_IN_PROCESS_MS, "ms"),
+        "model_path_ms": goal_entry(
+            "model path (input + network + SVM), clip already prepared",
+            result["model_path"]["median_ms"],
+            GOAL_MODEL_PATH_MS,
+            "ms",
+        ),
+        "predict_ms": goal_entry(
+            "in-process predict, slower mode (all spotted)", worst, GOAL_PREDICT_MS, "ms"
+        ),
+        "in_process_given_ms": goal_entry(
+            "in-process predict, onset/apex/offset given",
+            result["given"]["total_ms"],
+            GOAL_IN_PROCESS_MS,
+            "ms",
+        ),
     }
     if shell is not None:
         result["shell"] = shell
-        goals["shell_s"] = goal_entry("`microfer predict` from the shell, all spotted (wall)", shell["median_s"],
-                                      GOAL_SHELL_S, "s")
-        goals["shell_mb"] = goal_entry("`microfer predict` from the shell, peak memory", shell["peak_mb"],
-                                       GOAL_SHELL_MB, "MB")
+        goals["shell_s"] = goal_entry(
+            "`microfer predict` from the shell, all spotted (wall)",
+            shell["median_s"],
+            GOAL_SHELL_S,
+            "s",
+        )
+        goals["shell_mb"] = goal_entry(
+            "`microfer predict` from the shell, peak memory", shell["peak_mb"], GOAL_SHELL_MB, "MB"
+        )
     result["goals"] = goals
     result["machine"] = machine_info()
     return result
 
 
-def goal_entry(what: str, value: float, goal: float, unit: str, higher_is_better: bool = False) -> dict:
+def goal_entry(
+    what: str, value: float, goal: float, unit: str, higher_is_better: bool = False
+) -> dict:
     """One goal as bench.json records it: the measured value, the goal, their ratio, met or not."""
     met = value >= goal if higher_is_better else value <= goal
-    return {"what": what, "value": float(value), "goal": float(goal), "unit": unit,
-            "better": "higher" if higher_is_better else "lower",
-            "ratio": float(value) / goal if goal else float("nan"), "met": bool(met)}
+    return {
+        "what": what,
+        "value": float(value),
+        "goal": float(goal),
+        "unit": unit,
+        "better": "higher" if higher_is_better else "lower",
+        "ratio": float(value) / goal if goal else float("nan"),
+        "met": bool(met),
+    }
 
 
 def format_goals(*goal_sets: Optional[dict]) -> str:
@@ -271,12 +380,15 @@ def format_goals(*goal_sets: Optional[dict]) -> str:
     for goals in goal_sets:
         for g in (goals or {}).values():
             sign = ">=" if g["better"] == "higher" else "<="
-            lines.append(f"  {g['what']:<58} {g['value']:8.2f} {g['unit']:<8} goal {sign} {g['goal']:g} "
-                         f"{g['unit']:<8} ratio {g['ratio']:.2f}  {_met(g)}")
+            lines.append(
+                f"  {g['what']:<58} {g['value']:8.2f} {g['unit']:<8} goal {sign} {g['goal']:g} "
+                f"{g['unit']:<8} ratio {g['ratio']:.2f}  {_met(g)}"
+            )
     return "\n".join(lines)
 
 
 # ---- machine ----------------------------------------------------------------------------------------
+
 
 def machine_info() -> dict:
     """Where the numbers come from: cores, threads, load, versions."""
@@ -292,18 +404,34 @@ def machine_info() -> dict:
     except OSError:
         load = []
     versions = {"python": platform.python_version()}
-    for pkg in ("microfer", "torch", "timm", "numpy", "opencv-contrib-python-headless", "dlib-bin", "scikit-learn"):
+    for pkg in (
+        "microfer",
+        "torch",
+        "timm",
+        "numpy",
+        "opencv-contrib-python-headless",
+        "dlib-bin",
+        "scikit-learn",
+    ):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
     versions["opencv"] = cv2.__version__
-    return {"cpu_count": os.cpu_count() or 0, "cpus_usable": usable, "torch_threads": torch.get_num_threads(),
-            "opencv_threads": cv2.getNumThreads(), "load_average": load, "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "versions": versions}
+    return {
+        "cpu_count": os.cpu_count() or 0,
+        "cpus_usable": usable,
+        "torch_threads": torch.get_num_threads(),
+        "opencv_threads": cv2.getNumThreads(),
+        "load_average": load,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "versions": versions,
+    }
 
 
 # ---- text, json, plot -------------------------------------------------------------------------------
+
 
 def _met(goal: dict) -> str:
     return "met" if goal["met"] else "MISSED"
@@ -313,16 +441,22 @@ def format_predict(result: dict) -> str:
     """The predict benchmark as a text table."""
     clip = result["clip"]
     given, spotted = result["given"], result["spotted"]
-    lines = [f"predict: {clip['frames']}-frame {clip['width']}x{clip['height']} video, median of {result['runs']} runs "
-             f"after one warm-up ({result['machine']['cpus_usable']} CPUs, "
-             f"torch threads {result['machine']['torch_threads']})",
-             f"  {'stage':<12}{'frames given':>14}{'all spotted':>14}"]
+    lines = [
+        f"predict: {clip['frames']}-frame {clip['width']}x{clip['height']} video, median of {result['runs']} runs "
+        f"after one warm-up ({result['machine']['cpus_usable']} CPUs, "
+        f"torch threads {result['machine']['torch_threads']})",
+        f"  {'stage':<12}{'frames given':>14}{'all spotted':>14}",
+    ]
     stages = _ordered_stages([given["stages_ms"], spotted["stages_ms"]])
     for stage in stages:
-        lines.append(f"  {stage:<12}{given['stages_ms'].get(stage, 0.0):>11.1f} ms"
-                     f"{spotted['stages_ms'].get(stage, 0.0):>11.1f} ms")
-    lines.append(f"  {'whole call':<12}{given['total_ms']:>11.1f} ms{spotted['total_ms']:>11.1f} ms"
-                 "   (median wall time of predict())")
+        lines.append(
+            f"  {stage:<12}{given['stages_ms'].get(stage, 0.0):>11.1f} ms"
+            f"{spotted['stages_ms'].get(stage, 0.0):>11.1f} ms"
+        )
+    lines.append(
+        f"  {'whole call':<12}{given['total_ms']:>11.1f} ms{spotted['total_ms']:>11.1f} ms"
+        "   (median wall time of predict())"
+    )
     mp, feats, goals = result["model_path"], result["features"], result["goals"]
     lines += [
         "",
@@ -335,10 +469,12 @@ def format_predict(result: dict) -> str:
     ]
     if "shell" in result:
         sh = result["shell"]
-        lines += ["",
-                  f"`microfer predict` from the shell ({sh['runs']} runs, network runtime {result['runtime']}): "
-                  f"median {sh['median_s']:.2f} s wall, peak {sh['peak_mb']:.0f} MB; label and scores "
-                  f"{'the same as' if sh['same_as_torch'] else 'DIFFERENT from'} torch running the bundle's weights"]
+        lines += [
+            "",
+            f"`microfer predict` from the shell ({sh['runs']} runs, network runtime {result['runtime']}): "
+            f"median {sh['median_s']:.2f} s wall, peak {sh['peak_mb']:.0f} MB; label and scores "
+            f"{'the same as' if sh['same_as_torch'] else 'DIFFERENT from'} torch running the bundle's weights",
+        ]
     lines += ["", format_goals(goals)]
     return "\n".join(lines)
 
@@ -362,22 +498,40 @@ def plot_stages(result: dict, path: Path) -> None:
             ms = result[mode]["stages_ms"].get(stage, 0.0)
             ax.barh(row, ms, left=left, color=colours(k % 10), label=stage if row == 0 else None)
             left += ms
-        ax.text(left + 3, row, f"{result[mode]['total_ms']:.0f} ms (whole call)", va="center", fontsize=8)
+        ax.text(
+            left + 3,
+            row,
+            f"{result[mode]['total_ms']:.0f} ms (whole call)",
+            va="center",
+            fontsize=8,
+        )
     ax.axvline(GOAL_PREDICT_MS, color="black", linestyle="--", linewidth=1)
-    ax.text(GOAL_PREDICT_MS, (len(MODES) - 1) / 2, f" goal {GOAL_PREDICT_MS:.0f} ms", fontsize=8, va="center")
+    ax.text(
+        GOAL_PREDICT_MS,
+        (len(MODES) - 1) / 2,
+        f" goal {GOAL_PREDICT_MS:.0f} ms",
+        fontsize=8,
+        va="center",
+    )
     ax.set_yticks(range(len(MODES)), [labels[m] for m in MODES])
     ax.set_xlabel("median ms per stage, stacked")
     clip = result["clip"]
-    ax.set_title(f"predict(), {clip['frames']}-frame {clip['width']}x{clip['height']} video", fontsize=10)
+    ax.set_title(
+        f"predict(), {clip['frames']}-frame {clip['width']}x{clip['height']} video", fontsize=10
+    )
     ax.set_xlim(0, max(GOAL_PREDICT_MS, *(result[m]["total_ms"] for m in MODES)) * 1.3)
-    ax.legend(ncol=len(stages), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), frameon=False)
+    ax.legend(
+        ncol=len(stages), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), frameon=False
+    )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
 
-def write_results(out: Path, predict: Optional[dict] = None, prepare: Optional[dict] = None) -> dict[str, Path]:
+def write_results(
+    out: Path, predict: Optional[dict] = None, prepare: Optional[dict] = None
+) -> dict[str, Path]:
     """bench.json (all numbers + machine) and, with predict results, bench_stages.png under `out`."""
     from microfer.io import write_json
 

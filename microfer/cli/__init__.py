@@ -13,6 +13,7 @@ Exit codes (the same for every command; README "Bad input"):
        rows were dropped: they are listed above the closing `incomplete: ...` line
     130 interrupted
 """
+
 from __future__ import annotations
 
 import importlib
@@ -66,7 +67,9 @@ def jobs_option(*param_decls: str, **kwargs):
 
     def check(ctx, param, value):
         if value is not None and value != -1 and value < 1:
-            raise click.BadParameter(f"{value} is not a number of jobs: give 1 or more, or -1 for all cores")
+            raise click.BadParameter(
+                f"{value} is not a number of jobs: give 1 or more, or -1 for all cores"
+            )
         return value
 
     return click.option(*param_decls, type=int, callback=check, **kwargs)

@@ -1,4 +1,5 @@
 """`microfer bench`: per-stage latency of predict, the model path, and prepare throughput."""
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -9,21 +10,53 @@ import click
 
 @click.command("bench")
 @click.argument("what", type=click.Choice(["predict", "prepare", "spot", "all"]), default="all")
-@click.option("--model", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
-              help="bundle folder from `microfer train`; without it a MobileViT bundle is trained on the quick "
-                   "demo's clips first (about 35 s)")
-@click.option("--runs", type=click.IntRange(min=1), default=10, show_default=True,
-              help="timed predict runs per mode (after one warm-up); the median is reported")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for torch and OpenCV (default: theirs)")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="prepare: worker processes")
-@click.option("--subjects", type=click.IntRange(min=1), default=4, show_default=True,
-              help="prepare: subjects in the synthetic set")
-@click.option("--clips-per-subject", type=click.IntRange(min=1), default=5, show_default=True,
-              help="prepare: clips per subject in the synthetic set")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="write bench.json (all numbers + machine) and bench_stages.png here")
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="bundle folder from `microfer train`; without it a MobileViT bundle is trained on the quick "
+    "demo's clips first (about 35 s)",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="timed predict runs per mode (after one warm-up); the median is reported",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for torch and OpenCV (default: theirs)",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="prepare: worker processes",
+)
+@click.option(
+    "--subjects",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="prepare: subjects in the synthetic set",
+)
+@click.option(
+    "--clips-per-subject",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="prepare: clips per subject in the synthetic set",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="write bench.json (all numbers + machine) and bench_stages.png here",
+)
 def bench_cmd(what, model, runs, threads, workers, subjects, clips_per_subject, out):
     """Time microfer on this machine.
 
@@ -46,8 +79,8 @@ def bench_cmd(what, model, runs, threads, workers, subjects, clips_per_subject, 
     Without --model, a MobileViT bundle is first trained on the quick demo's clips (about
     35 s, not timed). At the end, every goal with its measured figure and ratio.
     """
-    from microfer.bench.suite import bench_predict, demo_bundle, format_predict, write_results
     from microfer.bench.prepare import bench_prepare, format_prepare
+    from microfer.bench.suite import bench_predict, demo_bundle, format_predict, write_results
 
     if what == "spot":
         from microfer.bench.spot_long import bench_spot, format_spot
@@ -64,16 +97,21 @@ def bench_cmd(what, model, runs, threads, workers, subjects, clips_per_subject, 
     if what in ("predict", "all"):
         context = nullcontext(model) if model is not None else demo_bundle(echo=click.echo)
         with context as bundle:
-            click.echo(f"timing predict ({runs} runs per mode, 50 model-path runs, 64 clips of features) ...")
+            click.echo(
+                f"timing predict ({runs} runs per mode, 50 model-path runs, 64 clips of features) ..."
+            )
             predict_result = bench_predict(bundle, runs=runs, threads=threads)
         click.echo(format_predict(predict_result))
     if what in ("prepare", "all"):
         if predict_result is not None:
             click.echo("")
-        click.echo(f"timing prepare and the bare dlib + DIS script on a synthetic CASME II set "
-                   f"({subjects * clips_per_subject} clips, {workers} workers) ...")
-        prepare_result = bench_prepare(workers=workers, subjects=subjects, clips_per_subject=clips_per_subject,
-                                       verbose=False)
+        click.echo(
+            f"timing prepare and the bare dlib + DIS script on a synthetic CASME II set "
+            f"({subjects * clips_per_subject} clips, {workers} workers) ..."
+        )
+        prepare_result = bench_prepare(
+            workers=workers, subjects=subjects, clips_per_subject=clips_per_subject, verbose=False
+        )
         click.echo(format_prepare(prepare_result))
     if predict_result is not None and prepare_result is not None:
         from microfer.bench.suite import format_goals

@@ -1,4 +1,5 @@
 """`microfer datasets` and `microfer manifest`: what each dataset expects, and its manifest."""
+
 from __future__ import annotations
 
 import re
@@ -19,22 +20,30 @@ def datasets_cmd():
 
     for name in names():
         a = get(name)
-        click.echo(f"{a.name}  ({a.title}, {a.fps:g} fps, default protocol: {a.default_protocol or 'none'})")
+        click.echo(
+            f"{a.name}  ({a.title}, {a.fps:g} fps, default protocol: {a.default_protocol or 'none'})"
+        )
         for line in a.layout.splitlines():
             click.echo(f"    {line}")
         shipped = manifests_dir() / f"{name}.csv"
         if shipped.is_file():
-            click.echo(f"    `microfer prepare {name}` without --coding/--manifest prepares the shipped manifest "
-                       f"{shipped.name};\n    the rules above are those of --coding and `microfer manifest {name}`.")
+            click.echo(
+                f"    `microfer prepare {name}` without --coding/--manifest prepares the shipped manifest "
+                f"{shipped.name};\n    the rules above are those of --coding and `microfer manifest {name}`."
+            )
         click.echo("")
     from microfer.datasets import composite_inputs
 
-    click.echo(f"{composite_inputs.NAME}  (derived MEGC2019 composite inputs, `microfer prepare` only)")
+    click.echo(
+        f"{composite_inputs.NAME}  (derived MEGC2019 composite inputs, `microfer prepare` only)"
+    )
     for line in composite_inputs.LAYOUT.splitlines():
         click.echo(f"    {line}")
     click.echo("")
-    click.echo("Shipped manifests: data_manifests/*.csv "
-               "(python -m microfer.datasets.build_manifests --annotations DIR --out data_manifests)")
+    click.echo(
+        "Shipped manifests: data_manifests/*.csv "
+        "(python -m microfer.datasets.build_manifests --annotations DIR --out data_manifests)"
+    )
 
 
 def _note_kind(note: str) -> str:
@@ -66,11 +75,22 @@ def summary(df) -> list[str]:
 
 @click.command("manifest")
 @click.argument("dataset", type=click.Choice(names()))
-@click.option("--coding", type=click.Path(path_type=Path, dir_okay=False),
-              help="the dataset's own coding file (see `microfer datasets`)")
-@click.option("--root", type=click.Path(path_type=Path, file_okay=False),
-              help="dataset root (SMIC without a coding file: clip folders are scanned)")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="manifest csv to write")
+@click.option(
+    "--coding",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="the dataset's own coding file (see `microfer datasets`)",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="dataset root (SMIC without a coding file: clip folders are scanned)",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="manifest csv to write",
+)
 def manifest_cmd(dataset: str, coding: Path | None, root: Path | None, out: Path):
     """Write the manifest of DATASET from its coding file (or SMIC folders) and summarise it."""
     from microfer.io import write_csv
@@ -83,10 +103,14 @@ def manifest_cmd(dataset: str, coding: Path | None, root: Path | None, out: Path
     if df.empty:
         from microfer.errors import MicroferError
 
-        why = "; ".join(f"{d['key']}: {d['reason']}" for d in dropped[:3]) + ("; ..." if len(dropped) > 3 else "")
-        raise MicroferError(f"{coding or root}: no usable row for {dataset} "
-                            + (f"(all {len(dropped)} dropped: {why}); " if dropped else "")
-                            + f"{out} not written")
+        why = "; ".join(f"{d['key']}: {d['reason']}" for d in dropped[:3]) + (
+            "; ..." if len(dropped) > 3 else ""
+        )
+        raise MicroferError(
+            f"{coding or root}: no usable row for {dataset} "
+            + (f"(all {len(dropped)} dropped: {why}); " if dropped else "")
+            + f"{out} not written"
+        )
     write_csv(out, df)
     click.echo(f"wrote {out}")
     for line in summary(df):

@@ -1,4 +1,5 @@
 """`microfer prepare`: align faces, pick onset/apex, compute motion, into a resumable cache."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,46 +13,105 @@ def load_samples(dataset: str, root: Path | None, coding: Path | None, manifest:
     """(samples table, where it came from): --manifest, else the coding file, else the
     shipped manifest, else (SMIC) the clip folders under --root."""
     from microfer import datasets
-    from microfer.io import manifests_dir
     from microfer.errors import MicroferError
+    from microfer.io import manifests_dir
 
     if manifest is not None:
         df = datasets.read_manifest(manifest)
-        return (df[df["dataset"] == dataset] if dataset in set(df["dataset"]) else df), f"manifest {manifest}"
+        return (
+            df[df["dataset"] == dataset] if dataset in set(df["dataset"]) else df
+        ), f"manifest {manifest}"
     shipped = manifests_dir() / f"{dataset}.csv"
     if coding is None and shipped.is_file():
-        return datasets.read_manifest(shipped), f"the shipped manifest {shipped} (give --coding to use your file)"
+        return datasets.read_manifest(
+            shipped
+        ), f"the shipped manifest {shipped} (give --coding to use your file)"
     adapter = datasets.get(dataset)
     if coding is not None or not adapter.coding_required:
         source = f"coding file {coding}" if coding is not None else f"the clip folders under {root}"
         return adapter.read(coding, root=root), source
-    raise MicroferError(f"no sample list for '{dataset}': give --coding (the dataset's coding file) "
-                        f"or --manifest (a manifest CSV)")
+    raise MicroferError(
+        f"no sample list for '{dataset}': give --coding (the dataset's coding file) "
+        f"or --manifest (a manifest CSV)"
+    )
 
 
 @click.command("prepare")
 @click.argument("dataset")
-@click.option("--root", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Dataset folder (the one the manifest's frame_template paths start from).")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Cache folder; results go to OUT/<settings key>/.")
-@click.option("--coding", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="The dataset's official coding file (default: the shipped manifest).")
-@click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="A manifest CSV instead of the coding file.")
-@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Processes preparing clips in parallel.")
-@click.option("--strict", is_flag=True, help="Stop when the layout check finds a problem (default: skip those clips).")
-@click.option("--size", type=click.IntRange(32, 1024), default=128, show_default=True, help="Aligned face side, px.")
-@click.option("--flow", type=click.Choice(["dis", "tvl1"]), default="dis", show_default=True,
-              help="Optical flow method onset->apex.")
-@click.option("--spot", "spot_method", type=click.Choice(["fd", "diff", "flow"]), default="fd", show_default=True,
-              help="Apex spotting measure when the apex is not annotated.")
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Dataset folder (the one the manifest's frame_template paths start from).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Cache folder; results go to OUT/<settings key>/.",
+)
+@click.option(
+    "--coding",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="The dataset's official coding file (default: the shipped manifest).",
+)
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="A manifest CSV instead of the coding file.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Processes preparing clips in parallel.",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Stop when the layout check finds a problem (default: skip those clips).",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(32, 1024),
+    default=128,
+    show_default=True,
+    help="Aligned face side, px.",
+)
+@click.option(
+    "--flow",
+    type=click.Choice(["dis", "tvl1"]),
+    default="dis",
+    show_default=True,
+    help="Optical flow method onset->apex.",
+)
+@click.option(
+    "--spot",
+    "spot_method",
+    type=click.Choice(["fd", "diff", "flow"]),
+    default="fd",
+    show_default=True,
+    help="Apex spotting measure when the apex is not annotated.",
+)
 @click.option("--retry-failed", is_flag=True, help="Try again clips that failed in an earlier run.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @SCHEDULER_OPTION
-def prepare_cmd(dataset, root, out, coding, manifest, workers, strict, size, flow, spot_method, retry_failed,
-                no_progress, scheduler):
+def prepare_cmd(
+    dataset,
+    root,
+    out,
+    coding,
+    manifest,
+    workers,
+    strict,
+    size,
+    flow,
+    spot_method,
+    retry_failed,
+    no_progress,
+    scheduler,
+):
     """Prepare DATASET's clips: aligned onset/apex faces, optical flow and strain, cached.
 
     Re-running with the same settings does no work; an interrupted run resumes.
@@ -66,25 +126,46 @@ def prepare_cmd(dataset, root, out, coding, manifest, workers, strict, size, flo
         if coding is not None:
             from microfer.errors import MicroferError
 
-            raise MicroferError(f"--coding {coding}: {dataset} reads its own csv under --root; "
-                                f"give --manifest to match against another composite manifest")
+            raise MicroferError(
+                f"--coding {coding}: {dataset} reads its own csv under --root; "
+                f"give --manifest to match against another composite manifest"
+            )
         summary = composite_cache.prepare_cache(root, out, manifest, progress=not no_progress)
         click.echo(summary.text())
-        _finish(summary.ok, summary.ok + len(summary.failed), len(summary.failed) + len(summary.unmatched),
-                f"problem(s): {len(summary.failed)} manifest sample(s) failed, "
-                f"{len(summary.unmatched)} csv row(s) not used", summary.cache_dir)
+        _finish(
+            summary.ok,
+            summary.ok + len(summary.failed),
+            len(summary.failed) + len(summary.unmatched),
+            f"problem(s): {len(summary.failed)} manifest sample(s) failed, "
+            f"{len(summary.unmatched)} csv row(s) not used",
+            summary.cache_dir,
+        )
         return
     from microfer.clip.prepare import PrepareSettings, prepare_dataset
 
     samples, source = load_samples(dataset, root, coding, manifest)
     click.echo(f"{dataset}: {len(samples)} samples from {source}")
     settings = PrepareSettings(size=size, flow=flow, spot_method=spot_method)
-    summary = prepare_dataset(samples, root, out, settings, workers=workers, strict=strict,
-                              progress=not no_progress, retry_failed=retry_failed, scheduler=scheduler)
+    summary = prepare_dataset(
+        samples,
+        root,
+        out,
+        settings,
+        workers=workers,
+        strict=strict,
+        progress=not no_progress,
+        retry_failed=retry_failed,
+        scheduler=scheduler,
+    )
     click.echo(summary.text())
     failed = len(summary.failed) + len(summary.layout) + summary.earlier_failures
-    _finish(summary.prepared + summary.skipped - summary.earlier_failures, summary.total, failed,
-            f"of {summary.total} clips failed or were skipped", summary.cache_dir)
+    _finish(
+        summary.prepared + summary.skipped - summary.earlier_failures,
+        summary.total,
+        failed,
+        f"of {summary.total} clips failed or were skipped",
+        summary.cache_dir,
+    )
 
 
 def _finish(usable: int, total: int, problems: int, what: str, cache_dir: Path) -> None:
@@ -93,6 +174,8 @@ def _finish(usable: int, total: int, problems: int, what: str, cache_dir: Path) 
     from microfer.errors import MicroferError
 
     if usable == 0:
-        raise MicroferError(f"prepare: none of the {total} clip(s) is prepared in {cache_dir} "
-                            f"(every one failed or was skipped: reasons above)")
+        raise MicroferError(
+            f"prepare: none of the {total} clip(s) is prepared in {cache_dir} "
+            f"(every one failed or was skipped: reasons above)"
+        )
     finish(problems, what + " (listed above)")

@@ -1,4 +1,5 @@
 """`microfer serve`: the local web page for predict."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,11 +8,28 @@ import click
 
 
 @click.command("serve")
-@click.option("--model", type=click.Path(path_type=Path), required=True, help="bundle folder from `microfer train`")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="address to listen on (0.0.0.0 also serves other machines: the page has no login)")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 = any free port")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the network")
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="bundle folder from `microfer train`",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="address to listen on (0.0.0.0 also serves other machines: the page has no login)",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="0 = any free port",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the network"
+)
 @click.option("--verbose", is_flag=True, help="log every request")
 def serve_cmd(model, host, port, threads, verbose):
     """A local web page: upload a clip, see its emotion, the scores and the motion curve

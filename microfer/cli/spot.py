@@ -1,4 +1,5 @@
 """`microfer spot` (long video -> intervals) and `microfer spot-eval` (MEGC spotting, LOSO)."""
+
 from __future__ import annotations
 
 import json
@@ -15,17 +16,33 @@ def _default_plot(video: Path) -> Path:
 
 @click.command("spot")
 @click.argument("video", type=click.Path(path_type=Path, exists=True))
-@click.option("--model", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
-              help="bundle from `microfer train`: recognise each micro interval (spot-then-recognise)")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="frame rate (a frame folder has none; default for a video: its container's)")
-@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="peak height in noise units (default: PeakSettings.threshold; spot-eval reports "
-                   "the thresholds its folds chose)")
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="bundle from `microfer train`: recognise each micro interval (spot-then-recognise)",
+)
+@click.option(
+    "--fps",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="frame rate (a frame folder has none; default for a video: its container's)",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="peak height in noise units (default: PeakSettings.threshold; spot-eval reports "
+    "the thresholds its folds chose)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @click.option("--csv", "as_csv", is_flag=True, help="print the intervals as CSV")
-@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="where to write the signal plot (default: <video name>_spot.png in the current folder)")
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="where to write the signal plot (default: <video name>_spot.png in the current folder)",
+)
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def spot_cmd(video, model, fps, threshold, as_json, as_csv, plot, quiet):
     """Spot micro- and macro-expressions in a long VIDEO (file or frame folder): intervals with
@@ -33,9 +50,9 @@ def spot_cmd(video, model, fps, threshold, as_json, as_csv, plot, quiet):
     listed and never hold an interval."""
     from dataclasses import replace
 
+    from microfer.clip.video import frame_ranges
     from microfer.spotting.spot import PeakSettings, spot_curves, spot_video
     from microfer.spotting.spot_report import plot_signal
-    from microfer.clip.video import frame_ranges
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
@@ -46,8 +63,15 @@ def spot_cmd(video, model, fps, threshold, as_json, as_csv, plot, quiet):
         failed = _recognise(result, video, model)
     plot = plot or _default_plot(video)
     curve = spot_curves(result.signal, peaks.smooth_s)[0]
-    plot_signal(result.signal.numbers, curve, plot, f"{video} ({result.fps:g} fps)", spotted=result.intervals,
-                lost=result.lost, threshold=peaks.threshold)
+    plot_signal(
+        result.signal.numbers,
+        curve,
+        plot,
+        f"{video} ({result.fps:g} fps)",
+        spotted=result.intervals,
+        lost=result.lost,
+        threshold=peaks.threshold,
+    )
     doc = result.to_dict()
     doc["plot"] = str(plot)
     if as_json:
@@ -59,30 +83,40 @@ def spot_cmd(video, model, fps, threshold, as_json, as_csv, plot, quiet):
             d = iv.to_dict()
             click.echo(",".join(str(d[f]) for f in fields))
     else:
-        click.echo(f"{video}: {result.n_frames} frames at {result.fps:g} fps, {len(result.intervals)} interval(s)")
+        click.echo(
+            f"{video}: {result.n_frames} frames at {result.fps:g} fps, {len(result.intervals)} interval(s)"
+        )
         for iv in result.intervals:
             label = f"  {iv.emotion}" if iv.emotion else ""
-            click.echo(f"  {iv.type:5s} onset {iv.onset:6d}  apex {iv.apex:6d}  offset {iv.offset:6d}  "
-                       f"score {iv.score:6.1f}{label}")
+            click.echo(
+                f"  {iv.type:5s} onset {iv.onset:6d}  apex {iv.apex:6d}  offset {iv.offset:6d}  "
+                f"score {iv.score:6.1f}{label}"
+            )
         if result.rejected:
             from collections import Counter
 
             why = Counter(reason for _, reason in result.rejected)
-            click.echo(f"  not expressions: {len(result.rejected)} peak(s) ("
-                       + ", ".join(f"{r} {n}" for r, n in sorted(why.items())) + ")")
+            click.echo(
+                f"  not expressions: {len(result.rejected)} peak(s) ("
+                + ", ".join(f"{r} {n}" for r, n in sorted(why.items()))
+                + ")"
+            )
         click.echo(f"plot: {plot}")
     if result.lost:
         numbers = [n for a, b in result.lost for n in range(a, b + 1)]
         click.echo(f"face lost in frames {frame_ranges(numbers)} (no interval there)", err=True)
-    finish(failed, f"of {sum(iv.type == 'micro' for iv in result.intervals)} micro intervals could not be "
-                   "recognised (listed above)")
+    finish(
+        failed,
+        f"of {sum(iv.type == 'micro' for iv in result.intervals)} micro intervals could not be "
+        "recognised (listed above)",
+    )
 
 
 def _recognise(result, video: Path, model: Path) -> int:
     """Label each micro interval with the bundle's classifier; returns how many failed."""
+    from microfer.clip.video import open_frames
     from microfer.recognise.predict import Predictor
     from microfer.spotting.spot import recognise_micro
-    from microfer.clip.video import open_frames
 
     failed = recognise_micro(result.intervals, open_frames(video), Predictor(model))
     for iv, reason in failed:
@@ -91,30 +125,59 @@ def _recognise(result, video: Path, model: Path) -> int:
 
 
 @click.command("spot-eval")
-@click.option("--protocol", type=click.Choice(["casme_sq-spotting", "samm-lv-spotting"]), required=True)
-@click.option("--root", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True,
-              help="dataset root (CAS(ME)^2: the folder holding rawpic/; SAMM-LV: the one holding SAMM_longvideos/)")
-@click.option("--coding", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-              help="coding file (default: the one in --root)")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="run folder: results.json, report.md, signal plots; signals/ caches each video's signal")
-@click.option("--plots", type=click.IntRange(min=0), default=4, show_default=True, help="videos to plot")
-@click.option("--model", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
-              help="bundle from `microfer train`: recognise the true-positive micro intervals and report STRS")
+@click.option(
+    "--protocol", type=click.Choice(["casme_sq-spotting", "samm-lv-spotting"]), required=True
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    required=True,
+    help="dataset root (CAS(ME)^2: the folder holding rawpic/; SAMM-LV: the one holding SAMM_longvideos/)",
+)
+@click.option(
+    "--coding",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="coding file (default: the one in --root)",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="run folder: results.json, report.md, signal plots; signals/ caches each video's signal",
+)
+@click.option(
+    "--plots", type=click.IntRange(min=0), default=4, show_default=True, help="videos to plot"
+)
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="bundle from `microfer train`: recognise the true-positive micro intervals and report STRS",
+)
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def spot_eval_cmd(protocol, root, coding, out, plots, model, quiet):
     """MEGC spotting evaluation (IoU >= 0.5; P, R, F1 overall and per type), leave-one-subject-out
     with every threshold chosen on the training subjects; beside two trivial baselines."""
     from microfer.spotting.spot_eval import run_spot_eval
 
-    doc = run_spot_eval(protocol, root, out, coding=coding, progress=not quiet, plots=plots, model=model)
+    doc = run_spot_eval(
+        protocol, root, out, coding=coding, progress=not quiet, plots=plots, model=model
+    )
     for method, scores in doc["metrics"].items():
-        click.echo(f"{method:20s} F1 overall {scores['overall']['f1']:.3f}  micro {scores['micro']['f1']:.3f}  "
-                   f"macro {scores['macro']['f1']:.3f}")
+        click.echo(
+            f"{method:20s} F1 overall {scores['overall']['f1']:.3f}  micro {scores['micro']['f1']:.3f}  "
+            f"macro {scores['macro']['f1']:.3f}"
+        )
     if "strs" in doc:
-        click.echo(f"STRS {doc['strs']['strs']:.3f} (spotting F1 x recognition UF1 {doc['strs']['uf1']:.3f} on "
-                   f"{doc['strs']['n']} true-positive micro intervals)")
+        click.echo(
+            f"STRS {doc['strs']['strs']:.3f} (spotting F1 x recognition UF1 {doc['strs']['uf1']:.3f} on "
+            f"{doc['strs']['n']} true-positive micro intervals)"
+        )
     click.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}")
     for f in doc["failures"]:
         click.echo(f"{f['video']}: {f['reason']}", err=True)
-    finish(len(doc["failures"]), f"of {doc['n_videos'] + len(doc['failures'])} videos could not be read")
+    finish(
+        len(doc["failures"]),
+        f"of {doc['n_videos'] + len(doc['failures'])} videos could not be read",
+    )

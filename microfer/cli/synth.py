@@ -1,4 +1,5 @@
 """`microfer synth`: synthetic micro-expression clips from real faces, in a real dataset layout."""
+
 from __future__ import annotations
 
 import time
@@ -21,37 +22,105 @@ def _frames_range(ctx, param, value: str | None) -> tuple[int, int] | None:
 
 
 @click.command("synth")
-@click.option("--layout", type=click.Choice(LAYOUT_CHOICES), required=True,
-              help="dataset layout to write (composite = casme2 + samm + smic for the MEGC2019 3 classes)")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="output folder (empty, new, or a previous synth output)")
-@click.option("--subjects", type=click.IntRange(1, 200), default=4, show_default=True,
-              help="subjects (per dataset for composite)")
-@click.option("--clips-per-subject", type=click.IntRange(1, 50), default=6, show_default=True,
-              help="clips per subject (casme_sq: intervals, two per video)")
+@click.option(
+    "--layout",
+    type=click.Choice(LAYOUT_CHOICES),
+    required=True,
+    help="dataset layout to write (composite = casme2 + samm + smic for the MEGC2019 3 classes)",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="output folder (empty, new, or a previous synth output)",
+)
+@click.option(
+    "--subjects",
+    type=click.IntRange(1, 200),
+    default=4,
+    show_default=True,
+    help="subjects (per dataset for composite)",
+)
+@click.option(
+    "--clips-per-subject",
+    type=click.IntRange(1, 50),
+    default=6,
+    show_default=True,
+    help="clips per subject (casme_sq: intervals, two per video)",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="same seed, same files")
-@click.option("--faces", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              help="folder of face photos (searched recursively) instead of the shipped faces")
-@click.option("--amplitude", default="micro", show_default=True,
-              help="micro (1.5-3 px at apex), macro (6-10 px) or a number of pixels")
-@click.option("--apex-unknown", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="fraction of clips whose apex the coding file leaves unannotated ('/' or -1)")
-@click.option("--frames", "clip_frames", callback=_frames_range,
-              help="frames per clip, MIN-MAX, neutral frames around onset/offset included "
-                   "(default 24-40; smic 16-26, its camera runs at 100 fps; casme_sq: not used)")
-@click.option("--emotion", "emotions", multiple=True,
-              help="emotions to cycle through (repeatable; default: the layout's classes)")
-@click.option("--force", is_flag=True, help="write into a non-empty folder that is not a synth output "
-                                           "(nothing there is deleted)")
-@click.option("--long-videos", is_flag=True,
-              help="casme_sq: long videos for spotting (several macro and micro intervals among blinks, head "
-                   "moves and talking; --clips-per-subject = intervals per video); samm_lv always writes these")
-@click.option("--videos-per-subject", type=click.IntRange(1, 9), default=1, show_default=True,
-              help="long videos: videos per subject")
-@click.option("--face-leaves", is_flag=True, help="long videos: the head moves out of the frame once and comes back")
+@click.option(
+    "--faces",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="folder of face photos (searched recursively) instead of the shipped faces",
+)
+@click.option(
+    "--amplitude",
+    default="micro",
+    show_default=True,
+    help="micro (1.5-3 px at apex), macro (6-10 px) or a number of pixels",
+)
+@click.option(
+    "--apex-unknown",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="fraction of clips whose apex the coding file leaves unannotated ('/' or -1)",
+)
+@click.option(
+    "--frames",
+    "clip_frames",
+    callback=_frames_range,
+    help="frames per clip, MIN-MAX, neutral frames around onset/offset included "
+    "(default 24-40; smic 16-26, its camera runs at 100 fps; casme_sq: not used)",
+)
+@click.option(
+    "--emotion",
+    "emotions",
+    multiple=True,
+    help="emotions to cycle through (repeatable; default: the layout's classes)",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="write into a non-empty folder that is not a synth output (nothing there is deleted)",
+)
+@click.option(
+    "--long-videos",
+    is_flag=True,
+    help="casme_sq: long videos for spotting (several macro and micro intervals among blinks, head "
+    "moves and talking; --clips-per-subject = intervals per video); samm_lv always writes these",
+)
+@click.option(
+    "--videos-per-subject",
+    type=click.IntRange(1, 9),
+    default=1,
+    show_default=True,
+    help="long videos: videos per subject",
+)
+@click.option(
+    "--face-leaves",
+    is_flag=True,
+    help="long videos: the head moves out of the frame once and comes back",
+)
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def synth_cmd(layout, out, subjects, clips_per_subject, seed, faces, amplitude, apex_unknown, clip_frames,
-              emotions, force, long_videos, videos_per_subject, face_leaves, quiet):
+def synth_cmd(
+    layout,
+    out,
+    subjects,
+    clips_per_subject,
+    seed,
+    faces,
+    amplitude,
+    apex_unknown,
+    clip_frames,
+    emotions,
+    force,
+    long_videos,
+    videos_per_subject,
+    face_leaves,
+    quiet,
+):
     """Write synthetic micro-expression clips made from real faces, with a coding file in
     the dataset's real format and synth_truth.csv (the exact onset/apex/offset per clip).
 
@@ -65,35 +134,72 @@ def synth_cmd(layout, out, subjects, clips_per_subject, seed, faces, amplitude, 
         from microfer.synth.long_videos import generate_long
 
         if layout not in ("casme_sq", "samm_lv"):
-            raise click.UsageError("--long-videos is for --layout casme_sq (samm_lv always writes long videos)")
+            raise click.UsageError(
+                "--long-videos is for --layout casme_sq (samm_lv always writes long videos)"
+            )
         if emotions or apex_unknown or clip_frames or amplitude != "micro":
-            raise click.UsageError("--emotion, --apex-unknown, --frames and --amplitude do not apply to long videos")
-        s = generate_long(layout, out, subjects=subjects, videos_per_subject=videos_per_subject,
-                          intervals=clips_per_subject, seed=seed, faces=faces, progress=not quiet, force=force,
-                          face_leaves=face_leaves)
-        click.echo(f"{s.layout}: {s.n_clips} intervals in {subjects * videos_per_subject} long videos in {s.root}")
+            raise click.UsageError(
+                "--emotion, --apex-unknown, --frames and --amplitude do not apply to long videos"
+            )
+        s = generate_long(
+            layout,
+            out,
+            subjects=subjects,
+            videos_per_subject=videos_per_subject,
+            intervals=clips_per_subject,
+            seed=seed,
+            faces=faces,
+            progress=not quiet,
+            force=force,
+            face_leaves=face_leaves,
+        )
+        click.echo(
+            f"{s.layout}: {s.n_clips} intervals in {subjects * videos_per_subject} long videos in {s.root}"
+        )
         click.echo(f"  coding file: {s.coding_file}")
         click.echo(f"  ground truth: {s.truth_file} (nuisances: {s.root / 'synth_nuisances.csv'})")
         click.echo(f"done in {time.perf_counter() - start:.1f} s")
         return
     if videos_per_subject != 1 or face_leaves:
         raise click.UsageError("--videos-per-subject and --face-leaves are for long videos")
-    common = dict(seed=seed, faces=faces, amplitude=amplitude, progress=not quiet, clip_frames=clip_frames,
-                  force=force)
+    common = dict(
+        seed=seed,
+        faces=faces,
+        amplitude=amplitude,
+        progress=not quiet,
+        clip_frames=clip_frames,
+        force=force,
+    )
     if layout == "composite":
         if emotions:
-            raise click.UsageError("--emotion cannot be combined with --layout composite "
-                                   "(its emotions are balanced over negative/positive/surprise)")
+            raise click.UsageError(
+                "--emotion cannot be combined with --layout composite "
+                "(its emotions are balanced over negative/positive/surprise)"
+            )
         if apex_unknown:
             raise click.UsageError("--apex-unknown is not available with --layout composite")
-        sets = list(generate_composite(out, subjects_per_dataset=subjects, clips_per_subject=clips_per_subject,
-                                       **common).values())
+        sets = list(
+            generate_composite(
+                out, subjects_per_dataset=subjects, clips_per_subject=clips_per_subject, **common
+            ).values()
+        )
     else:
-        sets = [generate(layout, out, subjects=subjects, clips_per_subject=clips_per_subject,
-                         emotions=list(emotions) or None, apex_unknown=apex_unknown, **common)]
+        sets = [
+            generate(
+                layout,
+                out,
+                subjects=subjects,
+                clips_per_subject=clips_per_subject,
+                emotions=list(emotions) or None,
+                apex_unknown=apex_unknown,
+                **common,
+            )
+        ]
     elapsed = time.perf_counter() - start
     for s in sets:
         click.echo(f"{s.layout}: {s.n_clips} clips in {s.root}")
-        click.echo(f"  coding file: {s.coding_file if s.coding_file else '(none: video files only)'}")
+        click.echo(
+            f"  coding file: {s.coding_file if s.coding_file else '(none: video files only)'}"
+        )
         click.echo(f"  ground truth: {s.truth_file}")
     click.echo(f"done in {elapsed:.1f} s")

@@ -38,6 +38,7 @@ as much).
 known: apex = argmax, onset = the last low-motion frame before it, offset = the first
 low-motion frame after it ("low" = below baseline + `low` x (peak - baseline)).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -67,7 +68,9 @@ def region_mask(size: int = 128) -> np.ndarray:
     """Boolean (size, size) mask of the ME regions of an aligned face."""
     mask = np.zeros((size, size), bool)
     for x0, y0, x1, y1 in REGIONS.values():
-        mask[int(y0 * size):int(np.ceil(y1 * size)), int(x0 * size):int(np.ceil(x1 * size))] = True
+        mask[int(y0 * size) : int(np.ceil(y1 * size)), int(x0 * size) : int(np.ceil(x1 * size))] = (
+            True
+        )
     mask.setflags(write=False)
     return mask
 
@@ -77,7 +80,9 @@ def _prepare_gray(face: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(gray.astype(np.float32), (0, 0), sigma)
 
 
-def motion_curve(faces: Sequence[np.ndarray], method: str = DEFAULT_SPOT, reference: int = 0) -> np.ndarray:
+def motion_curve(
+    faces: Sequence[np.ndarray], method: str = DEFAULT_SPOT, reference: int = 0
+) -> np.ndarray:
     """Raw (unsmoothed) motion of each aligned face relative to faces[reference], (n,) float32."""
     if len(faces) == 0:
         return np.zeros(0, np.float32)
@@ -90,21 +95,35 @@ def motion_curve(faces: Sequence[np.ndarray], method: str = DEFAULT_SPOT, refere
         sigma = max(1.0, size / 64)
         grey = [_prepare_gray(f, sigma) for f in faces]
         n, k = len(grey), max(2, int(round(FD_WINDOW * len(grey))))
-        curve = np.array([np.abs(grey[t] - (grey[max(0, t - k)] + grey[min(n - 1, t + k)]) / 2)[mask].mean()
-                          for t in range(n)], np.float32)
+        curve = np.array(
+            [
+                np.abs(grey[t] - (grey[max(0, t - k)] + grey[min(n - 1, t + k)]) / 2)[mask].mean()
+                for t in range(n)
+            ],
+            np.float32,
+        )
         curve[reference] = 0.0  # the onset is neutral by definition
         return curve
     if method == "diff":
         sigma = max(1.0, size / 64)
         ref = _prepare_gray(faces[reference], sigma)
-        return np.array([np.abs(_prepare_gray(f, sigma) - ref)[mask].mean() for f in faces], np.float32)
+        return np.array(
+            [np.abs(_prepare_gray(f, sigma) - ref)[mask].mean() for f in faces], np.float32
+        )
     if method == "flow":
         from microfer.clip.motion import flow_magnitude, optical_flow
 
         ref = faces[reference]
-        return np.array([0.0 if i == reference else flow_magnitude(optical_flow(ref, f, "dis"))[mask].mean()
-                         for i, f in enumerate(faces)], np.float32)
-    raise ClipError(f"unknown apex spotting method '{method}'; expected one of {', '.join(SPOT_METHODS)}")
+        return np.array(
+            [
+                0.0 if i == reference else flow_magnitude(optical_flow(ref, f, "dis"))[mask].mean()
+                for i, f in enumerate(faces)
+            ],
+            np.float32,
+        )
+    raise ClipError(
+        f"unknown apex spotting method '{method}'; expected one of {', '.join(SPOT_METHODS)}"
+    )
 
 
 def smooth_curve(curve: np.ndarray, sigma: float | None = None) -> np.ndarray:
@@ -136,7 +155,9 @@ def spot_apex(curve: np.ndarray, sigma: float | None = None, plateau: float = 0.
     """
     curve = np.asarray(curve)
     if curve.size < 2:
-        raise ClipError(f"cannot spot an apex in {curve.size} frame(s): need onset and at least one more")
+        raise ClipError(
+            f"cannot spot an apex in {curve.size} frame(s): need onset and at least one more"
+        )
     smooth = smooth_curve(curve, sigma).astype(np.float64)
     top = int(np.argmax(smooth[1:]) + 1)
     level = smooth[0] + plateau * (smooth[top] - smooth[0])
@@ -145,13 +166,15 @@ def spot_apex(curve: np.ndarray, sigma: float | None = None, plateau: float = 0.
         lo -= 1
     while hi < smooth.size - 1 and smooth[hi + 1] >= level:
         hi += 1
-    weight = smooth[lo:hi + 1] - level
+    weight = smooth[lo : hi + 1] - level
     if weight.sum() <= 0:
         return top
     return int(round(float((np.arange(lo, hi + 1) * weight).sum() / weight.sum())))
 
 
-def spot_interval(curve: np.ndarray, low: float = 0.2, sigma: float | None = None) -> tuple[int, int, int]:
+def spot_interval(
+    curve: np.ndarray, low: float = 0.2, sigma: float | None = None
+) -> tuple[int, int, int]:
     """(onset, apex, offset) indices of the main motion episode of a curve.
 
     apex = argmax of the smoothed curve; onset = last index before it where the motion is

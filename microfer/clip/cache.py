@@ -11,6 +11,7 @@ either a whole entry or none; the entry files are the truth and index.csv is reb
 from them when it lags behind (`sync_index`). Entries are plain arrays plus one JSON
 string (np.savez_compressed, loaded with allow_pickle=False): no pickle.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from microfer.io import atomic_path, write_json, write_text
 from microfer.errors import MicroferError
+from microfer.io import atomic_path, write_json, write_text
 from microfer.records import PreparedClip, Sample
 
-INDEX_COLUMNS = ["dataset", "subject", "clip", "key", "status", "reason", "stage", "apex", "apex_source", "path"]
+INDEX_COLUMNS = [
+    "dataset",
+    "subject",
+    "clip",
+    "key",
+    "status",
+    "reason",
+    "stage",
+    "apex",
+    "apex_source",
+    "path",
+]
 _ARRAYS = ("onset_face", "apex_face", "flow", "strain", "landmarks", "transform", "motion_curve")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
@@ -89,10 +101,17 @@ class Cache:
     def save(self, sample: Sample | str, prepared: PreparedClip) -> Path:
         key = self._key(sample)
         path = self.entry_path(key)
-        meta = {"key": key, "settings_key": self.settings_key, "onset": int(prepared.onset),
-                "apex": int(prepared.apex), "offset": int(prepared.offset), "apex_source": prepared.apex_source,
-                "face_box": [int(v) for v in prepared.face_box], "notes": prepared.notes,
-                "flow_units": prepared.flow_units}
+        meta = {
+            "key": key,
+            "settings_key": self.settings_key,
+            "onset": int(prepared.onset),
+            "apex": int(prepared.apex),
+            "offset": int(prepared.offset),
+            "apex_source": prepared.apex_source,
+            "face_box": [int(v) for v in prepared.face_box],
+            "notes": prepared.notes,
+            "flow_units": prepared.flow_units,
+        }
         arrays = {name: np.asarray(getattr(prepared, name)) for name in _ARRAYS}
         with atomic_path(path) as tmp:
             np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
@@ -103,7 +122,9 @@ class Cache:
     def record_failure(self, sample: Sample | str, stage: str, reason: str) -> Path:
         key = self._key(sample)
         path = self.failure_path(key)
-        write_json(path, {"key": key, "settings_key": self.settings_key, "stage": stage, "reason": reason})
+        write_json(
+            path, {"key": key, "settings_key": self.settings_key, "stage": stage, "reason": reason}
+        )
         self._remember(self._row_failed(key, stage, reason, path))
         return path
 
@@ -118,18 +139,28 @@ class Cache:
         key = self._key(sample_or_key)
         path = self.entry_path(key)
         if not path.is_file():
-            raise MicroferError(f"no prepared entry for {key} in {self.dir} (run `microfer prepare` first)")
+            raise MicroferError(
+                f"no prepared entry for {key} in {self.dir} (run `microfer prepare` first)"
+            )
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 arrays = {name: z[name] for name in _ARRAYS}
         except (OSError, ValueError, KeyError) as exc:
-            raise MicroferError(f"cache entry {path} is unreadable ({exc}); delete it and prepare again") from None
-        return PreparedClip(onset=meta["onset"], apex=meta["apex"], offset=meta["offset"],
-                            apex_source=meta["apex_source"], face_box=tuple(meta["face_box"]),
-                            notes=meta.get("notes", ""),
-                            # entries written before flow_units existed all hold pixel flows
-                            flow_units=meta.get("flow_units", "pixels"), **arrays)
+            raise MicroferError(
+                f"cache entry {path} is unreadable ({exc}); delete it and prepare again"
+            ) from None
+        return PreparedClip(
+            onset=meta["onset"],
+            apex=meta["apex"],
+            offset=meta["offset"],
+            apex_source=meta["apex_source"],
+            face_box=tuple(meta["face_box"]),
+            notes=meta.get("notes", ""),
+            # entries written before flow_units existed all hold pixel flows
+            flow_units=meta.get("flow_units", "pixels"),
+            **arrays,
+        )
 
     def index(self) -> pd.DataFrame:
         """What was prepared with these settings: one row per clip (ok or failed)."""
@@ -139,13 +170,33 @@ class Cache:
     # --- index maintenance ----------------------------------------------------------
     def _row_ok(self, key: str, meta: dict, path: Path) -> dict:
         d, s, c = _split_key(key)
-        return {"dataset": d, "subject": s, "clip": c, "key": key, "status": "ok", "reason": "", "stage": "",
-                "apex": meta["apex"], "apex_source": meta["apex_source"], "path": str(path.relative_to(self.dir))}
+        return {
+            "dataset": d,
+            "subject": s,
+            "clip": c,
+            "key": key,
+            "status": "ok",
+            "reason": "",
+            "stage": "",
+            "apex": meta["apex"],
+            "apex_source": meta["apex_source"],
+            "path": str(path.relative_to(self.dir)),
+        }
 
     def _row_failed(self, key: str, stage: str, reason: str, path: Path) -> dict:
         d, s, c = _split_key(key)
-        return {"dataset": d, "subject": s, "clip": c, "key": key, "status": "failed", "reason": reason,
-                "stage": stage, "apex": "", "apex_source": "", "path": str(path.relative_to(self.dir))}
+        return {
+            "dataset": d,
+            "subject": s,
+            "clip": c,
+            "key": key,
+            "status": "failed",
+            "reason": reason,
+            "stage": stage,
+            "apex": "",
+            "apex_source": "",
+            "path": str(path.relative_to(self.dir)),
+        }
 
     def _load_rows(self) -> dict[str, dict]:
         if self._rows is None:
@@ -192,7 +243,9 @@ class Cache:
             info = json.loads(path.read_text(encoding="utf-8"))
             if info["key"] not in seen:
                 seen.add(info["key"])
-                rows[info["key"]] = self._row_failed(info["key"], info["stage"], info["reason"], path)
+                rows[info["key"]] = self._row_failed(
+                    info["key"], info["stage"], info["reason"], path
+                )
         for key in [k for k in rows if k not in seen]:
             del rows[key]
         self.flush_index()
@@ -217,14 +270,23 @@ def open_cache(cache):
         return cache
     path = Path(cache)
     if not path.is_dir():
-        raise MicroferError(f"{path}: prepare cache folder not found (run `microfer prepare` first)")
+        raise MicroferError(
+            f"{path}: prepare cache folder not found (run `microfer prepare` first)"
+        )
     if (path / "index.csv").is_file() or (path / "settings.json").is_file():
         return Cache(path.parent, path.name)
-    keys = sorted(p.name for p in path.iterdir()
-                  if p.is_dir() and ((p / "index.csv").is_file() or (p / "settings.json").is_file()))
+    keys = sorted(
+        p.name
+        for p in path.iterdir()
+        if p.is_dir() and ((p / "index.csv").is_file() or (p / "settings.json").is_file())
+    )
     if len(keys) == 1:
         return Cache(path, keys[0])
     if not keys:
-        raise MicroferError(f"{path}: not a prepare cache (no index.csv here nor in a settings sub-folder)")
-    raise MicroferError(f"{path}: holds {len(keys)} prepare settings ({', '.join(keys)}); "
-                        f"pass one of them, e.g. {path / keys[0]}")
+        raise MicroferError(
+            f"{path}: not a prepare cache (no index.csv here nor in a settings sub-folder)"
+        )
+    raise MicroferError(
+        f"{path}: holds {len(keys)} prepare settings ({', '.join(keys)}); "
+        f"pass one of them, e.g. {path / keys[0]}"
+    )

@@ -23,13 +23,20 @@ from microfer.datasets.composite_inputs import (
 from microfer.errors import ClipError, MicroferError
 
 
-def prepare_cache(root, out, manifest=None, settings: CompositeSettings = CompositeSettings(),
-                  progress: bool = False) -> CompositeSummary:
+def prepare_cache(
+    root,
+    out,
+    manifest=None,
+    settings: CompositeSettings = CompositeSettings(),
+    progress: bool = False,
+) -> CompositeSummary:
     """Read `root` (see module docstring) into the prepare cache at `out`; see `CompositeSummary`."""
     t0 = time.perf_counter()
     table = read_table(root, manifest)
     cache = Cache.for_settings(out, settings)
-    summary = CompositeSummary(settings.key(), cache.dir, csv_rows=len(table.rows) + len(table.problems))
+    summary = CompositeSummary(
+        settings.key(), cache.dir, csv_rows=len(table.rows) + len(table.problems)
+    )
     cache.sync_index()  # a killed run may have left entries the index does not list
 
     def fail(problem: RowProblem) -> None:
@@ -47,11 +54,21 @@ def prepare_cache(root, out, manifest=None, settings: CompositeSettings = Compos
             summary.unmatched.append(p)
     from tqdm import tqdm
 
-    for row in tqdm(table.rows, desc=f"prepare {NAME}", unit="clip", disable=not progress or None, file=sys.stderr):
+    for row in tqdm(
+        table.rows,
+        desc=f"prepare {NAME}",
+        unit="clip",
+        disable=not progress or None,
+        file=sys.stderr,
+    ):
         try:
             clip = load_row(table.root, row)
         except ClipError as exc:
-            fail(RowProblem(row.line, row.key, "inputs", getattr(exc, "kind", "unreadable"), str(exc)))
+            fail(
+                RowProblem(
+                    row.line, row.key, "inputs", getattr(exc, "kind", "unreadable"), str(exc)
+                )
+            )
             continue
         if cache.has(row.key):
             try:
@@ -65,4 +82,3 @@ def prepare_cache(root, out, manifest=None, settings: CompositeSettings = Compos
     cache.flush_index()
     summary.seconds = time.perf_counter() - t0
     return summary
-

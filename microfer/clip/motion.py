@@ -33,9 +33,9 @@ Communication 62): with flow (u, v) the infinitesimal strain tensor is
 and its magnitude  |e| = sqrt(e_xx^2 + e_yy^2 + 2 e_xy^2)  (e_xy = e_yx, hence the 2),
 with derivatives by central differences (np.gradient), in pixels/pixel.
 """
+
 from __future__ import annotations
 
-import time
 from functools import lru_cache
 
 import cv2
@@ -75,13 +75,17 @@ def optical_flow(a: np.ndarray, b: np.ndarray, method: str = DEFAULT_FLOW) -> np
     """
     a, b = to_gray(a), to_gray(b)
     if a.shape != b.shape:
-        raise MicroferError(f"optical flow needs two images of one size, got {a.shape} and {b.shape}")
+        raise MicroferError(
+            f"optical flow needs two images of one size, got {a.shape} and {b.shape}"
+        )
     if method == "tvl1":
         flow = _tvl1().calc(a, b, None)
     elif method == "dis":
         flow = _dis().calc(a, b, None)
     else:
-        raise MicroferError(f"unknown optical flow method '{method}'; expected one of {', '.join(FLOW_METHODS)}")
+        raise MicroferError(
+            f"unknown optical flow method '{method}'; expected one of {', '.join(FLOW_METHODS)}"
+        )
     return np.ascontiguousarray(flow, dtype=np.float32)
 
 
@@ -94,7 +98,7 @@ def optical_strain(flow: np.ndarray) -> np.ndarray:
     du_dy, du_dx = np.gradient(u)
     dv_dy, dv_dx = np.gradient(v)
     exy = 0.5 * (du_dy + dv_dx)
-    return np.sqrt(du_dx ** 2 + dv_dy ** 2 + 2.0 * exy ** 2).astype(np.float32)
+    return np.sqrt(du_dx**2 + dv_dy**2 + 2.0 * exy**2).astype(np.float32)
 
 
 def flow_magnitude(flow: np.ndarray) -> np.ndarray:
@@ -102,6 +106,7 @@ def flow_magnitude(flow: np.ndarray) -> np.ndarray:
 
 
 # --- measuring the methods -----------------------------------------------------------
+
 
 def expression_field(size: int = 128, peak: float = 1.5) -> np.ndarray:
     """A smooth, face-like displacement field on the canonical aligned face, (S, S, 2) px.
@@ -113,9 +118,14 @@ def expression_field(size: int = 128, peak: float = 1.5) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     field = np.zeros((size, size, 2))
     # (centre x, centre y, dx, dy, radius) in fractions of the side.
-    bumps = [(0.32, 0.20, 0.0, -1.0, 0.08), (0.68, 0.20, 0.0, -1.0, 0.08),
-             (0.34, 0.70, -0.7, -0.6, 0.07), (0.66, 0.70, 0.7, -0.6, 0.07),
-             (0.30, 0.55, 0.0, -0.5, 0.09), (0.70, 0.55, 0.0, -0.5, 0.09)]
+    bumps = [
+        (0.32, 0.20, 0.0, -1.0, 0.08),
+        (0.68, 0.20, 0.0, -1.0, 0.08),
+        (0.34, 0.70, -0.7, -0.6, 0.07),
+        (0.66, 0.70, 0.7, -0.6, 0.07),
+        (0.30, 0.55, 0.0, -0.5, 0.09),
+        (0.70, 0.55, 0.0, -0.5, 0.09),
+    ]
     for cx, cy, dx, dy, r in bumps:
         g = np.exp(-((xx - cx * s) ** 2 + (yy - cy * s) ** 2) / (2 * (r * s) ** 2))
         field[..., 0] += dx * g
@@ -135,7 +145,20 @@ def apply_displacement(image: np.ndarray, field: np.ndarray) -> tuple[np.ndarray
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     g = field.copy()
     for _ in range(20):
-        g = np.stack([cv2.remap(field[..., k], xx - g[..., 0], yy - g[..., 1], cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_REPLICATE) for k in range(2)], axis=-1)
-    moved = cv2.remap(image, xx - g[..., 0], yy - g[..., 1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+        g = np.stack(
+            [
+                cv2.remap(
+                    field[..., k],
+                    xx - g[..., 0],
+                    yy - g[..., 1],
+                    cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE,
+                )
+                for k in range(2)
+            ],
+            axis=-1,
+        )
+    moved = cv2.remap(
+        image, xx - g[..., 0], yy - g[..., 1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE
+    )
     return moved, field.astype(np.float32)

@@ -26,6 +26,7 @@ not already in the cache, in parallel processes, saving each clip as it complete
 killed run resumes where it stopped. Clips that fail are recorded with their reason and
 not retried unless asked.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -40,31 +41,39 @@ from typing import Sequence
 import numpy as np
 
 from microfer.clip.apex import DEFAULT_SPOT, SPOT_METHODS, motion_curve, spot_apex
-from microfer.errors import ClipError, LayoutError, MicroferError
 from microfer.clip.motion import DEFAULT_FLOW, FLOW_METHODS
+from microfer.errors import ClipError, LayoutError, MicroferError
 from microfer.records import ClipFailure, PreparedClip, Sample, is_missing
 
 # Bump when a change in this stage changes what it produces: it is part of the cache key.
-PREPARE_VERSION = "prepare-4"  # face checked at the apex (and through a spotted curve); sizes checked
+PREPARE_VERSION = (
+    "prepare-4"  # face checked at the apex (and through a spotted curve); sizes checked
+)
 
 
 @dataclass(frozen=True)
 class PrepareSettings:
-    size: int = 128                  # side of the aligned face crop, px
-    flow: str = DEFAULT_FLOW         # "dis" | "tvl1" (see motion.py for the measurements)
+    size: int = 128  # side of the aligned face crop, px
+    flow: str = DEFAULT_FLOW  # "dis" | "tvl1" (see motion.py for the measurements)
     spot_method: str = DEFAULT_SPOT  # "fd" | "diff" | "flow" (see apex.py)
-    upsample: int = 0                # dlib detector pyramid levels up (1 finds faces < 80 px)
-    detect_max_side: int = 640       # detection runs on a copy at most this large
-    motion_curve: str = "spotted"    # "spotted": curve only when the apex is spotted; "always"
+    upsample: int = 0  # dlib detector pyramid levels up (1 finds faces < 80 px)
+    detect_max_side: int = 640  # detection runs on a copy at most this large
+    motion_curve: str = "spotted"  # "spotted": curve only when the apex is spotted; "always"
     version: str = PREPARE_VERSION
 
     def __post_init__(self):
         if self.flow not in FLOW_METHODS:
-            raise MicroferError(f"unknown flow method '{self.flow}'; expected one of {', '.join(FLOW_METHODS)}")
+            raise MicroferError(
+                f"unknown flow method '{self.flow}'; expected one of {', '.join(FLOW_METHODS)}"
+            )
         if self.spot_method not in SPOT_METHODS:
-            raise MicroferError(f"unknown spotting method '{self.spot_method}'; expected {', '.join(SPOT_METHODS)}")
+            raise MicroferError(
+                f"unknown spotting method '{self.spot_method}'; expected {', '.join(SPOT_METHODS)}"
+            )
         if self.motion_curve not in ("spotted", "always"):
-            raise MicroferError(f"motion_curve must be 'spotted' or 'always', not '{self.motion_curve}'")
+            raise MicroferError(
+                f"motion_curve must be 'spotted' or 'always', not '{self.motion_curve}'"
+            )
         if not 32 <= int(self.size) <= 1024:
             raise MicroferError(f"face size {self.size} is outside 32..1024 px")
 
@@ -133,8 +142,10 @@ def _faces_near(image: np.ndarray, box, upsample: int) -> list:
     if region.size == 0:
         return []
     max_side = max(64, int(round(max(region.shape[:2]) * min(1.0, _CHECK_FACE_PX / side))))
-    found = [(bx0 + rx0, by0 + ry0, bx1 + rx0, by1 + ry0)
-             for bx0, by0, bx1, by1 in detect_faces(region, upsample, max_side)]
+    found = [
+        (bx0 + rx0, by0 + ry0, bx1 + rx0, by1 + ry0)
+        for bx0, by0, bx1, by1 in detect_faces(region, upsample, max_side)
+    ]
     scored = sorted(((_iou(b, box), b) for b in found), key=lambda t: -t[0])
     return [b for score, b in scored if score >= 0.3]
 
@@ -161,7 +172,7 @@ def _face_presence(images: list, numbers: list, box, settings: PrepareSettings) 
         if pa and pb:
             continue
         if not pa and not pb:
-            missing[a:b + 1] = True
+            missing[a : b + 1] = True
             continue
         lo, hi = a, b  # present(lo) != present(hi): find where it changes
         while hi - lo > 1:
@@ -171,25 +182,39 @@ def _face_presence(images: list, numbers: list, box, settings: PrepareSettings) 
             else:
                 hi = mid
         if pa:
-            missing[hi:b + 1] = True
+            missing[hi : b + 1] = True
         else:
-            missing[a:lo + 1] = True
+            missing[a : lo + 1] = True
     return [numbers[i] for i in np.flatnonzero(missing) if i > 0]
 
 
-def _check_apex_face(where: str, image: np.ndarray, apex_number: int, onset_box, M: np.ndarray,
-                     settings: PrepareSettings) -> None:
+def _check_apex_face(
+    where: str,
+    image: np.ndarray,
+    apex_number: int,
+    onset_box,
+    M: np.ndarray,
+    settings: PrepareSettings,
+) -> None:
     """ClipError (stage "face") unless the onset's face is at the apex frame, near where
     the onset frame's alignment puts it."""
-    from microfer.clip.face import alignment_points, canonical_points, fit_landmarks, transform_points
+    from microfer.clip.face import (
+        alignment_points,
+        canonical_points,
+        fit_landmarks,
+        transform_points,
+    )
 
     # the cheap detection: its box is only where the landmarks start, and what is judged is
     # where they end up (46 synthetic frames: box up to 21 px off, the distance below within
     # 0.006 eye distances of a full-size detection's, 6 ms instead of 36)
     boxes = _faces_near(image, onset_box, settings.upsample)
     if not boxes:
-        raise _fail("face", f"{where}: no face found in the apex frame {apex_number} where the onset frame "
-                            f"has one (the face left the frame, or the clip cuts away)")
+        raise _fail(
+            "face",
+            f"{where}: no face found in the apex frame {apex_number} where the onset frame "
+            f"has one (the face left the frame, or the clip cuts away)",
+        )
     # Where the landmarks sit is what counts, not whether they clear the border as the
     # onset's must: a tight crop whose onset eye just clears the edge may not, 1 px on.
     points = fit_landmarks(image, boxes[0])
@@ -197,14 +222,26 @@ def _check_apex_face(where: str, image: np.ndarray, apex_number: int, onset_box,
     eye = float(np.hypot(*(canon[1] - canon[0])))
     moved = float(np.hypot(*(transform_points(alignment_points(points), M) - canon).T).mean()) / eye
     if moved > APEX_FACE_TOLERANCE:
-        raise _fail("face", f"{where}: the face in the apex frame {apex_number} is {moved:.2f} eye distances "
-                            f"away from where the onset frame aligned it (at most {APEX_FACE_TOLERANCE}); "
-                            "the head moved too far for one alignment")
+        raise _fail(
+            "face",
+            f"{where}: the face in the apex frame {apex_number} is {moved:.2f} eye distances "
+            f"away from where the onset frame aligned it (at most {APEX_FACE_TOLERANCE}); "
+            "the head moved too far for one alignment",
+        )
 
 
-def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: PrepareSettings = PrepareSettings(),
-                 frame_numbers: Sequence[int] | None = None, *, timings: dict | None = None,
-                 strict_apex: bool = False, memo: dict | None = None) -> PreparedClip:
+def prepare_clip(
+    frames,
+    onset: int,
+    apex: int | None,
+    offset: int,
+    settings: PrepareSettings = PrepareSettings(),
+    frame_numbers: Sequence[int] | None = None,
+    *,
+    timings: dict | None = None,
+    strict_apex: bool = False,
+    memo: dict | None = None,
+) -> PreparedClip:
     """Prepare one clip; see the module docstring. Raises ClipError with the reason.
 
     `frames`: a video.FrameSource, or a sequence of BGR uint8 arrays whose frame numbers
@@ -217,31 +254,53 @@ def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: Pr
     (detection + landmarks, hence the alignment) by one call are reused by the next instead
     of being computed again; the results are the same as without it.
     """
-    from microfer.clip.face import alignment_transform, detect_faces, fit_landmarks, landmark_problem, warp_face
+    from microfer.clip.face import (
+        alignment_transform,
+        detect_faces,
+        fit_landmarks,
+        landmark_problem,
+        warp_face,
+    )
     from microfer.clip.motion import optical_flow, optical_strain
     from microfer.clip.video import ArraySource, frame_ranges
 
-    source = frames if hasattr(frames, "read") and hasattr(frames, "numbers") else \
-        ArraySource(list(frames), list(frame_numbers or []))
+    source = (
+        frames
+        if hasattr(frames, "read") and hasattr(frames, "numbers")
+        else ArraySource(list(frames), list(frame_numbers or []))
+    )
     where = str(getattr(source, "path", "clip"))
     onset, offset = int(onset), int(offset)
     if offset <= onset:
-        raise _fail("frames", f"{where}: offset {offset} is not after onset {onset} (too few frames)")
+        raise _fail(
+            "frames", f"{where}: offset {offset} is not after onset {onset} (too few frames)"
+        )
     available = [n for n in source.numbers if onset <= n <= offset]
     if onset not in available:
         raise _fail("frames", f"{where}: onset frame {onset} is not available")
     if len(available) < 2:
-        raise _fail("frames", f"{where}: only {len(available)} frame(s) in {onset}..{offset}; need at least 2")
+        raise _fail(
+            "frames",
+            f"{where}: only {len(available)} frame(s) in {onset}..{offset}; need at least 2",
+        )
 
     notes: list[str] = []
     apex_ok = apex is not None and onset < int(apex) <= offset and int(apex) in available
     if apex is not None and not apex_ok:
-        why = ("equals the onset" if int(apex) == onset else
-               "is outside onset..offset" if not onset <= int(apex) <= offset else "is not an available frame")
+        why = (
+            "equals the onset"
+            if int(apex) == onset
+            else "is outside onset..offset"
+            if not onset <= int(apex) <= offset
+            else "is not an available frame"
+        )
         if strict_apex:
-            raise _fail("frames", f"{where}: the given apex {apex} {why} (onset {onset}, offset {offset}); a given "
-                                  f"apex is used as given, never replaced: give one in {onset + 1}..{offset}, "
-                                  "or none to have it spotted")
+            raise _fail(
+                "frames",
+                f"{where}: the given apex {apex} {why} (onset {onset}, offset {offset}); a given "
+                f"apex is used as given, never replaced: give one in {onset + 1}..{offset}, "
+                "or none to have it spotted",
+            )
         notes.append(f"annotated apex {apex} {why}: spotted instead")
     want_curve = not apex_ok or settings.motion_curve == "always"
     numbers = available if want_curve else [onset, int(apex)]
@@ -257,10 +316,13 @@ def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: Pr
     for number, image in zip(numbers, images):
         if image.shape[:2] != onset_image.shape[:2]:
             file = getattr(source, "files", {}).get(number)
-            raise _fail("frames", f"{where}: frame {number}{f' ({file.name})' if file else ''} is "
-                                  f"{image.shape[1]}x{image.shape[0]} px but the onset frame {onset} is "
-                                  f"{onset_image.shape[1]}x{onset_image.shape[0]} px; the frame size changes "
-                                  "inside the clip, so one face crop cannot fit both")
+            raise _fail(
+                "frames",
+                f"{where}: frame {number}{f' ({file.name})' if file else ''} is "
+                f"{image.shape[1]}x{image.shape[0]} px but the onset frame {onset} is "
+                f"{onset_image.shape[1]}x{onset_image.shape[0]} px; the frame size changes "
+                "inside the clip, so one face crop cannot fit both",
+            )
     from microfer.records import FaceLandmarks
 
     found = memo.setdefault("onset_faces", {}) if memo is not None else {}
@@ -270,7 +332,9 @@ def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: Pr
         timer.lap("detect")
         if not boxes:
             raise _fail("face", f"{where}: no face found in the onset frame {onset}")
-        face = FaceLandmarks(box=boxes[0], points=fit_landmarks(onset_image, boxes[0]), n_faces=len(boxes))
+        face = FaceLandmarks(
+            box=boxes[0], points=fit_landmarks(onset_image, boxes[0]), n_faces=len(boxes)
+        )
         found[onset] = face
     if face.n_faces > 1:
         notes.append(f"{face.n_faces} faces in the onset frame: kept the largest")
@@ -288,8 +352,11 @@ def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: Pr
         no_face = _face_presence(images, numbers, face.box, settings)
         timer.lap("detect")
         if len(no_face) == len(numbers) - 1:
-            raise _fail("face", f"{where}: no face found in frames {frame_ranges(no_face)} after the onset "
-                                f"frame {onset}; nothing to spot an apex in")
+            raise _fail(
+                "face",
+                f"{where}: no face found in frames {frame_ranges(no_face)} after the onset "
+                f"frame {onset}; nothing to spot an apex in",
+            )
     if want_curve:
         left_out = set(no_face)
         keep = [i for i, n in enumerate(numbers) if n not in left_out]
@@ -313,14 +380,26 @@ def prepare_clip(frames, onset: int, apex: int | None, offset: int, settings: Pr
     flow = optical_flow(faces[0], apex_face, settings.flow)
     strain = optical_strain(flow)
     timer.lap("flow")
-    return PreparedClip(onset=onset, apex=apex_number, offset=offset, apex_source=source_name,
-                        onset_face=faces[0], apex_face=apex_face, flow=flow, strain=strain,
-                        landmarks=face.points.astype(np.float32), transform=M.astype(np.float32),
-                        face_box=tuple(int(v) for v in face.box), motion_curve=curve, notes="; ".join(notes),
-                        no_face_frames=tuple(int(n) for n in no_face))
+    return PreparedClip(
+        onset=onset,
+        apex=apex_number,
+        offset=offset,
+        apex_source=source_name,
+        onset_face=faces[0],
+        apex_face=apex_face,
+        flow=flow,
+        strain=strain,
+        landmarks=face.points.astype(np.float32),
+        transform=M.astype(np.float32),
+        face_box=tuple(int(v) for v in face.box),
+        motion_curve=curve,
+        notes="; ".join(notes),
+        no_face_frames=tuple(int(n) for n in no_face),
+    )
 
 
 # --- dataset layout check ---------------------------------------------------------------
+
 
 def _missing_hint(location: Path) -> str:
     """Why a clip path is missing: the deepest existing folder, and near-miss names there."""
@@ -336,9 +415,15 @@ def _missing_hint(location: Path) -> str:
     want = missing_part.lower()
     # Only names that contain the wanted one (or it them) count as "renamed": sub02 is
     # close to sub01 by edit distance but is another subject, not a rename.
-    close = [lower[want]] if want in lower else \
-        [n for n in difflib.get_close_matches(missing_part, names, n=3, cutoff=0.6)
-         if want in n.lower() or n.lower() in want]
+    close = (
+        [lower[want]]
+        if want in lower
+        else [
+            n
+            for n in difflib.get_close_matches(missing_part, names, n=3, cutoff=0.6)
+            if want in n.lower() or n.lower() in want
+        ]
+    )
     hint = f"; did you mean {', '.join(repr(c) for c in close)} (renamed?)" if close else ""
     return f"'{missing_part}' not found in {parent}{hint}"
 
@@ -351,7 +436,9 @@ def check_layout(samples: Sequence[Sample], root: Path) -> list[ClipFailure]:
     root = Path(root)
     problems: list[ClipFailure] = []
     if not root.is_dir():
-        return [ClipFailure(s.key, "layout", f"dataset root {root} does not exist") for s in samples]
+        return [
+            ClipFailure(s.key, "layout", f"dataset root {root} does not exist") for s in samples
+        ]
     listings: dict[Path, dict] = {}
     videos: dict[Path, list[int]] = {}
     for s in samples:
@@ -361,24 +448,40 @@ def check_layout(samples: Sequence[Sample], root: Path) -> list[ClipFailure]:
             problems.append(ClipFailure(s.key, "layout", str(exc)))
             continue
         if not location.exists():
-            problems.append(ClipFailure(s.key, "layout", f"{location} is missing: {_missing_hint(location)}"))
+            problems.append(
+                ClipFailure(s.key, "layout", f"{location} is missing: {_missing_hint(location)}")
+            )
             continue
         if location.is_dir():
             if location not in listings:
                 listings[location] = list_sequences(location)
             groups = listings[location]
             if not groups:
-                problems.append(ClipFailure(s.key, "layout", f"{location} is empty (no numbered frames)"))
+                problems.append(
+                    ClipFailure(s.key, "layout", f"{location} is empty (no numbered frames)")
+                )
                 continue
             if prefix is None:
                 if len(groups) != 1:
-                    problems.append(ClipFailure(s.key, "layout", f"{location} holds several sequences "
-                                                f"({', '.join(repr(p) for p in sorted(groups))})"))
+                    problems.append(
+                        ClipFailure(
+                            s.key,
+                            "layout",
+                            f"{location} holds several sequences "
+                            f"({', '.join(repr(p) for p in sorted(groups))})",
+                        )
+                    )
                     continue
                 prefix = next(iter(groups))
             if prefix not in groups:
-                problems.append(ClipFailure(s.key, "layout", f"{location} has no frames named '{prefix}<n>' "
-                                            f"(found {', '.join(repr(p + '<n>') for p in sorted(groups))})"))
+                problems.append(
+                    ClipFailure(
+                        s.key,
+                        "layout",
+                        f"{location} has no frames named '{prefix}<n>' "
+                        f"(found {', '.join(repr(p + '<n>') for p in sorted(groups))})",
+                    )
+                )
                 continue
             have = groups[prefix]
         else:
@@ -393,8 +496,14 @@ def check_layout(samples: Sequence[Sample], root: Path) -> list[ClipFailure]:
         missing = [n for n in range(s.onset, s.offset + 1) if n not in have]
         if missing:
             lo, hi = min(have), max(have)
-            problems.append(ClipFailure(s.key, "layout", f"{location}: frames {frame_ranges(missing)} of "
-                                        f"{s.onset}..{s.offset} missing (folder has {len(have)} frames, {lo}..{hi})"))
+            problems.append(
+                ClipFailure(
+                    s.key,
+                    "layout",
+                    f"{location}: frames {frame_ranges(missing)} of "
+                    f"{s.onset}..{s.offset} missing (folder has {len(have)} frames, {lo}..{hi})",
+                )
+            )
     return problems
 
 
@@ -423,33 +532,41 @@ def samples_of(samples) -> tuple[list[Sample], list[ClipFailure]]:
 
 # --- dataset driver ---------------------------------------------------------------------
 
+
 @dataclass
 class PrepareSummary:
     settings_key: str
     cache_dir: Path
     total: int = 0
-    prepared: int = 0                      # done in this run
-    skipped: int = 0                       # already in the cache (ok, or failed earlier)
-    failed: list[ClipFailure] = field(default_factory=list)          # failed in this run
-    layout: list[ClipFailure] = field(default_factory=list)          # skipped by the layout check
-    earlier_failures: int = 0              # failed in an earlier run, not retried
-    spotted: int = 0                       # apexes spotted in this run
+    prepared: int = 0  # done in this run
+    skipped: int = 0  # already in the cache (ok, or failed earlier)
+    failed: list[ClipFailure] = field(default_factory=list)  # failed in this run
+    layout: list[ClipFailure] = field(default_factory=list)  # skipped by the layout check
+    earlier_failures: int = 0  # failed in an earlier run, not retried
+    spotted: int = 0  # apexes spotted in this run
     seconds: float = 0.0
-    clips_per_s_steady: float = 0.0        # prepared / time after the first clip completed
+    clips_per_s_steady: float = 0.0  # prepared / time after the first clip completed
     layout_report_path: Path | None = None
 
     def text(self) -> str:
-        lines = [f"prepare: {self.total} clips -> {self.cache_dir}",
-                 f"  prepared now: {self.prepared} (apex spotted: {self.spotted}) in {self.seconds:.1f} s",
-                 f"  already cached: {self.skipped}"
-                 + (f" (of which {self.earlier_failures} failed earlier; --retry-failed retries them)"
-                    if self.earlier_failures else ""),
-                 f"  failed now: {len(self.failed)}"]
+        lines = [
+            f"prepare: {self.total} clips -> {self.cache_dir}",
+            f"  prepared now: {self.prepared} (apex spotted: {self.spotted}) in {self.seconds:.1f} s",
+            f"  already cached: {self.skipped}"
+            + (
+                f" (of which {self.earlier_failures} failed earlier; --retry-failed retries them)"
+                if self.earlier_failures
+                else ""
+            ),
+            f"  failed now: {len(self.failed)}",
+        ]
         lines += [f"    {f.key} [{f.stage}]: {f.reason}" for f in self.failed[:20]]
         if len(self.failed) > 20:
             lines.append(f"    ... {len(self.failed) - 20} more in {self.cache_dir / 'index.csv'}")
         if self.layout:
-            lines.append(f"  skipped by the layout check: {len(self.layout)} (see {self.layout_report_path})")
+            lines.append(
+                f"  skipped by the layout check: {len(self.layout)} (see {self.layout_report_path})"
+            )
         return "\n".join(lines)
 
 
@@ -478,9 +595,17 @@ def _prepare_on_worker(sample: Sample, root: Path, settings: PrepareSettings):
     return _prepare_sample(sample, root, settings)
 
 
-def prepare_dataset(samples, root: Path, out: Path, settings: PrepareSettings = PrepareSettings(),
-                    workers: int = 1, strict: bool = False, progress: bool = True,
-                    retry_failed: bool = False, scheduler: str | None = None) -> PrepareSummary:
+def prepare_dataset(
+    samples,
+    root: Path,
+    out: Path,
+    settings: PrepareSettings = PrepareSettings(),
+    workers: int = 1,
+    strict: bool = False,
+    progress: bool = True,
+    retry_failed: bool = False,
+    scheduler: str | None = None,
+) -> PrepareSummary:
     """Prepare every sample of a manifest into the cache at `out` (see module docstring).
 
     `scheduler`: "local" or a dask scheduler address (microfer.parallel) to prepare the
@@ -495,7 +620,9 @@ def prepare_dataset(samples, root: Path, out: Path, settings: PrepareSettings = 
 
     dupes = [k for k, n in Counter(s.key for s in sample_list).items() if n > 1]
     if dupes:
-        raise MicroferError(f"the manifest lists {len(dupes)} clip(s) more than once: {', '.join(dupes[:5])}")
+        raise MicroferError(
+            f"the manifest lists {len(dupes)} clip(s) more than once: {', '.join(dupes[:5])}"
+        )
 
     cache = Cache.for_settings(out, settings)
     summary = PrepareSummary(settings.key(), cache.dir, total=len(sample_list) + len(unbounded))
@@ -506,14 +633,23 @@ def prepare_dataset(samples, root: Path, out: Path, settings: PrepareSettings = 
         from microfer.io import write_text
 
         summary.layout_report_path = out / "layout_report.txt"
-        if not (summary.layout_report_path.is_file()
-                and summary.layout_report_path.read_text(encoding="utf-8") == report):
-            write_text(summary.layout_report_path, report)  # a rerun on a finished cache writes nothing
+        if not (
+            summary.layout_report_path.is_file()
+            and summary.layout_report_path.read_text(encoding="utf-8") == report
+        ):
+            write_text(
+                summary.layout_report_path, report
+            )  # a rerun on a finished cache writes nothing
         head = "\n".join(report.splitlines()[:11])
         if strict:
-            raise LayoutError(f"{head}\nfull report: {summary.layout_report_path} "
-                              "(without --strict these clips are skipped)")
-        print(f"{head}\nfull report: {summary.layout_report_path}; these clips are skipped", file=sys.stderr)
+            raise LayoutError(
+                f"{head}\nfull report: {summary.layout_report_path} "
+                "(without --strict these clips are skipped)"
+            )
+        print(
+            f"{head}\nfull report: {summary.layout_report_path}; these clips are skipped",
+            file=sys.stderr,
+        )
     summary.layout = unbounded + problems
     bad = {p.key for p in summary.layout}
 
@@ -532,7 +668,9 @@ def prepare_dataset(samples, root: Path, out: Path, settings: PrepareSettings = 
 
     from tqdm import tqdm
 
-    bar = tqdm(total=len(todo), desc="prepare", unit="clip", disable=not progress or None, file=sys.stderr)
+    bar = tqdm(
+        total=len(todo), desc="prepare", unit="clip", disable=not progress or None, file=sys.stderr
+    )
     first_done = None
     last_flush = time.perf_counter()
 
@@ -568,7 +706,9 @@ def prepare_dataset(samples, root: Path, out: Path, settings: PrepareSettings = 
             with scheduler_context(scheduler) as client:
                 from distributed import as_completed as dask_completed
 
-                futures = client.map(_prepare_on_worker, todo, root=root, settings=settings, pure=False)
+                futures = client.map(
+                    _prepare_on_worker, todo, root=root, settings=settings, pure=False
+                )
                 try:
                     for fut in dask_completed(futures):
                         handle(fut.result())
@@ -589,8 +729,9 @@ def prepare_dataset(samples, root: Path, out: Path, settings: PrepareSettings = 
 
             done: set[str] = set()
             try:
-                with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                                         initializer=_init_worker) as pool:
+                with ProcessPoolExecutor(
+                    max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_init_worker
+                ) as pool:
                     futures = [pool.submit(_prepare_sample, s, root, settings) for s in todo]
                     try:
                         for fut in as_completed(futures):
@@ -603,8 +744,11 @@ def prepare_dataset(samples, root: Path, out: Path, settings: PrepareSettings = 
             except BrokenProcessPool:
                 # Worker processes re-import the caller's __main__ (spawn); from stdin or an
                 # unguarded script that fails. Finish in this process rather than give up.
-                print("prepare: worker processes could not run (guard a calling script with "
-                      "`if __name__ == '__main__':`); continuing in one process", file=sys.stderr)
+                print(
+                    "prepare: worker processes could not run (guard a calling script with "
+                    "`if __name__ == '__main__':`); continuing in one process",
+                    file=sys.stderr,
+                )
                 _init_worker()
                 for s in todo:
                     if s.key not in done:
@@ -615,5 +759,6 @@ def prepare_dataset(samples, root: Path, out: Path, settings: PrepareSettings = 
         summary.seconds = time.perf_counter() - t_start
         if first_done is not None and summary.prepared + len(summary.failed) > 1:
             summary.clips_per_s_steady = (summary.prepared + len(summary.failed) - 1) / max(
-                1e-9, time.perf_counter() - first_done)
+                1e-9, time.perf_counter() - first_done
+            )
     return summary

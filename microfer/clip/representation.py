@@ -19,6 +19,7 @@ kinds
               Mirroring stays exact for them: -(2x - 1) = 2(1 - x) - 1, and 1 - x is the
               per-image min-max of -u.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -34,15 +35,17 @@ FLOW_UNITS = ("pixels", "minmax_per_image")
 IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], np.float32)
 GREY_MEAN, GREY_STD = 0.5, 0.25
-DIFF_SCALE = 8.0       # (apex - onset)/255 * 8: a 32-grey-level change reads as 1.0
+DIFF_SCALE = 8.0  # (apex - onset)/255 * 8: a 32-grey-level change reads as 1.0
 FLOW_REFERENCE = 128.0  # flow is expressed in pixels of a 128-px face
-STRAIN_SCALE = 10.0    # strain of 0.1 (a strong micro-movement) reads as 1.0
-CLIP = 5.0             # bound outliers (flow failures at the crop border)
+STRAIN_SCALE = 10.0  # strain of 0.1 (a strong micro-movement) reads as 1.0
+CLIP = 5.0  # bound outliers (flow failures at the crop border)
 
 
 def check_kind(kind: str) -> str:
     if kind not in KINDS:
-        raise ValueError(f"unknown input representation {kind!r}; expected one of {', '.join(KINDS)}")
+        raise ValueError(
+            f"unknown input representation {kind!r}; expected one of {', '.join(KINDS)}"
+        )
     return kind
 
 
@@ -76,12 +79,16 @@ def to_input(prepared: PreparedClip, kind: str, name: str = "clip") -> np.ndarra
         return face_to_input(prepared.apex_face, name)
     if kind == "onset_apex":
         if np.asarray(prepared.onset_face).size == 0:
-            raise ClipError(f"{name}: the entry has no onset face ({prepared.apex_source} entries carry the apex "
-                            f"frame and flow only); use the apex or flow representation")
+            raise ClipError(
+                f"{name}: the entry has no onset face ({prepared.apex_source} entries carry the apex "
+                f"frame and flow only); use the apex or flow representation"
+            )
         onset = _grey(_check_face(prepared.onset_face, "onset_face", name))
         apex = _grey(_check_face(prepared.apex_face, "apex_face", name))
         if onset.shape != apex.shape:
-            raise ClipError(f"{name}: onset face {onset.shape} and apex face {apex.shape} differ in size")
+            raise ClipError(
+                f"{name}: onset face {onset.shape} and apex face {apex.shape} differ in size"
+            )
         diff = np.clip((apex - onset) * DIFF_SCALE, -CLIP, CLIP)
         out = np.stack([(onset - GREY_MEAN) / GREY_STD, (apex - GREY_MEAN) / GREY_STD, diff])
         return out.astype(np.float32)
@@ -96,14 +103,18 @@ def to_input(prepared: PreparedClip, kind: str, name: str = "clip") -> np.ndarra
         out = np.stack([flow[..., 0], flow[..., 1], strain]) * 2.0 - 1.0
         return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0).astype(np.float32)
     if units != "pixels":
-        raise ClipError(f"{name}: unknown flow_units {units!r}; expected one of {', '.join(FLOW_UNITS)}")
+        raise ClipError(
+            f"{name}: unknown flow_units {units!r}; expected one of {', '.join(FLOW_UNITS)}"
+        )
     scale = FLOW_REFERENCE / float(flow.shape[1])
     out = np.stack([flow[..., 0] * scale, flow[..., 1] * scale, strain * STRAIN_SCALE])
     out = np.nan_to_num(out, nan=0.0, posinf=CLIP, neginf=-CLIP)
     return np.clip(out, -CLIP, CLIP).astype(np.float32)
 
 
-def stack_inputs(prepared: Sequence[PreparedClip], kind: str, names: Sequence[str] | None = None) -> np.ndarray:
+def stack_inputs(
+    prepared: Sequence[PreparedClip], kind: str, names: Sequence[str] | None = None
+) -> np.ndarray:
     """Many prepared clips -> (N, 3, S, S) float32; all clips must share the crop size."""
     check_kind(kind)
     if len(prepared) == 0:
@@ -113,7 +124,9 @@ def stack_inputs(prepared: Sequence[PreparedClip], kind: str, names: Sequence[st
     first = arrays[0].shape
     for a, n in zip(arrays, names):
         if a.shape != first:
-            raise ClipError(f"{n}: input shape {a.shape} differs from {first} of {names[0]} (mixed crop sizes)")
+            raise ClipError(
+                f"{n}: input shape {a.shape} differs from {first} of {names[0]} (mixed crop sizes)"
+            )
     return np.stack(arrays)
 
 

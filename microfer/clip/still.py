@@ -18,14 +18,14 @@ import numpy as np
 
 from microfer.errors import ClipError, MicroferError
 
-FACE_SIZE = 64        # the shipped trunk's input (its card: input_size 64)
-SMALL_CROP = 96       # px: an image this small is a dataset face crop (FER 48, CK+48)
-DETECT_SIZE = 96      # small crops are enlarged to this before detection (dlib's window is 80 px)
+FACE_SIZE = 64  # the shipped trunk's input (its card: input_size 64)
+SMALL_CROP = 96  # px: an image this small is a dataset face crop (FER 48, CK+48)
+DETECT_SIZE = 96  # small crops are enlarged to this before detection (dlib's window is 80 px)
 
 
 @dataclass
 class ImageFace:
-    face: np.ndarray                 # (FACE_SIZE, FACE_SIZE, 3) uint8, grey in 3 equal channels
+    face: np.ndarray  # (FACE_SIZE, FACE_SIZE, 3) uint8, grey in 3 equal channels
     box: Optional[tuple[int, int, int, int]]  # the detected face in the image; None: taken whole
     aligned: bool
 
@@ -42,7 +42,9 @@ def image_face(image: np.ndarray, name: str = "image", size: int = FACE_SIZE) ->
     grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     small = max(grey.shape) <= SMALL_CROP
     scale = DETECT_SIZE / max(grey.shape) if small else 1.0
-    probe = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC) if small else grey
+    probe = (
+        cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC) if small else grey
+    )
     found = detect_landmarks(probe)
     if found is not None:
         points = found.points / scale
@@ -51,8 +53,11 @@ def image_face(image: np.ndarray, name: str = "image", size: int = FACE_SIZE) ->
         return ImageFace(np.repeat(face[..., None], 3, axis=2), box, True)
     if not small:
         raise ClipError(f"{name}: no face found in the image")
-    face = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA if min(grey.shape) > size
-                      else cv2.INTER_CUBIC)
+    face = cv2.resize(
+        grey,
+        (size, size),
+        interpolation=cv2.INTER_AREA if min(grey.shape) > size else cv2.INTER_CUBIC,
+    )
     return ImageFace(np.repeat(face[..., None], 3, axis=2), None, False)
 
 
@@ -60,7 +65,11 @@ def list_image_files(folder) -> list[Path]:
     from microfer.clip.video import IMAGE_EXTENSIONS
 
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
     if not files:
-        raise MicroferError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the folder")
+        raise MicroferError(
+            f"{folder}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the folder"
+        )
     return files

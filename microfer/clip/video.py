@@ -9,6 +9,7 @@ A folder may hold several sequences side by side (CASME II ships raw `img46.jpg`
 cropped `reg_img46.jpg`); they are told apart by the file-name text before the number
 (the "prefix"), and the caller picks one.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,10 @@ def _check_numbers(source, numbers: Sequence[int]) -> None:
     missing = [n for n in numbers if n not in available]
     if missing:
         lo, hi = (source.numbers[0], source.numbers[-1]) if source.numbers else (None, None)
-        raise ClipError(f"{source.path}: frame(s) {frame_ranges(missing)} not found "
-                        f"(available: {len(available)} frames, {lo}..{hi})")
+        raise ClipError(
+            f"{source.path}: frame(s) {frame_ranges(missing)} not found "
+            f"(available: {len(available)} frames, {lo}..{hi})"
+        )
 
 
 def frame_ranges(numbers: Sequence[int], limit: int = 6) -> str:
@@ -77,7 +80,9 @@ def read_image(path: Path) -> np.ndarray:
         raise ClipError(f"frame {path} is truncated or corrupt (JPEG without end-of-image marker)")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise ClipError(f"frame {path} is corrupt or not an image ({len(data)} bytes could not be decoded)")
+        raise ClipError(
+            f"frame {path} is corrupt or not an image ({len(data)} bytes could not be decoded)"
+        )
     return image
 
 
@@ -159,7 +164,9 @@ class ArraySource:
         if not self.numbers:
             self.numbers = list(range(len(self.frames)))
         if len(self.numbers) != len(self.frames):
-            raise ClipError(f"{len(self.frames)} frames but {len(self.numbers)} frame numbers were given")
+            raise ClipError(
+                f"{len(self.frames)} frames but {len(self.numbers)} frame numbers were given"
+            )
         self._index = {int(n): i for i, n in enumerate(self.numbers)}
         self.numbers = sorted(self._index)
 
@@ -263,7 +270,9 @@ def _count_frames(path: Path) -> int:
         cap = cv2.VideoCapture(str(path))
         try:
             if not cap.isOpened():
-                raise ClipError(f"cannot open video {path} (neither decord nor OpenCV can decode it)")
+                raise ClipError(
+                    f"cannot open video {path} (neither decord nor OpenCV can decode it)"
+                )
             n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             if n <= 0:  # container without a frame count: count by decoding
                 n = 0
@@ -285,16 +294,22 @@ def open_frames(path, prefix: str | None = None, first_number: int = 0) -> Frame
     if path.is_dir():
         groups = list_sequences(path)
         if not groups:
-            raise LayoutError(f"{path}: no numbered image files ({'/'.join(IMAGE_EXTENSIONS)}) in this folder")
+            raise LayoutError(
+                f"{path}: no numbered image files ({'/'.join(IMAGE_EXTENSIONS)}) in this folder"
+            )
         if prefix is not None:
             if prefix not in groups:
-                raise LayoutError(f"{path}: no frames named '{prefix}<number>'; "
-                                  f"this folder has {_describe_groups(groups)}")
+                raise LayoutError(
+                    f"{path}: no frames named '{prefix}<number>'; "
+                    f"this folder has {_describe_groups(groups)}"
+                )
             return ImageFolderSource(path, groups[prefix], prefix)
         if len(groups) > 1:
-            raise LayoutError(f"{path} holds several image sequences ({_describe_groups(groups)}); "
-                              "say which one with the file-name prefix")
-        (only, files), = groups.items()
+            raise LayoutError(
+                f"{path} holds several image sequences ({_describe_groups(groups)}); "
+                "say which one with the file-name prefix"
+            )
+        ((only, files),) = groups.items()
         return ImageFolderSource(path, files, only)
     if path.is_file():
         if path.suffix.lower() in IMAGE_EXTENSIONS:
@@ -315,7 +330,9 @@ def sample_location(root: Path, sample: Sample) -> tuple[Path, str | None]:
     rel_dir, file_part = os.path.split(template)
     if "{" not in file_part:
         if "{" in rel_dir:
-            raise LayoutError(f"{sample.key}: frame_template '{template}' has {{frame}} outside the file name")
+            raise LayoutError(
+                f"{sample.key}: frame_template '{template}' has {{frame}} outside the file name"
+            )
         return Path(root) / template, None  # a video file (or a folder of one sequence)
     return Path(root) / rel_dir, file_part[: file_part.index("{")]
 

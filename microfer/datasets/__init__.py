@@ -7,6 +7,7 @@
 Tables have exactly `records.MANIFEST_COLUMNS`; what an adapter repaired is in `notes`,
 what it dropped in `df.attrs["dropped"]`. Rules shared by all adapters: `_coding`.
 """
+
 from microfer.datasets._coding import CodingWarning, read_manifest, to_samples
 from microfer.datasets.registry import Adapter, get, names
 

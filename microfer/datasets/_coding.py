@@ -26,6 +26,7 @@ E  a file that is not .xlsx/.xlsm/.csv, cannot be opened, or has no row with the
    required columns (e.g. a SAMM file given to the CASME II adapter): AnnotationError
    naming the file and the expected columns.
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,8 +42,7 @@ import numpy as np
 import pandas as pd
 
 from microfer.errors import AnnotationError
-from microfer.records import is_missing
-from microfer.records import MANIFEST_COLUMNS
+from microfer.records import MANIFEST_COLUMNS, is_missing
 
 HEADER_SEARCH_ROWS = 60
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")
@@ -77,15 +77,22 @@ def norm_text(value: Any) -> str:
 
 # ---------------------------------------------------------------- reading raw rows
 
+
 def _check_file(path: Path, what: str, expected: Sequence[str]) -> None:
     if not path.exists():
-        raise AnnotationError(f"{what} file {path} does not exist (expected columns: {', '.join(expected)})")
+        raise AnnotationError(
+            f"{what} file {path} does not exist (expected columns: {', '.join(expected)})"
+        )
     if path.is_dir():
-        raise AnnotationError(f"{what} file {path} is a folder, expected a coding file with columns: "
-                              f"{', '.join(expected)}")
+        raise AnnotationError(
+            f"{what} file {path} is a folder, expected a coding file with columns: "
+            f"{', '.join(expected)}"
+        )
     if path.stat().st_size == 0:
-        raise AnnotationError(f"{what} file {path} is empty (0 bytes); expected a coding file with columns: "
-                              f"{', '.join(expected)}")
+        raise AnnotationError(
+            f"{what} file {path} is empty (0 bytes); expected a coding file with columns: "
+            f"{', '.join(expected)}"
+        )
 
 
 def _excel_sheets(path: Path, what: str, expected: Sequence[str]) -> dict[str, list[list[Any]]]:
@@ -96,8 +103,10 @@ def _excel_sheets(path: Path, what: str, expected: Sequence[str]) -> dict[str, l
         # data_only: formulas read as the values Excel cached (rule F).
         wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as exc:
-        raise AnnotationError(f"{what} file {path} is not a readable .xlsx workbook ({exc.__class__.__name__}); "
-                              f"expected columns: {', '.join(expected)}") from None
+        raise AnnotationError(
+            f"{what} file {path} is not a readable .xlsx workbook ({exc.__class__.__name__}); "
+            f"expected columns: {', '.join(expected)}"
+        ) from None
     try:
         return {ws.title: [list(r) for r in ws.iter_rows(values_only=True)] for ws in wb.worksheets}
     finally:
@@ -125,11 +134,15 @@ def read_sheets(path: Path, what: str, expected: Sequence[str]) -> dict[str, lis
     if suffix in CSV_SUFFIXES:
         return {path.stem: _csv_rows(path)}
     hint = " (old .xls: re-save it as .xlsx)" if suffix == ".xls" else ""
-    raise AnnotationError(f"{what} file {path} is not an .xlsx or .csv file{hint}; "
-                          f"expected columns: {', '.join(expected)}")
+    raise AnnotationError(
+        f"{what} file {path} is not an .xlsx or .csv file{hint}; "
+        f"expected columns: {', '.join(expected)}"
+    )
 
 
-def find_header(rows: Sequence[Sequence[Any]], required: Sequence[str]) -> Optional[tuple[int, dict[str, int]]]:
+def find_header(
+    rows: Sequence[Sequence[Any]], required: Sequence[str]
+) -> Optional[tuple[int, dict[str, int]]]:
     """(row index, {name key: column index}) of the first row holding all `required` names (rule H)."""
     keys = [norm_name(r) for r in required]
     for i, row in enumerate(rows[:HEADER_SEARCH_ROWS]):
@@ -141,8 +154,14 @@ def find_header(rows: Sequence[Sequence[Any]], required: Sequence[str]) -> Optio
     return None
 
 
-def read_table(path: Path, required: Sequence[str], *, optional: Sequence[str] = (),
-               sheet: Optional[str] = None, what: str = "coding") -> pd.DataFrame:
+def read_table(
+    path: Path,
+    required: Sequence[str],
+    *,
+    optional: Sequence[str] = (),
+    sheet: Optional[str] = None,
+    what: str = "coding",
+) -> pd.DataFrame:
     """The rows below the header of `path` as an object DataFrame.
 
     Columns are `required` + the `optional` names present (spelled as given here), plus
@@ -153,10 +172,14 @@ def read_table(path: Path, required: Sequence[str], *, optional: Sequence[str] =
     path = Path(path)
     expected = list(required)
     sheets = read_sheets(path, what, expected)
-    if sheet is not None and path.suffix.lower() not in CSV_SUFFIXES:  # a csv copy is that one sheet
+    if (
+        sheet is not None and path.suffix.lower() not in CSV_SUFFIXES
+    ):  # a csv copy is that one sheet
         match = [name for name in sheets if norm_name(name) == norm_name(sheet)]
         if not match:
-            raise AnnotationError(f"{what} file {path} has no sheet '{sheet}' (sheets: {', '.join(sheets)})")
+            raise AnnotationError(
+                f"{what} file {path} has no sheet '{sheet}' (sheets: {', '.join(sheets)})"
+            )
         candidates = {match[0]: sheets[match[0]]}
     else:
         candidates = sheets
@@ -168,7 +191,7 @@ def read_table(path: Path, required: Sequence[str], *, optional: Sequence[str] =
         wanted = list(required) + [o for o in optional if norm_name(o) in names]
         cols = {w: names[norm_name(w)] for w in wanted}
         records = []
-        for i, row in enumerate(rows[h + 1:], start=h + 2):
+        for i, row in enumerate(rows[h + 1 :], start=h + 2):
             cells = {w: (row[j] if j < len(row) else None) for w, j in cols.items()}
             if all(norm_text(cells[r]) == "" for r in required):
                 continue
@@ -177,11 +200,14 @@ def read_table(path: Path, required: Sequence[str], *, optional: Sequence[str] =
         df = pd.DataFrame.from_records(records, columns=wanted + ["_row"])
         return df.astype(object)
     where = f"sheet '{sheet}'" if sheet is not None else "any sheet"
-    raise AnnotationError(f"{what} file {path}: no header row with the expected columns "
-                          f"{', '.join(expected)} in the first {HEADER_SEARCH_ROWS} rows of {where}")
+    raise AnnotationError(
+        f"{what} file {path}: no header row with the expected columns "
+        f"{', '.join(expected)} in the first {HEADER_SEARCH_ROWS} rows of {where}"
+    )
 
 
 # ---------------------------------------------------------------- cells
+
 
 def frame_number(value: Any) -> Optional[int]:
     """A frame-number cell as int, or None when it means 'not annotated' (rule N)."""
@@ -215,10 +241,19 @@ def subject_number(value: Any, *, what: str = "subject") -> int:
 # Rule S, per dataset: (format of the canonical id, what a bad cell is called). The
 # adapters' `canonical_subject` and `read_manifest` both format ids from this one table,
 # so this module never imports an adapter (the adapters import it).
-SUBJECT_FORMATS = {"casme2": ("sub{:02d}", "CASME II subject"), "samm": ("{:03d}", "SAMM subject"),
-                   "smic": ("s{}", "SMIC subject")}
+SUBJECT_FORMATS = {
+    "casme2": ("sub{:02d}", "CASME II subject"),
+    "samm": ("{:03d}", "SAMM subject"),
+    "smic": ("s{}", "SMIC subject"),
+}
 # manifest `dataset` values -> their SUBJECT_FORMATS key (the SMIC cameras share SMIC's ids)
-_SUBJECT_FORMAT_OF = {"casme2": "casme2", "samm": "samm", "smic_hs": "smic", "smic_vis": "smic", "smic_nir": "smic"}
+_SUBJECT_FORMAT_OF = {
+    "casme2": "casme2",
+    "samm": "samm",
+    "smic_hs": "smic",
+    "smic_vis": "smic",
+    "smic_nir": "smic",
+}
 
 
 def canonical_subject(family: str, value: Any) -> str:
@@ -229,6 +264,7 @@ def canonical_subject(family: str, value: Any) -> str:
 
 
 # ---------------------------------------------------------------- rows and rules
+
 
 @dataclass
 class Dropped:
@@ -249,9 +285,21 @@ class RowCollector:
     def drop(self, key: str, reason: str) -> None:
         self.dropped.append(Dropped(key, reason))
 
-    def add(self, *, subject: str, clip: str, onset: Any, apex: Any, offset: Any, emotion: str,
-            label: str, frame_template: str, fps: float, notes: Iterable[str] = (),
-            apex_raw: Any = None) -> bool:
+    def add(
+        self,
+        *,
+        subject: str,
+        clip: str,
+        onset: Any,
+        apex: Any,
+        offset: Any,
+        emotion: str,
+        label: str,
+        frame_template: str,
+        fps: float,
+        notes: Iterable[str] = (),
+        apex_raw: Any = None,
+    ) -> bool:
         """Apply rules N, D, A1-A3, U to one row; False when it was dropped."""
         key = f"{subject}/{clip}"
         notes = [n for n in notes if n]
@@ -260,7 +308,10 @@ class RowCollector:
             return False
         on, off = frame_number(onset), frame_number(offset)
         if on is None or off is None:
-            self.drop(key, f"onset/offset not annotated (onset {norm_text(onset)!r}, offset {norm_text(offset)!r})")
+            self.drop(
+                key,
+                f"onset/offset not annotated (onset {norm_text(onset)!r}, offset {norm_text(offset)!r})",
+            )
             return False
         if on > off:
             self.drop(key, f"onset {on} > offset {off}")
@@ -270,11 +321,21 @@ class RowCollector:
             return False
         ap, apex_notes = check_apex(on, apex, off)
         self._seen.add((subject, clip))
-        self.rows.append(dict(
-            dataset=self.dataset, subject=subject, clip=clip, onset=on, apex=ap, offset=off,
-            emotion=emotion, label=label, frame_template=frame_template, fps=float(fps),
-            notes=";".join(notes + apex_notes),
-        ))
+        self.rows.append(
+            dict(
+                dataset=self.dataset,
+                subject=subject,
+                clip=clip,
+                onset=on,
+                apex=ap,
+                offset=off,
+                emotion=emotion,
+                label=label,
+                frame_template=frame_template,
+                fps=float(fps),
+                notes=";".join(notes + apex_notes),
+            )
+        )
         return True
 
     def frame(self) -> pd.DataFrame:
@@ -283,8 +344,11 @@ class RowCollector:
         df.attrs["dropped"] = [{"key": d.key, "reason": d.reason} for d in self.dropped]
         if self.dropped:
             listing = "; ".join(f"{d.key}: {d.reason}" for d in self.dropped)
-            warnings.warn(f"{self.source}: dropped {len(self.dropped)} row(s): {listing}", CodingWarning,
-                          stacklevel=3)
+            warnings.warn(
+                f"{self.source}: dropped {len(self.dropped)} row(s): {listing}",
+                CodingWarning,
+                stacklevel=3,
+            )
         return df
 
 
@@ -315,7 +379,9 @@ def coerce_manifest(df: pd.DataFrame) -> pd.DataFrame:
     """Manifest dtypes: frame numbers nullable Int64, fps float, the rest str ('' for empty)."""
     df = df.copy()
     for col in INT_COLUMNS:
-        df[col] = pd.array([None if is_missing(v) else frame_number(v) for v in df[col]], dtype="Int64")
+        df[col] = pd.array(
+            [None if is_missing(v) else frame_number(v) for v in df[col]], dtype="Int64"
+        )
     df["fps"] = df["fps"].astype(float)
     for col in STR_COLUMNS:
         df[col] = [norm_text(v) for v in df[col]]
@@ -325,6 +391,7 @@ def coerce_manifest(df: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- manifests on disk
 
+
 def read_manifest(path) -> pd.DataFrame:
     """A manifest CSV, validated: all MANIFEST_COLUMNS, frame numbers integers or empty, fps > 0.
 
@@ -333,31 +400,43 @@ def read_manifest(path) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise AnnotationError(f"manifest {path} does not exist (expected a csv with columns "
-                              f"{', '.join(MANIFEST_COLUMNS)})")
+        raise AnnotationError(
+            f"manifest {path} does not exist (expected a csv with columns "
+            f"{', '.join(MANIFEST_COLUMNS)})"
+        )
     if path.stat().st_size == 0:
-        raise AnnotationError(f"manifest {path} is empty (0 bytes); expected a csv with columns "
-                              f"{', '.join(MANIFEST_COLUMNS)}")
+        raise AnnotationError(
+            f"manifest {path} is empty (0 bytes); expected a csv with columns "
+            f"{', '.join(MANIFEST_COLUMNS)}"
+        )
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"manifest {path} is not a readable csv ({exc.__class__.__name__}); "
-                              f"expected columns {', '.join(MANIFEST_COLUMNS)}") from None
+        raise AnnotationError(
+            f"manifest {path} is not a readable csv ({exc.__class__.__name__}); "
+            f"expected columns {', '.join(MANIFEST_COLUMNS)}"
+        ) from None
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
-        raise AnnotationError(f"manifest {path} lacks column(s) {', '.join(missing)}; "
-                              f"expected columns {', '.join(MANIFEST_COLUMNS)}")
+        raise AnnotationError(
+            f"manifest {path} lacks column(s) {', '.join(missing)}; "
+            f"expected columns {', '.join(MANIFEST_COLUMNS)}"
+        )
     for col in INT_COLUMNS:
         bad = [(i, v) for i, v in enumerate(df[col]) if v.strip() and frame_number(v) is None]
         if bad:
             i, v = bad[0]
-            raise AnnotationError(f"manifest {path} row {i + 2}: {col} {v!r} is not a frame number "
-                                  f"(non-negative integer or empty); {len(bad)} such row(s)")
+            raise AnnotationError(
+                f"manifest {path} row {i + 2}: {col} {v!r} is not a frame number "
+                f"(non-negative integer or empty); {len(bad)} such row(s)"
+            )
     fps = pd.to_numeric(df["fps"], errors="coerce")
     bad_fps = df.index[~(fps > 0)]
     if len(bad_fps):
         i = bad_fps[0]
-        raise AnnotationError(f"manifest {path} row {i + 2}: fps {df['fps'][i]!r} is not a positive number")
+        raise AnnotationError(
+            f"manifest {path} row {i + 2}: fps {df['fps'][i]!r} is not a positive number"
+        )
     for col in ("dataset", "subject", "clip", "frame_template"):
         empty = df.index[df[col].str.strip() == ""]
         if len(empty):
@@ -365,7 +444,9 @@ def read_manifest(path) -> pd.DataFrame:
     dup = df.duplicated(["dataset", "subject", "clip"])
     if dup.any():
         r = df[dup].iloc[0]
-        raise AnnotationError(f"manifest {path}: sample {r['dataset']}/{r['subject']}/{r['clip']} appears twice")
+        raise AnnotationError(
+            f"manifest {path}: sample {r['dataset']}/{r['subject']}/{r['clip']} appears twice"
+        )
     df["subject"] = _canonical_subjects(df["dataset"], df["subject"])
     extra = [c for c in df.columns if c not in MANIFEST_COLUMNS]
     out = coerce_manifest(df[MANIFEST_COLUMNS])
@@ -381,7 +462,9 @@ def _canonical_subjects(datasets: pd.Series, subjects: pd.Series) -> list[str]:
     out = []
     for d, s in zip(datasets, subjects):
         try:
-            out.append(canonical_subject(_SUBJECT_FORMAT_OF[d], s) if d in _SUBJECT_FORMAT_OF else s)
+            out.append(
+                canonical_subject(_SUBJECT_FORMAT_OF[d], s) if d in _SUBJECT_FORMAT_OF else s
+            )
         except AnnotationError:
             out.append(s)  # not a numbered subject: keep as written
     return out
@@ -394,14 +477,25 @@ def to_samples(df: pd.DataFrame) -> list:
     out = []
     for rec in df[MANIFEST_COLUMNS].to_dict("records"):
         if is_missing(rec["onset"]) or is_missing(rec["offset"]):
-            raise AnnotationError(f"{rec['dataset']}/{rec['subject']}/{rec['clip']}: no onset/offset in the "
-                                  "manifest (bound the clip from its frame folder first)")
+            raise AnnotationError(
+                f"{rec['dataset']}/{rec['subject']}/{rec['clip']}: no onset/offset in the "
+                "manifest (bound the clip from its frame folder first)"
+            )
         out.append(Sample.from_row(rec))
     return out
 
 
-def read_clip_coding(coding: Path, *, name: str, title: str, required: Sequence[str], fps: float,
-                     canonical_subject, label_for, frame_template) -> pd.DataFrame:
+def read_clip_coding(
+    coding: Path,
+    *,
+    name: str,
+    title: str,
+    required: Sequence[str],
+    fps: float,
+    canonical_subject,
+    label_for,
+    frame_template,
+) -> pd.DataFrame:
     """The manifest of a coding table with one row per clip and columns `required` in the
     order Subject, Filename, onset, apex, offset, emotion (CASME II and SAMM)."""
     subject_col, clip_col, onset_col, apex_col, offset_col, emotion_col = required
@@ -414,6 +508,15 @@ def read_clip_coding(coding: Path, *, name: str, title: str, required: Sequence[
             raise AnnotationError(f"{coding} row {rec['_row']}: {exc}") from None
         clip = norm_text(rec[clip_col])
         emotion = norm_text(rec[emotion_col])
-        rows.add(subject=subject, clip=clip, onset=rec[onset_col], apex=rec[apex_col], offset=rec[offset_col],
-                 emotion=emotion, label=label_for(emotion), frame_template=frame_template(subject, clip), fps=fps)
+        rows.add(
+            subject=subject,
+            clip=clip,
+            onset=rec[onset_col],
+            apex=rec[apex_col],
+            offset=rec[offset_col],
+            emotion=emotion,
+            label=label_for(emotion),
+            frame_template=frame_template(subject, clip),
+            fps=fps,
+        )
     return rows.frame()

@@ -10,6 +10,7 @@ DIR holds the files as distributed, one folder per dataset:
   CASME_sq/CAS(ME)^2code_final(Updated).csv     -> casme_sq.csv
   MEGC2019/combined_3class_gt.csv               -> megc2019_composite.csv (joined with the above)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from microfer.io import write_csv
 from microfer.datasets import megc2019
 from microfer.datasets.registry import get
+from microfer.io import write_csv
 
 SOURCES = {
     "casme2": "CASME2/CASME2-coding-20140508.xlsx",
@@ -41,8 +42,9 @@ def build_all(annotations: Path) -> dict[str, pd.DataFrame]:
         warnings.simplefilter("ignore")  # dropped rows are listed in attrs, printed by main()
         for name, rel in SOURCES.items():
             out[name] = get(name).read(annotations / rel)
-    out[megc2019.NAME] = megc2019.build(annotations / COMPOSITE_GT,
-                                        {k: out[k] for k in ("casme2", "samm", "smic_hs")})
+    out[megc2019.NAME] = megc2019.build(
+        annotations / COMPOSITE_GT, {k: out[k] for k in ("casme2", "samm", "smic_hs")}
+    )
     return out
 
 
@@ -54,9 +56,14 @@ def write_all(annotations: Path, out_dir: Path) -> dict[str, pd.DataFrame]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m microfer.datasets.build_manifests", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--annotations", type=Path, required=True, help="folder of the official coding files")
+    parser = argparse.ArgumentParser(
+        prog="python -m microfer.datasets.build_manifests",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--annotations", type=Path, required=True, help="folder of the official coding files"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder (data_manifests)")
     args = parser.parse_args(argv)
     from microfer.errors import MicroferError
@@ -68,8 +75,10 @@ def main(argv=None) -> int:
         return 2
     for name, df in tables.items():
         dropped = df.attrs.get("dropped", [])
-        print(f"{args.out / (name + '.csv')}: {len(df)} rows, {df['subject'].nunique()} subjects, "
-              f"{int(df['apex'].isna().sum())} without apex, {len(dropped)} dropped")
+        print(
+            f"{args.out / (name + '.csv')}: {len(df)} rows, {df['subject'].nunique()} subjects, "
+            f"{int(df['apex'].isna().sum())} without apex, {len(dropped)} dropped"
+        )
     return 0
 
 

@@ -14,6 +14,7 @@ Rules applied (see `_coding` for their exact wording):
 - label: the class under `casme2-5class` (happiness, surprise, disgust, repression,
   others); fear and sadness are excluded there (label '').
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,8 @@ from typing import Optional
 
 import pandas as pd
 
-from microfer.datasets._coding import read_clip_coding
 from microfer.datasets._coding import canonical_subject as format_subject
+from microfer.datasets._coding import read_clip_coding
 from microfer.errors import AnnotationError
 
 NAME = "casme2"
@@ -56,7 +57,17 @@ def label_for(emotion: str) -> str:
 
 def read(coding: Optional[Path], root: Optional[Path] = None) -> pd.DataFrame:
     if coding is None:
-        raise AnnotationError("CASME II needs its coding file (CASME2-coding-*.xlsx); "
-                              f"expected columns: {', '.join(REQUIRED)}")
-    return read_clip_coding(Path(coding), name=NAME, title="CASME II", required=REQUIRED, fps=FPS,
-                            canonical_subject=canonical_subject, label_for=label_for, frame_template=frame_template)
+        raise AnnotationError(
+            "CASME II needs its coding file (CASME2-coding-*.xlsx); "
+            f"expected columns: {', '.join(REQUIRED)}"
+        )
+    return read_clip_coding(
+        Path(coding),
+        name=NAME,
+        title="CASME II",
+        required=REQUIRED,
+        fps=FPS,
+        canonical_subject=canonical_subject,
+        label_for=label_for,
+        frame_template=frame_template,
+    )

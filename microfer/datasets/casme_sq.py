@@ -26,6 +26,7 @@ Rules applied (see `_coding` for the shared ones):
 - a first row that is not numeric in the onset column (a re-saved copy with a header) is
   skipped; a file without 11 columns or with another type vocabulary -> AnnotationError.
 """
+
 from __future__ import annotations
 
 import re
@@ -40,13 +41,30 @@ from microfer.errors import AnnotationError
 NAME = "casme_sq"
 FPS = 30.0
 DEFAULT_PROTOCOL = "megc2019-composite"
-COLUMNS = ("subject index", "clip", "onset", "apex", "offset", "action units", "emotion (4 classes)",
-           "type (macro-expression/micro-expression)", "emotion", "duration", "video (sNN/NN_xxxx)")
+COLUMNS = (
+    "subject index",
+    "clip",
+    "onset",
+    "apex",
+    "offset",
+    "action units",
+    "emotion (4 classes)",
+    "type (macro-expression/micro-expression)",
+    "emotion",
+    "duration",
+    "video (sNN/NN_xxxx)",
+)
 TYPES = {"macro-expression": "macro", "micro-expression": "micro"}
 MAX_REPAIRED_FRAMES = int(4 * FPS)  # a macro-expression lasts at most ~4 s
 TYPOS = {"happyiness": "happiness"}
-COMPOSITE = {"anger": "negative", "disgust": "negative", "fear": "negative", "sadness": "negative",
-             "happiness": "positive", "surprise": "surprise"}
+COMPOSITE = {
+    "anger": "negative",
+    "disgust": "negative",
+    "fear": "negative",
+    "sadness": "negative",
+    "happiness": "positive",
+    "surprise": "surprise",
+}
 
 LAYOUT = """\
 CAS(ME)^2 (30 fps long videos as image sequences), dataset root = the folder holding rawpic/:
@@ -69,18 +87,27 @@ def label_for(emotion: str) -> str:
 
 def expression_type(df: pd.DataFrame) -> pd.Series:
     """'macro' / 'micro' per row of a casme_sq manifest (from its notes), '' elsewhere."""
-    return df["notes"].astype(str).str.extract(r"(?:^|;)type=(macro|micro)(?:;|$)", expand=False).fillna("")
+    return (
+        df["notes"]
+        .astype(str)
+        .str.extract(r"(?:^|;)type=(macro|micro)(?:;|$)", expand=False)
+        .fillna("")
+    )
 
 
 def _bad_file(coding: Path, why: str) -> AnnotationError:
-    return AnnotationError(f"CAS(ME)^2 coding file {coding}: {why}; expected a header-less csv with 11 "
-                           f"columns: {', '.join(COLUMNS)}")
+    return AnnotationError(
+        f"CAS(ME)^2 coding file {coding}: {why}; expected a header-less csv with 11 "
+        f"columns: {', '.join(COLUMNS)}"
+    )
 
 
 def read(coding: Optional[Path], root: Optional[Path] = None) -> pd.DataFrame:
     if coding is None:
-        raise AnnotationError(f"CAS(ME)^2 needs its coding file (CAS(ME)^2code_final(Updated).csv); "
-                              f"expected columns: {', '.join(COLUMNS)}")
+        raise AnnotationError(
+            f"CAS(ME)^2 needs its coding file (CAS(ME)^2code_final(Updated).csv); "
+            f"expected columns: {', '.join(COLUMNS)}"
+        )
     coding = Path(coding)
     sheets = read_sheets(coding, "CAS(ME)^2 coding", COLUMNS)
     raw = [r for r in next(iter(sheets.values())) if any(norm_text(c) for c in r)]
@@ -90,10 +117,15 @@ def read(coding: Optional[Path], root: Optional[Path] = None) -> pd.DataFrame:
         raise _bad_file(coding, "no rows")
     short = [i for i, r in enumerate(raw) if len(r) < len(COLUMNS)]
     if short:
-        raise _bad_file(coding, f"{len(short)} row(s) with fewer than {len(COLUMNS)} columns (first: {raw[short[0]]})")
+        raise _bad_file(
+            coding,
+            f"{len(short)} row(s) with fewer than {len(COLUMNS)} columns (first: {raw[short[0]]})",
+        )
     unknown = sorted({norm_text(r[7]) for r in raw} - set(TYPES))
     if unknown:
-        raise _bad_file(coding, f"column 8 holds {unknown[:3]}, not macro-expression/micro-expression")
+        raise _bad_file(
+            coding, f"column 8 holds {unknown[:3]}, not macro-expression/micro-expression"
+        )
 
     videos = [norm_text(r[10]) for r in raw]
     bad_video = [v for v in videos if not re.fullmatch(r"[sS]\d+/[^/]+", v)]
@@ -115,14 +147,29 @@ def read(coding: Optional[Path], root: Optional[Path] = None) -> pd.DataFrame:
         onset, apex, offset = frame_number(r[2]), frame_number(r[3]), frame_number(r[4])
         if offset == 0 and onset is not None:
             if apex is None or apex <= onset:
-                rows.drop(f"{subject}/{clip}", f"offset 0 (not annotated) and apex {norm_text(r[3])!r} "
-                                               "cannot bound the interval")
+                rows.drop(
+                    f"{subject}/{clip}",
+                    f"offset 0 (not annotated) and apex {norm_text(r[3])!r} "
+                    "cannot bound the interval",
+                )
                 continue
             offset = min(apex + (apex - onset), onset + MAX_REPAIRED_FRAMES)
-            notes.append(f"offset 0 repaired to {offset} = min(apex + (apex - onset), onset + {MAX_REPAIRED_FRAMES})")
+            notes.append(
+                f"offset 0 repaired to {offset} = min(apex + (apex - onset), onset + {MAX_REPAIRED_FRAMES})"
+            )
         emotion = norm_text(r[8])
         if emotion.strip().lower() in TYPOS:
             notes.append(f"emotion typo {emotion!r} read as {TYPOS[emotion.strip().lower()]!r}")
-        rows.add(subject=subject, clip=clip, onset=onset, apex=r[3], offset=offset, emotion=emotion,
-                 label=label_for(emotion), frame_template=frame_template(video), fps=FPS, notes=notes)
+        rows.add(
+            subject=subject,
+            clip=clip,
+            onset=onset,
+            apex=r[3],
+            offset=offset,
+            emotion=emotion,
+            label=label_for(emotion),
+            frame_template=frame_template(video),
+            fps=FPS,
+            notes=notes,
+        )
     return rows.frame()

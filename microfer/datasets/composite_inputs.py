@@ -45,12 +45,11 @@ Re-running is idempotent: inputs are re-read (milliseconds each) and compared wi
 cached entry; an identical entry, or the same failure, is left untouched (feature caches
 key on entry mtimes), a different one is rewritten.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -60,7 +59,7 @@ import pandas as pd
 
 from microfer.datasets import megc2019
 from microfer.datasets._coding import frame_number, read_manifest, subject_number
-from microfer.errors import AnnotationError, ClipError, LayoutError, MicroferError
+from microfer.errors import AnnotationError, ClipError, LayoutError
 from microfer.records import PreparedClip
 
 NAME = "composite_inputs"
@@ -71,12 +70,18 @@ CSV_COLUMNS = ("dataset", "sub", "filename_o", "label", "apex", "imagename", "su
 MANIFEST_NAME = "megc2019_composite.csv"
 APEX_SHAPE = (224, 224, 3)
 FLOW_SHAPE = (28, 28, 3)
-U_CHANNEL, V_CHANNEL, STRAIN_CHANNEL = 2, 1, 0  # cv2 (BGR) channel indices; see the module docstring
+U_CHANNEL, V_CHANNEL, STRAIN_CHANNEL = (
+    2,
+    1,
+    0,
+)  # cv2 (BGR) channel indices; see the module docstring
 APEX_SOURCE = "derived_inputs"
-LAYOUT = (f"{CSV_NAME}  ({','.join(CSV_COLUMNS)}; label 0/1/2)\n"
-          f"{APEX_DIR}/sub02_EP01_11f.jpg  apex face crop 224x224; SMIC: s01_s1_ne_01.jpg\n"
-          f"{FLOW_DIR}/sub02_EP01_11f .png  (space before .png) 28x28 u,v,strain min-max per image\n"
-          f"prepares entries of the MEGC2019 composite manifest (no onset face: apex and flow inputs only)")
+LAYOUT = (
+    f"{CSV_NAME}  ({','.join(CSV_COLUMNS)}; label 0/1/2)\n"
+    f"{APEX_DIR}/sub02_EP01_11f.jpg  apex face crop 224x224; SMIC: s01_s1_ne_01.jpg\n"
+    f"{FLOW_DIR}/sub02_EP01_11f .png  (space before .png) 28x28 u,v,strain min-max per image\n"
+    f"prepares entries of the MEGC2019 composite manifest (no onset face: apex and flow inputs only)"
+)
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ class CompositeSettings:
     """What settings.json records for these entries; its hash is the cache folder name."""
 
     source: str = NAME
-    format_version: int = 1          # bump when what an entry holds changes
+    format_version: int = 1  # bump when what an entry holds changes
     flow_units: str = "minmax_per_image"
     representations: tuple[str, ...] = ("apex", "flow")  # what the entries can give the evaluator
 
@@ -97,14 +102,14 @@ class CompositeSettings:
 class InputRow:
     """One csv row matched to a composite-manifest sample, with the file names to look for."""
 
-    line: int                           # line in the csv (the header is line 1)
-    key: str                            # dataset/subject/clip in this project's ids
-    label: str                          # composite class (csv and manifest agree)
-    onset: int                          # from the manifest; -1 where it has none
+    line: int  # line in the csv (the header is line 1)
+    key: str  # dataset/subject/clip in this project's ids
+    label: str  # composite class (csv and manifest agree)
+    onset: int  # from the manifest; -1 where it has none
     apex: int
     offset: int
-    apex_names: tuple[str, ...]         # candidates under APEX_DIR, the expected one first
-    flow_names: tuple[str, ...]         # candidates under FLOW_DIR, the expected one first
+    apex_names: tuple[str, ...]  # candidates under APEX_DIR, the expected one first
+    flow_names: tuple[str, ...]  # candidates under FLOW_DIR, the expected one first
 
 
 @dataclass(frozen=True)
@@ -112,37 +117,46 @@ class RowProblem:
     """A csv row that gives no entry, and why."""
 
     line: int
-    key: str     # the manifest sample it stands for; "" when it matches none
-    stage: str   # csv | manifest | label | inputs
-    kind: str    # short reason, for counting
+    key: str  # the manifest sample it stands for; "" when it matches none
+    stage: str  # csv | manifest | label | inputs
+    kind: str  # short reason, for counting
     reason: str  # one line naming the file and what is wrong
 
 
 @dataclass
 class CompositeTable:
     root: Path
-    manifest: str                       # where the manifest came from, for messages
+    manifest: str  # where the manifest came from, for messages
     rows: list[InputRow]
-    problems: list[RowProblem]          # rows excluded before any image is read
+    problems: list[RowProblem]  # rows excluded before any image is read
 
 
-def _spellings(dataset: str, sub: str, clip: str, subject: str, canonical_clip: str) -> tuple[list[str], list[str]]:
+def _spellings(
+    dataset: str, sub: str, clip: str, subject: str, canonical_clip: str
+) -> tuple[list[str], list[str]]:
     """Subject and clip spellings a file name may use: as written in the csv first."""
     n = subject_number(sub)
-    subjects = {"smic": [sub, subject, f"s{n:02d}"], "samm": [sub, subject, str(n)],
-                "casme2": [sub, subject]}[dataset]
+    subjects = {
+        "smic": [sub, subject, f"s{n:02d}"],
+        "samm": [sub, subject, str(n)],
+        "casme2": [sub, subject],
+    }[dataset]
     clips = [clip, canonical_clip]
     if dataset == "smic":
         clips.append(canonical_clip.replace(f"{subject}_", f"s{n:02d}_", 1))
     return list(dict.fromkeys(subjects)), list(dict.fromkeys(clips))
 
 
-def _candidates(dataset: str, sub: str, clip: str, subject: str, canonical_clip: str,
-                imagename: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _candidates(
+    dataset: str, sub: str, clip: str, subject: str, canonical_clip: str, imagename: str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     subjects, clips = _spellings(dataset, sub, clip, subject, canonical_clip)
     # the circulated apex names join the subject as written with the canonical clip (s01_s1_ne_01)
-    stems = [f"{s}_{c}" for s in subjects for c in reversed(clips)] if dataset == "smic" else \
-        [f"{s}_{c}" for s in subjects for c in clips]
+    stems = (
+        [f"{s}_{c}" for s in subjects for c in reversed(clips)]
+        if dataset == "smic"
+        else [f"{s}_{c}" for s in subjects for c in clips]
+    )
     apex = ([imagename] if imagename else []) + [f"{stem}.jpg" for stem in stems]
     flow_stems = [f"{s}_{c}" for s in subjects for c in clips]
     flow = [f"{stem} .png" for stem in flow_stems] + [f"{stem}.png" for stem in flow_stems]
@@ -156,16 +170,22 @@ def _frame(value) -> int:
 
 def _read_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise LayoutError(f"{path} is missing; expected the composite inputs csv with columns {','.join(CSV_COLUMNS)}")
+        raise LayoutError(
+            f"{path} is missing; expected the composite inputs csv with columns {','.join(CSV_COLUMNS)}"
+        )
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"{path} is not a readable csv ({type(exc).__name__}); "
-                              f"expected columns {','.join(CSV_COLUMNS)}") from None
+        raise AnnotationError(
+            f"{path} is not a readable csv ({type(exc).__name__}); "
+            f"expected columns {','.join(CSV_COLUMNS)}"
+        ) from None
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in CSV_COLUMNS[:4] if c not in df.columns]
     if missing:
-        raise AnnotationError(f"{path} lacks column(s) {', '.join(missing)}; expected {','.join(CSV_COLUMNS)}")
+        raise AnnotationError(
+            f"{path} lacks column(s) {', '.join(missing)}; expected {','.join(CSV_COLUMNS)}"
+        )
     return df
 
 
@@ -187,14 +207,20 @@ def read_table(root, manifest=None) -> CompositeTable:
     """
     root = Path(root)
     if not root.is_dir():
-        raise LayoutError(f"{root}: composite inputs folder not found (expected {CSV_NAME}, {APEX_DIR}/, {FLOW_DIR}/)")
+        raise LayoutError(
+            f"{root}: composite inputs folder not found (expected {CSV_NAME}, {APEX_DIR}/, {FLOW_DIR}/)"
+        )
     for sub in (APEX_DIR, FLOW_DIR):
         if not (root / sub).is_dir():
-            raise LayoutError(f"{root / sub} is missing; expected the composite inputs layout "
-                              f"({CSV_NAME}, {APEX_DIR}/, {FLOW_DIR}/)")
+            raise LayoutError(
+                f"{root / sub} is missing; expected the composite inputs layout "
+                f"({CSV_NAME}, {APEX_DIR}/, {FLOW_DIR}/)"
+            )
     df = _read_csv(root / CSV_NAME)
     mf, mf_name = _manifest(manifest)
-    index = {(str(r["dataset"]), str(r["subject"]), str(r["clip"])): r for r in mf.to_dict("records")}
+    index = {
+        (str(r["dataset"]), str(r["subject"]), str(r["clip"])): r for r in mf.to_dict("records")
+    }
     rows: list[InputRow] = []
     problems: list[RowProblem] = []
     seen: dict[str, int] = {}
@@ -203,8 +229,15 @@ def read_table(root, manifest=None) -> CompositeTable:
         where = f"{root / CSV_NAME} line {i}"
         ds, sub, clip = cells["dataset"].lower(), cells["sub"], cells["filename_o"]
         if ds not in megc2019.DATASETS:
-            problems.append(RowProblem(i, "", "csv", "unknown dataset",
-                                       f"{where}: dataset {cells['dataset']!r} is not one of smic, casme2, samm"))
+            problems.append(
+                RowProblem(
+                    i,
+                    "",
+                    "csv",
+                    "unknown dataset",
+                    f"{where}: dataset {cells['dataset']!r} is not one of smic, casme2, samm",
+                )
+            )
             continue
         try:
             subject, canonical_clip = megc2019._canonical(ds, sub, clip)
@@ -215,24 +248,57 @@ def read_table(root, manifest=None) -> CompositeTable:
         key = f"{dataset}/{subject}/{canonical_clip}"
         m = index.get((dataset, subject, canonical_clip))
         if m is None:
-            problems.append(RowProblem(i, "", "manifest", "not in the composite manifest",
-                                       f"{where}: {ds} {sub} {clip} ({key}) is not a sample of {mf_name}"))
+            problems.append(
+                RowProblem(
+                    i,
+                    "",
+                    "manifest",
+                    "not in the composite manifest",
+                    f"{where}: {ds} {sub} {clip} ({key}) is not a sample of {mf_name}",
+                )
+            )
             continue
         if key in seen:
-            problems.append(RowProblem(i, "", "csv", "duplicate row",
-                                       f"{where}: {key} again (first on line {seen[key]}); this row is ignored"))
+            problems.append(
+                RowProblem(
+                    i,
+                    "",
+                    "csv",
+                    "duplicate row",
+                    f"{where}: {key} again (first on line {seen[key]}); this row is ignored",
+                )
+            )
             continue
         seen[key] = i
         label = cells["label"]
         csv_class = megc2019.CLASSES[int(label)] if label in ("0", "1", "2") else None
         if csv_class != str(m["label"]):
-            problems.append(RowProblem(i, key, "label", "label disagrees with the manifest",
-                                       f"{where}: label {label!r} ({csv_class or 'not 0/1/2'}) disagrees with "
-                                       f"the manifest's {m['label']!r} for {key}"))
+            problems.append(
+                RowProblem(
+                    i,
+                    key,
+                    "label",
+                    "label disagrees with the manifest",
+                    f"{where}: label {label!r} ({csv_class or 'not 0/1/2'}) disagrees with "
+                    f"the manifest's {m['label']!r} for {key}",
+                )
+            )
             continue
-        apex_names, flow_names = _candidates(ds, sub, clip, subject, canonical_clip, cells["imagename"])
-        rows.append(InputRow(line=i, key=key, label=csv_class, onset=_frame(m["onset"]), apex=_frame(m["apex"]),
-                             offset=_frame(m["offset"]), apex_names=apex_names, flow_names=flow_names))
+        apex_names, flow_names = _candidates(
+            ds, sub, clip, subject, canonical_clip, cells["imagename"]
+        )
+        rows.append(
+            InputRow(
+                line=i,
+                key=key,
+                label=csv_class,
+                onset=_frame(m["onset"]),
+                apex=_frame(m["apex"]),
+                offset=_frame(m["offset"]),
+                apex_names=apex_names,
+                flow_names=flow_names,
+            )
+        )
     return CompositeTable(root, mf_name, rows, problems)
 
 
@@ -261,10 +327,14 @@ def _decode(path: Path, flags: int, what: str) -> np.ndarray:
         raise _clip_error(f"{what} unreadable: {path}: {exc.strerror or exc}") from None
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
     if image is None:
-        raise _clip_error(f"{what} unreadable: {path} could not be decoded as an image ({len(data)} bytes)")
+        raise _clip_error(
+            f"{what} unreadable: {path} could not be decoded as an image ({len(data)} bytes)"
+        )
     if path.suffix.lower() in (".jpg", ".jpeg") and not jpeg_is_complete(data):
         # libjpeg decodes a truncated file with a warning only (grey lower half)
-        raise _clip_error(f"{what} unreadable: {path} is truncated (JPEG without end-of-image marker)")
+        raise _clip_error(
+            f"{what} unreadable: {path} is truncated (JPEG without end-of-image marker)"
+        )
     return image
 
 
@@ -274,7 +344,9 @@ def read_apex_image(path: Path) -> np.ndarray:
 
     image = _decode(path, cv2.IMREAD_COLOR, "apex image")
     if image.shape != APEX_SHAPE:
-        raise _clip_error(f"apex image of the wrong shape: {path} is {image.shape}, expected {APEX_SHAPE}")
+        raise _clip_error(
+            f"apex image of the wrong shape: {path} is {image.shape}, expected {APEX_SHAPE}"
+        )
     return image
 
 
@@ -285,10 +357,14 @@ def read_flow_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
     # UNCHANGED, not COLOR: a grey or 4-channel file must fail here, not be converted into one
     image = _decode(path, cv2.IMREAD_UNCHANGED, "flow image")
     if image.shape != FLOW_SHAPE or image.dtype != np.uint8:
-        raise _clip_error(f"flow image of the wrong shape: {path} is {image.shape} {image.dtype}, "
-                          f"expected {FLOW_SHAPE} uint8")
+        raise _clip_error(
+            f"flow image of the wrong shape: {path} is {image.shape} {image.dtype}, "
+            f"expected {FLOW_SHAPE} uint8"
+        )
     x = image.astype(np.float32) / 255.0
-    return np.ascontiguousarray(np.stack([x[..., U_CHANNEL], x[..., V_CHANNEL]], axis=2)), x[..., STRAIN_CHANNEL].copy()
+    return np.ascontiguousarray(np.stack([x[..., U_CHANNEL], x[..., V_CHANNEL]], axis=2)), x[
+        ..., STRAIN_CHANNEL
+    ].copy()
 
 
 def load_row(root, row: InputRow) -> PreparedClip:
@@ -300,12 +376,21 @@ def load_row(root, row: InputRow) -> PreparedClip:
     flow, strain = read_flow_image(flow_path)
     side = APEX_SHAPE[0]
     return PreparedClip(
-        onset=row.onset, apex=row.apex, offset=row.offset, apex_source=APEX_SOURCE,
-        onset_face=np.zeros((0, 0, 3), np.uint8), apex_face=apex_face, flow=flow, strain=strain,
-        landmarks=np.zeros((68, 2), np.float32), transform=np.eye(2, 3, dtype=np.float32),
-        face_box=(0, 0, side, side), flow_units="minmax_per_image",
+        onset=row.onset,
+        apex=row.apex,
+        offset=row.offset,
+        apex_source=APEX_SOURCE,
+        onset_face=np.zeros((0, 0, 3), np.uint8),
+        apex_face=apex_face,
+        flow=flow,
+        strain=strain,
+        landmarks=np.zeros((68, 2), np.float32),
+        transform=np.eye(2, 3, dtype=np.float32),
+        face_box=(0, 0, side, side),
+        flow_units="minmax_per_image",
         notes=f"derived inputs ({NAME}): apex {APEX_DIR}/{apex_path.name}, flow {FLOW_DIR}/{flow_path.name} "
-              f"(u, v, strain min-max per image); no onset face")
+        f"(u, v, strain min-max per image); no onset face",
+    )
 
 
 def same_entry(a: PreparedClip, b: PreparedClip) -> bool:
@@ -327,10 +412,14 @@ class CompositeSummary:
     settings_key: str
     cache_dir: Path
     csv_rows: int = 0
-    written: int = 0                  # entries written (new or changed) in this run
-    unchanged: int = 0                # entries already there and identical
-    failed: list[RowProblem] = field(default_factory=list)     # manifest samples excluded, with reasons
-    unmatched: list[RowProblem] = field(default_factory=list)  # csv rows standing for no manifest sample
+    written: int = 0  # entries written (new or changed) in this run
+    unchanged: int = 0  # entries already there and identical
+    failed: list[RowProblem] = field(
+        default_factory=list
+    )  # manifest samples excluded, with reasons
+    unmatched: list[RowProblem] = field(
+        default_factory=list
+    )  # csv rows standing for no manifest sample
     seconds: float = 0.0
 
     @property
@@ -338,10 +427,12 @@ class CompositeSummary:
         return self.written + self.unchanged
 
     def text(self) -> str:
-        lines = [f"prepare {NAME}: {self.csv_rows} csv rows -> {self.cache_dir}",
-                 f"  ok: {self.ok} (written now {self.written}, already cached {self.unchanged}) "
-                 f"in {self.seconds:.1f} s",
-                 f"  failed: {len(self.failed)}"]
+        lines = [
+            f"prepare {NAME}: {self.csv_rows} csv rows -> {self.cache_dir}",
+            f"  ok: {self.ok} (written now {self.written}, already cached {self.unchanged}) "
+            f"in {self.seconds:.1f} s",
+            f"  failed: {len(self.failed)}",
+        ]
         for kind, n in sorted(Counter(p.kind for p in self.failed).items()):
             lines.append(f"    {n:4d}  {kind}")
         lines += [f"    {p.key}: {p.reason}" for p in self.failed[:20]]

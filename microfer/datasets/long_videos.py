@@ -10,6 +10,7 @@ notes and the long video in `frame_template`; spotting needs them grouped by vid
 `SAMM_longvideos/006_1`), `frame_dir` the same (kept apart so that a video-file layout can
 differ later).
 """
+
 from __future__ import annotations
 
 import posixpath
@@ -19,8 +20,19 @@ import pandas as pd
 from microfer.datasets.casme_sq import expression_type
 from microfer.errors import AnnotationError
 
-INTERVAL_COLUMNS = ["subject", "video", "clip", "onset", "apex", "offset", "type", "emotion", "label", "fps",
-                    "frame_dir"]
+INTERVAL_COLUMNS = [
+    "subject",
+    "video",
+    "clip",
+    "onset",
+    "apex",
+    "offset",
+    "type",
+    "emotion",
+    "label",
+    "fps",
+    "frame_dir",
+]
 
 
 def interval_table(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -28,13 +40,25 @@ def interval_table(manifest: pd.DataFrame) -> pd.DataFrame:
     kinds = expression_type(manifest)
     if len(manifest) and (kinds == "").any():
         first = manifest[kinds == ""].iloc[0]
-        raise AnnotationError(f"{manifest.attrs.get('source', 'manifest')}: interval {first['subject']}/"
-                              f"{first['clip']} has no type=macro|micro note (not a long-video manifest?)")
+        raise AnnotationError(
+            f"{manifest.attrs.get('source', 'manifest')}: interval {first['subject']}/"
+            f"{first['clip']} has no type=macro|micro note (not a long-video manifest?)"
+        )
     frame_dir = manifest["frame_template"].map(posixpath.dirname)
-    out = pd.DataFrame({
-        "subject": manifest["subject"], "video": frame_dir, "clip": manifest["clip"],
-        "onset": manifest["onset"].astype(int), "apex": manifest["apex"], "offset": manifest["offset"].astype(int),
-        "type": kinds, "emotion": manifest["emotion"], "label": manifest["label"],
-        "fps": manifest["fps"].astype(float), "frame_dir": frame_dir,
-    }, columns=INTERVAL_COLUMNS)
+    out = pd.DataFrame(
+        {
+            "subject": manifest["subject"],
+            "video": frame_dir,
+            "clip": manifest["clip"],
+            "onset": manifest["onset"].astype(int),
+            "apex": manifest["apex"],
+            "offset": manifest["offset"].astype(int),
+            "type": kinds,
+            "emotion": manifest["emotion"],
+            "label": manifest["label"],
+            "fps": manifest["fps"].astype(float),
+            "frame_dir": frame_dir,
+        },
+        columns=INTERVAL_COLUMNS,
+    )
     return out.sort_values(["subject", "video", "onset"], kind="stable").reset_index(drop=True)

@@ -14,6 +14,7 @@ emotion / frame_template / fps:
 - where the composite class differs from the source emotion's own class (SMIC s18_sur_03:
   Emotion 'negative', composite surprise) the note says so; the label is the composite's.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,15 +51,25 @@ def read_ground_truth(path: Path) -> pd.DataFrame:
     for i, r in enumerate(rows, start=1):
         cells = [norm_text(c) for c in r]
         if len(cells) != 4 or cells[0] not in DATASETS or cells[3] not in ("0", "1", "2"):
-            raise AnnotationError(f"MEGC2019 composite file {path} row {i}: {r!r}; expected 4 header-less columns "
-                                  f"{', '.join(COLUMNS)} with dataset in smic/casme2/samm and label 0/1/2")
+            raise AnnotationError(
+                f"MEGC2019 composite file {path} row {i}: {r!r}; expected 4 header-less columns "
+                f"{', '.join(COLUMNS)} with dataset in smic/casme2/samm and label 0/1/2"
+            )
         dataset = DATASETS[cells[0]]
         try:
             subject, clip = _canonical(cells[0], cells[1], cells[2])
         except AnnotationError as exc:
             raise AnnotationError(f"MEGC2019 composite file {path} row {i}: {exc}") from None
-        out.append(dict(dataset=dataset, subject=subject, clip=clip, label=CLASSES[int(cells[3])],
-                        composite_subject=cells[1], composite_clip=cells[2]))
+        out.append(
+            dict(
+                dataset=dataset,
+                subject=subject,
+                clip=clip,
+                label=CLASSES[int(cells[3])],
+                composite_subject=cells[1],
+                composite_clip=cells[2],
+            )
+        )
     return pd.DataFrame(out)
 
 
@@ -78,20 +89,44 @@ def build(ground_truth: Path, sources: Mapping[str, pd.DataFrame]) -> pd.DataFra
         src = index.get((g["dataset"], g["subject"], g["clip"]))
         notes = []
         if src is None:
-            notes.append(f"not in the {g['dataset']} annotation: onset/offset from the clip folder, apex spotted")
-            rows.append(dict(dataset=g["dataset"], subject=g["subject"], clip=g["clip"], onset=None, apex=None,
-                             offset=None, emotion=g["label"], label=g["label"],
-                             frame_template=_template_without_source(g), fps=_fps(g["dataset"]),
-                             notes=";".join(notes)))
+            notes.append(
+                f"not in the {g['dataset']} annotation: onset/offset from the clip folder, apex spotted"
+            )
+            rows.append(
+                dict(
+                    dataset=g["dataset"],
+                    subject=g["subject"],
+                    clip=g["clip"],
+                    onset=None,
+                    apex=None,
+                    offset=None,
+                    emotion=g["label"],
+                    label=g["label"],
+                    frame_template=_template_without_source(g),
+                    fps=_fps(g["dataset"]),
+                    notes=";".join(notes),
+                )
+            )
             continue
         own = _own_class(g["dataset"], src["emotion"])
         if own != g["label"]:
             notes.append(f"composite class {g['label']} differs from emotion {src['emotion']!r}")
         src_notes = norm_text(src["notes"])
-        rows.append(dict(dataset=g["dataset"], subject=g["subject"], clip=g["clip"], onset=src["onset"],
-                         apex=src["apex"], offset=src["offset"], emotion=src["emotion"], label=g["label"],
-                         frame_template=src["frame_template"], fps=src["fps"],
-                         notes=";".join(notes + ([src_notes] if src_notes else []))))
+        rows.append(
+            dict(
+                dataset=g["dataset"],
+                subject=g["subject"],
+                clip=g["clip"],
+                onset=src["onset"],
+                apex=src["apex"],
+                offset=src["offset"],
+                emotion=src["emotion"],
+                label=g["label"],
+                frame_template=src["frame_template"],
+                fps=src["fps"],
+                notes=";".join(notes + ([src_notes] if src_notes else [])),
+            )
+        )
     return manifest_frame(rows)
 
 

@@ -14,6 +14,7 @@ Rules applied (see `_coding`):
 - label: the class under `samm-5class` (Anger, Contempt, Happiness, Surprise, Other);
   Disgust, Fear and Sadness are excluded there (label '').
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,8 @@ from typing import Optional
 
 import pandas as pd
 
-from microfer.datasets._coding import read_clip_coding
 from microfer.datasets._coding import canonical_subject as format_subject
+from microfer.datasets._coding import read_clip_coding
 from microfer.errors import AnnotationError
 
 NAME = "samm"
@@ -56,7 +57,17 @@ def label_for(emotion: str) -> str:
 
 def read(coding: Optional[Path], root: Optional[Path] = None) -> pd.DataFrame:
     if coding is None:
-        raise AnnotationError("SAMM needs its coding file (SAMM_Micro_FACS_Codes_v2.xlsx); "
-                              f"expected columns: {', '.join(REQUIRED)}")
-    return read_clip_coding(Path(coding), name=NAME, title="SAMM", required=REQUIRED, fps=FPS,
-                            canonical_subject=canonical_subject, label_for=label_for, frame_template=frame_template)
+        raise AnnotationError(
+            "SAMM needs its coding file (SAMM_Micro_FACS_Codes_v2.xlsx); "
+            f"expected columns: {', '.join(REQUIRED)}"
+        )
+    return read_clip_coding(
+        Path(coding),
+        name=NAME,
+        title="SAMM",
+        required=REQUIRED,
+        fps=FPS,
+        canonical_subject=canonical_subject,
+        label_for=label_for,
+        frame_template=frame_template,
+    )

@@ -19,6 +19,7 @@ Rules applied (see `_coding` for the shared ones):
   unique with the onset"); every interval of the file is kept;
 - a Type other than Macro / Micro... -> AnnotationError naming the file and row.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,8 +65,10 @@ def interval_type(cell) -> str:
 
 def read(coding: Optional[Path], root: Optional[Path] = None) -> pd.DataFrame:
     if coding is None:
-        raise AnnotationError(f"SAMM Long Videos needs its coding file (SAMM_LongVideos_V2_Release.csv); "
-                              f"expected columns: {', '.join(REQUIRED)}")
+        raise AnnotationError(
+            f"SAMM Long Videos needs its coding file (SAMM_LongVideos_V2_Release.csv); "
+            f"expected columns: {', '.join(REQUIRED)}"
+        )
     coding = Path(coding)
     table = read_table(coding, REQUIRED, optional=OPTIONAL, what="SAMM Long Videos coding")
     clips = [norm_text(c) for c in table["Filename"]]
@@ -74,8 +77,10 @@ def read(coding: Optional[Path], root: Optional[Path] = None) -> pd.DataFrame:
     for rec, clip, repeated in zip(table.to_dict("records"), clips, repeats):
         kind = interval_type(rec["Type"])
         if not kind:
-            raise AnnotationError(f"{coding} row {rec['_row']}: Type {norm_text(rec['Type'])!r} is neither "
-                                  "Macro nor Micro")
+            raise AnnotationError(
+                f"{coding} row {rec['_row']}: Type {norm_text(rec['Type'])!r} is neither "
+                "Macro nor Micro"
+            )
         try:
             subject = format_subject("samm", rec["Subject"])
         except AnnotationError as exc:
@@ -85,9 +90,20 @@ def read(coding: Optional[Path], root: Optional[Path] = None) -> pd.DataFrame:
             clip = f"{clip}@{norm_text(rec['Onset'])}"
             notes.append("clip id made unique with the onset")
         if "_" not in clip:
-            raise AnnotationError(f"{coding} row {rec['_row']}: Filename {clip!r} is not <video>_<n> (006_1_3)")
+            raise AnnotationError(
+                f"{coding} row {rec['_row']}: Filename {clip!r} is not <video>_<n> (006_1_3)"
+            )
         emotion = norm_text(rec.get("Emotion"))
-        rows.add(subject=subject, clip=clip, onset=rec["Onset"], apex=rec["Apex"], offset=rec["Offset"],
-                 emotion=emotion, label="", frame_template=frame_template(video_of(clip.split("@")[0])), fps=FPS,
-                 notes=notes)
+        rows.add(
+            subject=subject,
+            clip=clip,
+            onset=rec["Onset"],
+            apex=rec["Apex"],
+            offset=rec["Offset"],
+            emotion=emotion,
+            label="",
+            frame_template=frame_template(video_of(clip.split("@")[0])),
+            fps=FPS,
+            notes=notes,
+        )
     return rows.frame()

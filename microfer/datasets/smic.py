@@ -21,6 +21,7 @@ Rules applied (see `_coding`):
 - onset > offset or missing onset/offset -> dropped and listed (D);
 - label: the class under the 3-class protocols (negative, positive, surprise).
 """
+
 from __future__ import annotations
 
 import re
@@ -30,7 +31,13 @@ from typing import Optional
 
 import pandas as pd
 
-from microfer.datasets._coding import RowCollector, frame_number, norm_text, read_table, subject_number
+from microfer.datasets._coding import (
+    RowCollector,
+    frame_number,
+    norm_text,
+    read_table,
+    subject_number,
+)
 from microfer.datasets._coding import canonical_subject as format_subject
 from microfer.errors import AnnotationError, LayoutError
 
@@ -44,8 +51,8 @@ _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 
 @dataclass(frozen=True)
 class Camera:
-    name: str          # registry name
-    folder: str        # HS | VIS | NIR (also the SMIC-E sheet name)
+    name: str  # registry name
+    folder: str  # HS | VIS | NIR (also the SMIC-E sheet name)
     fps: float
     default_protocol: Optional[str]
 
@@ -97,8 +104,10 @@ def read(camera: Camera, coding: Optional[Path], root: Optional[Path] = None) ->
     if coding is not None:
         return _read_annotation(camera, Path(coding))
     if root is None:
-        raise LayoutError(f"{camera.name}: give the SMIC-E annotation file or the dataset root "
-                          f"holding {camera.folder}/<subject>/micro/<emotion>/<clip>/")
+        raise LayoutError(
+            f"{camera.name}: give the SMIC-E annotation file or the dataset root "
+            f"holding {camera.folder}/<subject>/micro/<emotion>/<clip>/"
+        )
     return _scan_folders(camera, Path(root))
 
 
@@ -113,7 +122,9 @@ def _read_annotation(camera: Camera, coding: Path) -> pd.DataFrame:
         try:
             subject = canonical_subject(rec["Subject"])
         except AnnotationError as exc:
-            raise AnnotationError(f"{coding} sheet {camera.folder} row {rec['_row']}: {exc}") from None
+            raise AnnotationError(
+                f"{coding} sheet {camera.folder} row {rec['_row']}: {exc}"
+            ) from None
         clip = canonical_clip(norm_text(rec["Filename"]))
         emotion = norm_text(rec["Emotion"])
         folder = folder_emotion(clip)
@@ -125,9 +136,18 @@ def _read_annotation(camera: Camera, coding: Path) -> pd.DataFrame:
         on2, off2 = frame_number(rec.get("Onset2F")), frame_number(rec.get("Offset2F"))
         if on2 is not None or off2 is not None:
             notes.append(f"second interval {on2}-{off2} not used")
-        rows.add(subject=subject, clip=clip, onset=rec["OnsetF"], apex=None, offset=rec["OffsetF"],
-                 emotion=emotion, label=label_for(emotion),
-                 frame_template=frame_template(camera, subject, clip, folder), fps=camera.fps, notes=notes)
+        rows.add(
+            subject=subject,
+            clip=clip,
+            onset=rec["OnsetF"],
+            apex=None,
+            offset=rec["OffsetF"],
+            emotion=emotion,
+            label=label_for(emotion),
+            frame_template=frame_template(camera, subject, clip, folder),
+            fps=camera.fps,
+            notes=notes,
+        )
     return rows.frame()
 
 
@@ -145,8 +165,10 @@ def _frame_files(folder: Path) -> list[tuple[int, str, str]]:
 def _scan_folders(camera: Camera, root: Path) -> pd.DataFrame:
     base = root / camera.folder
     if not base.is_dir():
-        raise LayoutError(f"{camera.name}: {base} is not a folder; expected "
-                          f"{camera.folder}/<subject>/micro/<negative|positive|surprise>/<clip>/ under {root}")
+        raise LayoutError(
+            f"{camera.name}: {base} is not a folder; expected "
+            f"{camera.folder}/<subject>/micro/<negative|positive|surprise>/<clip>/ under {root}"
+        )
     rows = RowCollector(camera.name, str(base))
     subjects = [d for d in base.iterdir() if d.is_dir() and re.fullmatch(r"[sS]\d+", d.name)]
     for subject_dir in sorted(subjects, key=lambda d: subject_number(d.name)):
@@ -168,10 +190,21 @@ def _scan_folders(camera: Camera, root: Path) -> pd.DataFrame:
                 notes = ["onset/offset = first/last frame in the clip folder"]
                 if len(prefixes) > 1:
                     notes.append(f"several frame name patterns, using {prefix}<N>{suffix}")
-                rows.add(subject=subject, clip=clip, onset=numbers[0], apex=None, offset=numbers[-1],
-                         emotion=emotion, label=label_for(emotion),
-                         frame_template=f"{rel}/{prefix}{{frame}}{suffix}", fps=camera.fps, notes=notes)
+                rows.add(
+                    subject=subject,
+                    clip=clip,
+                    onset=numbers[0],
+                    apex=None,
+                    offset=numbers[-1],
+                    emotion=emotion,
+                    label=label_for(emotion),
+                    frame_template=f"{rel}/{prefix}{{frame}}{suffix}",
+                    fps=camera.fps,
+                    notes=notes,
+                )
     if not rows.rows and not rows.dropped:
-        raise LayoutError(f"{camera.name}: no clip folders under {base} "
-                          f"(expected <subject>/micro/<negative|positive|surprise>/<clip>/)")
+        raise LayoutError(
+            f"{camera.name}: no clip folders under {base} "
+            f"(expected <subject>/micro/<negative|positive|surprise>/<clip>/)"
+        )
     return rows.frame()

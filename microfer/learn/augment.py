@@ -8,6 +8,7 @@ drawn separately by the training loop because they apply to every representation
 The parameters are DRAWN up front (`draw`) from the epoch's generator, so an epoch's
 augmentation is a pure function of (seed, epoch) and a resumed run sees the same images.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,9 +25,15 @@ N_PARAMS = 6
 
 def describe() -> dict:
     """The augmentation, for the weights card."""
-    return {"scale": list(SCALE), "shift_fraction": SHIFT, "rotation_deg": ROTATION_DEG,
-            "brightness_fraction": BRIGHTNESS, "contrast": list(CONTRAST), "horizontal_flip": 0.5,
-            "applied_to": "image faces only (clip-derived inputs: flips only)"}
+    return {
+        "scale": list(SCALE),
+        "shift_fraction": SHIFT,
+        "rotation_deg": ROTATION_DEG,
+        "brightness_fraction": BRIGHTNESS,
+        "contrast": list(CONTRAST),
+        "horizontal_flip": 0.5,
+        "applied_to": "image faces only (clip-derived inputs: flips only)",
+    }
 
 
 def draw(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -53,8 +60,13 @@ def apply(face: np.ndarray, params: np.ndarray) -> np.ndarray:
     h, w = face.shape[:2]
     m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, scale)
     m[:, 2] += (dx * w, dy * h)
-    out = cv2.warpAffine(face.astype(np.float32), m, (w, h), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REFLECT_101)
+    out = cv2.warpAffine(
+        face.astype(np.float32),
+        m,
+        (w, h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )
     mean = out.mean()
     out = (out - mean) * contrast + mean + brightness * 255.0
     return np.clip(out, 0.0, 255.0)

@@ -26,6 +26,7 @@ any failure is a BundleError naming the bundle and the entry. This detects accid
 and naive tampering; it is NOT a signature: whoever rewrites the hash too is not stopped.
 Loading never executes code either way (safetensors + JSON, no pickle).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,8 @@ from typing import Optional
 
 import numpy as np
 
-from microfer.io import atomic_path, file_sha256, write_json
 from microfer.errors import BundleError
+from microfer.io import atomic_path, file_sha256, write_json
 from microfer.learn.ood import ARRAYS as OOD_ARRAYS
 from microfer.learn.ood import METHOD as OOD_METHOD
 from microfer.learn.ood import RelativeMahalanobis
@@ -51,7 +52,15 @@ FILES = ("network.safetensors", "classifier.safetensors")
 ONNX_FILE = re.compile(r"network\.(part\d+\.)?onnx")
 OOD_FILE = "ood.safetensors"  # optional: the OOD score's arrays (`microfer.learn.ood`)
 SUPPORTED_KERNELS = ("linear", "rbf")
-ARRAYS = ("scaler_mean", "scaler_scale", "support_vectors", "dual_coef", "intercept", "n_support", "classes")
+ARRAYS = (
+    "scaler_mean",
+    "scaler_scale",
+    "support_vectors",
+    "dual_coef",
+    "intercept",
+    "n_support",
+    "classes",
+)
 INTEGRITY_KEY = "integrity"
 IMAGE_INPUT = "image"  # bundle.json "input" of image bundles (face images, not clips)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -62,7 +71,9 @@ class ArraySVM:
 
     def __init__(self, arrays: dict[str, np.ndarray], kernel: str, gamma: float):
         if kernel not in SUPPORTED_KERNELS:
-            raise BundleError(f"unsupported SVM kernel {kernel!r} (expected one of {SUPPORTED_KERNELS})")
+            raise BundleError(
+                f"unsupported SVM kernel {kernel!r} (expected one of {SUPPORTED_KERNELS})"
+            )
         self.kernel, self.gamma = kernel, float(gamma)
         self.mean = arrays["scaler_mean"].astype(np.float64)
         self.scale = arrays["scaler_scale"].astype(np.float64)
@@ -77,8 +88,12 @@ class ArraySVM:
         """From a fitted sklearn Pipeline whose steps are a StandardScaler then an SVC."""
         scaler, svc = pipeline.steps[0][1], pipeline.steps[-1][1]
         arrays = {
-            "scaler_mean": np.asarray(scaler.mean_ if scaler.with_mean else np.zeros(scaler.n_features_in_)),
-            "scaler_scale": np.asarray(scaler.scale_ if scaler.with_std else np.ones(scaler.n_features_in_)),
+            "scaler_mean": np.asarray(
+                scaler.mean_ if scaler.with_mean else np.zeros(scaler.n_features_in_)
+            ),
+            "scaler_scale": np.asarray(
+                scaler.scale_ if scaler.with_std else np.ones(scaler.n_features_in_)
+            ),
             "support_vectors": np.asarray(svc.support_vectors_),
             "dual_coef": np.asarray(svc.dual_coef_),
             "intercept": np.asarray(svc.intercept_),
@@ -88,9 +103,15 @@ class ArraySVM:
         return cls(arrays, svc.kernel, getattr(svc, "_gamma", 0.0))
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"scaler_mean": self.mean, "scaler_scale": self.scale,
-                "support_vectors": self.support_vectors, "dual_coef": self.dual_coef,
-                "intercept": self.intercept, "n_support": self.n_support, "classes": self.classes}
+        return {
+            "scaler_mean": self.mean,
+            "scaler_scale": self.scale,
+            "support_vectors": self.support_vectors,
+            "dual_coef": self.dual_coef,
+            "intercept": self.intercept,
+            "n_support": self.n_support,
+            "classes": self.classes,
+        }
 
     def _kernel(self, X: np.ndarray) -> np.ndarray:
         sv = self.support_vectors
@@ -108,7 +129,11 @@ class ArraySVM:
         for i in range(n_class):
             for j in range(i + 1, n_class):
                 si, sj = slice(start[i], start[i + 1]), slice(start[j], start[j + 1])
-                out.append(K[:, si] @ self.dual_coef[j - 1, si] + K[:, sj] @ self.dual_coef[i, sj] + self.intercept[p])
+                out.append(
+                    K[:, si] @ self.dual_coef[j - 1, si]
+                    + K[:, sj] @ self.dual_coef[i, sj]
+                    + self.intercept[p]
+                )
                 p += 1
         return np.stack(out, axis=1)
 
@@ -173,7 +198,9 @@ _sha256 = file_sha256
 
 
 def _canonical(doc) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    )
 
 
 def integrity_digest(doc: dict, file_hashes: dict[str, str]) -> str:
@@ -191,8 +218,15 @@ def as_array(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def save_bundle(path, *, network_state: dict, classifier: ArraySVM, config: dict,
-                onnx: Optional[dict[str, bytes]] = None, ood: Optional[RelativeMahalanobis] = None) -> Path:
+def save_bundle(
+    path,
+    *,
+    network_state: dict,
+    classifier: ArraySVM,
+    config: dict,
+    onnx: Optional[dict[str, bytes]] = None,
+    ood: Optional[RelativeMahalanobis] = None,
+) -> Path:
     """Write a bundle directory atomically file by file, bundle.json last (its presence = complete).
 
     `onnx`: {file name: ONNX model bytes} of the network parts (names matching `ONNX_FILE`).
@@ -213,7 +247,9 @@ def save_bundle(path, *, network_state: dict, classifier: ArraySVM, config: dict
         save_numpy({k: np.ascontiguousarray(v) for k, v in classifier.arrays().items()}, str(tmp))
     for name, blob in (onnx or {}).items():
         if not ONNX_FILE.fullmatch(name):
-            raise BundleError(f"{path}: {name!r} is not a bundle ONNX file name (network[.partN].onnx)")
+            raise BundleError(
+                f"{path}: {name!r} is not a bundle ONNX file name (network[.partN].onnx)"
+            )
         with atomic_path(path / name) as tmp:
             Path(tmp).write_bytes(blob)
     for stale in path.glob("network*.onnx"):  # an overwritten bundle keeps no other model's graph
@@ -229,11 +265,14 @@ def save_bundle(path, *, network_state: dict, classifier: ArraySVM, config: dict
     elif (path / OOD_FILE).exists():  # an overwritten bundle keeps no other model's OOD score
         (path / OOD_FILE).unlink()
     hashes = {name: _sha256(path / name) for name in (*FILES, *extra)}
-    doc.update({
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "svm": {**doc.get("svm", {}), "kernel": classifier.kernel, "gamma": classifier.gamma},
-        "files": hashes,
-    })
+    doc.update(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "svm": {**doc.get("svm", {}), "kernel": classifier.kernel, "gamma": classifier.gamma},
+            "files": hashes,
+        }
+    )
     doc = json.loads(json.dumps(doc, default=str))  # hash exactly what load_bundle will read back
     doc[INTEGRITY_KEY] = {"algorithm": "sha256", "content": integrity_digest(doc, hashes)}
     write_json(marker, doc)
@@ -254,6 +293,7 @@ def _encodable(text: str) -> bool:
 
 def _check_config(config: dict, marker: Path) -> None:
     """The schema of bundle.json (after the integrity check): one BundleError naming the entry."""
+
     def bad(field: str, expected: str, value) -> BundleError:
         shown = json.dumps(value, default=str)  # ASCII: always printable
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
@@ -274,9 +314,14 @@ def _check_config(config: dict, marker: Path) -> None:
     files = config["files"]
     if not isinstance(files, dict):
         raise bad("files", f"a mapping file name -> sha256 for {list(FILES)}", files)
-    if not set(FILES) <= set(files) or any(n not in (*FILES, OOD_FILE) and not ONNX_FILE.fullmatch(n) for n in files):
-        raise bad("files", f"a mapping for {list(FILES)} and optional network[.partN].onnx and "
-                           f"{OOD_FILE} files", sorted(files))
+    if not set(FILES) <= set(files) or any(
+        n not in (*FILES, OOD_FILE) and not ONNX_FILE.fullmatch(n) for n in files
+    ):
+        raise bad(
+            "files",
+            f"a mapping for {list(FILES)} and optional network[.partN].onnx and {OOD_FILE} files",
+            sorted(files),
+        )
     for name in files:
         if not isinstance(files[name], str) or not _HEX64.fullmatch(files[name]):
             raise bad(f"files.{name}", "a sha256 (64 lowercase hex digits)", files[name])
@@ -288,7 +333,9 @@ def _check_config(config: dict, marker: Path) -> None:
     if svm["kernel"] == "rbf":
         if not _is_number(svm.get("gamma")) or svm["gamma"] <= 0:
             raise bad("svm.gamma", "a positive number for the rbf kernel", svm.get("gamma"))
-    elif "gamma" in svm and (not isinstance(svm["gamma"], (int, float)) or isinstance(svm["gamma"], bool)):
+    elif "gamma" in svm and (
+        not isinstance(svm["gamma"], (int, float)) or isinstance(svm["gamma"], bool)
+    ):
         raise bad("svm.gamma", "a number", svm["gamma"])
     for key in ("features", "prepare"):
         if not isinstance(config[key], dict):
@@ -301,7 +348,11 @@ def _check_config(config: dict, marker: Path) -> None:
             raise bad("ood", f"a mapping with method {OOD_METHOD!r}", ood)
         for key in ("threshold", "percentile", "floor"):
             if not _is_number(ood.get(key)) or (key.endswith("floor") and ood[key] <= 0):
-                raise bad(f"ood.{key}", "a positive number" if key.endswith("floor") else "a number", ood.get(key))
+                raise bad(
+                    f"ood.{key}",
+                    "a positive number" if key.endswith("floor") else "a number",
+                    ood.get(key),
+                )
 
 
 def _check_arrays(arrays: dict, n_names: int, source: Path) -> None:
@@ -313,31 +364,45 @@ def _check_arrays(arrays: dict, n_names: int, source: Path) -> None:
         a = arrays[name]
         kinds = "iu" if name in ("n_support", "classes") else "fiu"
         if a.dtype.kind not in kinds:
-            raise BundleError(f"{source}: array {name!r} has dtype {a.dtype}, expected "
-                              f"{'integers' if kinds == 'iu' else 'numbers'}")
+            raise BundleError(
+                f"{source}: array {name!r} has dtype {a.dtype}, expected "
+                f"{'integers' if kinds == 'iu' else 'numbers'}"
+            )
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise BundleError(f"{source}: array {name!r} holds NaN or infinite values")
 
     def shape(name, expected):
         if arrays[name].shape != tuple(expected):
-            raise BundleError(f"{source}: array {name!r} has shape {arrays[name].shape}, expected {tuple(expected)}")
+            raise BundleError(
+                f"{source}: array {name!r} has shape {arrays[name].shape}, expected {tuple(expected)}"
+            )
 
     sv, cls = arrays["support_vectors"], arrays["classes"]
     if sv.ndim != 2 or sv.shape[0] < 1 or sv.shape[1] < 1:
-        raise BundleError(f"{source}: array 'support_vectors' has shape {sv.shape}, expected (n_sv, n_features)")
+        raise BundleError(
+            f"{source}: array 'support_vectors' has shape {sv.shape}, expected (n_sv, n_features)"
+        )
     n_sv, dim = sv.shape
     if cls.ndim != 1 or len(cls) < 2:
-        raise BundleError(f"{source}: array 'classes' has shape {cls.shape}, expected at least 2 class indices")
+        raise BundleError(
+            f"{source}: array 'classes' has shape {cls.shape}, expected at least 2 class indices"
+        )
     k = len(cls)
     if (np.diff(cls) <= 0).any() or cls.min() < 0:
-        raise BundleError(f"{source}: class indices {cls.tolist()} are not increasing non-negative integers")
+        raise BundleError(
+            f"{source}: class indices {cls.tolist()} are not increasing non-negative integers"
+        )
     if cls.max() >= n_names:
-        raise BundleError(f"{source.parent / 'bundle.json'}: entry 'classes' has {n_names} name(s), too few for "
-                          f"the class indices {cls.tolist()} of {source.name}")
+        raise BundleError(
+            f"{source.parent / 'bundle.json'}: entry 'classes' has {n_names} name(s), too few for "
+            f"the class indices {cls.tolist()} of {source.name}"
+        )
     shape("n_support", (k,))
     if (arrays["n_support"] < 0).any() or int(arrays["n_support"].sum()) != n_sv:
-        raise BundleError(f"{source}: n_support {arrays['n_support'].tolist()} does not add up to "
-                          f"the {n_sv} support vectors")
+        raise BundleError(
+            f"{source}: n_support {arrays['n_support'].tolist()} does not add up to "
+            f"the {n_sv} support vectors"
+        )
     shape("dual_coef", (k - 1, n_sv))
     shape("intercept", (k * (k - 1) // 2,))
     shape("scaler_mean", (dim,))
@@ -365,8 +430,10 @@ def _check_ood_arrays(arrays: dict, dim: int, n_names: int, source: Path) -> Non
     expected["class_means"] = (k, dim)
     for name, shape in expected.items():
         if arrays[name].shape != shape or min(shape) < 1 or k > n_names:
-            raise BundleError(f"{source}: array {name!r} has shape {arrays[name].shape}, expected {shape} "
-                              f"({dim} feature columns, at most {n_names} classes)")
+            raise BundleError(
+                f"{source}: array {name!r} has shape {arrays[name].shape}, expected {shape} "
+                f"({dim} feature columns, at most {n_names} classes)"
+            )
     if (arrays["scale"] == 0).any():
         raise BundleError(f"{source}: array 'scale' has zeros (would divide by zero)")
 
@@ -382,7 +449,9 @@ def load_bundle(path) -> Bundle:
 
     path = Path(path)
     if not path.is_dir():
-        raise BundleError(f"{path}: not a microfer model bundle (expected a directory with bundle.json)")
+        raise BundleError(
+            f"{path}: not a microfer model bundle (expected a directory with bundle.json)"
+        )
     marker = path / "bundle.json"
     try:
         config = json.loads(marker.read_text(encoding="utf-8"))
@@ -396,24 +465,41 @@ def load_bundle(path) -> Bundle:
         raise BundleError(f"{marker}: not a microfer model bundle (format marker missing)")
     version = config.get("format_version")
     if version == 1:
-        raise BundleError(f"{marker}: bundle format version 1 has no integrity check over bundle.json and is "
-                          f"refused by this microfer (reads version {FORMAT_VERSION}); retrain it with "
-                          f"`microfer train` to write a version-{FORMAT_VERSION} bundle")
+        raise BundleError(
+            f"{marker}: bundle format version 1 has no integrity check over bundle.json and is "
+            f"refused by this microfer (reads version {FORMAT_VERSION}); retrain it with "
+            f"`microfer train` to write a version-{FORMAT_VERSION} bundle"
+        )
     if version != FORMAT_VERSION:
-        raise BundleError(f"{marker}: bundle format version {json.dumps(version, default=str)} "
-                          f"is not supported (this microfer reads version {FORMAT_VERSION})")
+        raise BundleError(
+            f"{marker}: bundle format version {json.dumps(version, default=str)} "
+            f"is not supported (this microfer reads version {FORMAT_VERSION})"
+        )
 
     # integrity first: nothing below is used before bundle.json and every file match the hash
     seal = config.get(INTEGRITY_KEY)
-    if (not isinstance(seal, dict) or seal.get("algorithm") != "sha256"
-            or not isinstance(seal.get("content"), str) or not _HEX64.fullmatch(seal["content"])):
-        raise BundleError(f"{marker}: entry {INTEGRITY_KEY!r} must be "
-                          '{"algorithm": "sha256", "content": <64 hex digits>}; '
-                          "the bundle cannot be verified (modified, or not written by microfer)")
+    if (
+        not isinstance(seal, dict)
+        or seal.get("algorithm") != "sha256"
+        or not isinstance(seal.get("content"), str)
+        or not _HEX64.fullmatch(seal["content"])
+    ):
+        raise BundleError(
+            f"{marker}: entry {INTEGRITY_KEY!r} must be "
+            '{"algorithm": "sha256", "content": <64 hex digits>}; '
+            "the bundle cannot be verified (modified, or not written by microfer)"
+        )
     listed = config.get("files")
-    onnx_names = sorted(n for n in listed if isinstance(n, str) and ONNX_FILE.fullmatch(n)) \
-        if isinstance(listed, dict) else []
-    names = (*FILES, *onnx_names, *([OOD_FILE] if isinstance(listed, dict) and OOD_FILE in listed else []))
+    onnx_names = (
+        sorted(n for n in listed if isinstance(n, str) and ONNX_FILE.fullmatch(n))
+        if isinstance(listed, dict)
+        else []
+    )
+    names = (
+        *FILES,
+        *onnx_names,
+        *([OOD_FILE] if isinstance(listed, dict) and OOD_FILE in listed else []),
+    )
     hashes = {}
     for name in names:
         f = path / name
@@ -423,7 +509,10 @@ def load_bundle(path) -> Bundle:
     if integrity_digest(config, hashes) != seal["content"]:
         recorded = config.get("files")
         changed = [n for n in names if isinstance(recorded, dict) and recorded.get(n) != hashes[n]]
-        if changed and integrity_digest(config, {n: recorded.get(n) for n in names}) == seal["content"]:
+        if (
+            changed
+            and integrity_digest(config, {n: recorded.get(n) for n in names}) == seal["content"]
+        ):
             what = f"{changed[0]} checksum does not match bundle.json (the file was modified or replaced)"
         elif changed:
             what = f"{changed[0]} checksum does not match bundle.json, and bundle.json itself was modified"
@@ -434,7 +523,9 @@ def load_bundle(path) -> Bundle:
     _check_config(config, marker)
     for name in names:  # the hash matched, so these only differ if the hash itself was rewritten
         if hashes[name] != config["files"][name]:
-            raise BundleError(f"{path / name}: checksum does not match bundle.json (modified or foreign file)")
+            raise BundleError(
+                f"{path / name}: checksum does not match bundle.json (modified or foreign file)"
+            )
     try:
         network = load_numpy(str(path / "network.safetensors"))
         arrays = load_numpy(str(path / "classifier.safetensors"))
@@ -448,7 +539,15 @@ def load_bundle(path) -> Bundle:
             ood_arrays = load_numpy(str(path / OOD_FILE))
         except (SafetensorError, OSError, ValueError) as exc:
             raise BundleError(f"{path}: unreadable safetensors file ({exc})") from None
-        _check_ood_arrays(ood_arrays, classifier.support_vectors.shape[1], len(config["classes"]), path / OOD_FILE)
+        _check_ood_arrays(
+            ood_arrays, classifier.support_vectors.shape[1], len(config["classes"]), path / OOD_FILE
+        )
         ood = RelativeMahalanobis.from_arrays(ood_arrays, config["ood"])
-    return Bundle(path=path, config=config, network=network, classifier=classifier,
-                  onnx={n: path / n for n in onnx_names}, ood=ood)
+    return Bundle(
+        path=path,
+        config=config,
+        network=network,
+        classifier=classifier,
+        onnx={n: path / n for n in onnx_names},
+        ood=ood,
+    )

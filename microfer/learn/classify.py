@@ -11,6 +11,7 @@ The inner split is leave-one-subject-out when the training part has at most
 POOLED over the inner folds (the same convention as the outer metric); ties go to the
 first candidate in grid order, so put the simpler settings first.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,7 +36,12 @@ SMALL_PARAM_GRID: list[dict[str, Any]] = [
 # ~12 candidates: with 18 feature sets of `--grid full` that is ~70k SVC fits at composite scale
 FULL_PARAM_GRID: list[dict[str, Any]] = [
     {"kernel": ["linear"], "C": [0.01, 0.1, 1.0, 10.0], "class_weight": ["balanced"]},
-    {"kernel": ["rbf"], "C": [0.1, 1.0, 10.0, 100.0], "gamma": ["scale"], "class_weight": ["balanced", None]},
+    {
+        "kernel": ["rbf"],
+        "C": [0.1, 1.0, 10.0, 100.0],
+        "gamma": ["scale"],
+        "class_weight": ["balanced", None],
+    },
 ]
 SVM_KEYS = ("kernel", "C", "gamma", "class_weight")
 
@@ -64,10 +70,12 @@ def expand_grid(param_grid) -> list[dict[str, Any]]:
 
 def make_svm(kernel: str = "rbf", C: float = 1.0, gamma="scale", class_weight=None) -> Pipeline:
     """StandardScaler + SVC: the scaler is part of the model, so it is fitted on training rows only."""
-    return Pipeline([
-        ("scale", StandardScaler()),
-        ("svc", SVC(kernel=kernel, C=C, gamma=gamma, class_weight=class_weight)),
-    ])
+    return Pipeline(
+        [
+            ("scale", StandardScaler()),
+            ("svc", SVC(kernel=kernel, C=C, gamma=gamma, class_weight=class_weight)),
+        ]
+    )
 
 
 def _fit(make_estimator: Callable[..., Any], params: dict, X: np.ndarray, y: np.ndarray):
@@ -83,14 +91,23 @@ def inner_splits_for(groups: np.ndarray, n_splits: int) -> list[tuple[np.ndarray
     groups = np.asarray(groups)
     n_groups = np.unique(groups).size
     if n_groups < 2:
-        raise ValueError(f"inner cross-validation needs at least 2 subjects in the training part, got {n_groups}")
+        raise ValueError(
+            f"inner cross-validation needs at least 2 subjects in the training part, got {n_groups}"
+        )
     splitter = LeaveOneGroupOut() if n_groups <= n_splits else GroupKFold(n_splits=n_splits)
     dummy = np.zeros(groups.size)
     return [(tr, va) for tr, va in splitter.split(dummy, dummy, groups)]
 
 
-def inner_cv_score(X: np.ndarray, y: np.ndarray, splits, params: dict, n_classes: int,
-                   scoring: str = "uf1", make_estimator: Callable[..., Any] = make_svm) -> float:
+def inner_cv_score(
+    X: np.ndarray,
+    y: np.ndarray,
+    splits,
+    params: dict,
+    n_classes: int,
+    scoring: str = "uf1",
+    make_estimator: Callable[..., Any] = make_svm,
+) -> float:
     """Score of one candidate: predictions of every inner fold pooled, then one metric."""
     pred = np.empty_like(y)
     covered = np.zeros(y.size, bool)
@@ -119,14 +136,20 @@ class GridSearchSVM(ClassifierMixin, BaseEstimator):
             raise ValueError(f"inner_splits must be >= 2, got {self.inner_splits}")
         groups = np.arange(len(y)) if groups is None else np.asarray(groups)
         if groups.shape != (len(y),):
-            raise ValueError(f"groups must have one entry per sample ({len(y)}), got shape {groups.shape}")
+            raise ValueError(
+                f"groups must have one entry per sample ({len(y)}), got shape {groups.shape}"
+            )
         self.classes_ = unique_labels(y)
         if self.classes_.size < 2:
-            raise ValueError(f"need samples of at least 2 classes to fit, got 1 class ({self.classes_.tolist()})")
+            raise ValueError(
+                f"need samples of at least 2 classes to fit, got 1 class ({self.classes_.tolist()})"
+            )
         yi = np.searchsorted(self.classes_, y)
         candidates = expand_grid(self.param_grid)
         splits = inner_splits_for(groups, self.inner_splits)
-        scores = [inner_cv_score(X, yi, splits, p, self.classes_.size, self.scoring) for p in candidates]
+        scores = [
+            inner_cv_score(X, yi, splits, p, self.classes_.size, self.scoring) for p in candidates
+        ]
         best = int(np.argmax(scores))  # first best = simplest in grid order
         self.cv_results_ = [{"params": p, "score": s} for p, s in zip(candidates, scores)]
         self.best_params_, self.best_score_ = candidates[best], float(scores[best])
@@ -154,7 +177,9 @@ class FittedChoice:
     params: dict[str, Any]
     inner_score: float
     model: Any
-    scores: dict[str, list[float]] = field(default_factory=dict)  # feature set -> score per candidate
+    scores: dict[str, list[float]] = field(
+        default_factory=dict
+    )  # feature set -> score per candidate
 
     def predict(self, feature_sets: Mapping[str, np.ndarray], idx) -> np.ndarray:
         return self.model.predict(np.asarray(feature_sets[self.feature_name])[idx])
@@ -201,15 +226,25 @@ def select_and_fit(
     if n_jobs != 1:
         from joblib import Parallel, delayed
 
-        tasks = [delayed(inner_cv_score)(np.asarray(X)[train_idx], y_tr, splits, params, k, scoring, make_estimator)
-                 for X in feature_sets.values() for params in candidates]
-        computed = iter(Parallel(n_jobs=n_jobs)(tasks))  # in task order: the loop below reads them in turn
+        tasks = [
+            delayed(inner_cv_score)(
+                np.asarray(X)[train_idx], y_tr, splits, params, k, scoring, make_estimator
+            )
+            for X in feature_sets.values()
+            for params in candidates
+        ]
+        computed = iter(
+            Parallel(n_jobs=n_jobs)(tasks)
+        )  # in task order: the loop below reads them in turn
     for name, X in feature_sets.items():
         X_tr = np.asarray(X)[train_idx]
         scores[name] = []
         for params in candidates:
-            s = next(computed) if computed is not None else \
-                inner_cv_score(X_tr, y_tr, splits, params, k, scoring, make_estimator)
+            s = (
+                next(computed)
+                if computed is not None
+                else inner_cv_score(X_tr, y_tr, splits, params, k, scoring, make_estimator)
+            )
             s = -1.0 if np.isnan(s) else s
             scores[name].append(float(s))
             if best is None or s > best[0]:
@@ -217,4 +252,6 @@ def select_and_fit(
     assert best is not None
     score_, name, params = best
     model = _fit(make_estimator, params, np.asarray(feature_sets[name])[train_idx], y_tr)
-    return FittedChoice(feature_name=name, params=dict(params), inner_score=score_, model=model, scores=scores)
+    return FittedChoice(
+        feature_name=name, params=dict(params), inner_score=score_, model=model, scores=scores
+    )

@@ -15,26 +15,38 @@ Flow of `run_loso`:
    (`microfer.learn.permutation`), null UF1/UAR and the p-value of the real score.
 Every fold is checked: a subject in both train and test raises FoldLeakError.
 """
+
 from __future__ import annotations
 
 import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from microfer.clip.cache import open_cache, prepare_settings_of  # noqa: F401  (open_cache: kept importable from here)
-from microfer.learn.classify import FULL_PARAM_GRID, SMALL_PARAM_GRID, expand_grid, make_svm, select_and_fit
 from microfer.errors import MicroferError
 from microfer.io import frame_sha256
-from microfer.learn.features import FeatureSetting, FusedSetting, extract_features
-from microfer.metrics import majority_class, summarize
-from microfer.learn.folds import (  # noqa: F401  (importable from here too)
-    FoldLeakError, FoldResult, SimpleFold, check_folds, evaluate_folds, leave_one_group_out, pooled_predictions, run_fold,
+from microfer.learn.classify import (
+    FULL_PARAM_GRID,
+    SMALL_PARAM_GRID,
+    make_svm,
 )
+from microfer.learn.features import FeatureSetting, FusedSetting, extract_features
+from microfer.learn.folds import (  # noqa: F401  (importable from here too)
+    FoldLeakError,
+    FoldResult,
+    SimpleFold,
+    check_folds,
+    evaluate_folds,
+    leave_one_group_out,
+    pooled_predictions,
+    run_fold,
+)
+from microfer.metrics import summarize
 
 # Candidates are written as the names the report shows: "descriptor/representation",
 # "variant/representation/layer/pool" for a MobileViT (pretrained where the weights fit
@@ -54,18 +66,35 @@ FEATURE_GRIDS: dict[str, list[str]] = {
     # with 2x2 pooling: with a randomly initialised network the deepest layers wash out
     # small local movements, and global pooling forgets WHERE on the face they were.
     "network": ["mobilevit_xxs/flow/stage4/grid2", "mobilevit_xxs/onset_apex/stage4/grid2"],
-    "full": [*MOTION_DESCRIPTORS,
-             *[f"{v}/{r}/{l}/{p}" for v in ("mobilevit_xxs", "mobilevit_xs") for r in ("flow", "onset_apex", "apex")
-               for l in ("stage3", "stage4", "final") for p in ("grid2", "avg")],
-             "flow_grid14/flow + mobilevit_xxs/apex/final/avg", "flow_hoof4/flow + mobilevit_xxs/apex/final/avg"],
+    "full": [
+        *MOTION_DESCRIPTORS,
+        *[
+            f"{v}/{r}/{l}/{p}"
+            for v in ("mobilevit_xxs", "mobilevit_xs")
+            for r in ("flow", "onset_apex", "apex")
+            for l in ("stage3", "stage4", "final")
+            for p in ("grid2", "avg")
+        ],
+        "flow_grid14/flow + mobilevit_xxs/apex/final/avg",
+        "flow_hoof4/flow + mobilevit_xxs/apex/final/avg",
+    ],
 }
-PARAM_GRIDS = {"small": SMALL_PARAM_GRID, "motion": SMALL_PARAM_GRID, "raw": SMALL_PARAM_GRID, "network": SMALL_PARAM_GRID,
-               "full": FULL_PARAM_GRID}
+PARAM_GRIDS = {
+    "small": SMALL_PARAM_GRID,
+    "motion": SMALL_PARAM_GRID,
+    "raw": SMALL_PARAM_GRID,
+    "network": SMALL_PARAM_GRID,
+    "full": FULL_PARAM_GRID,
+}
 MERGE_KEYS = ["dataset", "subject", "clip"]
 
 
-def compute_metrics(y: np.ndarray, results: Sequence[FoldResult], classes: Sequence[str],
-                    datasets: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def compute_metrics(
+    y: np.ndarray,
+    results: Sequence[FoldResult],
+    classes: Sequence[str],
+    datasets: Optional[Sequence[str]] = None,
+) -> dict[str, Any]:
     """Pooled metrics (model and majority baseline), per dataset and per subject."""
     y = np.asarray(y, dtype=np.int64)
     pred, maj, fold_of = pooled_predictions(y.size, results)
@@ -79,20 +108,31 @@ def compute_metrics(y: np.ndarray, results: Sequence[FoldResult], classes: Seque
     if datasets is not None:
         datasets = np.asarray(datasets).astype(str)
         out["per_dataset"] = {
-            ds: {"model": summarize(y[tested & (datasets == ds)], pred[tested & (datasets == ds)], classes),
-                 "majority": summarize(y[tested & (datasets == ds)], maj[tested & (datasets == ds)], classes)}
+            ds: {
+                "model": summarize(
+                    y[tested & (datasets == ds)], pred[tested & (datasets == ds)], classes
+                ),
+                "majority": summarize(
+                    y[tested & (datasets == ds)], maj[tested & (datasets == ds)], classes
+                ),
+            }
             for ds in sorted(set(datasets[tested].tolist()))
         }
     rows = []
     for r in results:
         idx = np.asarray(r.test_idx, dtype=np.int64)
-        rows.append({
-            "group": r.group, "n": int(idx.size),
-            "correct": int((pred[idx] == y[idx]).sum()),
-            "accuracy": round(float((pred[idx] == y[idx]).mean()), 6),
-            "majority_accuracy": round(float((maj[idx] == y[idx]).mean()), 6),
-            "feature_set": r.feature_name, "params": r.params, "inner_score": r.inner_score,
-        })
+        rows.append(
+            {
+                "group": r.group,
+                "n": int(idx.size),
+                "correct": int((pred[idx] == y[idx]).sum()),
+                "accuracy": round(float((pred[idx] == y[idx]).mean()), 6),
+                "majority_accuracy": round(float((maj[idx] == y[idx]).mean()), 6),
+                "feature_set": r.feature_name,
+                "params": r.params,
+                "inner_score": r.inner_score,
+            }
+        )
     out["per_subject"] = rows
     return out
 
@@ -112,8 +152,10 @@ class LosoSettings:
     block_weights: Optional[str] = "default"
     feature_dir: Optional[str] = None
     device: str = "cpu"
-    features: tuple[str, ...] = ()  # explicit feature sets (FEATURE_GRIDS syntax) instead of the grid's
-    permutations: int = 0          # label permutations for the chance level (0 = none)
+    features: tuple[
+        str, ...
+    ] = ()  # explicit feature sets (FEATURE_GRIDS syntax) instead of the grid's
+    permutations: int = 0  # label permutations for the chance level (0 = none)
     permutation_seed: int = 0
     # where folds and permutations run: None = here (n_jobs processes), "local" = a dask
     # LocalCluster, else a dask scheduler address (microfer.parallel). Not a setting of the
@@ -124,39 +166,70 @@ class LosoSettings:
 RUN_ONLY_SETTINGS = ("scheduler",)  # how a run was executed, not what it computed
 
 
-def parse_feature_set(text: str, settings: LosoSettings, weights: Optional[str] = None,
-                      weights_meta: Optional[dict] = None):
+def parse_feature_set(
+    text: str,
+    settings: LosoSettings,
+    weights: Optional[str] = None,
+    weights_meta: Optional[dict] = None,
+):
     """One grid entry (see FEATURE_GRIDS) -> FeatureSetting or FusedSetting; `weights` (with
     their card `weights_meta`) go to the network candidates they were trained for."""
     from microfer.models import is_descriptor, list_models
 
     parts = [p.strip() for p in text.split("+")]
     if len(parts) > 1:
-        return FusedSetting(tuple(parse_feature_set(p, settings, weights, weights_meta) for p in parts))
+        return FusedSetting(
+            tuple(parse_feature_set(p, settings, weights, weights_meta) for p in parts)
+        )
     fields = text.split("/")
     if fields[0] not in list_models():
-        raise MicroferError(f"feature set {text!r}: unknown extractor {fields[0]!r}; available: {', '.join(list_models())}")
+        raise MicroferError(
+            f"feature set {text!r}: unknown extractor {fields[0]!r}; available: {', '.join(list_models())}"
+        )
     if is_descriptor(fields[0]):
         if len(fields) != 2:
-            raise MicroferError(f"feature set {text!r}: a descriptor is written 'name/representation'")
-        return FeatureSetting(variant=fields[0], representation=fields[1], layer="none", pool="none",
-                              input_size=28, seed=0, block_weights=None)
+            raise MicroferError(
+                f"feature set {text!r}: a descriptor is written 'name/representation'"
+            )
+        return FeatureSetting(
+            variant=fields[0],
+            representation=fields[1],
+            layer="none",
+            pool="none",
+            input_size=28,
+            seed=0,
+            block_weights=None,
+        )
     if len(fields) != 4:
-        raise MicroferError(f"feature set {text!r}: a network is written 'variant/representation/layer/pool'")
+        raise MicroferError(
+            f"feature set {text!r}: a network is written 'variant/representation/layer/pool'"
+        )
     variant, rep, layer, pool = fields
     meta = weights_meta or {}
     # weights pretrained on one variant and input representation mean nothing elsewhere:
     # those candidates keep the random initialisation (and say so in their name)
-    fits = bool(meta) and meta.get("variant") == variant and meta.get("representation") in (None, rep)
-    return FeatureSetting(variant=variant, representation=rep, layer=layer, pool=pool,
-                          input_size=int(meta.get("input_size", settings.input_size)) if fits else settings.input_size,
-                          seed=settings.seed, block_weights=str(weights) if fits and weights else None)
+    fits = (
+        bool(meta) and meta.get("variant") == variant and meta.get("representation") in (None, rep)
+    )
+    return FeatureSetting(
+        variant=variant,
+        representation=rep,
+        layer=layer,
+        pool=pool,
+        input_size=int(meta.get("input_size", settings.input_size))
+        if fits
+        else settings.input_size,
+        seed=settings.seed,
+        block_weights=str(weights) if fits and weights else None,
+    )
 
 
 def feature_grid(settings: LosoSettings) -> list:
     """The feature sets (FeatureSetting / FusedSetting) of `settings.features`, else of the grid name."""
     if settings.grid not in FEATURE_GRIDS:
-        raise MicroferError(f"unknown grid {settings.grid!r}; expected one of {', '.join(FEATURE_GRIDS)}")
+        raise MicroferError(
+            f"unknown grid {settings.grid!r}; expected one of {', '.join(FEATURE_GRIDS)}"
+        )
     spec = list(settings.features) or FEATURE_GRIDS[settings.grid]
     weights, meta = None, None
     if settings.block_weights:
@@ -198,8 +271,10 @@ def load_samples(protocol, manifest=None) -> tuple[Any, pd.DataFrame]:
     if missing:
         raise MicroferError(f"protocol {protocol.name}: samples lack column(s) {missing}")
     if samples.empty:
-        raise MicroferError(f"protocol {protocol.name}: no sample of the manifest maps to one of its classes "
-                            f"{list(protocol.classes)}")
+        raise MicroferError(
+            f"protocol {protocol.name}: no sample of the manifest maps to one of its classes "
+            f"{list(protocol.classes)}"
+        )
     return protocol, samples.reset_index(drop=True)
 
 
@@ -214,11 +289,15 @@ def match_cache(samples: pd.DataFrame, index: pd.DataFrame) -> tuple[pd.DataFram
     ok = index[index["status"].astype(str) == "ok"].drop_duplicates(MERGE_KEYS, keep="last")
     failed = index[index["status"].astype(str) != "ok"].drop_duplicates(MERGE_KEYS, keep="last")
     merged = left.drop(columns=[c for c in ("key",) if c in left.columns]).merge(
-        ok[MERGE_KEYS + ["key"]], on=MERGE_KEYS, how="left")
+        ok[MERGE_KEYS + ["key"]], on=MERGE_KEYS, how="left"
+    )
     has = merged["key"].notna()
     kept = merged[has].reset_index(drop=True)
     excluded = merged[~has][MERGE_KEYS + ["group"]].merge(
-        failed[MERGE_KEYS + [c for c in ("reason",) if c in failed.columns]], on=MERGE_KEYS, how="left")
+        failed[MERGE_KEYS + [c for c in ("reason",) if c in failed.columns]],
+        on=MERGE_KEYS,
+        how="left",
+    )
     if "reason" not in excluded.columns:
         excluded["reason"] = ""
     excluded["reason"] = excluded["reason"].fillna("").astype(str)
@@ -230,8 +309,8 @@ def match_cache(samples: pd.DataFrame, index: pd.DataFrame) -> tuple[pd.DataFram
 class LosoResult:
     protocol: str
     classes: list[str]
-    samples: pd.DataFrame          # kept samples, row i <-> y[i]
-    excluded: pd.DataFrame         # dataset, subject, clip, group, reason
+    samples: pd.DataFrame  # kept samples, row i <-> y[i]
+    excluded: pd.DataFrame  # dataset, subject, clip, group, reason
     y: np.ndarray
     pred: np.ndarray
     majority_pred: np.ndarray
@@ -242,7 +321,9 @@ class LosoResult:
     samples_sha256: str
     manifest_sha256: Optional[str] = None
     timings: dict[str, float] = field(default_factory=dict)
-    permutation: Optional[Any] = None  # permutation.PermutationResult when settings.permutations > 0
+    permutation: Optional[Any] = (
+        None  # permutation.PermutationResult when settings.permutations > 0
+    )
 
 
 @dataclass
@@ -254,9 +335,9 @@ class ProtocolFeatures:
     """
 
     protocol: Any
-    samples: pd.DataFrame          # kept samples, row i <-> y[i], with cache `key`
+    samples: pd.DataFrame  # kept samples, row i <-> y[i], with cache `key`
     excluded: pd.DataFrame
-    n_candidates: int              # samples of the protocol before matching the cache
+    n_candidates: int  # samples of the protocol before matching the cache
     y: np.ndarray
     groups: np.ndarray
     classes: list[str]
@@ -267,22 +348,27 @@ class ProtocolFeatures:
     features_s: float = 0.0
 
 
-def gather_features(protocol, cache, manifest=None, settings: Optional[LosoSettings] = None,
-                    progress: bool = True) -> ProtocolFeatures:
+def gather_features(
+    protocol, cache, manifest=None, settings: Optional[LosoSettings] = None, progress: bool = True
+) -> ProtocolFeatures:
     settings = settings or LosoSettings()
     t0 = time.perf_counter()
     proto, samples = load_samples(protocol, manifest)
     source = open_cache(cache)
     kept, excluded = match_cache(samples, source.index())
     if kept.empty:
-        raise MicroferError(f"protocol {proto.name}: none of its {len(samples)} samples is in the cache "
-                            f"(prepare them first)")
+        raise MicroferError(
+            f"protocol {proto.name}: none of its {len(samples)} samples is in the cache "
+            f"(prepare them first)"
+        )
     found = sorted({int(v) for v in kept["y"]})
     if len(found) < 2:
         names = [str(proto.classes[i]) if 0 <= i < len(proto.classes) else str(i) for i in found]
-        raise MicroferError(f"protocol {proto.name}: the {len(kept)} sample(s) in the cache hold {len(found)} class "
-                            f"({', '.join(names)}) of {list(proto.classes)}; a classifier needs at least 2 "
-                            f"({len(excluded)} sample(s) excluded)")
+        raise MicroferError(
+            f"protocol {proto.name}: the {len(kept)} sample(s) in the cache hold {len(found)} class "
+            f"({', '.join(names)}) of {list(proto.classes)}; a classifier needs at least 2 "
+            f"({len(excluded)} sample(s) excluded)"
+        )
     keys = kept["key"].astype(str).tolist()
     feature_dir = settings.feature_dir
     if feature_dir is None and getattr(source, "dir", None) is not None:
@@ -299,27 +385,55 @@ def gather_features(protocol, cache, manifest=None, settings: Optional[LosoSetti
         wanted = sorted({r for fs in fsets for r in fs.representations})
         fsets = [fs for fs in fsets if set(fs.representations) <= set(offered)]
         if not fsets:
-            raise MicroferError(f"{settings_file}: this cache offers representations {', '.join(offered)}; grid "
-                                f"{settings.grid!r} asks only for {', '.join(wanted)}")
-    feature_sets = {fs.name: extract_features(source, fs, keys=keys, feature_dir=Path(feature_dir) if feature_dir else None,
-                                              batch_size=settings.batch_size, num_threads=settings.num_threads,
-                                              device=settings.device, progress=progress)
-                    for fs in fsets}
+            raise MicroferError(
+                f"{settings_file}: this cache offers representations {', '.join(offered)}; grid "
+                f"{settings.grid!r} asks only for {', '.join(wanted)}"
+            )
+    feature_sets = {
+        fs.name: extract_features(
+            source,
+            fs,
+            keys=keys,
+            feature_dir=Path(feature_dir) if feature_dir else None,
+            batch_size=settings.batch_size,
+            num_threads=settings.num_threads,
+            device=settings.device,
+            progress=progress,
+        )
+        for fs in fsets
+    }
     return ProtocolFeatures(
-        protocol=proto, samples=kept, excluded=excluded, n_candidates=len(samples),
-        y=kept["y"].to_numpy(dtype=np.int64), groups=kept["group"].astype(str).to_numpy(),
-        classes=[str(c) for c in proto.classes], feature_settings=fsets, feature_sets=feature_sets,
-        prepare_settings=prepare_settings, load_s=t1 - t0, features_s=time.perf_counter() - t1)
+        protocol=proto,
+        samples=kept,
+        excluded=excluded,
+        n_candidates=len(samples),
+        y=kept["y"].to_numpy(dtype=np.int64),
+        groups=kept["group"].astype(str).to_numpy(),
+        classes=[str(c) for c in proto.classes],
+        feature_settings=fsets,
+        feature_sets=feature_sets,
+        prepare_settings=prepare_settings,
+        load_s=t1 - t0,
+        features_s=time.perf_counter() - t1,
+    )
 
 
-def run_loso(protocol, cache, manifest=None, settings: Optional[LosoSettings] = None,
-             progress: bool = True, make_estimator: Callable[..., Any] = make_svm) -> LosoResult:
+def run_loso(
+    protocol,
+    cache,
+    manifest=None,
+    settings: Optional[LosoSettings] = None,
+    progress: bool = True,
+    make_estimator: Callable[..., Any] = make_svm,
+) -> LosoResult:
     """LOSO of `protocol` on the clips of a prepare `cache` (see the module docstring)."""
     settings = settings or LosoSettings()
     if settings.permutations:
         from microfer.learn.permutation import check_request
 
-        check_request(settings.permutations, settings.permutation_seed)  # before the long work, not after
+        check_request(
+            settings.permutations, settings.permutation_seed
+        )  # before the long work, not after
     from microfer.parallel import jobs_for, scheduler_context
 
     # connected before the features are extracted (here), so a wrong address fails at once
@@ -327,27 +441,60 @@ def run_loso(protocol, cache, manifest=None, settings: Optional[LosoSettings] = 
         data = gather_features(protocol, cache, manifest, settings, progress)
         folds = data.protocol.folds(data.samples)
         check_folds(folds, data.groups)
-        return _evaluate(settings, data, folds, progress, make_estimator, manifest,
-                         jobs_for(settings.scheduler, settings.n_jobs))
+        return _evaluate(
+            settings,
+            data,
+            folds,
+            progress,
+            make_estimator,
+            manifest,
+            jobs_for(settings.scheduler, settings.n_jobs),
+        )
 
 
-def _evaluate(settings: LosoSettings, data: ProtocolFeatures, folds, progress: bool,
-              make_estimator: Callable[..., Any], manifest, n_jobs: int) -> LosoResult:
+def _evaluate(
+    settings: LosoSettings,
+    data: ProtocolFeatures,
+    folds,
+    progress: bool,
+    make_estimator: Callable[..., Any],
+    manifest,
+    n_jobs: int,
+) -> LosoResult:
     """run_loso after the features: folds, metrics, permutations (on the scheduler, if any)."""
     proto, kept, excluded, samples_n = data.protocol, data.samples, data.excluded, data.n_candidates
-    y, groups, classes, fsets, feature_sets = data.y, data.groups, data.classes, data.feature_settings, data.feature_sets
+    y, groups, classes, fsets, feature_sets = (
+        data.y,
+        data.groups,
+        data.classes,
+        data.feature_settings,
+        data.feature_sets,
+    )
     t2 = time.perf_counter()
-    results = evaluate_folds(feature_sets, y, groups, folds, param_grid=PARAM_GRIDS[settings.grid],
-                             inner_splits=settings.inner_splits, n_jobs=n_jobs, seed=settings.seed,
-                             n_classes=len(classes), scoring=settings.scoring, make_estimator=make_estimator,
-                             progress=progress)
+    results = evaluate_folds(
+        feature_sets,
+        y,
+        groups,
+        folds,
+        param_grid=PARAM_GRIDS[settings.grid],
+        inner_splits=settings.inner_splits,
+        n_jobs=n_jobs,
+        seed=settings.seed,
+        n_classes=len(classes),
+        scoring=settings.scoring,
+        make_estimator=make_estimator,
+        progress=progress,
+    )
     t3 = time.perf_counter()
     datasets = kept["dataset"].astype(str)
     per_dataset = bool(getattr(proto, "per_dataset", False)) or datasets.nunique() > 1
     metrics = compute_metrics(y, results, classes, datasets.tolist() if per_dataset else None)
     metrics["protocol_metrics"] = list(getattr(proto, "metrics", ("uf1", "uar", "accuracy")))
-    metrics["excluded"] = {"count": int(len(excluded)), "of": int(samples_n),
-                           "by_reason": excluded["reason"].value_counts().sort_index().to_dict()}
+    metrics["excluded"] = {
+        "count": int(len(excluded)),
+        "of": int(samples_n),
+        "by_reason": excluded["reason"].value_counts().sort_index().to_dict(),
+    }
     permutation = None
     if settings.permutations:
         from microfer.learn.permutation import permutation_test, pooled_scores
@@ -358,33 +505,64 @@ def _evaluate(settings: LosoSettings, data: ProtocolFeatures, folds, progress: b
         # features say about the emotion beyond which dataset a clip came from.
         strata = datasets.to_numpy() if datasets.nunique() > 1 else None
         permutation = permutation_test(
-            feature_sets, y, groups, folds, param_grid=PARAM_GRIDS[settings.grid],
-            inner_splits=settings.inner_splits, n_classes=len(classes), scoring=settings.scoring,
-            make_estimator=make_estimator, n_permutations=settings.permutations, seed=settings.permutation_seed,
-            strata=strata, n_jobs=n_jobs, progress=progress, real=pooled_scores(y, results, len(classes)))
+            feature_sets,
+            y,
+            groups,
+            folds,
+            param_grid=PARAM_GRIDS[settings.grid],
+            inner_splits=settings.inner_splits,
+            n_classes=len(classes),
+            scoring=settings.scoring,
+            make_estimator=make_estimator,
+            n_permutations=settings.permutations,
+            seed=settings.permutation_seed,
+            strata=strata,
+            n_jobs=n_jobs,
+            progress=progress,
+            real=pooled_scores(y, results, len(classes)),
+        )
         metrics["permutation"] = permutation.as_dict()
     t4 = time.perf_counter()
     pred, maj, _ = pooled_predictions(y.size, results)
     from microfer.io import file_sha256
 
     manifest_sha = None
-    if manifest is None and getattr(proto, "manifest_path", None) is not None and Path(proto.manifest_path).is_file():
+    if (
+        manifest is None
+        and getattr(proto, "manifest_path", None) is not None
+        and Path(proto.manifest_path).is_file()
+    ):
         manifest_sha = file_sha256(proto.manifest_path)  # the protocol's shipped manifest
     elif isinstance(manifest, (list, tuple)):
-        manifest_sha = hashlib.sha256("".join(file_sha256(m) for m in manifest).encode()).hexdigest()
+        manifest_sha = hashlib.sha256(
+            "".join(file_sha256(m) for m in manifest).encode()
+        ).hexdigest()
     elif manifest is not None and not isinstance(manifest, pd.DataFrame):
         manifest_sha = file_sha256(manifest)
     return LosoResult(
-        protocol=str(proto.name), classes=classes, samples=kept, excluded=excluded, y=y, pred=pred,
-        majority_pred=maj, folds=results, metrics=metrics,
-        settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
-                  if k not in RUN_ONLY_SETTINGS},
+        protocol=str(proto.name),
+        classes=classes,
+        samples=kept,
+        excluded=excluded,
+        y=y,
+        pred=pred,
+        majority_pred=maj,
+        folds=results,
+        metrics=metrics,
+        settings={
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in asdict(settings).items()
+            if k not in RUN_ONLY_SETTINGS
+        },
         feature_sets=[{**asdict(fs), "name": fs.name, "key": fs.key()} for fs in fsets],
         samples_sha256=frame_sha256(kept, [*MERGE_KEYS, "emotion", "label", "y", "group"]),
         manifest_sha256=manifest_sha,
-        timings={"load_s": round(data.load_s, 3), "features_s": round(data.features_s, 3),
-                 "folds_s": round(t3 - t2, 3),
-                 **({"permutations_s": round(t4 - t3, 3)} if permutation is not None else {}),
-                 "total_s": round(data.load_s + data.features_s + t4 - t2, 3)},
+        timings={
+            "load_s": round(data.load_s, 3),
+            "features_s": round(data.features_s, 3),
+            "folds_s": round(t3 - t2, 3),
+            **({"permutations_s": round(t4 - t3, 3)} if permutation is not None else {}),
+            "total_s": round(data.load_s + data.features_s + t4 - t2, 3),
+        },
         permutation=permutation,
     )

@@ -14,6 +14,7 @@ pretrained weights and FEATURE_VERSION (bump it when the representation or
 extractor code changes the numbers). Writes are atomic, no pickle (np.save/np.load with
 allow_pickle=False).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,8 @@ from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
-from microfer.io import atomic_path, write_json
 from microfer.errors import MicroferError
+from microfer.io import atomic_path, write_json
 from microfer.records import PreparedClip
 
 FEATURE_VERSION = 1
@@ -46,7 +47,9 @@ class FeatureSetting:
     pool: str = "avg"
     input_size: int = 128
     seed: int = 0
-    block_weights: Optional[str] = None  # pretrained weights (folder, .json or .safetensors), None = random init
+    block_weights: Optional[str] = (
+        None  # pretrained weights (folder, .json or .safetensors), None = random init
+    )
 
     @property
     def is_descriptor(self) -> bool:
@@ -85,13 +88,21 @@ class FeatureSetting:
         blob = json.dumps(doc, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def create_extractor(self, batch_size: int = 32, num_threads: Optional[int] = None, device: str = "cpu"):
+    def create_extractor(
+        self, batch_size: int = 32, num_threads: Optional[int] = None, device: str = "cpu"
+    ):
         from microfer.models import create_extractor
 
         return create_extractor(
-            self.variant, layer=self.layer, pool=self.pool, input_size=self.input_size, seed=self.seed,
+            self.variant,
+            layer=self.layer,
+            pool=self.pool,
+            input_size=self.input_size,
+            seed=self.seed,
             block_weights=Path(self.block_weights) if self.block_weights else None,
-            batch_size=batch_size, num_threads=num_threads, device=device,
+            batch_size=batch_size,
+            num_threads=num_threads,
+            device=device,
         )
 
 
@@ -99,8 +110,10 @@ def check_weights_fit(setting: FeatureSetting) -> None:
     """Refuse pretrained weights of another input representation (the variant is checked on loading)."""
     if setting.is_descriptor:
         if setting.representation != "flow":
-            raise MicroferError(f"{setting.variant} describes flow; feature set {setting.name} gives it "
-                                f"{setting.representation!r} inputs")
+            raise MicroferError(
+                f"{setting.variant} describes flow; feature set {setting.name} gives it "
+                f"{setting.representation!r} inputs"
+            )
         return
     if not setting.block_weights:
         return
@@ -109,8 +122,10 @@ def check_weights_fit(setting: FeatureSetting) -> None:
     meta = read_block_meta(setting.block_weights)
     rep = meta.get("representation")
     if rep is not None and rep != setting.representation:
-        raise MicroferError(f"{setting.block_weights}: weights were pretrained on {rep!r} inputs, "
-                            f"feature set {setting.name} uses {setting.representation!r}")
+        raise MicroferError(
+            f"{setting.block_weights}: weights were pretrained on {rep!r} inputs, "
+            f"feature set {setting.name} uses {setting.representation!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -183,8 +198,14 @@ class FeatureCache:
 
     def put(self, key: str, vec: np.ndarray, stamp: str = "") -> None:
         if not (self.dir / "setting.json").is_file():
-            write_json(self.dir / "setting.json", {**asdict(self.setting), "name": self.setting.name,
-                                                   "feature_version": FEATURE_VERSION})
+            write_json(
+                self.dir / "setting.json",
+                {
+                    **asdict(self.setting),
+                    "name": self.setting.name,
+                    "feature_version": FEATURE_VERSION,
+                },
+            )
         with atomic_path(self.path(key, stamp), suffix=".npy") as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, np.asarray(vec, np.float32), allow_pickle=False)
@@ -212,10 +233,22 @@ def extract_features(
 
     if isinstance(setting, FusedSetting):
         if extractor is not None:
-            raise MicroferError("extract_features: pass no extractor for a fusion (each part builds its own)")
-        blocks = [extract_features(clips, part, keys=keys, feature_dir=feature_dir, batch_size=batch_size,
-                                   num_threads=num_threads, device=device, progress=progress)
-                  for part in setting.parts]
+            raise MicroferError(
+                "extract_features: pass no extractor for a fusion (each part builds its own)"
+            )
+        blocks = [
+            extract_features(
+                clips,
+                part,
+                keys=keys,
+                feature_dir=feature_dir,
+                batch_size=batch_size,
+                num_threads=num_threads,
+                device=device,
+                progress=progress,
+            )
+            for part in setting.parts
+        ]
         return np.concatenate(blocks, axis=1)
     check_kind(setting.representation)
     check_weights_fit(setting)
@@ -225,7 +258,11 @@ def extract_features(
     n = len(clips) if is_list else len(keys)  # type: ignore[arg-type]
     if keys is not None and len(keys) != n:
         raise MicroferError(f"extract_features: {len(keys)} keys for {n} clips")
-    store = FeatureCache(feature_dir, setting) if (feature_dir is not None and keys is not None) else None
+    store = (
+        FeatureCache(feature_dir, setting)
+        if (feature_dir is not None and keys is not None)
+        else None
+    )
 
     rows: list[Optional[np.ndarray]] = [None] * n
     stamps = [""] * n
@@ -235,14 +272,22 @@ def extract_features(
     todo = [i for i in range(n) if rows[i] is None]
     if todo:
         if extractor is None:
-            extractor = setting.create_extractor(batch_size=batch_size, num_threads=num_threads, device=device)
+            extractor = setting.create_extractor(
+                batch_size=batch_size, num_threads=num_threads, device=device
+            )
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(todo), desc=f"features {setting.name}", unit="clip", leave=False, disable=None)
+            bar = tqdm(
+                total=len(todo),
+                desc=f"features {setting.name}",
+                unit="clip",
+                leave=False,
+                disable=None,
+            )
         for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
+            chunk = todo[start : start + batch_size]
             names = [keys[i] if keys is not None else f"clip #{i}" for i in chunk]
             prepared = [clips[i] if is_list else clips.load(keys[i]) for i in chunk]  # type: ignore[index,union-attr]
             feats = extractor(stack_inputs(prepared, setting.representation, names))
@@ -299,8 +344,14 @@ class FeatureModel:
     extractor per part; their weights are stored under `part<i>.` prefixes.
     """
 
-    def __init__(self, setting: "FeatureSetting | FusedSetting", batch_size: int = 1,
-                 num_threads: Optional[int] = None, device: str = "cpu", onnx: Optional[dict] = None):
+    def __init__(
+        self,
+        setting: "FeatureSetting | FusedSetting",
+        batch_size: int = 1,
+        num_threads: Optional[int] = None,
+        device: str = "cpu",
+        onnx: Optional[dict] = None,
+    ):
         """`onnx`: {file name: path} of exported network parts (`onnx_names`); those parts run
         in onnxruntime and torch is not imported for them."""
         self.setting = setting
@@ -313,8 +364,11 @@ class FeatureModel:
 
                 self.extractors.append(OnnxExtractor(onnx[name], num_threads=num_threads))
             else:
-                self.extractors.append(part.create_extractor(batch_size=batch_size, num_threads=num_threads,
-                                                             device=device))
+                self.extractors.append(
+                    part.create_extractor(
+                        batch_size=batch_size, num_threads=num_threads, device=device
+                    )
+                )
 
     def _prefix(self, i: int) -> str:
         return _part_prefix(self.setting, i)
@@ -325,31 +379,53 @@ class FeatureModel:
 
     def export_onnx(self, crop_size: int) -> dict[str, bytes]:
         """{file name: ONNX model} of every network part, for inputs of `crop_size` px."""
-        return {_onnx_name(self.setting, i): ex.to_onnx(crop_size)
-                for i, (p, ex) in enumerate(zip(self.setting.parts, self.extractors)) if not p.is_descriptor}
+        return {
+            _onnx_name(self.setting, i): ex.to_onnx(crop_size)
+            for i, (p, ex) in enumerate(zip(self.setting.parts, self.extractors))
+            if not p.is_descriptor
+        }
 
-    def __call__(self, prepared: Sequence[PreparedClip], names: Optional[Sequence[str]] = None) -> np.ndarray:
+    def __call__(
+        self, prepared: Sequence[PreparedClip], names: Optional[Sequence[str]] = None
+    ) -> np.ndarray:
         from microfer.clip.representation import stack_inputs
 
-        return self.from_inputs({rep: stack_inputs(prepared, rep, names) for rep in self.setting.representations})
+        return self.from_inputs(
+            {rep: stack_inputs(prepared, rep, names) for rep in self.setting.representations}
+        )
 
     def from_inputs(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Features of network inputs already made: {representation: (N, 3, S, S)} -> (N, D)."""
-        blocks = [ex(inputs[part.representation]) for part, ex in zip(self.setting.parts, self.extractors)]
+        blocks = [
+            ex(inputs[part.representation]) for part, ex in zip(self.setting.parts, self.extractors)
+        ]
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
     def state_dict(self) -> dict:
-        return {self._prefix(i) + k: v for i, ex in enumerate(self.extractors) for k, v in ex.state_dict().items()}
+        return {
+            self._prefix(i) + k: v
+            for i, ex in enumerate(self.extractors)
+            for k, v in ex.state_dict().items()
+        }
 
     def load_state_dict(self, state: dict, source: str = "network weights") -> None:
         for i, ex in enumerate(self.extractors):
             if not hasattr(ex, "load_state_dict"):  # an ONNX graph carries its own weights
                 continue
             prefix = self._prefix(i)
-            ex.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, source=source)
+            ex.load_state_dict(
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)},
+                source=source,
+            )
         if isinstance(self.setting, FusedSetting):
-            stray = [k for k in state if not any(k.startswith(self._prefix(i)) for i in range(len(self.extractors)))]
+            stray = [
+                k
+                for k in state
+                if not any(k.startswith(self._prefix(i)) for i in range(len(self.extractors)))
+            ]
             if stray:
                 from microfer.errors import BundleError
 
-                raise BundleError(f"{source}: tensors belong to no part of the fusion (e.g. {stray[0]})")
+                raise BundleError(
+                    f"{source}: tensors belong to no part of the fusion (e.g. {stray[0]})"
+                )

@@ -33,8 +33,10 @@ class SimpleFold:
 def leave_one_group_out(groups: Sequence[str]) -> list[SimpleFold]:
     """One fold per group, in sorted group order (for callers without a protocol)."""
     groups = np.asarray(groups)
-    return [SimpleFold(str(g), np.flatnonzero(groups != g), np.flatnonzero(groups == g))
-            for g in sorted(set(groups.tolist()))]
+    return [
+        SimpleFold(str(g), np.flatnonzero(groups != g), np.flatnonzero(groups == g))
+        for g in sorted(set(groups.tolist()))
+    ]
 
 
 def check_folds(folds: Sequence[Any], groups: np.ndarray) -> None:
@@ -48,7 +50,9 @@ def check_folds(folds: Sequence[Any], groups: np.ndarray) -> None:
             raise FoldLeakError(f"fold {fold.group}: samples in both train and test")
         shared = set(groups[train].tolist()) & set(groups[test].tolist())
         if shared:
-            raise FoldLeakError(f"fold {fold.group}: subject(s) {sorted(shared)} in both train and test")
+            raise FoldLeakError(
+                f"fold {fold.group}: subject(s) {sorted(shared)} in both train and test"
+            )
 
 
 @dataclass
@@ -63,24 +67,59 @@ class FoldResult:
     majority: int
 
 
-def run_fold(feature_sets: Mapping[str, np.ndarray], y: np.ndarray, groups: np.ndarray, fold: Any,
-             param_grid, inner_splits: int, n_classes: int, seed: int, scoring: str = "uf1",
-             make_estimator: Callable[..., Any] = make_svm) -> FoldResult:
+def run_fold(
+    feature_sets: Mapping[str, np.ndarray],
+    y: np.ndarray,
+    groups: np.ndarray,
+    fold: Any,
+    param_grid,
+    inner_splits: int,
+    n_classes: int,
+    seed: int,
+    scoring: str = "uf1",
+    make_estimator: Callable[..., Any] = make_svm,
+) -> FoldResult:
     check_folds([fold], groups)
     train, test = np.asarray(fold.train_idx), np.asarray(fold.test_idx)
-    choice = select_and_fit(feature_sets, y, groups, train, inner_splits=inner_splits, param_grid=param_grid,
-                            seed=seed, scoring=scoring, n_classes=n_classes, make_estimator=make_estimator)
+    choice = select_and_fit(
+        feature_sets,
+        y,
+        groups,
+        train,
+        inner_splits=inner_splits,
+        param_grid=param_grid,
+        seed=seed,
+        scoring=scoring,
+        n_classes=n_classes,
+        make_estimator=make_estimator,
+    )
     pred = choice.predict(feature_sets, test)
-    return FoldResult(group=str(fold.group), test_idx=test.tolist(), n_train=int(train.size),
-                      feature_name=choice.feature_name, params=choice.params,
-                      inner_score=round(float(choice.inner_score), 6), y_pred=[int(p) for p in pred],
-                      majority=majority_class(y[train], n_classes))
+    return FoldResult(
+        group=str(fold.group),
+        test_idx=test.tolist(),
+        n_train=int(train.size),
+        feature_name=choice.feature_name,
+        params=choice.params,
+        inner_score=round(float(choice.inner_score), 6),
+        y_pred=[int(p) for p in pred],
+        majority=majority_class(y[train], n_classes),
+    )
 
 
-def evaluate_folds(feature_sets: Mapping[str, np.ndarray], y, groups, folds: Sequence[Any],
-                   param_grid=None, inner_splits: int = 5, n_jobs: int = 1, seed: int = 0,
-                   n_classes: Optional[int] = None, scoring: str = "uf1",
-                   make_estimator: Callable[..., Any] = make_svm, progress: bool = False) -> list[FoldResult]:
+def evaluate_folds(
+    feature_sets: Mapping[str, np.ndarray],
+    y,
+    groups,
+    folds: Sequence[Any],
+    param_grid=None,
+    inner_splits: int = 5,
+    n_jobs: int = 1,
+    seed: int = 0,
+    n_classes: Optional[int] = None,
+    scoring: str = "uf1",
+    make_estimator: Callable[..., Any] = make_svm,
+    progress: bool = False,
+) -> list[FoldResult]:
     """Run every fold (joblib, n_jobs); results in fold order, independent of n_jobs."""
     from joblib import Parallel, delayed
 
@@ -89,28 +128,40 @@ def evaluate_folds(feature_sets: Mapping[str, np.ndarray], y, groups, folds: Seq
     n = y.size
     for name, X in feature_sets.items():
         if np.asarray(X).shape[0] != n:
-            raise MicroferError(f"feature set {name} has {np.asarray(X).shape[0]} rows for {n} samples")
+            raise MicroferError(
+                f"feature set {name} has {np.asarray(X).shape[0]} rows for {n} samples"
+            )
     folds = list(folds)
     check_folds(folds, groups)
     for f in folds:
         n_train_groups = np.unique(groups[np.asarray(f.train_idx)]).size
         if n_train_groups < 2:
-            raise MicroferError(f"fold {f.group}: its training part holds {n_train_groups} subject(s); choices "
-                                f"inside the fold need at least 2 (LOSO needs at least 3 subjects)")
+            raise MicroferError(
+                f"fold {f.group}: its training part holds {n_train_groups} subject(s); choices "
+                f"inside the fold need at least 2 (LOSO needs at least 3 subjects)"
+            )
     k = int(n_classes if n_classes is not None else y.max() + 1)
     param_grid = expand_grid(param_grid)
-    tasks = (delayed(run_fold)(feature_sets, y, groups, f, param_grid, inner_splits, k, seed, scoring, make_estimator)
-             for f in folds)
+    tasks = (
+        delayed(run_fold)(
+            feature_sets, y, groups, f, param_grid, inner_splits, k, seed, scoring, make_estimator
+        )
+        for f in folds
+    )
     # results come back in fold order whatever n_jobs is, so the numbers do not depend on it
     results = Parallel(n_jobs=n_jobs, return_as="generator")(tasks)
     if progress:
         from tqdm import tqdm
 
-        results = tqdm(results, total=len(folds), desc="LOSO folds", unit="fold", leave=False, disable=None)
+        results = tqdm(
+            results, total=len(folds), desc="LOSO folds", unit="fold", leave=False, disable=None
+        )
     return list(results)
 
 
-def pooled_predictions(n: int, results: Sequence[FoldResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pooled_predictions(
+    n: int, results: Sequence[FoldResult]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(predictions, majority predictions, fold of each sample) over all folds; -1 = never tested."""
     pred = np.full(n, -1, np.int64)
     maj = np.full(n, -1, np.int64)

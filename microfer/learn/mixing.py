@@ -13,12 +13,13 @@ The operations are linear in the input, so they hold for flow inputs as they are
 two flows is a flow; a cut-out region is "no motion"); flips stay with the training loop,
 which negates u for flow.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 MIXES = ("none", "cutout", "mixup", "cutmix", "fmix")
-CUTOUT_FRACTION = 0.5    # side of the cut-out square, as a fraction of the image side
+CUTOUT_FRACTION = 0.5  # side of the cut-out square, as a fraction of the image side
 MIXUP_ALPHA = 0.2
 CUTMIX_ALPHA = 1.0
 FMIX_ALPHA = 1.0
@@ -29,15 +30,21 @@ def check_mix(mix: str) -> str:
     if mix not in MIXES:
         from microfer.errors import MicroferError
 
-        raise MicroferError(f"unknown batch augmentation {mix!r}; expected one of {', '.join(MIXES)}")
+        raise MicroferError(
+            f"unknown batch augmentation {mix!r}; expected one of {', '.join(MIXES)}"
+        )
     return mix
 
 
 def describe(mix: str) -> dict:
     """The batch augmentation, for the weights card."""
-    doc = {"none": {}, "cutout": {"side_fraction": CUTOUT_FRACTION},
-           "mixup": {"alpha": MIXUP_ALPHA}, "cutmix": {"alpha": CUTMIX_ALPHA},
-           "fmix": {"alpha": FMIX_ALPHA, "decay_power": FMIX_DECAY}}[check_mix(mix)]
+    doc = {
+        "none": {},
+        "cutout": {"side_fraction": CUTOUT_FRACTION},
+        "mixup": {"alpha": MIXUP_ALPHA},
+        "cutmix": {"alpha": CUTMIX_ALPHA},
+        "fmix": {"alpha": FMIX_ALPHA, "decay_power": FMIX_DECAY},
+    }[check_mix(mix)]
     return {"kind": mix, **doc}
 
 
@@ -49,11 +56,13 @@ def _box(rng: np.random.Generator, size: int, area: float) -> tuple[int, int, in
     return y0, min(size, cy + (side - side // 2)), x0, min(size, cx + (side - side // 2))
 
 
-def fmix_mask(rng: np.random.Generator, size: int, lam: float, decay: float = FMIX_DECAY) -> np.ndarray:
+def fmix_mask(
+    rng: np.random.Generator, size: int, lam: float, decay: float = FMIX_DECAY
+) -> np.ndarray:
     """(size, size) bool mask holding a fraction `lam` of the pixels, in low-frequency blobs."""
     fy = np.fft.fftfreq(size)[:, None]
     fx = np.fft.rfftfreq(size)[None, :]
-    freq = np.sqrt(fx ** 2 + fy ** 2)
+    freq = np.sqrt(fx**2 + fy**2)
     scale = 1.0 / np.maximum(freq, 1.0 / size) ** decay
     spectrum = (rng.standard_normal(freq.shape) + 1j * rng.standard_normal(freq.shape)) * scale
     noise = np.fft.irfft2(spectrum, s=(size, size))
@@ -64,8 +73,9 @@ def fmix_mask(rng: np.random.Generator, size: int, lam: float, decay: float = FM
     return mask.reshape(size, size)
 
 
-def mix_batch(x: np.ndarray, y: np.ndarray, n_classes: int, mix: str,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def mix_batch(
+    x: np.ndarray, y: np.ndarray, n_classes: int, mix: str, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """(N, C, S, S) inputs and (N,) labels -> augmented inputs and (N, n_classes) soft targets."""
     check_mix(mix)
     x = np.array(x, np.float32, copy=True)
@@ -75,7 +85,7 @@ def mix_batch(x: np.ndarray, y: np.ndarray, n_classes: int, mix: str,
         return x, targets
     if mix == "cutout":
         for i in range(n):
-            y0, y1, x0, x1 = _box(rng, size, CUTOUT_FRACTION ** 2)
+            y0, y1, x0, x1 = _box(rng, size, CUTOUT_FRACTION**2)
             x[i, :, y0:y1, x0:x1] = x[i].mean(axis=(1, 2), keepdims=True)
         return x, targets
     partner = rng.permutation(n)

@@ -33,6 +33,7 @@ Gaussian fitted to few clips is tight around them), and leaving out whole subjec
 what `predict` meets: a new person, in distribution. With 95, about 5% of new in-distribution
 clips are flagged by design.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,8 +45,16 @@ from microfer.errors import MicroferError
 
 METHOD = "relative_mahalanobis"
 DEFAULT_PERCENTILE = 95.0
-ARRAYS = ("center", "scale", "class_means", "class_basis", "class_eigvals",
-          "background_mean", "background_basis", "background_eigvals")
+ARRAYS = (
+    "center",
+    "scale",
+    "class_means",
+    "class_basis",
+    "class_eigvals",
+    "background_mean",
+    "background_basis",
+    "background_eigvals",
+)
 
 
 def _shrinkage(residuals: np.ndarray) -> float:
@@ -55,7 +64,7 @@ def _shrinkage(residuals: np.ndarray) -> float:
 
 
 def _floor(residuals: np.ndarray, shrinkage: float) -> float:
-    mu = float((residuals ** 2).mean())  # trace / d of the empirical covariance
+    mu = float((residuals**2).mean())  # trace / d of the empirical covariance
     return max(shrinkage * mu, 1e-6 * mu, 1e-12)  # > 0 even when Ledoit-Wolf shrinks nothing
 
 
@@ -63,9 +72,9 @@ def _floor(residuals: np.ndarray, shrinkage: float) -> float:
 class Gaussian:
     """A shrunk Gaussian: covariance = floor * I + basis.T @ diag(eigvals - floor) @ basis."""
 
-    basis: np.ndarray    # (r, d) orthonormal rows spanning the training residuals
+    basis: np.ndarray  # (r, d) orthonormal rows spanning the training residuals
     eigvals: np.ndarray  # (r,) covariance eigenvalues along those rows (each >= floor)
-    floor: float         # covariance eigenvalue in every other direction
+    floor: float  # covariance eigenvalue in every other direction
 
     @classmethod
     def fit(cls, residuals: np.ndarray, floor: Optional[float] = None) -> "Gaussian":
@@ -82,16 +91,16 @@ class Gaussian:
     def distance(self, u: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of centred rows u (n, d)."""
         proj = u @ self.basis.T
-        rest = np.maximum((u ** 2).sum(1) - (proj ** 2).sum(1), 0.0)
-        return rest / self.floor + (proj ** 2 / self.eigvals).sum(1)
+        rest = np.maximum((u**2).sum(1) - (proj**2).sum(1), 0.0)
+        return rest / self.floor + (proj**2 / self.eigvals).sum(1)
 
 
 @dataclass
 class RelativeMahalanobis:
-    center: np.ndarray       # (d,) standardisation
-    scale: np.ndarray        # (d,)
+    center: np.ndarray  # (d,) standardisation
+    scale: np.ndarray  # (d,)
     class_means: np.ndarray  # (k, d) in standardised units
-    shared: Gaussian         # the classes' covariance
+    shared: Gaussian  # the classes' covariance
     background_mean: np.ndarray
     background: Gaussian
     threshold: float = float("inf")
@@ -104,7 +113,9 @@ class RelativeMahalanobis:
         X = np.asarray(X, np.float64)
         y = np.asarray(y)
         if X.ndim != 2 or len(X) < 2 or len(y) != len(X):
-            raise MicroferError(f"OOD score: need (n >= 2, d) features with one label each, got {X.shape}")
+            raise MicroferError(
+                f"OOD score: need (n >= 2, d) features with one label each, got {X.shape}"
+            )
         center = X.mean(0)
         scale = X.std(0)
         scale[scale < 1e-12] = 1.0  # a constant column carries nothing; keep it from dividing by 0
@@ -113,9 +124,17 @@ class RelativeMahalanobis:
         means = np.stack([Z[y == c].mean(0) for c in labels])
         within = Z - means[np.searchsorted(labels, y)]
         total = Z - Z.mean(0)
-        floor = max(_floor(within, _shrinkage(within)), _floor(total, _shrinkage(total)))  # one floor: see above
-        return cls(center=center, scale=scale, class_means=means, shared=Gaussian.fit(within, floor),
-                   background_mean=Z.mean(0), background=Gaussian.fit(total, floor))
+        floor = max(
+            _floor(within, _shrinkage(within)), _floor(total, _shrinkage(total))
+        )  # one floor: see above
+        return cls(
+            center=center,
+            scale=scale,
+            class_means=means,
+            shared=Gaussian.fit(within, floor),
+            background_mean=Z.mean(0),
+            background=Gaussian.fit(total, floor),
+        )
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """(n,) relative Mahalanobis scores; higher = more out of distribution."""
@@ -127,27 +146,44 @@ class RelativeMahalanobis:
         return self.score(X) > self.threshold
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"center": self.center, "scale": self.scale, "class_means": self.class_means,
-                "class_basis": self.shared.basis, "class_eigvals": self.shared.eigvals,
-                "background_mean": self.background_mean, "background_basis": self.background.basis,
-                "background_eigvals": self.background.eigvals}
+        return {
+            "center": self.center,
+            "scale": self.scale,
+            "class_means": self.class_means,
+            "class_basis": self.shared.basis,
+            "class_eigvals": self.shared.eigvals,
+            "background_mean": self.background_mean,
+            "background_basis": self.background.basis,
+            "background_eigvals": self.background.eigvals,
+        }
 
     def config(self) -> dict:
         """What bundle.json records (the floors and threshold are scalars, readable there)."""
-        return {"method": METHOD, "threshold": float(self.threshold), "percentile": float(self.percentile),
-                "threshold_from": f"scores of each training {self.held_out} left out of the fit",
-                "held_out": self.held_out,
-                "floor": float(self.shared.floor)}
+        return {
+            "method": METHOD,
+            "threshold": float(self.threshold),
+            "percentile": float(self.percentile),
+            "threshold_from": f"scores of each training {self.held_out} left out of the fit",
+            "held_out": self.held_out,
+            "floor": float(self.shared.floor),
+        }
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], config: dict) -> "RelativeMahalanobis":
         a = {k: np.asarray(arrays[k], np.float64) for k in ARRAYS}
-        return cls(center=a["center"], scale=a["scale"], class_means=a["class_means"],
-                   shared=Gaussian(a["class_basis"], a["class_eigvals"], float(config["floor"])),
-                   background_mean=a["background_mean"],
-                   background=Gaussian(a["background_basis"], a["background_eigvals"], float(config["floor"])),
-                   threshold=float(config["threshold"]), percentile=float(config["percentile"]),
-                   held_out=str(config.get("held_out", "subject")))
+        return cls(
+            center=a["center"],
+            scale=a["scale"],
+            class_means=a["class_means"],
+            shared=Gaussian(a["class_basis"], a["class_eigvals"], float(config["floor"])),
+            background_mean=a["background_mean"],
+            background=Gaussian(
+                a["background_basis"], a["background_eigvals"], float(config["floor"])
+            ),
+            threshold=float(config["threshold"]),
+            percentile=float(config["percentile"]),
+            held_out=str(config.get("held_out", "subject")),
+        )
 
 
 def held_out_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -161,16 +197,25 @@ def held_out_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndar
     return out
 
 
-def fit_ood(X: np.ndarray, y: np.ndarray, groups: np.ndarray, percentile: float = DEFAULT_PERCENTILE,
-            held_out: str = "subject") -> RelativeMahalanobis:
+def fit_ood(
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    percentile: float = DEFAULT_PERCENTILE,
+    held_out: str = "subject",
+) -> RelativeMahalanobis:
     """The score fitted on all rows, its threshold from leave-one-group-out scores (see module doc);
     `held_out` names what a group is, for bundle.json (subjects; random folds where there are none)."""
     if len(np.unique(groups)) < 2:
-        raise MicroferError(f"OOD threshold: needs at least 2 groups ({held_out}s; each is left out once)")
+        raise MicroferError(
+            f"OOD threshold: needs at least 2 groups ({held_out}s; each is left out once)"
+        )
     model = RelativeMahalanobis.fit(X, y)
     scores = held_out_scores(X, y, groups)
     if np.isnan(scores).all():
-        raise MicroferError(f"OOD threshold: no {held_out} can be left out with 2 or more training rows remaining")
+        raise MicroferError(
+            f"OOD threshold: no {held_out} can be left out with 2 or more training rows remaining"
+        )
     model.threshold = float(np.nanpercentile(scores, percentile))
     model.percentile = float(percentile)
     model.held_out = held_out

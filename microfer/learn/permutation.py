@@ -15,6 +15,7 @@ needs (N = 99 for p <= 0.01). Permutations come from one seed (one child generat
 permutation), so the numbers do not depend on n_jobs, and permutation i is the same
 whatever N is.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,8 +23,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from microfer.learn.classify import make_svm
 from microfer.errors import MicroferError
+from microfer.learn.classify import make_svm
 from microfer.metrics import score as metric_score
 
 METRICS = ("uf1", "uar")
@@ -35,31 +36,44 @@ class PermutationResult:
 
     n_permutations: int
     seed: int
-    strata: Optional[list[str]]      # labels were permuted within each of these; None = across all samples
-    real: dict[str, float]           # metric -> score with the true labels
-    null: dict[str, np.ndarray]      # metric -> one score per permutation, in permutation order
+    strata: Optional[
+        list[str]
+    ]  # labels were permuted within each of these; None = across all samples
+    real: dict[str, float]  # metric -> score with the true labels
+    null: dict[str, np.ndarray]  # metric -> one score per permutation, in permutation order
     null_mean: dict[str, float]
-    null_p95: dict[str, float]       # 95th percentile: a real score above it is unusual under the null
+    null_p95: dict[str, float]  # 95th percentile: a real score above it is unusual under the null
     p_value: dict[str, float]
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, rounded like `metrics.summarize` (6 decimals)."""
         return {
-            "n_permutations": self.n_permutations, "seed": self.seed, "strata": self.strata,
-            "metrics": {m: {"real": round(self.real[m], 6), "null_mean": round(self.null_mean[m], 6),
-                            "null_p95": round(self.null_p95[m], 6), "p_value": round(self.p_value[m], 6),
-                            "null": [round(float(v), 6) for v in self.null[m]]}
-                        for m in self.null},
+            "n_permutations": self.n_permutations,
+            "seed": self.seed,
+            "strata": self.strata,
+            "metrics": {
+                m: {
+                    "real": round(self.real[m], 6),
+                    "null_mean": round(self.null_mean[m], 6),
+                    "null_p95": round(self.null_p95[m], 6),
+                    "p_value": round(self.p_value[m], 6),
+                    "null": [round(float(v), 6) for v in self.null[m]],
+                }
+                for m in self.null
+            },
         }
 
 
 def check_request(n_permutations, seed) -> None:
     """Raise MicroferError unless n_permutations >= 1 and seed >= 0 are integers (before any long work)."""
+
     def is_int(v):
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
     if not is_int(n_permutations) or n_permutations < 1:
-        raise MicroferError(f"the permutation test needs at least 1 permutation, got {n_permutations!r}")
+        raise MicroferError(
+            f"the permutation test needs at least 1 permutation, got {n_permutations!r}"
+        )
     if not is_int(seed) or seed < 0:
         raise MicroferError(f"the permutation seed must be an integer >= 0, got {seed!r}")
 
@@ -72,9 +86,13 @@ def permute_labels(y, strata=None, rng=None) -> np.ndarray:
         return y[rng.permutation(y.size)]
     strata = np.asarray(strata).astype(str)
     if strata.shape != y.shape:
-        raise MicroferError(f"strata has shape {strata.shape}, labels {y.shape}: need one stratum per sample")
+        raise MicroferError(
+            f"strata has shape {strata.shape}, labels {y.shape}: need one stratum per sample"
+        )
     out = y.copy()
-    for s in sorted(set(strata.tolist())):  # sorted: the draws do not depend on sample order of strata
+    for s in sorted(
+        set(strata.tolist())
+    ):  # sorted: the draws do not depend on sample order of strata
         idx = np.flatnonzero(strata == s)
         out[idx] = y[idx[rng.permutation(idx.size)]]
     return out
@@ -94,8 +112,9 @@ def _null_run(feature_sets, y_perm, groups, folds, n_classes, kwargs) -> dict[st
     from microfer.learn.folds import evaluate_folds
 
     # one permutation per worker: its folds run in sequence (no nested process pools)
-    results = evaluate_folds(feature_sets, y_perm, groups, folds, n_jobs=1, n_classes=n_classes,
-                             progress=False, **kwargs)
+    results = evaluate_folds(
+        feature_sets, y_perm, groups, folds, n_jobs=1, n_classes=n_classes, progress=False, **kwargs
+    )
     return pooled_scores(y_perm, results, n_classes)
 
 
@@ -132,34 +151,52 @@ def permutation_test(
     y = np.asarray(y, dtype=np.int64)
     groups = np.asarray(groups).astype(str)
     if groups.shape != y.shape:
-        raise MicroferError(f"groups has shape {groups.shape}, labels {y.shape}: need one subject per sample")
+        raise MicroferError(
+            f"groups has shape {groups.shape}, labels {y.shape}: need one subject per sample"
+        )
     k = int(n_classes if n_classes is not None else y.max() + 1)
     folds = list(folds)
-    kwargs = {"param_grid": param_grid, "inner_splits": inner_splits, "scoring": scoring,
-              "make_estimator": make_estimator}
+    kwargs = {
+        "param_grid": param_grid,
+        "inner_splits": inner_splits,
+        "scoring": scoring,
+        "make_estimator": make_estimator,
+    }
     if real is None:
-        real = pooled_scores(y, evaluate_folds(feature_sets, y, groups, folds, n_jobs=n_jobs, n_classes=k,
-                                               **kwargs), k)
+        real = pooled_scores(
+            y,
+            evaluate_folds(feature_sets, y, groups, folds, n_jobs=n_jobs, n_classes=k, **kwargs),
+            k,
+        )
     missing = [m for m in METRICS if m not in real]
     if missing:
         raise MicroferError(f"the real score lacks metric(s) {missing}; expected {list(METRICS)}")
     # drawn here, in order, from one child generator each: independent of n_jobs and of N
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(int(n_permutations))]
+    rngs = [
+        np.random.default_rng(s)
+        for s in np.random.SeedSequence(int(seed)).spawn(int(n_permutations))
+    ]
     perms = [permute_labels(y, strata, rng) for rng in rngs]
     tasks = (delayed(_null_run)(feature_sets, yp, groups, folds, k, kwargs) for yp in perms)
     runs = Parallel(n_jobs=n_jobs, return_as="generator")(tasks)
     if progress:
         from tqdm import tqdm
 
-        runs = tqdm(runs, total=len(perms), desc="permutations", unit="perm", leave=False, disable=None)
+        runs = tqdm(
+            runs, total=len(perms), desc="permutations", unit="perm", leave=False, disable=None
+        )
     runs = list(runs)
     null = {m: np.array([r[m] for r in runs], dtype=np.float64) for m in METRICS}
     real_ = {m: float(real[m]) for m in METRICS}
     return PermutationResult(
-        n_permutations=int(n_permutations), seed=int(seed),
+        n_permutations=int(n_permutations),
+        seed=int(seed),
         strata=None if strata is None else sorted(set(np.asarray(strata).astype(str).tolist())),
-        real=real_, null=null,
+        real=real_,
+        null=null,
         null_mean={m: float(v.mean()) for m, v in null.items()},
         null_p95={m: float(np.percentile(v, 95)) for m, v in null.items()},
-        p_value={m: float((1 + np.count_nonzero(v >= real_[m])) / (v.size + 1)) for m, v in null.items()},
+        p_value={
+            m: float((1 + np.count_nonzero(v >= real_[m])) / (v.size + 1)) for m, v in null.items()
+        },
     )

@@ -29,6 +29,7 @@ epoch picking; the weights saved are those of the last epoch.
 Output folder: <stem>.safetensors + <stem>.json (stem mv2_block or trunk; what `microfer
 loso --weights` loads), checkpoint.safetensors + checkpoint.json (for --resume).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,25 +41,39 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from microfer.io import atomic_path, write_json
-from microfer.errors import MicroferError
-from microfer.learn import augment
-from microfer.learn import mixing
-from microfer.learn.macro_data import (  # noqa: F401  (re-exported: the pretraining API in one place)
-    CK_SUBJECT_PATTERN, IMAGE_SUFFIXES, MacroSet, combine, load_cache_samples, load_image_folder,
-    load_images_by_subject, normalise_label, split_subjects)
-from microfer.io import file_sha256
-from microfer.models.mobilevit import create_mobilevit
-from microfer.models.vit import VARIANTS as VIT_VARIANTS, create_vit_encoder
-from microfer.models.weights import STORE_DTYPES, check_scope, save_block_weights
 from microfer.clip.representation import check_kind, flip_input
+from microfer.errors import MicroferError
+from microfer.io import atomic_path, file_sha256, write_json
+from microfer.learn import augment, mixing
+from microfer.learn.macro_data import (  # noqa: F401  (re-exported: the pretraining API in one place)
+    CK_SUBJECT_PATTERN,
+    IMAGE_SUFFIXES,
+    MacroSet,
+    combine,
+    load_cache_samples,
+    load_image_folder,
+    load_images_by_subject,
+    normalise_label,
+    split_subjects,
+)
+from microfer.models.mobilevit import create_mobilevit
+from microfer.models.vit import VARIANTS as VIT_VARIANTS
+from microfer.models.vit import create_vit_encoder
+from microfer.models.weights import STORE_DTYPES, check_scope, save_block_weights
 
 CHECKPOINT_FORMAT = "microfer.pretrain_checkpoint"
 
 
 # ---------------------------------------------------------------------------- model
-def build_classifier(variant: str, n_classes: int, seed: int = 0, head_channels: int = 128, dropout: float = 0.2,
-                     scope: str = "mv2", input_size: int = 128):
+def build_classifier(
+    variant: str,
+    n_classes: int,
+    seed: int = 0,
+    head_channels: int = 128,
+    dropout: float = 0.2,
+    scope: str = "mv2",
+    input_size: int = 128,
+):
     """`scope` of `variant` + a classification head (deterministic in `seed`).
 
     Attribute names match timm's (stem, stages, final_conv; a ViT under `vit`), so the
@@ -76,7 +91,9 @@ def build_classifier(variant: str, n_classes: int, seed: int = 0, head_channels:
             self.vit = create_vit_encoder(variant, input_size, seed=seed)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + 1)
-                self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.vit.num_features, n_classes))
+                self.head = nn.Sequential(
+                    nn.Dropout(dropout), nn.Linear(self.vit.num_features, n_classes)
+                )
 
         def forward(self, x):
             return self.head(self.vit(x))
@@ -91,8 +108,13 @@ def build_classifier(variant: str, n_classes: int, seed: int = 0, head_channels:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + 1)
                 self.head = nn.Sequential(
-                    nn.Conv2d(channels, head_channels, 1, bias=False), nn.BatchNorm2d(head_channels), nn.SiLU(),
-                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(head_channels, n_classes),
+                    nn.Conv2d(channels, head_channels, 1, bias=False),
+                    nn.BatchNorm2d(head_channels),
+                    nn.SiLU(),
+                    nn.AdaptiveAvgPool2d(1),
+                    nn.Flatten(),
+                    nn.Dropout(dropout),
+                    nn.Linear(head_channels, n_classes),
                 )
 
         def forward(self, x):
@@ -105,8 +127,12 @@ def build_classifier(variant: str, n_classes: int, seed: int = 0, head_channels:
             self.stem, self.stages, self.final_conv = base.stem, base.stages, base.final_conv
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + 1)
-                self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                          nn.Linear(base.num_features, n_classes))
+                self.head = nn.Sequential(
+                    nn.AdaptiveAvgPool2d(1),
+                    nn.Flatten(),
+                    nn.Dropout(dropout),
+                    nn.Linear(base.num_features, n_classes),
+                )
 
         def trunk(self, x):
             return self.final_conv(self.stages(self.stem(x)))
@@ -139,10 +165,10 @@ class PretrainSettings:
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.05
-    head_channels: int = 128   # MobileViT mv2 scope only (the other heads are pool + linear)
+    head_channels: int = 128  # MobileViT mv2 scope only (the other heads are pool + linear)
     dropout: float = 0.2
-    augment: bool = True       # geometric + photometric on image faces; flips always
-    mix: str = "none"          # batch augmentation: none | cutout | mixup | cutmix | fmix (mixing.py)
+    augment: bool = True  # geometric + photometric on image faces; flips always
+    mix: str = "none"  # batch augmentation: none | cutout | mixup | cutmix | fmix (mixing.py)
     warmup_epochs: float = 0.0  # linear warm-up of the learning rate, per step (ViTs need it)
     seed: int = 0
     store_dtype: str = "float32"  # of the saved weights file; training is float32
@@ -193,7 +219,10 @@ def _save_checkpoint(model, optimizer, out: Path, doc: dict[str, Any]) -> None:
     st_path = out / "checkpoint.safetensors"
     with atomic_path(st_path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
-    write_json(out / "checkpoint.json", {**doc, "format": CHECKPOINT_FORMAT, "weights_sha256": file_sha256(st_path)})
+    write_json(
+        out / "checkpoint.json",
+        {**doc, "format": CHECKPOINT_FORMAT, "weights_sha256": file_sha256(st_path)},
+    )
 
 
 def _load_checkpoint(model, optimizer, out: Path, expect: dict[str, Any]) -> dict[str, Any]:
@@ -205,19 +234,28 @@ def _load_checkpoint(model, optimizer, out: Path, expect: dict[str, Any]) -> dic
     except (OSError, ValueError) as exc:
         raise MicroferError(f"{json_path}: unreadable checkpoint description ({exc})") from None
     if doc.get("format") != CHECKPOINT_FORMAT or not st_path.is_file():
-        raise MicroferError(f"{json_path}: not a microfer pretraining checkpoint (or its safetensors is missing)")
+        raise MicroferError(
+            f"{json_path}: not a microfer pretraining checkpoint (or its safetensors is missing)"
+        )
     if file_sha256(st_path) != doc.get("weights_sha256"):
         raise MicroferError(f"{st_path}: does not match the sha256 in {json_path.name}")
     for k in ("settings", "labels", "data_hash", "test_hash"):
         if doc.get(k) != expect[k]:
-            raise MicroferError(f"{json_path}: cannot resume, the checkpoint's {k} differ from this run's "
-                                f"(checkpoint {str(doc.get(k))[:120]}, now {str(expect[k])[:120]})")
+            raise MicroferError(
+                f"{json_path}: cannot resume, the checkpoint's {k} differ from this run's "
+                f"(checkpoint {str(doc.get(k))[:120]}, now {str(expect[k])[:120]})"
+            )
     tensors = load_file(str(st_path))
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    model.load_state_dict(
+        {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True
+    )
     device = next(model.parameters()).device
     for n, p in model.named_parameters():
-        state = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"optim.{n}.")
-                 and "." not in k[len(f"optim.{n}."):]}
+        state = {
+            k.rsplit(".", 1)[1]: v
+            for k, v in tensors.items()
+            if k.startswith(f"optim.{n}.") and "." not in k[len(f"optim.{n}.") :]
+        }
         if state:
             # AdamW keeps `step` on the CPU unless capturable
             optimizer.state[p] = {k: (v if k == "step" else v.to(device)) for k, v in state.items()}
@@ -227,11 +265,14 @@ def _load_checkpoint(model, optimizer, out: Path, expect: dict[str, Any]) -> dic
 def _test_hash(test_sets: Mapping[str, MacroSet]) -> Optional[str]:
     if not test_sets:
         return None
-    return hashlib.sha256("|".join(f"{k}:{v.data_hash()}" for k, v in sorted(test_sets.items())).encode()).hexdigest()
+    return hashlib.sha256(
+        "|".join(f"{k}:{v.data_hash()}" for k, v in sorted(test_sets.items())).encode()
+    ).hexdigest()
 
 
-def evaluate_sets(model, test_sets: Mapping[str, MacroSet], labels: list[str], batch_size: int = 128,
-                  device=None) -> dict[str, dict[str, Any]]:
+def evaluate_sets(
+    model, test_sets: Mapping[str, MacroSet], labels: list[str], batch_size: int = 128, device=None
+) -> dict[str, dict[str, Any]]:
     """Accuracy and macro F1 of `model` (trained on `labels`) on each held-out set.
 
     Main numbers: the prediction is restricted to the set's own label set (a FER-2013
@@ -255,7 +296,7 @@ def evaluate_sets(model, test_sets: Mapping[str, MacroSet], labels: list[str], b
         logits = []
         with torch.inference_mode():
             for i in range(0, idx.size, batch_size):
-                xb = torch.from_numpy(ts.batch(idx[i:i + batch_size])).to(device)
+                xb = torch.from_numpy(ts.batch(idx[i : i + batch_size])).to(device)
                 logits.append(model(xb).float().cpu().numpy())
         z = np.concatenate(logits) if logits else np.zeros((0, len(labels)), np.float32)
         mask = np.full(len(labels), -np.inf, np.float32)
@@ -272,9 +313,15 @@ def evaluate_sets(model, test_sets: Mapping[str, MacroSet], labels: list[str], b
     return out
 
 
-def pretrain(data: MacroSet, settings: PretrainSettings, out, resume: bool = False,
-             progress: bool = True, test_sets: Optional[Mapping[str, MacroSet]] = None,
-             notes: Optional[Mapping[str, Any]] = None) -> PretrainResult:
+def pretrain(
+    data: MacroSet,
+    settings: PretrainSettings,
+    out,
+    resume: bool = False,
+    progress: bool = True,
+    test_sets: Optional[Mapping[str, MacroSet]] = None,
+    notes: Optional[Mapping[str, Any]] = None,
+) -> PretrainResult:
     """Train `settings.scope` + head on `data`; write its weights (and checkpoints) into `out`.
 
     `test_sets` (name -> held-out MacroSet) are scored after every epoch, for the record
@@ -289,15 +336,21 @@ def pretrain(data: MacroSet, settings: PretrainSettings, out, resume: bool = Fal
     check_scope(settings.scope, settings.variant)
     mixing.check_mix(settings.mix)
     if settings.store_dtype not in STORE_DTYPES:
-        raise MicroferError(f"unknown storage dtype {settings.store_dtype!r}; expected one of {', '.join(STORE_DTYPES)}")
+        raise MicroferError(
+            f"unknown storage dtype {settings.store_dtype!r}; expected one of {', '.join(STORE_DTYPES)}"
+        )
     test_sets = dict(test_sets or {})
     for name, ts in [("training data", data)] + list(test_sets.items()):
         if ts.representation != settings.representation or ts.input_size != settings.input_size:
-            raise MicroferError(f"macro {name} are {ts.representation!r} at {ts.input_size}px, settings ask for "
-                                f"{settings.representation!r} at {settings.input_size}px")
+            raise MicroferError(
+                f"macro {name} are {ts.representation!r} at {ts.input_size}px, settings ask for "
+                f"{settings.representation!r} at {settings.input_size}px"
+            )
     if len(data) == 0 or len(data.labels) < 2:
-        raise MicroferError(f"pretraining needs samples of at least 2 emotions, got {len(data)} samples "
-                            f"of {data.labels}")
+        raise MicroferError(
+            f"pretraining needs samples of at least 2 emotions, got {len(data)} samples "
+            f"of {data.labels}"
+        )
     if settings.epochs < 1 or settings.batch_size < 2:
         raise MicroferError("pretraining needs epochs >= 1 and batch_size >= 2")
     out = Path(out)
@@ -306,42 +359,69 @@ def pretrain(data: MacroSet, settings: PretrainSettings, out, resume: bool = Fal
         torch.set_num_threads(int(settings.num_threads))
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    model = build_classifier(settings.variant, len(data.labels), settings.seed, settings.head_channels,
-                             settings.dropout, settings.scope, settings.input_size).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    identity = {"settings": settings.identity(), "labels": data.labels, "data_hash": data.data_hash(),
-                "test_hash": _test_hash(test_sets)}
+    model = build_classifier(
+        settings.variant,
+        len(data.labels),
+        settings.seed,
+        settings.head_channels,
+        settings.dropout,
+        settings.scope,
+        settings.input_size,
+    ).to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
+    identity = {
+        "settings": settings.identity(),
+        "labels": data.labels,
+        "data_hash": data.data_hash(),
+        "test_hash": _test_hash(test_sets),
+    }
     start, history = 0, []
     if (out / "checkpoint.json").is_file():
         if not resume:
-            raise MicroferError(f"{out}: holds a pretraining checkpoint; pass --resume to continue it, "
-                                f"or choose an empty folder")
+            raise MicroferError(
+                f"{out}: holds a pretraining checkpoint; pass --resume to continue it, "
+                f"or choose an empty folder"
+            )
         doc = _load_checkpoint(model, optimizer, out, identity)
         start, history = int(doc["epochs_done"]), list(doc.get("history", []))
     n = len(data)
     counts = np.bincount(data.y, minlength=len(data.labels)).astype(np.float64)
-    weights = torch.tensor(np.where(counts > 0, n / (len(data.labels) * np.maximum(counts, 1)), 0.0),
-                           dtype=torch.float32, device=device)
+    weights = torch.tensor(
+        np.where(counts > 0, n / (len(data.labels) * np.maximum(counts, 1)), 0.0),
+        dtype=torch.float32,
+        device=device,
+    )
     y_all = torch.from_numpy(data.y)
 
     epochs = range(start, settings.epochs)
     if progress:
         from tqdm import tqdm
 
-        epochs = tqdm(epochs, desc="pretrain", unit="epoch", initial=start, total=settings.epochs, disable=None)
+        epochs = tqdm(
+            epochs,
+            desc="pretrain",
+            unit="epoch",
+            initial=start,
+            total=settings.epochs,
+            disable=None,
+        )
     for epoch in epochs:
         t0 = time.perf_counter()
         lr = settings.lr * 0.5 * (1 + math.cos(math.pi * epoch / settings.epochs))
         rng = np.random.default_rng([settings.seed, epoch])
         order, flips = rng.permutation(n), rng.random(n) < 0.5
         aug = augment.draw(rng, n) if settings.augment else None
-        mix_rng = np.random.default_rng([settings.seed, epoch, 1])  # its own stream: "none" runs unchanged
+        mix_rng = np.random.default_rng(
+            [settings.seed, epoch, 1]
+        )  # its own stream: "none" runs unchanged
         torch.manual_seed(settings.seed * 1_000_003 + epoch)  # dropout stream of this epoch
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
         steps = math.ceil(n / settings.batch_size)
         for step, start_i in enumerate(range(0, n, settings.batch_size)):
-            idx = order[start_i:start_i + settings.batch_size]
+            idx = order[start_i : start_i + settings.batch_size]
             for group in optimizer.param_groups:
                 group["lr"] = lr * warmup_factor(settings.warmup_epochs, epoch, step, steps)
             if idx.size < 2:  # BatchNorm cannot train on one sample
@@ -367,40 +447,69 @@ def pretrain(data: MacroSet, settings: PretrainSettings, out, resume: bool = Fal
             correct += int((logits.argmax(1) == yb).sum())
             seen += idx.size
         train_s = time.perf_counter() - t0
-        record = {"epoch": epoch + 1, "loss": round(total_loss / max(seen, 1), 6),
-                  "train_accuracy": round(correct / max(seen, 1), 6), "lr": lr, "train_s": round(train_s, 1)}
+        record = {
+            "epoch": epoch + 1,
+            "loss": round(total_loss / max(seen, 1), 6),
+            "train_accuracy": round(correct / max(seen, 1), 6),
+            "lr": lr,
+            "train_s": round(train_s, 1),
+        }
         if test_sets:
             record["test"] = evaluate_sets(model, test_sets, data.labels, device=device)
             record["test_s"] = round(time.perf_counter() - t0 - train_s, 1)
         history.append(record)
         if progress:
-            epochs.set_postfix(loss=record["loss"], acc=record["train_accuracy"],
-                               **{f"{k[:6]}_acc": v["accuracy"] for k, v in record.get("test", {}).items()})
-        _save_checkpoint(model, optimizer, out, {**identity, "epochs": settings.epochs, "epochs_done": epoch + 1,
-                                                 "history": history})
+            epochs.set_postfix(
+                loss=record["loss"],
+                acc=record["train_accuracy"],
+                **{f"{k[:6]}_acc": v["accuracy"] for k, v in record.get("test", {}).items()},
+            )
+        _save_checkpoint(
+            model,
+            optimizer,
+            out,
+            {**identity, "epochs": settings.epochs, "epochs_done": epoch + 1, "history": history},
+        )
 
     meta = {
-        "variant": settings.variant, "representation": settings.representation,
-        "input_size": settings.input_size, "labels": data.labels, "data_hash": identity["data_hash"],
-        "n_samples": n, "class_counts": {l: int(c) for l, c in zip(data.labels, counts)},
-        "epochs": settings.epochs, "seed": settings.seed, "settings": settings.identity(),
-        "sources": data.sources, "skipped": data.skipped, "history": history, "versions": _versions(),
+        "variant": settings.variant,
+        "representation": settings.representation,
+        "input_size": settings.input_size,
+        "labels": data.labels,
+        "data_hash": identity["data_hash"],
+        "n_samples": n,
+        "class_counts": {l: int(c) for l, c in zip(data.labels, counts)},
+        "epochs": settings.epochs,
+        "seed": settings.seed,
+        "settings": settings.identity(),
+        "sources": data.sources,
+        "skipped": data.skipped,
+        "history": history,
+        "versions": _versions(),
         "training_data": data.parts,
-        "augmentation": {**(augment.describe() if settings.augment else {"horizontal_flip": 0.5}),
-                         "batch": mixing.describe(settings.mix)},
+        "augmentation": {
+            **(augment.describe() if settings.augment else {"horizontal_flip": 0.5}),
+            "batch": mixing.describe(settings.mix),
+        },
         "loss": "class-weighted cross-entropy (weight n / (K x count))",
         "schedule": f"AdamW, cosine learning rate from {settings.lr} over {settings.epochs} epochs (per epoch)"
-                    + (f", linear warm-up over the first {settings.warmup_epochs:g} epochs (per step)"
-                       if settings.warmup_epochs else "")
-                    + f", weight decay {settings.weight_decay}, batch {settings.batch_size}",
+        + (
+            f", linear warm-up over the first {settings.warmup_epochs:g} epochs (per step)"
+            if settings.warmup_epochs
+            else ""
+        )
+        + f", weight decay {settings.weight_decay}, batch {settings.batch_size}",
     }
     if test_sets:
         meta["test_data"] = [p for ts in test_sets.values() for p in ts.parts]
         meta["test_hash"] = identity["test_hash"]
         meta["test_metrics"] = history[-1].get("test") if history else None
-        meta["test_note"] = ("held-out data, scored after every epoch for the record only: no early stopping, "
-                             "no epoch choice; the weights are those of the last epoch")
+        meta["test_note"] = (
+            "held-out data, scored after every epoch for the record only: no early stopping, "
+            "no epoch choice; the weights are those of the last epoch"
+        )
     meta.update(dict(notes or {}))
-    weights_path = save_block_weights(model.cpu(), out, meta, scope=settings.scope,
-                                      store_dtype=settings.store_dtype)
+    weights_path = save_block_weights(
+        model.cpu(), out, meta, scope=settings.scope, store_dtype=settings.store_dtype
+    )
     return PretrainResult(weights=weights_path, meta=meta, history=history, resumed_from=start)

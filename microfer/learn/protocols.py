@@ -28,6 +28,7 @@ protocols/ and data_manifests/ (the source of truth, used when microfer runs fro
 e.g. an editable install); the copy a wheel ships as package data (microfer/_shipped/, made
 at build time by setup.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,17 @@ import pandas as pd
 from microfer.errors import MicroferError
 from microfer.io import SHIPPED_DIR, manifests_dir, protocols_dir  # noqa: F401  (importable from here too)
 
-REQUIRED_KEYS = ("name", "description", "manifest", "classes", "label_map", "group_by", "metrics",
-                 "per_dataset", "reference")
+REQUIRED_KEYS = (
+    "name",
+    "description",
+    "manifest",
+    "classes",
+    "label_map",
+    "group_by",
+    "metrics",
+    "per_dataset",
+    "reference",
+)
 KNOWN_METRICS = ("uf1", "uar", "accuracy")
 GROUP_COLUMNS = ("dataset", "subject")
 ANY_DATASET = "*"
@@ -55,8 +65,8 @@ def _key(text) -> str:
 
 @dataclass(frozen=True)
 class Fold:
-    group: str              # the held-out group, e.g. "casme2/sub01"
-    train_idx: np.ndarray   # positions in the samples table
+    group: str  # the held-out group, e.g. "casme2/sub01"
+    train_idx: np.ndarray  # positions in the samples table
     test_idx: np.ndarray
 
 
@@ -66,7 +76,9 @@ class Protocol:
     description: str
     manifest: str
     classes: tuple[str, ...]
-    label_map: Mapping[str, Mapping[str, str]] = field(hash=False)  # dataset or '*' -> emotion key -> class
+    label_map: Mapping[str, Mapping[str, str]] = field(
+        hash=False
+    )  # dataset or '*' -> emotion key -> class
     group_by: tuple[str, ...]
     metrics: tuple[str, ...]
     per_dataset: bool
@@ -97,25 +109,36 @@ class Protocol:
         if manifest is None:
             manifest = self.manifest_path
         df = read_manifest(manifest) if isinstance(manifest, (str, Path)) else manifest
-        missing = [c for c in ("dataset", "emotion", "label", *self.group_by) if c not in df.columns]
+        missing = [
+            c for c in ("dataset", "emotion", "label", *self.group_by) if c not in df.columns
+        ]
         if missing:
-            raise MicroferError(f"protocol {self.name}: the manifest lacks column(s) {', '.join(missing)}")
+            raise MicroferError(
+                f"protocol {self.name}: the manifest lacks column(s) {', '.join(missing)}"
+            )
         labels = df["label"].fillna("").astype(str) if len(df) else pd.Series([], dtype=str)
-        classes = [self.class_of(str(d), str(e), lab)
-                   for d, e, lab in zip(df["dataset"], df["emotion"].fillna("").astype(str), labels)]
+        classes = [
+            self.class_of(str(d), str(e), lab)
+            for d, e, lab in zip(df["dataset"], df["emotion"].fillna("").astype(str), labels)
+        ]
         keep = np.array([c is not None for c in classes], dtype=bool)
         out = df.loc[keep].copy().reset_index(drop=True)
         index = {c: i for i, c in enumerate(self.classes)}
         out["y"] = np.array([index[c] for c, k in zip(classes, keep) if k], dtype=np.int64)
-        out["group"] = ["/".join(str(v) for v in vals)
-                        for vals in zip(*(out[c] for c in self.group_by))] if len(out) else []
+        out["group"] = (
+            ["/".join(str(v) for v in vals) for vals in zip(*(out[c] for c in self.group_by))]
+            if len(out)
+            else []
+        )
         out["group"] = out["group"].astype(str)
         return out
 
     def folds(self, samples: pd.DataFrame) -> list[Fold]:
         """One fold per group (sorted): that group is tested, every other group trains."""
         if "group" not in samples.columns:
-            raise MicroferError(f"protocol {self.name}: folds() needs the table from samples() (no 'group' column)")
+            raise MicroferError(
+                f"protocol {self.name}: folds() needs the table from samples() (no 'group' column)"
+            )
         groups = samples["group"].astype(str).to_numpy()
         out = []
         for g in sorted(set(groups)):
@@ -160,45 +183,72 @@ def load_protocol(name_or_path: Union[str, Path], *, check_manifest: bool = True
     if missing:
         raise bad(f"missing key(s) {', '.join(missing)}")
     classes = data["classes"]
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c.strip() for c in classes):
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) and c.strip() for c in classes)
+    ):
         raise bad("classes must be a non-empty list of names")
     if len(set(classes)) != len(classes):
         raise bad(f"classes repeat a name: {classes}")
     label_map = _parse_label_map(data["label_map"], classes, bad)
     group_by = data["group_by"]
-    if (not isinstance(group_by, list) or not group_by or any(g not in GROUP_COLUMNS for g in group_by)
-            or "dataset" not in group_by):
+    if (
+        not isinstance(group_by, list)
+        or not group_by
+        or any(g not in GROUP_COLUMNS for g in group_by)
+        or "dataset" not in group_by
+    ):
         raise bad(f"group_by must be [dataset, subject] or [dataset], got {group_by!r}")
     metrics = data["metrics"]
     if not isinstance(metrics, list) or not metrics or any(m not in KNOWN_METRICS for m in metrics):
-        raise bad(f"metrics must be a non-empty list of {', '.join(KNOWN_METRICS)}, got {metrics!r}")
+        raise bad(
+            f"metrics must be a non-empty list of {', '.join(KNOWN_METRICS)}, got {metrics!r}"
+        )
     if not isinstance(data["per_dataset"], bool):
         raise bad(f"per_dataset must be true or false, got {data['per_dataset']!r}")
     manifest = data["manifest"]
-    if not isinstance(manifest, str) or not manifest.endswith(".csv") or Path(manifest).name != manifest:
+    if (
+        not isinstance(manifest, str)
+        or not manifest.endswith(".csv")
+        or Path(manifest).name != manifest
+    ):
         raise bad(f"manifest must be a csv file name in data_manifests/, got {manifest!r}")
     if check_manifest and not (manifests_dir() / manifest).is_file():
         raise bad(f"manifest {manifest} not found in {manifests_dir()}")
     return Protocol(
-        name=str(data["name"]), description=str(data["description"]).strip(), manifest=manifest,
-        classes=tuple(classes), label_map=label_map, group_by=tuple(group_by), metrics=tuple(metrics),
-        per_dataset=data["per_dataset"], reference=str(data["reference"]).strip(), path=path,
+        name=str(data["name"]),
+        description=str(data["description"]).strip(),
+        manifest=manifest,
+        classes=tuple(classes),
+        label_map=label_map,
+        group_by=tuple(group_by),
+        metrics=tuple(metrics),
+        per_dataset=data["per_dataset"],
+        reference=str(data["reference"]).strip(),
+        path=path,
     )
 
 
 def _parse_label_map(raw, classes, bad) -> Mapping[str, Mapping[str, str]]:
     if not isinstance(raw, dict) or not raw:
-        raise bad("label_map must be a non-empty mapping emotion -> class (or dataset -> {emotion: class})")
+        raise bad(
+            "label_map must be a non-empty mapping emotion -> class (or dataset -> {emotion: class})"
+        )
     nested = all(isinstance(v, dict) for v in raw.values())
     if not nested and any(isinstance(v, dict) for v in raw.values()):
-        raise bad("label_map mixes flat entries (emotion: class) and per-dataset ones (dataset: {...})")
+        raise bad(
+            "label_map mixes flat entries (emotion: class) and per-dataset ones (dataset: {...})"
+        )
     scopes = raw if nested else {ANY_DATASET: raw}
     out = {}
     for scope, mapping in scopes.items():
         entries = {}
         for emotion, target in mapping.items():
             if target not in classes:
-                raise bad(f"label_map sends {emotion!r} to {target!r}, which is not one of the classes {classes}")
+                raise bad(
+                    f"label_map sends {emotion!r} to {target!r}, which is not one of the classes {classes}"
+                )
             entries[_key(emotion)] = target
         out[str(scope)] = MappingProxyType(entries)
     return MappingProxyType(out)

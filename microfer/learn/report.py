@@ -5,6 +5,7 @@ Everything in results.json except the "timings" block is a deterministic functio
 inputs and settings: the same command twice gives the same numbers (and the same file
 apart from timings). All files are written atomically.
 """
+
 from __future__ import annotations
 
 import platform
@@ -36,11 +37,28 @@ def results_document(result) -> dict[str, Any]:
         preds = []
         for i, p in zip(r.test_idx, r.y_pred):
             row = samples.iloc[i]
-            preds.append({"key": str(row["key"]), "dataset": str(row["dataset"]), "subject": str(row["subject"]),
-                          "clip": str(row["clip"]), "true": classes[int(result.y[i])], "pred": classes[int(p)]})
-        folds.append({"group": r.group, "n_train": r.n_train, "n_test": len(r.test_idx),
-                      "feature_set": r.feature_name, "params": r.params, "inner_score": r.inner_score,
-                      "majority": classes[r.majority], "predictions": preds})
+            preds.append(
+                {
+                    "key": str(row["key"]),
+                    "dataset": str(row["dataset"]),
+                    "subject": str(row["subject"]),
+                    "clip": str(row["clip"]),
+                    "true": classes[int(result.y[i])],
+                    "pred": classes[int(p)],
+                }
+            )
+        folds.append(
+            {
+                "group": r.group,
+                "n_train": r.n_train,
+                "n_test": len(r.test_idx),
+                "feature_set": r.feature_name,
+                "params": r.params,
+                "inner_score": r.inner_score,
+                "majority": classes[r.majority],
+                "predictions": preds,
+            }
+        )
     return {
         "protocol": result.protocol,
         "classes": classes,
@@ -52,7 +70,9 @@ def results_document(result) -> dict[str, Any]:
         "feature_sets": result.feature_sets,
         "versions": package_versions(),
         "metrics": result.metrics,
-        "excluded": result.excluded[["dataset", "subject", "clip", "reason"]].astype(str).to_dict(orient="records"),
+        "excluded": result.excluded[["dataset", "subject", "clip", "reason"]]
+        .astype(str)
+        .to_dict(orient="records"),
         "folds": folds,
         "timings": result.timings,
     }
@@ -72,50 +92,116 @@ def report_markdown(doc: dict[str, Any]) -> str:
     m = doc["metrics"]
     classes = doc["classes"]
     parts = [f"# LOSO report: {doc['protocol']}", ""]
-    parts.append(f"{doc['n_samples']} samples evaluated in {m['n_folds']} folds (one per subject); "
-                 f"{m['excluded']['count']} of {m['excluded']['of']} protocol samples excluded "
-                 f"(not in the cache or failed to prepare).")
-    parts.append(f"Grid `{doc['settings']['grid']}`, seed {doc['seed']}, inner CV on training subjects only "
-                 f"({doc['settings']['inner_splits']} splits, scored by {doc['settings']['scoring']}).")
-    parts.append("Metrics are computed on the confusion matrix pooled over all folds (MEGC style). "
-                 "UF1 skips classes absent from both truth and predictions; UAR averages recall over "
-                 "classes present in the truth. The majority baseline predicts each fold's most "
-                 "frequent training class.")
+    parts.append(
+        f"{doc['n_samples']} samples evaluated in {m['n_folds']} folds (one per subject); "
+        f"{m['excluded']['count']} of {m['excluded']['of']} protocol samples excluded "
+        f"(not in the cache or failed to prepare)."
+    )
+    parts.append(
+        f"Grid `{doc['settings']['grid']}`, seed {doc['seed']}, inner CV on training subjects only "
+        f"({doc['settings']['inner_splits']} splits, scored by {doc['settings']['scoring']})."
+    )
+    parts.append(
+        "Metrics are computed on the confusion matrix pooled over all folds (MEGC style). "
+        "UF1 skips classes absent from both truth and predictions; UAR averages recall over "
+        "classes present in the truth. The majority baseline predicts each fold's most "
+        "frequent training class."
+    )
     parts += ["", "## Pooled", ""]
     perm = m.get("permutation")
     rows = [
-        ["model", _fmt(m["pooled"]["uf1"]), _fmt(m["pooled"]["uar"]), _fmt(m["pooled"]["accuracy"]), m["pooled"]["n"]],
-        ["majority baseline", _fmt(m["majority"]["uf1"]), _fmt(m["majority"]["uar"]),
-         _fmt(m["majority"]["accuracy"]), m["majority"]["n"]],
+        [
+            "model",
+            _fmt(m["pooled"]["uf1"]),
+            _fmt(m["pooled"]["uar"]),
+            _fmt(m["pooled"]["accuracy"]),
+            m["pooled"]["n"],
+        ],
+        [
+            "majority baseline",
+            _fmt(m["majority"]["uf1"]),
+            _fmt(m["majority"]["uar"]),
+            _fmt(m["majority"]["accuracy"]),
+            m["majority"]["n"],
+        ],
     ]
     if perm:
         pm = perm["metrics"]
-        rows.append([f"permutation null (N={perm['n_permutations']}), mean", _fmt(pm["uf1"]["null_mean"]),
-                     _fmt(pm["uar"]["null_mean"]), "n/a", m["pooled"]["n"]])
+        rows.append(
+            [
+                f"permutation null (N={perm['n_permutations']}), mean",
+                _fmt(pm["uf1"]["null_mean"]),
+                _fmt(pm["uar"]["null_mean"]),
+                "n/a",
+                m["pooled"]["n"],
+            ]
+        )
     parts.append(markdown_table(["", "UF1", "UAR", "accuracy", "n"], rows))
     if perm:
-        within = (f"within each dataset ({', '.join(perm['strata'])})" if perm["strata"] else "across all samples")
+        within = (
+            f"within each dataset ({', '.join(perm['strata'])})"
+            if perm["strata"]
+            else "across all samples"
+        )
         parts += ["", "## Chance level (permutation test)", ""]
-        parts.append(f"The whole nested procedure (every fold's inner choice of feature set and SVM settings) "
-                     f"rerun {perm['n_permutations']} times with the labels permuted {within}, folds unchanged "
-                     f"(seed {perm['seed']}). With class weighting and LOSO an uninformed classifier scores above "
-                     f"the majority baseline; this null is the chance level to beat. "
-                     f"p = (1 + #null >= model) / (N + 1); its minimum here is {1 / (perm['n_permutations'] + 1):.4f}. "
-                     f"Histograms: permutation_null.png.")
+        parts.append(
+            f"The whole nested procedure (every fold's inner choice of feature set and SVM settings) "
+            f"rerun {perm['n_permutations']} times with the labels permuted {within}, folds unchanged "
+            f"(seed {perm['seed']}). With class weighting and LOSO an uninformed classifier scores above "
+            f"the majority baseline; this null is the chance level to beat. "
+            f"p = (1 + #null >= model) / (N + 1); its minimum here is {1 / (perm['n_permutations'] + 1):.4f}. "
+            f"Histograms: permutation_null.png."
+        )
         parts += [""]
-        parts.append(markdown_table(["metric", "model", "null mean", "null 95th percentile", "p-value"],
-                            [[k.upper(), _fmt(v["real"]), _fmt(v["null_mean"]), _fmt(v["null_p95"]),
-                              _fmt(v["p_value"])] for k, v in pm.items()]))
+        parts.append(
+            markdown_table(
+                ["metric", "model", "null mean", "null 95th percentile", "p-value"],
+                [
+                    [
+                        k.upper(),
+                        _fmt(v["real"]),
+                        _fmt(v["null_mean"]),
+                        _fmt(v["null_p95"]),
+                        _fmt(v["p_value"]),
+                    ]
+                    for k, v in pm.items()
+                ],
+            )
+        )
     if len(m.get("per_dataset", {})) > 1:
         parts += ["", "## Per dataset", ""]
-        rows = [[ds, _fmt(v["model"]["uf1"]), _fmt(v["model"]["uar"]), _fmt(v["model"]["accuracy"]),
-                 _fmt(v["majority"]["uf1"]), v["model"]["n"]] for ds, v in m["per_dataset"].items()]
-        parts.append(markdown_table(["dataset", "UF1", "UAR", "accuracy", "majority UF1", "n"], rows))
+        rows = [
+            [
+                ds,
+                _fmt(v["model"]["uf1"]),
+                _fmt(v["model"]["uar"]),
+                _fmt(v["model"]["accuracy"]),
+                _fmt(v["majority"]["uf1"]),
+                v["model"]["n"],
+            ]
+            for ds, v in m["per_dataset"].items()
+        ]
+        parts.append(
+            markdown_table(["dataset", "UF1", "UAR", "accuracy", "majority UF1", "n"], rows)
+        )
     parts += ["", "## Per class", ""]
     pc = m["pooled"]["per_class"]
-    parts.append(markdown_table(["class", "F1", "recall", "precision", "support", "predicted"],
-                        [[c, _fmt(pc[c]["f1"]), _fmt(pc[c]["recall"]), _fmt(pc[c]["precision"]),
-                          pc[c]["support"], pc[c]["predicted"]] for c in classes]))
+    parts.append(
+        markdown_table(
+            ["class", "F1", "recall", "precision", "support", "predicted"],
+            [
+                [
+                    c,
+                    _fmt(pc[c]["f1"]),
+                    _fmt(pc[c]["recall"]),
+                    _fmt(pc[c]["precision"]),
+                    pc[c]["support"],
+                    pc[c]["predicted"],
+                ]
+                for c in classes
+            ],
+        )
+    )
     parts += ["", "## Confusion (rows = truth, columns = prediction)", ""]
     cm = m["pooled"]["confusion"]
     parts.append(markdown_table([""] + classes, [[c] + cm[i] for i, c in enumerate(classes)]))
@@ -124,14 +210,35 @@ def report_markdown(doc: dict[str, Any]) -> str:
     for f in doc["folds"]:
         key = (f["feature_set"], ", ".join(f"{k}={v}" for k, v in sorted(f["params"].items())))
         counts[key] = counts.get(key, 0) + 1
-    parts.append(markdown_table(["feature set", "SVM", "folds"], [[a, b, n] for (a, b), n in sorted(counts.items())]))
+    parts.append(
+        markdown_table(
+            ["feature set", "SVM", "folds"], [[a, b, n] for (a, b), n in sorted(counts.items())]
+        )
+    )
     parts += ["", "## Per subject", ""]
-    parts.append(markdown_table(["subject", "n", "accuracy", "majority accuracy", "feature set", "inner score"],
-                        [[r["group"], r["n"], _fmt(r["accuracy"]), _fmt(r["majority_accuracy"]),
-                          r["feature_set"], _fmt(r["inner_score"])] for r in m["per_subject"]]))
+    parts.append(
+        markdown_table(
+            ["subject", "n", "accuracy", "majority accuracy", "feature set", "inner score"],
+            [
+                [
+                    r["group"],
+                    r["n"],
+                    _fmt(r["accuracy"]),
+                    _fmt(r["majority_accuracy"]),
+                    r["feature_set"],
+                    _fmt(r["inner_score"]),
+                ]
+                for r in m["per_subject"]
+            ],
+        )
+    )
     if doc["excluded"]:
         parts += ["", "## Excluded samples", ""]
-        parts.append(markdown_table(["reason", "count"], [[k, v] for k, v in m["excluded"]["by_reason"].items()]))
+        parts.append(
+            markdown_table(
+                ["reason", "count"], [[k, v] for k, v in m["excluded"]["by_reason"].items()]
+            )
+        )
     parts += ["", "## Versions", ""]
     parts.append(", ".join(f"{k} {v}" for k, v in doc["versions"].items()))
     return "\n".join(parts) + "\n"
@@ -148,8 +255,14 @@ def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, title: s
     ax.imshow(arr, cmap="Blues")
     for i in range(arr.shape[0]):
         for j in range(arr.shape[1]):
-            ax.text(j, i, int(arr[i, j]), ha="center", va="center",
-                    color="white" if arr[i, j] > arr.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                int(arr[i, j]),
+                ha="center",
+                va="center",
+                color="white" if arr[i, j] > arr.max() / 2 else "black",
+            )
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
@@ -185,7 +298,9 @@ def plot_per_subject(rows: list[dict[str, Any]], path: Path, title: str) -> None
     plt.close(fig)
 
 
-def plot_permutation_null(perm: dict[str, Any], majority: dict[str, Any], path: Path, title: str) -> None:
+def plot_permutation_null(
+    perm: dict[str, Any], majority: dict[str, Any], path: Path, title: str
+) -> None:
     """One histogram of null scores per metric, the model's score and the majority baseline marked."""
     import matplotlib
 
@@ -195,12 +310,21 @@ def plot_permutation_null(perm: dict[str, Any], majority: dict[str, Any], path: 
     metrics = perm["metrics"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
     for ax, (name, v) in zip(axes[0], metrics.items()):
-        ax.hist(v["null"], bins=50, range=(0, 1), color="tab:gray",
-                label=f"null (N={perm['n_permutations']})")
-        ax.axvline(v["real"], color="tab:blue", lw=2, label=f"model {v['real']:.3f} (p {v['p_value']:.3f})")
+        ax.hist(
+            v["null"],
+            bins=50,
+            range=(0, 1),
+            color="tab:gray",
+            label=f"null (N={perm['n_permutations']})",
+        )
+        ax.axvline(
+            v["real"], color="tab:blue", lw=2, label=f"model {v['real']:.3f} (p {v['p_value']:.3f})"
+        )
         ax.axvline(v["null_p95"], color="black", ls=":", label=f"null 95th pct {v['null_p95']:.3f}")
         if majority.get(name) is not None:
-            ax.axvline(majority[name], color="tab:red", ls="--", label=f"majority {majority[name]:.3f}")
+            ax.axvline(
+                majority[name], color="tab:red", ls="--", label=f"majority {majority[name]:.3f}"
+            )
         ax.set_xlim(0, 1)
         ax.set_xlabel(name.upper())
         ax.set_ylabel("permutations")
@@ -217,18 +341,34 @@ def write_report(result, out) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     doc = results_document(result)
-    paths = {"results": out / "results.json", "report": out / "report.md",
-             "confusion": out / "confusion.png", "per_subject": out / "per_subject.png"}
+    paths = {
+        "results": out / "results.json",
+        "report": out / "report.md",
+        "confusion": out / "confusion.png",
+        "per_subject": out / "per_subject.png",
+    }
     write_json(paths["results"], doc)
     write_text(paths["report"], report_markdown(doc))
-    plot_confusion(doc["metrics"]["pooled"]["confusion"], doc["classes"], paths["confusion"],
-                   f"{doc['protocol']}: UF1 {_fmt(doc['metrics']['pooled']['uf1'])}")
-    plot_per_subject(doc["metrics"]["per_subject"], paths["per_subject"], f"{doc['protocol']}: accuracy per subject")
+    plot_confusion(
+        doc["metrics"]["pooled"]["confusion"],
+        doc["classes"],
+        paths["confusion"],
+        f"{doc['protocol']}: UF1 {_fmt(doc['metrics']['pooled']['uf1'])}",
+    )
+    plot_per_subject(
+        doc["metrics"]["per_subject"],
+        paths["per_subject"],
+        f"{doc['protocol']}: accuracy per subject",
+    )
     null_plot = out / "permutation_null.png"
     if doc["metrics"].get("permutation"):
         paths["permutation"] = null_plot
-        plot_permutation_null(doc["metrics"]["permutation"], doc["metrics"]["majority"], null_plot,
-                              f"{doc['protocol']}: chance level by label permutation")
+        plot_permutation_null(
+            doc["metrics"]["permutation"],
+            doc["metrics"]["majority"],
+            null_plot,
+            f"{doc['protocol']}: chance level by label permutation",
+        )
     else:
         null_plot.unlink(missing_ok=True)  # an earlier run's null would pass for this run's
     return paths

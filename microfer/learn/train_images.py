@@ -18,6 +18,7 @@ FER-2013's test split and, when given, the test subjects of CK+ (the same subjec
 the shipped trunk's card: sha256-ranked, 20%, seed 0). CK+ has contempt and no neutral:
 contempt images are left out (the model has no such class) and counted.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -32,17 +33,21 @@ from microfer.errors import MicroferError
 DEFAULT_PER_CLASS = 600
 # (layer, pooling) of the network offered to the inner folds, per backbone: the pretrained
 # head's own input, and a 2x2 grid of an earlier layer (where a face's regions are still apart)
-IMAGE_LAYERS = {"mobilevit": (("final", "avg"), ("stage4", "grid2"), ("final", "grid2")),
-                "vit": (("final", "avg"), ("mid", "grid2"), ("final", "grid2"))}
+IMAGE_LAYERS = {
+    "mobilevit": (("final", "avg"), ("stage4", "grid2"), ("final", "grid2")),
+    "vit": (("final", "avg"), ("mid", "grid2"), ("final", "grid2")),
+}
 INNER_FOLDS = 3
 # rbf only: a linear kernel in libsvm converges slowly on these overlapping classes (minutes
 # per fit); the inner folds choose C
-IMAGE_PARAM_GRID = [{"kernel": ["rbf"], "C": [1.0, 10.0], "gamma": ["scale"], "class_weight": ["balanced"]}]
+IMAGE_PARAM_GRID = [
+    {"kernel": ["rbf"], "C": [1.0, 10.0], "gamma": ["scale"], "class_weight": ["balanced"]}
+]
 TRAINING_DATA_TERMS = {
     "FER-2013": "Facial Expression Recognition 2013 data of the ICML 2013 workshop 'Challenges in Representation "
-                "Learning' (Goodfellow et al., Kaggle); faces collected from the web, released for research use.",
+    "Learning' (Goodfellow et al., Kaggle); faces collected from the web, released for research use.",
     "network": "the pretrained network's own data: see the card of `features.block_weights` (the shipped "
-               "mobilevit_xxs_macro trunk: FER-2013 train + CK+ training subjects)",
+    "mobilevit_xxs_macro trunk: FER-2013 train + CK+ training subjects)",
     "bundle": "derived from these data: use it for non-commercial research, as their terms allow",
 }
 
@@ -50,7 +55,7 @@ TRAINING_DATA_TERMS = {
 @dataclass
 class ImageSet:
     files: list[Path]
-    labels: list[str]                # normalised emotion of each file
+    labels: list[str]  # normalised emotion of each file
     faces: np.ndarray = field(default_factory=lambda: np.zeros((0, 64, 64, 3), np.uint8))
     aligned: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     skipped: dict[str, str] = field(default_factory=dict)  # file -> reason
@@ -85,18 +90,25 @@ def sample_per_class(files: Sequence[Path], labels: Sequence[str], per_class: in
     return [files[i] for i in keep], [labels[i] for i in keep]
 
 
-def load_faces(files: Sequence[Path], labels: Sequence[str], size: int, progress: bool, desc: str) -> ImageSet:
+def load_faces(
+    files: Sequence[Path], labels: Sequence[str], size: int, progress: bool, desc: str
+) -> ImageSet:
     """Faces of the images as `predict` finds them; images without one are listed in `skipped`."""
     from tqdm import tqdm
 
-    from microfer.errors import ClipError
     from microfer.clip.still import image_face
     from microfer.clip.video import read_image
+    from microfer.errors import ClipError
 
     out = ImageSet(files=[], labels=[])
     faces, aligned = [], []
-    for path, label in tqdm(list(zip(files, labels)), desc=desc, unit="img", disable=None if progress else True,
-                            leave=False):
+    for path, label in tqdm(
+        list(zip(files, labels)),
+        desc=desc,
+        unit="img",
+        disable=None if progress else True,
+        leave=False,
+    ):
         try:
             face = image_face(read_image(path), str(path), size)
         except ClipError as exc:
@@ -114,8 +126,10 @@ def load_faces(files: Sequence[Path], labels: Sequence[str], size: int, progress
 def _features(model, faces: np.ndarray, batch: int = 256) -> np.ndarray:
     from microfer.clip.representation import face_to_input
 
-    rows = [model.from_inputs({"apex": np.stack([face_to_input(f) for f in faces[i:i + batch]])})
-            for i in range(0, len(faces), batch)]
+    rows = [
+        model.from_inputs({"apex": np.stack([face_to_input(f) for f in faces[i : i + batch]])})
+        for i in range(0, len(faces), batch)
+    ]
     return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
 
@@ -133,10 +147,15 @@ def evaluate(svm, X: np.ndarray, labels: Sequence[str], classes: list[str]) -> d
     own = sorted(set(y.tolist()))
     pred_own = np.array(own)[np.argmax(scores[:, own], axis=1)]
     full, restricted = summarize(y, pred, classes), summarize(y, pred_own, classes)
-    return {"n": int(known.sum()), "left_out_other_labels": int((~known).sum()),
-            "accuracy": full["accuracy"], "macro_f1": full["uf1"],
-            "accuracy_own_labels": restricted["accuracy"], "macro_f1_own_labels": restricted["uf1"],
-            "confusion": full["confusion"]}
+    return {
+        "n": int(known.sum()),
+        "left_out_other_labels": int((~known).sum()),
+        "accuracy": full["accuracy"],
+        "macro_f1": full["uf1"],
+        "accuracy_own_labels": restricted["accuracy"],
+        "macro_f1_own_labels": restricted["uf1"],
+        "confusion": full["confusion"],
+    }
 
 
 def image_feature_settings(weights="default") -> list:
@@ -149,44 +168,78 @@ def image_feature_settings(weights="default") -> list:
 
     path = resolve_weights(weights)
     if path is None:
-        raise MicroferError("an image bundle needs pretrained weights (--weights default or a pretrain output)")
+        raise MicroferError(
+            "an image bundle needs pretrained weights (--weights default or a pretrain output)"
+        )
     meta = read_block_meta(path)
     if meta.get("representation") != "apex":
-        raise MicroferError(f"{path}: pretrained on {meta.get('representation')!r} inputs; image bundles need "
-                            f"weights pretrained on still faces ('apex', e.g. `microfer pretrain --images ...`)")
+        raise MicroferError(
+            f"{path}: pretrained on {meta.get('representation')!r} inputs; image bundles need "
+            f"weights pretrained on still faces ('apex', e.g. `microfer pretrain --images ...`)"
+        )
     variant = meta["variant"]
     layers = IMAGE_LAYERS["vit" if variant in VIT_VARIANTS else "mobilevit"]
-    return [FeatureSetting(variant=variant, representation="apex", layer=layer, pool=pool,
-                           input_size=int(meta.get("input_size", 64)), block_weights=str(path))
-            for layer, pool in layers]
+    return [
+        FeatureSetting(
+            variant=variant,
+            representation="apex",
+            layer=layer,
+            pool=pool,
+            input_size=int(meta.get("input_size", 64)),
+            block_weights=str(path),
+        )
+        for layer, pool in layers
+    ]
 
 
-def train_image_bundle(images, out, test_by_subject=None, per_class: int = DEFAULT_PER_CLASS, seed: int = 0,
-                       num_threads: Optional[int] = None, progress: bool = True, command: str = "",
-                       weights="default") -> ImageTrainResult:
-    from microfer.learn.bundle import ArraySVM, save_bundle
+def train_image_bundle(
+    images,
+    out,
+    test_by_subject=None,
+    per_class: int = DEFAULT_PER_CLASS,
+    seed: int = 0,
+    num_threads: Optional[int] = None,
+    progress: bool = True,
+    command: str = "",
+    weights="default",
+) -> ImageTrainResult:
+    from microfer.clip.still import FACE_SIZE
+    from microfer.learn.bundle import IMAGE_INPUT, ArraySVM, save_bundle
     from microfer.learn.classify import select_and_fit
     from microfer.learn.features import FeatureModel, feature_config
-    from microfer.clip.still import FACE_SIZE
-    from microfer.learn.bundle import IMAGE_INPUT
     from microfer.learn.macro_data import files_by_subject, normalise_label
     from microfer.learn.ood import fit_ood
     from microfer.learn.train import versions
 
     images = Path(images)
     settings = image_feature_settings(weights)  # refuses unfit weights before any image is read
-    files, labels = _labelled_files(images / "train", "ROOT/train/<emotion>/*.jpg (FER-2013 layout)")
+    files, labels = _labelled_files(
+        images / "train", "ROOT/train/<emotion>/*.jpg (FER-2013 layout)"
+    )
     files, labels = sample_per_class(files, labels, per_class, seed)
     train = load_faces(files, labels, FACE_SIZE, progress, "faces train")
     classes = sorted(set(train.labels))
     if len(classes) < 2:
-        raise MicroferError(f"{images / 'train'}: images of at least 2 emotions are needed, found {classes}")
+        raise MicroferError(
+            f"{images / 'train'}: images of at least 2 emotions are needed, found {classes}"
+        )
     y = np.array([classes.index(lab) for lab in train.labels], np.int64)
-    folds = np.random.default_rng(seed).permutation(len(y)) % INNER_FOLDS  # no subjects in FER: random folds
-    candidates = {fs.name: _features(FeatureModel(fs, batch_size=256, num_threads=num_threads), train.faces)
-                  for fs in settings}
-    choice = select_and_fit(candidates, y, folds, np.arange(len(y)), inner_splits=INNER_FOLDS,
-                            param_grid=IMAGE_PARAM_GRID, n_classes=len(classes))
+    folds = (
+        np.random.default_rng(seed).permutation(len(y)) % INNER_FOLDS
+    )  # no subjects in FER: random folds
+    candidates = {
+        fs.name: _features(FeatureModel(fs, batch_size=256, num_threads=num_threads), train.faces)
+        for fs in settings
+    }
+    choice = select_and_fit(
+        candidates,
+        y,
+        folds,
+        np.arange(len(y)),
+        inner_splits=INNER_FOLDS,
+        param_grid=IMAGE_PARAM_GRID,
+        n_classes=len(classes),
+    )
     setting = {fs.name: fs for fs in settings}[choice.feature_name]
     model = FeatureModel(setting, batch_size=256, num_threads=num_threads)
     X = candidates[choice.feature_name]
@@ -194,38 +247,71 @@ def train_image_bundle(images, out, test_by_subject=None, per_class: int = DEFAU
     ood = fit_ood(X, y, folds, held_out="random fold of images (FER-2013 names no subjects)")
 
     tests = {}
-    test_sets = [(f"{images.name}/test", *_labelled_files(images / "test", "ROOT/test/<emotion>/*.jpg"))]
+    test_sets = [
+        (f"{images.name}/test", *_labelled_files(images / "test", "ROOT/test/<emotion>/*.jpg"))
+    ]
     if test_by_subject is not None:
         ck_files, subjects, (_, test_ids) = files_by_subject(test_by_subject)
         chosen = [p for p, s in zip(ck_files, subjects) if s in set(test_ids)]
-        test_sets.append((f"{Path(test_by_subject).name}/test subjects", chosen,
-                          [normalise_label(p.parent.name) for p in chosen]))
+        test_sets.append(
+            (
+                f"{Path(test_by_subject).name}/test subjects",
+                chosen,
+                [normalise_label(p.parent.name) for p in chosen],
+            )
+        )
     for name, t_files, t_labels in test_sets:
         data = load_faces(t_files, t_labels, FACE_SIZE, progress, f"faces {name}")
-        tests[name] = {**evaluate(svm, _features(model, data.faces), data.labels, classes),
-                       "no_face_found_taken_whole": int((~data.aligned).sum()), "unreadable": len(data.skipped),
-                       "path": str(Path(t_files[0]).parents[1]) if t_files else ""}
+        tests[name] = {
+            **evaluate(svm, _features(model, data.faces), data.labels, classes),
+            "no_face_found_taken_whole": int((~data.aligned).sum()),
+            "unreadable": len(data.skipped),
+            "path": str(Path(t_files[0]).parents[1]) if t_files else "",
+        }
     counts = {c: int((y == i).sum()) for i, c in enumerate(classes)}
     config = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "input": IMAGE_INPUT,
         "classes": classes,
-        "prepare": {"face_size": FACE_SIZE, "grey": True,
-                    "face": "dlib 68 landmarks, similarity onto microfer.clip.face.CANONICAL_POINTS; images of at most "
-                            "96 px without a detected face are taken whole (dataset face crops)"},
+        "prepare": {
+            "face_size": FACE_SIZE,
+            "grey": True,
+            "face": "dlib 68 landmarks, similarity onto microfer.clip.face.CANONICAL_POINTS; images of at most "
+            "96 px without a detected face are taken whole (dataset face crops)",
+        },
         "features": feature_config(setting),
-        "svm": {**choice.params, "inner_uf1": round(float(choice.inner_score), 4),
-                "inner_folds": f"{INNER_FOLDS} random folds of the training images (seed {seed})",
-                "inner_uf1_by_candidate": {k: [round(v, 4) for v in vs] for k, vs in choice.scores.items()}},
-        "data": {"training": str(images / "train"), "per_class_cap": per_class, "seed": seed,
-                 "n_train": int(len(y)), "class_counts": counts,
-                 "no_face_found_taken_whole": int((~train.aligned).sum()), "unreadable": len(train.skipped),
-                 "terms": TRAINING_DATA_TERMS},
+        "svm": {
+            **choice.params,
+            "inner_uf1": round(float(choice.inner_score), 4),
+            "inner_folds": f"{INNER_FOLDS} random folds of the training images (seed {seed})",
+            "inner_uf1_by_candidate": {
+                k: [round(v, 4) for v in vs] for k, vs in choice.scores.items()
+            },
+        },
+        "data": {
+            "training": str(images / "train"),
+            "per_class_cap": per_class,
+            "seed": seed,
+            "n_train": int(len(y)),
+            "class_counts": counts,
+            "no_face_found_taken_whole": int((~train.aligned).sum()),
+            "unreadable": len(train.skipped),
+            "terms": TRAINING_DATA_TERMS,
+        },
         "test": tests,
         "command": command,
         "versions": versions(),
     }
     onnx = model.export_onnx(FACE_SIZE)
-    path = save_bundle(out, network_state=model.state_dict(), classifier=svm, config=config, onnx=onnx, ood=ood)
-    return ImageTrainResult(bundle=path, n_train=int(len(y)), class_counts=counts, params=dict(choice.params),
-                            inner_score=float(choice.inner_score), test=tests, features=setting.name)
+    path = save_bundle(
+        out, network_state=model.state_dict(), classifier=svm, config=config, onnx=onnx, ood=ood
+    )
+    return ImageTrainResult(
+        bundle=path,
+        n_train=int(len(y)),
+        class_counts=counts,
+        params=dict(choice.params),
+        inner_score=float(choice.inner_score),
+        test=tests,
+        features=setting.name,
+    )

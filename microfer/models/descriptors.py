@@ -21,6 +21,7 @@ samples this centring alone took a linear/RBF SVM on the flow from UF1 0.633 to 
                     magnitude-weighted histogram of flow directions (8 bins, HOOF), in the
                     spirit of MDMO's main-direction flow per facial region
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -45,8 +46,11 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
 
     out = np.empty((n, c, size, size), np.float32)
     for i in range(n):
-        out[i] = cv2.resize(x[i].transpose(1, 2, 0), (size, size), interpolation=cv2.INTER_AREA).reshape(
-            size, size, c).transpose(2, 0, 1)
+        out[i] = (
+            cv2.resize(x[i].transpose(1, 2, 0), (size, size), interpolation=cv2.INTER_AREA)
+            .reshape(size, size, c)
+            .transpose(2, 0, 1)
+        )
     return out
 
 
@@ -56,7 +60,7 @@ def _cells(x: np.ndarray, cells: int) -> np.ndarray:
     out = np.empty((x.shape[0], cells, cells), np.float32)
     for i in range(cells):
         for j in range(cells):
-            out[:, i, j] = x[:, edges[i]:edges[i + 1], edges[j]:edges[j + 1]].mean(axis=(1, 2))
+            out[:, i, j] = x[:, edges[i] : edges[i + 1], edges[j] : edges[j + 1]].mean(axis=(1, 2))
     return out
 
 
@@ -78,7 +82,7 @@ class FlowDescriptor:
             raise MicroferError(f"unknown flow descriptor kind {kind!r}")
         self.kind, self.cells = kind, int(cells)
         per_cell = {"raw": 0, "grid": 4, "hoof": 4 + HOOF_BINS}[kind]
-        self.feature_dim = 3 * WORK_SIZE * WORK_SIZE if kind == "raw" else per_cell * self.cells ** 2
+        self.feature_dim = 3 * WORK_SIZE * WORK_SIZE if kind == "raw" else per_cell * self.cells**2
 
     def settings(self) -> dict[str, Any]:
         return {"descriptor": self.kind, "cells": self.cells, "work_size": WORK_SIZE}
@@ -91,23 +95,32 @@ class FlowDescriptor:
         if state:
             from microfer.errors import BundleError
 
-            raise BundleError(f"{source}: holds {len(state)} tensors, but the {self.kind} flow descriptor has no weights")
+            raise BundleError(
+                f"{source}: holds {len(state)} tensors, but the {self.kind} flow descriptor has no weights"
+            )
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         x = np.asarray(inputs, dtype=np.float32)
         if x.ndim != 4 or x.shape[1] != 3:
-            raise MicroferError(f"flow descriptor expects inputs of shape (N, 3, H, W), got {x.shape}")
+            raise MicroferError(
+                f"flow descriptor expects inputs of shape (N, 3, H, W), got {x.shape}"
+            )
         n = x.shape[0]
         if self.kind == "raw":
             return _resize(x, WORK_SIZE).reshape(n, -1).astype(np.float32)
         u, v, strain = centred_flow(x)
-        mag = np.sqrt(u ** 2 + v ** 2)
+        mag = np.sqrt(u**2 + v**2)
         parts = [_cells(a, self.cells).reshape(n, -1) for a in (u, v, strain, mag)]
         if self.kind == "hoof":
             # magnitude-weighted direction histogram per cell, normalised to sum 1 so it
             # describes the direction of the movement, not its size (the means carry that)
-            bins = np.floor((np.arctan2(v, u) + np.pi) / (2 * np.pi) * HOOF_BINS).astype(int) % HOOF_BINS
-            hist = np.stack([_cells(mag * (bins == k), self.cells) for k in range(HOOF_BINS)], axis=-1)
+            bins = (
+                np.floor((np.arctan2(v, u) + np.pi) / (2 * np.pi) * HOOF_BINS).astype(int)
+                % HOOF_BINS
+            )
+            hist = np.stack(
+                [_cells(mag * (bins == k), self.cells) for k in range(HOOF_BINS)], axis=-1
+            )
             hist = hist / (hist.sum(axis=-1, keepdims=True) + 1e-6)
             parts.append(hist.reshape(n, -1))
         return np.concatenate(parts, axis=1).astype(np.float32)

@@ -34,6 +34,7 @@ Layers (what `layer` may be; stageK is the output of timm `stages[K-1]`, pooled)
 Pooling: "avg" = global average (C features); "grid2" = 2x2 average pooling flattened
 (4C features) which keeps where on the face a movement happened.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,7 +55,9 @@ _STAGES_FOR_LAYER = {"mv2": 2, "stage3": 3, "stage4": 4, "stage5": 5, "final": 5
 
 def check_variant(variant: str) -> str:
     if variant not in VARIANTS:
-        raise MicroferError(f"unknown MobileViT variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+        raise MicroferError(
+            f"unknown MobileViT variant {variant!r}; expected one of {', '.join(VARIANTS)}"
+        )
     return variant
 
 
@@ -87,7 +90,7 @@ def _truncate(model, layer: str):
             super().__init__()
             self.stem = model.stem
             # keep only what the layer needs: earlier layers are proportionally cheaper
-            self.stages = nn.Sequential(*list(model.stages)[:_STAGES_FOR_LAYER[layer]])
+            self.stages = nn.Sequential(*list(model.stages)[: _STAGES_FOR_LAYER[layer]])
             if layer == "final":
                 self.final_conv = model.final_conv
 
@@ -109,7 +112,9 @@ class MobileViTExtractor(TorchExtractor):
         self,
         variant: str = "mobilevit_xxs",
         layer: str = "final",
-        block_weights: Optional[Path] = None,  # pretrained weights of either scope (folder, .json, .safetensors)
+        block_weights: Optional[
+            Path
+        ] = None,  # pretrained weights of either scope (folder, .json, .safetensors)
         input_size: int = 128,
         pool: str = "avg",
         seed: int = 0,
@@ -134,14 +139,19 @@ class MobileViTExtractor(TorchExtractor):
             self.block_meta = load_block_weights(model, self.block_weights, variant)
         self._net = _truncate(model, layer).to(self.device).eval()
         with torch.inference_mode():
-            probe = self._net(torch.zeros(1, 3, self.input_size, self.input_size, device=self.device))
+            probe = self._net(
+                torch.zeros(1, 3, self.input_size, self.input_size, device=self.device)
+            )
         self.channels = int(probe.shape[1])
 
     def settings(self) -> dict[str, Any]:
         """What determines the features (used for feature-cache keys)."""
         return {
-            "variant": self.variant, "layer": self.layer, "pool": self.pool,
-            "input_size": self.input_size, "seed": self.seed,
+            "variant": self.variant,
+            "layer": self.layer,
+            "pool": self.pool,
+            "input_size": self.input_size,
+            "seed": self.seed,
             "block_weights_sha256": (self.block_meta or {}).get("weights_sha256"),
         }
 

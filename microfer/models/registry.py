@@ -25,7 +25,9 @@ class Entry:
 _REGISTRY: dict[str, Entry] = {}
 
 
-def register_model(name: str, family: str = "other", scopes: Optional[dict[str, tuple[str, ...]]] = None):
+def register_model(
+    name: str, family: str = "other", scopes: Optional[dict[str, tuple[str, ...]]] = None
+):
     """Decorator: register a factory under `name` (a later registration replaces it)."""
 
     def wrap(factory):
@@ -35,7 +37,9 @@ def register_model(name: str, family: str = "other", scopes: Optional[dict[str, 
     return wrap
 
 
-def list_models(pattern: str = "*", family: Optional[str] = None, pretrainable: bool = False) -> list[str]:
+def list_models(
+    pattern: str = "*", family: Optional[str] = None, pretrainable: bool = False
+) -> list[str]:
     """Registered names matching `pattern`, optionally of one family or only those with scopes."""
     return sorted(
         n
@@ -54,7 +58,9 @@ def _entry(name: str) -> Entry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise MicroferError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
+        raise MicroferError(
+            f"unknown model {name!r}; available: {', '.join(list_models())}"
+        ) from None
 
 
 def create_extractor(name: str, **kwargs):

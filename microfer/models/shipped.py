@@ -4,6 +4,7 @@ One resolver for every place that builds an extractor from user input (the CLI's
 train, LosoSettings): the shipped macro-expression trunk by default, `none` for the
 randomly initialised network (the ablation), or a user's own weights path.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,10 @@ def default_weights() -> Path:
     """The shipped card (JSON beside its .safetensors): mobilevit_xxs, whole trunk, apex, 64 px."""
     path = WEIGHTS_DIR / SHIPPED_CARD
     if not path.is_file() or not path.with_suffix(".safetensors").is_file():
-        raise MicroferError(f"{path}: the shipped weights are missing (a broken install? reinstall microfer, "
-                            f"or pass --weights none / --weights PATH)")
+        raise MicroferError(
+            f"{path}: the shipped weights are missing (a broken install? reinstall microfer, "
+            f"or pass --weights none / --weights PATH)"
+        )
     return path
 
 

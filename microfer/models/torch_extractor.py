@@ -5,12 +5,12 @@ its whole feature path as ONNX (`predict` without torch).
 Subclasses build `self._net` (eval mode) and set `variant`, `layer`, `pool` ("avg" or
 "grid2"), `input_size`, `batch_size`, `device` and `channels`.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from microfer.errors import BundleError, MicroferError
-
 
 POOLS = ("avg", "grid2")
 
@@ -18,8 +18,17 @@ POOLS = ("avg", "grid2")
 class TorchExtractor:
     """The shared half of a frozen torch extractor (see the module docstring)."""
 
-    def _settle(self, variant: str, layer: str, pool: str, input_size: int, seed: int, batch_size: int,
-                num_threads, device: str) -> None:
+    def _settle(
+        self,
+        variant: str,
+        layer: str,
+        pool: str,
+        input_size: int,
+        seed: int,
+        batch_size: int,
+        num_threads,
+        device: str,
+    ) -> None:
         """Check the pooling, set the common attributes and torch's thread count."""
         import torch
 
@@ -51,13 +60,19 @@ class TorchExtractor:
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
-            raise BundleError(f"{source}: keys do not match {self.variant} up to {self.layer} "
-                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise BundleError(
+                f"{source}: keys do not match {self.variant} up to {self.layer} "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
         bad = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
         if bad:
-            raise BundleError(f"{source}: {len(bad)} tensors have the wrong shape for {self.variant} "
-                              f"(e.g. {bad[0]}: {tuple(state[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)})")
-        self._net.load_state_dict({k: torch.as_tensor(v).to(self.device) for k, v in state.items()}, strict=True)
+            raise BundleError(
+                f"{source}: {len(bad)} tensors have the wrong shape for {self.variant} "
+                f"(e.g. {bad[0]}: {tuple(state[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)})"
+            )
+        self._net.load_state_dict(
+            {k: torch.as_tensor(v).to(self.device) for k, v in state.items()}, strict=True
+        )
         self._net.eval()
 
     def _pool(self, fmap):
@@ -89,17 +104,30 @@ class TorchExtractor:
 
             def forward(self, x):
                 if x.shape[-1] != extractor.input_size:
-                    x = F.interpolate(x, size=(extractor.input_size, extractor.input_size),
-                                      mode="bilinear", align_corners=False)
+                    x = F.interpolate(
+                        x,
+                        size=(extractor.input_size, extractor.input_size),
+                        mode="bilinear",
+                        align_corners=False,
+                    )
                 return extractor._pool(self.net(x))
 
         probe = torch.zeros(1, 3, int(crop_size), int(crop_size))
         buf = io.BytesIO()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer notes on timm's shape arithmetic: constants here
-            torch.onnx.export(FeaturePath().eval(), (probe,), buf, input_names=["input"],
-                              output_names=["features"], dynamic_axes={"input": {0: "n"}, "features": {0: "n"}},
-                              opset_version=17, dynamo=False)
+            warnings.simplefilter(
+                "ignore"
+            )  # tracer notes on timm's shape arithmetic: constants here
+            torch.onnx.export(
+                FeaturePath().eval(),
+                (probe,),
+                buf,
+                input_names=["input"],
+                output_names=["features"],
+                dynamic_axes={"input": {0: "n"}, "features": {0: "n"}},
+                opset_version=17,
+                dynamo=False,
+            )
         return buf.getvalue()
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
@@ -112,11 +140,17 @@ class TorchExtractor:
         out = np.zeros((x.shape[0], self.feature_dim), np.float32)
         with torch.inference_mode():
             for start in range(0, x.shape[0], self.batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(x[start:start + self.batch_size])).to(self.device)
+                batch = torch.from_numpy(
+                    np.ascontiguousarray(x[start : start + self.batch_size])
+                ).to(self.device)
                 if batch.shape[-2:] != (self.input_size, self.input_size):
-                    batch = F.interpolate(batch, size=(self.input_size, self.input_size),
-                                          mode="bilinear", align_corners=False)
-                out[start:start + len(batch)] = self._pool(self._net(batch)).float().cpu().numpy()
+                    batch = F.interpolate(
+                        batch,
+                        size=(self.input_size, self.input_size),
+                        mode="bilinear",
+                        align_corners=False,
+                    )
+                out[start : start + len(batch)] = self._pool(self._net(batch)).float().cpu().numpy()
         return out
 
     extract = __call__

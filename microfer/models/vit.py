@@ -18,6 +18,7 @@ blocks and the final norm). The patch tokens are laid out on their grid as a (C,
 the same poolings apply as to MobileViT: "avg" (mean token) and "grid2" (2 x 2 cells); the
 class token is left out.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,9 +42,13 @@ def create_vit_encoder(variant: str, input_size: int, seed: int = 0):
     import torch
 
     if variant not in VARIANTS:
-        raise MicroferError(f"unknown ViT variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+        raise MicroferError(
+            f"unknown ViT variant {variant!r}; expected one of {', '.join(VARIANTS)}"
+        )
     if input_size < 2 * PATCH or input_size % PATCH:
-        raise MicroferError(f"input_size must be a multiple of {PATCH} (>= {2 * PATCH}) for {variant}, got {input_size}")
+        raise MicroferError(
+            f"input_size must be a multiple of {PATCH} (>= {2 * PATCH}) for {variant}, got {input_size}"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return timm.create_model(variant, pretrained=False, num_classes=0, img_size=input_size)
@@ -57,15 +62,19 @@ def fit_position_embedding(state: dict, expected: dict) -> dict:
     if old is None or new is None or old.shape == new.shape or old.shape[-1] != new.shape[-1]:
         return state
     old_side, new_side = math.isqrt(old.shape[1] - 1), math.isqrt(new.shape[1] - 1)
-    if old_side ** 2 + 1 != old.shape[1] or new_side ** 2 + 1 != new.shape[1]:
+    if old_side**2 + 1 != old.shape[1] or new_side**2 + 1 != new.shape[1]:
         return state
     from timm.layers import resample_abs_pos_embed
 
-    resampled = resample_abs_pos_embed(old.float(), [new_side, new_side], [old_side, old_side], num_prefix_tokens=1)
+    resampled = resample_abs_pos_embed(
+        old.float(), [new_side, new_side], [old_side, old_side], num_prefix_tokens=1
+    )
     return {**state, POS_EMBED_KEY: resampled.to(old.dtype)}
 
 
-def create_vit(variant: str, input_size: int, layer: str = "final", seed: int = 0, block_weights=None):
+def create_vit(
+    variant: str, input_size: int, layer: str = "final", seed: int = 0, block_weights=None
+):
     """(network, weights card or None): a timm ViT for `input_size` px inputs -- pretrained
     weights loaded when given -- cut after `layer`, whose forward gives the patch tokens as
     a (N, C, h, w) map."""
@@ -82,7 +91,7 @@ def create_vit(variant: str, input_size: int, layer: str = "final", seed: int = 
             self.vit = vit
 
         def forward(self, x):
-            tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:]
+            tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens :]
             return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
 
     net, meta = PatchTokens(), None
@@ -91,7 +100,7 @@ def create_vit(variant: str, input_size: int, layer: str = "final", seed: int = 
 
         meta = load_block_weights(net, block_weights, variant, adapt=fit_position_embedding)
     if layer == "mid":  # the later blocks and the final norm are not needed: drop their weights too
-        vit.blocks = vit.blocks[:len(vit.blocks) // 2]
+        vit.blocks = vit.blocks[: len(vit.blocks) // 2]
         vit.norm = nn.Identity()
     return net, meta
 
@@ -99,9 +108,18 @@ def create_vit(variant: str, input_size: int, layer: str = "final", seed: int = 
 class ViTExtractor(TorchExtractor):
     """Frozen timm ViT -> pooled patch tokens of one layer, numpy in, numpy out."""
 
-    def __init__(self, variant: str = "vit_tiny_patch16_224", layer: str = "final", input_size: int = 128,
-                 pool: str = "avg", seed: int = 0, batch_size: int = 32, num_threads: Optional[int] = None,
-                 device: str = "cpu", block_weights=None):
+    def __init__(
+        self,
+        variant: str = "vit_tiny_patch16_224",
+        layer: str = "final",
+        input_size: int = 128,
+        pool: str = "avg",
+        seed: int = 0,
+        batch_size: int = 32,
+        num_threads: Optional[int] = None,
+        device: str = "cpu",
+        block_weights=None,
+    ):
         from pathlib import Path
 
         self._settle(variant, layer, pool, input_size, seed, batch_size, num_threads, device)
@@ -112,8 +130,14 @@ class ViTExtractor(TorchExtractor):
 
     def settings(self) -> dict[str, Any]:
         """What determines the features (used for feature-cache keys)."""
-        return {"variant": self.variant, "layer": self.layer, "pool": self.pool, "input_size": self.input_size,
-                "seed": self.seed, "block_weights_sha256": (self.block_meta or {}).get("weights_sha256")}
+        return {
+            "variant": self.variant,
+            "layer": self.layer,
+            "pool": self.pool,
+            "input_size": self.input_size,
+            "seed": self.seed,
+            "block_weights_sha256": (self.block_meta or {}).get("weights_sha256"),
+        }
 
 
 def _factory(variant: str):

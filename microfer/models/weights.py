@@ -15,14 +15,15 @@ loaded into. Tensors may be stored as float16 (half the file); they are always l
 float32. The format name keeps its first spelling (`microfer.mobilevit_weights`), so the
 files written before ViTs could be pretrained -- the shipped trunk among them -- still load.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from microfer.io import file_sha256
 from microfer.errors import BundleError, MicroferError
+from microfer.io import file_sha256
 from microfer.models.registry import backbone_scopes
 
 WEIGHTS_STEMS = {"mv2": "mv2_block", "whole": "trunk"}
@@ -42,7 +43,9 @@ def default_scope(variant: str) -> str:
 def check_scope(scope: str, variant: str) -> str:
     scopes = backbone_scopes(variant)
     if scope not in scopes:
-        raise MicroferError(f"unknown pretraining scope {scope!r} for {variant}; expected one of {', '.join(scopes)}")
+        raise MicroferError(
+            f"unknown pretraining scope {scope!r} for {variant}; expected one of {', '.join(scopes)}"
+        )
     return scope
 
 
@@ -50,8 +53,11 @@ def scope_state_dict(model, scope: str, variant: str) -> dict:
     """Parameters and buffers of `scope` of a module holding the backbone's modules under
     their timm names (CPU tensors)."""
     modules = backbone_scopes(variant)[check_scope(scope, variant)]
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-            if any(k == m or k.startswith(m + ".") for m in modules)}
+    return {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if any(k == m or k.startswith(m + ".") for m in modules)
+    }
 
 
 def weights_paths(path, scope: Optional[str] = None) -> tuple[Path, Path]:
@@ -67,18 +73,24 @@ def weights_paths(path, scope: Optional[str] = None) -> tuple[Path, Path]:
         return path, path.with_suffix(".json")
     if scope is not None:
         if scope not in WEIGHTS_STEMS:
-            raise MicroferError(f"unknown pretraining scope {scope!r}; expected one of {', '.join(WEIGHTS_STEMS)}")
+            raise MicroferError(
+                f"unknown pretraining scope {scope!r}; expected one of {', '.join(WEIGHTS_STEMS)}"
+            )
         stem = WEIGHTS_STEMS[scope]
     else:
         found = [s for s in WEIGHTS_STEMS.values() if (path / f"{s}.json").is_file()]
         if len(found) > 1:
-            raise BundleError(f"{path}: holds weights of two scopes ({', '.join(f + '.json' for f in found)}); "
-                              f"name the .json file to use")
+            raise BundleError(
+                f"{path}: holds weights of two scopes ({', '.join(f + '.json' for f in found)}); "
+                f"name the .json file to use"
+            )
         stem = found[0] if found else WEIGHTS_STEMS["mv2"]
     return path / f"{stem}.safetensors", path / f"{stem}.json"
 
 
-def save_block_weights(model, out, meta: dict[str, Any], scope: str = "mv2", store_dtype: str = "float32") -> Path:
+def save_block_weights(
+    model, out, meta: dict[str, Any], scope: str = "mv2", store_dtype: str = "float32"
+) -> Path:
     """Write `scope` of `model` as OUT/<stem>.safetensors + .json (atomically).
 
     `meta` must name the `variant`; anything else (representation, labels, data hash,
@@ -93,7 +105,9 @@ def save_block_weights(model, out, meta: dict[str, Any], scope: str = "mv2", sto
     variant = meta.get("variant", "")
     modules = backbone_scopes(variant)[check_scope(scope, variant)]
     if store_dtype not in STORE_DTYPES:
-        raise MicroferError(f"unknown storage dtype {store_dtype!r}; expected one of {', '.join(STORE_DTYPES)}")
+        raise MicroferError(
+            f"unknown storage dtype {store_dtype!r}; expected one of {', '.join(STORE_DTYPES)}"
+        )
     st_path, json_path = weights_paths(out, scope)
     state = scope_state_dict(model, scope, variant)
     if not state:
@@ -104,7 +118,9 @@ def save_block_weights(model, out, meta: dict[str, Any], scope: str = "mv2", sto
         if bad:
             raise MicroferError(f"{bad[0]} overflows float16; store the weights as float32")
     with atomic_path(st_path) as tmp:
-        save_file(state, str(tmp), metadata={"format": WEIGHTS_FORMAT, "variant": variant, "scope": scope})
+        save_file(
+            state, str(tmp), metadata={"format": WEIGHTS_FORMAT, "variant": variant, "scope": scope}
+        )
     doc = dict(meta)
     doc.update(
         format=WEIGHTS_FORMAT,
@@ -138,26 +154,40 @@ def read_block_meta(path) -> dict[str, Any]:
         raise BundleError(f"{json_path}: not a readable JSON file ({exc})") from None
     fmt = meta.get("format") if isinstance(meta, dict) else None
     if fmt == LEGACY_FORMAT and meta.get("format_version") == 1:
-        meta = {**meta, "scope": "mv2", "modules": list(meta.get("blocks", [])), "stored_dtype": "float32"}
+        meta = {
+            **meta,
+            "scope": "mv2",
+            "modules": list(meta.get("blocks", [])),
+            "stored_dtype": "float32",
+        }
     elif fmt != WEIGHTS_FORMAT:
-        raise BundleError(f"{json_path}: not a microfer backbone weights description (format {fmt!r} "
-                          f"if any, expected {WEIGHTS_FORMAT!r})")
+        raise BundleError(
+            f"{json_path}: not a microfer backbone weights description (format {fmt!r} "
+            f"if any, expected {WEIGHTS_FORMAT!r})"
+        )
     elif meta.get("format_version") != WEIGHTS_FORMAT_VERSION:
-        raise BundleError(f"{json_path}: format_version {meta.get('format_version')!r} is not supported "
-                          f"(expected {WEIGHTS_FORMAT_VERSION})")
+        raise BundleError(
+            f"{json_path}: format_version {meta.get('format_version')!r} is not supported "
+            f"(expected {WEIGHTS_FORMAT_VERSION})"
+        )
     try:
         scopes = backbone_scopes(str(meta.get("variant")))
     except MicroferError as exc:
         raise BundleError(f"{json_path}: {exc}") from None
-    if meta.get("scope") not in scopes or list(meta.get("modules", [])) != list(scopes[meta["scope"]]):
-        raise BundleError(f"{json_path}: scope {meta.get('scope')!r} covering {meta.get('modules')} is not one "
-                          f"microfer knows for {meta['variant']} "
-                          f"({', '.join(f'{k}: {list(v)}' for k, v in scopes.items())})")
+    if meta.get("scope") not in scopes or list(meta.get("modules", [])) != list(
+        scopes[meta["scope"]]
+    ):
+        raise BundleError(
+            f"{json_path}: scope {meta.get('scope')!r} covering {meta.get('modules')} is not one "
+            f"microfer knows for {meta['variant']} "
+            f"({', '.join(f'{k}: {list(v)}' for k, v in scopes.items())})"
+        )
     return meta
 
 
-def load_block_weights(model, path, variant: str,
-                       adapt: Optional[Callable[[dict, dict], dict]] = None) -> dict[str, Any]:
+def load_block_weights(
+    model, path, variant: str, adapt: Optional[Callable[[dict, dict], dict]] = None
+) -> dict[str, Any]:
     """Load pretrained weights (any scope) into `model` (strict), after checking they fit it.
 
     `adapt(state, expected)` may reshape what a backbone can carry over between input
@@ -173,10 +203,14 @@ def load_block_weights(model, path, variant: str,
     meta = read_block_meta(path)
     scope = meta["scope"]
     if meta.get("variant") != variant:
-        raise BundleError(f"{json_path}: weights were trained for {meta.get('variant')!r}, "
-                          f"the extractor is {variant!r}")
+        raise BundleError(
+            f"{json_path}: weights were trained for {meta.get('variant')!r}, "
+            f"the extractor is {variant!r}"
+        )
     if file_sha256(st_path) != meta.get("weights_sha256"):
-        raise BundleError(f"{st_path}: content does not match the sha256 in {json_path.name} (replaced or tampered with)")
+        raise BundleError(
+            f"{st_path}: content does not match the sha256 in {json_path.name} (replaced or tampered with)"
+        )
     try:
         state = load_file(str(st_path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -187,14 +221,22 @@ def load_block_weights(model, path, variant: str,
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise BundleError(f"{st_path}: keys do not match the {variant} {scope} scope "
-                          f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})")
-    bad = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
+        raise BundleError(
+            f"{st_path}: keys do not match the {variant} {scope} scope "
+            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
+        )
+    bad = [
+        (k, tuple(state[k].shape), tuple(v.shape))
+        for k, v in expected.items()
+        if state[k].shape != v.shape
+    ]
     if bad:
         k, got, want = bad[0]
-        raise BundleError(f"{st_path}: {len(bad)} tensors have the wrong shape for {variant} "
-                          f"(e.g. {k}: {got}, expected {want})")
+        raise BundleError(
+            f"{st_path}: {len(bad)} tensors have the wrong shape for {variant} "
+            f"(e.g. {k}: {got}, expected {want})"
+        )
     state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     result = model.load_state_dict(state, strict=False)
     leftover = [k for k in result.unexpected_keys]
@@ -219,10 +261,24 @@ def publish_weights(src, dest, notes: dict[str, Any]) -> Path:
     if file_sha256(src_st) != meta.get("weights_sha256"):
         raise BundleError(f"{src_st}: content does not match the sha256 in {src_json.name}")
     dest_st, dest_json = weights_paths(Path(dest).with_suffix(".json"))
-    clash = sorted(set(notes) & {"format", "format_version", "scope", "modules", "tensors", "weights_sha256",
-                                 "weights_file", "stored_dtype", "variant"})
+    clash = sorted(
+        set(notes)
+        & {
+            "format",
+            "format_version",
+            "scope",
+            "modules",
+            "tensors",
+            "weights_sha256",
+            "weights_file",
+            "stored_dtype",
+            "variant",
+        }
+    )
     if clash:
-        raise MicroferError(f"notes may not replace what describes the weights themselves: {', '.join(clash)}")
+        raise MicroferError(
+            f"notes may not replace what describes the weights themselves: {', '.join(clash)}"
+        )
     with atomic_path(dest_st) as tmp:
         shutil.copyfile(src_st, tmp)
     write_json(dest_json, {**meta, **notes, "weights_file": dest_st.name})

@@ -12,6 +12,7 @@ the apex face -- the neutral value of each input.
 The score is the class's summed one-vs-one decision values (`ArraySVM.confidence`), not
 the votes, so a patch that weakens the decision shows before it flips it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,20 +22,24 @@ from typing import Optional
 import cv2
 import numpy as np
 
-OVERLAY_SIZE = 256   # px of the written PNGs (the crop is 128 px by default: too small to read)
-PATCH_FRACTION = 8   # patch side = crop side / 8 (16 px of a 128-px face: an eye, a brow, a lip corner)
+OVERLAY_SIZE = 256  # px of the written PNGs (the crop is 128 px by default: too small to read)
+PATCH_FRACTION = (
+    8  # patch side = crop side / 8 (16 px of a 128-px face: an eye, a brow, a lip corner)
+)
 STRIDE_FRACTION = 16  # patches overlap by half
 BATCH = 32
 
 
 @dataclass
 class OcclusionMap:
-    heat: np.ndarray         # (S, S) mean drop of the class score when the pixel is masked
-    base_score: float        # the class score of the whole input
-    class_index: int         # into the bundle's class names
+    heat: np.ndarray  # (S, S) mean drop of the class score when the pixel is masked
+    base_score: float  # the class score of the whole input
+    class_index: int  # into the bundle's class names
     patch: int
     stride: int
-    top_box: tuple[int, int, int, int]  # (x0, y0, x1, y1) of the patch whose masking dropped the score most
+    top_box: tuple[
+        int, int, int, int
+    ]  # (x0, y0, x1, y1) of the patch whose masking dropped the score most
 
 
 def network_inputs(feature_model, prepared) -> dict[str, np.ndarray]:
@@ -55,7 +60,9 @@ def occlude(inputs: dict[str, np.ndarray], box: tuple[int, int, int, int]) -> di
     return out
 
 
-def class_score(feature_model, classifier, inputs: dict[str, np.ndarray], class_index: int) -> np.ndarray:
+def class_score(
+    feature_model, classifier, inputs: dict[str, np.ndarray], class_index: int
+) -> np.ndarray:
     """(N,) score of bundle class `class_index` for a batch of inputs."""
     column = int(np.flatnonzero(classifier.classes == class_index)[0])
     return classifier.confidence(feature_model.from_inputs(inputs))[:, column]
@@ -68,17 +75,27 @@ def _starts(size: int, patch: int, stride: int) -> list[int]:
     return starts
 
 
-def occlusion_map(feature_model, classifier, prepared, class_index: int, patch: Optional[int] = None,
-                  stride: Optional[int] = None) -> OcclusionMap:
+def occlusion_map(
+    feature_model,
+    classifier,
+    prepared,
+    class_index: int,
+    patch: Optional[int] = None,
+    stride: Optional[int] = None,
+) -> OcclusionMap:
     inputs = network_inputs(feature_model, prepared)
     size = next(iter(inputs.values())).shape[-1]
     patch = patch or max(2, size // PATCH_FRACTION)
     stride = stride or max(1, size // STRIDE_FRACTION)
     base = float(class_score(feature_model, classifier, inputs, class_index)[0])
-    boxes = [(x, y, x + patch, y + patch) for y in _starts(size, patch, stride) for x in _starts(size, patch, stride)]
+    boxes = [
+        (x, y, x + patch, y + patch)
+        for y in _starts(size, patch, stride)
+        for x in _starts(size, patch, stride)
+    ]
     drops = []
     for start in range(0, len(boxes), BATCH):
-        chunk = boxes[start:start + BATCH]
+        chunk = boxes[start : start + BATCH]
         masked = [occlude(inputs, b) for b in chunk]
         batch = {rep: np.concatenate([m[rep] for m in masked]) for rep in inputs}
         drops.extend(base - class_score(feature_model, classifier, batch, class_index))
@@ -88,16 +105,26 @@ def occlusion_map(feature_model, classifier, prepared, class_index: int, patch: 
         total[y0:y1, x0:x1] += d
         count[y0:y1, x0:x1] += 1
     top = boxes[int(np.argmax(drops))]
-    return OcclusionMap(heat=(total / count).astype(np.float32), base_score=base, class_index=class_index,
-                        patch=patch, stride=stride, top_box=tuple(int(v) for v in top))
+    return OcclusionMap(
+        heat=(total / count).astype(np.float32),
+        base_score=base,
+        class_index=class_index,
+        patch=patch,
+        stride=stride,
+        top_box=tuple(int(v) for v in top),
+    )
 
 
 def _overlay(background_bgr: np.ndarray, heat: np.ndarray) -> np.ndarray:
     """Heat (>= 0 parts, scaled to its max) in the JET colours over a background, both OVERLAY_SIZE."""
-    bg = cv2.resize(background_bgr, (OVERLAY_SIZE, OVERLAY_SIZE), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    bg = cv2.resize(
+        background_bgr, (OVERLAY_SIZE, OVERLAY_SIZE), interpolation=cv2.INTER_LINEAR
+    ).astype(np.float32)
     h = np.clip(heat, 0, None)
     h = h / h.max() if h.max() > 0 else h
-    h = cv2.resize(h.astype(np.float32), (OVERLAY_SIZE, OVERLAY_SIZE), interpolation=cv2.INTER_LINEAR)
+    h = cv2.resize(
+        h.astype(np.float32), (OVERLAY_SIZE, OVERLAY_SIZE), interpolation=cv2.INTER_LINEAR
+    )
     colour = cv2.applyColorMap((h * 255).astype(np.uint8), cv2.COLORMAP_JET).astype(np.float32)
     alpha = 0.65 * h[..., None]
     return np.clip(bg * (1 - alpha) + colour * alpha, 0, 255).astype(np.uint8)
@@ -128,8 +155,10 @@ def write_overlays(prepared, occ: OcclusionMap, out) -> list[Path]:
     from microfer.io import atomic_path
 
     out = Path(out)
-    pictures = {"apex_face.png": _overlay(np.asarray(prepared.apex_face), occ.heat),
-                "flow.png": _overlay(flow_picture(prepared.flow), occ.heat)}
+    pictures = {
+        "apex_face.png": _overlay(np.asarray(prepared.apex_face), occ.heat),
+        "flow.png": _overlay(flow_picture(prepared.flow), occ.heat),
+    }
     written = []
     for name, image in pictures.items():
         with atomic_path(out / name) as tmp:

@@ -13,6 +13,7 @@ similarity onto `microfer.clip.face.CANONICAL_POINTS`): FER-2013's 48-px crops p
 face dlib cannot find (a fifth of FER-2013's) are taken as face crops as they are,
 the datasets' convention; larger images without a face are refused.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,9 +24,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from microfer.clip.still import FACE_SIZE, image_face, list_image_files  # noqa: F401  (importable from here too)
-from microfer.errors import BundleError, ClipError, MicroferError
+from microfer.errors import BundleError, MicroferError
 from microfer.learn.bundle import IMAGE_INPUT as INPUT_KIND
-
 
 
 def is_image_bundle(bundle) -> bool:
@@ -47,8 +47,10 @@ def is_image_bundle(bundle) -> bool:
 class ImagePrediction:
     image: str
     label: str
-    scores: dict[str, float]          # SVM decision scores per class (NOT probabilities)
-    face_box: Optional[tuple[int, int, int, int]]  # None: no face detected, the image taken as a face crop
+    scores: dict[str, float]  # SVM decision scores per class (NOT probabilities)
+    face_box: Optional[
+        tuple[int, int, int, int]
+    ]  # None: no face detected, the image taken as a face crop
     aligned: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
     ood_score: Optional[float] = None
@@ -65,35 +67,50 @@ class ImagePrediction:
         from microfer.recognise.predict import ood_line
 
         ranked = sorted(self.scores.items(), key=lambda kv: -kv[1])
-        face = (f"box {self.face_box}, aligned" if self.aligned
-                else "no face detected: the image taken as a face crop")
-        return "\n".join([
-            f"{self.image}: {self.label}" + ("   [OUT OF DISTRIBUTION: unreliable]" if self.ood else ""),
-            "  scores:  " + "  ".join(f"{k} {v:.3f}" for k, v in ranked) + "   (SVM decision scores)",
-            "  " + ood_line(self.ood_score, self.ood_threshold),
-            f"  face:    {face}",
-            "  timings: " + ", ".join(f"{k} {v:.1f} ms" for k, v in self.timings_ms.items())])
+        face = (
+            f"box {self.face_box}, aligned"
+            if self.aligned
+            else "no face detected: the image taken as a face crop"
+        )
+        return "\n".join(
+            [
+                f"{self.image}: {self.label}"
+                + ("   [OUT OF DISTRIBUTION: unreliable]" if self.ood else ""),
+                "  scores:  "
+                + "  ".join(f"{k} {v:.3f}" for k, v in ranked)
+                + "   (SVM decision scores)",
+                "  " + ood_line(self.ood_score, self.ood_threshold),
+                f"  face:    {face}",
+                "  timings: " + ", ".join(f"{k} {v:.1f} ms" for k, v in self.timings_ms.items()),
+            ]
+        )
 
 
 class ImagePredictor:
     """A loaded image bundle, ready for many images (the network is built once)."""
 
     def __init__(self, bundle, num_threads: Optional[int] = None, runtime: str = "auto"):
-        from microfer.learn.bundle import load_bundle
         from microfer.clip.face import load_models
+        from microfer.learn.bundle import load_bundle
         from microfer.learn.features import feature_setting_from_config
         from microfer.recognise.predict import bundle_network
 
         self.bundle = bundle if hasattr(bundle, "classifier") else load_bundle(bundle)
         if not is_image_bundle(self.bundle):
-            raise BundleError(f"{self.bundle.path}: a clip bundle (from `microfer train`); images need an image "
-                              f"bundle from `microfer train-images`")
+            raise BundleError(
+                f"{self.bundle.path}: a clip bundle (from `microfer train`); images need an image "
+                f"bundle from `microfer train-images`"
+            )
         try:
             self.feature_setting = feature_setting_from_config(self.bundle.config["features"])
             self.face_size = int(self.bundle.config["prepare"]["face_size"])
         except (TypeError, KeyError, ValueError, AttributeError, MicroferError) as exc:
-            raise BundleError(f"{self.bundle.path}: settings in bundle.json do not fit this microfer ({exc})") from None
-        self.feature_model, self.runtime = bundle_network(self.bundle, self.feature_setting, runtime, num_threads)
+            raise BundleError(
+                f"{self.bundle.path}: settings in bundle.json do not fit this microfer ({exc})"
+            ) from None
+        self.feature_model, self.runtime = bundle_network(
+            self.bundle, self.feature_setting, runtime, num_threads
+        )
         self.classes = self.bundle.class_names
         load_models()
 
@@ -104,8 +121,8 @@ class ImagePredictor:
 
     def predict(self, image, name: Optional[str] = None) -> ImagePrediction:
         """One image: a path, or a BGR / grey array (`name` is then what errors call it)."""
-        from microfer.recognise.predict import ood_fields
         from microfer.clip.video import read_image
+        from microfer.recognise.predict import ood_fields
 
         timings: dict[str, float] = {}
         t = time.perf_counter()
@@ -124,10 +141,14 @@ class ImagePredictor:
         scores = svm.class_scores(feats)[0]
         label = self.classes[int(svm.predict(feats)[0])]
         return ImagePrediction(
-            image=name, label=label,
+            image=name,
+            label=label,
             scores={self.classes[int(c)]: round(float(s), 4) for c, s in zip(svm.classes, scores)},
-            face_box=face.box, aligned=face.aligned, timings_ms={k: round(v, 2) for k, v in timings.items()},
-            **ood_fields(self.bundle.ood, feats))
+            face_box=face.box,
+            aligned=face.aligned,
+            timings_ms={k: round(v, 2) for k, v in timings.items()},
+            **ood_fields(self.bundle.ood, feats),
+        )
 
 
 def predict_images(images, model) -> list[ImagePrediction]:

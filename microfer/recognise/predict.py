@@ -10,6 +10,7 @@ frame, the motion curve relative to that frame is computed (`apex.motion_curve`)
 `apex.spot_interval` puts the apex at the motion peak, the onset at the last low-motion
 frame before it and the offset at the first low-motion frame after it.
 """
+
 from __future__ import annotations
 
 import sys
@@ -30,12 +31,12 @@ RUNTIMES = ("auto", "onnx", "torch")
 @dataclass
 class Prediction:
     label: str
-    scores: dict[str, float]          # SVM decision scores per class (NOT probabilities)
+    scores: dict[str, float]  # SVM decision scores per class (NOT probabilities)
     onset: int
     apex: int
     offset: int
-    given: list[str]                  # which of onset/apex/offset the caller gave
-    spotted: list[str]                # which were spotted from motion
+    given: list[str]  # which of onset/apex/offset the caller gave
+    spotted: list[str]  # which were spotted from motion
     face_box: tuple[int, int, int, int]
     n_frames: int
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -50,7 +51,9 @@ class Prediction:
     ood_score: Optional[float] = None
     ood_threshold: Optional[float] = None
     ood: Optional[bool] = None
-    explanation: list[str] = field(default_factory=list)  # PNGs written by `explain` (predict --explain)
+    explanation: list[str] = field(
+        default_factory=list
+    )  # PNGs written by `explain` (predict --explain)
 
     def to_dict(self) -> dict:
         doc = asdict(self)
@@ -60,12 +63,14 @@ class Prediction:
 
     def text(self) -> str:
         ranked = sorted(self.scores.items(), key=lambda kv: -kv[1])
-        lines = [f"emotion: {self.label}" + ("   [OUT OF DISTRIBUTION: unreliable]" if self.ood else ""),
-                 "scores:  " + "  ".join(f"{k} {v:.3f}" for k, v in ranked) + "   (SVM decision scores)",
-                 f"frames:  onset {self.onset}, apex {self.apex}, offset {self.offset} of {self.n_frames}"
-                 f"  (given: {', '.join(self.given) or 'none'}; spotted: {', '.join(self.spotted) or 'none'})",
-                 f"face:    box {self.face_box}",
-                 "timings: " + ", ".join(f"{k} {v:.1f} ms" for k, v in self.timings_ms.items())]
+        lines = [
+            f"emotion: {self.label}" + ("   [OUT OF DISTRIBUTION: unreliable]" if self.ood else ""),
+            "scores:  " + "  ".join(f"{k} {v:.3f}" for k, v in ranked) + "   (SVM decision scores)",
+            f"frames:  onset {self.onset}, apex {self.apex}, offset {self.offset} of {self.n_frames}"
+            f"  (given: {', '.join(self.given) or 'none'}; spotted: {', '.join(self.spotted) or 'none'})",
+            f"face:    box {self.face_box}",
+            "timings: " + ", ".join(f"{k} {v:.1f} ms" for k, v in self.timings_ms.items()),
+        ]
         lines.insert(2, ood_line(self.ood_score, self.ood_threshold))
         if self.explanation:
             lines.append("explain: " + ", ".join(self.explanation) + "   (occlusion sensitivity)")
@@ -86,10 +91,16 @@ def ood_fields(ood, feats: np.ndarray) -> dict:
     if ood is None:
         return {"ood_score": None, "ood_threshold": None, "ood": None}
     score = float(ood.score(feats)[0])
-    return {"ood_score": round(score, 4), "ood_threshold": round(ood.threshold, 4), "ood": score > ood.threshold}
+    return {
+        "ood_score": round(score, 4),
+        "ood_threshold": round(ood.threshold, 4),
+        "ood": score > ood.threshold,
+    }
 
 
-def bundle_network(bundle, feature_setting, runtime: str = "auto", num_threads: Optional[int] = None):
+def bundle_network(
+    bundle, feature_setting, runtime: str = "auto", num_threads: Optional[int] = None
+):
     """(FeatureModel with the bundle's weights, what runs it: "onnx", "torch" or "none").
 
     `runtime` for the network: "onnx" (the bundle's ONNX export in onnxruntime: no torch),
@@ -97,7 +108,6 @@ def bundle_network(bundle, feature_setting, runtime: str = "auto", num_threads: 
     """
     from microfer.errors import BundleError, MicroferError
     from microfer.learn.features import FeatureModel, onnx_names
-
     from microfer.models.onnx_extractor import onnxruntime_available
 
     if runtime not in RUNTIMES:
@@ -106,16 +116,26 @@ def bundle_network(bundle, feature_setting, runtime: str = "auto", num_threads: 
     if runtime == "onnx":
         missing = [n for n in onnx_names(feature_setting) if n not in onnx]
         if missing:
-            raise BundleError(f"{bundle.path}: has no {missing[0]} (trained before bundles carried "
-                              f"ONNX exports); use runtime 'torch' or 'auto', or retrain it")
+            raise BundleError(
+                f"{bundle.path}: has no {missing[0]} (trained before bundles carried "
+                f"ONNX exports); use runtime 'torch' or 'auto', or retrain it"
+            )
         if not onnxruntime_available():
-            raise MicroferError("runtime 'onnx' needs the package onnxruntime (pip install onnxruntime)")
+            raise MicroferError(
+                "runtime 'onnx' needs the package onnxruntime (pip install onnxruntime)"
+            )
     elif runtime == "auto":
         onnx = onnx if onnxruntime_available() else {}
     model = FeatureModel(feature_setting, batch_size=1, num_threads=num_threads, onnx=onnx)
     model.load_state_dict(bundle.network, source=str(bundle.path / "network.safetensors"))
     # "none": training-free descriptors only
-    used = ("none" if not model.onnx_names else "onnx" if all(n in onnx for n in model.onnx_names) else "torch")
+    used = (
+        "none"
+        if not model.onnx_names
+        else "onnx"
+        if all(n in onnx for n in model.onnx_names)
+        else "torch"
+    )
     return model, used
 
 
@@ -125,10 +145,10 @@ class Predictor:
     def __init__(self, bundle, num_threads: Optional[int] = None, runtime: str = "auto"):
         """`runtime` for the network: "onnx" (the bundle's ONNX export in onnxruntime: no torch),
         "torch" (the weights in timm's MobileViT), or "auto" (onnx when the bundle has it)."""
-        from microfer.learn.bundle import load_bundle
-        from microfer.errors import BundleError, MicroferError
-        from microfer.learn.features import feature_setting_from_config
         from microfer.clip.prepare import PrepareSettings
+        from microfer.errors import BundleError, MicroferError
+        from microfer.learn.bundle import load_bundle
+        from microfer.learn.features import feature_setting_from_config
 
         self.bundle = bundle if hasattr(bundle, "classifier") else load_bundle(bundle)
         cfg = self.bundle.config
@@ -137,8 +157,12 @@ class Predictor:
             # pretrained weights travel inside network.safetensors, not as separate files
             self.feature_setting = feature_setting_from_config(cfg["features"])
         except (TypeError, KeyError, ValueError, AttributeError, MicroferError) as exc:
-            raise BundleError(f"{self.bundle.path}: settings in bundle.json do not fit this microfer ({exc})") from None
-        self.feature_model, self.runtime = bundle_network(self.bundle, self.feature_setting, runtime, num_threads)
+            raise BundleError(
+                f"{self.bundle.path}: settings in bundle.json do not fit this microfer ({exc})"
+            ) from None
+        self.feature_model, self.runtime = bundle_network(
+            self.bundle, self.feature_setting, runtime, num_threads
+        )
         self.classes = self.bundle.class_names
         from microfer.clip.face import load_models
 
@@ -147,8 +171,14 @@ class Predictor:
     def features(self, prepared) -> np.ndarray:
         return self.feature_model([prepared])
 
-    def predict(self, clip, onset: Optional[int] = None, apex: Optional[int] = None,
-                offset: Optional[int] = None, explain=None) -> Prediction:
+    def predict(
+        self,
+        clip,
+        onset: Optional[int] = None,
+        apex: Optional[int] = None,
+        offset: Optional[int] = None,
+        explain=None,
+    ) -> Prediction:
         """`explain`: a folder to write occlusion-sensitivity overlays of the apex face and the
         flow to (`microfer.recognise.explain`); it re-runs features + SVM once per patch position."""
         import dataclasses
@@ -172,41 +202,60 @@ class Predictor:
             raise ClipError(f"{name}: {len(numbers)} frame(s); a clip needs at least {MIN_FRAMES}")
         for what, value in (("onset", onset), ("apex", apex), ("offset", offset)):
             if value is not None and value not in numbers:
-                raise ClipError(f"{name}: {what} frame {value} is not in the clip "
-                                f"(frames {numbers[0]}..{numbers[-1]})")
-        given = [k for k, v in (("onset", onset), ("apex", apex), ("offset", offset)) if v is not None]
+                raise ClipError(
+                    f"{name}: {what} frame {value} is not in the clip "
+                    f"(frames {numbers[0]}..{numbers[-1]})"
+                )
+        given = [
+            k for k, v in (("onset", onset), ("apex", apex), ("offset", offset)) if v is not None
+        ]
         # Frames the caller gave are used as given or refused, never replaced.
         user_apex = apex is not None
         if user_apex and onset is not None and apex <= onset:
-            raise ClipError(f"{name}: the given apex {apex} is not after the given onset {onset}; give an apex "
-                            "after the onset, or none to have it spotted")
+            raise ClipError(
+                f"{name}: the given apex {apex} is not after the given onset {onset}; give an apex "
+                "after the onset, or none to have it spotted"
+            )
         if user_apex and offset is not None and apex > offset:
-            raise ClipError(f"{name}: the given apex {apex} is after the given offset {offset}; give an apex "
-                            "at or before the offset, or none to have it spotted")
+            raise ClipError(
+                f"{name}: the given apex {apex} is after the given offset {offset}; give an apex "
+                "at or before the offset, or none to have it spotted"
+            )
         if onset is not None and offset is not None and offset <= onset:
-            raise ClipError(f"{name}: the given offset {offset} is not after the given onset {onset}")
+            raise ClipError(
+                f"{name}: the given offset {offset} is not after the given onset {onset}"
+            )
         spotted: list[str] = []
         notes: list[str] = []
         curve, curve_frames = [], []
-        first, last = (onset if onset is not None else numbers[0]), (offset if offset is not None else numbers[-1])
+        first, last = (
+            (onset if onset is not None else numbers[0]),
+            (offset if offset is not None else numbers[-1]),
+        )
         if onset is None or offset is None:
             # spot over the given (or whole) range, aligned once on its first frame; the second
             # pass below reuses the scan's decoded frames, and its alignment when the onset stays
             memo: dict = {}
-            scan = prepare_clip(source, first, None, last, self.prepare_settings, timings=timings, memo=memo)
+            scan = prepare_clip(
+                source, first, None, last, self.prepare_settings, timings=timings, memo=memo
+            )
             span = [n for n in numbers if first <= n <= last]
             curve, curve_frames = list(scan.motion_curve), span
             i_on, i_apex, i_off = spot_interval(scan.motion_curve)
             # spotted bounds stay inside the run of frames with a face around the apex
             missing = set(scan.no_face_frames)
-            if not user_apex and span[i_apex] in missing:  # the peak of a smoothed edge: take scan's
+            if (
+                not user_apex and span[i_apex] in missing
+            ):  # the peak of a smoothed edge: take scan's
                 i_apex = span.index(scan.apex)
             centre = apex if user_apex else span[i_apex]
             if centre in missing:
                 from microfer.clip.video import frame_ranges
 
-                raise ClipError(f"{name}: no face found in the given apex frame {apex} "
-                                f"(frames {frame_ranges(sorted(missing))} have none)")
+                raise ClipError(
+                    f"{name}: no face found in the given apex frame {apex} "
+                    f"(frames {frame_ranges(sorted(missing))} have none)"
+                )
             lo = hi = span.index(centre)
             while lo > 0 and span[lo - 1] not in missing:
                 lo -= 1
@@ -224,8 +273,10 @@ class Predictor:
                     offset = span[hi]
                     notes.append(f"spotted offset moved to {offset}, after the given apex {apex}")
                 if onset >= apex:
-                    raise ClipError(f"{name}: the given apex {apex} is the first frame "
-                                    f"{'with a face ' if missing else ''}of the clip; there is no onset before it")
+                    raise ClipError(
+                        f"{name}: the given apex {apex} is the first frame "
+                        f"{'with a face ' if missing else ''}of the clip; there is no onset before it"
+                    )
             elif onset < span[i_apex] <= offset:
                 apex, spotted = span[i_apex], spotted + ["apex"]
             if offset <= onset:  # no rise to speak of: fall back to the whole range
@@ -233,13 +284,32 @@ class Predictor:
             if not user_apex and (onset, apex) == (first, scan.apex):
                 prepared = dataclasses.replace(scan, offset=offset)  # same flow; the spotted offset
             else:
-                prepared = prepare_clip(source, onset, apex, offset, self.prepare_settings, timings=timings,
-                                        strict_apex=user_apex, memo=memo)
+                prepared = prepare_clip(
+                    source,
+                    onset,
+                    apex,
+                    offset,
+                    self.prepare_settings,
+                    timings=timings,
+                    strict_apex=user_apex,
+                    memo=memo,
+                )
                 memo.clear()
-                notes += [n for n in scan.notes.split("; ") if n.startswith("no face") and n not in prepared.notes]
+                notes += [
+                    n
+                    for n in scan.notes.split("; ")
+                    if n.startswith("no face") and n not in prepared.notes
+                ]
         else:
-            prepared = prepare_clip(source, onset, apex, offset, self.prepare_settings, timings=timings,
-                                    strict_apex=user_apex)
+            prepared = prepare_clip(
+                source,
+                onset,
+                apex,
+                offset,
+                self.prepare_settings,
+                timings=timings,
+                strict_apex=user_apex,
+            )
         notes = [n for n in prepared.notes.split("; ") if n] + notes
         if apex is None or prepared.apex_source == "spotted":
             spotted = sorted(set(spotted) | {"apex"})
@@ -265,17 +335,30 @@ class Predictor:
         return Prediction(
             label=self.classes[label_idx],
             scores={self.classes[int(c)]: round(float(s), 4) for c, s in zip(cls_idx, scores)},
-            onset=int(prepared.onset), apex=int(prepared.apex), offset=int(prepared.offset),
-            given=given, spotted=[s for s in ("onset", "apex", "offset") if s in spotted],
-            face_box=tuple(int(v) for v in prepared.face_box), n_frames=len(numbers),
-            timings_ms={k: round(v, 2) for k, v in timings.items()}, notes="; ".join(notes), **ood,
+            onset=int(prepared.onset),
+            apex=int(prepared.apex),
+            offset=int(prepared.offset),
+            given=given,
+            spotted=[s for s in ("onset", "apex", "offset") if s in spotted],
+            face_box=tuple(int(v) for v in prepared.face_box),
+            n_frames=len(numbers),
+            timings_ms={k: round(v, 2) for k, v in timings.items()},
+            notes="; ".join(notes),
+            **ood,
             explanation=explanation,
-            motion_curve=[round(float(v), 5) for v in curve], motion_frames=[int(n) for n in curve_frames],
+            motion_curve=[round(float(v), 5) for v in curve],
+            motion_frames=[int(n) for n in curve_frames],
         )
 
 
-def predict(clip, model, onset: Optional[int] = None, apex: Optional[int] = None,
-            offset: Optional[int] = None, explain=None) -> Prediction:
+def predict(
+    clip,
+    model,
+    onset: Optional[int] = None,
+    apex: Optional[int] = None,
+    offset: Optional[int] = None,
+    explain=None,
+) -> Prediction:
     """Emotion of one clip (video file, frame folder, or a sequence of BGR arrays).
 
     `model` is a bundle directory or a `Predictor` (reuse one for many clips).

@@ -12,6 +12,7 @@ Uploads go to a temporary file that is deleted after the prediction. One `Predic
 every request, one request at a time (its models are not thread-safe, and two clips at once
 would only share the same two cores).
 """
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,10 @@ class _Handler(BaseHTTPRequestHandler):
         name = Path(self.headers.get("X-Filename", "upload")).name or "upload"
         suffix = Path(name).suffix.lower()
         if suffix not in CLIP_SUFFIXES:
-            return self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                              {"error": f"{name}: not a video file microfer reads ({', '.join(CLIP_SUFFIXES)})"})
+            return self._json(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                {"error": f"{name}: not a video file microfer reads ({', '.join(CLIP_SUFFIXES)})"},
+            )
         try:
             size = int(self.headers.get("Content-Length", "0"))
         except ValueError:
@@ -74,17 +77,25 @@ class _Handler(BaseHTTPRequestHandler):
         if size <= 0:
             return self._json(HTTPStatus.BAD_REQUEST, {"error": f"{name}: empty upload"})
         if size > MAX_UPLOAD_BYTES:
-            return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                              {"error": f"{name}: {size} bytes, more than the {MAX_UPLOAD_BYTES} this page takes"})
+            return self._json(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                {
+                    "error": f"{name}: {size} bytes, more than the {MAX_UPLOAD_BYTES} this page takes"
+                },
+            )
         data = self.rfile.read(size)
         with tempfile.TemporaryDirectory(prefix="microfer-serve-") as tmp:
             clip = Path(tmp) / f"upload{suffix}"
             clip.write_bytes(data)
             try:
                 with self.server.lock:
-                    result = self.server.predictor.predict(clip, explain=Path(tmp) / "explain" if explain else None)
+                    result = self.server.predictor.predict(
+                        clip, explain=Path(tmp) / "explain" if explain else None
+                    )
             except MicroferError as exc:
-                return self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc).replace(str(clip), name)})
+                return self._json(
+                    HTTPStatus.BAD_REQUEST, {"error": str(exc).replace(str(clip), name)}
+                )
             doc = result.to_dict()
             doc["explanation"] = {Path(p).stem: _data_url(Path(p)) for p in result.explanation}
         doc["file"] = name
@@ -103,8 +114,11 @@ class PredictServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], predictor, verbose: bool = False):
         super().__init__(address, _Handler)
         self.predictor, self.verbose, self.lock = predictor, verbose, threading.Lock()
-        self.info = {"classes": list(predictor.classes), "runtime": predictor.runtime,
-                     "bundle": Path(str(predictor.bundle.path)).name}
+        self.info = {
+            "classes": list(predictor.classes),
+            "runtime": predictor.runtime,
+            "bundle": Path(str(predictor.bundle.path)).name,
+        }
 
     @property
     def url(self) -> str:
@@ -112,8 +126,13 @@ class PredictServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/"
 
 
-def make_server(model, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False,
-                num_threads: Optional[int] = None) -> PredictServer:
+def make_server(
+    model,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    verbose: bool = False,
+    num_threads: Optional[int] = None,
+) -> PredictServer:
     """A server for bundle `model` (a folder or a `Predictor`), bound but not yet serving:
     call `.serve_forever()` (port 0 picks a free port; `.url` says which)."""
     from microfer.recognise.predict import Predictor

@@ -12,6 +12,7 @@ recognised (`spot.recognise_micro`) before it is reported.
 Memory is the window: frames are kept at most `MAX_SIDE` px wide (detection runs at that
 size anyway), so 4 s of 30 fps video hold about 110 MB whatever the stream's length.
 """
+
 from __future__ import annotations
 
 import collections
@@ -31,12 +32,16 @@ MAX_SIDE = 640
 class LiveEvent:
     """One spotted interval, as it is reported."""
 
-    interval: object                 # spot.SpottedInterval (frame numbers of the stream)
-    reported_at_frame: int           # the last frame read when it was reported
-    fps: float                       # frames processed per second so far (reading + spotting)
+    interval: object  # spot.SpottedInterval (frame numbers of the stream)
+    reported_at_frame: int  # the last frame read when it was reported
+    fps: float  # frames processed per second so far (reading + spotting)
 
     def to_dict(self) -> dict:
-        return {**self.interval.to_dict(), "reported_at_frame": self.reported_at_frame, "fps": round(self.fps, 1)}
+        return {
+            **self.interval.to_dict(),
+            "reported_at_frame": self.reported_at_frame,
+            "fps": round(self.fps, 1),
+        }
 
 
 @dataclass
@@ -46,15 +51,23 @@ class LiveSettings:
 
     def __post_init__(self):
         if self.hop_s <= 0 or self.window_s <= self.hop_s:
-            raise MicroferError(f"live window {self.window_s} s must be longer than its hop {self.hop_s} s (> 0)")
+            raise MicroferError(
+                f"live window {self.window_s} s must be longer than its hop {self.hop_s} s (> 0)"
+            )
 
 
 class LiveSpotter:
     """Feed frames with `push`; it returns the intervals that became final. `finish` reports
     what is left when the stream ends."""
 
-    def __init__(self, fps: float, settings: LiveSettings = LiveSettings(), signal_settings=None, peaks=None,
-                 predictor=None):
+    def __init__(
+        self,
+        fps: float,
+        settings: LiveSettings = LiveSettings(),
+        signal_settings=None,
+        peaks=None,
+        predictor=None,
+    ):
         from microfer.spotting.spot import PeakSettings, SignalSettings
 
         if not fps or fps <= 0:
@@ -66,7 +79,7 @@ class LiveSpotter:
         self.hop = max(1, int(round(settings.hop_s * fps)))
         self.margin = (self.window - self.hop) // 2
         self.frames: collections.deque = collections.deque(maxlen=self.window)
-        self.since = 0                  # frames pushed since the last analysis
+        self.since = 0  # frames pushed since the last analysis
         self.reported_to: Optional[int] = None  # intervals with an apex before this frame are done
         self.failures: list[tuple[object, str]] = []
 
@@ -84,8 +97,8 @@ class LiveSpotter:
         return self._analyse(final=True) if len(self.frames) >= 3 else []
 
     def _analyse(self, final: bool) -> list:
-        from microfer.spotting.spot import motion_signal, recognise_micro, spot_intervals
         from microfer.clip.video import ArraySource
+        from microfer.spotting.spot import motion_signal, recognise_micro, spot_intervals
 
         self.since = 0
         numbers = [n for n, _ in self.frames]
@@ -122,8 +135,9 @@ def open_stream(camera: Optional[int] = None, url: Optional[str] = None, video=N
     return cap, float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
 
 
-def read_frames(cap, realtime: bool = False, fps: float = 0.0, buffer: int = 256,
-                dropped: Optional[list] = None) -> Iterator[tuple[int, np.ndarray]]:
+def read_frames(
+    cap, realtime: bool = False, fps: float = 0.0, buffer: int = 256, dropped: Optional[list] = None
+) -> Iterator[tuple[int, np.ndarray]]:
     """(index, frame) from a capture, read by a background thread so that decoding overlaps
     spotting. `realtime`: a file is paced at `fps`, like a camera, and frames the spotter
     cannot keep up with are dropped (counted in `dropped[0]`) instead of queued."""
@@ -153,8 +167,14 @@ def read_frames(cap, realtime: bool = False, fps: float = 0.0, buffer: int = 256
         cap.release()
 
 
-def run_live(cap, fps: float, spotter: LiveSpotter, on_event: Callable[[LiveEvent], None],
-             realtime: bool = False, max_frames: Optional[int] = None) -> dict:
+def run_live(
+    cap,
+    fps: float,
+    spotter: LiveSpotter,
+    on_event: Callable[[LiveEvent], None],
+    realtime: bool = False,
+    max_frames: Optional[int] = None,
+) -> dict:
     """Read the capture to its end (or `max_frames`), reporting events as they are spotted.
     Returns a summary: frames, seconds, fps achieved, events, dropped frames."""
     t0 = time.perf_counter()
@@ -173,5 +193,11 @@ def run_live(cap, fps: float, spotter: LiveSpotter, on_event: Callable[[LiveEven
         events += 1
         on_event(LiveEvent(iv, last, n / max(time.perf_counter() - t0, 1e-9)))
     seconds = time.perf_counter() - t0
-    return {"frames": n, "seconds": seconds, "fps": n / seconds if seconds > 0 else 0.0, "events": events,
-            "dropped": dropped[0], "unrecognised": len(spotter.failures)}
+    return {
+        "frames": n,
+        "seconds": seconds,
+        "fps": n / seconds if seconds > 0 else 0.0,
+        "events": events,
+        "dropped": dropped[0],
+        "unrecognised": len(spotter.failures),
+    }

@@ -38,6 +38,7 @@ each video once and choose the interval parameters inside the training folds:
 `spot_video` runs both. Thresholds are the caller's: `microfer spot` uses the defaults
 below, `microfer spot-eval` chooses them on the training subjects of each fold.
 """
+
 from __future__ import annotations
 
 import sys
@@ -69,14 +70,14 @@ MICRO_MAX_S = 0.5  # MEGC: a micro-expression lasts at most 0.5 s
 
 @dataclass(frozen=True)
 class SignalSettings:
-    size: int = 128                            # aligned crop side, px
-    blur: float = 2.0                          # Gaussian sigma on the crop, px (noise, JPEG blocks)
+    size: int = 128  # aligned crop side, px
+    blur: float = 2.0  # Gaussian sigma on the crop, px (noise, JPEG blocks)
     scales_s: tuple[float, ...] = (0.2, 0.4, 0.8)  # feature-difference distances k, seconds
-    track_px: float = 0.5                      # head translations above this (crop px) are followed
-    min_ncc: float = 0.85                      # crop vs reference correlation below this: fit again
-    max_shift: float = 0.12                    # translation followed (x size) before fitting again
-    retry_s: float = 0.2                       # face lost: try detection again this often
-    upsample: int = 0                          # dlib detector pyramid levels up
+    track_px: float = 0.5  # head translations above this (crop px) are followed
+    min_ncc: float = 0.85  # crop vs reference correlation below this: fit again
+    max_shift: float = 0.12  # translation followed (x size) before fitting again
+    retry_s: float = 0.2  # face lost: try detection again this often
+    upsample: int = 0  # dlib detector pyramid levels up
     detect_max_side: int = 640
 
     def __post_init__(self):
@@ -95,30 +96,34 @@ class PeakSettings:
     The talking rule is off by default: on a video without talking it can drop a long
     expression whose mouth rises in steps (seen on a synthetic CAS(ME)^2 video)."""
 
-    threshold: float = 14.0       # peak height, in robust noise units of the video's curve
-    low: float = 0.15             # onset/offset: where the curve falls below this fraction of the peak
+    threshold: float = 14.0  # peak height, in robust noise units of the video's curve
+    low: float = 0.15  # onset/offset: where the curve falls below this fraction of the peak
     micro_max_s: float = MICRO_MAX_S  # spotted duration at most this -> micro, else macro
-    min_s: float = 0.1            # shorter spotted intervals are noise
-    max_head: float = 0.05        # head travel (eye distances) within an interval: a head movement
-    blink_ratio: float = 1.25     # eye band peak above this x the interval's peak: a blink
-    merge: float = 0.2            # neighbouring peaks whose dip stays above this x the lower: one expression
-    burst: int = 3                # this many micro intervals in a row, gaps < burst_gap_s: talking / chewing
+    min_s: float = 0.1  # shorter spotted intervals are noise
+    max_head: float = 0.05  # head travel (eye distances) within an interval: a head movement
+    blink_ratio: float = 1.25  # eye band peak above this x the interval's peak: a blink
+    merge: float = 0.2  # neighbouring peaks whose dip stays above this x the lower: one expression
+    burst: int = 3  # this many micro intervals in a row, gaps < burst_gap_s: talking / chewing
     burst_gap_s: float = 0.3
-    talk_peaks: int = 0           # an interval whose mouth curve rises and falls this often: talking (0: off)
-    smooth_s: float = 0.03        # Gaussian smoothing of the curve, seconds
+    talk_peaks: int = (
+        0  # an interval whose mouth curve rises and falls this often: talking (0: off)
+    )
+    smooth_s: float = 0.03  # Gaussian smoothing of the curve, seconds
 
 
 @dataclass
 class MotionSignal:
     """What one pass over a video measured (plain arrays, saved as .npz by spot-eval)."""
 
-    numbers: np.ndarray      # (n,) frame numbers
+    numbers: np.ndarray  # (n,) frame numbers
     fps: float
-    regions: np.ndarray      # (n, R) float32 motion per SPOT_REGIONS region; NaN without a face
-    head: np.ndarray         # (n, 3) float32 face centre in the image (px) and roll (deg); NaN without a face
-    eye_px: np.ndarray       # (n,) float32 eye-centre distance in the image, px; NaN without a face
-    realigned: list[int] = field(default_factory=list)   # frame numbers where landmarks were fitted
-    frame_size: tuple[int, int] = (0, 0)                  # (W, H)
+    regions: np.ndarray  # (n, R) float32 motion per SPOT_REGIONS region; NaN without a face
+    head: (
+        np.ndarray
+    )  # (n, 3) float32 face centre in the image (px) and roll (deg); NaN without a face
+    eye_px: np.ndarray  # (n,) float32 eye-centre distance in the image, px; NaN without a face
+    realigned: list[int] = field(default_factory=list)  # frame numbers where landmarks were fitted
+    frame_size: tuple[int, int] = (0, 0)  # (W, H)
 
     @property
     def face(self) -> np.ndarray:
@@ -137,26 +142,39 @@ class MotionSignal:
 
         with atomic_path(path, suffix=".npz") as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, numbers=self.numbers, fps=self.fps, regions=self.regions, head=self.head,
-                         eye_px=self.eye_px, realigned=np.asarray(self.realigned, np.int64),
-                         frame_size=np.asarray(self.frame_size, np.int64))
+                np.savez(
+                    f,
+                    numbers=self.numbers,
+                    fps=self.fps,
+                    regions=self.regions,
+                    head=self.head,
+                    eye_px=self.eye_px,
+                    realigned=np.asarray(self.realigned, np.int64),
+                    frame_size=np.asarray(self.frame_size, np.int64),
+                )
 
     @classmethod
     def load(cls, path: Path) -> "MotionSignal":
         with np.load(path) as z:
-            return cls(numbers=z["numbers"], fps=float(z["fps"]), regions=z["regions"], head=z["head"],
-                       eye_px=z["eye_px"], realigned=[int(v) for v in z["realigned"]],
-                       frame_size=tuple(int(v) for v in z["frame_size"]))
+            return cls(
+                numbers=z["numbers"],
+                fps=float(z["fps"]),
+                regions=z["regions"],
+                head=z["head"],
+                eye_px=z["eye_px"],
+                realigned=[int(v) for v in z["realigned"]],
+                frame_size=tuple(int(v) for v in z["frame_size"]),
+            )
 
 
 @dataclass
 class SpottedInterval:
-    onset: int               # frame numbers
+    onset: int  # frame numbers
     apex: int
     offset: int
-    type: str                # micro | macro
-    score: float             # peak height in noise units
-    emotion: str = ""        # spot-then-recognise: the classifier's label of a micro interval
+    type: str  # micro | macro
+    score: float  # peak height in noise units
+    emotion: str = ""  # spot-then-recognise: the classifier's label of a micro interval
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,6 +188,7 @@ def runs_of(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 # ---------------------------------------------------------------- stage 1: the signal
+
 
 class _Tracker:
     """The face alignment of a stream: fitted once, followed, fitted again when it no longer holds."""
@@ -233,13 +252,22 @@ class _Tracker:
         the shift alone when ECC does not converge. Runs only while the head moves."""
         warp = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
         try:
-            _, warp = cv2.findTransformECC(self.ref, crop, warp, cv2.MOTION_EUCLIDEAN,
-                                           (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-4), None, 1)
+            _, warp = cv2.findTransformECC(
+                self.ref,
+                crop,
+                warp,
+                cv2.MOTION_EUCLIDEAN,
+                (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-4),
+                None,
+                1,
+            )
         except cv2.error:
             warp = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
         # the crop at W(x) shows what the reference shows at x: new transform = W^-1 o M
         inv = cv2.invertAffineTransform(warp).astype(np.float64)
-        self.M = np.column_stack([inv[:, :2] @ self.M[:, :2], inv[:, :2] @ self.M[:, 2] + inv[:, 2]])
+        self.M = np.column_stack(
+            [inv[:, :2] @ self.M[:, :2], inv[:, :2] @ self.M[:, 2] + inv[:, 2]]
+        )
         self.followed += warp[:, 2]
 
     def pose(self) -> tuple[np.ndarray, float]:
@@ -259,8 +287,13 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _region_slices(size: int) -> list[tuple[slice, slice]]:
-    return [(slice(int(y0 * size), int(np.ceil(y1 * size))), slice(int(x0 * size), int(np.ceil(x1 * size))))
-            for x0, y0, x1, y1 in SPOT_REGIONS.values()]
+    return [
+        (
+            slice(int(y0 * size), int(np.ceil(y1 * size))),
+            slice(int(x0 * size), int(np.ceil(x1 * size))),
+        )
+        for x0, y0, x1, y1 in SPOT_REGIONS.values()
+    ]
 
 
 class _Ring:
@@ -315,15 +348,22 @@ def _motion_at(ring: _Ring, c: int, ks: Sequence[int], slices) -> np.ndarray:
     return out
 
 
-def motion_signal(source, fps: float, settings: SignalSettings = SignalSettings(), progress: bool = False,
-                  desc: str = "spot") -> MotionSignal:
+def motion_signal(
+    source,
+    fps: float,
+    settings: SignalSettings = SignalSettings(),
+    progress: bool = False,
+    desc: str = "spot",
+) -> MotionSignal:
     """Stage 1 over a whole FrameSource (video file, frame folder or arrays), in one stream."""
     from tqdm import tqdm
 
     from microfer.clip.video import stream_frames
 
     if not fps or fps <= 0:
-        raise MicroferError(f"{source.path}: frame rate {fps!r} is not a positive number of frames per second")
+        raise MicroferError(
+            f"{source.path}: frame rate {fps!r} is not a positive number of frames per second"
+        )
     numbers = np.asarray(source.numbers, np.int64)
     n = len(numbers)
     if n < 3:
@@ -339,15 +379,24 @@ def motion_signal(source, fps: float, settings: SignalSettings = SignalSettings(
     realigned: list[int] = []
     shape = None
     seen = 0
-    bar = tqdm(total=n, desc=desc, unit="frame", file=sys.stderr, disable=None if progress else True,
-               dynamic_ncols=True, mininterval=0.5)
+    bar = tqdm(
+        total=n,
+        desc=desc,
+        unit="frame",
+        file=sys.stderr,
+        disable=None if progress else True,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
     try:
         for i, (number, frame) in enumerate(stream_frames(source)):
             if shape is None:
                 shape = frame.shape
             elif frame.shape != shape:
-                raise ClipError(f"{source.path}: frame {number} is {frame.shape[1]}x{frame.shape[0]}, the first "
-                                f"frame {shape[1]}x{shape[0]}; one video has one frame size")
+                raise ClipError(
+                    f"{source.path}: frame {number} is {frame.shape[1]}x{frame.shape[0]}, the first "
+                    f"frame {shape[1]}x{shape[0]}; one video has one frame size"
+                )
             crop, fitted = tracker.crop(i, frame)
             if fitted:
                 realigned.append(int(number))
@@ -363,12 +412,19 @@ def motion_signal(source, fps: float, settings: SignalSettings = SignalSettings(
     for c in range(max(0, seen - kmax), seen):
         regions[c] = _motion_at(ring, c, ks, slices)
     keep = slice(0, seen)  # a video whose container overstated its length ends early
-    return MotionSignal(numbers=numbers[keep], fps=float(fps), regions=regions[keep], head=head[keep],
-                        eye_px=eye_px[keep], realigned=realigned,
-                        frame_size=(int(shape[1]), int(shape[0])) if shape is not None else (0, 0))
+    return MotionSignal(
+        numbers=numbers[keep],
+        fps=float(fps),
+        regions=regions[keep],
+        head=head[keep],
+        eye_px=eye_px[keep],
+        realigned=realigned,
+        frame_size=(int(shape[1]), int(shape[0])) if shape is not None else (0, 0),
+    )
 
 
 # ---------------------------------------------------------------- stage 2: the intervals
+
 
 def spot_curve(signal: MotionSignal, smooth_s: float = PeakSettings.smooth_s) -> np.ndarray:
     """The video's curve in noise units: per region (value - median) / (1.4826 MAD), the
@@ -404,9 +460,12 @@ def _smooth_runs(curve: np.ndarray, sigma: float) -> np.ndarray:
     return curve
 
 
-def spot_intervals(signal: MotionSignal, peaks: PeakSettings = PeakSettings(),
-                   curves: Optional[tuple[np.ndarray, np.ndarray]] = None,
-                   rejected: Optional[list] = None) -> list[SpottedInterval]:
+def spot_intervals(
+    signal: MotionSignal,
+    peaks: PeakSettings = PeakSettings(),
+    curves: Optional[tuple[np.ndarray, np.ndarray]] = None,
+    rejected: Optional[list] = None,
+) -> list[SpottedInterval]:
     """Stage 2: intervals (frame numbers) from a measured signal. `curves` = spot_curves(signal)
     when the caller has them already (spot-eval tries many thresholds on one signal);
     `rejected` collects (interval, reason) of the peaks that were not expressions."""
@@ -422,16 +481,23 @@ def spot_intervals(signal: MotionSignal, peaks: PeakSettings = PeakSettings(),
         run = curve[a:b]
         if len(run) < 3:
             continue
-        tops, _ = find_peaks(np.concatenate([[-np.inf], run, [-np.inf]]), height=peaks.threshold,
-                             prominence=0.5 * peaks.threshold)
+        tops, _ = find_peaks(
+            np.concatenate([[-np.inf], run, [-np.inf]]),
+            height=peaks.threshold,
+            prominence=0.5 * peaks.threshold,
+        )
         tops = _merge_shoulders(run, tops - 1, peaks.merge)
         # each peak owns the stretch between the lowest points that separate it from its neighbours
-        cuts = [0] + [int(p + np.argmin(run[p:q + 1])) for p, q in zip(tops[:-1], tops[1:])] + [len(run) - 1]
+        cuts = (
+            [0]
+            + [int(p + np.argmin(run[p : q + 1])) for p, q in zip(tops[:-1], tops[1:])]
+            + [len(run) - 1]
+        )
         for j, top in enumerate(tops):
             lo, hi = cuts[j], cuts[j + 1]
             if hi - lo < 2:
                 continue
-            segment = run[lo:hi + 1]
+            segment = run[lo : hi + 1]
             onset, _, offset = spot_interval(segment, low=peaks.low, sigma=0.5)
             onset, apex, offset = a + lo + onset, a + int(top), a + lo + offset
             onset, offset = min(onset, apex), max(offset, apex)
@@ -439,13 +505,18 @@ def spot_intervals(signal: MotionSignal, peaks: PeakSettings = PeakSettings(),
             if duration < peaks.min_s:
                 continue
             kind = "micro" if duration <= peaks.micro_max_s else "macro"
-            interval = SpottedInterval(int(signal.numbers[onset]), int(signal.numbers[apex]),
-                                       int(signal.numbers[offset]), kind, round(float(run[top]), 3))
+            interval = SpottedInterval(
+                int(signal.numbers[onset]),
+                int(signal.numbers[apex]),
+                int(signal.numbers[offset]),
+                kind,
+                round(float(run[top]), 3),
+            )
             if _head_travel(signal, onset, offset) > peaks.max_head:
                 dropped.append((interval, "head movement"))
-            elif np.nanmax(eyes[onset:offset + 1]) > peaks.blink_ratio * run[top]:
+            elif np.nanmax(eyes[onset : offset + 1]) > peaks.blink_ratio * run[top]:
                 dropped.append((interval, "blink"))
-            elif peaks.talk_peaks and _syllables(mouth[onset:offset + 1]) >= peaks.talk_peaks:
+            elif peaks.talk_peaks and _syllables(mouth[onset : offset + 1]) >= peaks.talk_peaks:
                 dropped.append((interval, "talking"))
             else:
                 out.append(interval)
@@ -457,7 +528,7 @@ def _merge_shoulders(run: np.ndarray, tops: np.ndarray, merge: float) -> np.ndar
     one expression (a long one rises and falls in steps at the larger scales): keep the higher."""
     kept: list[int] = []
     for top in (int(t) for t in tops):
-        if kept and run[kept[-1]:top + 1].min() > merge * min(run[kept[-1]], run[top]):
+        if kept and run[kept[-1] : top + 1].min() > merge * min(run[kept[-1]], run[top]):
             if run[top] > run[kept[-1]]:
                 kept[-1] = top
             continue
@@ -465,12 +536,17 @@ def _merge_shoulders(run: np.ndarray, tops: np.ndarray, merge: float) -> np.ndar
     return np.asarray(kept, int)
 
 
-def spot_curves(signal: MotionSignal, smooth_s: float = PeakSettings.smooth_s
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def spot_curves(
+    signal: MotionSignal, smooth_s: float = PeakSettings.smooth_s
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(the spotting curve, the eye band's curve, the mouth's curve), in noise units, smoothed."""
     z = region_z(signal)
     sigma = smooth_s * signal.fps
-    return spot_curve(signal, smooth_s), _smooth_runs(z[:, EYES], sigma), _smooth_runs(z[:, MOUTH].max(axis=1), sigma)
+    return (
+        spot_curve(signal, smooth_s),
+        _smooth_runs(z[:, EYES], sigma),
+        _smooth_runs(z[:, MOUTH].max(axis=1), sigma),
+    )
 
 
 def _syllables(mouth: np.ndarray) -> int:
@@ -484,8 +560,9 @@ def _syllables(mouth: np.ndarray) -> int:
     return len(find_peaks(mouth, prominence=0.25 * span)[0]) if span > 0 else 0
 
 
-def _without_bursts(intervals: list[SpottedInterval], fps: float, peaks: PeakSettings,
-                    dropped: list) -> list[SpottedInterval]:
+def _without_bursts(
+    intervals: list[SpottedInterval], fps: float, peaks: PeakSettings, dropped: list
+) -> list[SpottedInterval]:
     """Drop runs of >= `burst` micro-length intervals separated by gaps < `burst_gap_s`:
     syllables of speech and chewing come in such trains, expressions hardly ever do."""
     if peaks.burst < 2 or not intervals:
@@ -510,8 +587,8 @@ def _without_bursts(intervals: list[SpottedInterval], fps: float, peaks: PeakSet
 
 def _head_travel(signal: MotionSignal, onset: int, offset: int) -> float:
     """Largest distance of the face centre from its place at the onset, in eye distances."""
-    pose = signal.head[onset:offset + 1].astype(np.float64)
-    eyes = float(np.nanmedian(signal.eye_px[onset:offset + 1]))
+    pose = signal.head[onset : offset + 1].astype(np.float64)
+    eyes = float(np.nanmedian(signal.eye_px[onset : offset + 1]))
     if not np.isfinite(eyes) or eyes <= 0:
         return 0.0
     moved = np.hypot(*(pose[:, :2] - pose[0, :2]).T) / eyes
@@ -522,23 +599,30 @@ def _head_travel(signal: MotionSignal, onset: int, offset: int) -> float:
 
 # ---------------------------------------------------------------- one video
 
+
 @dataclass
 class SpotResult:
     path: str
     fps: float
     n_frames: int
     intervals: list[SpottedInterval]
-    lost: list[tuple[int, int]]        # frame-number ranges without a usable face
+    lost: list[tuple[int, int]]  # frame-number ranges without a usable face
     realigned: list[int]
     signal: MotionSignal
     settings: dict
     rejected: list = field(default_factory=list)  # (interval, why): peaks that were not expressions
 
     def to_dict(self) -> dict:
-        return {"video": self.path, "fps": self.fps, "n_frames": self.n_frames,
-                "intervals": [iv.to_dict() for iv in self.intervals],
-                "rejected": [dict(iv.to_dict(), reason=why) for iv, why in self.rejected],
-                "face_lost": [list(r) for r in self.lost], "realigned": self.realigned, "settings": self.settings}
+        return {
+            "video": self.path,
+            "fps": self.fps,
+            "n_frames": self.n_frames,
+            "intervals": [iv.to_dict() for iv in self.intervals],
+            "rejected": [dict(iv.to_dict(), reason=why) for iv, why in self.rejected],
+            "face_lost": [list(r) for r in self.lost],
+            "realigned": self.realigned,
+            "settings": self.settings,
+        }
 
 
 def video_fps(path: Path, default: Optional[float] = None) -> float:
@@ -554,13 +638,20 @@ def video_fps(path: Path, default: Optional[float] = None) -> float:
         if fps and 1 <= fps <= 10_000:
             return float(fps)
     if default is None:
-        raise MicroferError(f"{path}: no frame rate known for it (a frame folder, or a video without one); "
-                            "give it with --fps")
+        raise MicroferError(
+            f"{path}: no frame rate known for it (a frame folder, or a video without one); "
+            "give it with --fps"
+        )
     return float(default)
 
 
-def spot_video(path, fps: Optional[float] = None, signal_settings: SignalSettings = SignalSettings(),
-               peaks: PeakSettings = PeakSettings(), progress: bool = False) -> SpotResult:
+def spot_video(
+    path,
+    fps: Optional[float] = None,
+    signal_settings: SignalSettings = SignalSettings(),
+    peaks: PeakSettings = PeakSettings(),
+    progress: bool = False,
+) -> SpotResult:
     """Spot the expressions of one video file or frame folder (frame rate from the container,
     or `fps`, which a frame folder needs)."""
     from microfer.clip.video import open_frames
@@ -570,12 +661,22 @@ def spot_video(path, fps: Optional[float] = None, signal_settings: SignalSetting
     signal = motion_signal(source, fps, signal_settings, progress=progress)
     rejected: list = []
     intervals = spot_intervals(signal, peaks, rejected=rejected)
-    return SpotResult(path=str(path), fps=fps, n_frames=len(signal.numbers), intervals=intervals,
-                      lost=signal.lost_ranges(), realigned=signal.realigned, signal=signal,
-                      settings={"signal": asdict(signal_settings), "peaks": asdict(peaks)}, rejected=rejected)
+    return SpotResult(
+        path=str(path),
+        fps=fps,
+        n_frames=len(signal.numbers),
+        intervals=intervals,
+        lost=signal.lost_ranges(),
+        realigned=signal.realigned,
+        signal=signal,
+        settings={"signal": asdict(signal_settings), "peaks": asdict(peaks)},
+        rejected=rejected,
+    )
 
 
-def recognise_micro(intervals: Sequence[SpottedInterval], source, predictor) -> list[tuple[SpottedInterval, str]]:
+def recognise_micro(
+    intervals: Sequence[SpottedInterval], source, predictor
+) -> list[tuple[SpottedInterval, str]]:
     """Spot-then-recognise: set `emotion` of each micro interval with a `predict.Predictor`
     (onset, spotted apex and offset given, so the classifier sees the interval as spotted).
     Returns the (interval, reason) of those that could not be recognised."""
@@ -586,7 +687,9 @@ def recognise_micro(intervals: Sequence[SpottedInterval], source, predictor) -> 
         numbers = [n for n in source.numbers if iv.onset <= n <= iv.offset]
         try:
             frames = source.read(numbers)
-            pred = predictor.predict(frames, onset=0, apex=numbers.index(iv.apex), offset=len(numbers) - 1)
+            pred = predictor.predict(
+                frames, onset=0, apex=numbers.index(iv.apex), offset=len(numbers) - 1
+            )
             iv.emotion = pred.label
         except MicroferError as exc:
             failed.append((iv, str(exc)))

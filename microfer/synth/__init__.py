@@ -8,16 +8,51 @@
 Modules: faces (identities from photos), motion (landmark-driven warps over time),
 layouts (names, numbering and coding-file formats), generate (the driver).
 """
+
 from microfer.synth.faces import Identity, default_faces_dir, load_identities, usable_photos
-from microfer.synth.generate import (AMPLITUDES, MARKER, TRUTH_COLUMNS, TRUTH_NAME, SynthSet, generate,
-                                     generate_composite, plan_layout)
+from microfer.synth.generate import (
+    AMPLITUDES,
+    MARKER,
+    TRUTH_COLUMNS,
+    TRUTH_NAME,
+    SynthSet,
+    generate,
+    generate_composite,
+    plan_layout,
+)
 from microfer.synth.layouts import LAYOUTS, LayoutSpec
-from microfer.synth.motion import (Camera, Event, Pattern, RenderedClip, draw_pattern, make_clip_frames,
-                                   render_clip, time_profile)
+from microfer.synth.motion import (
+    Camera,
+    Event,
+    Pattern,
+    RenderedClip,
+    draw_pattern,
+    make_clip_frames,
+    render_clip,
+    time_profile,
+)
 
 __all__ = [
-    "AMPLITUDES", "Camera", "Event", "Identity", "LAYOUTS", "LayoutSpec", "MARKER", "Pattern", "RenderedClip",
-    "SynthSet", "TRUTH_COLUMNS", "TRUTH_NAME", "default_faces_dir", "draw_pattern", "generate",
-    "generate_composite", "load_identities", "make_clip_frames", "plan_layout", "render_clip", "time_profile",
+    "AMPLITUDES",
+    "Camera",
+    "Event",
+    "Identity",
+    "LAYOUTS",
+    "LayoutSpec",
+    "MARKER",
+    "Pattern",
+    "RenderedClip",
+    "SynthSet",
+    "TRUTH_COLUMNS",
+    "TRUTH_NAME",
+    "default_faces_dir",
+    "draw_pattern",
+    "generate",
+    "generate_composite",
+    "load_identities",
+    "make_clip_frames",
+    "plan_layout",
+    "render_clip",
+    "time_profile",
     "usable_photos",
 ]

@@ -5,6 +5,7 @@ scaled, rotated and placed on a canvas the size of the dataset's frames. When mo
 are asked for than there are usable photos, extra identities are variants of the photos
 (flip, in-plane rotation, scale, colour gain, slight blur), drawn deterministically from the seed.
 """
+
 from __future__ import annotations
 
 import importlib.resources
@@ -22,21 +23,25 @@ MIN_FACE_WIDTH = 64  # px in the photo: smaller faces upscale into a blur no ali
 
 # dlib 68-point index of each point's mirror image (left/right swapped), used after a flip.
 MIRROR_68 = np.array(
-    list(range(16, -1, -1))                      # jaw
-    + list(range(26, 21, -1)) + list(range(21, 16, -1))  # brows
-    + [27, 28, 29, 30] + [35, 34, 33, 32, 31]    # nose
-    + [45, 44, 43, 42, 47, 46] + [39, 38, 37, 36, 41, 40]  # eyes
-    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]     # outer lips
-    + [64, 63, 62, 61, 60, 67, 66, 65],                    # inner lips
-    dtype=np.int64)
+    list(range(16, -1, -1))  # jaw
+    + list(range(26, 21, -1))
+    + list(range(21, 16, -1))  # brows
+    + [27, 28, 29, 30]
+    + [35, 34, 33, 32, 31]  # nose
+    + [45, 44, 43, 42, 47, 46]
+    + [39, 38, 37, 36, 41, 40]  # eyes
+    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]  # outer lips
+    + [64, 63, 62, 61, 60, 67, 66, 65],  # inner lips
+    dtype=np.int64,
+)
 
 
 @dataclass(frozen=True)
 class Identity:
     """One synthetic subject: a neutral base frame and its landmarks (canvas coordinates)."""
 
-    name: str              # photo stem + variant, e.g. "grace_hopper/v0"
-    image: np.ndarray      # (H, W, 3) uint8 BGR, the neutral frame
+    name: str  # photo stem + variant, e.g. "grace_hopper/v0"
+    image: np.ndarray  # (H, W, 3) uint8 BGR, the neutral frame
     landmarks: np.ndarray  # (68, 2) float32
 
     @property
@@ -50,7 +55,12 @@ class Identity:
         x1, y1 = self.landmarks.max(0)
         h, w = self.image.shape[:2]
         top = y0 - 0.25 * (y1 - y0)
-        return (max(0, int(x0)), max(0, int(top)), min(w, int(np.ceil(x1)) + 1), min(h, int(np.ceil(y1)) + 1))
+        return (
+            max(0, int(x0)),
+            max(0, int(top)),
+            min(w, int(np.ceil(x1)) + 1),
+            min(h, int(np.ceil(y1)) + 1),
+        )
 
 
 @dataclass(frozen=True)
@@ -72,9 +82,13 @@ def find_face_photos(folder: Path) -> list[Path]:
     """Image files under `folder` (recursively), in a stable order."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise MicroferError(f"faces folder {folder} does not exist (expected a folder of face photos)")
-    return sorted((p for p in folder.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file()),
-                  key=lambda p: p.relative_to(folder).as_posix())
+        raise MicroferError(
+            f"faces folder {folder} does not exist (expected a folder of face photos)"
+        )
+    return sorted(
+        (p for p in folder.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file()),
+        key=lambda p: p.relative_to(folder).as_posix(),
+    )
 
 
 @lru_cache(maxsize=256)
@@ -121,7 +135,8 @@ def usable_photos(folder: Path | None = None, limit: int | None = None) -> list[
     if not found:
         raise MicroferError(
             f"no usable face in {folder}: expected jpg/png photos with one whole frontal face "
-            f"at least {MIN_FACE_WIDTH} px wide")
+            f"at least {MIN_FACE_WIDTH} px wide"
+        )
     return found
 
 
@@ -132,7 +147,7 @@ class Augment:
     flip: bool = False
     rotation_deg: float = 0.0
     face_width_px: float = 240.0
-    offset: tuple[float, float] = (0.0, 0.0)   # of the face centre from the canvas centre, px
+    offset: tuple[float, float] = (0.0, 0.0)  # of the face centre from the canvas centre, px
     gain: tuple[float, float, float] = (1.0, 1.0, 1.0)  # B, G, R
     blur_sigma: float = 0.0
 
@@ -149,8 +164,12 @@ class Augment:
         return ",".join(parts)
 
 
-def draw_augment(rng: np.random.Generator, variant: int, face_width: tuple[float, float],
-                 frame_size: tuple[int, int]) -> Augment:
+def draw_augment(
+    rng: np.random.Generator,
+    variant: int,
+    face_width: tuple[float, float],
+    frame_size: tuple[int, int],
+) -> Augment:
     """Variant 0 keeps the photo as it is (only size and place); later variants change it."""
     w, h = frame_size
     width = float(rng.uniform(*face_width))
@@ -167,8 +186,9 @@ def draw_augment(rng: np.random.Generator, variant: int, face_width: tuple[float
     )
 
 
-def compose(photo_image: np.ndarray, photo_landmarks: np.ndarray, aug: Augment,
-            frame_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def compose(
+    photo_image: np.ndarray, photo_landmarks: np.ndarray, aug: Augment, frame_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Place the face on a canvas of `frame_size` (W, H); returns (canvas, landmarks).
 
     Outside the photo the canvas is a flat background of the photo's border colour,
@@ -190,10 +210,21 @@ def compose(photo_image: np.ndarray, photo_landmarks: np.ndarray, aug: Augment,
     m[:, 2] += target - centre
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float32)
     background = np.median(border, axis=0)
-    canvas = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC,
-                            borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-    mask = cv2.warpAffine(np.ones(image.shape[:2], np.float32), m, (w, h), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    canvas = cv2.warpAffine(
+        image,
+        m,
+        (w, h),
+        flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC,
+        borderMode=cv2.BORDER_REPLICATE,
+    ).astype(np.float32)
+    mask = cv2.warpAffine(
+        np.ones(image.shape[:2], np.float32),
+        m,
+        (w, h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
     mask = cv2.GaussianBlur(mask * mask, (0, 0), sigmaX=max(2.0, 0.02 * w))[..., None]
     canvas = canvas * mask + background[None, None, :] * (1 - mask)
     if aug.blur_sigma > 0:
@@ -203,9 +234,15 @@ def compose(photo_image: np.ndarray, photo_landmarks: np.ndarray, aug: Augment,
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), out_pts.astype(np.float32)
 
 
-def load_identities(n: int, *, faces: Path | None = None, frame_size: tuple[int, int] = (640, 480),
-                    face_width: tuple[float, float] = (200, 280), seed: int = 0,
-                    offset: int = 0) -> list[Identity]:
+def load_identities(
+    n: int,
+    *,
+    faces: Path | None = None,
+    frame_size: tuple[int, int] = (640, 480),
+    face_width: tuple[float, float] = (200, 280),
+    seed: int = 0,
+    offset: int = 0,
+) -> list[Identity]:
     """`n` identities; subject i uses photo (i + offset) mod P, variant (i + offset) // P.
 
     `offset` lets datasets generated together start from different photos.
@@ -220,5 +257,7 @@ def load_identities(n: int, *, faces: Path | None = None, frame_size: tuple[int,
         aug = draw_augment(rng, variant, face_width, frame_size)
         image = read_photo(photo.path)
         canvas, pts = compose(image, photo.landmarks, aug, frame_size)
-        out.append(Identity(name=f"{photo.name}/v{variant}:{aug.describe()}", image=canvas, landmarks=pts))
+        out.append(
+            Identity(name=f"{photo.name}/v{variant}:{aug.describe()}", image=canvas, landmarks=pts)
+        )
     return out

@@ -4,6 +4,7 @@ The names, numbering and coding files mirror the official ones (see tests/test_s
 which compares the header rows with the real files): a dataset adapter cannot tell a
 synthetic root from a real one except by the pixels and the `-synth` in the coding file name.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,87 +17,214 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from microfer.io import atomic_path
 from microfer.errors import MicroferError
+from microfer.io import atomic_path
 
 
 @dataclass(frozen=True)
 class LayoutSpec:
-    name: str                       # layout name on the command line
-    dataset: str                    # registry/manifest dataset name
-    frame_size: tuple[int, int]     # (W, H) of the frames written
-    face_width: tuple[float, float] # face width range in px (jaw to jaw)
+    name: str  # layout name on the command line
+    dataset: str  # registry/manifest dataset name
+    frame_size: tuple[int, int]  # (W, H) of the frames written
+    face_width: tuple[float, float]  # face width range in px (jaw to jaw)
     fps: float
-    emotions: tuple[str, ...]       # default emotions (coding-file spelling)
-    allowed: tuple[str, ...]        # every emotion the layout can write
-    image_ext: str                  # ".jpg", ".bmp", ".mp4"
-    coding_name: str | None         # coding file name in the root
-    clip_frames: tuple[int, int] = (24, 40)  # default frames per short clip (neutral frames included)
+    emotions: tuple[str, ...]  # default emotions (coding-file spelling)
+    allowed: tuple[str, ...]  # every emotion the layout can write
+    image_ext: str  # ".jpg", ".bmp", ".mp4"
+    coding_name: str | None  # coding file name in the root
+    clip_frames: tuple[int, int] = (
+        24,
+        40,
+    )  # default frames per short clip (neutral frames included)
 
 
 LAYOUTS: dict[str, LayoutSpec] = {
     # CASME II: 640x480 at 200 fps; faces about 200-280 px wide.
-    "casme2": LayoutSpec("casme2", "casme2", (640, 480), (200, 280), 200.0,
-                         ("happiness", "surprise", "disgust", "repression", "others"),
-                         ("happiness", "surprise", "disgust", "repression", "others", "sadness", "fear"),
-                         ".jpg", "CASME2-coding-synth.xlsx"),
+    "casme2": LayoutSpec(
+        "casme2",
+        "casme2",
+        (640, 480),
+        (200, 280),
+        200.0,
+        ("happiness", "surprise", "disgust", "repression", "others"),
+        ("happiness", "surprise", "disgust", "repression", "others", "sadness", "fear"),
+        ".jpg",
+        "CASME2-coding-synth.xlsx",
+    ),
     # SAMM: the real frames are 2040x1088 at 200 fps; written smaller (960x540), same aspect.
-    "samm": LayoutSpec("samm", "samm", (960, 540), (190, 260), 200.0,
-                       ("Anger", "Contempt", "Happiness", "Surprise", "Other"),
-                       ("Anger", "Contempt", "Happiness", "Surprise", "Other", "Disgust", "Fear", "Sadness"),
-                       ".jpg", "SAMM_Micro_FACS_Codes_v2-synth.xlsx"),
+    "samm": LayoutSpec(
+        "samm",
+        "samm",
+        (960, 540),
+        (190, 260),
+        200.0,
+        ("Anger", "Contempt", "Happiness", "Surprise", "Other"),
+        ("Anger", "Contempt", "Happiness", "Surprise", "Other", "Disgust", "Fear", "Sadness"),
+        ".jpg",
+        "SAMM_Micro_FACS_Codes_v2-synth.xlsx",
+    ),
     # SMIC-E HS: 640x480 at 100 fps, bitmap frames; half the frame rate, so shorter clips
     # (also: a 640x480 bitmap is 0.9 MB).
-    "smic": LayoutSpec("smic", "smic_hs", (640, 480), (170, 230), 100.0,
-                       ("negative", "positive", "surprise"), ("negative", "positive", "surprise"),
-                       ".bmp", "SMIC-HS-E_annotation-synth.xlsx", (16, 26)),
+    "smic": LayoutSpec(
+        "smic",
+        "smic_hs",
+        (640, 480),
+        (170, 230),
+        100.0,
+        ("negative", "positive", "surprise"),
+        ("negative", "positive", "surprise"),
+        ".bmp",
+        "SMIC-HS-E_annotation-synth.xlsx",
+        (16, 26),
+    ),
     # CAS(ME)^2 long videos: 640x480 at 30 fps, macro and micro intervals.
-    "casme_sq": LayoutSpec("casme_sq", "casme_sq", (640, 480), (180, 240), 30.0,
-                           ("anger", "disgust", "happiness", "surprise"),
-                           ("anger", "disgust", "happiness", "surprise", "fear", "sadness"),
-                           ".jpg", "CAS(ME)^2code_final-synth.csv"),
+    "casme_sq": LayoutSpec(
+        "casme_sq",
+        "casme_sq",
+        (640, 480),
+        (180, 240),
+        30.0,
+        ("anger", "disgust", "happiness", "surprise"),
+        ("anger", "disgust", "happiness", "surprise", "fear", "sadness"),
+        ".jpg",
+        "CAS(ME)^2code_final-synth.csv",
+    ),
     # single video files for the one-clip prediction path
-    "video": LayoutSpec("video", "video", (640, 480), (200, 280), 30.0,
-                        ("happiness", "surprise", "disgust", "repression", "others"),
-                        ("happiness", "surprise", "disgust", "repression", "others", "sadness", "fear",
-                         "anger", "contempt", "negative", "positive"),
-                        ".mp4", None),
+    "video": LayoutSpec(
+        "video",
+        "video",
+        (640, 480),
+        (200, 280),
+        30.0,
+        ("happiness", "surprise", "disgust", "repression", "others"),
+        (
+            "happiness",
+            "surprise",
+            "disgust",
+            "repression",
+            "others",
+            "sadness",
+            "fear",
+            "anger",
+            "contempt",
+            "negative",
+            "positive",
+        ),
+        ".mp4",
+        None,
+    ),
 }
 
 # MEGC2019 composite classes of each native emotion (empty = excluded from the composite)
 CLASS3 = {
-    "casme2": {"disgust": "negative", "repression": "negative", "happiness": "positive", "surprise": "surprise"},
-    "samm": {"anger": "negative", "contempt": "negative", "disgust": "negative", "fear": "negative",
-             "sadness": "negative", "happiness": "positive", "surprise": "surprise"},
+    "casme2": {
+        "disgust": "negative",
+        "repression": "negative",
+        "happiness": "positive",
+        "surprise": "surprise",
+    },
+    "samm": {
+        "anger": "negative",
+        "contempt": "negative",
+        "disgust": "negative",
+        "fear": "negative",
+        "sadness": "negative",
+        "happiness": "positive",
+        "surprise": "surprise",
+    },
     "smic": {"negative": "negative", "positive": "positive", "surprise": "surprise"},
-    "casme_sq": {"anger": "negative", "disgust": "negative", "fear": "negative", "sadness": "negative",
-                 "happiness": "positive", "surprise": "surprise"},
-    "video": {"disgust": "negative", "repression": "negative", "anger": "negative", "contempt": "negative",
-              "negative": "negative", "happiness": "positive", "positive": "positive", "surprise": "surprise"},
+    "casme_sq": {
+        "anger": "negative",
+        "disgust": "negative",
+        "fear": "negative",
+        "sadness": "negative",
+        "happiness": "positive",
+        "surprise": "surprise",
+    },
+    "video": {
+        "disgust": "negative",
+        "repression": "negative",
+        "anger": "negative",
+        "contempt": "negative",
+        "negative": "negative",
+        "happiness": "positive",
+        "positive": "positive",
+        "surprise": "surprise",
+    },
 }
 
-SAMM_SUBJECTS = ["006", "007", "009", "010", "011", "012", "013", "014", "015", "016", "017", "018", "019",
-                 "020", "021", "022", "023", "024", "025", "026", "028", "030", "031", "032", "033", "034",
-                 "035", "036", "037"]
+SAMM_SUBJECTS = [
+    "006",
+    "007",
+    "009",
+    "010",
+    "011",
+    "012",
+    "013",
+    "014",
+    "015",
+    "016",
+    "017",
+    "018",
+    "019",
+    "020",
+    "021",
+    "022",
+    "023",
+    "024",
+    "025",
+    "026",
+    "028",
+    "030",
+    "031",
+    "032",
+    "033",
+    "034",
+    "035",
+    "036",
+    "037",
+]
 SMIC_HS_SUBJECTS = [1, 2, 3, 4, 5, 6, 8, 9, 11, 12, 13, 14, 15, 18, 19, 20]
 SMIC_ABBR = {"negative": "ne", "positive": "po", "surprise": "sur"}
 # CAS(ME)^2 elicitation videos: code -> clip-name stem and the emotion they elicit
-CASME_SQ_VIDEOS = [("0401girlcrashing", "anger1", "anger"), ("0101disgustingteeth", "disgust1", "disgust"),
-                   ("0502funnyerrors", "happy1", "happiness"), ("0402beatingpregnantwoman", "anger2", "anger"),
-                   ("0102eatingworms", "disgust2", "disgust"), ("0503unnyfarting", "happy2", "happiness"),
-                   ("0505funnyinnovations", "happy3", "happiness"), ("0507climbingthewall", "happy4", "happiness"),
-                   ("0508funnydunkey", "happy5", "happiness")]
-CASME_SQ_CLASS4 = {"anger": "negative", "disgust": "negative", "fear": "negative", "sadness": "negative",
-                   "happiness": "positive", "surprise": "surprise"}
-SAMM_OBJECTIVE = {"happiness": 1, "surprise": 2, "anger": 3, "disgust": 4, "sadness": 5, "fear": 6,
-                  "contempt": 7, "other": 7}
+CASME_SQ_VIDEOS = [
+    ("0401girlcrashing", "anger1", "anger"),
+    ("0101disgustingteeth", "disgust1", "disgust"),
+    ("0502funnyerrors", "happy1", "happiness"),
+    ("0402beatingpregnantwoman", "anger2", "anger"),
+    ("0102eatingworms", "disgust2", "disgust"),
+    ("0503unnyfarting", "happy2", "happiness"),
+    ("0505funnyinnovations", "happy3", "happiness"),
+    ("0507climbingthewall", "happy4", "happiness"),
+    ("0508funnydunkey", "happy5", "happiness"),
+]
+CASME_SQ_CLASS4 = {
+    "anger": "negative",
+    "disgust": "negative",
+    "fear": "negative",
+    "sadness": "negative",
+    "happiness": "positive",
+    "surprise": "surprise",
+}
+SAMM_OBJECTIVE = {
+    "happiness": 1,
+    "surprise": 2,
+    "anger": 3,
+    "disgust": 4,
+    "sadness": 5,
+    "fear": 6,
+    "contempt": 7,
+    "other": 7,
+}
 
 
 def get_layout(name: str) -> LayoutSpec:
     try:
         return LAYOUTS[name]
     except KeyError:
-        raise MicroferError(f"unknown synth layout {name!r}; expected one of {', '.join(LAYOUTS)}") from None
+        raise MicroferError(
+            f"unknown synth layout {name!r}; expected one of {', '.join(LAYOUTS)}"
+        ) from None
 
 
 def native_emotion(spec: LayoutSpec, emotion: str) -> str:
@@ -104,7 +232,9 @@ def native_emotion(spec: LayoutSpec, emotion: str) -> str:
     for e in spec.allowed:
         if e.lower() == emotion.strip().lower():
             return e
-    raise MicroferError(f"layout {spec.name} has no emotion {emotion!r}; expected one of {', '.join(spec.allowed)}")
+    raise MicroferError(
+        f"layout {spec.name} has no emotion {emotion!r}; expected one of {', '.join(spec.allowed)}"
+    )
 
 
 def class3(layout: str, emotion: str) -> str:
@@ -128,12 +258,16 @@ def subject_ids(layout: str, n: int) -> list[tuple[str, str]]:
     raise MicroferError(f"unknown synth layout {layout!r}")
 
 
-def clip_names(layout: str, subject: str, emotions: Sequence[str], rng: np.random.Generator) -> list[str]:
+def clip_names(
+    layout: str, subject: str, emotions: Sequence[str], rng: np.random.Generator
+) -> list[str]:
     """Unique, real-looking clip names for one subject's clips (in the order of `emotions`)."""
     n = len(emotions)
     if layout == "casme2":
         pairs = rng.choice(19 * 9, size=n, replace=False)
-        return [f"EP{p // 9 + 1:02d}_{p % 9 + 1:02d}{'f' if rng.random() < 0.5 else ''}" for p in pairs]
+        return [
+            f"EP{p // 9 + 1:02d}_{p % 9 + 1:02d}{'f' if rng.random() < 0.5 else ''}" for p in pairs
+        ]
     if layout == "samm":
         counts: dict[int, int] = {}
         names = []
@@ -196,16 +330,16 @@ def _au_cell(aus: str):
 class CodedEvent:
     """One row of a coding file."""
 
-    subject_code: str      # as written in the coding file
+    subject_code: str  # as written in the coding file
     clip: str
     onset: int
-    apex: int | None       # None = not annotated
+    apex: int | None  # None = not annotated
     offset: int
     emotion: str
     aus: str
     first_frame: int
     last_frame: int
-    kind: str = "micro"    # micro | macro
+    kind: str = "micro"  # micro | macro
     extra: dict = field(default_factory=dict)
 
 
@@ -234,8 +368,11 @@ def save_workbook(wb, path: Path) -> None:
             for info in src.infolist():
                 data = src.read(info.filename)
                 if info.filename == "docProps/core.xml":
-                    data = re.sub(rb"(<dcterms:modified[^>]*>)[^<]*(</dcterms:modified>)",
-                                  rb"\g<1>" + FIXED_TIME.encode() + rb"\g<2>", data)
+                    data = re.sub(
+                        rb"(<dcterms:modified[^>]*>)[^<]*(</dcterms:modified>)",
+                        rb"\g<1>" + FIXED_TIME.encode() + rb"\g<2>",
+                        data,
+                    )
                 zi = zipfile.ZipInfo(info.filename, date_time=(2020, 1, 1, 0, 0, 0))
                 zi.compress_type = zipfile.ZIP_DEFLATED
                 zi.external_attr = 0o644 << 16
@@ -249,8 +386,17 @@ def _text_cell(ws, row: int, col: int, value: str) -> None:
 
 # ---- writers -------------------------------------------------------------------------------------
 
-CASME2_HEADER = ["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None,
-                 "Action Units", "Estimated Emotion"]
+CASME2_HEADER = [
+    "Subject",
+    "Filename",
+    None,
+    "OnsetFrame",
+    "ApexFrame",
+    "OffsetFrame",
+    None,
+    "Action Units",
+    "Estimated Emotion",
+]
 
 
 def _sheet_with_header(title: str, header: Sequence, row: int = 1):
@@ -283,19 +429,40 @@ def write_casme2_coding(events: Sequence[CodedEvent], path: Path) -> None:
     save_workbook(wb, path)
 
 
-SAMM_HEADER = ["Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame", "Offset Frame",
-               "Duration", "Micro", "Action Units", "Estimated Emotion", "Objective Classes", "Notes"]
+SAMM_HEADER = [
+    "Subject",
+    "Filename",
+    "Inducement Code",
+    "Onset Frame",
+    "Apex Frame",
+    "Offset Frame",
+    "Duration",
+    "Micro",
+    "Action Units",
+    "Estimated Emotion",
+    "Objective Classes",
+    "Notes",
+]
 SAMM_HEADER_ROW = 14
 SAMM_PREAMBLE = {
     (1, 1): "SAMM Dataset - Master FACS Codes",
-    (1, 5): "(Note to the users: If you're using SAMM, please cite: Davison, A. K., Lansley, C., Costen, N., "
-            "Tan, K., & Yap, M. H. (2016). SAMM: A spontaneous micro-facial movement dataset. IEEE "
-            "Transactions on Affective Computing.)",
-    (3, 1): "9/9/17 - New updates with Emotional and Objective Classes. For details please refer to: ",
+    (
+        1,
+        5,
+    ): "(Note to the users: If you're using SAMM, please cite: Davison, A. K., Lansley, C., Costen, N., "
+    "Tan, K., & Yap, M. H. (2016). SAMM: A spontaneous micro-facial movement dataset. IEEE "
+    "Transactions on Affective Computing.)",
+    (
+        3,
+        1,
+    ): "9/9/17 - New updates with Emotional and Objective Classes. For details please refer to: ",
     (3, 9): "arXiv preprint arXiv:1708.07549.",
-    (4, 5): "(Note to the users: if you're using the emotional or objective classes, please cite: Davison, "
-            "A. K., Merghani, W., & Yap, M. H. (2017). Objective Classes for Micro-Facial Expression "
-            "Recognition. arXiv preprint arXiv:1708.07549.)",
+    (
+        4,
+        5,
+    ): "(Note to the users: if you're using the emotional or objective classes, please cite: Davison, "
+    "A. K., Merghani, W., & Yap, M. H. (2017). Objective Classes for Micro-Facial Expression "
+    "Recognition. arXiv preprint arXiv:1708.07549.)",
     (6, 1): "Symbol Key:",
     (7, 1): '"/" = or',
     (8, 1): '"?" = some AU\'s continue for a while and have unclear offset',
@@ -317,21 +484,60 @@ def write_samm_coding(events: Sequence[CodedEvent], path: Path, note: str = "") 
     if note:  # row 2 is empty in the real file
         ws.cell(row=2, column=1, value=note)
     ws.cell(row=SAMM_HEADER_ROW, column=1).number_format = "@"
-    for r, e in enumerate(sorted(events, key=lambda e: (e.subject_code, e.clip)), SAMM_HEADER_ROW + 1):
+    for r, e in enumerate(
+        sorted(events, key=lambda e: (e.subject_code, e.clip)), SAMM_HEADER_ROW + 1
+    ):
         _text_cell(ws, r, 1, e.subject_code)
-        values = [e.clip, e.extra["inducement"], e.onset, e.apex if e.apex is not None else -1, e.offset,
-                  e.offset - e.onset + 1, "Micro - 1/2" if e.kind == "micro" else "Macro",
-                  _au_cell(e.aus), e.emotion, SAMM_OBJECTIVE.get(e.emotion.lower(), 7), None]
+        values = [
+            e.clip,
+            e.extra["inducement"],
+            e.onset,
+            e.apex if e.apex is not None else -1,
+            e.offset,
+            e.offset - e.onset + 1,
+            "Micro - 1/2" if e.kind == "micro" else "Macro",
+            _au_cell(e.aus),
+            e.emotion,
+            SAMM_OBJECTIVE.get(e.emotion.lower(), 7),
+            None,
+        ]
         for c, v in enumerate(values, 2):
             if v is not None:
                 ws.cell(row=r, column=c, value=v)
     save_workbook(wb, path)
 
 
-SMIC_HS_HEADER = ["Subject", "Filename", None, "OnsetF", "OffsetF", "Onset2F", "Offset2F", None,
-                  "FirstF", "LastF", "TotalMF1", "TotalMF2", "TotalVL", "Emotion"]
-SMIC_VIS_HEADER = ["Subject", "Filename", None, "OnsetF", "OffsetF", "Onset2F", "Offset2F", None,
-                   "FirstF", "TotalMF1", "TotalMF2", "TotalVL", "Emotion"]
+SMIC_HS_HEADER = [
+    "Subject",
+    "Filename",
+    None,
+    "OnsetF",
+    "OffsetF",
+    "Onset2F",
+    "Offset2F",
+    None,
+    "FirstF",
+    "LastF",
+    "TotalMF1",
+    "TotalMF2",
+    "TotalVL",
+    "Emotion",
+]
+SMIC_VIS_HEADER = [
+    "Subject",
+    "Filename",
+    None,
+    "OnsetF",
+    "OffsetF",
+    "Onset2F",
+    "Offset2F",
+    None,
+    "FirstF",
+    "TotalMF1",
+    "TotalMF2",
+    "TotalVL",
+    "Emotion",
+]
 
 
 def write_smic_coding(events: Sequence[CodedEvent], path: Path) -> None:
@@ -342,9 +548,22 @@ def write_smic_coding(events: Sequence[CodedEvent], path: Path) -> None:
     """
     wb, ws = _sheet_with_header("HS", SMIC_HS_HEADER)
     for r, e in enumerate(sorted(events, key=lambda e: (int(e.subject_code), e.clip)), 2):
-        values = [int(e.subject_code), e.clip, None, e.onset, e.offset, None, None, None,
-                  e.first_frame, e.last_frame, e.offset - e.onset + 1, None, e.last_frame - e.first_frame + 1,
-                  e.emotion]
+        values = [
+            int(e.subject_code),
+            e.clip,
+            None,
+            e.onset,
+            e.offset,
+            None,
+            None,
+            None,
+            e.first_frame,
+            e.last_frame,
+            e.offset - e.onset + 1,
+            None,
+            e.last_frame - e.first_frame + 1,
+            e.emotion,
+        ]
         for c, v in enumerate(values, 1):
             if v is not None:
                 ws.cell(row=r, column=c, value=v)
@@ -362,10 +581,21 @@ def write_casme_sq_coding(events: Sequence[CodedEvent], path: Path) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     for e in sorted(events, key=lambda e: (int(e.subject_code), e.extra["video"], e.onset)):
-        w.writerow([e.subject_code, e.clip, e.onset, e.apex if e.apex is not None else -1, e.offset,
-                    e.aus or "NULL", CASME_SQ_CLASS4.get(e.emotion, "others"),
-                    "micro-expression" if e.kind == "micro" else "macro-expression",
-                    e.emotion, e.offset - e.onset, e.extra["video"]])
+        w.writerow(
+            [
+                e.subject_code,
+                e.clip,
+                e.onset,
+                e.apex if e.apex is not None else -1,
+                e.offset,
+                e.aus or "NULL",
+                CASME_SQ_CLASS4.get(e.emotion, "others"),
+                "micro-expression" if e.kind == "micro" else "macro-expression",
+                e.emotion,
+                e.offset - e.onset,
+                e.extra["video"],
+            ]
+        )
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.getvalue().encode("utf-8"))
 

@@ -8,6 +8,7 @@ clip the field is scaled by a time profile (neutral, raised-cosine rise to the a
 the offset, neutral) and the frame is warped with cv2.remap; sensor noise, a slow sub-pixel
 head drift and a faint illumination flicker are added, as a real camera would.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,17 +33,45 @@ PRIMITIVES: dict[str, tuple[str, list[tuple[Sequence[int], tuple[float, float]]]
     "inner_brow_raise": ("1", [((20, 21, 22, 23), (0.0, -1.0)), ((19, 24), (0.0, -0.5))]),
     "brow_lower": ("4", [(range(17, 22), (0.45, 0.85)), (range(22, 27), (-0.45, 0.85))]),
     "brow_raise_together": ("1+2+4", [(range(17, 22), (0.5, -0.8)), (range(22, 27), (-0.5, -0.8))]),
-    "jaw_drop": ("26", [((56, 57, 58, 65, 66, 67), (0.0, 1.0)), ((55, 59), (0.0, 0.6)),
-                        (range(6, 11), (0.0, 1.0))]),
-    "lip_corner_pull": ("12", [((48, 60), (-0.6, -0.8)), ((54, 64), (0.6, -0.8)), ((49, 59), (-0.3, -0.4)),
-                               ((53, 55), (0.3, -0.4)), ((LEFT_FOLD,), (-0.3, -0.5)), ((RIGHT_FOLD,), (0.3, -0.5))]),
-    "cheek_raise": ("6", [((LEFT_CHEEK, RIGHT_CHEEK), (0.0, -0.8)), ((1, 2, 3, 13, 14, 15), (0.0, -0.3)),
-                          ((40, 41, 46, 47), (0.0, -0.3))]),
+    "jaw_drop": (
+        "26",
+        [
+            ((56, 57, 58, 65, 66, 67), (0.0, 1.0)),
+            ((55, 59), (0.0, 0.6)),
+            (range(6, 11), (0.0, 1.0)),
+        ],
+    ),
+    "lip_corner_pull": (
+        "12",
+        [
+            ((48, 60), (-0.6, -0.8)),
+            ((54, 64), (0.6, -0.8)),
+            ((49, 59), (-0.3, -0.4)),
+            ((53, 55), (0.3, -0.4)),
+            ((LEFT_FOLD,), (-0.3, -0.5)),
+            ((RIGHT_FOLD,), (0.3, -0.5)),
+        ],
+    ),
+    "cheek_raise": (
+        "6",
+        [
+            ((LEFT_CHEEK, RIGHT_CHEEK), (0.0, -0.8)),
+            ((1, 2, 3, 13, 14, 15), (0.0, -0.3)),
+            ((40, 41, 46, 47), (0.0, -0.3)),
+        ],
+    ),
     "nose_wrinkle": ("9", [((27, 28), (0.0, -0.4)), (range(29, 36), (0.0, -1.0))]),
-    "upper_lip_raise": ("10", [((49, 50, 51, 52, 53, 61, 62, 63), (0.0, -1.0)),
-                               ((LEFT_FOLD, RIGHT_FOLD), (0.0, -0.5))]),
-    "lip_press": ("24", [((49, 50, 51, 52, 53, 61, 62, 63), (0.0, 0.8)),
-                         ((55, 56, 57, 58, 59, 65, 66, 67), (0.0, -1.0))]),
+    "upper_lip_raise": (
+        "10",
+        [((49, 50, 51, 52, 53, 61, 62, 63), (0.0, -1.0)), ((LEFT_FOLD, RIGHT_FOLD), (0.0, -0.5))],
+    ),
+    "lip_press": (
+        "24",
+        [
+            ((49, 50, 51, 52, 53, 61, 62, 63), (0.0, 0.8)),
+            ((55, 56, 57, 58, 59, 65, 66, 67), (0.0, -1.0)),
+        ],
+    ),
     "lip_corner_depress": ("15", [((48, 60), (-0.15, 1.0)), ((54, 64), (0.15, 1.0))]),
     "unilateral_corner": ("L14", [((54, 64), (0.75, -0.65)), ((53, 55), (0.35, -0.3))]),
     "lip_stretch": ("20", [((48, 60), (-1.0, 0.25)), ((54, 64), (1.0, 0.25))]),
@@ -76,7 +105,8 @@ def canonical_emotion(emotion: str) -> str:
     key = emotion.strip().lower()
     if key not in FIXED and key not in VARIED:
         raise MicroferError(
-            f"synth has no motion for emotion {emotion!r}; known: {', '.join(sorted(set(FIXED) | set(VARIED)))}")
+            f"synth has no motion for emotion {emotion!r}; known: {', '.join(sorted(set(FIXED) | set(VARIED)))}"
+        )
     return key
 
 
@@ -113,7 +143,9 @@ def draw_pattern(emotion: str, rng: np.random.Generator) -> Pattern:
         for idx, (dx, dy) in PRIMITIVES[name][1]:
             angle = float(rng.normal(0, np.deg2rad(6)))
             c, s = np.cos(angle), np.sin(angle)
-            moves.append((tuple(int(i) for i in idx), (w * (c * dx - s * dy), w * (s * dx + c * dy))))
+            moves.append(
+                (tuple(int(i) for i in idx), (w * (c * dx - s * dy), w * (s * dx + c * dy)))
+            )
     return Pattern(emotion=emotion, moves=tuple(moves), primitives=tuple(weights))
 
 
@@ -143,8 +175,8 @@ def landmark_displacements(landmarks: np.ndarray, pattern: Pattern) -> np.ndarra
 class Field:
     """A dense displacement field on a region of the frame (forward: content moves by it)."""
 
-    box: tuple[int, int, int, int]   # x0, y0, x1, y1 of the region it covers
-    dx: np.ndarray                   # (y1-y0, x1-x0) float32
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 of the region it covers
+    dx: np.ndarray  # (y1-y0, x1-x0) float32
     dy: np.ndarray
 
     @property
@@ -159,8 +191,13 @@ class Field:
         return out
 
 
-def dense_field(identity: Identity, pattern: Pattern, amplitude_px: float,
-                sigma_frac: float = 0.07, ridge: float = 0.05) -> Field:
+def dense_field(
+    identity: Identity,
+    pattern: Pattern,
+    amplitude_px: float,
+    sigma_frac: float = 0.07,
+    ridge: float = 0.05,
+) -> Field:
     """Gaussian-RBF interpolation of the landmark displacements, peak magnitude = amplitude_px.
 
     Every landmark is a centre; still landmarks pin the field to zero, which keeps e.g. the
@@ -173,7 +210,7 @@ def dense_field(identity: Identity, pattern: Pattern, amplitude_px: float,
     if not np.any(values):
         raise MicroferError(f"expression {pattern.emotion!r} moves no landmark")
     d2 = ((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1)
-    kernel = np.exp(-d2 / (2 * sigma ** 2))
+    kernel = np.exp(-d2 / (2 * sigma**2))
     weights = np.linalg.solve(kernel + ridge * np.eye(len(pts)), values)
     h, w = identity.image.shape[:2]
     pad = 4 * sigma
@@ -183,22 +220,28 @@ def dense_field(identity: Identity, pattern: Pattern, amplitude_px: float,
     xs = np.arange(x0, x1, dtype=np.float32)
     ys = np.arange(y0, y1, dtype=np.float32)
     # separable Gaussian: exp(-(dx^2+dy^2)/2s^2) = gx * gy, one (N, W) and one (N, H) table
-    gx = np.exp(-((xs[None, :] - pts[:, :1].astype(np.float32)) ** 2) / np.float32(2 * sigma ** 2))
-    gy = np.exp(-((ys[None, :] - pts[:, 1:].astype(np.float32)) ** 2) / np.float32(2 * sigma ** 2))
+    gx = np.exp(-((xs[None, :] - pts[:, :1].astype(np.float32)) ** 2) / np.float32(2 * sigma**2))
+    gy = np.exp(-((ys[None, :] - pts[:, 1:].astype(np.float32)) ** 2) / np.float32(2 * sigma**2))
     wx = weights[:, 0].astype(np.float32)
     wy = weights[:, 1].astype(np.float32)
     fx = (gy * wx[:, None]).T @ gx
     fy = (gy * wy[:, None]).T @ gx
     peak = float(np.hypot(fx, fy).max())
     scale = np.float32(amplitude_px / peak)
-    return Field(box=(int(x0), int(y0), x1, y1), dx=(fx * scale).astype(np.float32), dy=(fy * scale).astype(np.float32))
+    return Field(
+        box=(int(x0), int(y0), x1, y1),
+        dx=(fx * scale).astype(np.float32),
+        dy=(fy * scale).astype(np.float32),
+    )
 
 
 def time_profile(n_frames: int, onset: int, apex: int, offset: int) -> np.ndarray:
     """Expression intensity per frame index: 0 up to onset, raised-cosine rise to 1 at the
     apex, fall to 0 at the offset, 0 after. Indices are 0-based positions in the clip."""
     if not (0 <= onset < apex < offset < n_frames):
-        raise MicroferError(f"need 0 <= onset < apex < offset < n_frames, got {onset}, {apex}, {offset}, {n_frames}")
+        raise MicroferError(
+            f"need 0 <= onset < apex < offset < n_frames, got {onset}, {apex}, {offset}, {n_frames}"
+        )
     i = np.arange(n_frames, dtype=np.float64)
     p = np.zeros(n_frames)
     rise = (i > onset) & (i <= apex)
@@ -223,18 +266,18 @@ class Event:
 class Camera:
     """The nuisances a real recording has; zeros give a clean, exactly-known rendering."""
 
-    noise_sigma: float = 2.0        # grey levels, per pixel and channel
-    drift_px: float = 0.3           # largest head translation (per axis) over the recording
-    drift_deg: float = 0.1          # largest in-plane rotation over the recording (~0.2 px at the jaw)
-    flicker: float = 0.004          # relative illumination change (std)
+    noise_sigma: float = 2.0  # grey levels, per pixel and channel
+    drift_px: float = 0.3  # largest head translation (per axis) over the recording
+    drift_deg: float = 0.1  # largest in-plane rotation over the recording (~0.2 px at the jaw)
+    flicker: float = 0.004  # relative illumination change (std)
 
 
 @dataclass
 class RenderedClip:
     frames: list[np.ndarray]
     fields: list[Field]
-    profiles: np.ndarray            # (n_events, n_frames)
-    displacement_peak: np.ndarray   # (n_frames,) max field magnitude per frame, px
+    profiles: np.ndarray  # (n_events, n_frames)
+    displacement_peak: np.ndarray  # (n_frames,) max field magnitude per frame, px
 
 
 def _smooth_walk(rng: np.random.Generator, n: int, scale: float) -> np.ndarray:
@@ -243,15 +286,22 @@ def _smooth_walk(rng: np.random.Generator, n: int, scale: float) -> np.ndarray:
     t = np.linspace(0, 1, n)
     curve = rng.uniform(-1, 1) * t + sum(
         rng.uniform(-0.3, 0.3) * np.sin(np.pi * rng.uniform(0.5, 2) * t + rng.uniform(0, 2 * np.pi))
-        for _ in range(2))
+        for _ in range(2)
+    )
     curve = curve - curve[0]
     peak = float(np.abs(curve).max())
     return curve * (scale * rng.uniform(0.3, 1.0) / peak) if peak > 0 else curve
 
 
-def iter_frames(identity: Identity, events: Sequence[Event], n_frames: int, rng: np.random.Generator,
-                camera: Camera = Camera(), fields: Sequence[Field] | None = None,
-                head: np.ndarray | None = None) -> Iterator[np.ndarray]:
+def iter_frames(
+    identity: Identity,
+    events: Sequence[Event],
+    n_frames: int,
+    rng: np.random.Generator,
+    camera: Camera = Camera(),
+    fields: Sequence[Field] | None = None,
+    head: np.ndarray | None = None,
+) -> Iterator[np.ndarray]:
     """Frames of one recording, rendered one at a time (long recordings stay out of memory).
 
     `head`: (n_frames, 3) head movement added to the camera's drift: x, y translation (px)
@@ -268,14 +318,19 @@ def iter_frames(identity: Identity, events: Sequence[Event], n_frames: int, rng:
     rot = _smooth_walk(rng, n_frames, camera.drift_deg)
     if head is not None:
         tx, ty, rot = tx + head[:, 0], ty + head[:, 1], rot + head[:, 2]
-    gain = 1 + _smooth_walk(rng, n_frames, camera.flicker) + rng.normal(0, camera.flicker / 3, n_frames)
+    gain = (
+        1
+        + _smooth_walk(rng, n_frames, camera.flicker)
+        + rng.normal(0, camera.flicker / 3, n_frames)
+    )
     xs = np.arange(w, dtype=np.float32)
     ys = np.arange(h, dtype=np.float32)
     for t in range(n_frames):
         # output(y) = base(H_t^-1(y - D(y))): the expression's backward map, then the head's
         inv = cv2.invertAffineTransform(
             cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), float(rot[t]), 1.0)
-            + np.array([[0, 0, tx[t]], [0, 0, ty[t]]])).astype(np.float32)
+            + np.array([[0, 0, tx[t]], [0, 0, ty[t]]])
+        ).astype(np.float32)
         map_x = (inv[0, 0] * xs)[None, :] + (inv[0, 1] * ys + inv[0, 2])[:, None]
         map_y = (inv[1, 0] * xs)[None, :] + (inv[1, 1] * ys + inv[1, 2])[:, None]
         for f, p in zip(fields, profiles):
@@ -290,25 +345,45 @@ def iter_frames(identity: Identity, events: Sequence[Event], n_frames: int, rng:
             out *= np.float32(gain[t])
         if camera.noise_sigma > 0:
             # one noise plane for the three channels: demosaicing correlates a sensor's channels
-            out += (rng.standard_normal((h, w), dtype=np.float32) * np.float32(camera.noise_sigma))[..., None]
+            out += (rng.standard_normal((h, w), dtype=np.float32) * np.float32(camera.noise_sigma))[
+                ..., None
+            ]
         np.rint(out, out=out)
         np.clip(out, 0, 255, out=out)
         yield out.astype(np.uint8)
 
 
-def render_clip(identity: Identity, events: Sequence[Event], n_frames: int, rng: np.random.Generator,
-                camera: Camera = Camera()) -> RenderedClip:
+def render_clip(
+    identity: Identity,
+    events: Sequence[Event],
+    n_frames: int,
+    rng: np.random.Generator,
+    camera: Camera = Camera(),
+) -> RenderedClip:
     """All frames of a short clip in memory, with the fields and profiles that made them."""
     fields = [dense_field(identity, e.pattern, e.amplitude_px) for e in events]
     profiles = np.stack([time_profile(n_frames, e.onset, e.apex, e.offset) for e in events])
     peaks = [float(f.magnitude.max()) for f in fields]
     frames = list(iter_frames(identity, events, n_frames, rng, camera, fields))
     disp_peak = (profiles * np.array(peaks)[:, None]).max(0)
-    return RenderedClip(frames=frames, fields=fields, profiles=profiles, displacement_peak=disp_peak)
+    return RenderedClip(
+        frames=frames, fields=fields, profiles=profiles, displacement_peak=disp_peak
+    )
 
 
-def make_clip_frames(identity: Identity, emotion: str, n_frames: int, onset: int, apex: int, offset: int,
-                     amplitude: float, rng: np.random.Generator, camera: Camera = Camera()) -> list[np.ndarray]:
+def make_clip_frames(
+    identity: Identity,
+    emotion: str,
+    n_frames: int,
+    onset: int,
+    apex: int,
+    offset: int,
+    amplitude: float,
+    rng: np.random.Generator,
+    camera: Camera = Camera(),
+) -> list[np.ndarray]:
     """One expression clip in memory: `n_frames` BGR frames, onset/apex/offset as 0-based indices."""
     pattern = draw_pattern(emotion, rng)
-    return render_clip(identity, [Event(pattern, onset, apex, offset, amplitude)], n_frames, rng, camera).frames
+    return render_clip(
+        identity, [Event(pattern, onset, apex, offset, amplitude)], n_frames, rng, camera
+    ).frames
