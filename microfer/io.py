@@ -124,3 +124,31 @@ def protocols_dir() -> Path:
 
 def manifests_dir() -> Path:
     return _data_dir("MICROFER_MANIFESTS", "data_manifests")
+
+
+# what every written result records of its software (results.json, bundles, weights, benches)
+VERSIONED = (
+    "microfer",
+    "numpy",
+    "scikit-learn",
+    "pandas",
+    "torch",
+    "timm",
+    "safetensors",
+    "opencv-contrib-python-headless",
+    "dlib-bin",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """Python's and the main packages' versions ("not installed" for a missing one)."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in VERSIONED:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out

@@ -22,9 +22,10 @@ import statistics
 import tempfile
 import time
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterator, Optional
+
+from microfer.io import package_versions
 
 PAPER_MS_PER_SAMPLE = 35.4  # seed paper: MobileViT features + SVM, per sample
 GOAL_MODEL_PATH_MS = 15.0  # our model path (input + network + SVM), per clip
@@ -403,20 +404,7 @@ def machine_info() -> dict:
         load = list(os.getloadavg())
     except OSError:
         load = []
-    versions = {"python": platform.python_version()}
-    for pkg in (
-        "microfer",
-        "torch",
-        "timm",
-        "numpy",
-        "opencv-contrib-python-headless",
-        "dlib-bin",
-        "scikit-learn",
-    ):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
+    versions = package_versions()
     versions["opencv"] = cv2.__version__
     return {
         "cpu_count": os.cpu_count() or 0,

@@ -28,8 +28,8 @@ GRID_OPTION = click.option(
     default="small",
     show_default=True,
     help="feature x SVM grid searched inside each training fold: small (default: motion "
-    "descriptors, pretrained apex network, their fusion), motion, raw (the raw-flow floor), "
-    "network (0.1's), full",
+    "descriptors and the pretrained apex network), motion, raw (the raw-flow floor), "
+    "network (0.1's), full (all of them, more networks and the descriptor + network fusions)",
 )
 
 FEATURES_OPTION = click.option(

@@ -47,20 +47,15 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from microfer.clip.regions import APEX_REGIONS, boxes
 from microfer.errors import ClipError
 
 SPOT_METHODS = ("fd", "diff", "flow")
 DEFAULT_SPOT = "fd"
 FD_WINDOW = 0.3  # fd compares frame t with frames t +- FD_WINDOW x clip length
 
-# Boxes (x0, y0, x1, y1) as fractions of the aligned crop (see face.CANONICAL_POINTS):
-# brows and eyes of each side, the nose (AU9 wrinkles), the mouth and its corners.
-REGIONS = {
-    "left_brow_eye": (0.16, 0.10, 0.48, 0.42),
-    "right_brow_eye": (0.52, 0.10, 0.84, 0.42),
-    "nose_wrinkle": (0.38, 0.36, 0.62, 0.58),
-    "mouth": (0.24, 0.58, 0.76, 0.84),
-}
+# the ME regions of an aligned face (one table for every use: microfer.clip.regions)
+REGIONS = boxes(APEX_REGIONS)
 
 
 @lru_cache(maxsize=8)

@@ -1,10 +1,11 @@
 """StandardScaler + SVC, and a grid search that only ever looks at training subjects.
 
 Two levels of choice are made from data, both INSIDE the training part of an outer fold:
-- SVM settings (kernel, C, gamma, class_weight): `GridSearchSVM`, a scikit-learn
-  estimator taking `groups` in fit;
-- the feature set (variant x representation x layer) together with the SVM settings:
-  `select_and_fit`, which an outer LOSO fold calls with its own training indices.
+- the feature set (variant x representation x layer) together with the SVM settings
+  (kernel, C, gamma, class_weight): `select_and_fit`, which an outer LOSO fold calls with
+  its own training indices -- the one grid search;
+- `GridSearchSVM`, the same search on one feature set as a scikit-learn estimator taking
+  `groups` in fit.
 The inner split is leave-one-subject-out when the training part has at most
 `inner_splits` subjects, else GroupKFold(inner_splits) over the training subjects
 (deterministic: no shuffling). Candidates are scored by UF1 on the inner predictions
@@ -145,15 +146,23 @@ class GridSearchSVM(ClassifierMixin, BaseEstimator):
                 f"need samples of at least 2 classes to fit, got 1 class ({self.classes_.tolist()})"
             )
         yi = np.searchsorted(self.classes_, y)
+        # the one grid search of microfer, on a single feature set over all of X
+        choice = select_and_fit(
+            {"X": X},
+            yi,
+            groups,
+            np.arange(len(yi)),
+            inner_splits=self.inner_splits,
+            param_grid=self.param_grid,
+            scoring=self.scoring,
+            n_classes=self.classes_.size,
+        )
         candidates = expand_grid(self.param_grid)
-        splits = inner_splits_for(groups, self.inner_splits)
-        scores = [
-            inner_cv_score(X, yi, splits, p, self.classes_.size, self.scoring) for p in candidates
+        self.cv_results_ = [
+            {"params": p, "score": s} for p, s in zip(candidates, choice.scores["X"])
         ]
-        best = int(np.argmax(scores))  # first best = simplest in grid order
-        self.cv_results_ = [{"params": p, "score": s} for p, s in zip(candidates, scores)]
-        self.best_params_, self.best_score_ = candidates[best], float(scores[best])
-        self.best_estimator_ = make_svm(**self.best_params_).fit(X, yi)
+        self.best_params_, self.best_score_ = choice.params, float(choice.inner_score)
+        self.best_estimator_ = choice.model
         return self
 
     def _check_X(self, X):

@@ -43,7 +43,7 @@ import numpy as np
 
 from microfer.clip.representation import check_kind, flip_input
 from microfer.errors import MicroferError
-from microfer.io import atomic_path, file_sha256, write_json
+from microfer.io import atomic_path, file_sha256, package_versions, write_json
 from microfer.learn import augment, mixing
 from microfer.learn.macro_data import (  # noqa: F401  (re-exported: the pretraining API in one place)
     CK_SUBJECT_PATTERN,
@@ -193,18 +193,6 @@ class PretrainResult:
     meta: dict[str, Any]
     history: list[dict[str, float]]
     resumed_from: int = 0
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for pkg in ("microfer", "torch", "timm", "numpy", "safetensors"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def _save_checkpoint(model, optimizer, out: Path, doc: dict[str, Any]) -> None:
@@ -485,7 +473,7 @@ def pretrain(
         "sources": data.sources,
         "skipped": data.skipped,
         "history": history,
-        "versions": _versions(),
+        "versions": package_versions(),
         "training_data": data.parts,
         "augmentation": {
             **(augment.describe() if settings.augment else {"horizontal_flip": 0.5}),

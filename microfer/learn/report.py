@@ -8,24 +8,12 @@ apart from timings). All files are written atomically.
 
 from __future__ import annotations
 
-import platform
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from microfer.io import atomic_path, write_json, write_text
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("microfer", "numpy", "scikit-learn", "pandas", "torch", "timm", "safetensors"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+from microfer.io import atomic_path, package_versions, write_json, write_text  # noqa: F401  (package_versions: importable from here too)
 
 
 def results_document(result) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from microfer.errors import MicroferError
+from microfer.io import package_versions
 
 
 @dataclass
@@ -26,26 +27,6 @@ class TrainResult:
     n_subjects: int
     excluded: int
     class_counts: dict[str, int]
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for name in (
-        "microfer",
-        "torch",
-        "timm",
-        "scikit-learn",
-        "numpy",
-        "opencv-contrib-python-headless",
-        "dlib-bin",
-    ):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def train_bundle(
@@ -122,7 +103,7 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
             "n_subjects": n_groups,
             "class_counts": counts,
         },
-        "versions": versions(),
+        "versions": package_versions(),
     }
     svm = ArraySVM.from_pipeline(choice.model)
     # the OOD score sees exactly the rows (and columns) the chosen SVM was fitted on

@@ -204,12 +204,12 @@ def train_image_bundle(
     weights="default",
 ) -> ImageTrainResult:
     from microfer.clip.still import FACE_SIZE
+    from microfer.io import package_versions
     from microfer.learn.bundle import IMAGE_INPUT, ArraySVM, save_bundle
     from microfer.learn.classify import select_and_fit
     from microfer.learn.features import FeatureModel, feature_config
     from microfer.learn.macro_data import files_by_subject, normalise_label
     from microfer.learn.ood import fit_ood
-    from microfer.learn.train import versions
 
     images = Path(images)
     settings = image_feature_settings(weights)  # refuses unfit weights before any image is read
@@ -300,7 +300,7 @@ def train_image_bundle(
         },
         "test": tests,
         "command": command,
-        "versions": versions(),
+        "versions": package_versions(),
     }
     onnx = model.export_onnx(FACE_SIZE)
     path = save_bundle(

@@ -49,20 +49,13 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+from microfer.clip.regions import SPOT_REGIONS as REGION_NAMES
+from microfer.clip.regions import boxes
 from microfer.errors import ClipError, MicroferError
 
-# Boxes (x0, y0, x1, y1) as fractions of the aligned crop (see face.CANONICAL_POINTS: eye
-# centres at y 0.32, brows ~0.19, mouth corners at y 0.70). The eye band (y 0.25-0.38) is
-# left out: blinks and eye movements are the commonest false alarms of long-video spotting.
-SPOT_REGIONS = {
-    "left_brow": (0.12, 0.05, 0.48, 0.25),
-    "right_brow": (0.52, 0.05, 0.88, 0.25),
-    "nose": (0.38, 0.38, 0.62, 0.58),
-    "mouth_left": (0.22, 0.58, 0.50, 0.86),
-    "mouth_right": (0.50, 0.58, 0.78, 0.86),
-    # measured to recognise blinks, never spotted from
-    "eyes": (0.16, 0.25, 0.84, 0.40),
-}
+# the spotting regions (brows without the eye band, nose, mouth corners, and the eyes,
+# used only to recognise blinks), from the one region table
+SPOT_REGIONS = boxes(REGION_NAMES)
 EYES = list(SPOT_REGIONS).index("eyes")
 MOUTH = [list(SPOT_REGIONS).index(r) for r in ("mouth_left", "mouth_right")]
 MICRO_MAX_S = 0.5  # MEGC: a micro-expression lasts at most 0.5 s

@@ -7,8 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
-from microfer.io import atomic_path, write_json, write_text
-from microfer.learn.report import markdown_table, package_versions
+from microfer.io import atomic_path, package_versions, write_json, write_text
+from microfer.learn.report import markdown_table
 
 COLOURS = {"micro": "tab:red", "macro": "tab:blue"}
 METHOD_NAMES = {
