@@ -100,6 +100,7 @@ def jpeg_is_complete(data: bytes) -> bool:
     return b"\xff\xd9" in data[-64:]
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent  # microfer/ (a checkout's, or site-packages')
 SHIPPED_DIR = "_shipped"  # package data folder inside microfer/ that a wheel carries (see setup.py)
 
 
@@ -107,7 +108,7 @@ def _data_dir(env: str, name: str) -> Path:
     """The folder `name` (protocols or data_manifests): env var, else checkout, else packaged copy."""
     if os.environ.get(env):
         return Path(os.environ[env])
-    package = Path(__file__).resolve().parent
+    package = PACKAGE_DIR
     root = package.parent
     checkout = root / name
     if (root / "pyproject.toml").is_file() and checkout.is_dir():

@@ -82,11 +82,11 @@ ARRAYS = ("onset_face", "apex_face", "flow", "strain", "landmarks", "transform",
 
 
 def test_face_checks_change_nothing_on_a_normal_clip(face_frames, monkeypatch):
-    import microfer.clip.prepare as prep
+    import microfer.clip.one_clip as prep
 
     checked = {apex: prepare_clip(face_frames, 0, apex, N - 1) for apex in (APEX, None)}
-    monkeypatch.setattr(prep, "_check_apex_face", lambda *a, **k: None)
-    monkeypatch.setattr(prep, "_face_presence", lambda *a, **k: [])
+    monkeypatch.setattr(prep, "check_apex_face", lambda *a, **k: None)
+    monkeypatch.setattr(prep, "face_presence", lambda *a, **k: [])
     for apex, new in checked.items():
         plain = prepare_clip(face_frames, 0, apex, N - 1)
         assert (new.apex, new.apex_source, new.notes, new.no_face_frames) == (

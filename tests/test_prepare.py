@@ -237,6 +237,8 @@ def test_memo_reuses_decoded_frames_and_onset_alignment_with_identical_results(
     import dataclasses
 
     import microfer.clip.face
+    import microfer.clip.face_checks
+    import microfer.clip.one_clip
 
     root, df, _ = synth_set
     row = df.iloc[0]
@@ -252,11 +254,10 @@ def test_memo_reuses_decoded_frames_and_onset_alignment_with_identical_results(
             return src.read(numbers)
 
     real_detect = microfer.clip.face.detect_faces
-    monkeypatch.setattr(
-        microfer.clip.face,
-        "detect_faces",
-        lambda *a, **k: detects.append(1) or real_detect(*a, **k),
-    )
+    for module in (microfer.clip.one_clip, microfer.clip.face_checks):  # the two that detect
+        monkeypatch.setattr(
+            module, "detect_faces", lambda *a, **k: detects.append(1) or real_detect(*a, **k)
+        )
 
     def passes(memo):
         reads.clear(), detects.clear()

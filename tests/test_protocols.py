@@ -201,7 +201,7 @@ def _installed_layout(tmp_path, monkeypatch, *, ship=True):
     """microfer as a wheel installs it: site/microfer/ with the build's _shipped/ copy, no checkout."""
     import shutil
 
-    import microfer
+    import microfer.io
     from microfer.learn.protocols import SHIPPED_DIR
 
     monkeypatch.delenv("MICROFER_PROTOCOLS", raising=False)
@@ -219,7 +219,7 @@ def _installed_layout(tmp_path, monkeypatch, *, ship=True):
             for pattern in patterns:
                 for f in (REPO / folder).glob(pattern):
                     shutil.copy2(f, dest / f.name)
-    monkeypatch.setattr(microfer, "__file__", str(package / "__init__.py"))
+    monkeypatch.setattr(microfer.io, "PACKAGE_DIR", package)
     return package
 
 

@@ -1,14 +1,9 @@
 """One clip in, one emotion out.
 
 `Predictor` holds a loaded bundle (network + SVM) and runs the SAME code paths as
-training: `prepare.prepare_clip` for alignment/apex/flow, `representation.to_input` and
-the bundle's MobileViT extractor for features, the bundle's SVM for the label.
-
-Onset/apex/offset may be given (absolute frame numbers; for a video, 0-based frame
-indices). What is not given is spotted: the whole clip is aligned once on its first
-frame, the motion curve relative to that frame is computed (`apex.motion_curve`), and
-`apex.spot_interval` puts the apex at the motion peak, the onset at the last low-motion
-frame before it and the offset at the first low-motion frame after it.
+training: `microfer.clip.spot_then_prepare.prepare_interval` (the shared policy: what the
+caller did not give of onset/apex/offset is spotted, then `prepare_clip` aligns and
+computes the flow), the bundle's feature extractor, the bundle's SVM for the label.
 """
 
 from __future__ import annotations
@@ -22,9 +17,9 @@ from typing import Optional
 
 import numpy as np
 
-from microfer.errors import ClipError
+from microfer.clip.spot_then_prepare import MIN_FRAMES, prepare_interval  # noqa: F401
+from microfer.clip.video import ArraySource, open_frames
 
-MIN_FRAMES = 4  # fewer frames cannot show an onset, a rise and an apex
 RUNTIMES = ("auto", "onnx", "torch")
 
 
@@ -181,138 +176,18 @@ class Predictor:
     ) -> Prediction:
         """`explain`: a folder to write occlusion-sensitivity overlays of the apex face and the
         flow to (`microfer.recognise.explain`); it re-runs features + SVM once per patch position."""
-        import dataclasses
-
-        from microfer.clip.apex import spot_interval
-        from microfer.clip.prepare import prepare_clip
-        from microfer.clip.video import ArraySource, open_frames
-
         timings: dict[str, float] = {}
         t = time.perf_counter()
         if isinstance(clip, (str, Path)):
-            source = open_frames(clip)
-            name = str(clip)
+            source, name = open_frames(clip), str(clip)
         else:
             frames = list(clip)
-            source = ArraySource(frames, list(range(len(frames))))
-            name = "frames"
+            source, name = ArraySource(frames, list(range(len(frames)))), "frames"
         timings["open"] = (time.perf_counter() - t) * 1000
-        numbers = list(source.numbers)
-        if len(numbers) < MIN_FRAMES:
-            raise ClipError(f"{name}: {len(numbers)} frame(s); a clip needs at least {MIN_FRAMES}")
-        for what, value in (("onset", onset), ("apex", apex), ("offset", offset)):
-            if value is not None and value not in numbers:
-                raise ClipError(
-                    f"{name}: {what} frame {value} is not in the clip "
-                    f"(frames {numbers[0]}..{numbers[-1]})"
-                )
-        given = [
-            k for k, v in (("onset", onset), ("apex", apex), ("offset", offset)) if v is not None
-        ]
-        # Frames the caller gave are used as given or refused, never replaced.
-        user_apex = apex is not None
-        if user_apex and onset is not None and apex <= onset:
-            raise ClipError(
-                f"{name}: the given apex {apex} is not after the given onset {onset}; give an apex "
-                "after the onset, or none to have it spotted"
-            )
-        if user_apex and offset is not None and apex > offset:
-            raise ClipError(
-                f"{name}: the given apex {apex} is after the given offset {offset}; give an apex "
-                "at or before the offset, or none to have it spotted"
-            )
-        if onset is not None and offset is not None and offset <= onset:
-            raise ClipError(
-                f"{name}: the given offset {offset} is not after the given onset {onset}"
-            )
-        spotted: list[str] = []
-        notes: list[str] = []
-        curve, curve_frames = [], []
-        first, last = (
-            (onset if onset is not None else numbers[0]),
-            (offset if offset is not None else numbers[-1]),
+        interval = prepare_interval(
+            source, name, onset, apex, offset, self.prepare_settings, timings=timings
         )
-        if onset is None or offset is None:
-            # spot over the given (or whole) range, aligned once on its first frame; the second
-            # pass below reuses the scan's decoded frames, and its alignment when the onset stays
-            memo: dict = {}
-            scan = prepare_clip(
-                source, first, None, last, self.prepare_settings, timings=timings, memo=memo
-            )
-            span = [n for n in numbers if first <= n <= last]
-            curve, curve_frames = list(scan.motion_curve), span
-            i_on, i_apex, i_off = spot_interval(scan.motion_curve)
-            # spotted bounds stay inside the run of frames with a face around the apex
-            missing = set(scan.no_face_frames)
-            if (
-                not user_apex and span[i_apex] in missing
-            ):  # the peak of a smoothed edge: take scan's
-                i_apex = span.index(scan.apex)
-            centre = apex if user_apex else span[i_apex]
-            if centre in missing:
-                from microfer.clip.video import frame_ranges
-
-                raise ClipError(
-                    f"{name}: no face found in the given apex frame {apex} "
-                    f"(frames {frame_ranges(sorted(missing))} have none)"
-                )
-            lo = hi = span.index(centre)
-            while lo > 0 and span[lo - 1] not in missing:
-                lo -= 1
-            while hi < len(span) - 1 and span[hi + 1] not in missing:
-                hi += 1
-            if onset is None:
-                onset, spotted = max(span[i_on], span[lo]), spotted + ["onset"]
-            if offset is None:
-                offset, spotted = min(span[max(i_off, i_apex)], span[hi]), spotted + ["offset"]
-            if user_apex:  # the given apex is kept: spotted bounds make room for it
-                if onset >= apex:
-                    onset = span[lo]
-                    notes.append(f"spotted onset moved to {onset}, before the given apex {apex}")
-                if offset < apex:
-                    offset = span[hi]
-                    notes.append(f"spotted offset moved to {offset}, after the given apex {apex}")
-                if onset >= apex:
-                    raise ClipError(
-                        f"{name}: the given apex {apex} is the first frame "
-                        f"{'with a face ' if missing else ''}of the clip; there is no onset before it"
-                    )
-            elif onset < span[i_apex] <= offset:
-                apex, spotted = span[i_apex], spotted + ["apex"]
-            if offset <= onset:  # no rise to speak of: fall back to the whole range
-                onset, offset = first, last
-            if not user_apex and (onset, apex) == (first, scan.apex):
-                prepared = dataclasses.replace(scan, offset=offset)  # same flow; the spotted offset
-            else:
-                prepared = prepare_clip(
-                    source,
-                    onset,
-                    apex,
-                    offset,
-                    self.prepare_settings,
-                    timings=timings,
-                    strict_apex=user_apex,
-                    memo=memo,
-                )
-                memo.clear()
-                notes += [
-                    n
-                    for n in scan.notes.split("; ")
-                    if n.startswith("no face") and n not in prepared.notes
-                ]
-        else:
-            prepared = prepare_clip(
-                source,
-                onset,
-                apex,
-                offset,
-                self.prepare_settings,
-                timings=timings,
-                strict_apex=user_apex,
-            )
-        notes = [n for n in prepared.notes.split("; ") if n] + notes
-        if apex is None or prepared.apex_source == "spotted":
-            spotted = sorted(set(spotted) | {"apex"})
+        prepared = interval.clip
         t = time.perf_counter()
         feats = self.features(prepared)
         timings["network"] = (time.perf_counter() - t) * 1000
@@ -338,16 +213,16 @@ class Predictor:
             onset=int(prepared.onset),
             apex=int(prepared.apex),
             offset=int(prepared.offset),
-            given=given,
-            spotted=[s for s in ("onset", "apex", "offset") if s in spotted],
+            given=interval.given,
+            spotted=interval.spotted,
             face_box=tuple(int(v) for v in prepared.face_box),
-            n_frames=len(numbers),
+            n_frames=len(source.numbers),
             timings_ms={k: round(v, 2) for k, v in timings.items()},
-            notes="; ".join(notes),
+            notes="; ".join(interval.notes),
             **ood,
             explanation=explanation,
-            motion_curve=[round(float(v), 5) for v in curve],
-            motion_frames=[int(n) for n in curve_frames],
+            motion_curve=[round(float(v), 5) for v in interval.curve],
+            motion_frames=[int(n) for n in interval.curve_frames],
         )
 
 

@@ -1,0 +1,139 @@
+"""The dataset layout check: one report of every clip that cannot be prepared, before any
+work (missing or renamed folders, frames not covering onset..offset, unreadable videos)."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Sequence
+
+from microfer.clip.video import frame_ranges, list_sequences, open_frames, sample_location
+from microfer.errors import LayoutError, MicroferError
+from microfer.records import ClipFailure, Sample, is_missing
+
+
+def _missing_hint(location: Path) -> str:
+    """Why a clip path is missing: the deepest existing folder, and near-miss names there."""
+    parent = location.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    missing_part = location.relative_to(parent).parts[0]
+    try:
+        names = [p.name for p in parent.iterdir()]
+    except OSError:
+        names = []
+    lower = {n.lower(): n for n in names}
+    want = missing_part.lower()
+    # Only names that contain the wanted one (or it them) count as "renamed": sub02 is
+    # close to sub01 by edit distance but is another subject, not a rename.
+    close = (
+        [lower[want]]
+        if want in lower
+        else [
+            n
+            for n in difflib.get_close_matches(missing_part, names, n=3, cutoff=0.6)
+            if want in n.lower() or n.lower() in want
+        ]
+    )
+    hint = f"; did you mean {', '.join(repr(c) for c in close)} (renamed?)" if close else ""
+    return f"'{missing_part}' not found in {parent}{hint}"
+
+
+def check_layout(samples: Sequence[Sample], root: Path) -> list[ClipFailure]:
+    """Problems with the on-disk layout, one per clip: missing/renamed/empty folder, frame
+    numbers not covering onset..offset, unreadable video. Cheap: lists folders only."""
+    root = Path(root)
+    problems: list[ClipFailure] = []
+    if not root.is_dir():
+        return [
+            ClipFailure(s.key, "layout", f"dataset root {root} does not exist") for s in samples
+        ]
+    listings: dict[Path, dict] = {}
+    videos: dict[Path, list[int]] = {}
+    for s in samples:
+        try:
+            location, prefix = sample_location(root, s)
+        except LayoutError as exc:
+            problems.append(ClipFailure(s.key, "layout", str(exc)))
+            continue
+        if not location.exists():
+            problems.append(
+                ClipFailure(s.key, "layout", f"{location} is missing: {_missing_hint(location)}")
+            )
+            continue
+        if location.is_dir():
+            if location not in listings:
+                listings[location] = list_sequences(location)
+            groups = listings[location]
+            if not groups:
+                problems.append(
+                    ClipFailure(s.key, "layout", f"{location} is empty (no numbered frames)")
+                )
+                continue
+            if prefix is None:
+                if len(groups) != 1:
+                    problems.append(
+                        ClipFailure(
+                            s.key,
+                            "layout",
+                            f"{location} holds several sequences "
+                            f"({', '.join(repr(p) for p in sorted(groups))})",
+                        )
+                    )
+                    continue
+                prefix = next(iter(groups))
+            if prefix not in groups:
+                problems.append(
+                    ClipFailure(
+                        s.key,
+                        "layout",
+                        f"{location} has no frames named '{prefix}<n>' "
+                        f"(found {', '.join(repr(p + '<n>') for p in sorted(groups))})",
+                    )
+                )
+                continue
+            have = groups[prefix]
+        else:
+            if location not in videos:
+                try:
+                    videos[location] = open_frames(location).numbers
+                except MicroferError as exc:
+                    problems.append(ClipFailure(s.key, "layout", str(exc)))
+                    continue
+            have = videos[location]
+        have = set(have)
+        missing = [n for n in range(s.onset, s.offset + 1) if n not in have]
+        if missing:
+            lo, hi = min(have), max(have)
+            problems.append(
+                ClipFailure(
+                    s.key,
+                    "layout",
+                    f"{location}: frames {frame_ranges(missing)} of "
+                    f"{s.onset}..{s.offset} missing (folder has {len(have)} frames, {lo}..{hi})",
+                )
+            )
+    return problems
+
+
+def layout_report(problems: Sequence[ClipFailure], n_samples: int) -> str:
+    lines = [f"layout check: {len(problems)} of {n_samples} clips cannot be prepared"]
+    lines += [f"  {p.key}: {p.reason}" for p in problems]
+    return "\n".join(lines) + "\n"
+
+
+def samples_of(samples) -> tuple[list[Sample], list[ClipFailure]]:
+    """Samples of a manifest table (or a list of Samples), and the rows that cannot be
+    prepared because they have no onset/offset (as layout failures)."""
+    if isinstance(samples, (list, tuple)) and all(isinstance(s, Sample) for s in samples):
+        return list(samples), []
+    import pandas as pd
+
+    out, unbounded = [], []
+    for rec in pd.DataFrame(samples).to_dict("records"):
+        if is_missing(rec["onset"]) or is_missing(rec["offset"]):
+            key = f"{rec['dataset']}/{rec['subject']}/{rec['clip']}"
+            unbounded.append(ClipFailure(key, "layout", "no onset/offset in the manifest"))
+            continue
+        out.append(Sample.from_row(rec))
+    return out, unbounded

@@ -1,0 +1,281 @@
+"""One clip: frames -> aligned onset/apex faces + motion (`prepare_clip`).
+
+The library API, also used by single-clip prediction:
+1. read the onset frame (and the apex frame, or every frame onset..offset when the apex
+   has to be spotted);
+   Every frame read must have the onset frame's size (a folder mixing frame sizes is
+   refused, naming the frame: one crop position cannot fit both);
+2. detect the face and fit 68 landmarks on the ONSET frame only, and fit ONE similarity
+   transform (face.alignment_transform) that is applied to every frame of the clip, so
+   per-frame landmark jitter never shows up as motion;
+3. use the annotated apex when it is a frame inside (onset, offset], else spot it
+   (apex.spot_apex on the motion-vs-onset curve) and say so (apex_source = "spotted").
+   A dataset's annotated apex outside the clip is replaced by a spotted one with a note
+   (coding files carry such apexes); an apex the caller chose (`strict_apex=True`, e.g.
+   `microfer predict --apex`) is used as given or refused, never replaced. Before
+   spotting, the face is looked for every few frames (a cheap detection around the onset
+   face, bisected to the exact frame where it goes or comes back); frames without it
+   are left out of spotting and listed in the notes;
+4. the face is verified on the apex frame: a face must be detected where the onset face
+   was, and its landmarks must lie near the aligned position (within `APEX_FACE_TOLERANCE`
+   eye distances); else ClipError (stage "face") -- never a flow from a face-less crop;
+5. optical flow onset -> apex on the aligned grey faces, and its optical strain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from microfer.clip.apex import DEFAULT_SPOT, SPOT_METHODS, motion_curve, spot_apex
+from microfer.clip.face import (
+    alignment_transform,
+    detect_faces,
+    fit_landmarks,
+    landmark_problem,
+    warp_face,
+)
+from microfer.clip.face_checks import check_apex_face, face_presence
+from microfer.clip.motion import DEFAULT_FLOW, FLOW_METHODS, optical_flow, optical_strain
+from microfer.clip.video import ArraySource, frame_ranges
+from microfer.errors import ClipError, MicroferError
+from microfer.records import FaceLandmarks, PreparedClip
+
+# Bump when a change in this stage changes what it produces: it is part of the cache key.
+PREPARE_VERSION = (
+    "prepare-4"  # face checked at the apex (and through a spotted curve); sizes checked
+)
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    size: int = 128  # side of the aligned face crop, px
+    flow: str = DEFAULT_FLOW  # "dis" | "tvl1" (see motion.py for the measurements)
+    spot_method: str = DEFAULT_SPOT  # "fd" | "diff" | "flow" (see apex.py)
+    upsample: int = 0  # dlib detector pyramid levels up (1 finds faces < 80 px)
+    detect_max_side: int = 640  # detection runs on a copy at most this large
+    motion_curve: str = "spotted"  # "spotted": curve only when the apex is spotted; "always"
+    version: str = PREPARE_VERSION
+
+    def __post_init__(self):
+        if self.flow not in FLOW_METHODS:
+            raise MicroferError(
+                f"unknown flow method '{self.flow}'; expected one of {', '.join(FLOW_METHODS)}"
+            )
+        if self.spot_method not in SPOT_METHODS:
+            raise MicroferError(
+                f"unknown spotting method '{self.spot_method}'; expected {', '.join(SPOT_METHODS)}"
+            )
+        if self.motion_curve not in ("spotted", "always"):
+            raise MicroferError(
+                f"motion_curve must be 'spotted' or 'always', not '{self.motion_curve}'"
+            )
+        if not 32 <= int(self.size) <= 1024:
+            raise MicroferError(f"face size {self.size} is outside 32..1024 px")
+
+    def key(self) -> str:
+        """Short hash of every setting (the version included): the cache folder name."""
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _fail(stage: str, message: str) -> ClipError:
+    return ClipError(message, stage=stage)
+
+
+class _Timer:
+    """Adds elapsed milliseconds per stage into a dict (or does nothing without one)."""
+
+    def __init__(self, timings: dict | None):
+        self.timings = timings
+        self.t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[stage] = self.timings.get(stage, 0.0) + (now - self.t) * 1000
+        self.t = now
+
+
+def prepare_clip(
+    frames,
+    onset: int,
+    apex: int | None,
+    offset: int,
+    settings: PrepareSettings = PrepareSettings(),
+    frame_numbers: Sequence[int] | None = None,
+    *,
+    timings: dict | None = None,
+    strict_apex: bool = False,
+    memo: dict | None = None,
+) -> PreparedClip:
+    """Prepare one clip; see the module docstring. Raises ClipError with the reason.
+
+    `frames`: a video.FrameSource, or a sequence of BGR uint8 arrays whose frame numbers
+    are `frame_numbers` (default 0..n-1). `timings`, when given, accumulates ms per stage
+    (decode, detect, landmarks, warp, spot, flow). `strict_apex`: the apex is the
+    caller's own choice, used as given or refused (ClipError naming the frames); without
+    it an unusable (dataset-annotated) apex is replaced by a spotted one, with a note.
+    `memo`: a dict shared by several calls on the SAME frames and settings (e.g. predict's
+    scan of a whole clip, then its spotted interval): frames decoded and onset faces found
+    (detection + landmarks, hence the alignment) by one call are reused by the next instead
+    of being computed again; the results are the same as without it.
+    """
+    source = (
+        frames
+        if hasattr(frames, "read") and hasattr(frames, "numbers")
+        else ArraySource(list(frames), list(frame_numbers or []))
+    )
+    where = str(getattr(source, "path", "clip"))
+    onset, offset = int(onset), int(offset)
+    available = _available_frames(source, where, onset, offset)
+    notes: list[str] = []
+    apex_ok = _apex_usable(where, apex, onset, offset, available, strict_apex, notes)
+    want_curve = not apex_ok or settings.motion_curve == "always"
+    numbers = available if want_curve else [onset, int(apex)]
+
+    timer = _Timer(timings)
+    images = _decode(source, where, numbers, memo)
+    timer.lap("decode")
+    face = _onset_face(images[0], onset, where, settings, memo, timer, notes)
+    M = alignment_transform(face.points, settings.size)
+    faces = [warp_face(im, M, settings.size) for im in images]
+    timer.lap("warp")
+
+    curve, no_face, keep = np.zeros(0, np.float32), [], list(range(len(numbers)))
+    if not apex_ok:  # spotting: frames without the face take no part in it
+        no_face = face_presence(images, numbers, face.box, settings.upsample)
+        timer.lap("detect")
+        if len(no_face) == len(numbers) - 1:
+            raise _fail(
+                "face",
+                f"{where}: no face found in frames {frame_ranges(no_face)} after the onset "
+                f"frame {onset}; nothing to spot an apex in",
+            )
+    if want_curve:
+        left_out = set(no_face)
+        keep = [i for i, n in enumerate(numbers) if n not in left_out]
+        curve = np.zeros(len(numbers), np.float32)
+        curve[keep] = motion_curve([faces[i] for i in keep], settings.spot_method, reference=0)
+    if apex_ok:
+        apex_number, source_name = int(apex), "annotated"
+    else:
+        apex_number, source_name = numbers[keep[spot_apex(curve[keep])]], "spotted"
+    timer.lap("spot")
+    if want_curve and len(available) < offset - onset + 1:
+        notes.append(f"{offset - onset + 1 - len(available)} frame(s) missing in {onset}..{offset}")
+    if no_face:
+        notes.append(f"no face in frame(s) {frame_ranges(no_face)}: left out of apex spotting")
+
+    apex_index = numbers.index(apex_number)
+    check_apex_face(
+        where, images[apex_index], apex_number, face.box, M, settings.size, settings.upsample
+    )
+    timer.lap("detect")
+    flow = optical_flow(faces[0], faces[apex_index], settings.flow)
+    strain = optical_strain(flow)
+    timer.lap("flow")
+    return PreparedClip(
+        onset=onset,
+        apex=apex_number,
+        offset=offset,
+        apex_source=source_name,
+        onset_face=faces[0],
+        apex_face=faces[apex_index],
+        flow=flow,
+        strain=strain,
+        landmarks=face.points.astype(np.float32),
+        transform=M.astype(np.float32),
+        face_box=tuple(int(v) for v in face.box),
+        motion_curve=curve,
+        notes="; ".join(notes),
+        no_face_frames=tuple(int(n) for n in no_face),
+    )
+
+
+def _available_frames(source, where: str, onset: int, offset: int) -> list[int]:
+    """The source's frame numbers in onset..offset; ClipError when they cannot make a clip."""
+    if offset <= onset:
+        raise _fail(
+            "frames", f"{where}: offset {offset} is not after onset {onset} (too few frames)"
+        )
+    available = [n for n in source.numbers if onset <= n <= offset]
+    if onset not in available:
+        raise _fail("frames", f"{where}: onset frame {onset} is not available")
+    if len(available) < 2:
+        raise _fail(
+            "frames",
+            f"{where}: only {len(available)} frame(s) in {onset}..{offset}; need at least 2",
+        )
+    return available
+
+
+def _apex_usable(where, apex, onset, offset, available, strict_apex, notes) -> bool:
+    """True when `apex` can be used as the apex; a caller's own (strict) apex that cannot is
+    refused, a dataset's is replaced by a spotted one (with a note)."""
+    apex_ok = apex is not None and onset < int(apex) <= offset and int(apex) in available
+    if apex is not None and not apex_ok:
+        why = (
+            "equals the onset"
+            if int(apex) == onset
+            else "is outside onset..offset"
+            if not onset <= int(apex) <= offset
+            else "is not an available frame"
+        )
+        if strict_apex:
+            raise _fail(
+                "frames",
+                f"{where}: the given apex {apex} {why} (onset {onset}, offset {offset}); a given "
+                f"apex is used as given, never replaced: give one in {onset + 1}..{offset}, "
+                "or none to have it spotted",
+            )
+        notes.append(f"annotated apex {apex} {why}: spotted instead")
+    return apex_ok
+
+
+def _decode(source, where: str, numbers: list[int], memo: dict | None) -> list[np.ndarray]:
+    """The frames `numbers`, decoded once per memo; all must have the onset frame's size."""
+    decoded = memo.setdefault("frames", {}) if memo is not None else {}
+    todo = [n for n in numbers if n not in decoded]
+    if todo:
+        decoded.update(zip(todo, source.read(todo)))
+    images = [decoded[n] for n in numbers]
+    first = images[0]
+    for number, image in zip(numbers, images):
+        if image.shape[:2] != first.shape[:2]:
+            file = getattr(source, "files", {}).get(number)
+            raise _fail(
+                "frames",
+                f"{where}: frame {number}{f' ({file.name})' if file else ''} is "
+                f"{image.shape[1]}x{image.shape[0]} px but the onset frame {numbers[0]} is "
+                f"{first.shape[1]}x{first.shape[0]} px; the frame size changes "
+                "inside the clip, so one face crop cannot fit both",
+            )
+    return images
+
+
+def _onset_face(image, onset: int, where: str, settings, memo, timer, notes) -> FaceLandmarks:
+    """The onset frame's face and landmarks (found once per memo), checked usable."""
+    found = memo.setdefault("onset_faces", {}) if memo is not None else {}
+    face = found.get(onset)
+    if face is None:
+        boxes = detect_faces(image, settings.upsample, settings.detect_max_side)
+        timer.lap("detect")
+        if not boxes:
+            raise _fail("face", f"{where}: no face found in the onset frame {onset}")
+        face = FaceLandmarks(
+            box=boxes[0], points=fit_landmarks(image, boxes[0]), n_faces=len(boxes)
+        )
+        found[onset] = face
+    if face.n_faces > 1:
+        notes.append(f"{face.n_faces} faces in the onset frame: kept the largest")
+    timer.lap("landmarks")
+    problem = landmark_problem(face, image.shape)
+    if problem:
+        raise _fail("face", f"{where}: onset frame {onset}: {problem}")
+    return face
