@@ -1,6 +1,6 @@
 """microfer: micro-expression recognition research toolkit.
 
-The package reads as the data flow, in wings (README "Layout"):
+The package reads as the data flow, in wings (README, "Layout"):
 
     datasets/  official coding files and layouts -> samples
     clip/      one clip: frames -> aligned face -> onset/apex -> flow (+ the prepare cache)

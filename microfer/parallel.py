@@ -2,7 +2,7 @@
 
 `scheduler_context(None)` changes nothing (and imports no dask). Given "local" (a
 LocalCluster of 2 worker processes, one thread each, on this machine) or the address of
-a running scheduler ("tcp://HOST:8786", see README "Scaling out"), it connects a
+a running scheduler ("tcp://HOST:8786", see docs/speed.md, "Scaling out"), it connects a
 `dask.distributed.Client` and, inside the `with`, sends every joblib `Parallel` of
 microfer (LOSO folds, permutations) to it through joblib's dask backend; it yields the
 Client (prepare submits its clips to it directly). joblib returns results in task order,

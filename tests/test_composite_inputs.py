@@ -1,4 +1,4 @@
-"""The circulated derived MEGC2019 composite inputs (../shared/realdata/composite_inputs) as a prepare source.
+"""The circulated derived MEGC2019 composite inputs (the real folder when present beside the checkout) as a prepare source.
 
 The real files are read in place; broken variants are built from a few of them copied
 into tmp_path. Nothing of that folder is ever written into the repository.

@@ -1,4 +1,4 @@
-"""Exit codes and one-line errors of the CLI (README "Bad input"): 0 all good, 2 bad input or
+"""Exit codes and one-line errors of the CLI (docs/bad-input.md): 0 all good, 2 bad input or
 nothing usable, 3 finished with failed/skipped clips or dropped rows (listed)."""
 
 from __future__ import annotations

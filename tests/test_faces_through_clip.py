@@ -1,4 +1,4 @@
-"""Nothing silently wrong with faces and frames (issue 12): the face is verified at the apex,
+"""Nothing silently wrong with faces and frames: the face is verified at the apex,
 frames without it are left out of spotting, a frame size change is refused, and a frame the
 caller gave is used as given or refused -- never replaced."""
 

@@ -3,7 +3,7 @@
 Each command lives in a small module of this package and is imported only when it is
 run, so `microfer --help` stays fast (torch is never imported for it).
 
-Exit codes (the same for every command; README "Bad input"):
+Exit codes (the same for every command; docs/bad-input.md):
     0  all good
     1  a bug in microfer (a traceback: please report it)
     2  bad input or nothing usable: one line `error: ...` naming the file and the problem

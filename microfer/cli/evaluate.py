@@ -46,7 +46,7 @@ SCHEDULER_OPTION = click.option(
     metavar="local|ADDRESS",
     help="run the parallel work (clips, folds, permutations, grid search candidates) on a dask.distributed "
     "cluster instead of local processes (--workers / --jobs): 'local' (2 worker processes here) or a "
-    "scheduler address such as tcp://HOST:8786 (README 'Scaling out'; needs pip install 'microfer[dask]'); "
+    "scheduler address such as tcp://HOST:8786 (docs/speed.md, 'Scaling out'; needs pip install 'microfer[dask]'); "
     "the results are those of a run without it",
 )
 

@@ -22,7 +22,7 @@ frames; endpoint error EPE = mean |flow - true flow| inside a 10 % border, mean 
 DIS at full resolution is both more accurate (25 % lower EPE at ME amplitudes) and ~35x
 faster, so the default is "dis". TV-L1 stays available (`method="tvl1"`) for comparison
 with papers whose features were computed with it; at ~0.3 s per pair it alone would cap
-a 2-core dataset run near 6 clips/s. Caveat: the test motion is smooth and brightness
+a dataset run on 2 cores near 6 clips/s. Caveat: the test motion is smooth and brightness
 constant; real ME clips add compression noise and flicker (DIS normalises patch means).
 
 Optical strain follows Shreve et al. 2011 ("Macro- and micro-expression spotting in long

@@ -57,7 +57,7 @@ MOTION_DESCRIPTORS = ["flow_raw/flow", "flow_grid14/flow", "flow_grid7/flow", "f
 FEATURE_GRIDS: dict[str, list[str]] = {
     # The default: training-free motion descriptors (the strongest features on the real
     # composite inputs) and the macro-pretrained network on the apex face. Their fusion is
-    # in "full" only: on the real inputs it scored below the descriptor alone (README).
+    # in "full" only: on the real inputs it scored below the descriptor alone (docs/results.md).
     "small": [*MOTION_DESCRIPTORS, "mobilevit_xxs/apex/final/avg"],
     "motion": list(MOTION_DESCRIPTORS),
     # the floor: the flow itself, downsampled, straight into the SVM

@@ -11,7 +11,7 @@ so the median is the zero of motion; it removes what the face as a whole did (re
 head translation left by alignment, and the unknown offset of flows that were min-max
 normalised per image, whose zero is not at a fixed value). On the 207 real composite
 samples this centring alone took a linear/RBF SVM on the flow from UF1 0.633 to 0.708
-(leakage-free LOSO; README table).
+(leakage-free LOSO; docs/results.md).
 
     flow_raw        the 28x28 flow as given (u, v, strain), not centred: the floor any
                     descriptor or network must beat

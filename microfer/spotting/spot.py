@@ -85,7 +85,7 @@ class PeakSettings:
     """Stage 2's parameters. `microfer spot-eval` chooses threshold, blink_ratio, low, merge and
     talk_peaks on the training subjects of each fold; these defaults (for `microfer spot`) lie
     between what the folds chose on the synthetic sets (CAS(ME)^2: 15 / 1.0 / 0.15 / 0.2 / off;
-    SAMM-LV: 12 / 1.25 / 0.1 / 0.2 / 4 in 7 of 10 folds; see README "Spotting long videos").
+    SAMM-LV: 12 / 1.25 / 0.1 / 0.2 / 4 in 7 of 10 folds; see docs/spotting.md).
     The talking rule is off by default: on a video without talking it can drop a long
     expression whose mouth rises in steps (seen on a synthetic CAS(ME)^2 video)."""
 
