@@ -25,7 +25,7 @@ def test_flow_recovers_a_known_displacement(aligned_face, method, max_epe):
     flow = optical_flow(gray, moved, method)
     assert flow.shape == (128, 128, 2) and flow.dtype == np.float32
     err = np.hypot(*(flow - true).transpose(2, 0, 1))[13:-13, 13:-13]
-    # measured (python -m microfer.clip.motion): dis 0.06, tvl1 0.085 px at this amplitude
+    # measured (python -m microfer.bench.flow): dis 0.06, tvl1 0.085 px at this amplitude
     assert err.mean() < max_epe, err.mean()
     still = optical_flow(gray, gray, method)
     assert np.abs(still).mean() < 0.02

@@ -64,7 +64,9 @@ def _shipped_aligned_faces(size: int = 128) -> list[np.ndarray]:
     ]
 
 
-if __name__ == "__main__":  # python -m microfer.clip.motion: the numbers in the module docstring
+if (
+    __name__ == "__main__"
+):  # python -m microfer.bench.flow: the numbers in microfer.clip.motion's docstring
     cv2.setNumThreads(1)
     for method, rows in flow_benchmark(_shipped_aligned_faces()).items():
         print(
