@@ -43,65 +43,21 @@ def check_layout(samples: Sequence[Sample], root: Path) -> list[ClipFailure]:
     """Problems with the on-disk layout, one per clip: missing/renamed/empty folder, frame
     numbers not covering onset..offset, unreadable video. Cheap: lists folders only."""
     root = Path(root)
-    problems: list[ClipFailure] = []
     if not root.is_dir():
         return [
             ClipFailure(s.key, "layout", f"dataset root {root} does not exist") for s in samples
         ]
-    listings: dict[Path, dict] = {}
-    videos: dict[Path, list[int]] = {}
+    frames_in = _FrameLister()
+    problems = []
     for s in samples:
         try:
             location, prefix = sample_location(root, s)
-        except LayoutError as exc:
+            if not location.exists():
+                raise LayoutError(f"{location} is missing: {_missing_hint(location)}")
+            have = set(frames_in(location, prefix))
+        except (LayoutError, MicroferError) as exc:
             problems.append(ClipFailure(s.key, "layout", str(exc)))
             continue
-        if not location.exists():
-            problems.append(
-                ClipFailure(s.key, "layout", f"{location} is missing: {_missing_hint(location)}")
-            )
-            continue
-        if location.is_dir():
-            if location not in listings:
-                listings[location] = list_sequences(location)
-            groups = listings[location]
-            if not groups:
-                problems.append(
-                    ClipFailure(s.key, "layout", f"{location} is empty (no numbered frames)")
-                )
-                continue
-            if prefix is None:
-                if len(groups) != 1:
-                    problems.append(
-                        ClipFailure(
-                            s.key,
-                            "layout",
-                            f"{location} holds several sequences "
-                            f"({', '.join(repr(p) for p in sorted(groups))})",
-                        )
-                    )
-                    continue
-                prefix = next(iter(groups))
-            if prefix not in groups:
-                problems.append(
-                    ClipFailure(
-                        s.key,
-                        "layout",
-                        f"{location} has no frames named '{prefix}<n>' "
-                        f"(found {', '.join(repr(p + '<n>') for p in sorted(groups))})",
-                    )
-                )
-                continue
-            have = groups[prefix]
-        else:
-            if location not in videos:
-                try:
-                    videos[location] = open_frames(location).numbers
-                except MicroferError as exc:
-                    problems.append(ClipFailure(s.key, "layout", str(exc)))
-                    continue
-            have = videos[location]
-        have = set(have)
         missing = [n for n in range(s.onset, s.offset + 1) if n not in have]
         if missing:
             lo, hi = min(have), max(have)
@@ -114,6 +70,35 @@ def check_layout(samples: Sequence[Sample], root: Path) -> list[ClipFailure]:
                 )
             )
     return problems
+
+
+class _FrameLister:
+    """Frame numbers of a clip location (a frame folder's sequence, or a video), each
+    folder listed and each video opened once however many clips share it."""
+
+    def __init__(self):
+        self.listings: dict[Path, dict] = {}
+        self.videos: dict[Path, list[int]] = {}
+
+    def __call__(self, location: Path, prefix) -> list[int]:
+        if not location.is_dir():
+            if location not in self.videos:
+                self.videos[location] = open_frames(location).numbers
+            return self.videos[location]
+        if location not in self.listings:
+            self.listings[location] = list_sequences(location)
+        groups = self.listings[location]
+        if not groups:
+            raise LayoutError(f"{location} is empty (no numbered frames)")
+        if prefix is None:
+            if len(groups) != 1:
+                names = ", ".join(repr(p) for p in sorted(groups))
+                raise LayoutError(f"{location} holds several sequences ({names})")
+            prefix = next(iter(groups))
+        if prefix not in groups:
+            found = ", ".join(repr(p + "<n>") for p in sorted(groups))
+            raise LayoutError(f"{location} has no frames named '{prefix}<n>' (found {found})")
+        return groups[prefix]
 
 
 def layout_report(problems: Sequence[ClipFailure], n_samples: int) -> str:

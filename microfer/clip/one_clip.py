@@ -147,26 +147,18 @@ def prepare_clip(
     faces = [warp_face(im, M, settings.size) for im in images]
     timer.lap("warp")
 
-    curve, no_face, keep = np.zeros(0, np.float32), [], list(range(len(numbers)))
-    if not apex_ok:  # spotting: frames without the face take no part in it
-        no_face = face_presence(images, numbers, face.box, settings.upsample)
-        timer.lap("detect")
-        if len(no_face) == len(numbers) - 1:
-            raise _fail(
-                "face",
-                f"{where}: no face found in frames {frame_ranges(no_face)} after the onset "
-                f"frame {onset}; nothing to spot an apex in",
-            )
-    if want_curve:
-        left_out = set(no_face)
-        keep = [i for i, n in enumerate(numbers) if n not in left_out]
-        curve = np.zeros(len(numbers), np.float32)
-        curve[keep] = motion_curve([faces[i] for i in keep], settings.spot_method, reference=0)
-    if apex_ok:
-        apex_number, source_name = int(apex), "annotated"
-    else:
-        apex_number, source_name = numbers[keep[spot_apex(curve[keep])]], "spotted"
-    timer.lap("spot")
+    curve, no_face, apex_number = _apex_of(
+        where,
+        numbers,
+        images,
+        faces,
+        face.box,
+        None if not apex_ok else int(apex),
+        want_curve,
+        settings,
+        timer,
+    )
+    source_name = "annotated" if apex_ok else "spotted"
     if want_curve and len(available) < offset - onset + 1:
         notes.append(f"{offset - onset + 1 - len(available)} frame(s) missing in {onset}..{offset}")
     if no_face:
@@ -196,6 +188,30 @@ def prepare_clip(
         notes="; ".join(notes),
         no_face_frames=tuple(int(n) for n in no_face),
     )
+
+
+def _apex_of(where, numbers, images, faces, box, apex, want_curve, settings, timer):
+    """(motion curve, frames without the face, apex frame): `apex` when given, else spotted
+    on the curve of the frames where the onset's face is found."""
+    curve, no_face, keep = np.zeros(0, np.float32), [], list(range(len(numbers)))
+    if apex is None:  # spotting: frames without the face take no part in it
+        no_face = face_presence(images, numbers, box, settings.upsample)
+        timer.lap("detect")
+        if len(no_face) == len(numbers) - 1:
+            raise _fail(
+                "face",
+                f"{where}: no face found in frames {frame_ranges(no_face)} after the onset "
+                f"frame {numbers[0]}; nothing to spot an apex in",
+            )
+    if want_curve:
+        left_out = set(no_face)
+        keep = [i for i, n in enumerate(numbers) if n not in left_out]
+        curve = np.zeros(len(numbers), np.float32)
+        curve[keep] = motion_curve([faces[i] for i in keep], settings.spot_method, reference=0)
+    if apex is None:
+        apex = numbers[keep[spot_apex(curve[keep])]]
+    timer.lap("spot")
+    return curve, no_face, apex
 
 
 def _available_frames(source, where: str, onset: int, offset: int) -> list[int]:

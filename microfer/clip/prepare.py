@@ -115,37 +115,51 @@ def prepare_dataset(
         raise MicroferError(
             f"the manifest lists {len(dupes)} clip(s) more than once: {', '.join(dupes[:5])}"
         )
-
     cache = Cache.for_settings(out, settings)
     summary = PrepareSummary(settings.key(), cache.dir, total=len(sample_list) + len(unbounded))
-
-    problems = check_layout(sample_list, root)
-    if problems or unbounded:
-        report = layout_report(unbounded + problems, summary.total)
-        summary.layout_report_path = out / "layout_report.txt"
-        if not (
-            summary.layout_report_path.is_file()
-            and summary.layout_report_path.read_text(encoding="utf-8") == report
-        ):
-            write_text(
-                summary.layout_report_path, report
-            )  # a rerun on a finished cache writes nothing
-        head = "\n".join(report.splitlines()[:11])
-        if strict:
-            raise LayoutError(
-                f"{head}\nfull report: {summary.layout_report_path} "
-                "(without --strict these clips are skipped)"
-            )
-        print(
-            f"{head}\nfull report: {summary.layout_report_path}; these clips are skipped",
-            file=sys.stderr,
-        )
-    summary.layout = unbounded + problems
-    bad = {p.key for p in summary.layout}
-
+    summary.layout = unbounded + check_layout(sample_list, root)
+    if summary.layout:
+        _report_layout(summary, out, strict)
     cache.sync_index()  # a killed run may have left entries the index does not list
+    todo = _still_to_do(sample_list, {p.key for p in summary.layout}, cache, retry_failed, summary)
+    sink = _Sink(cache, summary, todo, progress)
+    if todo:
+        from microfer.clip.face import landmark_model_path
+        from microfer.clip.landmarks import load as load_landmark_model
+
+        # converts dlib's landmark file on the first run ever, here once, not in every worker
+        load_landmark_model(landmark_model_path())
+    try:
+        if scheduler and todo:
+            _run_on_dask(todo, root, settings, scheduler, sink)
+        elif workers <= 1 or len(todo) <= 1:
+            _init_worker()
+            for s in todo:
+                sink.handle(_prepare_sample(s, root, settings))
+        else:
+            _run_in_processes(todo, root, settings, workers, sink)
+    finally:
+        sink.close(t_start)
+    return summary
+
+
+def _report_layout(summary: PrepareSummary, out: Path, strict: bool) -> None:
+    """Write the layout report (unless unchanged) and say so; LayoutError when `strict`."""
+    report = layout_report(summary.layout, summary.total)
+    summary.layout_report_path = out / "layout_report.txt"
+    path = summary.layout_report_path
+    if not (path.is_file() and path.read_text(encoding="utf-8") == report):
+        write_text(path, report)  # a rerun on a finished cache writes nothing
+    head = "\n".join(report.splitlines()[:11])
+    if strict:
+        raise LayoutError(f"{head}\nfull report: {path} (without --strict these clips are skipped)")
+    print(f"{head}\nfull report: {path}; these clips are skipped", file=sys.stderr)
+
+
+def _still_to_do(samples, bad: set, cache, retry_failed: bool, summary) -> list[Sample]:
+    """The samples neither skipped by the layout check nor already in the cache."""
     todo = []
-    for s in sample_list:
+    for s in samples:
         if s.key in bad:
             continue
         if cache.has(s):
@@ -155,100 +169,100 @@ def prepare_dataset(
             summary.earlier_failures += 1
         else:
             todo.append(s)
+    return todo
 
-    from tqdm import tqdm
 
-    bar = tqdm(
-        total=len(todo), desc="prepare", unit="clip", disable=not progress or None, file=sys.stderr
-    )
-    first_done = None
-    last_flush = time.perf_counter()
+class _Sink:
+    """Saves each finished clip (or its failure) into the cache as it arrives, with a
+    progress bar; the index is flushed every few seconds, so a killed run loses little."""
 
-    def handle(result) -> None:
-        nonlocal first_done, last_flush
+    def __init__(self, cache, summary: PrepareSummary, todo: list[Sample], progress: bool):
+        from tqdm import tqdm
+
+        self.cache, self.summary = cache, summary
+        self.by_key = {s.key: s for s in todo}
+        self.bar = tqdm(
+            total=len(todo),
+            desc="prepare",
+            unit="clip",
+            disable=not progress or None,
+            file=sys.stderr,
+        )
+        self.first_done: float | None = None
+        self.last_flush = time.perf_counter()
+
+    def handle(self, result) -> None:
         key, value = result
-        sample = by_key[key]
+        sample = self.by_key[key]
         if isinstance(value, ClipFailure):
-            cache.record_failure(sample, value.stage, value.reason)
-            summary.failed.append(value)
+            self.cache.record_failure(sample, value.stage, value.reason)
+            self.summary.failed.append(value)
         else:
-            cache.save(sample, value)
-            summary.prepared += 1
-            summary.spotted += value.apex_source == "spotted"
-        bar.update(1)
-        if first_done is None:
-            first_done = time.perf_counter()
-        if time.perf_counter() - last_flush > 5:
-            cache.flush_index()
-            last_flush = time.perf_counter()
+            self.cache.save(sample, value)
+            self.summary.prepared += 1
+            self.summary.spotted += value.apex_source == "spotted"
+        self.bar.update(1)
+        if self.first_done is None:
+            self.first_done = time.perf_counter()
+        if time.perf_counter() - self.last_flush > 5:
+            self.cache.flush_index()
+            self.last_flush = time.perf_counter()
 
-    by_key = {s.key: s for s in todo}
-    if todo:
-        from microfer.clip.face import landmark_model_path
-        from microfer.clip.landmarks import load as load_landmark_model
+    def close(self, t_start: float) -> None:
+        self.bar.close()
+        self.cache.flush_index()
+        s = self.summary
+        s.seconds = time.perf_counter() - t_start
+        done = s.prepared + len(s.failed)
+        if self.first_done is not None and done > 1:
+            s.clips_per_s_steady = (done - 1) / max(1e-9, time.perf_counter() - self.first_done)
 
-        # converts dlib's landmark file on the first run ever, here once, not in every worker
-        load_landmark_model(landmark_model_path())
+
+def _run_on_dask(todo, root, settings, scheduler: str, sink: _Sink) -> None:
+    from microfer.parallel import scheduler_context
+
+    with scheduler_context(scheduler) as client:
+        from distributed import as_completed as dask_completed
+
+        futures = client.map(_prepare_on_worker, todo, root=root, settings=settings, pure=False)
+        try:
+            for fut in dask_completed(futures):
+                sink.handle(fut.result())
+        except BaseException:
+            client.cancel(futures)
+            raise
+
+
+def _run_in_processes(todo, root, settings, workers: int, sink: _Sink) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn, not fork: forking a process that has run OpenCV/dlib threads can hang.
+    ctx = multiprocessing.get_context("spawn")
+    done: set[str] = set()
     try:
-        if scheduler and todo:
-            from microfer.parallel import scheduler_context
-
-            with scheduler_context(scheduler) as client:
-                from distributed import as_completed as dask_completed
-
-                futures = client.map(
-                    _prepare_on_worker, todo, root=root, settings=settings, pure=False
-                )
-                try:
-                    for fut in dask_completed(futures):
-                        handle(fut.result())
-                except BaseException:
-                    client.cancel(futures)
-                    raise
-        elif workers <= 1 or len(todo) <= 1:
-            _init_worker()
-            for s in todo:
-                handle(_prepare_sample(s, root, settings))
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            # spawn, not fork: forking a process that has run OpenCV/dlib threads can hang.
-            ctx = multiprocessing.get_context("spawn")
-            from concurrent.futures.process import BrokenProcessPool
-
-            done: set[str] = set()
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_init_worker
+        ) as pool:
+            futures = [pool.submit(_prepare_sample, s, root, settings) for s in todo]
             try:
-                with ProcessPoolExecutor(
-                    max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_init_worker
-                ) as pool:
-                    futures = [pool.submit(_prepare_sample, s, root, settings) for s in todo]
-                    try:
-                        for fut in as_completed(futures):
-                            result = fut.result()
-                            handle(result)
-                            done.add(result[0])
-                    except BaseException:
-                        pool.shutdown(wait=False, cancel_futures=True)
-                        raise
-            except BrokenProcessPool:
-                # Worker processes re-import the caller's __main__ (spawn); from stdin or an
-                # unguarded script that fails. Finish in this process rather than give up.
-                print(
-                    "prepare: worker processes could not run (guard a calling script with "
-                    "`if __name__ == '__main__':`); continuing in one process",
-                    file=sys.stderr,
-                )
-                _init_worker()
-                for s in todo:
-                    if s.key not in done:
-                        handle(_prepare_sample(s, root, settings))
-    finally:
-        bar.close()
-        cache.flush_index()
-        summary.seconds = time.perf_counter() - t_start
-        if first_done is not None and summary.prepared + len(summary.failed) > 1:
-            summary.clips_per_s_steady = (summary.prepared + len(summary.failed) - 1) / max(
-                1e-9, time.perf_counter() - first_done
-            )
-    return summary
+                for fut in as_completed(futures):
+                    result = fut.result()
+                    sink.handle(result)
+                    done.add(result[0])
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    except BrokenProcessPool:
+        # Worker processes re-import the caller's __main__ (spawn); from stdin or an
+        # unguarded script that fails. Finish in this process rather than give up.
+        print(
+            "prepare: worker processes could not run (guard a calling script with "
+            "`if __name__ == '__main__':`); continuing in one process",
+            file=sys.stderr,
+        )
+        _init_worker()
+        for s in todo:
+            if s.key not in done:
+                sink.handle(_prepare_sample(s, root, settings))
