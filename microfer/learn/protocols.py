@@ -158,21 +158,8 @@ def load_protocol(name_or_path: Union[str, Path], *, check_manifest: bool = True
     `check_manifest=False` skips the check that its manifest file exists (for use on a
     manifest given as a table, e.g. a synthetic dataset's).
     """
-    import yaml
-
-    text = str(name_or_path)
-    path = Path(text)
-    if not (text.endswith((".yaml", ".yml")) or os.sep in text or "/" in text):
-        path = protocols_dir() / f"{text}.yaml"
-        if not path.is_file():
-            available = ", ".join(list_protocols()) or "none"
-            raise MicroferError(f"unknown protocol '{text}' (no {path}); available: {available}")
-    if not path.is_file():
-        raise MicroferError(f"protocol file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise MicroferError(f"protocol file {path} is not valid YAML: {exc}") from None
+    path = _protocol_path(str(name_or_path))
+    data = _read_yaml(path)
 
     def bad(problem: str) -> MicroferError:
         return MicroferError(f"protocol file {path}: {problem}")
@@ -182,7 +169,49 @@ def load_protocol(name_or_path: Union[str, Path], *, check_manifest: bool = True
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise bad(f"missing key(s) {', '.join(missing)}")
-    classes = data["classes"]
+    classes = _check_classes(data["classes"], bad)
+    label_map = _parse_label_map(data["label_map"], classes, bad)
+    _check_entries(data, bad)
+    manifest = data["manifest"]
+    if check_manifest and not (manifests_dir() / manifest).is_file():
+        raise bad(f"manifest {manifest} not found in {manifests_dir()}")
+    return Protocol(
+        name=str(data["name"]),
+        description=str(data["description"]).strip(),
+        manifest=manifest,
+        classes=tuple(classes),
+        label_map=label_map,
+        group_by=tuple(data["group_by"]),
+        metrics=tuple(data["metrics"]),
+        per_dataset=data["per_dataset"],
+        reference=str(data["reference"]).strip(),
+        path=path,
+    )
+
+
+def _protocol_path(text: str) -> Path:
+    """A protocol name's shipped file, or the path given; MicroferError when missing."""
+    path = Path(text)
+    if not (text.endswith((".yaml", ".yml")) or os.sep in text or "/" in text):
+        path = protocols_dir() / f"{text}.yaml"
+        if not path.is_file():
+            available = ", ".join(list_protocols()) or "none"
+            raise MicroferError(f"unknown protocol '{text}' (no {path}); available: {available}")
+    if not path.is_file():
+        raise MicroferError(f"protocol file {path} does not exist")
+    return path
+
+
+def _read_yaml(path: Path):
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise MicroferError(f"protocol file {path} is not valid YAML: {exc}") from None
+
+
+def _check_classes(classes, bad) -> list[str]:
     if (
         not isinstance(classes, list)
         or not classes
@@ -191,7 +220,11 @@ def load_protocol(name_or_path: Union[str, Path], *, check_manifest: bool = True
         raise bad("classes must be a non-empty list of names")
     if len(set(classes)) != len(classes):
         raise bad(f"classes repeat a name: {classes}")
-    label_map = _parse_label_map(data["label_map"], classes, bad)
+    return classes
+
+
+def _check_entries(data: dict, bad) -> None:
+    """group_by, metrics, per_dataset and manifest are of the kinds a protocol allows."""
     group_by = data["group_by"]
     if (
         not isinstance(group_by, list)
@@ -214,20 +247,6 @@ def load_protocol(name_or_path: Union[str, Path], *, check_manifest: bool = True
         or Path(manifest).name != manifest
     ):
         raise bad(f"manifest must be a csv file name in data_manifests/, got {manifest!r}")
-    if check_manifest and not (manifests_dir() / manifest).is_file():
-        raise bad(f"manifest {manifest} not found in {manifests_dir()}")
-    return Protocol(
-        name=str(data["name"]),
-        description=str(data["description"]).strip(),
-        manifest=manifest,
-        classes=tuple(classes),
-        label_map=label_map,
-        group_by=tuple(group_by),
-        metrics=tuple(metrics),
-        per_dataset=data["per_dataset"],
-        reference=str(data["reference"]).strip(),
-        path=path,
-    )
 
 
 def _parse_label_map(raw, classes, bad) -> Mapping[str, Mapping[str, str]]:
