@@ -25,6 +25,7 @@ import numpy as np
 
 from microfer.errors import MicroferError
 from microfer.learn.classify import make_svm
+from microfer.learn.folds import evaluate_folds, pooled_predictions
 from microfer.metrics import score as metric_score
 
 METRICS = ("uf1", "uar")
@@ -100,8 +101,6 @@ def permute_labels(y, strata=None, rng=None) -> np.ndarray:
 
 def pooled_scores(y, results: Sequence[Any], n_classes: int) -> dict[str, float]:
     """UF1 and UAR of predictions pooled over folds, against labels `y` (unrounded)."""
-    from microfer.learn.folds import pooled_predictions
-
     y = np.asarray(y, dtype=np.int64)
     pred, _, fold_of = pooled_predictions(y.size, results)
     tested = fold_of >= 0
@@ -109,8 +108,6 @@ def pooled_scores(y, results: Sequence[Any], n_classes: int) -> dict[str, float]
 
 
 def _null_run(feature_sets, y_perm, groups, folds, n_classes, kwargs) -> dict[str, float]:
-    from microfer.learn.folds import evaluate_folds
-
     # one permutation per worker: its folds run in sequence (no nested process pools)
     results = evaluate_folds(
         feature_sets, y_perm, groups, folds, n_jobs=1, n_classes=n_classes, progress=False, **kwargs
@@ -143,10 +140,6 @@ def permutation_test(
     else it is computed here. Parallel over permutations (joblib, n_jobs); the results do
     not depend on n_jobs.
     """
-    from joblib import Parallel, delayed
-
-    from microfer.learn.folds import evaluate_folds
-
     check_request(n_permutations, seed)
     y = np.asarray(y, dtype=np.int64)
     groups = np.asarray(groups).astype(str)
@@ -171,6 +164,30 @@ def permutation_test(
     missing = [m for m in METRICS if m not in real]
     if missing:
         raise MicroferError(f"the real score lacks metric(s) {missing}; expected {list(METRICS)}")
+    null = _null_scores(
+        feature_sets, y, groups, folds, k, kwargs, n_permutations, seed, strata, n_jobs, progress
+    )
+    real_ = {m: float(real[m]) for m in METRICS}
+    return PermutationResult(
+        n_permutations=int(n_permutations),
+        seed=int(seed),
+        strata=None if strata is None else sorted(set(np.asarray(strata).astype(str).tolist())),
+        real=real_,
+        null=null,
+        null_mean={m: float(v.mean()) for m, v in null.items()},
+        null_p95={m: float(np.percentile(v, 95)) for m, v in null.items()},
+        p_value={
+            m: float((1 + np.count_nonzero(v >= real_[m])) / (v.size + 1)) for m, v in null.items()
+        },
+    )
+
+
+def _null_scores(
+    feature_sets, y, groups, folds, k, kwargs, n_permutations, seed, strata, n_jobs, progress
+) -> dict[str, np.ndarray]:
+    """Metric -> its score on each label permutation (in permutation order)."""
+    from joblib import Parallel, delayed
+
     # drawn here, in order, from one child generator each: independent of n_jobs and of N
     rngs = [
         np.random.default_rng(s)
@@ -186,17 +203,4 @@ def permutation_test(
             runs, total=len(perms), desc="permutations", unit="perm", leave=False, disable=None
         )
     runs = list(runs)
-    null = {m: np.array([r[m] for r in runs], dtype=np.float64) for m in METRICS}
-    real_ = {m: float(real[m]) for m in METRICS}
-    return PermutationResult(
-        n_permutations=int(n_permutations),
-        seed=int(seed),
-        strata=None if strata is None else sorted(set(np.asarray(strata).astype(str).tolist())),
-        real=real_,
-        null=null,
-        null_mean={m: float(v.mean()) for m, v in null.items()},
-        null_p95={m: float(np.percentile(v, 95)) for m, v in null.items()},
-        p_value={
-            m: float((1 + np.count_nonzero(v >= real_[m])) / (v.size + 1)) for m, v in null.items()
-        },
-    )
+    return {m: np.array([r[m] for r in runs], dtype=np.float64) for m in METRICS}
