@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -37,9 +39,12 @@ INDEX_COLUMNS = [
     "apex",
     "apex_source",
     "path",
+    "inputs",  # what the entry was built from (clip.layout.inputs_fingerprint); "" = unknown
 ]
 _ARRAYS = ("onset_face", "apex_face", "flow", "strain", "landmarks", "transform", "motion_curve")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+# what numpy raises on a truncated or overwritten .npz: zip, zlib and short-read errors
+_DAMAGED = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 def _safe(part: str) -> str:
@@ -95,10 +100,15 @@ class Cache:
 
     def failure(self, sample_or_key) -> dict | None:
         path = self.failure_path(self._key(sample_or_key))
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        return _read_json(path) if path.is_file() else None
 
     # --- writes -------------------------------------------------------------------
-    def save(self, sample: Sample | str, prepared: PreparedClip) -> Path:
+    def inputs(self, sample_or_key) -> str:
+        """The inputs fingerprint an entry or failure was recorded with ("" = unknown)."""
+        row = self._load_rows().get(self._key(sample_or_key))
+        return str(row.get("inputs", "") or "") if row else ""
+
+    def save(self, sample: Sample | str, prepared: PreparedClip, inputs: str = "") -> Path:
         key = self._key(sample)
         path = self.entry_path(key)
         meta = {
@@ -111,6 +121,7 @@ class Cache:
             "face_box": [int(v) for v in prepared.face_box],
             "notes": prepared.notes,
             "flow_units": prepared.flow_units,
+            "inputs": inputs,
         }
         arrays = {name: np.asarray(getattr(prepared, name)) for name in _ARRAYS}
         with atomic_path(path) as tmp:
@@ -119,13 +130,15 @@ class Cache:
         self._remember(self._row_ok(key, meta, path))
         return path
 
-    def record_failure(self, sample: Sample | str, stage: str, reason: str) -> Path:
+    def record_failure(
+        self, sample: Sample | str, stage: str, reason: str, inputs: str = ""
+    ) -> Path:
         key = self._key(sample)
         path = self.failure_path(key)
-        write_json(
-            path, {"key": key, "settings_key": self.settings_key, "stage": stage, "reason": reason}
-        )
-        self._remember(self._row_failed(key, stage, reason, path))
+        doc = {"key": key, "settings_key": self.settings_key, "stage": stage, "reason": reason}
+        write_json(path, {**doc, "inputs": inputs})
+        self.entry_path(key).unlink(missing_ok=True)  # an entry from earlier inputs is stale now
+        self._remember(self._row_failed(key, stage, reason, path, inputs))
         return path
 
     def forget_failure(self, sample_or_key) -> None:
@@ -146,9 +159,10 @@ class Cache:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 arrays = {name: z[name] for name in _ARRAYS}
-        except (OSError, ValueError, KeyError) as exc:
+        except _DAMAGED as exc:
             raise MicroferError(
-                f"cache entry {path} is unreadable ({exc}); delete it and prepare again"
+                f"cache entry {path} is damaged ({type(exc).__name__}: {exc}); run `microfer "
+                "prepare` with the same options again: it rebuilds damaged entries"
             ) from None
         return PreparedClip(
             onset=meta["onset"],
@@ -181,9 +195,10 @@ class Cache:
             "apex": meta["apex"],
             "apex_source": meta["apex_source"],
             "path": str(path.relative_to(self.dir)),
+            "inputs": meta.get("inputs", ""),
         }
 
-    def _row_failed(self, key: str, stage: str, reason: str, path: Path) -> dict:
+    def _row_failed(self, key: str, stage: str, reason: str, path: Path, inputs: str = "") -> dict:
         d, s, c = _split_key(key)
         return {
             "dataset": d,
@@ -196,6 +211,7 @@ class Cache:
             "apex": "",
             "apex_source": "",
             "path": str(path.relative_to(self.dir)),
+            "inputs": inputs,
         }
 
     def _load_rows(self) -> dict[str, dict]:
@@ -240,11 +256,15 @@ class Cache:
             if rows.get(meta["key"], {}).get("status") != "ok":
                 rows[meta["key"]] = self._row_ok(meta["key"], meta, path)
         for path in self.dir.rglob("*.failed.json"):
-            info = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                info = _read_json(path)
+            except MicroferError:  # a damaged failure record: the clip is simply tried again
+                path.unlink(missing_ok=True)
+                continue
             if info["key"] not in seen:
                 seen.add(info["key"])
                 rows[info["key"]] = self._row_failed(
-                    info["key"], info["stage"], info["reason"], path
+                    info["key"], info["stage"], info["reason"], path, info.get("inputs", "")
                 )
         for key in [k for k in rows if k not in seen]:
             del rows[key]
@@ -257,7 +277,19 @@ def prepare_settings_of(source) -> dict:
     path = Path(directory) / "settings.json" if directory is not None else None
     if path is None or not path.is_file():
         return {}
-    return json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+    doc = _read_json(path)
+    settings = doc.get("settings", {}) if isinstance(doc, dict) else None
+    if not isinstance(settings, dict):
+        raise MicroferError(f"{path}: 'settings' is not a mapping; the cache folder is damaged")
+    return settings
+
+
+def _read_json(path: Path):
+    """A cache's JSON file; MicroferError naming it when it is unreadable or not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MicroferError(f"{path}: damaged ({type(exc).__name__}: {exc})") from None
 
 
 def open_cache(cache):

@@ -4,10 +4,18 @@ work (missing or renamed folders, frames not covering onset..offset, unreadable 
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 from pathlib import Path
 from typing import Sequence
 
-from microfer.clip.video import frame_ranges, list_sequences, open_frames, sample_location
+from microfer.clip.video import (
+    frame_ranges,
+    frames_for_sample,
+    list_sequences,
+    open_frames,
+    sample_location,
+)
 from microfer.errors import LayoutError, MicroferError
 from microfer.records import ClipFailure, Sample, is_missing
 
@@ -122,3 +130,29 @@ def samples_of(samples) -> tuple[list[Sample], list[ClipFailure]]:
             continue
         out.append(Sample.from_row(rec))
     return out, unbounded
+
+
+def inputs_fingerprint(root: Path, sample: Sample) -> str:
+    """What a prepared clip was built from, as a short hash: the coding row's frames
+    (onset/apex/offset) and the identity of the frames onset..offset (name, size and
+    modification time of each frame file, or of the video file). A corrected apex or a
+    replaced frame changes it; the emotion label does not (prepare does not read it).
+    "" when the frames cannot be listed (the layout check reports those)."""
+    try:
+        source = frames_for_sample(root, sample)
+    except MicroferError:
+        return ""
+    files = getattr(source, "files", None)
+    paths = (
+        [files[n] for n in sorted(files) if sample.onset <= n <= sample.offset]
+        if files is not None
+        else [Path(source.path)]
+        if getattr(source, "path", None)
+        else []
+    )
+    try:
+        frames = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    except OSError:
+        return ""
+    doc = {"onset": sample.onset, "apex": sample.apex, "offset": sample.offset, "frames": frames}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]

@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from microfer.clip.cache import Cache
-from microfer.clip.layout import check_layout, layout_report, samples_of  # noqa: F401
+from microfer.clip.layout import (  # noqa: F401
+    check_layout,
+    inputs_fingerprint,
+    layout_report,
+    samples_of,
+)
 from microfer.clip.one_clip import (  # noqa: F401  (the clip API, importable from here too)
     PREPARE_VERSION,
     PrepareSettings,
@@ -40,6 +45,7 @@ class PrepareSummary:
     layout: list[ClipFailure] = field(default_factory=list)  # skipped by the layout check
     earlier_failures: int = 0  # failed in an earlier run, not retried
     spotted: int = 0  # apexes spotted in this run
+    changed: list[str] = field(default_factory=list)  # cached, but their inputs changed: redone
     seconds: float = 0.0
     clips_per_s_steady: float = 0.0  # prepared / time after the first clip completed
     layout_report_path: Path | None = None
@@ -56,6 +62,12 @@ class PrepareSummary:
             ),
             f"  failed now: {len(self.failed)}",
         ]
+        if self.changed:
+            lines.append(
+                f"  prepared again because their coding row or frames changed: "
+                f"{len(self.changed)} ({', '.join(self.changed[:5])}"
+                f"{', ...' if len(self.changed) > 5 else ''})"
+            )
         lines += [f"    {f.key} [{f.stage}]: {f.reason}" for f in self.failed[:20]]
         if len(self.failed) > 20:
             lines.append(f"    ... {len(self.failed) - 20} more in {self.cache_dir / 'index.csv'}")
@@ -121,8 +133,10 @@ def prepare_dataset(
     if summary.layout:
         _report_layout(summary, out, strict)
     cache.sync_index()  # a killed run may have left entries the index does not list
-    todo = _still_to_do(sample_list, {p.key for p in summary.layout}, cache, retry_failed, summary)
-    sink = _Sink(cache, summary, todo, progress)
+    inputs = {s.key: inputs_fingerprint(root, s) for s in sample_list}
+    bad = {p.key for p in summary.layout}
+    todo = _still_to_do(sample_list, bad, cache, retry_failed, summary, inputs)
+    sink = _Sink(cache, summary, todo, progress, inputs)
     if todo:
         from microfer.clip.face import landmark_model_path
         from microfer.clip.landmarks import load as load_landmark_model
@@ -156,13 +170,19 @@ def _report_layout(summary: PrepareSummary, out: Path, strict: bool) -> None:
     print(f"{head}\nfull report: {path}; these clips are skipped", file=sys.stderr)
 
 
-def _still_to_do(samples, bad: set, cache, retry_failed: bool, summary) -> list[Sample]:
-    """The samples neither skipped by the layout check nor already in the cache."""
+def _still_to_do(samples, bad: set, cache, retry_failed: bool, summary, inputs) -> list[Sample]:
+    """The samples neither skipped by the layout check nor already in the cache (an entry
+    or failure recorded from other inputs than today's does not count)."""
     todo = []
     for s in samples:
         if s.key in bad:
             continue
-        if cache.has(s):
+        done = cache.has(s) or cache.has_failed(s)
+        recorded = cache.inputs(s) if done else ""
+        if recorded and inputs[s.key] and recorded != inputs[s.key]:
+            summary.changed.append(s.key)
+            todo.append(s)
+        elif cache.has(s):
             summary.skipped += 1
         elif cache.has_failed(s) and not retry_failed:
             summary.skipped += 1
@@ -176,10 +196,10 @@ class _Sink:
     """Saves each finished clip (or its failure) into the cache as it arrives, with a
     progress bar; the index is flushed every few seconds, so a killed run loses little."""
 
-    def __init__(self, cache, summary: PrepareSummary, todo: list[Sample], progress: bool):
+    def __init__(self, cache, summary: PrepareSummary, todo: list[Sample], progress: bool, inputs):
         from tqdm import tqdm
 
-        self.cache, self.summary = cache, summary
+        self.cache, self.summary, self.inputs = cache, summary, inputs
         self.by_key = {s.key: s for s in todo}
         self.bar = tqdm(
             total=len(todo),
@@ -195,10 +215,10 @@ class _Sink:
         key, value = result
         sample = self.by_key[key]
         if isinstance(value, ClipFailure):
-            self.cache.record_failure(sample, value.stage, value.reason)
+            self.cache.record_failure(sample, value.stage, value.reason, self.inputs[key])
             self.summary.failed.append(value)
         else:
-            self.cache.save(sample, value)
+            self.cache.save(sample, value, self.inputs[key])
             self.summary.prepared += 1
             self.summary.spotted += value.apex_source == "spotted"
         self.bar.update(1)

@@ -1,0 +1,107 @@
+"""The prepare cache follows its inputs: a changed coding row or frame is prepared again,
+a damaged entry is one error line naming the file, and `prepare` rebuilds it."""
+
+import json
+import os
+import shutil
+
+import pandas as pd
+import pytest
+
+from microfer.clip.cache import Cache, open_cache, prepare_settings_of
+from microfer.clip.prepare import PrepareSettings, prepare_dataset
+from microfer.errors import MicroferError
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from microfer.datasets import get
+    from microfer.synth import generate
+
+    s = generate(
+        "casme2",
+        tmp_path_factory.mktemp("synth") / "casme2",
+        subjects=2,
+        clips_per_subject=2,
+        seed=3,
+        apex_unknown=0.0,
+        progress=False,
+    )
+    df = get("casme2").read(s.coding_file, root=s.root)
+    out = tmp_path_factory.mktemp("cache")
+    first = prepare_dataset(df, s.root, out, progress=False)
+    assert first.prepared == len(df) and not first.failed
+    return s.root, df, out
+
+
+@pytest.fixture
+def copy(prepared, tmp_path):
+    root, df, out = prepared
+    shutil.copytree(root, tmp_path / "data")
+    shutil.copytree(out, tmp_path / "cache")
+    return tmp_path / "data", df.copy(), tmp_path / "cache"
+
+
+def test_an_unchanged_rerun_prepares_nothing(copy):
+    root, df, out = copy
+    again = prepare_dataset(df, root, out, progress=False)
+    assert again.prepared == 0 and again.skipped == len(df) and again.changed == []
+
+
+def test_a_corrected_apex_is_prepared_again(copy):
+    root, df, out = copy
+    row = df.index[0]
+    key = f"{df.at[row, 'dataset']}/{df.at[row, 'subject']}/{df.at[row, 'clip']}"
+    old = Cache.for_settings(out, PrepareSettings()).load(key).apex
+    new_apex = int(df.at[row, "onset"]) + 1 if old != int(df.at[row, "onset"]) + 1 else old + 1
+    df.at[row, "apex"] = new_apex
+    again = prepare_dataset(df, root, out, progress=False)
+    assert again.changed == [key] and again.prepared == 1
+    assert Cache.for_settings(out, PrepareSettings()).load(key).apex == new_apex
+    assert "coding row or frames changed: 1" in again.text()
+
+
+def test_a_replaced_frame_is_prepared_again(copy):
+    root, df, out = copy
+    from microfer.clip.video import frames_for_sample
+    from microfer.records import Sample
+
+    row = df.iloc[1]
+    sample = Sample.from_row(row)
+    frame = frames_for_sample(root, sample).files[sample.onset + 1]
+    stat = frame.stat()
+    os.utime(frame, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))  # re-saved later
+    again = prepare_dataset(df, root, out, progress=False)
+    assert again.changed == [sample.key] and again.prepared == 1
+
+
+def test_a_damaged_entry_names_its_file_and_prepare_rebuilds_it(copy):
+    root, df, out = copy
+    cache = open_cache(next(p for p in out.iterdir() if p.is_dir()))
+    key = cache.index()["key"].iloc[0]
+    path = cache.entry_path(key)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated by a crash of the disk, not of microfer
+    with pytest.raises(MicroferError, match=str(path).replace("\\", "\\\\") + ".*damaged"):
+        open_cache(cache.dir).load(key)
+    again = prepare_dataset(df, root, out, progress=False)
+    assert again.prepared == 1
+    assert open_cache(cache.dir).load(key).flow.shape[-1] == 2
+
+
+def test_a_corrupt_settings_file_is_one_error_naming_it(copy):
+    _, _, out = copy
+    folder = next(p for p in out.iterdir() if p.is_dir())
+    (folder / "settings.json").write_text("{not json")
+    with pytest.raises(MicroferError, match="settings.json: damaged"):
+        prepare_settings_of(open_cache(folder))
+    (folder / "settings.json").write_text(json.dumps({"settings": [1, 2]}))
+    with pytest.raises(MicroferError, match="not a mapping"):
+        prepare_settings_of(open_cache(folder))
+
+
+def test_the_index_records_the_inputs(prepared):
+    _, df, out = prepared
+    index = open_cache(next(p for p in out.iterdir() if p.is_dir())).index()
+    assert len(index) == len(df) and (index["inputs"].str.len() == 16).all()
+    assert isinstance(index, pd.DataFrame)
