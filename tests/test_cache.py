@@ -105,3 +105,26 @@ def test_the_index_records_the_inputs(prepared):
     index = open_cache(next(p for p in out.iterdir() if p.is_dir())).index()
     assert len(index) == len(df) and (index["inputs"].str.len() == 16).all()
     assert isinstance(index, pd.DataFrame)
+
+
+def test_a_missing_root_is_one_error_and_writes_nothing(prepared, tmp_path):
+    from microfer.errors import LayoutError
+
+    _, df, _ = prepared
+    out = tmp_path / "cache"
+    with pytest.raises(LayoutError, match="nowhere: the dataset root does not exist"):
+        prepare_dataset(df, tmp_path / "nowhere", out, progress=False)
+    assert not out.exists()
+
+
+def test_a_fifo_named_like_a_frame_is_not_opened(tmp_path):
+    import cv2
+    import numpy as np
+
+    from microfer.clip.video import open_frames
+
+    for n in (1, 2, 3):
+        cv2.imwrite(str(tmp_path / f"img{n}.jpg"), np.full((8, 8, 3), n * 40, np.uint8))
+    os.mkfifo(tmp_path / "img5.jpg")  # reading it would block forever
+    source = open_frames(tmp_path)
+    assert source.numbers == [1, 2, 3]

@@ -127,6 +127,8 @@ def prepare_dataset(
         raise MicroferError(
             f"the manifest lists {len(dupes)} clip(s) more than once: {', '.join(dupes[:5])}"
         )
+    if not root.is_dir():  # one line, and no cache folder made for nothing
+        raise LayoutError(f"{root}: the dataset root does not exist (or is not a folder)")
     cache = Cache.for_settings(out, settings)
     summary = PrepareSummary(settings.key(), cache.dir, total=len(sample_list) + len(unbounded))
     summary.layout = unbounded + check_layout(sample_list, root)

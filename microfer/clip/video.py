@@ -97,6 +97,9 @@ def list_sequences(folder: Path) -> dict[str, dict[int, Path]]:
             stem, ext = os.path.splitext(name)
             if ext.lower() not in IMAGE_EXTENSIONS:
                 continue
+            # a FIFO or device named like a frame would block or stream forever on read
+            if not entry.is_file():
+                continue
             m = _NUMBERED.match(stem)
             if m is None:
                 continue
