@@ -50,6 +50,43 @@ def atomic_path(path, suffix=""):
         raise
 
 
+@contextmanager
+def atomic_dir(path, is_ours=None):
+    """Yield an empty temporary folder next to `path`; swap it in for `path` only on success.
+
+    A failure (full disk, an exception, Ctrl-C) leaves `path` as it was. An existing,
+    non-empty `path` is replaced only when `is_ours(path)` says it is an output of the same
+    kind (e.g. it holds a bundle.json); anything else is refused, so a typo never deletes
+    a user's folder.
+    """
+    import shutil
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(errno.EEXIST, "a file stands where an output folder goes", str(path))
+    if path.is_dir() and any(path.iterdir()) and not (is_ours and is_ours(path)):
+        raise FileExistsError(
+            errno.EEXIST, "the folder is not empty and is not an output to replace", str(path)
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            _name(exc, path, str(tmp))
+        raise
+
+
 def _name(exc: OSError, path: Path, tmp) -> None:
     """Let an OSError name the file the caller asked for (disk full says no name; a
     refused temporary file names that), so the CLI's one line points at it."""

@@ -72,6 +72,38 @@ def test_bundle_round_trip(tmp_path):
     assert b.class_names == CONFIG["classes"]
 
 
+def test_a_failed_overwrite_leaves_the_old_bundle_and_a_foreign_folder_is_refused(
+    tmp_path, monkeypatch
+):
+    import microfer.learn.bundle as bundle_module
+
+    pipe, Xt = _fitted("rbf", 3)
+    net = {"layer.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    kw = {"network_state": net, "classifier": ArraySVM.from_pipeline(pipe), "config": CONFIG}
+    save_bundle(tmp_path / "b", **kw)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bundle_module, "write_json", disk_full)  # bundle.json is written last
+    with pytest.raises(OSError, match="No space"):
+        save_bundle(tmp_path / "b", **kw)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]  # no temporary folder left behind
+    monkeypatch.undo()
+    np.testing.assert_array_equal(
+        load_bundle(tmp_path / "b").classifier.predict(Xt), pipe.predict(Xt)
+    )
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.tex").write_text("months of work")
+    with pytest.raises(FileExistsError, match="not an output to replace"):
+        save_bundle(notes, **kw)
+    assert (notes / "thesis.tex").read_text() == "months of work"
+
+
 def test_tampered_and_foreign_bundles_are_refused(tmp_path):
     pipe, _ = _fitted("linear", 3)
     path = save_bundle(

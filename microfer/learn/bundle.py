@@ -40,7 +40,7 @@ from typing import Optional
 import numpy as np
 
 from microfer.errors import BundleError
-from microfer.io import atomic_path, file_sha256, write_json
+from microfer.io import atomic_dir, file_sha256, write_json
 from microfer.learn.ood import ARRAYS as OOD_ARRAYS
 from microfer.learn.ood import METHOD as OOD_METHOD
 from microfer.learn.ood import RelativeMahalanobis
@@ -227,43 +227,41 @@ def save_bundle(
     onnx: Optional[dict[str, bytes]] = None,
     ood: Optional[RelativeMahalanobis] = None,
 ) -> Path:
-    """Write a bundle directory atomically file by file, bundle.json last (its presence = complete).
+    """Write a bundle directory atomically: it is built in a temporary sibling and swapped in
+    whole, so a failure leaves an older bundle at `path` intact. A non-empty `path` that is not
+    a bundle (no bundle.json) is refused.
 
     `onnx`: {file name: ONNX model bytes} of the network parts (names matching `ONNX_FILE`).
     `ood`: the fitted OOD score, written to `OOD_FILE` with its scalars in bundle.json's "ood".
     """
+    final = Path(path)
+    with atomic_dir(final, is_ours=lambda p: (p / "bundle.json").is_file()) as tmp:
+        _write_bundle_files(tmp, final, network_state, classifier, config, onnx, ood)
+    return final
+
+
+def _write_bundle_files(path: Path, final: Path, network_state, classifier, config, onnx, ood):
     from safetensors.numpy import save_file as save_numpy
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    marker = path / "bundle.json"
-    if marker.exists():
-        marker.unlink()  # an interrupted overwrite must not look complete
     # np.array, not ascontiguousarray: that turns 0-d tensors (BatchNorm counters) into 1-d
     state = {k: np.array(as_array(v), order="C") for k, v in network_state.items()}
-    with atomic_path(path / "network.safetensors") as tmp:
-        save_numpy(state, str(tmp))
-    with atomic_path(path / "classifier.safetensors") as tmp:
-        save_numpy({k: np.ascontiguousarray(v) for k, v in classifier.arrays().items()}, str(tmp))
+    save_numpy(state, str(path / "network.safetensors"))
+    arrays = {k: np.ascontiguousarray(v) for k, v in classifier.arrays().items()}
+    save_numpy(arrays, str(path / "classifier.safetensors"))
     for name, blob in (onnx or {}).items():
         if not ONNX_FILE.fullmatch(name):
             raise BundleError(
-                f"{path}: {name!r} is not a bundle ONNX file name (network[.partN].onnx)"
+                f"{final}: {name!r} is not a bundle ONNX file name (network[.partN].onnx)"
             )
-        with atomic_path(path / name) as tmp:
-            Path(tmp).write_bytes(blob)
-    for stale in path.glob("network*.onnx"):  # an overwritten bundle keeps no other model's graph
-        if stale.name not in (onnx or {}):
-            stale.unlink()
+        (path / name).write_bytes(blob)
     doc = {k: v for k, v in config.items() if k not in (INTEGRITY_KEY, "ood")}
     extra = sorted(onnx or {})
     if ood is not None:
-        with atomic_path(path / OOD_FILE) as tmp:
-            save_numpy({k: np.ascontiguousarray(v) for k, v in ood.arrays().items()}, str(tmp))
+        save_numpy(
+            {k: np.ascontiguousarray(v) for k, v in ood.arrays().items()}, str(path / OOD_FILE)
+        )
         doc["ood"] = ood.config()
         extra.append(OOD_FILE)
-    elif (path / OOD_FILE).exists():  # an overwritten bundle keeps no other model's OOD score
-        (path / OOD_FILE).unlink()
     hashes = {name: _sha256(path / name) for name in (*FILES, *extra)}
     doc.update(
         {
@@ -275,8 +273,7 @@ def save_bundle(
     )
     doc = json.loads(json.dumps(doc, default=str))  # hash exactly what load_bundle will read back
     doc[INTEGRITY_KEY] = {"algorithm": "sha256", "content": integrity_digest(doc, hashes)}
-    write_json(marker, doc)
-    return path
+    write_json(path / "bundle.json", doc)
 
 
 def _is_number(v) -> bool:
