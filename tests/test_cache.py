@@ -128,3 +128,19 @@ def test_a_fifo_named_like_a_frame_is_not_opened(tmp_path):
     os.mkfifo(tmp_path / "img5.jpg")  # reading it would block forever
     source = open_frames(tmp_path)
     assert source.numbers == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("detect_max_side", 0, "outside 64..8192"),
+        ("size", "128", "whole number"),
+        ("upsample", True, "whole number"),
+        ("flow", ["dis"], "must be text"),
+    ],
+)
+def test_prepare_settings_from_a_file_are_checked_by_type_and_range(field, value, message):
+    """Settings come back from bundle.json and settings.json: a wrong type is refused there,
+    not deep inside OpenCV or dlib."""
+    with pytest.raises(MicroferError, match=message):
+        PrepareSettings(**{field: value})

@@ -63,6 +63,16 @@ class PrepareSettings:
     version: str = PREPARE_VERSION
 
     def __post_init__(self):
+        # settings also arrive from bundle.json and settings.json: check types, not only values
+        for name in ("size", "upsample", "detect_max_side"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise MicroferError(f"prepare setting {name} must be a whole number, not {value!r}")
+        for name in ("flow", "spot_method", "motion_curve", "version"):
+            if not isinstance(getattr(self, name), str):
+                raise MicroferError(
+                    f"prepare setting {name} must be text, not {getattr(self, name)!r}"
+                )
         if self.flow not in FLOW_METHODS:
             raise MicroferError(
                 f"unknown flow method '{self.flow}'; expected one of {', '.join(FLOW_METHODS)}"
@@ -75,8 +85,12 @@ class PrepareSettings:
             raise MicroferError(
                 f"motion_curve must be 'spotted' or 'always', not '{self.motion_curve}'"
             )
-        if not 32 <= int(self.size) <= 1024:
+        if not 32 <= self.size <= 1024:
             raise MicroferError(f"face size {self.size} is outside 32..1024 px")
+        if not 0 <= self.upsample <= 3:
+            raise MicroferError(f"upsample {self.upsample} is outside 0..3 detector levels")
+        if not 64 <= self.detect_max_side <= 8192:
+            raise MicroferError(f"detect_max_side {self.detect_max_side} is outside 64..8192 px")
 
     def key(self) -> str:
         """Short hash of every setting (the version included): the cache folder name."""
