@@ -212,6 +212,10 @@ SCHEMA = {
     "empty classes": (_set("classes", value=[]), "'classes'"),
     "class name not a string": (_set("classes", 1, value=7), r"'classes\[1\]'"),
     "class name a lone surrogate": (_set("classes", 1, value="\ud800"), r"'classes\[1\]'"),
+    "class name with a terminal escape": (
+        _set("classes", 1, value="happy\x1b[2J"),
+        r"'classes\[1\]' must be a non-empty string of printable text",
+    ),
     "duplicate class names": (_set("classes", 1, value="negative"), "unique"),
     "too few class names": (_set("classes", value=["a", "b"]), "'classes' has 2 name"),
     "files as a list": (lambda doc: doc.update(files=list(doc["files"].values())), "'files'"),

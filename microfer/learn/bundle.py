@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -281,11 +282,13 @@ def _is_number(v) -> bool:
 
 
 def _encodable(text: str) -> bool:
+    """Valid text that prints as itself: no control characters (a class name with terminal
+    escapes would rewrite the user's screen when predict prints it)."""
     try:
         text.encode("utf-8")
-        return True
     except UnicodeEncodeError:
         return False
+    return not any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
 
 
 def _check_config(config: dict, marker: Path) -> None:
@@ -304,7 +307,7 @@ def _check_config(config: dict, marker: Path) -> None:
         raise bad("classes", "a non-empty list of class names", classes)
     for i, c in enumerate(classes):
         if not isinstance(c, str) or not c.strip() or not _encodable(c):
-            raise bad(f"classes[{i}]", "a non-empty string of valid text", c)
+            raise bad(f"classes[{i}]", "a non-empty string of printable text", c)
     dupes = sorted({c for c in classes if classes.count(c) > 1})
     if dupes:
         raise bad("classes", "a list of unique names", dupes)
