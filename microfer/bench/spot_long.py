@@ -19,6 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# the rest is imported where used: each measuring child (spawn) imports this module, and
+# its peak memory should be spotting's, not the benchmark's (synth, suite)
+
 GOAL_FPS = 200.0
 FLAT_MB = 50.0  # peak RSS growth allowed from 2,000 to 20,000 frames
 LOOP = 300  # frames rendered; the video repeats them
