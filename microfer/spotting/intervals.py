@@ -93,19 +93,6 @@ def _smooth_runs(curve: np.ndarray, sigma: float) -> np.ndarray:
     return curve
 
 
-def _merge_shoulders(run: np.ndarray, tops: np.ndarray, merge: float) -> np.ndarray:
-    """Peaks whose separating dip stays above `merge` x the lower of the two are shoulders of
-    one expression (a long one rises and falls in steps at the larger scales): keep the higher."""
-    kept: list[int] = []
-    for top in (int(t) for t in tops):
-        if kept and run[kept[-1] : top + 1].min() > merge * min(run[kept[-1]], run[top]):
-            if run[top] > run[kept[-1]]:
-                kept[-1] = top
-            continue
-        kept.append(top)
-    return np.asarray(kept, int)
-
-
 def spot_curves(
     signal: MotionSignal, smooth_s: float = PeakSettings.smooth_s
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,6 +163,19 @@ def _run_peaks(signal: MotionSignal, run: np.ndarray, a: int, peaks: PeakSetting
         if peak is not None:
             found.append(peak)
     return found
+
+
+def _merge_shoulders(run: np.ndarray, tops: np.ndarray, merge: float) -> np.ndarray:
+    """Peaks whose separating dip stays above `merge` x the lower of the two are shoulders of
+    one expression (a long one rises and falls in steps at the larger scales): keep the higher."""
+    kept: list[int] = []
+    for top in (int(t) for t in tops):
+        if kept and run[kept[-1] : top + 1].min() > merge * min(run[kept[-1]], run[top]):
+            if run[top] > run[kept[-1]]:
+                kept[-1] = top
+            continue
+        kept.append(top)
+    return np.asarray(kept, int)
 
 
 def _peak_between(
