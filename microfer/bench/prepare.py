@@ -200,6 +200,16 @@ def _time_one_process(root: Path, sample_list: list, settings) -> tuple[float, d
     return one, ms
 
 
+def _time_dataset(samples, root: Path, cache: Path, settings, workers: int):
+    """Wall seconds of `prepare_dataset` with `workers` processes (pool start-up included), and
+    its summary."""
+    from microfer.clip.prepare import prepare_dataset
+
+    t0 = time.perf_counter()
+    summary = prepare_dataset(samples, root, cache, settings, workers=workers, progress=False)
+    return time.perf_counter() - t0, summary
+
+
 def _add_bare(result: dict, bare: dict) -> None:
     """The bare script's run, the ratios to it and the goal, into `result`."""
     from microfer.bench.suite import goal_entry
@@ -244,7 +254,7 @@ def bench_prepare(
     workers), "ratio_to_bare" (clips/s with start-up, prepare / bare), "ratio_to_bare_steady"
     and "goals": {"prepare_vs_bare": {"goal", "value", "met"}}.
     """
-    from microfer.clip.prepare import PrepareSettings, prepare_dataset
+    from microfer.clip.prepare import PrepareSettings
     from microfer.records import Sample
 
     settings = settings or PrepareSettings()
@@ -260,11 +270,7 @@ def bench_prepare(
             )
         sample_list = [Sample.from_row(r) for _, r in samples.iterrows()]
         one, ms = _time_one_process(root, sample_list, settings)
-        t0 = time.perf_counter()
-        summary = prepare_dataset(
-            samples, root, Path(tmp) / "cache", settings, workers=workers, progress=False
-        )
-        wall = time.perf_counter() - t0
+        wall, summary = _time_dataset(samples, root, Path(tmp) / "cache", settings, workers)
         bare = (
             bench_bare(bare_pairs(root, sample_list), workers=workers, size=settings.size)
             if baseline
