@@ -15,6 +15,15 @@ from typing import Optional
 
 import pandas as pd
 
+from microfer.clip.prepare import PrepareSettings, prepare_dataset
+from microfer.datasets import get
+from microfer.io import write_csv
+from microfer.learn.evaluate import LosoSettings, run_loso
+from microfer.learn.report import write_report
+from microfer.learn.train import train_bundle
+from microfer.recognise.predict import Predictor
+from microfer.synth import generate, generate_composite
+
 PROTOCOL = "megc2019-composite"
 # (dataset adapter, synth folder) of the composite
 PARTS = (("casme2", "casme2"), ("samm", "samm"), ("smic_hs", "smic"))
@@ -35,32 +44,13 @@ def _say(echo, text: str) -> None:
         echo(text)
 
 
-def run_demo(
-    out,
-    quick: bool = False,
-    seed: int = 0,
-    faces: Optional[Path] = None,
-    echo=print,
-    progress: bool = True,
-) -> DemoResult:
-    from microfer.clip.prepare import PrepareSettings, prepare_dataset
-    from microfer.datasets import get
-    from microfer.io import write_csv
-    from microfer.learn.evaluate import LosoSettings, run_loso
-    from microfer.learn.report import write_report
-    from microfer.learn.train import train_bundle
-    from microfer.recognise.predict import Predictor
-    from microfer.synth import generate, generate_composite
-
-    out = Path(out)
-    times: dict[str, float] = {}
+def _synthesise(out: Path, quick: bool, seed: int, faces, echo, progress: bool) -> dict:
     subjects, clips = (2, 3) if quick else (4, 6)
-    t = time.perf_counter()
     _say(
         echo,
         f"[1/6] synthesising a composite: {subjects} subjects x {clips} clips in each of CASME II, SAMM, SMIC",
     )
-    sets = generate_composite(
+    return generate_composite(
         out / "data",
         subjects_per_dataset=subjects,
         clips_per_subject=clips,
@@ -69,9 +59,10 @@ def run_demo(
         progress=progress,
         clip_frames=(18, 26) if quick else None,
     )
-    times["synth_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
+
+def _prepare(out: Path, sets: dict, echo, progress: bool) -> Path:
+    """Read and prepare every part of the composite; writes out/manifest.csv, returns the cache."""
     _say(
         echo, "[2/6] reading the coding files and preparing clips (align, onset/apex, optical flow)"
     )
@@ -86,36 +77,13 @@ def run_demo(
             f"      {dataset}: {summary.prepared + summary.skipped} prepared, {len(summary.failed)} failed",
         )
         manifests.append(df)
-    manifest = pd.concat(manifests, ignore_index=True)
-    write_csv(out / "manifest.csv", manifest)
-    cache = out / "cache" / settings.key()
-    times["prepare_s"] = time.perf_counter() - t
+    write_csv(out / "manifest.csv", pd.concat(manifests, ignore_index=True))
+    return out / "cache" / settings.key()
 
-    t = time.perf_counter()
-    _say(echo, f"[3/6] leave-one-subject-out on {PROTOCOL} (grid search inside each training fold)")
-    loso_settings = LosoSettings(seed=seed, n_jobs=1 if quick else 2)
-    result = run_loso(
-        PROTOCOL, cache, manifest=out / "manifest.csv", settings=loso_settings, progress=progress
-    )
-    report_dir = out / "loso"
-    write_report(result, report_dir)
-    times["loso_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    _say(echo, "[4/6] training a bundle on all subjects")
-    trained = train_bundle(
-        PROTOCOL,
-        cache,
-        out / "bundle",
-        manifest=out / "manifest.csv",
-        settings=loso_settings,
-        progress=False,
-    )
-    times["train_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
+def _held_out_videos(out: Path, seed: int, faces, echo):
     _say(echo, "[5/6] synthesising held-out videos (identity variants never seen in training)")
-    held = generate(
+    return generate(
         "video",
         out / "heldout",
         subjects=1,
@@ -126,8 +94,11 @@ def run_demo(
         identity_offset=97,
         progress=False,
     )
+
+
+def _predict_held_out(held, bundle: Path, echo) -> list[dict]:
     truth = pd.read_csv(held.truth_file, dtype=str, keep_default_na=False)
-    predictor = Predictor(trained.bundle)
+    predictor = Predictor(bundle)
     predictions = []
     _say(
         echo,
@@ -154,6 +125,52 @@ def run_demo(
                 "ms": round(sum(spotted.timings_ms.values()), 1),
             }
         )
+    return predictions
+
+
+def run_demo(
+    out,
+    quick: bool = False,
+    seed: int = 0,
+    faces: Optional[Path] = None,
+    echo=print,
+    progress: bool = True,
+) -> DemoResult:
+    out = Path(out)
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    sets = _synthesise(out, quick, seed, faces, echo, progress)
+    times["synth_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    cache = _prepare(out, sets, echo, progress)
+    times["prepare_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _say(echo, f"[3/6] leave-one-subject-out on {PROTOCOL} (grid search inside each training fold)")
+    loso_settings = LosoSettings(seed=seed, n_jobs=1 if quick else 2)
+    result = run_loso(
+        PROTOCOL, cache, manifest=out / "manifest.csv", settings=loso_settings, progress=progress
+    )
+    report_dir = out / "loso"
+    write_report(result, report_dir)
+    times["loso_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _say(echo, "[4/6] training a bundle on all subjects")
+    trained = train_bundle(
+        PROTOCOL,
+        cache,
+        out / "bundle",
+        manifest=out / "manifest.csv",
+        settings=loso_settings,
+        progress=False,
+    )
+    times["train_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    held = _held_out_videos(out, seed, faces, echo)
+    predictions = _predict_held_out(held, trained.bundle, echo)
     times["predict_s"] = time.perf_counter() - t
     return DemoResult(
         out=out,

@@ -9,6 +9,7 @@ import time
 import cv2
 import numpy as np
 
+from microfer.clip.face import alignment_transform, warp_face
 from microfer.clip.motion import (
     FLOW_METHODS,
     apply_displacement,
@@ -16,6 +17,7 @@ from microfer.clip.motion import (
     optical_flow,
     to_gray,
 )
+from microfer.synth import load_identities
 
 
 def flow_benchmark(
@@ -56,9 +58,6 @@ def flow_benchmark(
 
 
 def _shipped_aligned_faces(size: int = 128) -> list[np.ndarray]:
-    from microfer.clip.face import alignment_transform, warp_face
-    from microfer.synth import load_identities
-
     return [
         warp_face(i.image, alignment_transform(i.landmarks, size), size) for i in load_identities(4)
     ]

@@ -25,7 +25,14 @@ from typing import Callable, Optional, Sequence
 import cv2
 import numpy as np
 
+from microfer.clip.video import open_frames, read_image
 from microfer.errors import MicroferError
+from microfer.io import write_json, write_text
+from microfer.learn.bundle import load_bundle
+from microfer.learn.macro_data import list_images
+from microfer.recognise.images import ImagePredictor, is_image_bundle
+from microfer.recognise.predict import Predictor
+from microfer.synth import generate
 
 NOISE_SIGMA = 40.0
 CGI_SEGMENT = 30  # frames: 1.25 s at the 24 fps of Megamind.avi
@@ -70,15 +77,11 @@ class Scored:
 
 
 def _frames(path: Path) -> list[np.ndarray]:
-    from microfer.clip.video import open_frames
-
     source = open_frames(path)
     return source.read(list(source.numbers))
 
 
 def score_input(predictor, clip, kind: str, name: str) -> Scored:
-    from microfer.recognise.images import ImagePredictor
-
     try:
         p = (
             predictor.predict(clip, name=name)
@@ -174,8 +177,6 @@ def clip_jobs(
     out: Path, n_clips: int, cgi: Optional[Path], seed: int, extra: Sequence[Path]
 ) -> list:
     """(kind, name, make input) for a clip bundle (see the module docstring)."""
-    from microfer.synth import generate
-
     made = generate(
         "video",
         out / "clips",
@@ -211,11 +212,6 @@ def image_jobs(images: Path, n: int, cgi: Optional[Path], seed: int) -> list:
     (ROOT/test/<emotion>/*) in distribution; the same upside down and rotated, 48-px uniform
     noise images (FER's size: taken whole as face crops, so they reach the score), and every
     10th frame of the CGI video."""
-    import cv2
-
-    from microfer.clip.video import read_image
-    from microfer.learn.macro_data import list_images
-
     files = list_images(Path(images) / "test", "ROOT/test/<emotion>/*.jpg")
     files = [files[i] for i in np.linspace(0, len(files) - 1, min(n, len(files))).astype(int)]
     rng = np.random.default_rng(seed)
@@ -262,11 +258,6 @@ def run(
     """`extra`: more in-distribution clips (e.g. the demo's held-out videos); OOD copies are made of them too.
     An image bundle needs `images` (a FER-layout folder); `n_clips` test images of it are used."""
     from tqdm import tqdm
-
-    from microfer.io import write_json, write_text
-    from microfer.learn.bundle import load_bundle
-    from microfer.recognise.images import ImagePredictor, is_image_bundle
-    from microfer.recognise.predict import Predictor
 
     out = Path(out)
     bundle = load_bundle(model)

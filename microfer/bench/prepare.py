@@ -12,7 +12,7 @@ similarity warp (eye centres) of both frames to `size` px with cv2.warpAffine, a
 flow configured as microfer.clip.motion's default (MEDIUM, finest scale 0) -- nothing else: no
 spotting, no apex face check, no strain, no cache. Both throughputs include start-up
 (process pool start, imports and dlib model loading in the workers); the goal is
-prepare >= GOAL_PREPARE_RATIO x bare (issue 11). Steady rates (after the first clip) of
+prepare >= GOAL_PREPARE_RATIO x bare. Steady rates (after the first clip) of
 both are reported too.
 """
 
@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-# pandas, cv2, dlib are imported where used: bare-baseline workers import this module
-# (spawn) and should load no more than the bare script would.
+# pandas, cv2, dlib and microfer's own modules are imported where used: bare-baseline
+# workers import this module (spawn) and should load no more than the bare script would.
 
 # onset..offset spans of the default set (CASME II: 23-140 frames, ~66 on average)
 CLIP_FRAMES = (40, 100)
-GOAL_PREPARE_RATIO = 0.5  # issue 11: prepare throughput >= 1/2 of the bare dlib + DIS script
+GOAL_PREPARE_RATIO = 0.5  # goal: prepare throughput >= 1/2 of the bare dlib + DIS script
 
 
 def synthetic_casme2(
@@ -177,6 +177,62 @@ def bench_bare(
     return result
 
 
+def _time_one_process(root: Path, sample_list: list, settings) -> tuple[float, dict[str, float]]:
+    """Seconds per clip and mean ms per stage of `prepare_clip` in this process, one thread."""
+    import cv2
+
+    from microfer.clip.prepare import prepare_clip
+    from microfer.clip.video import frames_for_sample
+
+    cv2.setNumThreads(1)  # like a prepare worker: one process per core
+    stages: dict[str, float] = {}
+    first = sample_list[0]
+    # load the face models outside the timing
+    prepare_clip(frames_for_sample(root, first), first.onset, first.apex, first.offset, settings)
+    t0 = time.perf_counter()
+    for s in sample_list:
+        prepare_clip(
+            frames_for_sample(root, s), s.onset, s.apex, s.offset, settings, timings=stages
+        )
+    one = (time.perf_counter() - t0) / len(sample_list)
+    ms = {k: v / len(sample_list) for k, v in stages.items()}
+    ms["total"] = sum(ms.values())
+    return one, ms
+
+
+def _time_dataset(samples, root: Path, cache: Path, settings, workers: int):
+    """Wall seconds of `prepare_dataset` with `workers` processes (pool start-up included), and
+    its summary."""
+    from microfer.clip.prepare import prepare_dataset
+
+    t0 = time.perf_counter()
+    summary = prepare_dataset(samples, root, cache, settings, workers=workers, progress=False)
+    return time.perf_counter() - t0, summary
+
+
+def _add_bare(result: dict, bare: dict) -> None:
+    """The bare script's run, the ratios to it and the goal, into `result`."""
+    from microfer.bench.suite import goal_entry
+
+    ratio = result["clips_per_s"] / bare["clips_per_s"] if bare["clips_per_s"] > 0 else 0.0
+    result["bare"] = bare
+    result["ratio_to_bare"] = ratio
+    result["ratio_to_bare_steady"] = (
+        result["clips_per_s_steady"] / bare["clips_per_s_steady"]
+        if bare["clips_per_s_steady"] > 0
+        else 0.0
+    )
+    result["goals"] = {
+        "prepare_vs_bare": goal_entry(
+            "prepare clips/s / bare dlib + DIS script's (start-up in both)",
+            ratio,
+            GOAL_PREPARE_RATIO,
+            "x",
+            higher_is_better=True,
+        )
+    }
+
+
 def bench_prepare(
     root: Path | None = None,
     samples: pd.DataFrame | None = None,
@@ -198,10 +254,7 @@ def bench_prepare(
     workers), "ratio_to_bare" (clips/s with start-up, prepare / bare), "ratio_to_bare_steady"
     and "goals": {"prepare_vs_bare": {"goal", "value", "met"}}.
     """
-    import cv2
-
-    from microfer.clip.prepare import PrepareSettings, prepare_clip, prepare_dataset
-    from microfer.clip.video import frames_for_sample
+    from microfer.clip.prepare import PrepareSettings
     from microfer.records import Sample
 
     settings = settings or PrepareSettings()
@@ -216,28 +269,8 @@ def bench_prepare(
                 clip_frames=clip_frames,
             )
         sample_list = [Sample.from_row(r) for _, r in samples.iterrows()]
-
-        cv2.setNumThreads(1)  # like a prepare worker: one process per core
-        stages: dict[str, float] = {}
-        first = sample_list[0]
-        # load the face models outside the timing
-        prepare_clip(
-            frames_for_sample(root, first), first.onset, first.apex, first.offset, settings
-        )
-        t0 = time.perf_counter()
-        for s in sample_list:
-            prepare_clip(
-                frames_for_sample(root, s), s.onset, s.apex, s.offset, settings, timings=stages
-            )
-        one = (time.perf_counter() - t0) / len(sample_list)
-        ms = {k: v / len(sample_list) for k, v in stages.items()}
-        ms["total"] = sum(ms.values())
-
-        t0 = time.perf_counter()
-        summary = prepare_dataset(
-            samples, root, Path(tmp) / "cache", settings, workers=workers, progress=False
-        )
-        wall = time.perf_counter() - t0
+        one, ms = _time_one_process(root, sample_list, settings)
+        wall, summary = _time_dataset(samples, root, Path(tmp) / "cache", settings, workers)
         bare = (
             bench_bare(bare_pairs(root, sample_list), workers=workers, size=settings.size)
             if baseline
@@ -253,25 +286,7 @@ def bench_prepare(
         "ms": ms,
     }
     if bare is not None:
-        from microfer.bench.suite import goal_entry
-
-        ratio = result["clips_per_s"] / bare["clips_per_s"] if bare["clips_per_s"] > 0 else 0.0
-        result["bare"] = bare
-        result["ratio_to_bare"] = ratio
-        result["ratio_to_bare_steady"] = (
-            result["clips_per_s_steady"] / bare["clips_per_s_steady"]
-            if bare["clips_per_s_steady"] > 0
-            else 0.0
-        )
-        result["goals"] = {
-            "prepare_vs_bare": goal_entry(
-                "prepare clips/s / bare dlib + DIS script's (start-up in both)",
-                ratio,
-                GOAL_PREPARE_RATIO,
-                "x",
-                higher_is_better=True,
-            )
-        }
+        _add_bare(result, bare)
     if verbose:
         print(format_prepare(result))
     return result

@@ -5,7 +5,7 @@ by `microfer.synth`, the same kind of file `microfer predict` reads), in two mod
 onset/apex/offset given (only those frames are decoded and aligned) and with nothing given
 (the whole clip is scanned and the interval spotted). Each figure is the MEDIAN over
 repeated in-process runs after one warm-up run, so one-off costs (model loading, first
-allocations) and the odd slow run do not count. `model_path` is what the seed paper's
+allocations) and the odd slow run do not count. `model_path` is what the published method's
 35.4 ms/sample compares with: network input + MobileViT + SVM on a clip that is already
 prepared. The goals are checked on the numbers measured here, on this machine.
 
@@ -18,33 +18,42 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from microfer.io import package_versions
+import cv2
+import pandas as pd
 
-PAPER_MS_PER_SAMPLE = 35.4  # seed paper: MobileViT features + SVM, per sample
+from microfer.bench.demo import run_demo
+from microfer.bench.predict_timing import PREDICT_STAGES as PREDICT_STAGES  # re-exported
+from microfer.bench.predict_timing import median as median  # re-exported
+from microfer.bench.predict_timing import (
+    ordered_stages,
+    time_features,
+    time_model_path,
+    time_predict,
+    time_shell_predict,
+)
+from microfer.bench.predict_timing import stage_summary as _stage_summary  # noqa: F401  (tests)
+from microfer.clip.prepare import PrepareSettings, prepare_clip
+from microfer.clip.video import open_frames
+from microfer.errors import MicroferError
+from microfer.io import atomic_path, package_versions, write_json
+from microfer.learn.evaluate import LosoSettings
+from microfer.learn.train import train_bundle
+from microfer.recognise.predict import Predictor
+from microfer.synth import generate
+
+PAPER_MS_PER_SAMPLE = 35.4  # the published MobileViT features + SVM method, per sample
 GOAL_MODEL_PATH_MS = 15.0  # our model path (input + network + SVM), per clip
 GOAL_PREDICT_MS = 250.0  # whole predict of a 60-frame 640 x 480 clip, 2 CPU cores
-GOAL_IN_PROCESS_MS = 150.0  # issue 11: in-process predict of a real-clip kind (frames given)
-GOAL_SHELL_S = 1.5  # issue 11: `microfer predict` from the shell, wall seconds
+GOAL_IN_PROCESS_MS = 150.0  # goal: in-process predict of a real-clip kind (frames given)
+GOAL_SHELL_S = 1.5  # goal: `microfer predict` from the shell, wall seconds
 GOAL_SHELL_MB = 400.0  # issue 11: ... and its peak resident memory
-PREDICT_STAGES = ("open", "decode", "detect", "landmarks", "warp", "spot", "flow", "network", "svm")
 MODES = ("given", "spotted")
 CLIP_FRAMES = 60
-
-
-def median(values) -> float:
-    values = list(values)
-    return float(statistics.median(values)) if values else 0.0
-
-
-def _ms_since(t: float) -> float:
-    return (time.perf_counter() - t) * 1000
 
 
 # ---- the clip ---------------------------------------------------------------------------------------
@@ -52,10 +61,6 @@ def _ms_since(t: float) -> float:
 
 def make_bench_clip(out: Path, seed: int = 0, n_frames: int = CLIP_FRAMES) -> dict:
     """Write one synthetic n_frames 640 x 480 video under `out`; {"video", "onset", "apex", "offset"}."""
-    import pandas as pd
-
-    from microfer.synth import generate
-
     synth = generate(
         "video",
         Path(out),
@@ -86,11 +91,6 @@ def demo_bundle(echo: Optional[Callable[[str], None]] = None) -> Iterator[Path]:
 
     The demo's own grid usually picks a training-free descriptor; the bench times the
     network kind, which is what costs start-up time and memory."""
-    from microfer.bench.demo import run_demo
-    from microfer.clip.prepare import PrepareSettings
-    from microfer.learn.evaluate import LosoSettings
-    from microfer.learn.train import train_bundle
-
     with tempfile.TemporaryDirectory(prefix="microfer-bench-demo-") as tmp:
         if echo is not None:
             echo(
@@ -110,156 +110,63 @@ def demo_bundle(echo: Optional[Callable[[str], None]] = None) -> Iterator[Path]:
 # ---- predict ----------------------------------------------------------------------------------------
 
 
-def _ordered_stages(dicts) -> list[str]:
-    """Stage names found in the dicts, in pipeline order (then any others by name);
-    bench.json sorts its keys, so the order cannot come from the dicts."""
-    found = {s for d in dicts for s in d}
-    return [s for s in PREDICT_STAGES if s in found] + sorted(found - set(PREDICT_STAGES))
-
-
-def _stage_summary(runs: list[dict[str, float]], walls: list[float]) -> dict:
-    stages = _ordered_stages(runs)
-    runs_ms = {s: [float(r.get(s, 0.0)) for r in runs] for s in stages}
+def _time_clip(predictor: Predictor, clip: dict, runs: int) -> dict:
+    """The clip's size and both predict modes' timings."""
+    video = clip["video"]
+    frames = {k: clip[k] for k in ("onset", "apex", "offset")}
+    height, width = open_frames(video).read([frames["onset"]])[0].shape[:2]
     return {
-        "stages_ms": {s: median(v) for s, v in runs_ms.items()},
-        "total_ms": median(walls),
-        "runs_ms": runs_ms,
-        "total_runs_ms": [float(w) for w in walls],
-    }
-
-
-def _time_predict(predictor, video: Path, runs: int, **frames) -> dict:
-    predictor.predict(video, **frames)  # warm-up: first decode, first allocations
-    stage_runs, walls = [], []
-    for _ in range(runs):
-        t = time.perf_counter()
-        p = predictor.predict(video, **frames)
-        walls.append(_ms_since(t))
-        stage_runs.append(dict(p.timings_ms))
-    return _stage_summary(stage_runs, walls)
-
-
-def _time_model_path(predictor, prepared, runs: int) -> dict:
-    """Median ms of Predictor.features (input + network) + SVM on an already prepared clip."""
-    from microfer.clip.representation import to_input
-
-    classifier = predictor.bundle.classifier
-    kinds = predictor.feature_setting.representations
-    classifier.class_scores(predictor.features(prepared))  # warm-up
-    totals, networks, svms, inputs = [], [], [], []
-    for _ in range(runs):
-        t = time.perf_counter()
-        feats = predictor.features(prepared)
-        t_net = time.perf_counter()
-        classifier.class_scores(feats)
-        classifier.predict(feats)
-        t_end = time.perf_counter()
-        totals.append((t_end - t) * 1000)
-        networks.append((t_net - t) * 1000)
-        svms.append((t_end - t_net) * 1000)
-        t = time.perf_counter()
-        for kind in kinds:
-            to_input(prepared, kind)
-        inputs.append(_ms_since(t))
-    return {
-        "median_ms": median(totals),
-        "network_ms": median(networks),
-        "svm_ms": median(svms),
-        "to_input_ms": median(inputs),
+        "clip": {"frames": clip["frames"], "width": width, "height": height, **frames},
         "runs": runs,
-        "runs_ms": totals,
+        "given": time_predict(predictor, video, runs, **frames),
+        "spotted": time_predict(predictor, video, runs),
     }
 
 
-def _time_features(
-    predictor, prepared, n_clips: int, batch_size: int, threads: Optional[int]
-) -> dict:
-    """Feature throughput on n_clips copies of one prepared clip, in batches (bundle weights)."""
-    import numpy as np
-
-    from microfer.learn.features import FeatureModel
-
-    model = FeatureModel(predictor.feature_setting, batch_size=batch_size, num_threads=threads)
-    model.load_state_dict(predictor.bundle.network)
-    clips = [prepared] * n_clips
-    model(clips[:batch_size])  # warm-up
-    t = time.perf_counter()
-    feats = np.concatenate(
-        [model(clips[i : i + batch_size]) for i in range(0, n_clips, batch_size)]
+def _shell_predict(model, video: Path, runs: int, threads: Optional[int]) -> dict:
+    shell = time_shell_predict(Path(model), video, runs)
+    # "same label and scores": the shell's answer against torch running the bundle's weights
+    reference = Predictor(model, num_threads=threads, runtime="torch").predict(video)
+    shell["same_as_torch"] = bool(
+        shell["label"] == reference.label
+        and shell["scores"].keys() == reference.scores.keys()
+        and all(abs(shell["scores"][k] - v) <= 2e-4 for k, v in reference.scores.items())
     )
-    seconds = time.perf_counter() - t
-    return {
-        "clips": n_clips,
-        "batch_size": batch_size,
-        "seconds": seconds,
-        "clips_per_s": n_clips / seconds,
-        "ms_per_clip": 1000 * seconds / n_clips,
-        "feature_dim": int(feats.shape[1]),
+    return shell
+
+
+def _predict_goals(result: dict) -> dict:
+    """The goals of a bench_predict result (the shell's when it ran)."""
+    worst = max(result[m]["total_ms"] for m in MODES)
+    goals = {
+        "model_path_ms": goal_entry(
+            "model path (input + network + SVM), clip already prepared",
+            result["model_path"]["median_ms"],
+            GOAL_MODEL_PATH_MS,
+            "ms",
+        ),
+        "predict_ms": goal_entry(
+            "in-process predict, slower mode (all spotted)", worst, GOAL_PREDICT_MS, "ms"
+        ),
+        "in_process_given_ms": goal_entry(
+            "in-process predict, onset/apex/offset given",
+            result["given"]["total_ms"],
+            GOAL_IN_PROCESS_MS,
+            "ms",
+        ),
     }
-
-
-# Runs one command and prints its wall seconds and peak RSS. A small process of its own:
-# the child's rusage peak counts the moments between fork and exec, when it is still a
-# copy of its parent, so forking it straight from this (torch-sized) process would report
-# the parent's size.
-_LAUNCHER = """
-import json, os, subprocess, sys, time
-t = time.perf_counter()
-proc = subprocess.Popen(sys.argv[2:], stdout=open(sys.argv[1], "w"), stderr=subprocess.PIPE)
-_, status, usage = os.wait4(proc.pid, 0)
-wall = time.perf_counter() - t
-print(json.dumps({"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024, "exit": os.waitstatus_to_exitcode(status),
-                  "stderr": proc.stderr.read().decode(errors="replace")[-500:]}))
-"""
-
-
-def _time_shell_predict(bundle: Path, video: Path, runs: int) -> dict:
-    """Wall seconds and peak resident memory of `microfer predict VIDEO --model BUNDLE --json`
-    as a new process (interpreter start, imports and model loading included), and its output."""
-    import json
-    import subprocess
-    import sys
-
-    walls, peaks, doc = [], [], {}
-    with tempfile.TemporaryDirectory(prefix="microfer-bench-shell-") as tmp:
-        out = Path(tmp) / "predict.json"
-        for _ in range(runs):
-            launched = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    _LAUNCHER,
-                    str(out),
-                    sys.executable,
-                    "-m",
-                    "microfer",
-                    "predict",
-                    str(video),
-                    "--model",
-                    str(bundle),
-                    "--json",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            run = json.loads(launched.stdout)
-            if run["exit"] != 0:
-                raise RuntimeError(
-                    f"microfer predict failed (exit {run['exit']}): {run['stderr'].strip()}"
-                )
-            walls.append(run["wall_s"])
-            peaks.append(run["peak_mb"])  # ru_maxrss is KiB on Linux
-            doc = json.loads(out.read_text())
-    return {
-        "median_s": median(walls),
-        "runs_s": walls,
-        "peak_mb": max(peaks),
-        "runs_peak_mb": peaks,
-        "label": doc.get("label"),
-        "scores": doc.get("scores"),
-        "runs": runs,
-    }
+    shell = result.get("shell")
+    if shell is not None:
+        goals["shell_s"] = goal_entry(
+            "`microfer predict` from the shell, all spotted (wall)",
+            shell["median_s"],
+            GOAL_SHELL_S,
+            "s",
+        )
+        goals["shell_mb"] = goal_entry(
+            "`microfer predict` from the shell, peak memory", shell["peak_mb"], GOAL_SHELL_MB, "MB"
+        )
+    return goals
 
 
 def bench_predict(
@@ -278,13 +185,6 @@ def bench_predict(
     OpenCV (default: theirs). `runs` timed predictions per mode after one warm-up,
     `model_runs` timed model-path runs, `feature_clips` clips for the throughput figure.
     """
-    import cv2
-
-    from microfer.clip.prepare import prepare_clip
-    from microfer.clip.video import open_frames
-    from microfer.errors import MicroferError
-    from microfer.recognise.predict import Predictor
-
     if runs < 1 or model_runs < 1 or feature_clips < 1 or batch_size < 1:
         raise MicroferError(
             f"bench needs runs, model_runs, feature_clips and batch_size >= 1 "
@@ -295,66 +195,24 @@ def bench_predict(
     predictor = Predictor(model, num_threads=threads)
     with tempfile.TemporaryDirectory(prefix="microfer-bench-clip-") as tmp:
         clip = make_bench_clip(Path(tmp) / "clip", seed=seed)
-        video = clip["video"]
-        frames = {k: clip[k] for k in ("onset", "apex", "offset")}
-        height, width = open_frames(video).read([frames["onset"]])[0].shape[:2]
-        result = {
-            "clip": {"frames": clip["frames"], "width": width, "height": height, **frames},
-            "runs": runs,
-            "given": _time_predict(predictor, video, runs, **frames),
-            "spotted": _time_predict(predictor, video, runs),
-        }
+        result = _time_clip(predictor, clip, runs)
         prepared = prepare_clip(
-            open_frames(video),
-            frames["onset"],
-            frames["apex"],
-            frames["offset"],
+            open_frames(clip["video"]),
+            clip["onset"],
+            clip["apex"],
+            clip["offset"],
             predictor.prepare_settings,
         )
         shell = None
         if shell_runs and isinstance(model, (str, Path)):
-            shell = _time_shell_predict(Path(model), video, shell_runs)
-            # "same label and scores": the shell's answer against torch running the bundle's weights
-            reference = Predictor(model, num_threads=threads, runtime="torch").predict(video)
-            shell["same_as_torch"] = bool(
-                shell["label"] == reference.label
-                and shell["scores"].keys() == reference.scores.keys()
-                and all(abs(shell["scores"][k] - v) <= 2e-4 for k, v in reference.scores.items())
-            )
-    result["model_path"] = _time_model_path(predictor, prepared, model_runs)
-    result["features"] = _time_features(predictor, prepared, feature_clips, batch_size, threads)
-    worst = max(result[m]["total_ms"] for m in MODES)
+            shell = _shell_predict(model, clip["video"], shell_runs, threads)
+    result["model_path"] = time_model_path(predictor, prepared, model_runs)
+    result["features"] = time_features(predictor, prepared, feature_clips, batch_size, threads)
     result["reference"] = {"paper_ms_per_sample": PAPER_MS_PER_SAMPLE}
     result["runtime"] = predictor.runtime
-    goals = {
-        "model_path_ms": goal_entry(
-            "model path (input + network + SVM), clip already prepared",
-            result["model_path"]["median_ms"],
-            GOAL_MODEL_PATH_MS,
-            "ms",
-        ),
-        "predict_ms": goal_entry(
-            "in-process predict, slower mode (all spotted)", worst, GOAL_PREDICT_MS, "ms"
-        ),
-        "in_process_given_ms": goal_entry(
-            "in-process predict, onset/apex/offset given",
-            result["given"]["total_ms"],
-            GOAL_IN_PROCESS_MS,
-            "ms",
-        ),
-    }
     if shell is not None:
         result["shell"] = shell
-        goals["shell_s"] = goal_entry(
-            "`microfer predict` from the shell, all spotted (wall)",
-            shell["median_s"],
-            GOAL_SHELL_S,
-            "s",
-        )
-        goals["shell_mb"] = goal_entry(
-            "`microfer predict` from the shell, peak memory", shell["peak_mb"], GOAL_SHELL_MB, "MB"
-        )
-    result["goals"] = goals
+    result["goals"] = _predict_goals(result)
     result["machine"] = machine_info()
     return result
 
@@ -393,8 +251,7 @@ def format_goals(*goal_sets: Optional[dict]) -> str:
 
 def machine_info() -> dict:
     """Where the numbers come from: cores, threads, load, versions."""
-    import cv2
-    import torch
+    import torch  # only here: the bench modules load without torch until a machine is described
 
     try:
         usable = len(os.sched_getaffinity(0))
@@ -435,7 +292,7 @@ def format_predict(result: dict) -> str:
         f"torch threads {result['machine']['torch_threads']})",
         f"  {'stage':<12}{'frames given':>14}{'all spotted':>14}",
     ]
-    stages = _ordered_stages([given["stages_ms"], spotted["stages_ms"]])
+    stages = ordered_stages([given["stages_ms"], spotted["stages_ms"]])
     for stage in stages:
         lines.append(
             f"  {stage:<12}{given['stages_ms'].get(stage, 0.0):>11.1f} ms"
@@ -451,7 +308,7 @@ def format_predict(result: dict) -> str:
         f"model path (input + network + SVM, clip already prepared), median of {mp['runs']} runs:",
         f"  ours        {mp['median_ms']:6.1f} ms/clip   (input {mp['to_input_ms']:.2f}, network+input "
         f"{mp['network_ms']:.1f}, SVM {mp['svm_ms']:.2f} ms)",
-        f"  seed paper  {result['reference']['paper_ms_per_sample']:6.1f} ms/sample (reference)",
+        f"  published   {result['reference']['paper_ms_per_sample']:6.1f} ms/sample (reference)",
         f"feature extraction: {feats['clips_per_s']:.1f} clips/s ({feats['ms_per_clip']:.1f} ms/clip; "
         f"{feats['clips']} clips, batch {feats['batch_size']})",
     ]
@@ -474,10 +331,8 @@ def plot_stages(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from microfer.io import atomic_path
-
     labels = {"given": "frames given", "spotted": "all spotted"}
-    stages = _ordered_stages([result[m]["stages_ms"] for m in MODES])
+    stages = ordered_stages([result[m]["stages_ms"] for m in MODES])
     colours = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(8, 3.0))
     for row, mode in enumerate(MODES):
@@ -521,8 +376,6 @@ def write_results(
     out: Path, predict: Optional[dict] = None, prepare: Optional[dict] = None
 ) -> dict[str, Path]:
     """bench.json (all numbers + machine) and, with predict results, bench_stages.png under `out`."""
-    from microfer.io import write_json
-
     out = Path(out)
     doc = {"machine": (predict or {}).get("machine") or machine_info()}
     if predict is not None:

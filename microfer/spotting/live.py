@@ -23,7 +23,15 @@ from typing import Callable, Iterator, Optional
 import cv2
 import numpy as np
 
+from microfer.clip.video import ArraySource, native_stderr_captured, prefetched
 from microfer.errors import ClipError, MicroferError
+from microfer.spotting.spot import (
+    PeakSettings,
+    SignalSettings,
+    motion_signal,
+    recognise_micro,
+    spot_intervals,
+)
 
 MAX_SIDE = 640
 
@@ -68,8 +76,6 @@ class LiveSpotter:
         peaks=None,
         predictor=None,
     ):
-        from microfer.spotting.spot import PeakSettings, SignalSettings
-
         if not fps or fps <= 0:
             raise MicroferError(f"frame rate {fps!r} is not a positive number of frames per second")
         self.fps, self.settings, self.predictor = float(fps), settings, predictor
@@ -97,9 +103,6 @@ class LiveSpotter:
         return self._analyse(final=True) if len(self.frames) >= 3 else []
 
     def _analyse(self, final: bool) -> list:
-        from microfer.clip.video import ArraySource
-        from microfer.spotting.spot import motion_signal, recognise_micro, spot_intervals
-
         self.since = 0
         numbers = [n for n, _ in self.frames]
         source = ArraySource([f for _, f in self.frames], numbers)
@@ -122,8 +125,6 @@ class LiveSpotter:
 def open_stream(camera: Optional[int] = None, url: Optional[str] = None, video=None):
     """A cv2.VideoCapture of exactly one of a camera index, a stream URL or a video file,
     with its frame rate (0 when the source does not say)."""
-    from microfer.clip.video import native_stderr_captured
-
     chosen = [x for x in (camera, url, video) if x is not None]
     if len(chosen) != 1:
         raise MicroferError("give exactly one of a camera, a URL or a video file")
@@ -141,8 +142,6 @@ def read_frames(
     """(index, frame) from a capture, read by a background thread so that decoding overlaps
     spotting. `realtime`: a file is paced at `fps`, like a camera, and frames the spotter
     cannot keep up with are dropped (counted in `dropped[0]`) instead of queued."""
-    from microfer.clip.video import prefetched
-
     lost = dropped if dropped is not None else [0]
     lost[:] = [0]
     paced = realtime and fps > 0

@@ -35,19 +35,17 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from microfer.datasets import get
+from microfer.datasets.long_videos import interval_table
 from microfer.errors import AnnotationError, MicroferError
-from microfer.spotting.spot import (
-    MotionSignal,
-    PeakSettings,
-    SignalSettings,
-    SpottedInterval,
-    motion_signal,
-    spot_curves,
-    spot_intervals,
-)
-
-IOU_MIN = 0.5
-TYPES = ("micro", "macro")
+from microfer.spotting.spot import PeakSettings, SignalSettings, spot_intervals
+from microfer.spotting.spot_baselines import spaced_baseline, threshold_baseline
+from microfer.spotting.spot_report import write_spot_report
+from microfer.spotting.spot_scores import IOU_MIN, TYPES, Counts, count_video, summarize
+from microfer.spotting.spot_scores import iou as iou  # re-exported: callers import it from here
+from microfer.spotting.spot_scores import match as match  # re-exported
+from microfer.spotting.strs import spot_then_recognise
+from microfer.spotting.video_signals import VideoData, load_signals, settings_key
 
 
 @dataclass(frozen=True)
@@ -87,145 +85,10 @@ def get_protocol(name: str) -> SpotProtocol:
         ) from None
 
 
-# ---------------------------------------------------------------- matching and scores
-
-
-def iou(a: tuple[int, int], b: tuple[int, int]) -> float:
-    """IoU of two frame intervals (onset, offset), both ends included."""
-    overlap = min(a[1], b[1]) - max(a[0], b[0]) + 1
-    if overlap <= 0:
-        return 0.0
-    union = (a[1] - a[0] + 1) + (b[1] - b[0] + 1) - overlap
-    return overlap / union
-
-
-def match(
-    spotted: Sequence[tuple[int, int]], truth: Sequence[tuple[int, int]], iou_min: float = IOU_MIN
-) -> list[tuple[int, int]]:
-    """(spotted index, truth index) pairs with IoU >= iou_min, one-to-one, best IoU first."""
-    pairs = sorted(
-        ((iou(s, t), i, j) for i, s in enumerate(spotted) for j, t in enumerate(truth)),
-        key=lambda p: (-p[0], p[1], p[2]),
-    )
-    used_s, used_t, out = set(), set(), []
-    for value, i, j in pairs:
-        if value < iou_min:
-            break
-        if i in used_s or j in used_t:
-            continue
-        used_s.add(i)
-        used_t.add(j)
-        out.append((i, j))
-    return sorted(out)
-
-
-@dataclass
-class Counts:
-    tp: int = 0
-    spotted: int = 0
-    truth: int = 0
-
-    def __iadd__(self, other: "Counts") -> "Counts":
-        self.tp += other.tp
-        self.spotted += other.spotted
-        self.truth += other.truth
-        return self
-
-    def scores(self) -> dict:
-        p = self.tp / self.spotted if self.spotted else 0.0
-        r = self.tp / self.truth if self.truth else 0.0
-        f1 = 2 * p * r / (p + r) if p + r else 0.0
-        return {
-            "tp": self.tp,
-            "fp": self.spotted - self.tp,
-            "fn": self.truth - self.tp,
-            "precision": p,
-            "recall": r,
-            "f1": f1,
-        }
-
-
-def count_video(spotted: Sequence[SpottedInterval], truth: pd.DataFrame) -> dict[str, Counts]:
-    """Counts per type for one video: spotted intervals vs its ground-truth rows (onset, offset, type)."""
-    out = {}
-    for kind in TYPES:
-        s = [(iv.onset, iv.offset) for iv in spotted if iv.type == kind]
-        t = [(int(r.onset), int(r.offset)) for r in truth.itertuples() if r.type == kind]
-        out[kind] = Counts(len(match(s, t)), len(s), len(t))
-    return out
-
-
-def summarize(per_type: dict[str, Counts]) -> dict:
-    total = Counts()
-    for c in per_type.values():
-        total += c
-    return {"overall": total.scores(), **{k: per_type[k].scores() for k in TYPES}}
-
-
-# ---------------------------------------------------------------- the baselines
-
-
-def threshold_baseline(
-    signal: MotionSignal, threshold: float, micro_max_s: float
-) -> list[SpottedInterval]:
-    """Trivial baseline: every run of frames whose curve is above a fixed threshold is an interval."""
-    from microfer.spotting.spot import runs_of
-
-    curve = spot_curves(signal)[0]
-    out = []
-    for a, b in runs_of(np.nan_to_num(curve, nan=-np.inf) > threshold):
-        kind = "micro" if (b - a) / signal.fps <= micro_max_s else "macro"
-        apex = a + int(np.argmax(curve[a:b]))
-        out.append(
-            SpottedInterval(
-                int(signal.numbers[a]),
-                int(signal.numbers[apex]),
-                int(signal.numbers[b - 1]),
-                kind,
-                float(curve[apex]),
-            )
-        )
-    return out
-
-
-def spaced_baseline(
-    n_frames_first: int,
-    n_frames: int,
-    fps: float,
-    rates: dict[str, float],
-    lengths: dict[str, float],
-) -> list[SpottedInterval]:
-    """Trivial baseline: per type, intervals of the training subjects' mean length, evenly spaced
-    at the training subjects' rate (intervals per frame); no look at the video at all."""
-    out = []
-    for kind in TYPES:
-        k = int(round(rates.get(kind, 0.0) * n_frames))
-        length = max(1, int(round(lengths.get(kind, fps))))
-        for j in range(k):
-            centre = n_frames_first + int((j + 0.5) * n_frames / k)
-            on = max(n_frames_first, centre - length // 2)
-            out.append(SpottedInterval(on, centre, on + length - 1, kind, 0.0))
-    return sorted(out, key=lambda iv: iv.onset)
-
-
 # ---------------------------------------------------------------- the run
 
 
-@dataclass
-class VideoData:
-    subject: str
-    video: str
-    signal: MotionSignal
-    truth: pd.DataFrame
-    curves: tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-def settings_key(settings: SignalSettings) -> str:
-    """Short hash of the signal settings: the cache folder of the signals they make."""
-    import hashlib
-    import json
-
-    return hashlib.sha1(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
+# ---------------------------------------------------------------- the run
 
 
 def find_coding(root: Path, protocol: SpotProtocol) -> Path:
@@ -237,42 +100,6 @@ def find_coding(root: Path, protocol: SpotProtocol) -> Path:
         f"{root}: no coding file for {protocol.name} (looked for "
         f"{', '.join(protocol.coding_patterns)}); give it with --coding"
     )
-
-
-def load_signals(
-    root: Path,
-    intervals: pd.DataFrame,
-    cache: Path,
-    settings: SignalSettings,
-    progress: bool = True,
-) -> tuple[list[VideoData], list[dict]]:
-    """The motion signal of every video (computed once, saved under `cache`, reused on a rerun)."""
-    from microfer.clip.video import open_frames
-
-    videos, failures = [], []
-    groups = list(intervals.groupby(["subject", "video"], sort=True))
-    for k, ((subject, video), truth) in enumerate(groups, 1):
-        path = cache / (video.replace("/", "__") + ".npz")
-        try:
-            if path.is_file():
-                signal = MotionSignal.load(path)
-            else:
-                source = open_frames(Path(root) / video)
-                signal = motion_signal(
-                    source,
-                    float(truth["fps"].iloc[0]),
-                    settings,
-                    progress=progress,
-                    desc=f"[{k}/{len(groups)}] {video}",
-                )
-                signal.save(path)
-        except MicroferError as exc:
-            failures.append({"video": video, "subject": subject, "reason": str(exc)})
-            continue
-        videos.append(
-            VideoData(subject, video, signal, truth.reset_index(drop=True), spot_curves(signal))
-        )
-    return videos, failures
 
 
 def _pooled(videos: Sequence[VideoData], spot) -> dict[str, Counts]:
@@ -331,6 +158,59 @@ def choose_peaks(
     return chosen, f1
 
 
+@dataclass
+class _FoldChoice:
+    """What one fold chose on its training subjects, for the method and the baselines."""
+
+    chosen: PeakSettings
+    train_f1: Optional[float]
+    base_threshold: float
+    base_f1: float
+    rates: dict[str, float]
+    lengths: dict[str, float]
+
+    def record(self, subject: str, train: Sequence, test: Sequence) -> dict:
+        return {
+            "test_subject": subject,
+            "n_train_videos": len(train),
+            "n_test_videos": len(test),
+            "chosen": {k: getattr(self.chosen, k) for k in CHOSEN},
+            "train_f1": self.train_f1,
+            "threshold_baseline": {"threshold": self.base_threshold, "train_f1": self.base_f1},
+            "spaced_baseline": {"rates_per_frame": self.rates, "lengths": self.lengths},
+        }
+
+
+def _choose_fold(
+    train: Sequence[VideoData],
+    peaks: PeakSettings,
+    thresholds: Sequence[float],
+    blink_ratios: Sequence[float],
+    choose,
+) -> _FoldChoice:
+    if choose is not None:
+        chosen = choose(train)
+        train_f1 = None
+    else:
+        chosen, train_f1 = choose_peaks(train, peaks, thresholds, blink_ratios)
+    base_t, base_f1 = _best(
+        train, thresholds, lambda v, t: threshold_baseline(v.signal, t, peaks.micro_max_s)
+    )
+    rates, lengths = _training_rates(train)
+    return _FoldChoice(chosen, train_f1, base_t, base_f1, rates, lengths)
+
+
+def _spot_test_video(v: VideoData, fold: _FoldChoice, micro_max_s: float) -> dict:
+    """Each method's intervals on one held-out video."""
+    return {
+        "spot": spot_intervals(v.signal, fold.chosen, curves=v.curves),
+        "threshold_baseline": threshold_baseline(v.signal, fold.base_threshold, micro_max_s),
+        "spaced_baseline": spaced_baseline(
+            int(v.signal.numbers[0]), len(v.signal.numbers), v.signal.fps, fold.rates, fold.lengths
+        ),
+    }
+
+
 def evaluate_loso(
     videos: Sequence[VideoData],
     peaks: PeakSettings = PeakSettings(),
@@ -356,32 +236,9 @@ def evaluate_loso(
     for subject in subjects:
         train = [v for v in videos if v.subject != subject]
         test = [v for v in videos if v.subject == subject]
-        if choose is not None:
-            chosen = choose(train)
-            train_f1 = None
-        else:
-            chosen, train_f1 = choose_peaks(train, peaks, thresholds, blink_ratios)
-        base_t, base_f1 = _best(
-            train, thresholds, lambda v, t: threshold_baseline(v.signal, t, peaks.micro_max_s)
-        )
-        rates, lengths = _training_rates(train)
-        fold = {
-            "test_subject": subject,
-            "n_train_videos": len(train),
-            "n_test_videos": len(test),
-            "chosen": {k: getattr(chosen, k) for k in CHOSEN},
-            "train_f1": train_f1,
-            "threshold_baseline": {"threshold": base_t, "train_f1": base_f1},
-            "spaced_baseline": {"rates_per_frame": rates, "lengths": lengths},
-        }
+        fold = _choose_fold(train, peaks, thresholds, blink_ratios, choose)
         for v in test:
-            results = {
-                "spot": spot_intervals(v.signal, chosen, curves=v.curves),
-                "threshold_baseline": threshold_baseline(v.signal, base_t, peaks.micro_max_s),
-                "spaced_baseline": spaced_baseline(
-                    int(v.signal.numbers[0]), len(v.signal.numbers), v.signal.fps, rates, lengths
-                ),
-            }
+            results = _spot_test_video(v, fold, peaks.micro_max_s)
             for m, ivs in results.items():
                 for kind, c in count_video(ivs, v.truth).items():
                     pooled[m][kind] += c
@@ -393,7 +250,7 @@ def evaluate_loso(
                     "face_lost": [list(r) for r in v.signal.lost_ranges()],
                 }
             )
-        folds.append(fold)
+        folds.append(fold.record(subject, train, test))
     return {
         "metrics": {m: summarize(pooled[m]) for m in methods},
         "folds": folds,
@@ -416,54 +273,25 @@ def _training_rates(train: Sequence[VideoData]) -> tuple[dict[str, float], dict[
     return rates, lengths
 
 
-def spot_then_recognise(
-    videos: Sequence[VideoData], spotted: list[dict], root: Path, model: Path, spot_f1: float
-) -> dict:
-    """STRS: recognise every true-positive micro interval (matched to a true micro interval
-    whose `label` the bundle knows) and multiply the spotting F1 by the recognition UF1."""
-    from microfer.clip.video import open_frames
-    from microfer.metrics import summarize as class_summary
-    from microfer.recognise.predict import Predictor
-    from microfer.spotting.spot import recognise_micro
+def _read_coding(protocol: SpotProtocol, coding: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The manifest of the coding file, and the warnings its adapter gave while reading it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        manifest = get(protocol.dataset).read(coding)
+    return manifest, [str(w.message) for w in caught]
 
-    predictor = Predictor(model)
-    classes = list(predictor.classes)
-    by_video = {s["video"]: s for s in spotted}
-    y_true, y_pred, skipped = [], [], 0
-    for v in videos:
-        ivs = [SpottedInterval(**d) for d in by_video[v.video]["intervals"] if d["type"] == "micro"]
-        truth = v.truth[v.truth["type"] == "micro"].reset_index(drop=True)
-        pairs = match(
-            [(iv.onset, iv.offset) for iv in ivs], list(zip(truth["onset"], truth["offset"]))
-        )
-        hits = [(ivs[i], truth["label"][j]) for i, j in pairs if truth["label"][j] in classes]
-        skipped += len(pairs) - len(hits)
-        if not hits:
-            continue
-        failed = {
-            id(iv)
-            for iv, _ in recognise_micro(
-                [iv for iv, _ in hits], open_frames(Path(root) / v.video), predictor
-            )
-        }
-        for iv, label in hits:
-            y_true.append(classes.index(label))
-            # an interval the classifier could not take counts as wrong
-            y_pred.append(
-                classes.index(iv.emotion) if id(iv) not in failed and iv.emotion in classes else -1
-            )
-    wrong = [(t + 1) % len(classes) for t in y_true]
-    y_pred = [p if p >= 0 else w for p, w in zip(y_pred, wrong)]
-    scores = class_summary(np.array(y_true, int), np.array(y_pred, int), classes)
-    uf1 = scores["uf1"] or 0.0
+
+def _settings_doc(settings: SignalSettings) -> dict:
     return {
-        "strs": spot_f1 * uf1,
-        "spot_f1": spot_f1,
-        "uf1": uf1,
-        "n": len(y_true),
-        "skipped_without_label": skipped,
-        "recognition": scores,
-        "model": str(model),
+        "signal": asdict(settings),
+        "peaks": asdict(PeakSettings()),
+        "grid": {
+            "thresholds": list(THRESHOLDS),
+            "blink_ratios": list(BLINK_RATIOS),
+            "lows": list(LOWS),
+            "merges": list(MERGES),
+            "talk_peaks": list(TALK_PEAKS),
+        },
     }
 
 
@@ -478,18 +306,12 @@ def run_spot_eval(
     model: Optional[Path] = None,
 ) -> dict:
     """The whole `microfer spot-eval`: signals (cached in out/signals), LOSO, report files."""
-    from microfer.datasets import get
-    from microfer.datasets.long_videos import interval_table
-    from microfer.spotting.spot_report import write_spot_report
-
     protocol = get_protocol(protocol_name)
     root = Path(root)
     if not root.is_dir():
         raise MicroferError(f"dataset root {root} is not a folder")
     coding = Path(coding) if coding is not None else find_coding(root, protocol)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        manifest = get(protocol.dataset).read(coding)
+    manifest, coding_warnings = _read_coding(protocol, coding)
     intervals = interval_table(manifest)
     start = time.perf_counter()
     cache = Path(out) / "signals" / settings_key(settings)
@@ -505,7 +327,6 @@ def run_spot_eval(
         result["strs"] = spot_then_recognise(
             videos, result["spotted"], root, Path(model), result["metrics"]["spot"]["overall"]["f1"]
         )
-    n_frames = sum(len(v.signal.numbers) for v in videos)
     doc = {
         "protocol": protocol.name,
         "description": protocol.description,
@@ -513,23 +334,13 @@ def run_spot_eval(
         "coding": str(coding),
         "n_subjects": len({v.subject for v in videos}),
         "n_videos": len(videos),
-        "n_frames": n_frames,
+        "n_frames": sum(len(v.signal.numbers) for v in videos),
         "n_intervals": {k: int((intervals["type"] == k).sum()) for k in TYPES},
         "dropped_rows": manifest.attrs.get("dropped", []),
-        "coding_warnings": [str(w.message) for w in caught],
+        "coding_warnings": coding_warnings,
         "failures": failures,
         "iou_min": IOU_MIN,
-        "settings": {
-            "signal": asdict(settings),
-            "peaks": asdict(PeakSettings()),
-            "grid": {
-                "thresholds": list(THRESHOLDS),
-                "blink_ratios": list(BLINK_RATIOS),
-                "lows": list(LOWS),
-                "merges": list(MERGES),
-                "talk_peaks": list(TALK_PEAKS),
-            },
-        },
+        "settings": _settings_doc(settings),
         "timings": {"signals_s": round(signal_s, 2)},
         **result,
     }

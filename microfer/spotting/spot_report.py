@@ -80,9 +80,8 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def spot_markdown(doc: dict) -> str:
-    m = doc["metrics"]
-    lines = [
+def _header(doc: dict) -> list[str]:
+    return [
         f"# Spotting: {doc['protocol']}",
         "",
         doc["description"],
@@ -95,8 +94,11 @@ def spot_markdown(doc: dict) -> str:
         "training subjects of its fold only",
         "",
     ]
+
+
+def _methods_table(metrics: dict) -> str:
     rows = []
-    for method, scores in m.items():
+    for method, scores in metrics.items():
         rows.append(
             [METHOD_NAMES.get(method, method)]
             + [
@@ -105,7 +107,42 @@ def spot_markdown(doc: dict) -> str:
                 for k in ("overall", "micro", "macro")
             ]
         )
-    lines += [markdown_table(["method", "overall F1", "micro F1", "macro F1"], rows), ""]
+    return markdown_table(["method", "overall F1", "micro F1", "macro F1"], rows)
+
+
+FOLD_COLUMNS = [
+    "test subject",
+    "threshold",
+    "blink ratio",
+    "low",
+    "merge",
+    "talk peaks",
+    "train F1",
+    "baseline threshold",
+]
+
+
+def _folds_table(folds: list[dict]) -> str:
+    return markdown_table(
+        FOLD_COLUMNS,
+        [
+            [
+                f["test_subject"],
+                f["chosen"]["threshold"],
+                f["chosen"]["blink_ratio"],
+                f["chosen"]["low"],
+                f["chosen"]["merge"],
+                f["chosen"]["talk_peaks"],
+                _fmt(f["train_f1"]),
+                f["threshold_baseline"]["threshold"],
+            ]
+            for f in folds
+        ],
+    )
+
+
+def spot_markdown(doc: dict) -> str:
+    lines = _header(doc) + [_methods_table(doc["metrics"]), ""]
     if "strs" in doc:
         lines += [
             f"STRS (spot-then-recognise): {doc['strs']['strs']:.3f} = spotting F1 "
@@ -113,36 +150,7 @@ def spot_markdown(doc: dict) -> str:
             f"{doc['strs']['n']} true-positive micro intervals",
             "",
         ]
-    lines += [
-        "## Per fold (chosen on the training subjects)",
-        "",
-        markdown_table(
-            [
-                "test subject",
-                "threshold",
-                "blink ratio",
-                "low",
-                "merge",
-                "talk peaks",
-                "train F1",
-                "baseline threshold",
-            ],
-            [
-                [
-                    f["test_subject"],
-                    f["chosen"]["threshold"],
-                    f["chosen"]["blink_ratio"],
-                    f["chosen"]["low"],
-                    f["chosen"]["merge"],
-                    f["chosen"]["talk_peaks"],
-                    _fmt(f["train_f1"]),
-                    f["threshold_baseline"]["threshold"],
-                ]
-                for f in doc["folds"]
-            ],
-        ),
-        "",
-    ]
+    lines += ["## Per fold (chosen on the training subjects)", "", _folds_table(doc["folds"]), ""]
     if doc.get("failures"):
         lines += ["## Videos that could not be read", ""] + [
             f"- {f['video']}: {f['reason']}" for f in doc["failures"]
