@@ -51,7 +51,7 @@ GOAL_MODEL_PATH_MS = 15.0  # our model path (input + network + SVM), per clip
 GOAL_PREDICT_MS = 250.0  # whole predict of a 60-frame 640 x 480 clip, 2 CPU cores
 GOAL_IN_PROCESS_MS = 150.0  # goal: in-process predict of a real-clip kind (frames given)
 GOAL_SHELL_S = 1.5  # goal: `microfer predict` from the shell, wall seconds
-GOAL_SHELL_MB = 400.0  # issue 11: ... and its peak resident memory
+GOAL_SHELL_MB = 400.0  # goal: ... and its peak resident memory
 MODES = ("given", "spotted")
 CLIP_FRAMES = 60
 

@@ -63,7 +63,7 @@ def bench_cmd(what, model, runs, threads, workers, subjects, clips_per_subject, 
     \b
     predict  per-stage latency of one prediction on a 60-frame 640x480 synthetic video,
              frames given and all spotted (median of --runs); the model path alone
-             (input + network + SVM, vs the seed paper's 35.4 ms/sample); feature
+             (input + network + SVM, vs the published method's 35.4 ms/sample); feature
              extraction throughput; and the latency goals, met or missed.
     prepare  clips/s of `prepare` on a synthetic CASME II set (640x480, 40-100 frames),
              and of a bare dlib + DIS-flow script on the same clips with the same
