@@ -22,6 +22,7 @@ import pandas as pd
 
 from microfer.datasets import megc2019
 from microfer.datasets.registry import get
+from microfer.errors import MicroferError
 from microfer.io import write_csv
 
 SOURCES = {
@@ -66,8 +67,6 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder (data_manifests)")
     args = parser.parse_args(argv)
-    from microfer.errors import MicroferError
-
     try:
         tables = write_all(args.annotations, args.out)
     except MicroferError as exc:

@@ -102,13 +102,8 @@ def _bad_file(coding: Path, why: str) -> AnnotationError:
     )
 
 
-def read(coding: Optional[Path], root: Optional[Path] = None) -> pd.DataFrame:
-    if coding is None:
-        raise AnnotationError(
-            f"CAS(ME)^2 needs its coding file (CAS(ME)^2code_final(Updated).csv); "
-            f"expected columns: {', '.join(COLUMNS)}"
-        )
-    coding = Path(coding)
+def _raw_rows(coding: Path) -> list[list]:
+    """The coding file's non-empty rows, checked for 11 columns and the type vocabulary."""
     sheets = read_sheets(coding, "CAS(ME)^2 coding", COLUMNS)
     raw = [r for r in next(iter(sheets.values())) if any(norm_text(c) for c in r)]
     if raw and frame_number(raw[0][2] if len(raw[0]) > 2 else None) is None:
@@ -126,50 +121,70 @@ def read(coding: Optional[Path], root: Optional[Path] = None) -> pd.DataFrame:
         raise _bad_file(
             coding, f"column 8 holds {unknown[:3]}, not macro-expression/micro-expression"
         )
+    return raw
 
+
+def _videos(coding: Path, raw: list[list]) -> list[str]:
     videos = [norm_text(r[10]) for r in raw]
     bad_video = [v for v in videos if not re.fullmatch(r"[sS]\d+/[^/]+", v)]
     if bad_video:
         raise _bad_file(coding, f"column 11 holds {bad_video[0]!r}, not a video path sNN/<name>")
+    return videos
+
+
+def _add_interval(
+    rows: RowCollector, r: list, subject: str, clip: str, video: str, repeated: bool
+) -> None:
+    """One coding row -> one manifest row (or a dropped one), with its notes."""
+    kind = TYPES[norm_text(r[7])]
+    notes = [f"type={kind}", f"emotion4={norm_text(r[6])}"]
+    if repeated:
+        clip = f"{clip}@{video.split('/', 1)[1]}"
+        notes.append("clip id made unique with the video name")
+    onset, apex, offset = frame_number(r[2]), frame_number(r[3]), frame_number(r[4])
+    if offset == 0 and onset is not None:
+        if apex is None or apex <= onset:
+            rows.drop(
+                f"{subject}/{clip}",
+                f"offset 0 (not annotated) and apex {norm_text(r[3])!r} cannot bound the interval",
+            )
+            return
+        offset = min(apex + (apex - onset), onset + MAX_REPAIRED_FRAMES)
+        notes.append(
+            f"offset 0 repaired to {offset} = min(apex + (apex - onset), onset + {MAX_REPAIRED_FRAMES})"
+        )
+    emotion = norm_text(r[8])
+    if emotion.strip().lower() in TYPOS:
+        notes.append(f"emotion typo {emotion!r} read as {TYPOS[emotion.strip().lower()]!r}")
+    rows.add(
+        subject=subject,
+        clip=clip,
+        onset=onset,
+        apex=r[3],
+        offset=offset,
+        emotion=emotion,
+        label=label_for(emotion),
+        frame_template=frame_template(video),
+        fps=FPS,
+        notes=notes,
+    )
+
+
+def read(coding: Optional[Path], root: Optional[Path] = None) -> pd.DataFrame:
+    if coding is None:
+        raise AnnotationError(
+            f"CAS(ME)^2 needs its coding file (CAS(ME)^2code_final(Updated).csv); "
+            f"expected columns: {', '.join(COLUMNS)}"
+        )
+    coding = Path(coding)
+    raw = _raw_rows(coding)
+    videos = _videos(coding, raw)
     subjects = [f"s{int(v.split('/')[0][1:])}" for v in videos]
     clips = [norm_text(r[1]) for r in raw]
     seen: dict[tuple[str, str], int] = {}
     for s, c in zip(subjects, clips):
         seen[(s, c)] = seen.get((s, c), 0) + 1
-
     rows = RowCollector(NAME, str(coding))
     for r, subject, clip, video in zip(raw, subjects, clips, videos):
-        kind = TYPES[norm_text(r[7])]
-        notes = [f"type={kind}", f"emotion4={norm_text(r[6])}"]
-        if seen[(subject, clip)] > 1:
-            clip = f"{clip}@{video.split('/', 1)[1]}"
-            notes.append("clip id made unique with the video name")
-        onset, apex, offset = frame_number(r[2]), frame_number(r[3]), frame_number(r[4])
-        if offset == 0 and onset is not None:
-            if apex is None or apex <= onset:
-                rows.drop(
-                    f"{subject}/{clip}",
-                    f"offset 0 (not annotated) and apex {norm_text(r[3])!r} "
-                    "cannot bound the interval",
-                )
-                continue
-            offset = min(apex + (apex - onset), onset + MAX_REPAIRED_FRAMES)
-            notes.append(
-                f"offset 0 repaired to {offset} = min(apex + (apex - onset), onset + {MAX_REPAIRED_FRAMES})"
-            )
-        emotion = norm_text(r[8])
-        if emotion.strip().lower() in TYPOS:
-            notes.append(f"emotion typo {emotion!r} read as {TYPOS[emotion.strip().lower()]!r}")
-        rows.add(
-            subject=subject,
-            clip=clip,
-            onset=onset,
-            apex=r[3],
-            offset=offset,
-            emotion=emotion,
-            label=label_for(emotion),
-            frame_template=frame_template(video),
-            fps=FPS,
-            notes=notes,
-        )
+        _add_interval(rows, r, subject, clip, video, seen[(subject, clip)] > 1)
     return rows.frame()

@@ -60,6 +60,7 @@ import pandas as pd
 from microfer.datasets import megc2019
 from microfer.datasets._coding import frame_number, read_manifest, subject_number
 from microfer.errors import AnnotationError, ClipError, LayoutError
+from microfer.io import jpeg_is_complete, manifests_dir
 from microfer.records import PreparedClip
 
 NAME = "composite_inputs"
@@ -193,19 +194,11 @@ def _manifest(manifest) -> tuple[pd.DataFrame, str]:
     if isinstance(manifest, pd.DataFrame):
         return manifest, "the given manifest"
     if manifest is None:
-        from microfer.io import manifests_dir
-
         manifest = manifests_dir() / MANIFEST_NAME
     return read_manifest(manifest), str(manifest)
 
 
-def read_table(root, manifest=None) -> CompositeTable:
-    """The csv of `root` matched to the composite manifest (default: the shipped one).
-
-    Only the csv is read here; LayoutError / AnnotationError when the folder itself is not
-    the expected layout, RowProblem for single rows.
-    """
-    root = Path(root)
+def _check_layout(root: Path) -> None:
     if not root.is_dir():
         raise LayoutError(
             f"{root}: composite inputs folder not found (expected {CSV_NAME}, {APEX_DIR}/, {FLOW_DIR}/)"
@@ -216,89 +209,98 @@ def read_table(root, manifest=None) -> CompositeTable:
                 f"{root / sub} is missing; expected the composite inputs layout "
                 f"({CSV_NAME}, {APEX_DIR}/, {FLOW_DIR}/)"
             )
+
+
+@dataclass
+class _Matcher:
+    """Matches csv rows to the manifest samples, remembering which samples were seen."""
+
+    csv_path: Path
+    index: dict  # (dataset, subject, clip) -> manifest row
+    manifest_name: str
+    seen: dict[str, int] = field(default_factory=dict)  # key -> csv line of its first row
+
+    def match(self, line: int, rec: dict) -> InputRow | RowProblem:
+        cells = {c: str(rec.get(c, "")).strip() for c in CSV_COLUMNS}
+        where = f"{self.csv_path} line {line}"
+        ds, sub, clip = cells["dataset"].lower(), cells["sub"], cells["filename_o"]
+        if ds not in megc2019.DATASETS:
+            return RowProblem(
+                line,
+                "",
+                "csv",
+                "unknown dataset",
+                f"{where}: dataset {cells['dataset']!r} is not one of smic, casme2, samm",
+            )
+        try:
+            subject, canonical_clip = megc2019._canonical(ds, sub, clip)
+        except AnnotationError as exc:
+            return RowProblem(line, "", "csv", "bad subject", f"{where}: {exc}")
+        dataset = megc2019.DATASETS[ds]
+        key = f"{dataset}/{subject}/{canonical_clip}"
+        m = self.index.get((dataset, subject, canonical_clip))
+        if m is None:
+            return RowProblem(
+                line,
+                "",
+                "manifest",
+                "not in the composite manifest",
+                f"{where}: {ds} {sub} {clip} ({key}) is not a sample of {self.manifest_name}",
+            )
+        if key in self.seen:
+            return RowProblem(
+                line,
+                "",
+                "csv",
+                "duplicate row",
+                f"{where}: {key} again (first on line {self.seen[key]}); this row is ignored",
+            )
+        self.seen[key] = line
+        label = cells["label"]
+        csv_class = megc2019.CLASSES[int(label)] if label in ("0", "1", "2") else None
+        if csv_class != str(m["label"]):
+            return RowProblem(
+                line,
+                key,
+                "label",
+                "label disagrees with the manifest",
+                f"{where}: label {label!r} ({csv_class or 'not 0/1/2'}) disagrees with "
+                f"the manifest's {m['label']!r} for {key}",
+            )
+        apex_names, flow_names = _candidates(
+            ds, sub, clip, subject, canonical_clip, cells["imagename"]
+        )
+        return InputRow(
+            line=line,
+            key=key,
+            label=csv_class,
+            onset=_frame(m["onset"]),
+            apex=_frame(m["apex"]),
+            offset=_frame(m["offset"]),
+            apex_names=apex_names,
+            flow_names=flow_names,
+        )
+
+
+def read_table(root, manifest=None) -> CompositeTable:
+    """The csv of `root` matched to the composite manifest (default: the shipped one).
+
+    Only the csv is read here; LayoutError / AnnotationError when the folder itself is not
+    the expected layout, RowProblem for single rows.
+    """
+    root = Path(root)
+    _check_layout(root)
     df = _read_csv(root / CSV_NAME)
     mf, mf_name = _manifest(manifest)
     index = {
         (str(r["dataset"]), str(r["subject"]), str(r["clip"])): r for r in mf.to_dict("records")
     }
+    matcher = _Matcher(root / CSV_NAME, index, mf_name)
     rows: list[InputRow] = []
     problems: list[RowProblem] = []
-    seen: dict[str, int] = {}
     for i, rec in enumerate(df.to_dict("records"), start=2):
-        cells = {c: str(rec.get(c, "")).strip() for c in CSV_COLUMNS}
-        where = f"{root / CSV_NAME} line {i}"
-        ds, sub, clip = cells["dataset"].lower(), cells["sub"], cells["filename_o"]
-        if ds not in megc2019.DATASETS:
-            problems.append(
-                RowProblem(
-                    i,
-                    "",
-                    "csv",
-                    "unknown dataset",
-                    f"{where}: dataset {cells['dataset']!r} is not one of smic, casme2, samm",
-                )
-            )
-            continue
-        try:
-            subject, canonical_clip = megc2019._canonical(ds, sub, clip)
-        except AnnotationError as exc:
-            problems.append(RowProblem(i, "", "csv", "bad subject", f"{where}: {exc}"))
-            continue
-        dataset = megc2019.DATASETS[ds]
-        key = f"{dataset}/{subject}/{canonical_clip}"
-        m = index.get((dataset, subject, canonical_clip))
-        if m is None:
-            problems.append(
-                RowProblem(
-                    i,
-                    "",
-                    "manifest",
-                    "not in the composite manifest",
-                    f"{where}: {ds} {sub} {clip} ({key}) is not a sample of {mf_name}",
-                )
-            )
-            continue
-        if key in seen:
-            problems.append(
-                RowProblem(
-                    i,
-                    "",
-                    "csv",
-                    "duplicate row",
-                    f"{where}: {key} again (first on line {seen[key]}); this row is ignored",
-                )
-            )
-            continue
-        seen[key] = i
-        label = cells["label"]
-        csv_class = megc2019.CLASSES[int(label)] if label in ("0", "1", "2") else None
-        if csv_class != str(m["label"]):
-            problems.append(
-                RowProblem(
-                    i,
-                    key,
-                    "label",
-                    "label disagrees with the manifest",
-                    f"{where}: label {label!r} ({csv_class or 'not 0/1/2'}) disagrees with "
-                    f"the manifest's {m['label']!r} for {key}",
-                )
-            )
-            continue
-        apex_names, flow_names = _candidates(
-            ds, sub, clip, subject, canonical_clip, cells["imagename"]
-        )
-        rows.append(
-            InputRow(
-                line=i,
-                key=key,
-                label=csv_class,
-                onset=_frame(m["onset"]),
-                apex=_frame(m["apex"]),
-                offset=_frame(m["offset"]),
-                apex_names=apex_names,
-                flow_names=flow_names,
-            )
-        )
+        matched = matcher.match(i, rec)
+        (rows if isinstance(matched, InputRow) else problems).append(matched)
     return CompositeTable(root, mf_name, rows, problems)
 
 
@@ -318,8 +320,6 @@ def _clip_error(message: str) -> ClipError:
 
 def _decode(path: Path, flags: int, what: str) -> np.ndarray:
     import cv2
-
-    from microfer.io import jpeg_is_complete
 
     try:
         data = path.read_bytes()

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from microfer.clip import face as clip_face
 from microfer.errors import MicroferError
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -93,12 +94,10 @@ def find_face_photos(folder: Path) -> list[Path]:
 
 @lru_cache(maxsize=256)
 def _detect_cached(path: str, mtime_ns: int, size: int) -> np.ndarray | None:
-    from microfer.clip.face import detect_landmarks
-
     image = read_photo(Path(path))
     if image is None:
         return None
-    found = detect_landmarks(image)
+    found = clip_face.detect_landmarks(image)
     if found is None:
         return None
     pts = found.points

@@ -21,13 +21,13 @@ blink per interval (eyelids, 0.15-0.3 s), a head movement every third interval (
 1-3 degrees within 0.3-0.6 s, to a new resting pose) and one stretch of talking per video
 (1-2 s of jaw / lip syllables, 0.12-0.25 s each, 2-4 px). None overlap. `face_leaves` adds
 a stretch where the head moves out of the frame and comes back.
+
+The plans are made in `long_plans` (its names are imported here too); this module renders
+them and writes the files.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,190 +37,43 @@ import numpy as np
 import pandas as pd
 
 from microfer.errors import MicroferError
-from microfer.io import atomic_path, write_csv, write_text
+from microfer.io import write_csv
 from microfer.synth import layouts as L
-from microfer.synth.faces import load_identities
-from microfer.synth.generate import (
-    AMPLITUDES,
-    MARKER,
-    TRUTH_COLUMNS,
-    TRUTH_NAME,
-    SynthSet,
+from microfer.synth.coding_files import (  # noqa: F401  (re-exported: the writer lived here)
+    SAMM_LV_HEADER,
+    SAMM_LV_PREAMBLE,
+    write_samm_lv_coding,
+)
+from microfer.synth.faces import Identity, load_identities
+from microfer.synth.generate import SynthSet
+from microfer.synth.long_plans import (  # noqa: F401  (re-exported: the planning lived here)
+    BLINK,
+    SPECS,
+    SYLLABLES,
+    LongSpec,
+    LongVideoPlan,
+    Segment,
+    _add_talk,
+    _frames,
+    _segment,
+    _segment_order,
+    plan_long,
+    plan_video,
+)
+from microfer.synth.motion import Camera, Event, Pattern, draw_pattern, iter_frames  # noqa: F401
+from microfer.synth.output import (
+    MARKER,  # noqa: F401  (re-exported)
     _encode,
     _progress,
     _write_bytes,
-    derived_seed,
     prepare_out,
+    write_marker,
 )
-from microfer.synth.motion import Camera, Event, Pattern, draw_pattern, iter_frames
+from microfer.synth.planning import AMPLITUDES, derived_seed  # noqa: F401  (re-exported)
+from microfer.synth.truth import TRUTH_COLUMNS, TRUTH_NAME
 
 NUISANCE_NAME = "synth_nuisances.csv"
 LONG_LAYOUTS = ("casme_sq", "samm_lv")
-
-
-@dataclass(frozen=True)
-class LongSpec:
-    fps: float
-    frame_size: tuple[int, int]
-    face_width: tuple[float, float]
-    coding_name: str
-    emotions: tuple[str, ...]
-
-
-SPECS = {
-    "casme_sq": LongSpec(
-        30.0,
-        (640, 480),
-        (180, 240),
-        "CAS(ME)^2code_final-synth.csv",
-        ("anger", "disgust", "happiness", "surprise"),
-    ),
-    "samm_lv": LongSpec(
-        200.0,
-        (640, 360),
-        (127, 173),
-        "SAMM_LongVideos_V2_Release-synth.csv",
-        ("anger", "contempt", "happiness", "surprise", "disgust", "fear", "sadness"),
-    ),
-}
-
-# eyelids close (upper lids down, lower lids a little up): a blink
-BLINK = Pattern(
-    "blink",
-    (
-        ((37, 38, 43, 44), (0.0, 1.0)),
-        ((36, 39, 42, 45), (0.0, 0.3)),
-        ((40, 41, 46, 47), (0.0, -0.3)),
-    ),
-    (),
-)
-SYLLABLES = [
-    Pattern(
-        "talk",
-        (
-            ((56, 57, 58, 65, 66, 67), (0.0, 1.0)),
-            ((55, 59), (0.0, 0.6)),
-            (range(6, 11), (0.0, 0.7)),
-        ),
-        (),
-    ),
-    Pattern(
-        "talk",
-        (((48, 60), (0.8, 0.0)), ((54, 64), (-0.8, 0.0)), ((56, 57, 58, 65, 66, 67), (0.0, 0.5))),
-        (),
-    ),
-]
-
-
-@dataclass
-class Segment:
-    kind: str  # micro | macro | blink | talk | head | away
-    onset: int  # 0-based index in the video
-    apex: int
-    offset: int
-    amplitude: float  # px (expressions, blinks, syllables); px of translation (head)
-    emotion: str = ""
-    clip: str = ""
-
-
-@dataclass
-class LongVideoPlan:
-    subject: str
-    subject_code: str
-    subject_index: int
-    video: str  # casme_sq: s15/15_0401girlcrashing; samm_lv: 006_1
-    folder: str  # frames folder relative to the root
-    n_frames: int
-    seed: int
-    segments: list[Segment] = field(default_factory=list)
-
-    @property
-    def intervals(self) -> list[Segment]:
-        return [s for s in self.segments if s.kind in ("micro", "macro")]
-
-
-def _frames(rng: np.random.Generator, fps: float, lo: float, hi: float) -> int:
-    return max(3, int(round(rng.uniform(lo, hi) * fps)))
-
-
-def plan_video(
-    layout: str,
-    subject: str,
-    code: str,
-    index: int,
-    video: str,
-    folder: str,
-    intervals: int,
-    seed: int,
-    emotions,
-    face_leaves: bool = False,
-    frame_width: int | None = None,
-) -> LongVideoPlan:
-    """Where everything happens in one long video (0-based frame indices)."""
-    spec = SPECS[layout]
-    fps = spec.fps
-    rseed = derived_seed(seed, layout, subject, video)
-    rng = np.random.default_rng([rseed, 1])
-    kinds = ["micro" if k % 2 == 0 else "macro" for k in range(intervals)]
-    kinds = [kinds[i] for i in rng.permutation(intervals)]
-    items: list[str] = []
-    for k, kind in enumerate(kinds):
-        items.append(kind)
-        if rng.random() < 0.8:
-            items.append("blink")
-        if k % 3 == 1:
-            items.append("head")
-    items.insert(int(rng.integers(1, len(items) + 1)), "talk")
-    if face_leaves:
-        items.insert(len(items) // 2, "away")
-    t = _frames(rng, fps, 0.6, 1.2)
-    segments: list[Segment] = []
-    for kind in items:
-        if kind in ("micro", "macro"):
-            dur = _frames(rng, fps, 0.25, 0.45) if kind == "micro" else _frames(rng, fps, 0.8, 2.5)
-            apex = t + max(1, min(dur - 1, int(round(rng.uniform(0.3, 0.6) * dur))))
-            emotion = str(rng.choice(list(emotions)))
-            segments.append(
-                Segment(
-                    kind, t, apex, t + dur, round(float(rng.uniform(*AMPLITUDES[kind])), 3), emotion
-                )
-            )
-        elif kind == "blink":
-            dur = _frames(rng, fps, 0.15, 0.3)
-            segments.append(
-                Segment(kind, t, t + dur // 2, t + dur, round(float(rng.uniform(5, 8)), 2))
-            )
-        elif kind == "head":
-            dur = _frames(rng, fps, 0.3, 0.6)
-            segments.append(
-                Segment(kind, t, t + dur // 2, t + dur, round(float(rng.uniform(6, 14)), 2))
-            )
-        elif kind == "away":
-            dur = _frames(rng, fps, 2.0, 3.0)
-            segments.append(
-                Segment(kind, t, t + dur // 2, t + dur, float(frame_width or spec.frame_size[0]))
-            )
-        else:  # talk: a run of syllables
-            end = t + _frames(rng, fps, 1.0, 2.0)
-            while t < end:
-                dur = _frames(rng, fps, 0.12, 0.25)
-                segments.append(
-                    Segment(
-                        "talk",
-                        t,
-                        t + dur // 2,
-                        t + dur,
-                        round(float(rng.uniform(2, 4)), 2),
-                        emotion=str(int(rng.integers(len(SYLLABLES)))),
-                    )
-                )
-                t += dur - max(1, dur // 4)  # syllables run into each other
-            t = max(t, end)
-            t += _frames(rng, fps, 0.6, 1.4)
-            continue
-        t = segments[-1].offset + _frames(rng, fps, 0.6, 1.4)
-    n = t + _frames(rng, fps, 0.3, 0.8)
-    return LongVideoPlan(subject, code, index, video, folder, n, rseed, segments)
 
 
 def head_path(plan: LongVideoPlan, rng: np.random.Generator) -> np.ndarray:
@@ -290,109 +143,171 @@ def _render(
     return written, aus
 
 
-SAMM_LV_PREAMBLE = [
-    "SAMM Long Videos Dataset - FACS Codes",
-    "",
-    "Symbol Key:",
-    '"/" = or',
-    "",
-    "AU Help:",
-    '"L2 or R2" = Unilateral AU 2 on left side of face / right side of face',
-    '"A2" = Asymmetric AU 2. Occurs on both sides of face but stronger on one side',
-    "",
-]
-SAMM_LV_HEADER = [
-    "Subject",
-    "Filename",
-    "Inducement Code",
-    "Onset",
-    "Apex",
-    "Offset",
-    "Duration",
-    "Type",
-    "Action Units",
-    "Notes",
-]
+def _numbers(s: Segment) -> tuple[int, int, int]:
+    """Onset, apex and offset as frame numbers (they start at 1 in both layouts)."""
+    return s.onset + 1, s.apex + 1, s.offset + 1
 
 
-def write_samm_lv_coding(rows: list[dict], path: Path, note: str = "") -> None:
-    """SAMM_LongVideos_V2_Release.csv: 9 preamble rows, the header, one row per interval
-    (Duration = offset - onset + 1, Type Macro / Micro - 1/2, apex -1 = not annotated)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    width = len(SAMM_LV_HEADER)
-    for k, text in enumerate(SAMM_LV_PREAMBLE):
-        cells = [text] + [""] * (width - 1)
-        if k == 6:
-            cells[5] = "NOTE: Subjects with Apex Frame not annotated were labelled as -1."
-        if k == 1 and note:
-            cells[0] = note
-        w.writerow(cells)
-    w.writerow(SAMM_LV_HEADER)
-    for r in rows:
-        w.writerow(
-            [
-                r["subject_code"],
-                r["clip"],
-                r["inducement"],
-                r["onset"],
-                r["apex"],
-                r["offset"],
-                r["offset"] - r["onset"] + 1,
-                "Micro - 1/2" if r["type"] == "micro" else "Macro",
-                r["aus"],
-                "",
-            ]
+def _nuisance_row(plan: LongVideoPlan, s: Segment) -> dict:
+    onset, _, offset = _numbers(s)
+    return {
+        "subject": plan.subject,
+        "video": plan.folder,
+        "kind": s.kind,
+        "onset": onset,
+        "offset": offset,
+        "amplitude_px": s.amplitude,
+    }
+
+
+def _truth_row(plan: LongVideoPlan, s: Segment, identity: Identity, layout: str) -> dict:
+    onset, apex, offset = _numbers(s)
+    return {
+        "dataset": layout,
+        "subject": plan.subject,
+        "clip": s.clip,
+        "onset": onset,
+        "apex": apex,
+        "offset": offset,
+        "emotion": s.emotion,
+        "class3": L.class3("casme_sq", s.emotion),
+        "amplitude_px": s.amplitude,
+        "identity": identity.name,
+        "seed": plan.seed,
+        "type": s.kind,
+        "coded_apex": apex,
+        "first_frame": 1,
+        "last_frame": plan.n_frames,
+        "frame_dir": plan.folder,
+    }
+
+
+def _coded_event(plan: LongVideoPlan, s: Segment, aus: str) -> L.CodedEvent:
+    onset, apex, offset = _numbers(s)
+    return L.CodedEvent(
+        plan.subject_code,
+        s.clip,
+        onset,
+        apex,
+        offset,
+        s.emotion,
+        aus,
+        1,
+        plan.n_frames,
+        s.kind,
+        {"video": plan.video},
+    )
+
+
+def _samm_row(plan: LongVideoPlan, s: Segment, aus: str, layout: str) -> dict:
+    onset, apex, offset = _numbers(s)
+    return {
+        "subject_code": plan.subject_code,
+        "clip": s.clip,
+        "inducement": int(plan.video.rsplit("_", 1)[1]) if layout == "samm_lv" else 0,
+        "onset": onset,
+        "apex": apex,
+        "offset": offset,
+        "type": s.kind,
+        "aus": aus,
+    }
+
+
+@dataclass
+class _LongRows:
+    """The table rows of the rendered videos, in video order."""
+
+    truth: list[dict] = field(default_factory=list)  # synth_truth.csv, one per interval
+    nuisances: list[dict] = field(default_factory=list)  # synth_nuisances.csv
+    coded: list[L.CodedEvent] = field(default_factory=list)  # casme_sq coding file
+    samm: list[dict] = field(default_factory=list)  # samm_lv coding file
+
+    def add_video(self, plan: LongVideoPlan, aus: dict, identity: Identity, layout: str) -> None:
+        for k, s in enumerate(plan.segments):
+            if s.kind not in ("micro", "macro"):
+                self.nuisances.append(_nuisance_row(plan, s))
+                continue
+            self.truth.append(_truth_row(plan, s, identity, layout))
+            self.coded.append(_coded_event(plan, s, aus.get(k, "")))
+            self.samm.append(_samm_row(plan, s, aus.get(k, ""), layout))
+
+    def write(self, out: Path, layout: str, coding_file: Path, seed: int) -> None:
+        """The coding file, synth_truth.csv and synth_nuisances.csv."""
+        if layout == "casme_sq":
+            L.write_casme_sq_coding(self.coded, coding_file)
+        else:
+            write_samm_lv_coding(
+                self.samm,
+                coding_file,
+                note=f"SYNTHETIC long videos written by microfer synth (seed {seed}): not SAMM data",
+            )
+        write_csv(
+            out / TRUTH_NAME,
+            pd.DataFrame(self.truth, columns=TRUTH_COLUMNS).sort_values(["subject", "onset"]),
         )
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue().encode("utf-8"))
+        write_csv(
+            out / NUISANCE_NAME,
+            pd.DataFrame(
+                self.nuisances,
+                columns=["subject", "video", "kind", "onset", "offset", "amplitude_px"],
+            ),
+        )
 
 
-def plan_long(
+def _render_long(
+    plans: list[LongVideoPlan],
+    identities: list[Identity],
     layout: str,
+    out: Path,
+    camera: Camera,
+    workers: int | None,
+    progress: bool,
+) -> _LongRows:
+    """Render every video (in threads, as `generate`) and collect its rows."""
+    rows = _LongRows()
+    n_workers = max(1, min(workers or os.cpu_count() or 1, 4))
+    with (
+        _progress(len(plans), f"synth {layout} long videos", progress) as bar,
+        ThreadPoolExecutor(n_workers) as pool,
+    ):
+        jobs = pool.map(
+            lambda p: _render(p, identities[p.subject_index], layout, out, camera), plans
+        )
+        for plan, (_, aus) in zip(plans, jobs):
+            bar.update(1)
+            rows.add_video(plan, aus, identities[plan.subject_index], layout)
+    return rows
+
+
+def _long_marker(
+    layout: str,
+    spec: LongSpec,
+    plans: list[LongVideoPlan],
+    size: tuple[int, ...],
     *,
+    seed: int,
     subjects: int,
     videos_per_subject: int,
     intervals: int,
-    seed: int,
-    face_leaves: bool = False,
-    frame_width: int | None = None,
-) -> list[LongVideoPlan]:
-    if layout not in SPECS:
-        raise MicroferError(
-            f"long videos are written in the layouts {', '.join(SPECS)}, not {layout!r}"
-        )
-    if subjects < 1 or videos_per_subject < 1 or intervals < 1:
-        raise MicroferError("need at least 1 subject, 1 video per subject and 1 interval per video")
-    spec = SPECS[layout]
-    plans = []
-    ids = L.subject_ids("samm" if layout == "samm_lv" else "casme_sq", subjects)
-    for s, (subject, code) in enumerate(ids):
-        for v in range(videos_per_subject):
-            if layout == "casme_sq":
-                vcode, stem, _ = L.CASME_SQ_VIDEOS[v % len(L.CASME_SQ_VIDEOS)]
-                video = f"{subject}/{subject[1:]}_{vcode}"
-                folder = f"rawpic/{video}"
-            else:
-                video = f"{subject}_{v + 1}"
-                folder = f"SAMM_longvideos/{video}"
-            plan = plan_video(
-                layout,
-                subject,
-                code,
-                s,
-                video,
-                folder,
-                intervals,
-                seed,
-                spec.emotions,
-                face_leaves=face_leaves,
-                frame_width=frame_width,
-            )
-            for k, seg in enumerate(plan.intervals, 1):
-                seg.clip = f"{stem}_{k}" if layout == "casme_sq" else f"{video}_{k}"
-            plans.append(plan)
-    return plans
+    face_leaves: bool,
+) -> dict:
+    files = [f"{p.folder}/{frame_name(layout, p, i + 1)}" for p in plans for i in range(p.n_frames)]
+    files += [spec.coding_name, TRUTH_NAME, NUISANCE_NAME]
+    return {
+        "tool": "microfer synth",
+        "layout": layout,
+        "long_videos": True,
+        "seed": seed,
+        "subjects": subjects,
+        "videos_per_subject": videos_per_subject,
+        "intervals": intervals,
+        "face_leaves": face_leaves,
+        "frame_size": list(size),
+        "fps": spec.fps,
+        "coding_file": spec.coding_name,
+        "complete": False,
+        "files": files,
+    }
 
 
 def generate_long(
@@ -421,7 +336,6 @@ def generate_long(
         )
     out = Path(out)
     size = tuple(frame_size) if frame_size else spec.frame_size
-    scale = min(size[0] / spec.frame_size[0], size[1] / spec.frame_size[1])
     plans = plan_long(
         layout,
         subjects=subjects,
@@ -431,137 +345,27 @@ def generate_long(
         face_leaves=face_leaves,
         frame_width=size[0],
     )
+    scale = min(size[0] / spec.frame_size[0], size[1] / spec.frame_size[1])
+    face_width = (spec.face_width[0] * scale, spec.face_width[1] * scale)
     identities = load_identities(
-        subjects,
-        faces=faces,
-        frame_size=size,
-        face_width=(spec.face_width[0] * scale, spec.face_width[1] * scale),
-        seed=seed,
+        subjects, faces=faces, frame_size=size, face_width=face_width, seed=seed
     )
     prepare_out(out, force)
-    files = [f"{p.folder}/{frame_name(layout, p, i + 1)}" for p in plans for i in range(p.n_frames)]
-    files += [spec.coding_name, TRUTH_NAME, NUISANCE_NAME]
-    marker = {
-        "tool": "microfer synth",
-        "layout": layout,
-        "long_videos": True,
-        "seed": seed,
-        "subjects": subjects,
-        "videos_per_subject": videos_per_subject,
-        "intervals": intervals,
-        "face_leaves": face_leaves,
-        "frame_size": list(size),
-        "fps": spec.fps,
-        "coding_file": spec.coding_name,
-        "complete": False,
-        "files": files,
-    }
-    write_text(out / MARKER, json.dumps(marker, indent=1) + "\n")
-    truth, nuisances, coded, samm_rows = [], [], [], []
-    n_workers = max(1, min(workers or os.cpu_count() or 1, 4))
-    with (
-        _progress(len(plans), f"synth {layout} long videos", progress) as bar,
-        ThreadPoolExecutor(n_workers) as pool,
-    ):
-        jobs = pool.map(
-            lambda p: _render(p, identities[p.subject_index], layout, out, camera), plans
-        )
-        for plan, (_, aus) in zip(plans, jobs):
-            bar.update(1)
-            identity = identities[plan.subject_index]
-            last = plan.n_frames
-            for k, s in enumerate(plan.segments):
-                onset, apex, offset = (
-                    s.onset + 1,
-                    s.apex + 1,
-                    s.offset + 1,
-                )  # frame numbers start at 1
-                if s.kind not in ("micro", "macro"):
-                    nuisances.append(
-                        {
-                            "subject": plan.subject,
-                            "video": plan.folder,
-                            "kind": s.kind,
-                            "onset": onset,
-                            "offset": offset,
-                            "amplitude_px": s.amplitude,
-                        }
-                    )
-                    continue
-                truth.append(
-                    {
-                        "dataset": layout,
-                        "subject": plan.subject,
-                        "clip": s.clip,
-                        "onset": onset,
-                        "apex": apex,
-                        "offset": offset,
-                        "emotion": s.emotion,
-                        "class3": L.class3("casme_sq", s.emotion),
-                        "amplitude_px": s.amplitude,
-                        "identity": identity.name,
-                        "seed": plan.seed,
-                        "type": s.kind,
-                        "coded_apex": apex,
-                        "first_frame": 1,
-                        "last_frame": last,
-                        "frame_dir": plan.folder,
-                    }
-                )
-                coded.append(
-                    L.CodedEvent(
-                        plan.subject_code,
-                        s.clip,
-                        onset,
-                        apex,
-                        offset,
-                        s.emotion,
-                        aus.get(k, ""),
-                        1,
-                        last,
-                        s.kind,
-                        {"video": plan.video},
-                    )
-                )
-                samm_rows.append(
-                    {
-                        "subject_code": plan.subject_code,
-                        "clip": s.clip,
-                        "inducement": int(plan.video.rsplit("_", 1)[1])
-                        if layout == "samm_lv"
-                        else 0,
-                        "onset": onset,
-                        "apex": apex,
-                        "offset": offset,
-                        "type": s.kind,
-                        "aus": aus.get(k, ""),
-                    }
-                )
+    marker = _long_marker(
+        layout,
+        spec,
+        plans,
+        size,
+        seed=seed,
+        subjects=subjects,
+        videos_per_subject=videos_per_subject,
+        intervals=intervals,
+        face_leaves=face_leaves,
+    )
+    write_marker(out, marker)
+    rows = _render_long(plans, identities, layout, out, camera, workers, progress)
     coding_file = out / spec.coding_name
-    if layout == "casme_sq":
-        L.write_casme_sq_coding(coded, coding_file)
-    else:
-        write_samm_lv_coding(
-            samm_rows,
-            coding_file,
-            note=f"SYNTHETIC long videos written by microfer synth (seed {seed}): not SAMM data",
-        )
-    write_csv(
-        out / TRUTH_NAME,
-        pd.DataFrame(truth, columns=TRUTH_COLUMNS).sort_values(["subject", "onset"]),
-    )
-    write_csv(
-        out / NUISANCE_NAME,
-        pd.DataFrame(
-            nuisances, columns=["subject", "video", "kind", "onset", "offset", "amplitude_px"]
-        ),
-    )
+    rows.write(out, layout, coding_file, seed)
     marker.update(complete=True)
-    write_text(out / MARKER, json.dumps(marker, indent=1) + "\n")
-    return SynthSet(
-        layout=layout,
-        root=out,
-        coding_file=coding_file,
-        truth_file=out / TRUTH_NAME,
-        n_clips=len(truth),
-    )
+    write_marker(out, marker)
+    return SynthSet(layout, out, coding_file, out / TRUTH_NAME, len(rows.truth))
