@@ -22,24 +22,28 @@ import warnings
 
 import click
 
+from microfer.cli.options import jobs_option  # noqa: F401  (importable from here too)
+
 # command name -> "module:function" inside microfer.cli
+# (the modules mirror the wings: data and synth, prepare (clip), learn and pretrain,
+# recognise, spotting, bench)
 COMMANDS = {
     "datasets": "data:datasets_cmd",
     "manifest": "data:manifest_cmd",
     "synth": "synth:synth_cmd",
     "prepare": "prepare:prepare_cmd",
-    "pretrain": "evaluate:pretrain_cmd",
-    "pretrain-report": "evaluate:pretrain_report_cmd",
-    "loso": "evaluate:loso_cmd",
-    "train": "predict:train_cmd",
-    "train-images": "predict:train_images_cmd",
-    "predict": "predict:predict_cmd",
-    "serve": "serve:serve_cmd",
-    "live": "live:live_cmd",
-    "demo": "predict:demo_cmd",
+    "pretrain": "pretrain:pretrain_cmd",
+    "pretrain-report": "pretrain:pretrain_report_cmd",
+    "loso": "learn:loso_cmd",
+    "train": "learn:train_cmd",
+    "train-images": "learn:train_images_cmd",
+    "predict": "recognise:predict_cmd",
+    "serve": "recognise:serve_cmd",
+    "spot": "spotting:spot_cmd",
+    "spot-eval": "spotting:spot_eval_cmd",
+    "live": "spotting:live_cmd",
     "bench": "bench:bench_cmd",
-    "spot": "spot:spot_cmd",
-    "spot-eval": "spot:spot_eval_cmd",
+    "demo": "bench:demo_cmd",
 }
 
 
@@ -60,19 +64,6 @@ def finish(problems: int, what: str) -> None:
     `what` did not make it, e.g. finish(3, "of 162 clips failed (listed above)")."""
     if problems:
         raise Incomplete(f"{problems} {what}; exit code {EXIT_INCOMPLETE}")
-
-
-def jobs_option(*param_decls: str, **kwargs):
-    """A joblib-style --jobs: a number of processes >= 1, or -1 for all cores."""
-
-    def check(ctx, param, value):
-        if value is not None and value != -1 and value < 1:
-            raise click.BadParameter(
-                f"{value} is not a number of jobs: give 1 or more, or -1 for all cores"
-            )
-        return value
-
-    return click.option(*param_decls, type=int, callback=check, **kwargs)
 
 
 def os_error_line(exc: OSError) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from microfer.cli.evaluate import SCHEDULER_OPTION
+from microfer.cli.options import SCHEDULER_OPTION
 
 
 def load_samples(dataset: str, root: Path | None, coding: Path | None, manifest: Path | None):

@@ -1,0 +1,132 @@
+"""`microfer predict` (the emotion of a clip or of face images) and `microfer serve` (the
+local web page)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("predict")
+@click.argument("clip", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="bundle folder from `microfer train` (clips) or `microfer train-images` (face images)",
+)
+@click.option(
+    "--onset",
+    type=int,
+    default=None,
+    help="onset frame (folder: number in the file name; video: index)",
+)
+@click.option(
+    "--apex",
+    type=int,
+    default=None,
+    help="apex frame (spotted when absent; a given apex is used as given, or refused when it is not inside onset..offset or the face is not there)",
+)
+@click.option("--offset", type=int, default=None, help="offset frame (spotted when absent)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of text")
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the network"
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "onnx", "torch"]),
+    default="auto",
+    show_default=True,
+    help="what runs the network: the bundle's ONNX export in onnxruntime (fast start, no torch), "
+    "or torch; auto = onnx when the bundle has it",
+)
+@click.option(
+    "--explain",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="write apex_face.png and flow.png here: occlusion-sensitivity overlays of where the "
+    "decision came from (re-runs features + SVM per patch: slower)",
+)
+def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, explain):
+    """Emotion of one CLIP (a video file or a folder of frames) with a clip bundle, or of a face
+    image (or every image in a folder) with an image bundle."""
+    from microfer.errors import MicroferError
+    from microfer.recognise.images import is_image_bundle
+
+    if is_image_bundle(model):
+        from microfer.recognise.images import ImagePredictor, predict_images
+
+        given = [
+            n
+            for n, v in (
+                ("--onset", onset),
+                ("--apex", apex),
+                ("--offset", offset),
+                ("--explain", explain),
+            )
+            if v is not None
+        ]
+        if given:
+            raise MicroferError(
+                f"{model}: an image bundle predicts single images; {', '.join(given)} "
+                f"belong to clips"
+            )
+        results = predict_images(clip, ImagePredictor(model, num_threads=threads, runtime=runtime))
+        if as_json:
+            docs = [r.to_dict() for r in results]
+            click.echo(json.dumps(docs[0] if clip.is_file() else docs, indent=2))
+        else:
+            click.echo("\n".join(r.text() for r in results))
+        return
+    from microfer.clip.video import IMAGE_EXTENSIONS
+    from microfer.recognise.predict import Predictor
+
+    predictor = Predictor(model, num_threads=threads, runtime=runtime)
+    if clip.is_file() and clip.suffix.lower() in IMAGE_EXTENSIONS:
+        raise MicroferError(
+            f"{clip}: a single image; {model} is a clip bundle (video or frame folder in); "
+            f"images need an image bundle from `microfer train-images`"
+        )
+    result = predictor.predict(clip, onset=onset, apex=apex, offset=offset, explain=explain)
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.text())
+
+
+@click.command("serve")
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="bundle folder from `microfer train`",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="address to listen on (0.0.0.0 also serves other machines: the page has no login)",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="0 = any free port",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the network"
+)
+@click.option("--verbose", is_flag=True, help="log every request")
+def serve_cmd(model, host, port, threads, verbose):
+    """A local web page: upload a clip, see its emotion, the scores and the motion curve
+    with onset, apex and offset. Stop it with Ctrl+C."""
+    from microfer.recognise.serve import make_server
+
+    server = make_server(model, host=host, port=port, verbose=verbose, num_threads=threads)
+    click.echo(f"microfer serving {model} at {server.url}  (Ctrl+C stops it)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
