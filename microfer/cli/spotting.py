@@ -84,25 +84,7 @@ def spot_cmd(video, model, fps, threshold, as_json, as_csv, plot, quiet):
             d = iv.to_dict()
             click.echo(",".join(str(d[f]) for f in fields))
     else:
-        click.echo(
-            f"{video}: {result.n_frames} frames at {result.fps:g} fps, {len(result.intervals)} interval(s)"
-        )
-        for iv in result.intervals:
-            label = f"  {iv.emotion}" if iv.emotion else ""
-            click.echo(
-                f"  {iv.type:5s} onset {iv.onset:6d}  apex {iv.apex:6d}  offset {iv.offset:6d}  "
-                f"score {iv.score:6.1f}{label}"
-            )
-        if result.rejected:
-            from collections import Counter
-
-            why = Counter(reason for _, reason in result.rejected)
-            click.echo(
-                f"  not expressions: {len(result.rejected)} peak(s) ("
-                + ", ".join(f"{r} {n}" for r, n in sorted(why.items()))
-                + ")"
-            )
-        click.echo(f"plot: {plot}")
+        _show_intervals(result, video, plot)
     if result.lost:
         numbers = [n for a, b in result.lost for n in range(a, b + 1)]
         click.echo(f"face lost in frames {frame_ranges(numbers)} (no interval there)", err=True)
@@ -111,6 +93,28 @@ def spot_cmd(video, model, fps, threshold, as_json, as_csv, plot, quiet):
         f"of {sum(iv.type == 'micro' for iv in result.intervals)} micro intervals could not be "
         "recognised (listed above)",
     )
+
+
+def _show_intervals(result, video: Path, plot: Path) -> None:
+    from collections import Counter
+
+    click.echo(
+        f"{video}: {result.n_frames} frames at {result.fps:g} fps, {len(result.intervals)} interval(s)"
+    )
+    for iv in result.intervals:
+        label = f"  {iv.emotion}" if iv.emotion else ""
+        click.echo(
+            f"  {iv.type:5s} onset {iv.onset:6d}  apex {iv.apex:6d}  offset {iv.offset:6d}  "
+            f"score {iv.score:6.1f}{label}"
+        )
+    if result.rejected:
+        why = Counter(reason for _, reason in result.rejected)
+        click.echo(
+            f"  not expressions: {len(result.rejected)} peak(s) ("
+            + ", ".join(f"{r} {n}" for r, n in sorted(why.items()))
+            + ")"
+        )
+    click.echo(f"plot: {plot}")
 
 
 def _recognise(result, video: Path, model: Path) -> int:

@@ -104,102 +104,91 @@ def _frames_range(ctx, param, value: str | None) -> tuple[int, int] | None:
     help="long videos: the head moves out of the frame once and comes back",
 )
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def synth_cmd(
-    layout,
-    out,
-    subjects,
-    clips_per_subject,
-    seed,
-    faces,
-    amplitude,
-    apex_unknown,
-    clip_frames,
-    emotions,
-    force,
-    long_videos,
-    videos_per_subject,
-    face_leaves,
-    quiet,
-):
+def synth_cmd(**o):
     """Write synthetic micro-expression clips made from real faces, with a coding file in
     the dataset's real format and synth_truth.csv (the exact onset/apex/offset per clip).
 
     Long videos for spotting (`--layout samm_lv`, or `--layout casme_sq --long-videos`) hold
     several macro and micro intervals at known frames; synth_nuisances.csv lists the blinks,
     head movements and talking between them."""
+    start = time.perf_counter()
+    if o["layout"] == "samm_lv" or o["long_videos"]:
+        _long_videos(o)
+    else:
+        for s in _clips(o):
+            click.echo(f"{s.layout}: {s.n_clips} clips in {s.root}")
+            click.echo(
+                f"  coding file: {s.coding_file if s.coding_file else '(none: video files only)'}"
+            )
+            click.echo(f"  ground truth: {s.truth_file}")
+    click.echo(f"done in {time.perf_counter() - start:.1f} s")
+
+
+def _long_videos(o: dict) -> None:
+    from microfer.synth.long_videos import generate_long
+
+    if o["layout"] not in ("casme_sq", "samm_lv"):
+        raise click.UsageError(
+            "--long-videos is for --layout casme_sq (samm_lv always writes long videos)"
+        )
+    if o["emotions"] or o["apex_unknown"] or o["clip_frames"] or o["amplitude"] != "micro":
+        raise click.UsageError(
+            "--emotion, --apex-unknown, --frames and --amplitude do not apply to long videos"
+        )
+    s = generate_long(
+        o["layout"],
+        o["out"],
+        subjects=o["subjects"],
+        videos_per_subject=o["videos_per_subject"],
+        intervals=o["clips_per_subject"],
+        seed=o["seed"],
+        faces=o["faces"],
+        progress=not o["quiet"],
+        force=o["force"],
+        face_leaves=o["face_leaves"],
+    )
+    n_videos = o["subjects"] * o["videos_per_subject"]
+    click.echo(f"{s.layout}: {s.n_clips} intervals in {n_videos} long videos in {s.root}")
+    click.echo(f"  coding file: {s.coding_file}")
+    click.echo(f"  ground truth: {s.truth_file} (nuisances: {s.root / 'synth_nuisances.csv'})")
+
+
+def _clips(o: dict) -> list:
     from microfer.synth import generate, generate_composite
 
-    start = time.perf_counter()
-    if layout == "samm_lv" or long_videos:
-        from microfer.synth.long_videos import generate_long
-
-        if layout not in ("casme_sq", "samm_lv"):
-            raise click.UsageError(
-                "--long-videos is for --layout casme_sq (samm_lv always writes long videos)"
-            )
-        if emotions or apex_unknown or clip_frames or amplitude != "micro":
-            raise click.UsageError(
-                "--emotion, --apex-unknown, --frames and --amplitude do not apply to long videos"
-            )
-        s = generate_long(
-            layout,
-            out,
-            subjects=subjects,
-            videos_per_subject=videos_per_subject,
-            intervals=clips_per_subject,
-            seed=seed,
-            faces=faces,
-            progress=not quiet,
-            force=force,
-            face_leaves=face_leaves,
-        )
-        click.echo(
-            f"{s.layout}: {s.n_clips} intervals in {subjects * videos_per_subject} long videos in {s.root}"
-        )
-        click.echo(f"  coding file: {s.coding_file}")
-        click.echo(f"  ground truth: {s.truth_file} (nuisances: {s.root / 'synth_nuisances.csv'})")
-        click.echo(f"done in {time.perf_counter() - start:.1f} s")
-        return
-    if videos_per_subject != 1 or face_leaves:
+    if o["videos_per_subject"] != 1 or o["face_leaves"]:
         raise click.UsageError("--videos-per-subject and --face-leaves are for long videos")
     common = dict(
-        seed=seed,
-        faces=faces,
-        amplitude=amplitude,
-        progress=not quiet,
-        clip_frames=clip_frames,
-        force=force,
+        seed=o["seed"],
+        faces=o["faces"],
+        amplitude=o["amplitude"],
+        progress=not o["quiet"],
+        clip_frames=o["clip_frames"],
+        force=o["force"],
     )
-    if layout == "composite":
-        if emotions:
-            raise click.UsageError(
-                "--emotion cannot be combined with --layout composite "
-                "(its emotions are balanced over negative/positive/surprise)"
-            )
-        if apex_unknown:
-            raise click.UsageError("--apex-unknown is not available with --layout composite")
-        sets = list(
-            generate_composite(
-                out, subjects_per_dataset=subjects, clips_per_subject=clips_per_subject, **common
-            ).values()
-        )
-    else:
-        sets = [
+    if o["layout"] != "composite":
+        return [
             generate(
-                layout,
-                out,
-                subjects=subjects,
-                clips_per_subject=clips_per_subject,
-                emotions=list(emotions) or None,
-                apex_unknown=apex_unknown,
+                o["layout"],
+                o["out"],
+                subjects=o["subjects"],
+                clips_per_subject=o["clips_per_subject"],
+                emotions=list(o["emotions"]) or None,
+                apex_unknown=o["apex_unknown"],
                 **common,
             )
         ]
-    elapsed = time.perf_counter() - start
-    for s in sets:
-        click.echo(f"{s.layout}: {s.n_clips} clips in {s.root}")
-        click.echo(
-            f"  coding file: {s.coding_file if s.coding_file else '(none: video files only)'}"
+    if o["emotions"]:
+        raise click.UsageError(
+            "--emotion cannot be combined with --layout composite "
+            "(its emotions are balanced over negative/positive/surprise)"
         )
-        click.echo(f"  ground truth: {s.truth_file}")
-    click.echo(f"done in {elapsed:.1f} s")
+    if o["apex_unknown"]:
+        raise click.UsageError("--apex-unknown is not available with --layout composite")
+    sets = generate_composite(
+        o["out"],
+        subjects_per_dataset=o["subjects"],
+        clips_per_subject=o["clips_per_subject"],
+        **common,
+    )
+    return list(sets.values())
