@@ -3,6 +3,8 @@ recipe of the circulated STSTNet files (clip/circulated.py), and where their cro
 
     python -m microfer.bench.circulated crop [ROOT]      landmarks on the circulated apex crops
     python -m microfer.bench.circulated agreement [N]    N synthetic clips, both computed
+    python -m microfer.bench.circulated synth BUNDLE DIR labels and OOD flags of a bundle
+                                                         on a `microfer synth` output
 
 `agreement` renders synthetic clips (shipped faces, the synth motion model, the default
 camera: noise, drift, flicker) and computes, from the same onset and apex frames:
@@ -172,6 +174,32 @@ def _table(pairs: dict, n_clips: int) -> str:
     return "\n".join(lines)
 
 
+def synth_predictions(bundle: Path, root: Path) -> str:
+    """A bundle on synthetic clips (synth_truth.csv of `microfer synth`), true frames given."""
+    import pandas as pd
+
+    from microfer.recognise.predict import Predictor
+
+    predictor = Predictor(bundle)
+    truth = pd.read_csv(Path(root) / "synth_truth.csv", dtype=str, keep_default_na=False)
+    lines, right, classed, flagged = [], 0, 0, 0
+    for r in truth.to_dict("records"):
+        marks = {k: int(r[k]) for k in ("onset", "apex", "offset")}
+        p = predictor.predict(Path(root) / r["frame_dir"], **marks)
+        classed += bool(r["class3"])
+        right += p.label == r["class3"]
+        flagged += bool(p.ood)
+        lines.append(
+            f"{r['clip']:10s} truth {r['class3'] or '-':9s} predicted {p.label:9s} "
+            f"ood score {p.ood_score:.2f}{'  FLAGGED' if p.ood else ''}"
+        )
+    lines.append(
+        f"{len(truth)} clips: {right} of the {classed} with a class labelled right, "
+        f"{flagged} flagged OOD (threshold {predictor.bundle.ood.threshold:.2f})"
+    )
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
     what = argv[0] if argv else "agreement"
     if what == "crop":
@@ -179,8 +207,12 @@ def main(argv: list[str]) -> None:
         print(crop_landmarks(Path(root)))
     elif what == "agreement":
         print(agreement(int(argv[1]) if len(argv) > 1 else 12))
+    elif what == "synth" and len(argv) == 3:
+        print(synth_predictions(Path(argv[1]), Path(argv[2])))
     else:
-        raise SystemExit("usage: python -m microfer.bench.circulated crop [ROOT] | agreement [N]")
+        raise SystemExit(
+            "usage: python -m microfer.bench.circulated crop [ROOT] | agreement [N] | synth BUNDLE DIR"
+        )
 
 
 if __name__ == "__main__":
