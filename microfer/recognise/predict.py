@@ -171,7 +171,7 @@ class Predictor:
     def __init__(self, bundle, num_threads: Optional[int] = None, runtime: str = "auto"):
         """`runtime` for the network: "onnx" (the bundle's ONNX export in onnxruntime: no torch),
         "torch" (the weights in timm's MobileViT), or "auto" (onnx when the bundle has it)."""
-        from microfer.clip.prepare import PrepareSettings
+        from microfer.clip.one_clip import PrepareSettings  # clip.prepare imports pandas
         from microfer.errors import BundleError, MicroferError
         from microfer.learn.bundle import load_bundle
         from microfer.learn.features import feature_setting_from_config
