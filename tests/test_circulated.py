@@ -2,7 +2,6 @@
 circulated-style inputs predicts clips; two-frame (onset/apex pair) inputs."""
 
 import json
-import shutil
 
 import cv2
 import numpy as np
@@ -299,7 +298,7 @@ def test_two_frame_gif_and_two_image_folder_are_onset_apex_pairs(demo, pair, tmp
     assert code == 0 and any("onset 1, apex 2" in line for line in out), out
 
 
-def test_a_pair_with_other_marks_and_three_frames_are_refused(demo, pair, tmp_path):
+def test_a_pair_with_other_marks_and_three_frames_are_refused(demo, pair):
     from microfer.recognise.predict import Predictor
 
     predictor = Predictor(demo.bundle)
@@ -307,4 +306,3 @@ def test_a_pair_with_other_marks_and_three_frames_are_refused(demo, pair, tmp_pa
         predictor.predict(list(pair), apex=0)
     with pytest.raises(ClipError, match="3 frame.*at least 4, or exactly 2"):
         predictor.predict([pair[0], pair[0], pair[1]])
-    shutil.rmtree(tmp_path, ignore_errors=True)
