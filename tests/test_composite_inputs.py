@@ -344,10 +344,14 @@ def test_a_grid_asking_only_for_what_the_cache_lacks_is_refused(broken_cache, mo
         )
 
 
-def test_derived_inputs_are_evaluated_but_not_trained_into_a_bundle(
+def test_derived_inputs_train_a_bundle_that_prepares_clips_the_same_way(
     broken_cache, tiny_grid, tmp_path
 ):
-    """predict prepares new clips from frames; a bundle trained on derived flows could not."""
+    """The circulated flows are what `prepare --flow tvl1 --flow-format minmax28` computes
+    from frames: the bundle records those settings and reads the flow only (tests/test_circulated.py
+    has the round trip through predict)."""
+    import json
+
     from microfer.learn.evaluate import LosoSettings
     from microfer.learn.train import train_bundle
 
@@ -359,11 +363,13 @@ def test_derived_inputs_are_evaluated_but_not_trained_into_a_bundle(
         num_threads=1,
         feature_dir=str(tmp_path / "features"),
     )
-    with pytest.raises(MicroferError, match="composite_inputs entries"):
-        train_bundle(
-            "megc2019-composite", out, tmp_path / "bundle", settings=settings, progress=False
-        )
-    assert not (tmp_path / "bundle").exists()
+    trained = train_bundle(
+        "megc2019-composite", out, tmp_path / "bundle", settings=settings, progress=False
+    )
+    doc = json.loads((trained.bundle / "bundle.json").read_text())
+    assert doc["prepare"]["flow_format"] == "minmax28" and doc["prepare"]["flow"] == "tvl1"
+    assert doc["representation"]["representations"] == ["flow"]  # the onset_apex set dropped
+    assert doc["representation"]["source"] == "composite_inputs"
 
 
 def test_a_folder_without_the_layout_is_one_clear_error(tmp_path):

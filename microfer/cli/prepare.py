@@ -87,6 +87,15 @@ def load_samples(dataset: str, root: Path | None, coding: Path | None, manifest:
     help="Optical flow method onset->apex.",
 )
 @click.option(
+    "--flow-format",
+    type=click.Choice(["pixels", "minmax28"]),
+    default="pixels",
+    show_default=True,
+    help="pixels: flow and strain at the face size, in pixels. minmax28: the circulated "
+    "STSTNet representation (28x28 u, v, strain, min-max per image; use with --flow tvl1), "
+    "what a bundle trained on `composite_inputs` reads (docs/circulated-inputs.md).",
+)
+@click.option(
     "--spot",
     "spot_method",
     type=click.Choice(["fd", "diff", "flow"]),
@@ -107,6 +116,7 @@ def prepare_cmd(
     strict,
     size,
     flow,
+    flow_format,
     spot_method,
     retry_failed,
     no_progress,
@@ -145,7 +155,9 @@ def prepare_cmd(
 
     samples, source = load_samples(dataset, root, coding, manifest)
     click.echo(f"{dataset}: {len(samples)} samples from {source}")
-    settings = PrepareSettings(size=size, flow=flow, spot_method=spot_method)
+    settings = PrepareSettings(
+        size=size, flow=flow, spot_method=spot_method, flow_format=flow_format
+    )
     summary = prepare_dataset(
         samples,
         root,

@@ -33,6 +33,12 @@ from typing import Sequence
 import numpy as np
 
 from microfer.clip.apex import DEFAULT_SPOT, SPOT_METHODS, motion_curve, spot_apex
+from microfer.clip.circulated import (
+    DEFAULT_FLOW_FORMAT,
+    FLOW_UNITS_OF,
+    check_flow_format,
+    circulated_flow,
+)
 from microfer.clip.face import (
     alignment_transform,
     detect_faces,
@@ -61,6 +67,9 @@ class PrepareSettings:
     detect_max_side: int = 640  # detection runs on a copy at most this large
     motion_curve: str = "spotted"  # "spotted": curve only when the apex is spotted; "always"
     version: str = PREPARE_VERSION
+    # "pixels": flow and strain at the crop size, in pixels; "minmax28": the circulated
+    # STSTNet representation (28x28, min-max per channel per image; clip/circulated.py)
+    flow_format: str = DEFAULT_FLOW_FORMAT
 
     def __post_init__(self):
         # settings also arrive from bundle.json and settings.json: check types, not only values
@@ -68,7 +77,7 @@ class PrepareSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise MicroferError(f"prepare setting {name} must be a whole number, not {value!r}")
-        for name in ("flow", "spot_method", "motion_curve", "version"):
+        for name in ("flow", "spot_method", "motion_curve", "version", "flow_format"):
             if not isinstance(getattr(self, name), str):
                 raise MicroferError(
                     f"prepare setting {name} must be text, not {getattr(self, name)!r}"
@@ -91,10 +100,19 @@ class PrepareSettings:
             raise MicroferError(f"upsample {self.upsample} is outside 0..3 detector levels")
         if not 64 <= self.detect_max_side <= 8192:
             raise MicroferError(f"detect_max_side {self.detect_max_side} is outside 64..8192 px")
+        check_flow_format(self.flow_format)
+
+    @property
+    def flow_units(self) -> str:
+        """What the prepared clips' flow holds (PreparedClip.flow_units)."""
+        return FLOW_UNITS_OF[self.flow_format]
 
     def key(self) -> str:
         """Short hash of every setting (the version included): the cache folder name."""
-        text = json.dumps(asdict(self), sort_keys=True)
+        doc = asdict(self)
+        if doc["flow_format"] == DEFAULT_FLOW_FORMAT:
+            del doc["flow_format"]  # caches made before the setting existed keep their key
+        text = json.dumps(doc, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -185,6 +203,8 @@ def prepare_clip(
     timer.lap("detect")
     flow = optical_flow(faces[0], faces[apex_index], settings.flow)
     strain = optical_strain(flow)
+    if settings.flow_format != DEFAULT_FLOW_FORMAT:
+        flow, strain = circulated_flow(flow, strain)
     timer.lap("flow")
     return PreparedClip(
         onset=onset,
@@ -201,6 +221,7 @@ def prepare_clip(
         motion_curve=curve,
         notes="; ".join(notes),
         no_face_frames=tuple(int(n) for n in no_face),
+        flow_units=settings.flow_units,
     )
 
 

@@ -8,6 +8,10 @@ and `apex.spot_interval` puts the apex at the motion peak, the onset at the last
 low-motion frame before it and the offset at the first low-motion frame after it. Frames
 the caller gave are used as given or refused, never replaced; spotted bounds stay inside
 the run of frames with a face around the apex.
+
+Two frames are an onset/apex pair (the form many ME sources circulate in): the first is
+the onset, the second the apex and the offset; nothing is spotted. Given onset/apex must
+be those two frames in that order.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from microfer.clip.video import frame_ranges
 from microfer.errors import ClipError
 from microfer.records import PreparedClip
 
-MIN_FRAMES = 4  # fewer frames cannot show an onset, a rise and an apex
+MIN_FRAMES = 4  # fewer frames cannot show an onset, a rise and an apex ...
+PAIR_FRAMES = 2  # ... except an onset/apex pair, which shows them as given
 MARKS = ("onset", "apex", "offset")
 
 
@@ -42,8 +47,11 @@ class PreparedInterval:
 
 def check_marks(name: str, numbers: list[int], onset, apex, offset) -> None:
     """ClipError unless the given frames exist and are in order (onset < apex <= offset)."""
-    if len(numbers) < MIN_FRAMES:
-        raise ClipError(f"{name}: {len(numbers)} frame(s); a clip needs at least {MIN_FRAMES}")
+    if len(numbers) < MIN_FRAMES and len(numbers) != PAIR_FRAMES:
+        raise ClipError(
+            f"{name}: {len(numbers)} frame(s); a clip needs at least {MIN_FRAMES}, "
+            f"or exactly {PAIR_FRAMES} (an onset/apex pair)"
+        )
     for what, value in zip(MARKS, (onset, apex, offset)):
         if value is not None and value not in numbers:
             raise ClipError(
@@ -78,6 +86,9 @@ def prepare_interval(
     check_marks(name, numbers, onset, apex, offset)
     given = [k for k, v in zip(MARKS, (onset, apex, offset)) if v is not None]
     user_apex = apex is not None
+    pair = len(numbers) == PAIR_FRAMES
+    if pair:
+        onset, apex, offset = _pair_marks(name, numbers, onset, apex, offset)
     if onset is not None and offset is not None:
         clip = prepare_clip(
             source, onset, apex, offset, settings, timings=timings, strict_apex=user_apex
@@ -87,10 +98,24 @@ def prepare_interval(
         result = _spot_then_prepare(source, name, numbers, onset, apex, offset, settings, timings)
         result.given = given
     result.notes = [n for n in result.clip.notes.split("; ") if n] + result.notes
+    if pair:
+        result.notes.append(f"two frames: onset/apex pair {numbers[0]} -> {numbers[1]}")
     if apex is None or result.clip.apex_source == "spotted":
         result.spotted = sorted(set(result.spotted) | {"apex"})
     result.spotted = [s for s in MARKS if s in result.spotted]
     return result
+
+
+def _pair_marks(name, numbers, onset, apex, offset):
+    """(onset, apex, offset) of a two-frame clip: first, second, second; given marks must agree."""
+    first, second = numbers
+    for what, value, expected in zip(MARKS, (onset, apex, offset), (first, second, second)):
+        if value is not None and value != expected:
+            raise ClipError(
+                f"{name}: two frames ({first}, {second}) are an onset/apex pair: the {what} "
+                f"must be frame {expected}, not {value} (or leave it out)"
+            )
+    return first, second, second
 
 
 def _spot_then_prepare(source, name, numbers, onset, apex, offset, settings, timings):

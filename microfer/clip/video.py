@@ -3,7 +3,11 @@
 A `FrameSource` knows which absolute frame numbers it holds (`numbers`) and decodes only
 the ones asked for (`read`). Frame numbers are what the coding files use:
 - image folder: the number in the file name (`img46.jpg` -> 46, `006_05562.jpg` -> 5562);
-- video file: the 0-based frame index, plus `first_number` when told otherwise.
+- video file: the 0-based frame index, plus `first_number` when told otherwise;
+- animated GIF: frames 1..n (an animated image is a sequence of images, numbered like
+  image files; onset/apex pairs circulate as two-frame GIFs: `--onset 1 --apex 2`);
+- a folder of exactly two images whose names carry no number (an onset/apex pair such as
+  `onset.png`, `apex.png`): frames 1 and 2, the one named "onset" first, else by name.
 
 A folder may hold several sequences side by side (CASME II ships raw `img46.jpg` and
 cropped `reg_img46.jpg`); they are told apart by the file-name text before the number
@@ -29,7 +33,19 @@ from microfer.io import jpeg_is_complete
 from microfer.records import Sample
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".m4v", ".webm")
+GIF_EXTENSION = ".gif"  # read as a video by OpenCV, numbered from 1 (module docstring)
+VIDEO_EXTENSIONS = (
+    ".gif",
+    ".avi",
+    ".mp4",
+    ".mov",
+    ".mkv",
+    ".mpg",
+    ".mpeg",
+    ".wmv",
+    ".m4v",
+    ".webm",
+)
 
 # Non-greedy prefix, then the trailing digits of the file stem: "reg_img46" -> ("reg_img", "46").
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
@@ -286,16 +302,36 @@ def _count_frames(path: Path) -> int:
             cap.release()
 
 
-def open_frames(path, prefix: str | None = None, first_number: int = 0) -> FrameSource:
+def _image_pair(folder: Path) -> dict[int, Path] | None:
+    """{1: onset, 2: apex} of a folder holding exactly two images with no number in their
+    names (the one named "onset" or "apex" says which is which, else name order); else None."""
+    images = sorted(
+        Path(e.path)
+        for e in os.scandir(folder)
+        if not e.name.startswith(".")
+        and e.is_file()
+        and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+    )
+    if len(images) != 2:
+        return None
+    if "apex" in images[0].stem.lower() or "onset" in images[1].stem.lower():
+        images.reverse()
+    return {1: images[0], 2: images[1]}
+
+
+def open_frames(path, prefix: str | None = None, first_number: int | None = None) -> FrameSource:
     """Open an image-sequence folder or a video file as a FrameSource.
 
     `prefix` picks one sequence in a folder holding several (file-name text before the
     number); without it the folder must hold exactly one. `first_number` is the frame
-    number of a video's first frame.
+    number of a video's first frame (default 0; 1 for an animated GIF).
     """
     path = Path(path)
     if path.is_dir():
         groups = list_sequences(path)
+        pair = _image_pair(path) if not groups and prefix is None else None
+        if pair is not None:
+            return ImageFolderSource(path, pair, "")
         if not groups:
             raise LayoutError(
                 f"{path}: no numbered image files ({'/'.join(IMAGE_EXTENSIONS)}) in this folder"
@@ -319,6 +355,8 @@ def open_frames(path, prefix: str | None = None, first_number: int = 0) -> Frame
             raise LayoutError(f"{path} is a single image; expected a folder of frames or a video")
         if path.stat().st_size == 0:
             raise ClipError(f"video {path} is empty (0 bytes)")
+        if first_number is None:
+            first_number = 1 if path.suffix.lower() == GIF_EXTENSION else 0
         return VideoSource(path, _video_frame_count(path), first_number)
     raise LayoutError(f"{path} does not exist (expected a folder of frames or a video file)")
 

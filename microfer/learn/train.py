@@ -3,12 +3,23 @@
 The same code as `loso` (`evaluate.gather_features` + `classify.select_and_fit`), with
 the grid search's inner leave-subject-out now run over ALL subjects and the chosen
 feature set + SVM fitted on all of them.
+
+A cache of the circulated composite inputs (`prepare composite_inputs`) trains too, on
+the feature sets that read the flow only: its 28x28 u, v, strain images (min-max per
+image) are what `prepare --flow tvl1 --flow-format minmax28` computes from frames
+(clip/circulated.py), so the bundle records those prepare settings and `predict` makes
+the same representation from a clip. Its apex crops are not something predict can make
+(another crop, another size), so no feature set on them is trained.
+
+bundle.json "representation" records what the model reads: the flow units and representations
+its features take, and what it was trained on; `predict` refuses a bundle whose input
+its prepare settings cannot give (`recognise.predict.input_problem`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +63,8 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
     from microfer.learn.ood import fit_ood
 
     derived = prepare_settings_of(open_cache(cache)).get("source")
-    if derived:  # refused before any feature is extracted
-        # predict prepares a new clip from its frames; derived inputs (e.g. the circulated
-        # composite flow images) say nothing about how to do that for a new clip
-        raise MicroferError(
-            f"{cache}: holds {derived} entries, not clips prepared from "
-            f"frames by `microfer prepare`; evaluate them with `microfer loso`, but a bundle "
-            f"for `predict` must be trained on a prepared cache"
-        )
+    if derived:  # checked before any feature is extracted
+        settings = _derived_settings(cache, derived, settings)
     data = gather_features(protocol, cache, manifest, settings, progress)
     n_groups = len(set(data.groups))
     if n_groups < 2:
@@ -88,11 +93,13 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
     model = FeatureModel(setting, batch_size=1, num_threads=settings.num_threads)
     counts = {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)}
     features = feature_config(setting)
+    prepare, model_input = bundle_input(data.prepare_settings, setting)
     config: dict[str, Any] = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "protocol": str(data.protocol.name),
         "classes": data.classes,
-        "prepare": {k: v for k, v in data.prepare_settings.items()},
+        "prepare": prepare,
+        "representation": model_input,
         "features": features,
         "svm": {**choice.params, "inner_uf1": round(float(choice.inner_score), 4)},
         "data": {
@@ -108,9 +115,13 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
     svm = ArraySVM.from_pipeline(choice.model)
     # the OOD score sees exactly the rows (and columns) the chosen SVM was fitted on
     ood = fit_ood(data.feature_sets[choice.feature_name], data.y, data.groups)
-    onnx = (
-        model.export_onnx(int(data.prepare_settings.get("size", 128))) if model.onnx_names else None
+    # a network reads 28-px inputs only where all it reads is a circulated-style flow
+    onnx_size = (
+        model_input["flow_size"]
+        if set(setting.representations) == {"flow"}
+        else int(prepare.get("size", 128))
     )
+    onnx = model.export_onnx(onnx_size) if model.onnx_names else None
     path = save_bundle(
         out, network_state=model.state_dict(), classifier=svm, config=config, onnx=onnx, ood=ood
     )
@@ -123,3 +134,53 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
         excluded=int(len(data.excluded)),
         class_counts=counts,
     )
+
+
+def _derived_settings(cache, derived: str, settings):
+    """LosoSettings restricted to the feature sets predict can feed from a clip: those on
+    the flow alone; MicroferError when a derived cache is not the circulated composite."""
+    from microfer.datasets.composite_inputs import NAME
+    from microfer.learn.evaluate import FEATURE_GRIDS, feature_grid
+
+    if derived != NAME:
+        raise MicroferError(
+            f"{cache}: holds {derived} entries, which `predict` cannot compute from a clip; "
+            f"a bundle can be trained on caches of `microfer prepare` or of {NAME}"
+        )
+    spec = list(settings.features) or list(FEATURE_GRIDS.get(settings.grid, []))
+    fsets = feature_grid(replace(settings, features=tuple(spec)))
+    keep = tuple(t for t, fs in zip(spec, fsets) if set(fs.representations) == {"flow"})
+    if not keep:
+        raise MicroferError(
+            f"{cache}: holds {NAME} entries, whose apex crops predict cannot make from a clip; "
+            f"the feature sets asked for ({', '.join(spec)}) all need them: use feature sets "
+            "on the flow (e.g. --grid motion)"
+        )
+    return replace(settings, features=keep)
+
+
+def bundle_input(cache_settings: dict, setting) -> tuple[dict, dict]:
+    """(bundle.json "prepare", bundle.json "representation") for a cache's settings and the chosen
+    feature set: how predict prepares a clip, and what the model reads."""
+    from microfer.clip.circulated import CIRCULATED_SIZE
+    from microfer.clip.one_clip import PrepareSettings
+    from microfer.datasets.composite_inputs import NAME
+
+    derived = cache_settings.get("source")
+    if derived == NAME:
+        # the recipe of the circulated files, computed from frames (clip/circulated.py)
+        prepare = asdict(PrepareSettings(flow="tvl1", flow_format="minmax28"))
+        source = NAME
+        trained_on = "circulated STSTNet flow images (u, v, strain, 28x28) of real clips"
+    else:
+        prepare = dict(cache_settings)
+        source = "frames"
+        trained_on = "clips prepared from frames by `microfer prepare`"
+    fmt = prepare.get("flow_format", "pixels")
+    return prepare, {
+        "representations": list(setting.representations),
+        "flow_units": "minmax_per_image" if fmt == "minmax28" else "pixels",
+        "flow_size": CIRCULATED_SIZE if fmt == "minmax28" else int(prepare.get("size", 128)),
+        "source": source,
+        "trained_on": trained_on,
+    }

@@ -134,13 +134,44 @@ def bundle_network(
     return model, used
 
 
+def input_problem(config: dict, prepare) -> Optional[str]:
+    """Why a clip prepared with `prepare` (PrepareSettings) cannot give what the bundle's
+    model reads (bundle.json "representation", written by `learn.train.bundle_input`);
+    None when it can. Bundles written before that entry read what their prepare gives."""
+    from microfer.clip.representation import KINDS
+
+    rep = config.get("representation")
+    if rep is None:
+        return None
+    if not isinstance(rep, dict) or not isinstance(rep.get("representations"), list):
+        return "entry 'representation' must be a mapping with a list 'representations'"
+    reads = [str(r) for r in rep["representations"]]
+    unknown = [r for r in reads if r not in KINDS]
+    if unknown:
+        return f"the model reads {unknown[0]!r} inputs, which this microfer cannot make"
+    units = rep.get("flow_units")
+    if "flow" in reads and units != prepare.flow_units:
+        return (
+            f"the model reads flow in {units!r} units but its prepare settings (flow_format "
+            f"{prepare.flow_format!r}) give {prepare.flow_units!r}: a clip cannot give its input"
+        )
+    source = rep.get("source", "frames")
+    made_elsewhere = [r for r in reads if r != "flow"] if source != "frames" else []
+    if made_elsewhere:
+        return (
+            f"the model reads {made_elsewhere[0]!r} inputs as {source} made them, which "
+            "predict cannot make from a clip (only the flow representation can be recomputed)"
+        )
+    return None
+
+
 class Predictor:
     """A loaded model bundle, ready to predict many clips (the extractor is built once)."""
 
     def __init__(self, bundle, num_threads: Optional[int] = None, runtime: str = "auto"):
         """`runtime` for the network: "onnx" (the bundle's ONNX export in onnxruntime: no torch),
         "torch" (the weights in timm's MobileViT), or "auto" (onnx when the bundle has it)."""
-        from microfer.clip.prepare import PrepareSettings
+        from microfer.clip.one_clip import PrepareSettings  # clip.prepare imports pandas
         from microfer.errors import BundleError, MicroferError
         from microfer.learn.bundle import load_bundle
         from microfer.learn.features import feature_setting_from_config
@@ -155,6 +186,9 @@ class Predictor:
             raise BundleError(
                 f"{self.bundle.path}: settings in bundle.json do not fit this microfer ({exc})"
             ) from None
+        problem = input_problem(cfg, self.prepare_settings)
+        if problem:
+            raise BundleError(f"{self.bundle.path / 'bundle.json'}: {problem}")
         self.feature_model, self.runtime = bundle_network(
             self.bundle, self.feature_setting, runtime, num_threads
         )
