@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from microfer.clip import video
+from microfer.clip import video, video_file
 from microfer.clip.video import ArraySource, frames_for_sample, open_frames
 from microfer.errors import ClipError, LayoutError
 from microfer.records import Sample
@@ -111,7 +111,7 @@ def test_video_frames_are_zero_based_indices(tmp_path, monkeypatch, decord_ok):
         def broken(*a, **k):
             raise RuntimeError("no decord")
 
-        monkeypatch.setattr(video, "_decord_read", broken)
+        monkeypatch.setattr(video_file, "_decord_read", broken)
     src = open_frames(path)
     assert src.numbers == list(range(12))
     values = [int(f.mean()) for f in src.read([7, 2, 11])]

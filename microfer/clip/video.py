@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
@@ -28,6 +25,13 @@ from typing import Iterable, Protocol, Sequence
 import cv2
 import numpy as np
 
+from microfer.clip.frames import check_numbers, frame_ranges  # noqa: F401
+from microfer.clip.video_file import (  # noqa: F401  (importable from here too)
+    VideoSource,
+    frame_count,
+    native_stderr_captured,
+    sequential_frames,
+)
 from microfer.errors import ClipError, LayoutError
 from microfer.io import jpeg_is_complete
 from microfer.records import Sample
@@ -56,31 +60,6 @@ class FrameSource(Protocol):
     numbers: list[int]
 
     def read(self, numbers: Iterable[int]) -> list[np.ndarray]: ...
-
-
-def _check_numbers(source, numbers: Sequence[int]) -> None:
-    available = set(source.numbers)
-    missing = [n for n in numbers if n not in available]
-    if missing:
-        lo, hi = (source.numbers[0], source.numbers[-1]) if source.numbers else (None, None)
-        raise ClipError(
-            f"{source.path}: frame(s) {frame_ranges(missing)} not found "
-            f"(available: {len(available)} frames, {lo}..{hi})"
-        )
-
-
-def frame_ranges(numbers: Sequence[int], limit: int = 6) -> str:
-    """Compact '3-7, 9, 12-15' listing of frame numbers, for messages."""
-    nums = sorted(set(int(n) for n in numbers))
-    parts, start = [], None
-    for i, n in enumerate(nums):
-        if start is None:
-            start = n
-        if i + 1 == len(nums) or nums[i + 1] != n + 1:
-            parts.append(str(start) if start == n else f"{start}-{n}")
-            start = None
-    more = f" (+{len(parts) - limit} more runs)" if len(parts) > limit else ""
-    return ", ".join(parts[:limit]) + more
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -137,38 +116,11 @@ class ImageFolderSource:
 
     def read(self, numbers: Iterable[int]) -> list[np.ndarray]:
         numbers = [int(n) for n in numbers]
-        _check_numbers(self, numbers)
+        check_numbers(self, numbers)
         return [read_image(self.files[n]) for n in numbers]
 
     def file(self, number: int) -> Path:
         return self.files[number]
-
-
-@dataclass
-class VideoSource:
-    """A video file; frame number = 0-based index + `first_number`."""
-
-    path: Path
-    n_frames: int
-    first_number: int = 0
-    numbers: list[int] = field(init=False)
-
-    def __post_init__(self):
-        self.numbers = list(range(self.first_number, self.first_number + self.n_frames))
-
-    def read(self, numbers: Iterable[int]) -> list[np.ndarray]:
-        numbers = [int(n) for n in numbers]
-        _check_numbers(self, numbers)
-        indices = [n - self.first_number for n in numbers]
-        with native_stderr_captured() as noise:
-            try:
-                return _decord_read(self.path, indices)
-            except Exception:  # decord missing, or it cannot demux this file: OpenCV reads it
-                pass
-            try:
-                return _cv2_read(self.path, indices)
-            except ClipError as exc:
-                raise ClipError(f"{exc}{_last_line(noise())}") from None
 
 
 @dataclass
@@ -191,7 +143,7 @@ class ArraySource:
 
     def read(self, numbers: Iterable[int]) -> list[np.ndarray]:
         numbers = [int(n) for n in numbers]
-        _check_numbers(self, numbers)
+        check_numbers(self, numbers)
         out = []
         for n in numbers:
             image = np.asarray(self.frames[self._index[n]])
@@ -201,105 +153,6 @@ class ArraySource:
                 image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
             out.append(image)
         return out
-
-
-@contextmanager
-def native_stderr_captured():
-    """Hold what C libraries (FFmpeg under decord and OpenCV) print on file descriptor 2.
-
-    On a broken file they print lines such as `moov atom not found` with build paths before
-    microfer's own error; the user should see one line. Yields a function returning what
-    was captured so far, so an error message can quote its last line.
-    """
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): nothing to hold
-        yield lambda: ""
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            # pread: reading must not move the offset the C libraries write at
-            yield lambda: os.pread(tmp.fileno(), 1 << 16, 0).decode("utf-8", "replace")
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-def _last_line(text: str) -> str:
-    """The decoder's own reason, for quoting: its last message without the `[mov,mp4 @ 0x..]`
-    context, skipping lines that point into the library's source (`video_reader.cc:83`)."""
-    lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", ln).strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln and not re.search(r"\.\w+:\d+:", ln)]
-    return f"; the decoder says: {lines[-1][:160]}" if lines else ""
-
-
-def _decord_read(path: Path, indices: list[int]) -> list[np.ndarray]:
-    import decord
-
-    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    batch = vr.get_batch(indices).asnumpy()  # RGB
-    return [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in batch]
-
-
-def _cv2_read(path: Path, indices: list[int]) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise ClipError(f"cannot open video {path} (neither decord nor OpenCV can decode it)")
-    try:
-        wanted = sorted(set(indices))
-        got: dict[int, np.ndarray] = {}
-        pos = -1
-        for idx in wanted:
-            if idx != pos + 1:
-                # Seeking is inexact in some codecs, so only jump when the gap is large.
-                if idx - pos > 32:
-                    cap.set(cv2.CAP_PROP_POS_FRAMES, idx)
-                    pos = idx - 1
-                else:
-                    while pos + 1 < idx:
-                        if not cap.grab():
-                            break
-                        pos += 1
-            ok, frame = cap.read()
-            if not ok:
-                raise ClipError(f"video {path}: frame index {idx} could not be decoded")
-            pos = idx
-            got[idx] = frame
-        return [got[i] for i in indices]
-    finally:
-        cap.release()
-
-
-def _video_frame_count(path: Path) -> int:
-    with native_stderr_captured() as noise:
-        try:
-            return _count_frames(path)
-        except ClipError as exc:
-            raise ClipError(f"{exc}{_last_line(noise())}") from None
-
-
-def _count_frames(path: Path) -> int:
-    try:
-        import decord
-
-        return len(decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1))
-    except Exception:
-        cap = cv2.VideoCapture(str(path))
-        try:
-            if not cap.isOpened():
-                raise ClipError(
-                    f"cannot open video {path} (neither decord nor OpenCV can decode it)"
-                )
-            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-            if n <= 0:  # container without a frame count: count by decoding
-                n = 0
-                while cap.grab():
-                    n += 1
-            return n
-        finally:
-            cap.release()
 
 
 def _image_pair(folder: Path) -> dict[int, Path] | None:
@@ -357,7 +210,7 @@ def open_frames(path, prefix: str | None = None, first_number: int | None = None
             raise ClipError(f"video {path} is empty (0 bytes)")
         if first_number is None:
             first_number = 1 if path.suffix.lower() == GIF_EXTENSION else 0
-        return VideoSource(path, _video_frame_count(path), first_number)
+        return VideoSource(path, frame_count(path), first_number)
     raise LayoutError(f"{path} does not exist (expected a folder of frames or a video file)")
 
 
@@ -404,7 +257,7 @@ def stream_frames(source: FrameSource, prefetch: int = 8) -> Iterable[tuple[int,
     A frame that cannot be decoded ends the stream with a ClipError naming it.
     """
     if isinstance(source, VideoSource):
-        produce = _video_frames(source)
+        produce = sequential_frames(source)
     elif isinstance(source, ImageFolderSource):
         produce = ((n, read_image(source.files[n])) for n in source.numbers)
     else:
@@ -413,24 +266,6 @@ def stream_frames(source: FrameSource, prefetch: int = 8) -> Iterable[tuple[int,
         yield from produce
         return
     yield from prefetched(produce, prefetch)
-
-
-def _video_frames(source: VideoSource):
-    # stderr is held only while opening: a stream lasts long and progress bars write there
-    with native_stderr_captured() as noise:
-        cap = cv2.VideoCapture(str(source.path))
-        if not cap.isOpened():
-            raise ClipError(f"cannot open video {source.path}{_last_line(noise())}")
-    try:
-        for number in source.numbers:
-            ok, frame = cap.read()
-            if not ok:
-                if number == source.numbers[0]:
-                    raise ClipError(f"video {source.path}: its first frame could not be decoded")
-                return  # containers overstate their frame count now and then: the stream ends here
-            yield number, frame
-    finally:
-        cap.release()
 
 
 def prefetched(items, depth: int, on_full=None):
