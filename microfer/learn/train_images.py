@@ -204,11 +204,9 @@ def train_image_bundle(
     weights="default",
 ) -> ImageTrainResult:
     from microfer.clip.still import FACE_SIZE
-    from microfer.io import package_versions
-    from microfer.learn.bundle import IMAGE_INPUT, ArraySVM, save_bundle
+    from microfer.learn.bundle import ArraySVM, save_bundle
     from microfer.learn.classify import select_and_fit
-    from microfer.learn.features import FeatureModel, feature_config
-    from microfer.learn.macro_data import files_by_subject, normalise_label
+    from microfer.learn.features import FeatureModel
     from microfer.learn.ood import fit_ood
 
     images = Path(images)
@@ -224,9 +222,8 @@ def train_image_bundle(
             f"{images / 'train'}: images of at least 2 emotions are needed, found {classes}"
         )
     y = np.array([classes.index(lab) for lab in train.labels], np.int64)
-    folds = (
-        np.random.default_rng(seed).permutation(len(y)) % INNER_FOLDS
-    )  # no subjects in FER: random folds
+    # no subjects in FER: random folds
+    folds = np.random.default_rng(seed).permutation(len(y)) % INNER_FOLDS
     candidates = {
         fs.name: _features(FeatureModel(fs, batch_size=256, num_threads=num_threads), train.faces)
         for fs in settings
@@ -242,24 +239,43 @@ def train_image_bundle(
     )
     setting = {fs.name: fs for fs in settings}[choice.feature_name]
     model = FeatureModel(setting, batch_size=256, num_threads=num_threads)
-    X = candidates[choice.feature_name]
     svm = ArraySVM.from_pipeline(choice.model)
+    X = candidates[choice.feature_name]
     ood = fit_ood(X, y, folds, held_out="random fold of images (FER-2013 names no subjects)")
+    tests = _score_tests(images, test_by_subject, model, svm, classes, progress)
+    counts = {c: int((y == i).sum()) for i, c in enumerate(classes)}
+    config = _image_bundle_config(
+        images, classes, setting, choice, seed, per_class, y, counts, train, tests, command
+    )
+    onnx = model.export_onnx(FACE_SIZE)
+    path = save_bundle(
+        out, network_state=model.state_dict(), classifier=svm, config=config, onnx=onnx, ood=ood
+    )
+    return ImageTrainResult(
+        bundle=path,
+        n_train=int(len(y)),
+        class_counts=counts,
+        params=dict(choice.params),
+        inner_score=float(choice.inner_score),
+        test=tests,
+        features=setting.name,
+    )
 
-    tests = {}
+
+def _score_tests(images: Path, test_by_subject, model, svm, classes, progress) -> dict:
+    """Accuracy and macro F1 on the FER test split and, if given, the CK+ test subjects."""
+    from microfer.clip.still import FACE_SIZE
+    from microfer.learn.macro_data import files_by_subject, normalise_label
+
     test_sets = [
         (f"{images.name}/test", *_labelled_files(images / "test", "ROOT/test/<emotion>/*.jpg"))
     ]
     if test_by_subject is not None:
         ck_files, subjects, (_, test_ids) = files_by_subject(test_by_subject)
         chosen = [p for p, s in zip(ck_files, subjects) if s in set(test_ids)]
-        test_sets.append(
-            (
-                f"{Path(test_by_subject).name}/test subjects",
-                chosen,
-                [normalise_label(p.parent.name) for p in chosen],
-            )
-        )
+        labels = [normalise_label(p.parent.name) for p in chosen]
+        test_sets.append((f"{Path(test_by_subject).name}/test subjects", chosen, labels))
+    tests = {}
     for name, t_files, t_labels in test_sets:
         data = load_faces(t_files, t_labels, FACE_SIZE, progress, f"faces {name}")
         tests[name] = {
@@ -268,8 +284,19 @@ def train_image_bundle(
             "unreadable": len(data.skipped),
             "path": str(Path(t_files[0]).parents[1]) if t_files else "",
         }
-    counts = {c: int((y == i).sum()) for i, c in enumerate(classes)}
-    config = {
+    return tests
+
+
+def _image_bundle_config(
+    images, classes, setting, choice, seed, per_class, y, counts, train, tests, command
+) -> dict:
+    """bundle.json of an image bundle: what was trained on, chosen and measured."""
+    from microfer.clip.still import FACE_SIZE
+    from microfer.io import package_versions
+    from microfer.learn.bundle import IMAGE_INPUT
+    from microfer.learn.features import feature_config
+
+    return {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "input": IMAGE_INPUT,
         "classes": classes,
@@ -302,16 +329,3 @@ def train_image_bundle(
         "command": command,
         "versions": package_versions(),
     }
-    onnx = model.export_onnx(FACE_SIZE)
-    path = save_bundle(
-        out, network_state=model.state_dict(), classifier=svm, config=config, onnx=onnx, ood=ood
-    )
-    return ImageTrainResult(
-        bundle=path,
-        n_train=int(len(y)),
-        class_counts=counts,
-        params=dict(choice.params),
-        inner_score=float(choice.inner_score),
-        test=tests,
-        features=setting.name,
-    )
