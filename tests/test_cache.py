@@ -144,3 +144,15 @@ def test_prepare_settings_from_a_file_are_checked_by_type_and_range(field, value
     not deep inside OpenCV or dlib."""
     with pytest.raises(MicroferError, match=message):
         PrepareSettings(**{field: value})
+
+
+def test_pretraining_reads_a_prepare_cache_labelled_by_its_manifest(prepared):
+    from microfer.learn.macro_data import load_cache_samples, normalise_label
+
+    _, df, out = prepared
+    data = load_cache_samples(out, df, "flow", input_size=32)
+    assert len(data) == len(df) and data.inputs.shape == (len(df), 3, 32, 32)
+    want = sorted({normalise_label(e) for e in df["emotion"]} - {""})
+    assert data.labels == want
+    fewer = df.iloc[1:]  # a clip without a manifest row is left out, and counted
+    assert len(load_cache_samples(out, fewer, "flow", input_size=32)) == len(df) - 1

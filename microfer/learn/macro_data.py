@@ -139,33 +139,7 @@ def load_cache_samples(
 
     check_kind(representation)
     source = open_cache(cache)
-    index = source.index()
-    if isinstance(manifest, pd.DataFrame):
-        man = manifest.copy()
-    else:
-        from microfer.datasets import read_manifest
-
-        man = read_manifest(Path(manifest))
-    if label_column not in man.columns:
-        raise MicroferError(
-            f"manifest has no column {label_column!r} to label macro samples "
-            f"(columns: {', '.join(man.columns)})"
-        )
-    for df in (man, index):
-        for c in MERGE_KEYS:
-            if c not in df.columns:
-                raise MicroferError(f"manifest / cache index lacks column {c!r}")
-            df[c] = df[c].astype(str)
-    ok = index[index["status"].astype(str) == "ok"].drop_duplicates(MERGE_KEYS, keep="last")
-    merged = ok.merge(
-        man[MERGE_KEYS + [label_column]].drop_duplicates(MERGE_KEYS), on=MERGE_KEYS, how="left"
-    )
-    merged["_label"] = merged[label_column].map(normalise_label)
-    skipped = {
-        "failed in the cache": int((index["status"].astype(str) != "ok").sum()),
-        "no manifest row / no label": int((merged["_label"] == "").sum()),
-    }
-    merged = merged[merged["_label"] != ""].sort_values("key").reset_index(drop=True)
+    merged, skipped = _labelled_entries(source.index(), manifest, label_column)
     keys = merged["key"].astype(str).tolist()
     arrays = []
     iterator = keys
@@ -203,6 +177,37 @@ def load_cache_samples(
             }
         ],
     )
+
+
+def _labelled_entries(index: pd.DataFrame, manifest, label_column: str):
+    """(the cache's ok entries with a normalised label in "_label", counts of what was left out)."""
+    if isinstance(manifest, pd.DataFrame):
+        man = manifest.copy()
+    else:
+        from microfer.datasets import read_manifest
+
+        man = read_manifest(Path(manifest))
+    if label_column not in man.columns:
+        raise MicroferError(
+            f"manifest has no column {label_column!r} to label macro samples "
+            f"(columns: {', '.join(man.columns)})"
+        )
+    for df in (man, index):
+        for c in MERGE_KEYS:
+            if c not in df.columns:
+                raise MicroferError(f"manifest / cache index lacks column {c!r}")
+            df[c] = df[c].astype(str)
+    ok = index[index["status"].astype(str) == "ok"].drop_duplicates(MERGE_KEYS, keep="last")
+    merged = ok.merge(
+        man[MERGE_KEYS + [label_column]].drop_duplicates(MERGE_KEYS), on=MERGE_KEYS, how="left"
+    )
+    merged["_label"] = merged[label_column].map(normalise_label)
+    skipped = {
+        "failed in the cache": int((index["status"].astype(str) != "ok").sum()),
+        "no manifest row / no label": int((merged["_label"] == "").sum()),
+    }
+    merged = merged[merged["_label"] != ""].sort_values("key").reset_index(drop=True)
+    return merged, skipped
 
 
 # ---------------------------------------------------------------------------- image folders
