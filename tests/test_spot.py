@@ -169,6 +169,51 @@ def test_spot_command_bad_input(tmp_path):
     assert exc.value.code == 2
 
 
+@pytest.fixture(scope="module")
+def faceless_video(tmp_path_factory):
+    """40 frames of textured grey with no face in them."""
+    import cv2
+
+    path = tmp_path_factory.mktemp("faceless") / "wall.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (160, 120))
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        writer.write(rng.integers(90, 160, (120, 160, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+@pytest.mark.parametrize("fps", ["nan", "inf", "1e9", "0", "-5"])
+def test_spot_and_live_refuse_impossible_frame_rates(faceless_video, fps, capsys):
+    """nan, inf or 1e9 fps once reached the spotter (1e9 tried to allocate 47.7 TiB)."""
+    from microfer.cli import main
+
+    for command in (["spot", str(faceless_video)], ["live", "--video", str(faceless_video)]):
+        with pytest.raises(SystemExit) as exc:
+            main([*command, "--fps", fps])
+        assert exc.value.code == 2
+        assert "--fps" in capsys.readouterr().err
+
+
+def test_spot_says_plainly_when_no_face_is_ever_found(faceless_video, tmp_path, capsys):
+    from microfer.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["spot", str(faceless_video), "--quiet", "--plot", str(tmp_path / "p.png")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "no face found in any of its 40 frames" in err
+    assert str(faceless_video) in err
+
+
+def test_live_says_when_no_face_is_ever_found(faceless_video, capsys):
+    from microfer.cli import main
+
+    main(["live", "--video", str(faceless_video), "--json"])
+    out, err = capsys.readouterr()
+    summary = json.loads(out.splitlines()[-1])["summary"]
+    assert summary["face_found"] is False and "no face was found in any of the 40" in err
+
+
 def test_spot_eval_command(casme_long, tmp_path):
     from microfer.cli import cli
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 
@@ -78,3 +80,20 @@ def command_line(ctx: click.Context, leave_out: tuple[str, ...] = ()) -> str:
         for v in value if param.multiple else [value]:
             words += [param.opts[0], str(v)]
     return shlex.join(words)
+
+
+def finite_option(*param_decls: str, low: float, high: float, **kwargs):
+    """A float option inside [low, high] (click's FloatRange lets nan and inf through)."""
+
+    def check(ctx, param, value):
+        if value is not None and (not math.isfinite(value) or not low <= value <= high):
+            raise click.BadParameter(f"{value} is not a number in {low:g}..{high:g}")
+        return value
+
+    return click.option(*param_decls, type=float, callback=check, **kwargs)
+
+
+def fps_option(help: str):
+    from microfer.clip.frames import MAX_FPS
+
+    return finite_option("--fps", low=0.01, high=MAX_FPS, default=None, help=help)

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from microfer.cli import finish
+from microfer.cli.options import finite_option, fps_option
 
 
 def _default_plot(video: Path) -> Path:
@@ -23,12 +24,7 @@ def _default_plot(video: Path) -> Path:
     default=None,
     help="bundle from `microfer train`: recognise each micro interval (spot-then-recognise)",
 )
-@click.option(
-    "--fps",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="frame rate (a frame folder has none; default for a video: its container's)",
-)
+@fps_option("frame rate (a frame folder has none; default for a video: its container's)")
 @click.option(
     "--threshold",
     type=click.FloatRange(min=0, min_open=True),
@@ -52,6 +48,7 @@ def spot_cmd(video, model, fps, threshold, as_json, as_csv, plot, quiet):
     from dataclasses import replace
 
     from microfer.clip.video import frame_ranges
+    from microfer.errors import MicroferError
     from microfer.spotting.spot import PeakSettings, spot_curves, spot_video
     from microfer.spotting.spot_report import plot_signal
 
@@ -59,6 +56,11 @@ def spot_cmd(video, model, fps, threshold, as_json, as_csv, plot, quiet):
         raise click.UsageError("--json and --csv exclude each other")
     peaks = PeakSettings() if threshold is None else replace(PeakSettings(), threshold=threshold)
     result = spot_video(video, fps=fps, peaks=peaks, progress=not quiet)
+    if result.n_frames and not result.signal.face.any():
+        raise MicroferError(
+            f"{video}: no face found in any of its {result.n_frames} frames; nothing to spot "
+            "(is the face in view, lit, and at least ~80 px wide?)"
+        )
     failed = 0
     if model is not None:
         failed = _recognise(result, video, model)
@@ -205,24 +207,21 @@ def spot_eval_cmd(protocol, root, coding, out, plots, model, quiet):
     default=None,
     help="bundle from `microfer train`: recognise each spotted micro-expression",
 )
-@click.option(
-    "--fps",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="frame rate, when the source does not say (or says wrong)",
-)
-@click.option(
+@fps_option("frame rate, when the source does not say (or says wrong)")
+@finite_option(
     "--window",
     "window_s",
-    type=click.FloatRange(min=0, min_open=True),
+    low=0.5,
+    high=60.0,
     default=4.0,
     show_default=True,
     help="seconds of video each spotting pass looks at",
 )
-@click.option(
+@finite_option(
     "--hop",
     "hop_s",
-    type=click.FloatRange(min=0, min_open=True),
+    low=0.04,
+    high=60.0,
     default=1.0,
     show_default=True,
     help="seconds between spotting passes (an event is reported about (window - hop) / 2 s after its apex)",
@@ -283,6 +282,12 @@ def live_cmd(camera, url, video, model, fps, window_s, hop_s, realtime, max_fram
             f"{summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps']:.0f} frames/s, "
             f"the source runs at {rate:g}); {summary['events']} event(s)"
             + (f"; {summary['dropped']} frames dropped to keep up" if summary["dropped"] else "")
+        )
+    if not summary["face_found"] and summary["frames"]:
+        click.echo(
+            f"warning: no face was found in any of the {summary['frames']} frames, so nothing "
+            "could be spotted (is the face in view, lit, and at least ~80 px wide?)",
+            err=True,
         )
     for iv, reason in spotter.failures:
         click.echo(f"warning: micro interval at apex {iv.apex} not recognised: {reason}", err=True)

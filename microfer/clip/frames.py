@@ -1,11 +1,16 @@
-"""Frame numbers: checking that a source has the frames asked for, and writing many numbers
-as short ranges in messages."""
+"""Frame numbers and rates: checking that a source has the frames asked for, that a frame
+rate is one a camera can have, and writing many numbers as short ranges in messages."""
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
-from microfer.errors import ClipError
+from microfer.errors import ClipError, MicroferError
+
+# the fastest ME cameras record at 200 fps; past this a rate is a typo, and buffers sized
+# from it (a window of seconds x fps frames) would not fit in memory
+MAX_FPS = 1000.0
 
 
 def check_numbers(source, numbers: Sequence[int]) -> None:
@@ -31,3 +36,17 @@ def frame_ranges(numbers: Sequence[int], limit: int = 6) -> str:
             start = None
     more = f" (+{len(parts) - limit} more runs)" if len(parts) > limit else ""
     return ", ".join(parts[:limit]) + more
+
+
+def check_fps(fps, what: str = "frame rate") -> float:
+    """`fps` as a float; MicroferError unless it is a finite rate in (0, MAX_FPS]."""
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        raise MicroferError(f"{what} {fps!r} is not a number of frames per second") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_FPS:
+        raise MicroferError(
+            f"{what} {fps!r} is not a frame rate: give a number of frames per second in "
+            f"(0, {MAX_FPS:g}]"
+        )
+    return value

@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Optional
 import cv2
 import numpy as np
 
+from microfer.clip.frames import check_fps
 from microfer.clip.video import ArraySource, native_stderr_captured, prefetched
 from microfer.errors import ClipError, MicroferError
 from microfer.spotting.spot import (
@@ -76,9 +77,8 @@ class LiveSpotter:
         peaks=None,
         predictor=None,
     ):
-        if not fps or fps <= 0:
-            raise MicroferError(f"frame rate {fps!r} is not a positive number of frames per second")
-        self.fps, self.settings, self.predictor = float(fps), settings, predictor
+        fps = check_fps(fps)
+        self.fps, self.settings, self.predictor = fps, settings, predictor
         self.signal_settings = signal_settings or SignalSettings()
         self.peaks = peaks or PeakSettings()
         self.window = max(8, int(round(settings.window_s * fps)))
@@ -88,6 +88,7 @@ class LiveSpotter:
         self.since = 0  # frames pushed since the last analysis
         self.reported_to: Optional[int] = None  # intervals with an apex before this frame are done
         self.failures: list[tuple[object, str]] = []
+        self.face_seen = False  # a stream that never shows a face must say so, not "0 events"
 
     def push(self, number: int, frame: np.ndarray) -> list:
         scale = MAX_SIDE / max(frame.shape[:2])
@@ -110,6 +111,7 @@ class LiveSpotter:
             signal = motion_signal(source, self.fps, self.signal_settings)
         except ClipError:
             return []  # too few frames with a face to measure anything
+        self.face_seen |= bool(np.any(signal.face))
         intervals = spot_intervals(signal, self.peaks)
         start = numbers[0] if self.reported_to is None else self.reported_to
         end = numbers[-1] + 1 if final else numbers[min(len(numbers) - 1, self.margin + self.hop)]
@@ -199,4 +201,5 @@ def run_live(
         "events": events,
         "dropped": dropped[0],
         "unrecognised": len(spotter.failures),
+        "face_found": spotter.face_seen,
     }

@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 import cv2
 
+from microfer.clip.frames import MAX_FPS, check_fps
 from microfer.clip.video import native_stderr_captured, open_frames
 from microfer.errors import MicroferError
 from microfer.spotting.difference import REGION_NAMES, SPOT_REGIONS
@@ -100,7 +101,7 @@ def video_fps(path: Path, default: Optional[float] = None) -> float:
             cap = cv2.VideoCapture(str(path))
             fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
             cap.release()
-        if fps and 1 <= fps <= 10_000:
+        if fps and 1 <= fps <= MAX_FPS:
             return float(fps)
     if default is None:
         raise MicroferError(
@@ -120,7 +121,7 @@ def spot_video(
     """Spot the expressions of one video file or frame folder (frame rate from the container,
     or `fps`, which a frame folder needs)."""
     source = open_frames(path)
-    fps = float(fps) if fps else video_fps(Path(path))
+    fps = check_fps(fps, f"{path}: --fps") if fps is not None else video_fps(Path(path))
     signal = motion_signal(source, fps, signal_settings, progress=progress)
     rejected: list = []
     intervals = spot_intervals(signal, peaks, rejected=rejected)
