@@ -229,3 +229,17 @@ def test_an_image_bundle_on_pretrained_vit_weights(fer_like, tmp_path):
         train_image_bundle(
             fer_like, tmp_path / "c", per_class=10, progress=False, weights=flow.weights
         )
+
+
+def test_an_image_bundle_given_to_clip_commands_is_one_clear_line(image_bundle, tmp_path, capsys):
+    """spot/live/serve once failed deep inside with "unexpected keyword 'face'"."""
+    from microfer.cli import main
+    from microfer.errors import BundleError
+    from microfer.recognise.predict import Predictor
+
+    with pytest.raises(BundleError, match="an image bundle .* need a clip bundle"):
+        Predictor(image_bundle.bundle)
+    (tmp_path / "frames").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main(["spot", str(tmp_path / "frames"), "--fps", "30", "--model", str(image_bundle.bundle)])
+    assert exc.value.code == 2 and "an image bundle" in capsys.readouterr().err

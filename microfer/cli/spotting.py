@@ -55,6 +55,11 @@ def spot_cmd(video, model, fps, threshold, as_json, as_csv, plot, quiet):
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
     peaks = PeakSettings() if threshold is None else replace(PeakSettings(), threshold=threshold)
+    predictor = None
+    if model is not None:  # a bundle that cannot recognise is refused before the long spotting
+        from microfer.recognise.predict import Predictor
+
+        predictor = Predictor(model)
     result = spot_video(video, fps=fps, peaks=peaks, progress=not quiet)
     if result.n_frames and not result.signal.face.any():
         raise MicroferError(
@@ -62,8 +67,8 @@ def spot_cmd(video, model, fps, threshold, as_json, as_csv, plot, quiet):
             "(is the face in view, lit, and at least ~80 px wide?)"
         )
     failed = 0
-    if model is not None:
-        failed = _recognise(result, video, model)
+    if predictor is not None:
+        failed = _recognise(result, video, predictor)
     plot = plot or _default_plot(video)
     curve = spot_curves(result.signal, peaks.smooth_s)[0]
     plot_signal(
@@ -119,13 +124,12 @@ def _show_intervals(result, video: Path, plot: Path) -> None:
     click.echo(f"plot: {plot}")
 
 
-def _recognise(result, video: Path, model: Path) -> int:
+def _recognise(result, video: Path, predictor) -> int:
     """Label each micro interval with the bundle's classifier; returns how many failed."""
     from microfer.clip.video import open_frames
-    from microfer.recognise.predict import Predictor
     from microfer.spotting.spot import recognise_micro
 
-    failed = recognise_micro(result.intervals, open_frames(video), Predictor(model))
+    failed = recognise_micro(result.intervals, open_frames(video), predictor)
     for iv, reason in failed:
         click.echo(f"{video} frames {iv.onset}-{iv.offset}: not recognised: {reason}", err=True)
     return len(failed)

@@ -173,11 +173,16 @@ class Predictor:
         "torch" (the weights in timm's MobileViT), or "auto" (onnx when the bundle has it)."""
         from microfer.clip.one_clip import PrepareSettings  # clip.prepare imports pandas
         from microfer.errors import BundleError, MicroferError
-        from microfer.learn.bundle import load_bundle
+        from microfer.learn.bundle import IMAGE_INPUT, load_bundle
         from microfer.learn.features import feature_setting_from_config
 
         self.bundle = bundle if hasattr(bundle, "classifier") else load_bundle(bundle)
         cfg = self.bundle.config
+        if cfg.get("input") == IMAGE_INPUT:
+            raise BundleError(
+                f"{self.bundle.path}: an image bundle (it reads still face images); clips, long "
+                "videos and streams need a clip bundle from `microfer train`"
+            )
         try:
             self.prepare_settings = PrepareSettings(**cfg["prepare"])
             # pretrained weights travel inside network.safetensors, not as separate files
