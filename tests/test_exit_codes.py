@@ -294,3 +294,15 @@ def test_loso_jobs_must_be_positive_or_minus_one(tmp_path, capsys, jobs):
         capsys, "loso", "--protocol", "casme2-5class", "--cache", tmp_path, "--jobs", jobs
     )
     assert code == 2 and "--jobs" in err and "-1 for all cores" in err and "Traceback" not in err
+
+
+def test_demo_refuses_a_folder_it_did_not_write(tmp_path, capsys):
+    """`demo --out D` once overwrote the user's D/manifest.csv and D/loso/report.md."""
+    from microfer.cli import main
+
+    (tmp_path / "manifest.csv").write_text("my own manifest")
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"])
+    assert exc.value.code == 2 and "no demo wrote it" in capsys.readouterr().err
+    assert (tmp_path / "manifest.csv").read_text() == "my own manifest"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv"]

@@ -17,7 +17,8 @@ import pandas as pd
 
 from microfer.clip.prepare import PrepareSettings, prepare_dataset
 from microfer.datasets import get
-from microfer.io import write_csv
+from microfer.errors import MicroferError
+from microfer.io import write_csv, write_text
 from microfer.learn.evaluate import LosoSettings, run_loso
 from microfer.learn.report import write_report
 from microfer.learn.train import train_bundle
@@ -37,6 +38,25 @@ class DemoResult:
     bundle: Path
     predictions: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+MARKER = ".microfer-demo"  # says a folder holds a demo's output, which a rerun may replace
+
+
+def _claim(out: Path, force: bool) -> None:
+    """Refuse a non-empty folder that no demo wrote (a user's manifest.csv or loso/report.md
+    were once overwritten), unless forced; then mark the folder as the demo's."""
+    if out.exists() and not out.is_dir():
+        raise MicroferError(f"{out}: a file stands where the demo's output folder goes")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file() and not force:
+        raise MicroferError(
+            f"{out}: the folder is not empty and no demo wrote it; choose another --out, or "
+            "pass --force to write the demo's files into it (files of the same names are replaced)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(
+        out / MARKER, "written by `microfer demo`; a rerun may replace this folder's files\n"
+    )
 
 
 def _say(echo, text: str) -> None:
@@ -135,8 +155,10 @@ def run_demo(
     faces: Optional[Path] = None,
     echo=print,
     progress: bool = True,
+    force: bool = False,
 ) -> DemoResult:
     out = Path(out)
+    _claim(out, force)
     times: dict[str, float] = {}
     t = time.perf_counter()
     sets = _synthesise(out, quick, seed, faces, echo, progress)

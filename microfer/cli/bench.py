@@ -140,13 +140,22 @@ def bench_cmd(what, model, runs, threads, workers, subjects, clips_per_subject, 
     help="face photos to use instead of the shipped public-domain ones",
 )
 @click.option("--no-progress", is_flag=True)
-def demo_cmd(out, quick, seed, faces, no_progress):
+@click.option(
+    "--force", is_flag=True, help="write into a non-empty --out folder that no demo wrote"
+)
+def demo_cmd(out, quick, seed, faces, no_progress, force):
     """Run the whole pipeline on synthetic clips made from shipped faces: synth, prepare,
     LOSO on the MEGC2019 composite protocol, train a bundle, predict held-out videos."""
     from microfer.bench.demo import run_demo
 
     r = run_demo(
-        out, quick=quick, seed=seed, faces=faces, echo=click.echo, progress=not no_progress
+        out,
+        quick=quick,
+        seed=seed,
+        faces=faces,
+        echo=click.echo,
+        progress=not no_progress,
+        force=force,
     )
     m = r.loso_metrics
     click.echo("")
