@@ -133,3 +133,68 @@ def test_page_in_headless_chromium_shows_the_emotion_scores_and_curve(server, ex
             assert page.is_hidden("#result")
         finally:
             browser.close()
+
+
+def _raw(server, payload: bytes, timeout: float = 30) -> bytes:
+    import socket
+
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(payload)
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+
+def test_a_burst_of_uploads_all_answered(server, expected):
+    """20 concurrent uploads of a real clip to 127.0.0.1: 20 x 200 with the library's label."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    video, truth = expected
+    data = video.read_bytes()
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: _post(server.url, data, video.name), range(20)))
+    assert [s for s, _ in answers] == [200] * 20
+    assert {d["label"] for _, d in answers} == {truth.label}
+
+
+def test_stalled_connections_do_not_block_the_page(server):
+    import socket
+
+    host, port = server.server_address[:2]
+    stalled = [socket.create_connection((host, port), timeout=5) for _ in range(50)]
+    try:
+        stalled[0].sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and no more
+        with urllib.request.urlopen(server.url + "api/info", timeout=10) as info:
+            assert info.status == 200
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def test_foreign_host_internal_error_and_a_client_that_leaves(server, monkeypatch, capfd):
+    host, port = server.server_address[:2]
+    answer = _raw(server, b"GET / HTTP/1.1\r\nHost: evil.example:80\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 403") and b"not this server" in answer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server.predictor, "predict", broken)
+    status, doc = _post(server.url, b"0" * 100, "clip.mp4")
+    assert status == 500 and "internal error" in doc["error"]
+
+    head = (
+        f"POST /api/predict HTTP/1.1\r\nHost: {host}:{port}\r\nX-Filename: c.mp4\r\n"
+        "Content-Length: 1000000\r\n\r\n"
+    ).encode()
+    import socket
+    import time
+
+    with socket.create_connection((host, port), timeout=5) as s:  # sends a tenth, then leaves
+        s.sendall(head + b"x" * 100_000)
+    time.sleep(0.5)
+    assert "Traceback" not in capfd.readouterr().err
