@@ -229,7 +229,7 @@ def extract_features(
     batch by batch. With `feature_dir` and `keys`, features are read from / written to
     the feature cache; a cached row is never recomputed.
     """
-    from microfer.clip.representation import check_kind, stack_inputs
+    from microfer.clip.representation import check_kind
 
     if isinstance(setting, FusedSetting):
         if extractor is not None:
@@ -275,36 +275,43 @@ def extract_features(
             extractor = setting.create_extractor(
                 batch_size=batch_size, num_threads=num_threads, device=device
             )
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=len(todo),
-                desc=f"features {setting.name}",
-                unit="clip",
-                leave=False,
-                disable=None,
-            )
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            names = [keys[i] if keys is not None else f"clip #{i}" for i in chunk]
-            prepared = [clips[i] if is_list else clips.load(keys[i]) for i in chunk]  # type: ignore[index,union-attr]
-            feats = extractor(stack_inputs(prepared, setting.representation, names))
+        batches = _compute(clips, keys, todo, setting, extractor, batch_size, progress)
+        for chunk, feats in batches:
             for i, vec in zip(chunk, feats):
                 rows[i] = vec
                 if store is not None:
                     store.put(keys[i], vec, stamps[i])  # type: ignore[index]
-            if bar is not None:
-                bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
     if n == 0:
         return np.zeros((0, 0), np.float32)
     dims = {r.shape[0] for r in rows if r is not None}
     if len(dims) != 1:  # stale entries of another shape were rejected above; this is a guard
         raise MicroferError(f"feature rows of differing sizes {sorted(dims)} for {setting.name}")
     return np.stack(rows).astype(np.float32)  # type: ignore[arg-type]
+
+
+def _compute(clips, keys, todo, setting, extractor, batch_size: int, progress: bool):
+    """(row indices, their features) batch by batch, clips loaded as they are needed."""
+    from microfer.clip.representation import stack_inputs
+
+    is_list = isinstance(clips, (list, tuple))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=len(todo), desc=f"features {setting.name}", unit="clip", leave=False, disable=None
+        )
+    try:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            names = [keys[i] if keys is not None else f"clip #{i}" for i in chunk]
+            prepared = [clips[i] if is_list else clips.load(keys[i]) for i in chunk]
+            yield chunk, extractor(stack_inputs(prepared, setting.representation, names))
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def feature_config(setting: "FeatureSetting | FusedSetting") -> dict:
