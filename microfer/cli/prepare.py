@@ -106,22 +106,7 @@ def load_samples(dataset: str, root: Path | None, coding: Path | None, manifest:
 @click.option("--retry-failed", is_flag=True, help="Try again clips that failed in an earlier run.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @SCHEDULER_OPTION
-def prepare_cmd(
-    dataset,
-    root,
-    out,
-    coding,
-    manifest,
-    workers,
-    strict,
-    size,
-    flow,
-    flow_format,
-    spot_method,
-    retry_failed,
-    no_progress,
-    scheduler,
-):
+def prepare_cmd(dataset, root, out, coding, manifest, no_progress, **settings):
     """Prepare DATASET's clips: aligned onset/apex faces, optical flow and strain, cached.
 
     Re-running with the same settings does no work; an interrupted run resumes.
@@ -129,45 +114,17 @@ def prepare_cmd(
     (apex crops + flow images, see `microfer datasets`) into entries of the composite
     manifest (--manifest replaces it); the face/flow options do not apply to it.
     """
-    from microfer.clip import composite_cache
     from microfer.datasets import composite_inputs
 
     if dataset == composite_inputs.NAME:
-        if coding is not None:
-            from microfer.errors import MicroferError
-
-            raise MicroferError(
-                f"--coding {coding}: {dataset} reads its own csv under --root; "
-                f"give --manifest to match against another composite manifest"
-            )
-        summary = composite_cache.prepare_cache(root, out, manifest, progress=not no_progress)
-        click.echo(summary.text())
-        _finish(
-            summary.ok,
-            summary.ok + len(summary.failed),
-            len(summary.failed) + len(summary.unmatched),
-            f"problem(s): {len(summary.failed)} manifest sample(s) failed, "
-            f"{len(summary.unmatched)} csv row(s) not used",
-            summary.cache_dir,
-        )
-        return
+        return _prepare_composite(dataset, root, out, coding, manifest, no_progress)
     from microfer.clip.prepare import PrepareSettings, prepare_dataset
 
     samples, source = load_samples(dataset, root, coding, manifest)
     click.echo(f"{dataset}: {len(samples)} samples from {source}")
-    settings = PrepareSettings(
-        size=size, flow=flow, spot_method=spot_method, flow_format=flow_format
-    )
+    options = {k: settings.pop(k) for k in ("workers", "strict", "retry_failed", "scheduler")}
     summary = prepare_dataset(
-        samples,
-        root,
-        out,
-        settings,
-        workers=workers,
-        strict=strict,
-        progress=not no_progress,
-        retry_failed=retry_failed,
-        scheduler=scheduler,
+        samples, root, out, PrepareSettings(**settings), progress=not no_progress, **options
     )
     click.echo(summary.text())
     failed = len(summary.failed) + len(summary.layout) + summary.earlier_failures
@@ -176,6 +133,27 @@ def prepare_cmd(
         summary.total,
         failed,
         f"of {summary.total} clips failed or were skipped",
+        summary.cache_dir,
+    )
+
+
+def _prepare_composite(dataset, root, out, coding, manifest, no_progress) -> None:
+    from microfer.clip import composite_cache
+    from microfer.errors import MicroferError
+
+    if coding is not None:
+        raise MicroferError(
+            f"--coding {coding}: {dataset} reads its own csv under --root; "
+            f"give --manifest to match against another composite manifest"
+        )
+    summary = composite_cache.prepare_cache(root, out, manifest, progress=not no_progress)
+    click.echo(summary.text())
+    _finish(
+        summary.ok,
+        summary.ok + len(summary.failed),
+        len(summary.failed) + len(summary.unmatched),
+        f"problem(s): {len(summary.failed)} manifest sample(s) failed, "
+        f"{len(summary.unmatched)} csv row(s) not used",
         summary.cache_dir,
     )
 
