@@ -190,3 +190,29 @@ def test_a_broken_video_gives_one_microfer_line_and_no_decoder_noise(tmp_path, c
     assert "moov atom not found" in message  # the decoder's reason, quoted once
     out, err = capfd.readouterr()
     assert "moov" not in err and "video_reader" not in err and err.strip() == ""
+
+
+def test_a_truncated_video_streams_what_it_has_and_says_so(tmp_path):
+    """A cut file once looked like a short video: exit 0 and no word about the lost frames."""
+    import warnings
+
+    import cv2
+    import numpy as np
+
+    from microfer.clip.video import open_frames, stream_frames
+
+    full = tmp_path / "full.avi"
+    writer = cv2.VideoWriter(str(full), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(44):
+        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    source = open_frames(cut)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        n = sum(1 for _ in stream_frames(source, prefetch=0))
+    assert 0 < n < len(source.numbers) <= 44
+    (message,) = [str(w.message) for w in caught]
+    assert str(cut) in message and f"only {n} could be decoded" in message

@@ -7,6 +7,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +158,14 @@ def sequential_frames(source: VideoSource):
             if not ok:
                 if number == source.numbers[0]:
                     raise ClipError(f"video {source.path}: its first frame could not be decoded")
-                return  # containers overstate their frame count now and then: the stream ends here
+                # containers overstate their frame count now and then: the stream ends here,
+                # and says so (a truncated file would otherwise look like a short video)
+                decoded = number - source.numbers[0]
+                warnings.warn(
+                    f"{source.path}: its container says {len(source.numbers)} frames, but only "
+                    f"{decoded} could be decoded (a truncated or damaged file?); using those"
+                )
+                return
             yield number, frame
     finally:
         cap.release()
