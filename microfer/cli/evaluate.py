@@ -24,12 +24,13 @@ WEIGHTS_OPTION = click.option(
 # the names of microfer.learn.evaluate.FEATURE_GRIDS (spelt out: --help must not import the library)
 GRID_OPTION = click.option(
     "--grid",
-    type=click.Choice(["small", "motion", "raw", "network", "full"]),
+    type=click.Choice(["small", "motion", "raw", "network", "cnn", "motion_cnn", "full"]),
     default="small",
     show_default=True,
     help="feature x SVM grid searched inside each training fold: small (default: motion "
     "descriptors, pretrained apex network, their fusion), motion, raw (the raw-flow floor), "
-    "network (0.1's), full",
+    "network (0.1's), cnn (a small CNN ensemble trained inside each fold), motion_cnn (the "
+    "descriptors and that CNN, chosen by inner CV: slow), full",
 )
 
 FEATURES_OPTION = click.option(
@@ -483,6 +484,13 @@ def loso_cmd(
         )
 
     click.echo(line("model", m["pooled"]))
+    boot = m.get("bootstrap")
+    if boot:
+        click.echo(
+            f"{'  95% interval':<20}UF1 {boot['uf1'][0]:.4f}-{boot['uf1'][1]:.4f}  "
+            f"UAR {boot['uar'][0]:.4f}-{boot['uar'][1]:.4f}  "
+            f"(bootstrap over subjects, {boot['n_boot']} resamples)"
+        )
     click.echo(line("majority baseline", m["majority"]))
     for ds, v in m.get("per_dataset", {}).items():
         click.echo(line(f"  {ds}", v["model"]))

@@ -33,6 +33,7 @@ from microfer.io import frame_sha256
 from microfer.learn.classify import (
     FULL_PARAM_GRID,
     SMALL_PARAM_GRID,
+    LearnedFeatures,
     make_svm,
 )
 from microfer.learn.features import FeatureSetting, FusedSetting, extract_features
@@ -46,7 +47,7 @@ from microfer.learn.folds import (  # noqa: F401  (importable from here too)
     pooled_predictions,
     run_fold,
 )
-from microfer.metrics import summarize
+from microfer.metrics import bootstrap_interval, summarize
 
 # Candidates are written as the names the report shows: "descriptor/representation",
 # "variant/representation/layer/pool" for a MobileViT (pretrained where the weights fit
@@ -66,8 +67,15 @@ FEATURE_GRIDS: dict[str, list[str]] = {
     # with 2x2 pooling: with a randomly initialised network the deepest layers wash out
     # small local movements, and global pooling forgets WHERE on the face they were.
     "network": ["mobilevit_xxs/flow/stage4/grid2", "mobilevit_xxs/onset_apex/stage4/grid2"],
+    # the small CNN trained inside each fold (microfer.learn.finetune), alone: no inner
+    # CV (nothing to choose), one ensemble per outer fold
+    "cnn": ["ststnet14/flow"],
+    # the CNN as one more candidate beside the descriptors: inner CV trains it in every
+    # inner fold too (inner_splits + 1 trainings per outer fold), hence not the default
+    "motion_cnn": [*MOTION_DESCRIPTORS, "ststnet14/flow"],
     "full": [
         *MOTION_DESCRIPTORS,
+        "ststnet14/flow",
         *[
             f"{v}/{r}/{l}/{p}"
             for v in ("mobilevit_xxs", "mobilevit_xs")
@@ -84,9 +92,14 @@ PARAM_GRIDS = {
     "motion": SMALL_PARAM_GRID,
     "raw": SMALL_PARAM_GRID,
     "network": SMALL_PARAM_GRID,
+    "cnn": SMALL_PARAM_GRID,
+    "motion_cnn": SMALL_PARAM_GRID,
     "full": FULL_PARAM_GRID,
 }
 MERGE_KEYS = ["dataset", "subject", "clip"]
+BOOTSTRAP_N = (
+    1000  # subject resamples for the 95% intervals (seed 0: a fixed function of the predictions)
+)
 
 
 def compute_metrics(
@@ -99,8 +112,15 @@ def compute_metrics(
     y = np.asarray(y, dtype=np.int64)
     pred, maj, fold_of = pooled_predictions(y.size, results)
     tested = fold_of >= 0
+    groups = np.array([results[i].group if i >= 0 else "" for i in fold_of])
     out: dict[str, Any] = {
         "pooled": summarize(y[tested], pred[tested], classes),
+        # subject-level 95% interval (each fold tests one subject: its group)
+        "bootstrap": bootstrap_interval(
+            y[tested], pred[tested], groups[tested], len(classes), n_boot=BOOTSTRAP_N
+        )
+        if np.unique(groups[tested]).size >= 2
+        else None,
         "majority": summarize(y[tested], maj[tested], classes),
         "n_tested": int(tested.sum()),
         "n_folds": len(results),
@@ -174,7 +194,7 @@ def parse_feature_set(
 ):
     """One grid entry (see FEATURE_GRIDS) -> FeatureSetting or FusedSetting; `weights` (with
     their card `weights_meta`) go to the network candidates they were trained for."""
-    from microfer.models import is_descriptor, list_models
+    from microfer.models import is_descriptor, list_models, model_family
 
     parts = [p.strip() for p in text.split("+")]
     if len(parts) > 1:
@@ -186,6 +206,12 @@ def parse_feature_set(
         raise MicroferError(
             f"feature set {text!r}: unknown extractor {fields[0]!r}; available: {', '.join(list_models())}"
         )
+    if model_family(fields[0]) == "smallcnn":
+        from microfer.learn.finetune import CNNRecipe
+
+        if len(fields) != 2 or fields[1] != "flow":
+            raise MicroferError(f"feature set {text!r}: a small CNN is written 'name/flow'")
+        return CNNRecipe(variant=fields[0], representation="flow")
     if is_descriptor(fields[0]):
         if len(fields) != 2:
             raise MicroferError(
@@ -348,6 +374,20 @@ class ProtocolFeatures:
     features_s: float = 0.0
 
 
+def learned_features(recipe, extract, n_classes: int, feature_dir) -> LearnedFeatures:
+    """A small-CNN candidate: the 28x28 flow inputs of every clip, trained on per fold."""
+    from functools import partial
+
+    from microfer.learn.finetune import InFoldCNN
+
+    # flow_raw is the flow at 28x28 as the network sees it (the fixed scale of
+    # clip.representation), so its cached rows are the CNN's inputs
+    raw = FeatureSetting("flow_raw", "flow", "none", "none", 28, 0, None)
+    inputs = np.asarray(extract(raw), np.float32).reshape(-1, 3, 28, 28)
+    cache_dir = str(Path(feature_dir) / "finetune") if feature_dir else None
+    return LearnedFeatures(partial(InFoldCNN, recipe, inputs, n_classes, cache_dir), len(inputs))
+
+
 def gather_features(
     protocol, cache, manifest=None, settings: Optional[LosoSettings] = None, progress: bool = True
 ) -> ProtocolFeatures:
@@ -389,8 +429,9 @@ def gather_features(
                 f"{settings_file}: this cache offers representations {', '.join(offered)}; grid "
                 f"{settings.grid!r} asks only for {', '.join(wanted)}"
             )
-    feature_sets = {
-        fs.name: extract_features(
+
+    def extract(fs):
+        return extract_features(
             source,
             fs,
             keys=keys,
@@ -400,6 +441,11 @@ def gather_features(
             device=settings.device,
             progress=progress,
         )
+
+    feature_sets = {
+        fs.name: learned_features(fs, extract, len(proto.classes), feature_dir)
+        if getattr(fs, "is_learned", False)
+        else extract(fs)
         for fs in fsets
     }
     return ProtocolFeatures(
