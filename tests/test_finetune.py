@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from microfer.clip.representation import flip_input  # noqa: E402
 from microfer.learn import finetune  # noqa: E402
 from microfer.learn.classify import LearnedFeatures, select_and_fit  # noqa: E402
-from microfer.learn.finetune import CNNRecipe, InFoldCNN, ensemble_proba  # noqa: E402
+from microfer.learn.finetune import CNNRecipe, InFoldNet, ensemble_proba  # noqa: E402
 from microfer.learn.folds import evaluate_folds, leave_one_group_out, run_fold  # noqa: E402
 
 TINY = CNNRecipe(variant="ststnet14", seeds=(0, 1), epochs=3)
@@ -27,8 +27,8 @@ def tiny_data(n_subjects=4, per=6, seed=0):
     return x, y, groups
 
 
-class Recording(InFoldCNN):
-    """InFoldCNN that remembers every set of rows it was trained on."""
+class Recording(InFoldNet):
+    """InFoldNet that remembers every set of rows it was trained on."""
 
     seen: list[np.ndarray] = []
 
@@ -92,7 +92,7 @@ def test_identical_across_reruns_and_jobs(tmp_path):
     folds = leave_one_group_out(groups)
 
     def run(jobs, cache=None):
-        learned = LearnedFeatures(lambda **_: InFoldCNN(TINY, x, 3, cache), len(y))
+        learned = LearnedFeatures(lambda **_: InFoldNet(TINY, x, 3, cache), len(y))
         return _preds(evaluate_folds({"ststnet14/flow": learned}, y, groups, folds, n_jobs=jobs))
 
     first = run(1, str(tmp_path))
@@ -104,7 +104,7 @@ def test_identical_across_reruns_and_jobs(tmp_path):
 def test_cache_rechooses_without_retraining(tmp_path, monkeypatch):
     x, y, groups = tiny_data(n_subjects=3)
     train_idx = np.flatnonzero(groups != "d/s0")
-    learned = LearnedFeatures(lambda **_: InFoldCNN(TINY, x, 3, str(tmp_path)), len(y))
+    learned = LearnedFeatures(lambda **_: InFoldNet(TINY, x, 3, str(tmp_path)), len(y))
     first = select_and_fit({"c": learned}, y, groups, train_idx)
     test_idx = np.flatnonzero(groups == "d/s0")
 
@@ -143,3 +143,26 @@ def test_grid_names_parse_to_recipes():
     assert isinstance(r, CNNRecipe) and r.name == "ststnet14/flow"
     assert "ststnet14/flow" in FEATURE_GRIDS["cnn"] and "ststnet14/flow" in FEATURE_GRIDS["full"]
     assert "ststnet14/flow" not in FEATURE_GRIDS["small"]  # the default stays within budget
+
+
+def test_mobilevit_finetune_trains_on_fold_rows_and_reruns_identically(tmp_path):
+    pytest.importorskip("timm")
+    from microfer.learn.evaluate import LosoSettings, parse_feature_set
+    from microfer.learn.finetune_vit import ViTRecipe
+    from microfer.models import default_weights
+
+    x, y, groups = tiny_data(n_subjects=3, per=3)
+    fold = leave_one_group_out(groups)[0]
+    pre = parse_feature_set(
+        "mobilevit_xxs/flow/finetune/pre", LosoSettings(), str(default_weights()), {}
+    )
+    assert pre.block_weights and pre.name == "mobilevit_xxs/flow/finetune/pre"
+    recipe = ViTRecipe(input_size=32, epochs=1, batch_size=4, block_weights=pre.block_weights)
+    Recording.seen = []
+    preds = []
+    for cache in (str(tmp_path), str(tmp_path), None):
+        learned = LearnedFeatures(lambda **_: Recording(recipe, x, 3, cache), len(y))
+        preds.append(run_fold({"vit": learned}, y, groups, fold, None, 3, 3, 0).y_pred)
+    assert preds[0] == preds[1] == preds[2]  # cached, and retrained from scratch: the same
+    for rows in Recording.seen:
+        np.testing.assert_array_equal(np.sort(rows), np.sort(fold.train_idx))

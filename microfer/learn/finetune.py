@@ -2,7 +2,7 @@
 
 A learned candidate sits in the same in-fold grid as the descriptors
 (`classify.select_and_fit`): its "feature matrix" is the column of sample indices
-(`classify.LearnedFeatures`), and its estimator, `InFoldCNN`, trains on exactly the rows
+(`classify.LearnedFeatures`), and its estimator, `InFoldNet`, trains on exactly the rows
 it is fitted on -- the inner folds' training subjects while the grid is scored, the
 outer fold's training subjects for the final fit. The held-out subject is only predicted.
 
@@ -75,6 +75,23 @@ class CNNRecipe:
         doc = {**asdict(self), "finetune_version": FINETUNE_VERSION}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
+    # what `InFoldNet` asks of a recipe (learn.finetune_vit's recipe answers the same)
+    def network_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        from microfer.models.smallcnn import spec_of
+
+        return to_network_size(inputs, spec_of(self.variant).input_size)
+
+    def train(self, x: np.ndarray, y: np.ndarray, n_classes: int):
+        return train_ensemble(self, x, y, n_classes)
+
+    def build(self, n_classes: int):
+        from microfer.models.smallcnn import build_ensemble
+
+        return build_ensemble(self.variant, n_classes, self.seeds)
+
+    def proba(self, net, x: np.ndarray) -> np.ndarray:
+        return ensemble_proba(net, x, self.tta)
+
 
 def to_network_size(inputs: np.ndarray, size: int) -> np.ndarray:
     """(N, 3, S, S) -> (N, 3, size, size) by area averaging (S a multiple of size)."""
@@ -141,7 +158,7 @@ def ensemble_proba(net, x: np.ndarray, tta: bool) -> np.ndarray:
     return np.mean(probs, axis=0)
 
 
-class InFoldCNN:
+class InFoldNet:
     """scikit-learn-style estimator on index rows: fit(X, y) trains on inputs[X[:, 0]].
 
     `inputs` holds the flow inputs of ALL samples (N, 3, 28, 28); the estimator only
@@ -151,7 +168,7 @@ class InFoldCNN:
 
     def __init__(
         self,
-        recipe: CNNRecipe,
+        recipe,
         inputs: np.ndarray,
         n_classes: int,
         cache_dir: Optional[str] = None,
@@ -164,9 +181,7 @@ class InFoldCNN:
         return np.asarray(X)[:, 0].astype(np.int64)
 
     def _x(self, rows: np.ndarray) -> np.ndarray:
-        from microfer.models.smallcnn import spec_of
-
-        return to_network_size(self.inputs[rows], spec_of(self.recipe.variant).input_size)
+        return self.recipe.network_inputs(self.inputs[rows])
 
     def fit(self, X, y):
         rows = self._rows(X)
@@ -175,12 +190,12 @@ class InFoldCNN:
         key = training_key(self.recipe, x, y, self.n_classes)
         self.net_ = self._load(key)
         if self.net_ is None:
-            self.net_ = train_ensemble(self.recipe, x, y, self.n_classes)
+            self.net_ = self.recipe.train(x, y, self.n_classes)
             self._save(key, rows)
         return self
 
     def predict_proba(self, X) -> np.ndarray:
-        return ensemble_proba(self.net_, self._x(self._rows(X)), self.recipe.tta)
+        return self.recipe.proba(self.net_, self._x(self._rows(X)))
 
     def predict(self, X) -> np.ndarray:
         return np.argmax(self.predict_proba(X), axis=1)
@@ -198,9 +213,7 @@ class InFoldCNN:
             return None
         from safetensors.torch import load_file
 
-        from microfer.models.smallcnn import build_ensemble
-
-        net = build_ensemble(self.recipe.variant, self.n_classes, self.recipe.seeds)
+        net = self.recipe.build(self.n_classes)
         net.load_state_dict(load_file(str(weights)))
         return net.eval()
 
@@ -216,7 +229,9 @@ class InFoldCNN:
         write_json(
             meta,
             {
-                "recipe": asdict(self.recipe),
+                "recipe": {
+                    k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.recipe).items()
+                },
                 "recipe_key": self.recipe.key(),
                 "training_key": key,
                 "n_classes": self.n_classes,
