@@ -24,13 +24,16 @@ WEIGHTS_OPTION = click.option(
 # the names of microfer.learn.evaluate.FEATURE_GRIDS (spelt out: --help must not import the library)
 GRID_OPTION = click.option(
     "--grid",
-    type=click.Choice(["small", "motion", "raw", "network", "cnn", "motion_cnn", "full"]),
+    type=click.Choice(
+        ["small", "motion", "raw", "network", "cnn", "motion_cnn", "stack", "stack_cnn", "full"]
+    ),
     default="small",
     show_default=True,
     help="feature x SVM grid searched inside each training fold: small (default: motion "
     "descriptors, pretrained apex network, their fusion), motion, raw (the raw-flow floor), "
     "network (0.1's), cnn (a small CNN ensemble trained inside each fold), motion_cnn (the "
-    "descriptors and that CNN, chosen by inner CV: slow), full",
+    "descriptors and that CNN, chosen by inner CV: slow), stack / stack_cnn (their scores "
+    "stacked with weights from inner folds), full",
 )
 
 FEATURES_OPTION = click.option(

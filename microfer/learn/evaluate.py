@@ -73,6 +73,11 @@ FEATURE_GRIDS: dict[str, list[str]] = {
     # the CNN as one more candidate beside the descriptors: inner CV trains it in every
     # inner fold too (inner_splits + 1 trainings per outer fold), hence not the default
     "motion_cnn": [*MOTION_DESCRIPTORS, "ststnet14/flow"],
+    # the motion descriptors STACKED (learn.stack): per-view SVM scores combined by a
+    # logistic regression fitted on inner out-of-fold scores; the stack is used only where
+    # its cross-fitted inner score beats the best single member's
+    "stack": list(MOTION_DESCRIPTORS),
+    "stack_cnn": [*MOTION_DESCRIPTORS, "ststnet14/flow"],
     "full": [
         *MOTION_DESCRIPTORS,
         "ststnet14/flow",
@@ -97,8 +102,11 @@ PARAM_GRIDS = {
     "network": SMALL_PARAM_GRID,
     "cnn": SMALL_PARAM_GRID,
     "motion_cnn": SMALL_PARAM_GRID,
+    "stack": SMALL_PARAM_GRID,
+    "stack_cnn": SMALL_PARAM_GRID,
     "full": FULL_PARAM_GRID,
 }
+STACK_GRIDS = ("stack", "stack_cnn")
 MERGE_KEYS = ["dataset", "subject", "clip"]
 BOOTSTRAP_N = (
     1000  # subject resamples for the 95% intervals (seed 0: a fixed function of the predictions)
@@ -550,6 +558,7 @@ def _evaluate(
         scoring=settings.scoring,
         make_estimator=make_estimator,
         progress=progress,
+        stack=settings.grid in STACK_GRIDS,
     )
     t3 = time.perf_counter()
     datasets = kept["dataset"].astype(str)
@@ -586,6 +595,7 @@ def _evaluate(
             n_jobs=n_jobs,
             progress=progress,
             real=pooled_scores(y, results, len(classes)),
+            stack=settings.grid in STACK_GRIDS,
         )
         metrics["permutation"] = permutation.as_dict()
     t4 = time.perf_counter()

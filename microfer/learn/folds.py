@@ -78,10 +78,14 @@ def run_fold(
     seed: int,
     scoring: str = "uf1",
     make_estimator: Callable[..., Any] = make_svm,
+    stack: bool = False,
 ) -> FoldResult:
     check_folds([fold], groups)
     train, test = np.asarray(fold.train_idx), np.asarray(fold.test_idx)
-    choice = select_and_fit(
+    select = select_and_fit
+    if stack:  # the members' scores combined by weights learned on inner folds (learn.stack)
+        from microfer.learn.stack import stack_select_and_fit as select
+    choice = select(
         feature_sets,
         y,
         groups,
@@ -119,6 +123,7 @@ def evaluate_folds(
     scoring: str = "uf1",
     make_estimator: Callable[..., Any] = make_svm,
     progress: bool = False,
+    stack: bool = False,
 ) -> list[FoldResult]:
     """Run every fold (joblib, n_jobs); results in fold order, independent of n_jobs."""
     from joblib import Parallel, delayed
@@ -144,7 +149,17 @@ def evaluate_folds(
     param_grid = expand_grid(param_grid)
     tasks = (
         delayed(run_fold)(
-            feature_sets, y, groups, f, param_grid, inner_splits, k, seed, scoring, make_estimator
+            feature_sets,
+            y,
+            groups,
+            f,
+            param_grid,
+            inner_splits,
+            k,
+            seed,
+            scoring,
+            make_estimator,
+            stack,
         )
         for f in folds
     )

@@ -134,6 +134,7 @@ def permutation_test(
     n_jobs: int = 1,
     progress: bool = False,
     real: Optional[Mapping[str, float]] = None,
+    stack: bool = False,
 ) -> PermutationResult:
     """Rerun `evaluate_folds` on `n_permutations` label permutations; null scores and p-values.
 
@@ -161,6 +162,7 @@ def permutation_test(
         "inner_splits": inner_splits,
         "scoring": scoring,
         "make_estimator": make_estimator,
+        "stack": stack,
     }
     if real is None:
         real = pooled_scores(
