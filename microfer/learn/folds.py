@@ -62,7 +62,7 @@ class FoldResult:
     n_train: int
     feature_name: str
     params: dict[str, Any]
-    inner_score: float
+    inner_score: Optional[float]  # None: a single candidate, nothing was chosen by inner CV
     y_pred: list[int]
     majority: int
 
@@ -104,7 +104,7 @@ def run_fold(
         n_train=int(train.size),
         feature_name=choice.feature_name,
         params=choice.params,
-        inner_score=round(float(choice.inner_score), 6),
+        inner_score=None if np.isnan(choice.inner_score) else round(float(choice.inner_score), 6),
         y_pred=[int(p) for p in pred],
         majority=majority_class(y[train], n_classes),
     )
