@@ -33,7 +33,6 @@ from microfer.io import frame_sha256
 from microfer.learn.classify import (
     FULL_PARAM_GRID,
     SMALL_PARAM_GRID,
-    LearnedFeatures,
     make_svm,
 )
 from microfer.learn.features import FeatureSetting, FusedSetting, extract_features
@@ -238,7 +237,9 @@ def parse_feature_set(
             block_weights=None,
         )
     if len(fields) in (3, 4) and fields[2] == "finetune":
-        return _finetune_recipe(text, fields, weights)
+        from microfer.learn.finetune_vit import recipe_from_name
+
+        return recipe_from_name(text, fields, weights)
     if len(fields) != 4:
         raise MicroferError(
             f"feature set {text!r}: a network is written 'variant/representation/layer/pool'"
@@ -261,21 +262,6 @@ def parse_feature_set(
         seed=settings.seed,
         block_weights=str(weights) if fits and weights else None,
     )
-
-
-def _finetune_recipe(text: str, fields: list[str], weights: Optional[str]):
-    """'variant/flow/finetune' (random init) or 'variant/flow/finetune/pre' (the --weights)."""
-    from microfer.learn.finetune_vit import ViTRecipe
-
-    pre = len(fields) == 4
-    if fields[1] != "flow" or (pre and fields[3] != "pre"):
-        raise MicroferError(
-            f"feature set {text!r}: a fine-tuned network is written 'variant/flow/finetune' "
-            f"or 'variant/flow/finetune/pre'"
-        )
-    if pre and not weights:
-        raise MicroferError(f"feature set {text!r} starts from pretrained weights: pass --weights")
-    return ViTRecipe(variant=fields[0], block_weights=str(weights) if pre else None)
 
 
 def feature_grid(settings: LosoSettings) -> list:
@@ -402,20 +388,6 @@ class ProtocolFeatures:
     features_s: float = 0.0
 
 
-def learned_features(recipe, extract, n_classes: int, feature_dir) -> LearnedFeatures:
-    """A small-CNN candidate: the 28x28 flow inputs of every clip, trained on per fold."""
-    from functools import partial
-
-    from microfer.learn.finetune import InFoldNet
-
-    # flow_raw is the flow at 28x28 as the network sees it (the fixed scale of
-    # clip.representation), so its cached rows are the CNN's inputs
-    raw = FeatureSetting("flow_raw", "flow", "none", "none", 28, 0, None)
-    inputs = np.asarray(extract(raw), np.float32).reshape(-1, 3, 28, 28)
-    cache_dir = str(Path(feature_dir) / "finetune") if feature_dir else None
-    return LearnedFeatures(partial(InFoldNet, recipe, inputs, n_classes, cache_dir), len(inputs))
-
-
 def gather_features(
     protocol, cache, manifest=None, settings: Optional[LosoSettings] = None, progress: bool = True
 ) -> ProtocolFeatures:
@@ -469,6 +441,8 @@ def gather_features(
             device=settings.device,
             progress=progress,
         )
+
+    from microfer.learn.finetune import learned_features
 
     feature_sets = {
         fs.name: learned_features(fs, extract, len(proto.classes), feature_dir)

@@ -239,3 +239,18 @@ class InFoldNet:
                 "finetune_version": FINETUNE_VERSION,
             },
         )
+
+
+def learned_features(recipe, extract, n_classes: int, feature_dir):
+    """A small-CNN candidate: the 28x28 flow inputs of every clip, trained on per fold."""
+    from functools import partial
+
+    from microfer.learn.classify import LearnedFeatures
+    from microfer.learn.features import FeatureSetting
+
+    # flow_raw is the flow at 28x28 as the network sees it (the fixed scale of
+    # clip.representation), so its cached rows are the CNN's inputs
+    raw = FeatureSetting("flow_raw", "flow", "none", "none", 28, 0, None)
+    inputs = np.asarray(extract(raw), np.float32).reshape(-1, 3, 28, 28)
+    cache_dir = str(Path(feature_dir) / "finetune") if feature_dir else None
+    return LearnedFeatures(partial(InFoldNet, recipe, inputs, n_classes, cache_dir), len(inputs))

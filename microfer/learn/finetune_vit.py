@@ -25,6 +25,7 @@ from typing import Optional
 import numpy as np
 
 from microfer.clip.representation import flip_input
+from microfer.errors import MicroferError
 from microfer.learn.finetune import FINETUNE_VERSION
 
 
@@ -125,3 +126,16 @@ class ViTRecipe:
                 t = torch.from_numpy(np.ascontiguousarray(v, np.float32))
                 out.append(np.concatenate([torch.softmax(net(b), -1).numpy() for b in t.split(64)]))
         return np.mean(out, axis=0)
+
+
+def recipe_from_name(text: str, fields: list[str], weights: Optional[str]):
+    """'variant/flow/finetune' (random init) or 'variant/flow/finetune/pre' (the --weights)."""
+    pre = len(fields) == 4
+    if fields[1] != "flow" or (pre and fields[3] != "pre"):
+        raise MicroferError(
+            f"feature set {text!r}: a fine-tuned network is written 'variant/flow/finetune' "
+            f"or 'variant/flow/finetune/pre'"
+        )
+    if pre and not weights:
+        raise MicroferError(f"feature set {text!r} starts from pretrained weights: pass --weights")
+    return ViTRecipe(variant=fields[0], block_weights=str(weights) if pre else None)
