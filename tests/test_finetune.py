@@ -166,3 +166,13 @@ def test_mobilevit_finetune_trains_on_fold_rows_and_reruns_identically(tmp_path)
     assert preds[0] == preds[1] == preds[2]  # cached, and retrained from scratch: the same
     for rows in Recording.seen:
         np.testing.assert_array_equal(np.sort(rows), np.sort(fold.train_idx))
+
+
+def test_full_grid_without_weights_keeps_one_random_init_finetune():
+    from microfer.learn.evaluate import LosoSettings, feature_grid
+
+    names = [fs.name for fs in feature_grid(LosoSettings(grid="full", block_weights=None))]
+    assert names.count("mobilevit_xxs/flow/finetune") == 1
+    assert "mobilevit_xxs/flow/finetune/pre" not in names
+    pre = [fs.name for fs in feature_grid(LosoSettings(grid="full"))]  # the shipped weights
+    assert "mobilevit_xxs/flow/finetune/pre" in pre and len(pre) == len(set(pre))

@@ -278,7 +278,12 @@ def feature_grid(settings: LosoSettings) -> list:
 
         weights = resolve_weights(settings.block_weights)
         meta = read_block_meta(weights)
-    return [parse_feature_set(text, settings, weights, meta) for text in spec]
+    parsed = [parse_feature_set(text, settings, weights, meta) for text in spec]
+    # one candidate per name ("x/finetune/pre" without weights is "x/finetune")
+    unique: dict[str, Any] = {}
+    for fs in parsed:
+        unique.setdefault(fs.name, fs)
+    return list(unique.values())
 
 
 def load_samples(protocol, manifest=None) -> tuple[Any, pd.DataFrame]:

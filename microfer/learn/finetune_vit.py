@@ -136,6 +136,6 @@ def recipe_from_name(text: str, fields: list[str], weights: Optional[str]):
             f"feature set {text!r}: a fine-tuned network is written 'variant/flow/finetune' "
             f"or 'variant/flow/finetune/pre'"
         )
-    if pre and not weights:
-        raise MicroferError(f"feature set {text!r} starts from pretrained weights: pass --weights")
-    return ViTRecipe(variant=fields[0], block_weights=str(weights) if pre else None)
+    # without weights (--weights none) "pre" keeps the random init and says so in its name,
+    # as every network candidate does
+    return ViTRecipe(variant=fields[0], block_weights=str(weights) if pre and weights else None)
