@@ -109,3 +109,15 @@ def test_bootstrap_interval_sanity():
     assert bootstrap_interval(pred, y, groups, 3, n_boot=500, seed=1) != b
     with pytest.raises(ValueError, match="2 subjects"):
         bootstrap_interval(y, y, np.zeros(y.size), 3)
+
+
+def test_subject_halves_alternate_sorted_subjects():
+    from microfer.learn.evaluate import subject_halves
+
+    groups = np.array(["b/2", "a/1", "c/3", "a/1", "d/4", "b/2"])
+    y = np.array([0, 1, 2, 1, 0, 0])
+    pred = np.array([0, 1, 0, 1, 1, 1])  # A = a/1, c/3 ; B = b/2, d/4
+    h = subject_halves(y, pred, groups, ["x", "y", "z"])
+    assert h["A"]["subjects"] == ["a/1", "c/3"] and h["B"]["subjects"] == ["b/2", "d/4"]
+    assert h["A"]["n"] == 3 and h["B"]["n"] == 3
+    assert h["A"]["accuracy"] == pytest.approx(2 / 3) and h["B"]["accuracy"] == pytest.approx(1 / 3)

@@ -494,6 +494,9 @@ def loso_cmd(
             f"UAR {boot['uar'][0]:.4f}-{boot['uar'][1]:.4f}  "
             f"(bootstrap over subjects, {boot['n_boot']} resamples)"
         )
+    for half in ("A", "B"):
+        if m.get("halves", {}).get(half, {}).get("n"):
+            click.echo(line(f"  subject half {half}", m["halves"][half]))
     click.echo(line("majority baseline", m["majority"]))
     for ds, v in m.get("per_dataset", {}).items():
         click.echo(line(f"  {ds}", v["model"]))

@@ -107,9 +107,26 @@ PARAM_GRIDS = {
 }
 STACK_GRIDS = ("stack", "stack_cnn")
 MERGE_KEYS = ["dataset", "subject", "clip"]
-BOOTSTRAP_N = (
-    1000  # subject resamples for the 95% intervals (seed 0: a fixed function of the predictions)
-)
+SHORT = ("n", "uf1", "uar", "accuracy")  # what the halves report
+# subject resamples for the 95% intervals (seed 0: a fixed function of the predictions)
+BOOTSTRAP_N = 1000
+
+
+def subject_halves(y, pred, groups, classes) -> dict[str, Any]:
+    """Metrics on two fixed halves of the subjects: sorted names, alternating A, B, A, ...
+
+    A gain counts only if it holds on both halves (not a lucky subset); the split depends
+    on nothing but the subject names, so every run and candidate uses the same halves.
+    """
+    names = sorted(set(np.asarray(groups).astype(str).tolist()))
+    out: dict[str, Any] = {"rule": "subjects sorted by name; even positions A, odd B"}
+    for half, members in (("A", names[0::2]), ("B", names[1::2])):
+        m = np.isin(groups, members)
+        out[half] = {
+            **{k: v for k, v in summarize(y[m], pred[m], classes).items() if k in SHORT},
+            "subjects": members,
+        }
+    return out
 
 
 def compute_metrics(
@@ -132,6 +149,7 @@ def compute_metrics(
         if np.unique(groups[tested]).size >= 2
         else None,
         "majority": summarize(y[tested], maj[tested], classes),
+        "halves": subject_halves(y[tested], pred[tested], groups[tested], classes),
         "n_tested": int(tested.sum()),
         "n_folds": len(results),
     }

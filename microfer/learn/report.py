@@ -137,6 +137,18 @@ def report_markdown(doc: dict[str, Any]) -> str:
             ]
         )
     parts.append(markdown_table(["", "UF1", "UAR", "accuracy", "n"], rows))
+    halves = m.get("halves")
+    if halves:
+        parts += [
+            "",
+            f"Subject halves ({halves['rule']}): "
+            + "; ".join(
+                f"{h} ({len(halves[h]['subjects'])} subjects) UF1 {_fmt(halves[h]['uf1'])}, "
+                f"UAR {_fmt(halves[h]['uar'])}"
+                for h in ("A", "B")
+            )
+            + ".",
+        ]
     boot = m.get("bootstrap")
     if boot:
         parts += [
