@@ -87,3 +87,37 @@ def test_metrics_are_pooled_over_folds_not_averaged():
     assert m["per_dataset"]["d2"]["model"]["n"] == 2
     assert [r["group"] for r in m["per_subject"]] == ["s1", "s2"]
     assert m["per_subject"][1]["accuracy"] == pytest.approx(1.0)
+
+
+def test_bootstrap_interval_sanity():
+    from microfer.metrics import bootstrap_interval, score
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"s{i}" for i in range(12)], 6)
+    y = rng.integers(0, 3, groups.size)
+    # perfect predictions: every resample scores 1
+    perfect = bootstrap_interval(y, y, groups, 3, n_boot=200)
+    assert perfect["uf1"] == [1.0, 1.0] and perfect["uar"] == [1.0, 1.0]
+    # noisy predictions: the interval is a real interval around the point estimate
+    pred = np.where(rng.random(y.size) < 0.6, y, rng.integers(0, 3, y.size))
+    b = bootstrap_interval(pred, y, groups, 3, n_boot=500)
+    for m in ("uf1", "uar"):
+        lo, hi = b[m]
+        assert lo < score(pred, y, 3, m) < hi and hi - lo > 0.02
+    # a fixed function of its inputs and seed; another seed resamples differently
+    assert bootstrap_interval(pred, y, groups, 3, n_boot=500) == b
+    assert bootstrap_interval(pred, y, groups, 3, n_boot=500, seed=1) != b
+    with pytest.raises(ValueError, match="2 subjects"):
+        bootstrap_interval(y, y, np.zeros(y.size), 3)
+
+
+def test_subject_halves_alternate_sorted_subjects():
+    from microfer.learn.evaluate import subject_halves
+
+    groups = np.array(["b/2", "a/1", "c/3", "a/1", "d/4", "b/2"])
+    y = np.array([0, 1, 2, 1, 0, 0])
+    pred = np.array([0, 1, 0, 1, 1, 1])  # A = a/1, c/3 ; B = b/2, d/4
+    h = subject_halves(y, pred, groups, ["x", "y", "z"])
+    assert h["A"]["subjects"] == ["a/1", "c/3"] and h["B"]["subjects"] == ["b/2", "d/4"]
+    assert h["A"]["n"] == 3 and h["B"]["n"] == 3
+    assert h["A"]["accuracy"] == pytest.approx(2 / 3) and h["B"]["accuracy"] == pytest.approx(1 / 3)

@@ -148,6 +148,16 @@ def _show_loso(result) -> None:
         )
 
     click.echo(line("model", m["pooled"]))
+    boot = m.get("bootstrap")
+    if boot:
+        click.echo(
+            f"{'  95% interval':<20}UF1 {boot['uf1'][0]:.4f}-{boot['uf1'][1]:.4f}  "
+            f"UAR {boot['uar'][0]:.4f}-{boot['uar'][1]:.4f}  "
+            f"(bootstrap over subjects, {boot['n_boot']} resamples)"
+        )
+    for half in ("A", "B"):
+        if m.get("halves", {}).get(half, {}).get("n"):
+            click.echo(line(f"  subject half {half}", m["halves"][half]))
     click.echo(line("majority baseline", m["majority"]))
     for ds, v in m.get("per_dataset", {}).items():
         click.echo(line(f"  {ds}", v["model"]))

@@ -32,12 +32,17 @@ WEIGHTS_OPTION = click.option(
 # the names of microfer.learn.evaluate.FEATURE_GRIDS (spelt out: --help must not import the library)
 GRID_OPTION = click.option(
     "--grid",
-    type=click.Choice(["small", "motion", "raw", "network", "full"]),
+    type=click.Choice(
+        ["small", "motion", "raw", "network", "cnn", "motion_cnn", "stack", "stack_cnn", "full"]
+    ),
     default="small",
     show_default=True,
     help="feature x SVM grid searched inside each training fold: small (default: motion "
     "descriptors and the pretrained apex network), motion, raw (the raw-flow floor), "
-    "network (0.1's), full (all of them, more networks and the descriptor + network fusions)",
+    "network (0.1's), cnn (a small CNN ensemble trained inside each fold), motion_cnn (the "
+    "descriptors and that CNN, chosen by inner CV: slow), stack / stack_cnn (their scores "
+    "stacked with weights from inner folds), full (all of them, more networks, the "
+    "descriptor + network fusions and MobileViT fine-tuned in-fold)",
 )
 
 FEATURES_OPTION = click.option(

@@ -178,6 +178,36 @@ class GridSearchSVM(ClassifierMixin, BaseEstimator):
         return self.best_estimator_.decision_function(X)
 
 
+class LearnedFeatures:
+    """A feature_sets entry for a candidate TRAINED on each fold's rows (e.g. a small CNN).
+
+    As an array it is the column of sample indices (N, 1), so every split, row selection
+    and fit of the grid search works on it unchanged; `make_estimator()` builds the
+    model that trains on the inputs of the rows it is fitted on (`learn.finetune`). Its
+    recipe is fixed, so it is ONE candidate of the grid (no SVM settings).
+    """
+
+    def __init__(self, make_estimator: Callable[..., Any], n: int):
+        self.make_estimator, self.n = make_estimator, int(n)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, 1)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __array__(self, dtype=None, copy=None):
+        return np.arange(self.n, dtype=dtype or np.int64)[:, None]
+
+
+def _candidates_of(X, candidates, make_estimator):
+    """(SVM-settings candidates, estimator factory) for one feature_sets entry."""
+    if isinstance(X, LearnedFeatures):
+        return [{}], X.make_estimator
+    return candidates, make_estimator
+
+
 @dataclass
 class FittedChoice:
     """What one outer fold chose on its training part, and the model fitted with it."""
@@ -228,39 +258,40 @@ def select_and_fit(
     y_tr, g_tr = y[train_idx], groups[train_idx]
     k = int(n_classes if n_classes is not None else y.max() + 1)
     candidates = expand_grid(param_grid)
+    plan = [
+        (name, X, *_candidates_of(X, candidates, make_estimator))
+        for name, X in feature_sets.items()
+    ]
+    scores: dict[str, list[float]] = {name: [] for name, *_ in plan}
+    if len(plan) == 1 and isinstance(plan[0][1], LearnedFeatures):
+        # a learned candidate alone needs no choosing: inner CV would train for nothing
+        name, X, (params,), est = plan[0]
+        model = _fit(est, params, np.asarray(X)[train_idx], y_tr)
+        return FittedChoice(name, dict(params), float("nan"), model, {name: [float("nan")]})
     splits = inner_splits_for(g_tr, inner_splits)
-    best: Optional[tuple[float, str, dict]] = None
-    scores: dict[str, list[float]] = {}
-    computed = None
+    tasks = [
+        (np.asarray(X)[train_idx], y_tr, splits, params, k, scoring, est)
+        for _, X, cands, est in plan
+        for params in cands
+    ]
     if n_jobs != 1:
         from joblib import Parallel, delayed
 
-        tasks = [
-            delayed(inner_cv_score)(
-                np.asarray(X)[train_idx], y_tr, splits, params, k, scoring, make_estimator
-            )
-            for X in feature_sets.values()
-            for params in candidates
-        ]
-        computed = iter(
-            Parallel(n_jobs=n_jobs)(tasks)
-        )  # in task order: the loop below reads them in turn
-    for name, X in feature_sets.items():
-        X_tr = np.asarray(X)[train_idx]
-        scores[name] = []
-        for params in candidates:
-            s = (
-                next(computed)
-                if computed is not None
-                else inner_cv_score(X_tr, y_tr, splits, params, k, scoring, make_estimator)
-            )
-            s = -1.0 if np.isnan(s) else s
-            scores[name].append(float(s))
+        computed = Parallel(n_jobs=n_jobs)(delayed(inner_cv_score)(*t) for t in tasks)
+    else:
+        computed = [inner_cv_score(*t) for t in tasks]
+    best: Optional[tuple[float, str, dict, Any]] = None
+    done = iter(computed)  # in task order
+    for name, X, cands, est in plan:
+        for params in cands:
+            s = next(done)
+            s = -1.0 if np.isnan(s) else float(s)
+            scores[name].append(s)
             if best is None or s > best[0]:
-                best = (float(s), name, params)
+                best = (s, name, params, est)
     assert best is not None
-    score_, name, params = best
-    model = _fit(make_estimator, params, np.asarray(feature_sets[name])[train_idx], y_tr)
+    score_, name, params, est = best
+    model = _fit(est, params, np.asarray(feature_sets[name])[train_idx], y_tr)
     return FittedChoice(
         feature_name=name, params=dict(params), inner_score=score_, model=model, scores=scores
     )

@@ -46,7 +46,7 @@ from microfer.learn.folds import (  # noqa: F401  (importable from here too)
     pooled_predictions,
     run_fold,
 )
-from microfer.metrics import summarize
+from microfer.metrics import bootstrap_interval, summarize
 
 # Candidates are written as the names the report shows: "descriptor/representation",
 # "variant/representation/layer/pool" for a MobileViT (pretrained where the weights fit
@@ -66,8 +66,23 @@ FEATURE_GRIDS: dict[str, list[str]] = {
     # with 2x2 pooling: with a randomly initialised network the deepest layers wash out
     # small local movements, and global pooling forgets WHERE on the face they were.
     "network": ["mobilevit_xxs/flow/stage4/grid2", "mobilevit_xxs/onset_apex/stage4/grid2"],
+    # the small CNN trained inside each fold (microfer.learn.finetune), alone: no inner
+    # CV (nothing to choose), one ensemble per outer fold
+    "cnn": ["ststnet14/flow"],
+    # the CNN as one more candidate beside the descriptors: inner CV trains it in every
+    # inner fold too (inner_splits + 1 trainings per outer fold), hence not the default
+    "motion_cnn": [*MOTION_DESCRIPTORS, "ststnet14/flow"],
+    # the motion descriptors STACKED (learn.stack): per-view SVM scores combined by a
+    # logistic regression fitted on inner out-of-fold scores; the stack is used only where
+    # its cross-fitted inner score beats the best single member's
+    "stack": list(MOTION_DESCRIPTORS),
+    "stack_cnn": [*MOTION_DESCRIPTORS, "ststnet14/flow"],
     "full": [
         *MOTION_DESCRIPTORS,
+        "ststnet14/flow",
+        # MobileViT fine-tuned inside every (inner and outer) fold: hours on a CPU
+        "mobilevit_xxs/flow/finetune",
+        "mobilevit_xxs/flow/finetune/pre",
         *[
             f"{v}/{r}/{l}/{p}"
             for v in ("mobilevit_xxs", "mobilevit_xs")
@@ -84,9 +99,34 @@ PARAM_GRIDS = {
     "motion": SMALL_PARAM_GRID,
     "raw": SMALL_PARAM_GRID,
     "network": SMALL_PARAM_GRID,
+    "cnn": SMALL_PARAM_GRID,
+    "motion_cnn": SMALL_PARAM_GRID,
+    "stack": SMALL_PARAM_GRID,
+    "stack_cnn": SMALL_PARAM_GRID,
     "full": FULL_PARAM_GRID,
 }
+STACK_GRIDS = ("stack", "stack_cnn")
 MERGE_KEYS = ["dataset", "subject", "clip"]
+SHORT = ("n", "uf1", "uar", "accuracy")  # what the halves report
+# subject resamples for the 95% intervals (seed 0: a fixed function of the predictions)
+BOOTSTRAP_N = 1000
+
+
+def subject_halves(y, pred, groups, classes) -> dict[str, Any]:
+    """Metrics on two fixed halves of the subjects: sorted names, alternating A, B, A, ...
+
+    A gain counts only if it holds on both halves (not a lucky subset); the split depends
+    on nothing but the subject names, so every run and candidate uses the same halves.
+    """
+    names = sorted(set(np.asarray(groups).astype(str).tolist()))
+    out: dict[str, Any] = {"rule": "subjects sorted by name; even positions A, odd B"}
+    for half, members in (("A", names[0::2]), ("B", names[1::2])):
+        m = np.isin(groups, members)
+        out[half] = {
+            **{k: v for k, v in summarize(y[m], pred[m], classes).items() if k in SHORT},
+            "subjects": members,
+        }
+    return out
 
 
 def compute_metrics(
@@ -99,9 +139,17 @@ def compute_metrics(
     y = np.asarray(y, dtype=np.int64)
     pred, maj, fold_of = pooled_predictions(y.size, results)
     tested = fold_of >= 0
+    groups = np.array([results[i].group if i >= 0 else "" for i in fold_of])
     out: dict[str, Any] = {
         "pooled": summarize(y[tested], pred[tested], classes),
+        # subject-level 95% interval (each fold tests one subject: its group)
+        "bootstrap": bootstrap_interval(
+            y[tested], pred[tested], groups[tested], len(classes), n_boot=BOOTSTRAP_N
+        )
+        if np.unique(groups[tested]).size >= 2
+        else None,
         "majority": summarize(y[tested], maj[tested], classes),
+        "halves": subject_halves(y[tested], pred[tested], groups[tested], classes),
         "n_tested": int(tested.sum()),
         "n_folds": len(results),
     }
@@ -174,7 +222,7 @@ def parse_feature_set(
 ):
     """One grid entry (see FEATURE_GRIDS) -> FeatureSetting or FusedSetting; `weights` (with
     their card `weights_meta`) go to the network candidates they were trained for."""
-    from microfer.models import is_descriptor, list_models
+    from microfer.models import is_descriptor, list_models, model_family
 
     parts = [p.strip() for p in text.split("+")]
     if len(parts) > 1:
@@ -186,6 +234,12 @@ def parse_feature_set(
         raise MicroferError(
             f"feature set {text!r}: unknown extractor {fields[0]!r}; available: {', '.join(list_models())}"
         )
+    if model_family(fields[0]) == "smallcnn":
+        from microfer.learn.finetune import CNNRecipe
+
+        if len(fields) != 2 or fields[1] != "flow":
+            raise MicroferError(f"feature set {text!r}: a small CNN is written 'name/flow'")
+        return CNNRecipe(variant=fields[0], representation="flow")
     if is_descriptor(fields[0]):
         if len(fields) != 2:
             raise MicroferError(
@@ -200,6 +254,10 @@ def parse_feature_set(
             seed=0,
             block_weights=None,
         )
+    if len(fields) in (3, 4) and fields[2] == "finetune":
+        from microfer.learn.finetune_vit import recipe_from_name
+
+        return recipe_from_name(text, fields, weights)
     if len(fields) != 4:
         raise MicroferError(
             f"feature set {text!r}: a network is written 'variant/representation/layer/pool'"
@@ -238,7 +296,12 @@ def feature_grid(settings: LosoSettings) -> list:
 
         weights = resolve_weights(settings.block_weights)
         meta = read_block_meta(weights)
-    return [parse_feature_set(text, settings, weights, meta) for text in spec]
+    parsed = [parse_feature_set(text, settings, weights, meta) for text in spec]
+    # one candidate per name ("x/finetune/pre" without weights is "x/finetune")
+    unique: dict[str, Any] = {}
+    for fs in parsed:
+        unique.setdefault(fs.name, fs)
+    return list(unique.values())
 
 
 def load_samples(protocol, manifest=None) -> tuple[Any, pd.DataFrame]:
@@ -389,8 +452,9 @@ def gather_features(
                 f"{settings_file}: this cache offers representations {', '.join(offered)}; grid "
                 f"{settings.grid!r} asks only for {', '.join(wanted)}"
             )
-    feature_sets = {
-        fs.name: extract_features(
+
+    def extract(fs):
+        return extract_features(
             source,
             fs,
             keys=keys,
@@ -400,6 +464,13 @@ def gather_features(
             device=settings.device,
             progress=progress,
         )
+
+    from microfer.learn.finetune import learned_features
+
+    feature_sets = {
+        fs.name: learned_features(fs, extract, len(proto.classes), feature_dir)
+        if getattr(fs, "is_learned", False)
+        else extract(fs)
         for fs in fsets
     }
     return ProtocolFeatures(
@@ -484,6 +555,7 @@ def _evaluate(
         scoring=settings.scoring,
         make_estimator=make_estimator,
         progress=progress,
+        stack=settings.grid in STACK_GRIDS,
     )
     t3 = time.perf_counter()
     datasets = kept["dataset"].astype(str)
@@ -520,6 +592,7 @@ def _evaluate(
             n_jobs=n_jobs,
             progress=progress,
             real=pooled_scores(y, results, len(classes)),
+            stack=settings.grid in STACK_GRIDS,
         )
         metrics["permutation"] = permutation.as_dict()
     t4 = time.perf_counter()

@@ -62,7 +62,7 @@ class FoldResult:
     n_train: int
     feature_name: str
     params: dict[str, Any]
-    inner_score: float
+    inner_score: Optional[float]  # None: a single candidate, nothing was chosen by inner CV
     y_pred: list[int]
     majority: int
 
@@ -78,10 +78,14 @@ def run_fold(
     seed: int,
     scoring: str = "uf1",
     make_estimator: Callable[..., Any] = make_svm,
+    stack: bool = False,
 ) -> FoldResult:
     check_folds([fold], groups)
     train, test = np.asarray(fold.train_idx), np.asarray(fold.test_idx)
-    choice = select_and_fit(
+    select = select_and_fit
+    if stack:  # the members' scores combined by weights learned on inner folds (learn.stack)
+        from microfer.learn.stack import stack_select_and_fit as select
+    choice = select(
         feature_sets,
         y,
         groups,
@@ -100,7 +104,7 @@ def run_fold(
         n_train=int(train.size),
         feature_name=choice.feature_name,
         params=choice.params,
-        inner_score=round(float(choice.inner_score), 6),
+        inner_score=None if np.isnan(choice.inner_score) else round(float(choice.inner_score), 6),
         y_pred=[int(p) for p in pred],
         majority=majority_class(y[train], n_classes),
     )
@@ -119,6 +123,7 @@ def evaluate_folds(
     scoring: str = "uf1",
     make_estimator: Callable[..., Any] = make_svm,
     progress: bool = False,
+    stack: bool = False,
 ) -> list[FoldResult]:
     """Run every fold (joblib, n_jobs); results in fold order, independent of n_jobs."""
     from joblib import Parallel, delayed
@@ -144,7 +149,17 @@ def evaluate_folds(
     param_grid = expand_grid(param_grid)
     tasks = (
         delayed(run_fold)(
-            feature_sets, y, groups, f, param_grid, inner_splits, k, seed, scoring, make_estimator
+            feature_sets,
+            y,
+            groups,
+            f,
+            param_grid,
+            inner_splits,
+            k,
+            seed,
+            scoring,
+            make_estimator,
+            stack,
         )
         for f in folds
     )

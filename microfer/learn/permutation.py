@@ -131,6 +131,7 @@ def permutation_test(
     n_jobs: int = 1,
     progress: bool = False,
     real: Optional[Mapping[str, float]] = None,
+    stack: bool = False,
 ) -> PermutationResult:
     """Rerun `evaluate_folds` on `n_permutations` label permutations; null scores and p-values.
 
@@ -154,6 +155,7 @@ def permutation_test(
         "inner_splits": inner_splits,
         "scoring": scoring,
         "make_estimator": make_estimator,
+        "stack": stack,
     }
     if real is None:
         real = pooled_scores(

@@ -125,6 +125,27 @@ def report_markdown(doc: dict[str, Any]) -> str:
             ]
         )
     parts.append(markdown_table(["", "UF1", "UAR", "accuracy", "n"], rows))
+    halves = m.get("halves")
+    if halves:
+        parts += [
+            "",
+            f"Subject halves ({halves['rule']}): "
+            + "; ".join(
+                f"{h} ({len(halves[h]['subjects'])} subjects) UF1 {_fmt(halves[h]['uf1'])}, "
+                f"UAR {_fmt(halves[h]['uar'])}"
+                for h in ("A", "B")
+            )
+            + ".",
+        ]
+    boot = m.get("bootstrap")
+    if boot:
+        parts += [
+            "",
+            f"{int(boot['level'] * 100)}% interval, bootstrap over subjects ({boot['n_boot']} "
+            f"resamples of the subjects with replacement, seed {boot['seed']}): "
+            f"UF1 {_fmt(boot['uf1'][0])}-{_fmt(boot['uf1'][1])}, "
+            f"UAR {_fmt(boot['uar'][0])}-{_fmt(boot['uar'][1])}.",
+        ]
     if perm:
         within = (
             f"within each dataset ({', '.join(perm['strata'])})"

@@ -65,6 +65,15 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
     derived = prepare_settings_of(open_cache(cache)).get("source")
     if derived:  # checked before any feature is extracted
         settings = _derived_settings(cache, derived, settings)
+    from microfer.learn.evaluate import STACK_GRIDS, feature_grid
+
+    learned = [fs.name for fs in feature_grid(settings) if getattr(fs, "is_learned", False)]
+    if learned or settings.grid in STACK_GRIDS:  # refused before any feature is extracted
+        raise MicroferError(
+            f"grid {settings.grid!r}: {', '.join(learned) or 'a stack'} cannot go into a "
+            f"bundle yet (networks trained on micro-expressions, stacks: `microfer loso` only); "
+            f"train a bundle with a descriptor grid"
+        )
     data = gather_features(protocol, cache, manifest, settings, progress)
     n_groups = len(set(data.groups))
     if n_groups < 2:
