@@ -156,3 +156,22 @@ def test_pretraining_reads_a_prepare_cache_labelled_by_its_manifest(prepared):
     assert data.labels == want
     fewer = df.iloc[1:]  # a clip without a manifest row is left out, and counted
     assert len(load_cache_samples(out, fewer, "flow", input_size=32)) == len(df) - 1
+
+
+def test_loso_refuses_a_cache_prepared_from_other_frames_than_the_manifest(prepared):
+    """A corrected apex in the manifest once gave exit 0 and the old numbers."""
+    from microfer.learn.evaluate import match_cache
+
+    _, df, out = prepared
+    index = open_cache(next(p for p in out.iterdir() if p.is_dir())).index()
+    samples = df.assign(group=df["dataset"] + "/" + df["subject"])
+    kept, excluded = match_cache(samples, index)
+    assert len(kept) == len(df) and excluded.empty
+    changed = samples.copy()
+    changed.loc[changed.index[0], "apex"] = int(changed["apex"].iloc[0]) + 1
+    with pytest.raises(MicroferError, match=r"disagrees with the manifest for 1 clip.*apex"):
+        match_cache(changed, index)
+    later = samples.copy()
+    later.loc[later.index[1], "offset"] = int(later["offset"].iloc[1]) + 3
+    with pytest.raises(MicroferError, match=r"offset .* in the manifest"):
+        match_cache(later, index)

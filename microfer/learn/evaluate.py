@@ -351,9 +351,14 @@ def match_cache(samples: pd.DataFrame, index: pd.DataFrame) -> tuple[pd.DataFram
         left[c] = left[c].astype(str)
     ok = index[index["status"].astype(str) == "ok"].drop_duplicates(MERGE_KEYS, keep="last")
     failed = index[index["status"].astype(str) != "ok"].drop_duplicates(MERGE_KEYS, keep="last")
+    cached = [c for c in ("onset", "apex", "offset", "apex_source") if c in ok.columns]
     merged = left.drop(columns=[c for c in ("key",) if c in left.columns]).merge(
-        ok[MERGE_KEYS + ["key"]], on=MERGE_KEYS, how="left"
+        ok[MERGE_KEYS + ["key"] + cached].rename(columns={c: f"cached_{c}" for c in cached}),
+        on=MERGE_KEYS,
+        how="left",
     )
+    check_cache_agrees(merged)
+    merged = merged.drop(columns=[f"cached_{c}" for c in cached])
     has = merged["key"].notna()
     kept = merged[has].reset_index(drop=True)
     excluded = merged[~has][MERGE_KEYS + ["group"]].merge(
@@ -366,6 +371,35 @@ def match_cache(samples: pd.DataFrame, index: pd.DataFrame) -> tuple[pd.DataFram
     excluded["reason"] = excluded["reason"].fillna("").astype(str)
     excluded.loc[excluded["reason"] == "", "reason"] = "not in the cache (not prepared)"
     return kept, excluded.reset_index(drop=True)
+
+
+def check_cache_agrees(merged: pd.DataFrame) -> None:
+    """MicroferError when cache entries were prepared from other frames than the manifest names
+    (a corrected coding file, a manifest of another version): the numbers would be silently
+    those of the old frames. Entries read from derived inputs, and old caches that did not
+    record onset/offset, are not compared."""
+    if "cached_onset" not in merged.columns or "onset" not in merged.columns:
+        return
+    framed = merged["cached_apex_source"].astype(str).isin(["annotated", "spotted"])
+    rows = merged[framed & merged["cached_onset"].astype(str).str.fullmatch(r"-?\d+")]
+    bad = []
+    for r in rows.to_dict("records"):
+        diffs = [
+            f"{c} {r[c]} in the manifest, {r[f'cached_{c}']} in the cache"
+            for c in ("onset", "offset")
+            if str(r[c]) not in ("", "nan") and int(float(r[c])) != int(float(r[f"cached_{c}"]))
+        ]
+        annotated = r["cached_apex_source"] == "annotated" and str(r["apex"]) not in ("", "nan")
+        if annotated and int(float(r["apex"])) != int(float(r["cached_apex"])):
+            diffs.append(f"apex {r['apex']} in the manifest, {r['cached_apex']} in the cache")
+        if diffs:
+            bad.append(f"{r['key']} ({'; '.join(diffs)})")
+    if bad:
+        raise MicroferError(
+            f"the prepare cache disagrees with the manifest for {len(bad)} clip(s): "
+            f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}; run `microfer prepare` with "
+            "this manifest on the same cache to prepare them again"
+        )
 
 
 @dataclass
