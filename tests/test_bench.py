@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from microfer.bench.suite import MODES, PREDICT_STAGES, _stage_summary, bench_predict, write_results
+from microfer.bench.suite import MODES, PREDICT_STAGES, bench_predict, stage_summary, write_results
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_medians_come_from_the_runs():
         {"decode": 3.0, "flow": 1.0},
         {"decode": 2.0, "flow": 100.0, "extra": 4.0},
     ]
-    s = _stage_summary(runs, walls=[10.0, 30.0, 20.0])
+    s = stage_summary(runs, walls=[10.0, 30.0, 20.0])
     assert s["stages_ms"] == {
         "decode": 2.0,
         "flow": 5.0,

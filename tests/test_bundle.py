@@ -12,7 +12,7 @@ from microfer.errors import BundleError
 from microfer.learn.bundle import (
     FILES,
     ArraySVM,
-    _sha256,
+    file_sha256,
     integrity_digest,
     load_bundle,
     save_bundle,
@@ -31,7 +31,7 @@ def _reseal(path):
     doc = json.loads((path / "bundle.json").read_text())
     doc["integrity"] = {
         "algorithm": "sha256",
-        "content": integrity_digest(doc, {n: _sha256(path / n) for n in FILES}),
+        "content": integrity_digest(doc, {n: file_sha256(path / n) for n in FILES}),
     }
     (path / "bundle.json").write_text(json.dumps(doc))
 
@@ -292,7 +292,7 @@ def _rewrite_arrays(path, change):
     _edit(
         path,
         lambda doc: doc["files"].update(
-            {"classifier.safetensors": _sha256(path / "classifier.safetensors")}
+            {"classifier.safetensors": file_sha256(path / "classifier.safetensors")}
         ),
         reseal=True,
     )

@@ -243,7 +243,7 @@ def test_runtime_onnx_needs_the_export_and_tampered_exports_are_refused(
 def test_ood_score_flags_a_noisy_clip_but_not_the_held_out_ones(demo):
     """The bundle's OOD score: held-out synthetic clips (new identities) pass, the same clip
     under heavy sensor noise is flagged, and its label is kept but marked."""
-    from microfer.bench.ood_eval import _frames, sensor_noise
+    from microfer.bench.ood_eval import read_all_frames, sensor_noise
     from microfer.recognise.predict import Predictor
 
     predictor = Predictor(demo.bundle)
@@ -251,7 +251,9 @@ def test_ood_score_flags_a_noisy_clip_but_not_the_held_out_ones(demo):
     clean = [predictor.predict(p["video"]) for p in demo.predictions]
     assert not any(p.ood for p in clean), [p.ood_score for p in clean]
     rng = np.random.default_rng(0)
-    noisy = predictor.predict([sensor_noise(f, rng) for f in _frames(demo.predictions[0]["video"])])
+    noisy = predictor.predict(
+        [sensor_noise(f, rng) for f in read_all_frames(demo.predictions[0]["video"])]
+    )
     assert noisy.ood and noisy.ood_score > max(p.ood_score for p in clean)
     assert noisy.label in noisy.scores and "OUT OF DISTRIBUTION" in noisy.text().splitlines()[0]
     doc = noisy.to_dict()

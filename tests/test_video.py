@@ -95,7 +95,7 @@ def test_frames_for_sample_resolves_templates(tmp_path):
         )
 
 
-def _write_video(path: Path, n: int) -> None:
+def write_video(path: Path, n: int) -> None:
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
     for i in range(n):
         writer.write(_frame(10 * i, (48, 64)))
@@ -105,7 +105,7 @@ def _write_video(path: Path, n: int) -> None:
 @pytest.mark.parametrize("decord_ok", [True, False])
 def test_video_frames_are_zero_based_indices(tmp_path, monkeypatch, decord_ok):
     path = tmp_path / "clip.avi"
-    _write_video(path, 12)
+    write_video(path, 12)
     if not decord_ok:  # decord missing or failing: OpenCV reads the same frames
 
         def broken(*a, **k):

@@ -76,7 +76,7 @@ class Scored:
     error: str = ""
 
 
-def _frames(path: Path) -> list[np.ndarray]:
+def read_all_frames(path: Path) -> list[np.ndarray]:
     source = open_frames(path)
     return source.read(list(source.numbers))
 
@@ -190,12 +190,12 @@ def clip_jobs(
     rng = np.random.default_rng(seed)
     jobs = [("in distribution", c.name, lambda c=c: c) for c in clips]
     jobs += [
-        (kind, c.name, lambda c=c, f=f: [f(fr, rng) for fr in _frames(c)])
+        (kind, c.name, lambda c=c, f=f: [f(fr, rng) for fr in read_all_frames(c)])
         for kind, f in TRANSFORMS.items()
         for c in clips
     ]
     if cgi is not None:  # cut into clips of a micro-expression's length, each predicted on its own
-        frames = _frames(Path(cgi))
+        frames = read_all_frames(Path(cgi))
         jobs += [
             (
                 f"CGI face ({Path(cgi).name}, {CGI_SEGMENT}-frame segments)",
@@ -234,7 +234,7 @@ def image_jobs(images: Path, n: int, cgi: Optional[Path], seed: int) -> list:
         for i in range(n)
     ]
     if cgi is not None:
-        frames = _frames(Path(cgi))
+        frames = read_all_frames(Path(cgi))
         jobs += [
             (
                 f"CGI face ({Path(cgi).name}, every 10th frame)",

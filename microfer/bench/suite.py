@@ -31,12 +31,12 @@ from microfer.bench.predict_timing import PREDICT_STAGES as PREDICT_STAGES  # re
 from microfer.bench.predict_timing import median as median  # re-exported
 from microfer.bench.predict_timing import (
     ordered_stages,
+    stage_summary,  # noqa: F401  (importable from here too)
     time_features,
     time_model_path,
     time_predict,
     time_shell_predict,
 )
-from microfer.bench.predict_timing import stage_summary as _stage_summary  # noqa: F401  (tests)
 from microfer.clip.prepare import PrepareSettings, prepare_clip
 from microfer.clip.video import open_frames
 from microfer.errors import MicroferError

@@ -45,7 +45,7 @@ def norm_text(value: Any) -> str:
 # ---------------------------------------------------------------- reading raw rows
 
 
-def _check_file(path: Path, what: str, expected: Sequence[str]) -> None:
+def check_file(path: Path, what: str, expected: Sequence[str]) -> None:
     if not path.exists():
         raise AnnotationError(
             f"{what} file {path} does not exist (expected columns: {', '.join(expected)})"
@@ -62,7 +62,7 @@ def _check_file(path: Path, what: str, expected: Sequence[str]) -> None:
         )
 
 
-def _excel_sheets(path: Path, what: str, expected: Sequence[str]) -> dict[str, list[list[Any]]]:
+def excel_sheets(path: Path, what: str, expected: Sequence[str]) -> dict[str, list[list[Any]]]:
     import openpyxl
     from openpyxl.utils.exceptions import InvalidFileException
 
@@ -80,7 +80,7 @@ def _excel_sheets(path: Path, what: str, expected: Sequence[str]) -> dict[str, l
         wb.close()
 
 
-def _csv_rows(path: Path) -> list[list[Any]]:
+def csv_rows(path: Path) -> list[list[Any]]:
     raw = path.read_bytes()
     for encoding in ("utf-8-sig", "cp1252", "latin-1"):
         try:
@@ -94,12 +94,12 @@ def _csv_rows(path: Path) -> list[list[Any]]:
 def read_sheets(path: Path, what: str, expected: Sequence[str]) -> dict[str, list[list[Any]]]:
     """{sheet name: rows of raw cell values}; a .csv file is one sheet named after the file."""
     path = Path(path)
-    _check_file(path, what, expected)
+    check_file(path, what, expected)
     suffix = path.suffix.lower()
     if suffix in EXCEL_SUFFIXES:
-        return _excel_sheets(path, what, expected)
+        return excel_sheets(path, what, expected)
     if suffix in CSV_SUFFIXES:
-        return {path.stem: _csv_rows(path)}
+        return {path.stem: csv_rows(path)}
     hint = " (old .xls: re-save it as .xlsx)" if suffix == ".xls" else ""
     raise AnnotationError(
         f"{what} file {path} is not an .xlsx or .csv file{hint}; "

@@ -73,7 +73,7 @@ class Bundle:
         return list(self.config["classes"])
 
 
-_sha256 = file_sha256
+file_sha256 = file_sha256
 
 
 def _canonical(doc) -> bytes:
@@ -141,7 +141,7 @@ def _write_bundle_files(path: Path, final: Path, network_state, classifier, conf
         )
         doc["ood"] = ood.config()
         extra.append(OOD_FILE)
-    hashes = {name: _sha256(path / name) for name in (*FILES, *extra)}
+    hashes = {name: file_sha256(path / name) for name in (*FILES, *extra)}
     doc.update(
         {
             "format": FORMAT,
@@ -248,7 +248,7 @@ def _verify_integrity(path: Path, marker: Path, config: dict):
         f = path / name
         if not f.is_file():
             raise BundleError(f"{f}: missing from the bundle")
-        hashes[name] = _sha256(f)
+        hashes[name] = file_sha256(f)
     if integrity_digest(config, hashes) != seal["content"]:
         recorded = config.get("files")
         changed = [n for n in names if isinstance(recorded, dict) and recorded.get(n) != hashes[n]]

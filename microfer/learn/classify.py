@@ -79,7 +79,7 @@ def make_svm(kernel: str = "rbf", C: float = 1.0, gamma="scale", class_weight=No
     )
 
 
-def _fit(make_estimator: Callable[..., Any], params: dict, X: np.ndarray, y: np.ndarray):
+def fit_estimator(make_estimator: Callable[..., Any], params: dict, X: np.ndarray, y: np.ndarray):
     # An inner fold can hold a single class (rare classes, few subjects); SVC refuses that,
     # and predicting the one class seen is the only sensible answer.
     if np.unique(y).size < 2:
@@ -113,7 +113,7 @@ def inner_cv_score(
     pred = np.empty_like(y)
     covered = np.zeros(y.size, bool)
     for tr, va in splits:
-        pred[va] = _fit(make_estimator, params, X[tr], y[tr]).predict(X[va])
+        pred[va] = fit_estimator(make_estimator, params, X[tr], y[tr]).predict(X[va])
         covered[va] = True
     return metric_score(y[covered], pred[covered], n_classes, scoring)
 
@@ -201,7 +201,7 @@ class LearnedFeatures:
         return np.arange(self.n, dtype=dtype or np.int64)[:, None]
 
 
-def _candidates_of(X, candidates, make_estimator):
+def candidates_of(X, candidates, make_estimator):
     """(SVM-settings candidates, estimator factory) for one feature_sets entry."""
     if isinstance(X, LearnedFeatures):
         return [{}], X.make_estimator
@@ -259,14 +259,13 @@ def select_and_fit(
     k = int(n_classes if n_classes is not None else y.max() + 1)
     candidates = expand_grid(param_grid)
     plan = [
-        (name, X, *_candidates_of(X, candidates, make_estimator))
-        for name, X in feature_sets.items()
+        (name, X, *candidates_of(X, candidates, make_estimator)) for name, X in feature_sets.items()
     ]
     scores: dict[str, list[float]] = {name: [] for name, *_ in plan}
     if len(plan) == 1 and isinstance(plan[0][1], LearnedFeatures):
         # a learned candidate alone needs no choosing: inner CV would train for nothing
         name, X, (params,), est = plan[0]
-        model = _fit(est, params, np.asarray(X)[train_idx], y_tr)
+        model = fit_estimator(est, params, np.asarray(X)[train_idx], y_tr)
         return FittedChoice(name, dict(params), float("nan"), model, {name: [float("nan")]})
     splits = inner_splits_for(g_tr, inner_splits)
     tasks = [
@@ -291,7 +290,7 @@ def select_and_fit(
                 best = (s, name, params, est)
     assert best is not None
     score_, name, params, est = best
-    model = _fit(est, params, np.asarray(feature_sets[name])[train_idx], y_tr)
+    model = fit_estimator(est, params, np.asarray(feature_sets[name])[train_idx], y_tr)
     return FittedChoice(
         feature_name=name, params=dict(params), inner_score=score_, model=model, scores=scores
     )

@@ -24,9 +24,9 @@ from sklearn.linear_model import LogisticRegression
 
 from microfer.learn.classify import (
     FittedChoice,
-    _candidates_of,
-    _fit,
+    candidates_of,
     expand_grid,
+    fit_estimator,
     inner_splits_for,
     make_svm,
     select_and_fit,
@@ -55,7 +55,9 @@ def oof_scores(X, y, splits, params, n_classes, make_estimator) -> np.ndarray:
     """Out-of-fold class scores of one member over the inner splits (rows of X)."""
     out = np.zeros((len(y), n_classes))
     for tr, va in splits:
-        out[va] = class_scores(_fit(make_estimator, params, X[tr], y[tr]), X[va], n_classes)
+        out[va] = class_scores(
+            fit_estimator(make_estimator, params, X[tr], y[tr]), X[va], n_classes
+        )
     return out
 
 
@@ -122,7 +124,7 @@ def stack_select_and_fit(
     candidates = expand_grid(param_grid)
     names, plans, Z = [], [], []
     for name, X in feature_sets.items():
-        cands, est = _candidates_of(X, candidates, make_estimator)
+        cands, est = candidates_of(X, candidates, make_estimator)
         params = cands[int(np.argmax(best.scores[name]))]  # the member's own inner choice
         Xt = np.asarray(X)[train_idx]
         names.append(name)
@@ -139,7 +141,7 @@ def stack_select_and_fit(
     if not stack_score > best.inner_score:
         return StackChoice(best.feature_name, best.params, best.inner_score, best.model, scores)
     members = [
-        _fit(est, params, np.asarray(feature_sets[n])[train_idx], y_tr)
+        fit_estimator(est, params, np.asarray(feature_sets[n])[train_idx], y_tr)
         for n, (params, est) in zip(names, plans)
     ]
     model = StackModel(names, members, _stacker(Z, y_tr), k, fallback)

@@ -38,7 +38,7 @@ SAMM_OBJECTIVE = {
 }
 
 
-def _au_cell(aus: str):
+def au_cell(aus: str):
     """A single numeric AU is a number in the real files ('12' -> 12), combinations are text."""
     return int(aus) if aus.isdigit() else aus
 
@@ -94,7 +94,7 @@ def save_workbook(wb, path: Path) -> None:
                 dst.writestr(zi, data)
 
 
-def _text_cell(ws, row: int, col: int, value: str) -> None:
+def text_cell(ws, row: int, col: int, value: str) -> None:
     cell = ws.cell(row=row, column=col, value=value)
     cell.number_format = "@"
 
@@ -114,7 +114,7 @@ CASME2_HEADER = [
 ]
 
 
-def _sheet_with_header(title: str, header: Sequence, row: int = 1):
+def sheet_with_header(title: str, header: Sequence, row: int = 1):
     """A new workbook whose active sheet `title` has `header` (None = blank column) on `row`."""
     from openpyxl import Workbook  # openpyxl loads only when a coding file is written
 
@@ -129,15 +129,15 @@ def _sheet_with_header(title: str, header: Sequence, row: int = 1):
 
 def write_casme2_coding(events: Sequence[CodedEvent], path: Path) -> None:
     """CASME2-coding-20140508.xlsx: Sheet1 (header row 1), empty Sheet2/Sheet3; apex '/' if unknown."""
-    wb, ws = _sheet_with_header("Sheet1", CASME2_HEADER)
+    wb, ws = sheet_with_header("Sheet1", CASME2_HEADER)
     ws.cell(row=1, column=1).number_format = "@"
     for r, e in enumerate(sorted(events, key=lambda e: (e.subject_code, e.clip)), 2):
-        _text_cell(ws, r, 1, e.subject_code)
+        text_cell(ws, r, 1, e.subject_code)
         ws.cell(row=r, column=2, value=e.clip)
         ws.cell(row=r, column=4, value=e.onset)
         ws.cell(row=r, column=5, value=e.apex if e.apex is not None else "/")
         ws.cell(row=r, column=6, value=e.offset)
-        ws.cell(row=r, column=8, value=_au_cell(e.aus))
+        ws.cell(row=r, column=8, value=au_cell(e.aus))
         ws.cell(row=r, column=9, value=e.emotion)
     wb.create_sheet("Sheet2")
     wb.create_sheet("Sheet3")
@@ -193,7 +193,7 @@ def write_samm_coding(events: Sequence[CodedEvent], path: Path, note: str = "") 
     Duration is written as a value (the real file has a formula with a cached value; a formula
     written here would have none, and readers would see it empty). Apex -1 = not annotated.
     """
-    wb, ws = _sheet_with_header("MICRO_ONLY", SAMM_HEADER, SAMM_HEADER_ROW)
+    wb, ws = sheet_with_header("MICRO_ONLY", SAMM_HEADER, SAMM_HEADER_ROW)
     for (r, c), text in SAMM_PREAMBLE.items():
         ws.cell(row=r, column=c, value=text)
     if note:  # row 2 is empty in the real file
@@ -202,7 +202,7 @@ def write_samm_coding(events: Sequence[CodedEvent], path: Path, note: str = "") 
     for r, e in enumerate(
         sorted(events, key=lambda e: (e.subject_code, e.clip)), SAMM_HEADER_ROW + 1
     ):
-        _text_cell(ws, r, 1, e.subject_code)
+        text_cell(ws, r, 1, e.subject_code)
         values = [
             e.clip,
             e.extra["inducement"],
@@ -211,7 +211,7 @@ def write_samm_coding(events: Sequence[CodedEvent], path: Path, note: str = "") 
             e.offset,
             e.offset - e.onset + 1,
             "Micro - 1/2" if e.kind == "micro" else "Macro",
-            _au_cell(e.aus),
+            au_cell(e.aus),
             e.emotion,
             SAMM_OBJECTIVE.get(e.emotion.lower(), 7),
             None,
@@ -261,7 +261,7 @@ def write_smic_coding(events: Sequence[CodedEvent], path: Path) -> None:
     FirstF/LastF are the first and last frame in the clip folder, TotalMF1 the onset..offset
     length, TotalVL the folder length, as in the real sheet (values, not formulas).
     """
-    wb, ws = _sheet_with_header("HS", SMIC_HS_HEADER)
+    wb, ws = sheet_with_header("HS", SMIC_HS_HEADER)
     for r, e in enumerate(sorted(events, key=lambda e: (int(e.subject_code), e.clip)), 2):
         values = [
             int(e.subject_code),

@@ -27,26 +27,26 @@ from microfer.synth.motion import Camera, Event, draw_pattern, iter_frames
 from microfer.synth.output import (  # noqa: F401  (re-exported)
     JPEG_QUALITY,
     MARKER,
-    _CannotWrite,
-    _encode,
-    _progress,
-    _remove_recorded,
-    _write_bytes,
-    _write_video,
+    CannotWrite,
+    encode_image,
     prepare_out,
+    progress_bar,
+    remove_recorded,
+    write_bytes_atomic,
     write_marker,
+    write_video,
 )
 from microfer.synth.planning import (  # noqa: F401  (re-exported)
     AMPLITUDES,
     EventPlan,
     RecordingPlan,
-    _assign_emotions,
-    _first_frame,
-    _plan_casme_sq,
-    _short_clip_timing,
+    assign_emotions,
     derived_seed,
+    first_frame_number,
     parse_amplitude,
+    plan_casme_sq,
     plan_layout,
+    short_clip_timing,
 )
 from microfer.synth.truth import (  # noqa: F401  (re-exported)
     TRUTH_COLUMNS,
@@ -98,12 +98,12 @@ def _render_recording(
     frames = iter_frames(identity, events, plan.n_frames, rng, camera)
     if layout == "video":
         h, w = identity.image.shape[:2]
-        path = _write_video(root / plan.folder / f"{plan.name}.mp4", frames, fps, (w, h))
+        path = write_video(root / plan.folder / f"{plan.name}.mp4", frames, fps, (w, h))
         return [path.relative_to(root).as_posix()]
     written = []
     for i, frame in enumerate(frames):
         rel = f"{plan.folder}/{L.frame_name(layout, plan.subject, plan.frame_number(i), ext)}"
-        _write_bytes(root / rel, _encode(frame, ext))
+        write_bytes_atomic(root / rel, encode_image(frame, ext))
         written.append(rel)
     return written
 
@@ -188,7 +188,7 @@ def _render_all(
     # identities need no copying; each recording has its own generator, so order is irrelevant
     n_workers = max(1, min(workers or os.cpu_count() or 1, 4))
     with (
-        _progress(len(plans), f"synth {target.layout}", progress) as bar,
+        progress_bar(len(plans), f"synth {target.layout}", progress) as bar,
         ThreadPoolExecutor(n_workers) as pool,
     ):
         for plan, written in zip(plans, pool.map(render, plans)):

@@ -98,7 +98,7 @@ class LongVideoPlan:
         return [s for s in self.segments if s.kind in ("micro", "macro")]
 
 
-def _frames(rng: np.random.Generator, fps: float, lo: float, hi: float) -> int:
+def random_duration(rng: np.random.Generator, fps: float, lo: float, hi: float) -> int:
     return max(3, int(round(rng.uniform(lo, hi) * fps)))
 
 
@@ -120,22 +120,22 @@ def plan_video(
     fps = spec.fps
     rseed = derived_seed(seed, layout, subject, video)
     rng = np.random.default_rng([rseed, 1])
-    items = _segment_order(rng, intervals, face_leaves)
+    items = segment_order(rng, intervals, face_leaves)
     away_px = float(frame_width or spec.frame_size[0])
-    t = _frames(rng, fps, 0.6, 1.2)
+    t = random_duration(rng, fps, 0.6, 1.2)
     segments: list[Segment] = []
     for kind in items:
         if kind == "talk":
-            t = _add_talk(segments, rng, fps, t)
-            t += _frames(rng, fps, 0.6, 1.4)
+            t = add_talk(segments, rng, fps, t)
+            t += random_duration(rng, fps, 0.6, 1.4)
             continue
-        segments.append(_segment(kind, t, rng, fps, emotions, away_px))
-        t = segments[-1].offset + _frames(rng, fps, 0.6, 1.4)
-    n = t + _frames(rng, fps, 0.3, 0.8)
+        segments.append(make_segment(kind, t, rng, fps, emotions, away_px))
+        t = segments[-1].offset + random_duration(rng, fps, 0.6, 1.4)
+    n = t + random_duration(rng, fps, 0.3, 0.8)
     return LongVideoPlan(subject, code, index, video, folder, n, rseed, segments)
 
 
-def _segment_order(rng: np.random.Generator, intervals: int, face_leaves: bool) -> list[str]:
+def segment_order(rng: np.random.Generator, intervals: int, face_leaves: bool) -> list[str]:
     """The kinds of the video's segments in order: the intervals alternate micro / macro in
     a random order, most followed by a blink, every third by a head move; one talk."""
     kinds = ["micro" if k % 2 == 0 else "macro" for k in range(intervals)]
@@ -153,31 +153,35 @@ def _segment_order(rng: np.random.Generator, intervals: int, face_leaves: bool) 
     return items
 
 
-def _segment(
+def make_segment(
     kind: str, t: int, rng: np.random.Generator, fps: float, emotions, away_px: float
 ) -> Segment:
     """One expression, blink, head move or exit from the frame, starting at frame `t`."""
     if kind in ("micro", "macro"):
-        dur = _frames(rng, fps, 0.25, 0.45) if kind == "micro" else _frames(rng, fps, 0.8, 2.5)
+        dur = (
+            random_duration(rng, fps, 0.25, 0.45)
+            if kind == "micro"
+            else random_duration(rng, fps, 0.8, 2.5)
+        )
         apex = t + max(1, min(dur - 1, int(round(rng.uniform(0.3, 0.6) * dur))))
         emotion = str(rng.choice(list(emotions)))
         amplitude = round(float(rng.uniform(*AMPLITUDES[kind])), 3)
         return Segment(kind, t, apex, t + dur, amplitude, emotion)
     if kind == "blink":
-        dur = _frames(rng, fps, 0.15, 0.3)
+        dur = random_duration(rng, fps, 0.15, 0.3)
         return Segment(kind, t, t + dur // 2, t + dur, round(float(rng.uniform(5, 8)), 2))
     if kind == "head":
-        dur = _frames(rng, fps, 0.3, 0.6)
+        dur = random_duration(rng, fps, 0.3, 0.6)
         return Segment(kind, t, t + dur // 2, t + dur, round(float(rng.uniform(6, 14)), 2))
-    dur = _frames(rng, fps, 2.0, 3.0)  # away
+    dur = random_duration(rng, fps, 2.0, 3.0)  # away
     return Segment(kind, t, t + dur // 2, t + dur, away_px)
 
 
-def _add_talk(segments: list[Segment], rng: np.random.Generator, fps: float, t: int) -> int:
+def add_talk(segments: list[Segment], rng: np.random.Generator, fps: float, t: int) -> int:
     """Append a run of syllables starting at frame `t`; returns the frame where it ends."""
-    end = t + _frames(rng, fps, 1.0, 2.0)
+    end = t + random_duration(rng, fps, 1.0, 2.0)
     while t < end:
-        dur = _frames(rng, fps, 0.12, 0.25)
+        dur = random_duration(rng, fps, 0.12, 0.25)
         segments.append(
             Segment(
                 "talk",

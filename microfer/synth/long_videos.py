@@ -53,20 +53,20 @@ from microfer.synth.long_plans import (  # noqa: F401  (re-exported: the plannin
     LongSpec,
     LongVideoPlan,
     Segment,
-    _add_talk,
-    _frames,
-    _segment,
-    _segment_order,
+    add_talk,
+    make_segment,
     plan_long,
     plan_video,
+    random_duration,
+    segment_order,
 )
 from microfer.synth.motion import Camera, Event, Pattern, draw_pattern, iter_frames  # noqa: F401
 from microfer.synth.output import (
     MARKER,  # noqa: F401  (re-exported)
-    _encode,
-    _progress,
-    _write_bytes,
+    encode_image,
     prepare_out,
+    progress_bar,
+    write_bytes_atomic,
     write_marker,
 )
 from microfer.synth.planning import AMPLITUDES, derived_seed  # noqa: F401  (re-exported)
@@ -138,7 +138,7 @@ def _render(
     written = []
     for i, frame in enumerate(iter_frames(identity, events, plan.n_frames, rng, camera, head=head)):
         rel = f"{plan.folder}/{frame_name(layout, plan, i + 1)}"
-        _write_bytes(root / rel, _encode(frame, ".jpg"))
+        write_bytes_atomic(root / rel, encode_image(frame, ".jpg"))
         written.append(rel)
     return written, aus
 
@@ -267,7 +267,7 @@ def _render_long(
     rows = _LongRows()
     n_workers = max(1, min(workers or os.cpu_count() or 1, 4))
     with (
-        _progress(len(plans), f"synth {layout} long videos", progress) as bar,
+        progress_bar(len(plans), f"synth {layout} long videos", progress) as bar,
         ThreadPoolExecutor(n_workers) as pool,
     ):
         jobs = pool.map(

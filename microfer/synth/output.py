@@ -44,14 +44,14 @@ def prepare_out(out: Path, force: bool) -> None:
         previous = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise MicroferError(f"{marker} is unreadable ({exc}); remove it or pass --force") from None
-    _remove_recorded(out, previous)
+    remove_recorded(out, previous)
 
 
-def _remove_recorded(out: Path, previous: dict) -> None:
+def remove_recorded(out: Path, previous: dict) -> None:
     for sub in previous.get("parts", []):
         sub_marker = out / sub / MARKER
         if sub_marker.is_file():
-            _remove_recorded(out / sub, json.loads(sub_marker.read_text(encoding="utf-8")))
+            remove_recorded(out / sub, json.loads(sub_marker.read_text(encoding="utf-8")))
     dirs = set()
     root = out.resolve()
     for rel in previous.get("files", []):
@@ -69,7 +69,7 @@ def _remove_recorded(out: Path, previous: dict) -> None:
     (out / MARKER).unlink(missing_ok=True)
 
 
-def _encode(image: np.ndarray, ext: str) -> bytes:
+def encode_image(image: np.ndarray, ext: str) -> bytes:
     params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if ext in (".jpg", ".jpeg") else []
     if ext == ".png":
         params = [cv2.IMWRITE_PNG_COMPRESSION, 3]
@@ -79,16 +79,16 @@ def _encode(image: np.ndarray, ext: str) -> bytes:
     return buf.tobytes()
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
-class _CannotWrite(Exception):
+class CannotWrite(Exception):
     pass
 
 
-def _write_video(path: Path, frames, fps: float, size: tuple[int, int]) -> Path:
+def write_video(path: Path, frames, fps: float, size: tuple[int, int]) -> Path:
     """mp4 (mp4v); MJPG .avi where this OpenCV build cannot write mp4."""
     frames = list(frames)
     for fourcc, ext in (("mp4v", ".mp4"), ("MJPG", ".avi")):
@@ -101,8 +101,8 @@ def _write_video(path: Path, frames, fps: float, size: tuple[int, int]) -> Path:
                     writer.write(f)
                 writer.release()
                 if not opened or tmp.stat().st_size == 0:
-                    raise _CannotWrite  # atomic_path drops the temporary file, target is untouched
-        except _CannotWrite:
+                    raise CannotWrite  # atomic_path drops the temporary file, target is untouched
+        except CannotWrite:
             continue
         return target
     raise MicroferError(
@@ -110,7 +110,7 @@ def _write_video(path: Path, frames, fps: float, size: tuple[int, int]) -> Path:
     )
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(

@@ -79,7 +79,7 @@ def parse_amplitude(amplitude: str | float) -> tuple[float, float]:
     return value, value
 
 
-def _assign_emotions(
+def assign_emotions(
     emotions: Sequence[str], subjects: int, per_subject: int, rng: np.random.Generator
 ) -> list[list[str]]:
     """Cycle through `emotions` over all clips (balanced overall and within each subject),
@@ -91,7 +91,7 @@ def _assign_emotions(
     return out
 
 
-def _short_clip_timing(
+def short_clip_timing(
     rng: np.random.Generator, clip_frames: tuple[int, int]
 ) -> tuple[int, int, int, int]:
     """n_frames, onset, apex, offset (0-based) of a short clip with neutral frames around."""
@@ -108,7 +108,7 @@ def _short_clip_timing(
     return n, onset, apex, offset
 
 
-def _first_frame(layout: str, rng: np.random.Generator) -> int:
+def first_frame_number(layout: str, rng: np.random.Generator) -> int:
     if layout == "casme2":
         return int(rng.integers(1, 300))
     if layout == "samm":
@@ -153,9 +153,9 @@ def plan_layout(
     rng = np.random.default_rng([seed, zlib.crc32(layout.encode())])
     ids = L.subject_ids(layout, subjects)
     if layout == "casme_sq":
-        plans = _plan_casme_sq(spec, ids, clips_per_subject, seed, emotions, rng)
+        plans = plan_casme_sq(spec, ids, clips_per_subject, seed, emotions, rng)
     else:
-        per_subject = _assign_emotions(emotions, subjects, clips_per_subject, rng)
+        per_subject = assign_emotions(emotions, subjects, clips_per_subject, rng)
         plans = []
         for s, ((subject, code), emos) in enumerate(zip(ids, per_subject)):
             names = L.clip_names(layout, subject, [e.lower() for e in emos], rng)
@@ -183,7 +183,7 @@ def _plan_short_clip(
     amp_lo, amp_hi = amplitudes
     rseed = derived_seed(seed, layout, subject.id, name)
     crng = np.random.default_rng([rseed, 1])
-    n, onset, apex, offset = _short_clip_timing(crng, clip_frames)
+    n, onset, apex, offset = short_clip_timing(crng, clip_frames)
     amp = round(float(crng.uniform(amp_lo, amp_hi)), 3)
     kind = "micro" if amp_hi <= AMPLITUDES["micro"][1] else "macro"
     extra = {"inducement": int(name.split("_")[1])} if layout == "samm" else {}
@@ -193,7 +193,7 @@ def _plan_short_clip(
         subject_index=subject.index,
         name=name,
         folder=L.frame_dir(layout, subject.id, name, emotion),
-        first_frame=_first_frame(layout, crng),
+        first_frame=first_frame_number(layout, crng),
         n_frames=n,
         seed=rseed,
         events=[EventPlan(name, emotion, onset, apex, offset, amp, kind)],
@@ -208,7 +208,7 @@ def _hide_apexes(events: list[EventPlan], apex_unknown: float, rng: np.random.Ge
         events[int(i)].apex_known = False
 
 
-def _plan_casme_sq(
+def plan_casme_sq(
     spec: L.LayoutSpec,
     ids,
     intervals_per_subject: int,
