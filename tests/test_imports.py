@@ -222,3 +222,17 @@ def test_moved_table_names_real_modules():
 
     for new in microfer.MOVED.values():
         assert f"microfer.{new}" in _modules(), new
+
+
+def test_no_private_name_is_imported_across_modules():
+    """A name with a leading underscore belongs to its module; what others need is public."""
+    crossing = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("microfer"):
+                crossing += [
+                    f"{name} imports {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert not crossing, crossing
