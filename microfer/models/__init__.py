@@ -8,7 +8,12 @@ extractor does. Training code lives in `microfer.learn`, not here.
 
 from __future__ import annotations
 
-from microfer.models import descriptors, mobilevit, vit  # noqa: F401  (they register their names)
+from microfer.models import (  # noqa: F401  (they register their names)
+    descriptors,
+    efficientnet,
+    mobilevit,
+    vit,
+)
 from microfer.models.registry import (  # noqa: F401
     backbone_scopes,
     create_extractor,
