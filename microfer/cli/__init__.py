@@ -34,6 +34,7 @@ COMMANDS = {
     "train": "predict:train_cmd",
     "train-images": "predict:train_images_cmd",
     "predict": "predict:predict_cmd",
+    "image-model": "image_model:image_model_cmd",
     "serve": "serve:serve_cmd",
     "live": "live:live_cmd",
     "demo": "predict:demo_cmd",

@@ -77,8 +77,9 @@ def train_cmd(protocol, cache, manifest, out, grid, features, seed, weights, thr
 @click.option(
     "--model",
     type=click.Path(path_type=Path),
-    required=True,
-    help="bundle folder from `microfer train` (clips) or `microfer train-images` (face images)",
+    default=None,
+    help="bundle folder from `microfer train` (clips) or `microfer train-images` (face images); "
+    "without it, face images go to the shipped image model (calibrated probabilities)",
 )
 @click.option(
     "--onset",
@@ -118,6 +119,9 @@ def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, exp
     from microfer.errors import MicroferError
     from microfer.recognise.images import is_image_bundle
 
+    if model is None:
+        _predict_default_images(clip, onset, apex, offset, explain, as_json, threads)
+        return
     if is_image_bundle(model):
         from microfer.recognise.images import ImagePredictor, predict_images
 
@@ -154,6 +158,39 @@ def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, exp
         )
     result = predictor.predict(clip, onset=onset, apex=apex, offset=offset, explain=explain)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.text())
+
+
+def _predict_default_images(path, onset, apex, offset, explain, as_json, threads):
+    """No --model: face images (a file, or every image in a folder) -> the shipped image model.
+    Clips need a clip bundle: there is no shipped clip model (ME classes depend on the data)."""
+    from microfer.clip.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+    from microfer.errors import MicroferError
+    from microfer.recognise.images import DefaultImagePredictor, predict_images
+
+    given = [
+        n
+        for n, v in (
+            ("--onset", onset),
+            ("--apex", apex),
+            ("--offset", offset),
+            ("--explain", explain),
+        )
+        if v is not None
+    ]
+    is_video = path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS
+    if given or is_video or (path.is_file() and path.suffix.lower() not in IMAGE_EXTENSIONS):
+        raise MicroferError(
+            f"{path}: without --model only face images are predicted (the shipped image model); "
+            f"a clip needs --model BUNDLE from `microfer train`"
+        )
+    if not path.exists():
+        raise MicroferError(f"{path}: no such image or folder")
+    results = predict_images(path, DefaultImagePredictor(num_threads=threads))
+    if as_json:
+        docs = [r.to_dict() for r in results]
+        click.echo(json.dumps(docs[0] if path.is_file() else docs, indent=2))
+    else:
+        click.echo("\n".join(r.text() for r in results))
 
 
 @click.command("train-images")
