@@ -39,7 +39,15 @@ import click
 @click.option("--test-fraction", type=float, default=0.2, show_default=True)
 @click.option("--split-seed", type=int, default=0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="the calibration split")
-@click.option("--C", "c", type=float, default=1.0, show_default=True, help="inverse L2 strength")
+@click.option(
+    "--C",
+    "c",
+    type=float,
+    multiple=True,
+    default=(0.1, 1.0),
+    show_default=True,
+    help="inverse L2 strengths tried (chosen on the in-training calibration split); repeatable",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option(
     "--out",

@@ -98,14 +98,18 @@ class ImageModel:
             raise BundleError(f"{st}: head has {self.weight.shape[0]} rows, card {self.classes}")
         self._torch = torch
 
-    def features(self, grey_faces: np.ndarray) -> np.ndarray:
+    def features(self, grey_faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """(N, 64, 64) uint8 grey faces -> pooled features, averaged with the mirror image."""
         torch = self._torch
-        g = torch.from_numpy(np.ascontiguousarray(grey_faces, dtype=np.float32))
-        with torch.inference_mode():
-            f = trunk_features(self.kind, self.net, g)
-            f = (f + trunk_features(self.kind, self.net, torch.flip(g, dims=[2]))) / 2
-        return f.numpy()
+        out = []
+        # batches: the whole of FER-2013 at once took 14 GB of activations
+        for i in range(0, len(grey_faces), batch_size):
+            g = torch.from_numpy(np.ascontiguousarray(grey_faces[i : i + batch_size], np.float32))
+            with torch.inference_mode():
+                f = trunk_features(self.kind, self.net, g)
+                f = (f + trunk_features(self.kind, self.net, torch.flip(g, dims=[2]))) / 2
+            out.append(f.numpy())
+        return np.concatenate(out)
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         z = (features - self.mean.numpy()) / self.scale.numpy()
