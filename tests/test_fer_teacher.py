@@ -65,3 +65,15 @@ def test_converter_reproduces_shipped_tensors(tmp_path):
     assert sorted(ours) == sorted(shipped)
     for k in ours:
         np.testing.assert_array_equal(ours[k], shipped[k])
+
+
+def test_numpy_forward_matches_the_reference_without_torch():
+    """`predict FACE.jpg` runs the teacher in numpy; it must give the stored logits too."""
+    from safetensors.numpy import load_file
+
+    state = {
+        k: v.astype(np.float32) for k, v in load_file(str(fer_teacher.teacher_paths()[0])).items()
+    }
+    _, z = fer_teacher.numpy_features(state, fer_teacher.preprocess(_reference_faces()))
+    ref = np.array(json.loads(REFERENCE.read_text())["logits"], np.float32)
+    np.testing.assert_allclose(z, ref, atol=1e-4)

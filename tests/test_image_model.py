@@ -102,3 +102,16 @@ def test_image_model_command_on_tiny_folders(tmp_path):
     face = cv2.resize(cv2.imread(str(photos[0]), cv2.IMREAD_GRAYSCALE), (64, 64))
     p = model.probabilities(face[None])
     assert p.shape == (1, 3) and abs(p.sum() - 1) < 1e-9
+
+
+def test_predict_face_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from microfer.recognise.images import predict_images; "
+        f"r = predict_images({str(FACES / 'joe_biden.jpg')!r}); "
+        "assert abs(sum(r[0].probabilities.values()) - 1) < 1e-6; print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -166,12 +166,8 @@ def train_image_model(
     X = np.concatenate([feats[n] for n in train_names])
     y = np.array([classes.index(l) for n in train_names for l in sets[n][1]])
     head = fit_head(X, y, seed, Cs)
-    model.mean, model.scale = _t(head["mean"]), _t(head["scale"])
-    model.weight, model.bias, model.temperature = (
-        _t(head["weight"]),
-        _t(head["bias"]),
-        head["temperature"],
-    )
+    model.mean, model.scale = head["mean"], head["scale"]
+    model.weight, model.bias, model.temperature = head["weight"], head["bias"], head["temperature"]
     tests = {}
     for n in ("fer2013", "CK+48"):
         if n in sets:
@@ -234,13 +230,11 @@ def _t(a):
 
 
 def _frozen_trunk(trunk: str, trunk_weights: Optional[str]) -> ImageModel:
-    """An ImageModel shell holding the trunk only (its head is fitted here)."""
+    """An ImageModel shell holding the trunk only (its head is fitted here); torch runs it."""
     from microfer.models.image_model import build_trunk
 
     model = ImageModel.__new__(ImageModel)
-    import torch
-
-    model._torch, model.kind, model.card = torch, trunk, {}
+    model.kind, model.card, model.trunk_state = trunk, {}, None
     model.net = build_trunk(trunk)
     if trunk == "fer_mini_xception":
         from microfer.models.fer_teacher import load_teacher

@@ -228,3 +228,59 @@ def _card(sha256: str, source: dict) -> dict:
         },
         "sha256": sha256,
     }
+
+
+# ---------------------------------------------------------------------------- numpy forward
+# `microfer predict FACE.jpg` runs the teacher without torch: importing torch alone takes
+# 0.8 GB and seconds, the whole network is 57k weights on a 64-px image.
+def _windows(x: np.ndarray, k: int, stride: int = 1) -> np.ndarray:
+    """(N, C, H, W) -> (N, C, H', W', k, k) sliding windows (a view)."""
+    w = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))
+    return w[:, :, ::stride, ::stride]
+
+
+def _np_bn(x: np.ndarray, s: dict, p: str) -> np.ndarray:
+    scale = s[p + ".weight"] / np.sqrt(s[p + ".running_var"] + BN_EPS)
+    shift = s[p + ".bias"] - s[p + ".running_mean"] * scale
+    return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def _np_conv3(x: np.ndarray, w: np.ndarray, pad: int) -> np.ndarray:
+    if pad:
+        x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    return np.einsum("nchwij,ocij->nohw", _windows(x, 3), w, optimize=True)
+
+
+def _np_sep(x: np.ndarray, s: dict, p: str) -> np.ndarray:
+    x = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    dw = np.einsum("nchwij,cij->nchw", _windows(x, 3), s[p + ".dw.weight"][:, 0], optimize=True)
+    return np.einsum("nchw,oc->nohw", dw, s[p + ".pw.weight"][:, :, 0, 0], optimize=True)
+
+
+def _np_same_pool(x: np.ndarray) -> np.ndarray:
+    pads = []
+    for size in (x.shape[2], x.shape[3]):
+        total = max((-(-size // 2) - 1) * 2 + 3 - size, 0)
+        pads.append((total // 2, total - total // 2))
+    x = np.pad(x, ((0, 0), (0, 0), *pads), constant_values=-np.inf)
+    return _windows(x, 3, 2).max(axis=(4, 5))
+
+
+def numpy_features(state: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher in numpy: (N, 1, 64, 64) in [-1, 1] -> (last map (N, 128, 4, 4), logits (N, 7)).
+    `state`: the torch state dict as float32 numpy arrays (`safetensors.numpy.load_file`)."""
+    s = state
+    x = np.maximum(_np_bn(_np_conv3(x, s["conv1.weight"], 0), s, "bn1"), 0)
+    x = np.maximum(_np_bn(_np_conv3(x, s["conv2.weight"], 0), s, "bn2"), 0)
+    for i in range(len(WIDTHS)):
+        b = f"blocks.{i}."
+        y = np.maximum(_np_bn(_np_sep(x, s, b + "sep1"), s, b + "bn_a"), 0)
+        y = _np_pool_add(_np_bn(_np_sep(y, s, b + "sep2"), s, b + "bn_b"), x, s, b)
+        x = y
+    logits = _np_conv3(x, s["head.weight"], 1) + s["head.bias"][None, :, None, None]
+    return x, logits.mean(axis=(2, 3))
+
+
+def _np_pool_add(y: np.ndarray, x: np.ndarray, s: dict, b: str) -> np.ndarray:
+    short = np.einsum("nchw,oc->nohw", x[:, :, ::2, ::2], s[b + "short.weight"][:, :, 0, 0])
+    return _np_same_pool(y) + _np_bn(short, s, b + "short_bn")

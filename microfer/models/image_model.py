@@ -64,11 +64,14 @@ def trunk_features(kind: str, net, grey) -> Any:
 
 
 class ImageModel:
-    """A loaded image model: `probabilities(grey faces)` -> (N, K) rows summing to 1."""
+    """A loaded image model: `probabilities(grey faces)` -> (N, K) rows summing to 1.
+
+    The teacher trunk runs in numpy (no torch import: `microfer predict FACE.jpg` starts in
+    a second and stays small); a Lite0 trunk runs in torch.
+    """
 
     def __init__(self, path=None):
-        import torch
-        from safetensors.torch import load_file
+        from safetensors.numpy import load_file
 
         from microfer.io import file_sha256
 
@@ -84,40 +87,67 @@ class ImageModel:
         self.path, self.kind = js, self.card["trunk"]
         self.classes: list[str] = list(self.card["classes"])
         self.temperature = float(self.card["temperature"])
-        state = {k: v.float() for k, v in load_file(str(st)).items()}
-        self.net = build_trunk(self.kind)
+        state = {k: v.astype(np.float32) for k, v in load_file(str(st)).items()}
         trunk = {k[len("trunk.") :]: v for k, v in state.items() if k.startswith("trunk.")}
-        try:
-            self.net.load_state_dict(trunk, strict=True)
-        except RuntimeError as exc:
-            raise BundleError(f"{st}: the trunk tensors do not fit {self.kind} ({exc})") from None
-        self.net.eval()
+        self.net, self.trunk_state = None, trunk
+        if self.kind != "fer_mini_xception":
+            self.net = _torch_trunk(self.kind, trunk, st)
+        else:
+            _check_teacher_state(trunk, st)
         self.mean, self.scale = state["feat_mean"], state["feat_scale"]
         self.weight, self.bias = state["head.weight"], state["head.bias"]
         if self.weight.shape[0] != len(self.classes):
             raise BundleError(f"{st}: head has {self.weight.shape[0]} rows, card {self.classes}")
-        self._torch = torch
+
+    def _features(self, g: np.ndarray) -> np.ndarray:
+        """Pooled features of grey faces (N, 64, 64) float32 in [0, 255]."""
+        if self.net is None:
+            from microfer.models.fer_teacher import numpy_features
+
+            fmap, logits = numpy_features(self.trunk_state, ((g / 255.0 - 0.5) * 2.0)[:, None])
+            return np.concatenate([fmap.mean(axis=(2, 3)), logits], 1)
+        import torch
+
+        with torch.inference_mode():
+            return trunk_features(self.kind, self.net, torch.from_numpy(g)).numpy()
 
     def features(self, grey_faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """(N, 64, 64) uint8 grey faces -> pooled features, averaged with the mirror image."""
-        torch = self._torch
         out = []
         # batches: the whole of FER-2013 at once took 14 GB of activations
         for i in range(0, len(grey_faces), batch_size):
-            g = torch.from_numpy(np.ascontiguousarray(grey_faces[i : i + batch_size], np.float32))
-            with torch.inference_mode():
-                f = trunk_features(self.kind, self.net, g)
-                f = (f + trunk_features(self.kind, self.net, torch.flip(g, dims=[2]))) / 2
-            out.append(f.numpy())
-        return np.concatenate(out)
+            g = np.ascontiguousarray(grey_faces[i : i + batch_size], np.float32)
+            out.append(
+                (self._features(g) + self._features(np.ascontiguousarray(g[:, :, ::-1]))) / 2
+            )
+        return np.concatenate(out).astype(np.float32)
 
     def logits(self, features: np.ndarray) -> np.ndarray:
-        z = (features - self.mean.numpy()) / self.scale.numpy()
-        return z @ self.weight.numpy().T + self.bias.numpy()
+        return ((features - self.mean) / self.scale) @ self.weight.T + self.bias
 
     def probabilities(self, grey_faces: np.ndarray, logits: Optional[np.ndarray] = None):
         z = self.logits(self.features(grey_faces)) if logits is None else logits
         return softmax(z / self.temperature)
+
+
+def _check_teacher_state(trunk: dict, st: Path) -> None:
+    from microfer.models.fer_teacher import _keras_names
+
+    prefixes = set(_keras_names())
+    have = {k.rsplit(".", 1)[0] for k in trunk}
+    if have != prefixes:
+        raise BundleError(f"{st}: the trunk tensors do not fit the mini-Xception")
+
+
+def _torch_trunk(kind: str, trunk: dict, st: Path):
+    import torch
+
+    net = build_trunk(kind)
+    try:
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in trunk.items()}, strict=True)
+    except RuntimeError as exc:
+        raise BundleError(f"{st}: the trunk tensors do not fit {kind} ({exc})") from None
+    return net.eval()
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

@@ -170,13 +170,14 @@ class DefaultImagePredictor:
     uses without `--model`. Calibrated probabilities; no SVM, no OOD score."""
 
     def __init__(self, path=None, num_threads: Optional[int] = None):
-        import torch
-
         from microfer.clip.face import load_models
         from microfer.models.image_model import ImageModel
 
-        if num_threads:
-            torch.set_num_threads(int(num_threads))
+        if num_threads:  # only a Lite0 trunk runs in torch; the teacher runs in numpy
+            import sys
+
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(int(num_threads))
         self.model = ImageModel(path)
         self.classes = self.model.classes
         load_models()
