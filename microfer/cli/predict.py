@@ -115,7 +115,8 @@ def train_cmd(protocol, cache, manifest, out, grid, features, seed, weights, thr
 )
 def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, explain):
     """Emotion of one CLIP (a video file or a folder of frames) with a clip bundle, or of a face
-    image (or every image in a folder) with an image bundle."""
+    image (or every image in a folder) with an image bundle -- or, without --model, with the
+    shipped image model."""
     from microfer.errors import MicroferError
     from microfer.recognise.images import is_image_bundle
 
