@@ -133,3 +133,14 @@ def test_page_in_headless_chromium_shows_the_emotion_scores_and_curve(server, ex
             assert page.is_hidden("#result")
         finally:
             browser.close()
+
+
+def test_endpoint_takes_a_face_image_with_the_shipped_image_model(server):
+    face = (
+        Path(__file__).resolve().parents[1] / "microfer" / "assets" / "faces" / "grace_hopper.jpg"
+    )
+    status, doc = _post(server.url, face.read_bytes(), face.name)
+    assert status == 200, doc
+    assert doc["image"] == face.name and abs(sum(doc["probabilities"].values()) - 1) < 1e-6
+    status, doc = _post(server.url, b"not an image", "face.png")
+    assert status == 400 and "face.png" in doc["error"]

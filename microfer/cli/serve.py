@@ -33,7 +33,8 @@ import click
 @click.option("--verbose", is_flag=True, help="log every request")
 def serve_cmd(model, host, port, threads, verbose):
     """A local web page: upload a clip, see its emotion, the scores and the motion curve
-    with onset, apex and offset. Stop it with Ctrl+C."""
+    with onset, apex and offset (POST /api/predict also takes face images: the shipped image
+    model answers with calibrated probabilities). Stop it with Ctrl+C."""
     from microfer.recognise.serve import make_server
 
     server = make_server(model, host=host, port=port, verbose=verbose, num_threads=threads)

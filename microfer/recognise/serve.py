@@ -28,6 +28,7 @@ from microfer.errors import MicroferError
 PAGE = Path(__file__).parents[1] / "assets" / "web" / "index.html"
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 CLIP_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -65,10 +66,13 @@ class _Handler(BaseHTTPRequestHandler):
         explain = parse_qs(url.query).get("explain", ["0"])[0] in ("1", "true", "yes")
         name = Path(self.headers.get("X-Filename", "upload")).name or "upload"
         suffix = Path(name).suffix.lower()
-        if suffix not in CLIP_SUFFIXES:
+        if suffix not in CLIP_SUFFIXES + IMAGE_SUFFIXES:
             return self._json(
                 HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                {"error": f"{name}: not a video file microfer reads ({', '.join(CLIP_SUFFIXES)})"},
+                {
+                    "error": f"{name}: not a video or face image microfer reads "
+                    f"({', '.join(CLIP_SUFFIXES + IMAGE_SUFFIXES)})"
+                },
             )
         try:
             size = int(self.headers.get("Content-Length", "0"))
@@ -89,15 +93,21 @@ class _Handler(BaseHTTPRequestHandler):
             clip.write_bytes(data)
             try:
                 with self.server.lock:
-                    result = self.server.predictor.predict(
-                        clip, explain=Path(tmp) / "explain" if explain else None
-                    )
+                    if suffix in IMAGE_SUFFIXES:  # a face image: the shipped image model
+                        doc = self.server.image_predictor().predict(clip, name=name).to_dict()
+                        doc["image"] = name
+                    else:
+                        result = self.server.predictor.predict(
+                            clip, explain=Path(tmp) / "explain" if explain else None
+                        )
+                        doc = result.to_dict()
+                        doc["explanation"] = {
+                            Path(p).stem: _data_url(Path(p)) for p in result.explanation
+                        }
             except MicroferError as exc:
                 return self._json(
                     HTTPStatus.BAD_REQUEST, {"error": str(exc).replace(str(clip), name)}
                 )
-            doc = result.to_dict()
-            doc["explanation"] = {Path(p).stem: _data_url(Path(p)) for p in result.explanation}
         doc["file"] = name
         self._json(HTTPStatus.OK, doc)
 
@@ -114,11 +124,20 @@ class PredictServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], predictor, verbose: bool = False):
         super().__init__(address, _Handler)
         self.predictor, self.verbose, self.lock = predictor, verbose, threading.Lock()
+        self._images = None
         self.info = {
             "classes": list(predictor.classes),
             "runtime": predictor.runtime,
             "bundle": Path(str(predictor.bundle.path)).name,
         }
+
+    def image_predictor(self):
+        """The shipped image model, loaded on the first face image (clips never pay for it)."""
+        if self._images is None:
+            from microfer.recognise.images import DefaultImagePredictor
+
+            self._images = DefaultImagePredictor()
+        return self._images
 
     @property
     def url(self) -> str:
