@@ -198,3 +198,14 @@ def test_foreign_host_internal_error_and_a_client_that_leaves(server, monkeypatc
         s.sendall(head + b"x" * 100_000)
     time.sleep(0.5)
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_endpoint_takes_a_face_image_with_the_shipped_image_model(server):
+    face = (
+        Path(__file__).resolve().parents[1] / "microfer" / "assets" / "faces" / "grace_hopper.jpg"
+    )
+    status, doc = _post(server.url, face.read_bytes(), face.name)
+    assert status == 200, doc
+    assert doc["image"] == face.name and abs(sum(doc["probabilities"].values()) - 1) < 1e-6
+    status, doc = _post(server.url, b"not an image", "face.png")
+    assert status == 400 and "face.png" in doc["error"]

@@ -202,16 +202,15 @@ def synth_predictions(bundle: Path, root: Path) -> str:
 
 def main(argv: list[str]) -> None:
     what = argv[0] if argv else "agreement"
-    if what == "crop":
-        root = argv[1] if len(argv) > 1 else "../shared/realdata/composite_inputs"
-        print(crop_landmarks(Path(root)))
+    if what == "crop" and len(argv) == 2:
+        print(crop_landmarks(Path(argv[1])))
     elif what == "agreement":
         print(agreement(int(argv[1]) if len(argv) > 1 else 12))
     elif what == "synth" and len(argv) == 3:
         print(synth_predictions(Path(argv[1]), Path(argv[2])))
     else:
         raise SystemExit(
-            "usage: python -m microfer.bench.circulated crop [ROOT] | agreement [N] | synth BUNDLE DIR"
+            "usage: python -m microfer.bench.circulated crop ROOT | agreement [N] | synth BUNDLE DIR"
         )
 
 

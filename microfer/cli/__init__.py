@@ -37,6 +37,7 @@ COMMANDS = {
     "loso": "learn:loso_cmd",
     "train": "learn:train_cmd",
     "train-images": "learn:train_images_cmd",
+    "image-model": "image_model:image_model_cmd",
     "predict": "recognise:predict_cmd",
     "serve": "recognise:serve_cmd",
     "spot": "spotting:spot_cmd",

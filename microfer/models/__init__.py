@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from microfer.models import (  # noqa: F401  (they register their names)
     descriptors,
+    efficientnet,
     mobilevit,
     smallcnn,
     vit,

@@ -56,11 +56,18 @@ class ImagePrediction:
     ood_score: Optional[float] = None
     ood_threshold: Optional[float] = None
     ood: Optional[bool] = None
+    # calibrated class probabilities (sum to 1): the shipped image model's; None for SVM bundles
+    probabilities: Optional[dict[str, float]] = None
+    model: Optional[str] = None  # what answered (the image model's file, or the bundle)
 
     def to_dict(self) -> dict:
         doc = asdict(self)
         doc["face_box"] = list(self.face_box) if self.face_box else None
-        doc["score_kind"] = "svm one-vs-one votes + squashed confidence (not probabilities)"
+        doc["score_kind"] = (
+            "logistic-head logits; probabilities: softmax(logits / T), T fitted in training"
+            if self.probabilities is not None
+            else "svm one-vs-one votes + squashed confidence (not probabilities)"
+        )
         return doc
 
     def text(self) -> str:
@@ -72,14 +79,21 @@ class ImagePrediction:
             if self.aligned
             else "no face detected: the image taken as a face crop"
         )
-        return "\n".join(
-            [
-                f"{self.image}: {self.label}"
-                + ("   [OUT OF DISTRIBUTION: unreliable]" if self.ood else ""),
+        if self.probabilities is not None:
+            probs = sorted(self.probabilities.items(), key=lambda kv: -kv[1])
+            lines = ["  probabilities: " + "  ".join(f"{k} {v:.3f}" for k, v in probs)]
+        else:
+            lines = [
                 "  scores:  "
                 + "  ".join(f"{k} {v:.3f}" for k, v in ranked)
                 + "   (SVM decision scores)",
                 "  " + ood_line(self.ood_score, self.ood_threshold),
+            ]
+        return "\n".join(
+            [
+                f"{self.image}: {self.label}"
+                + ("   [OUT OF DISTRIBUTION: unreliable]" if self.ood else ""),
+                *lines,
                 f"  face:    {face}",
                 "  timings: " + ", ".join(f"{k} {v:.1f} ms" for k, v in self.timings_ms.items()),
             ]
@@ -151,12 +165,66 @@ class ImagePredictor:
         )
 
 
-def predict_images(images, model) -> list[ImagePrediction]:
+class DefaultImagePredictor:
+    """The shipped image model (`microfer.models.image_model`): what `microfer predict FACE.jpg`
+    uses without `--model`. Calibrated probabilities; no SVM, no OOD score."""
+
+    def __init__(self, path=None, num_threads: Optional[int] = None):
+        from microfer.clip.face import load_models
+        from microfer.models.image_model import ImageModel
+
+        if num_threads:  # only a Lite0 trunk runs in torch; the teacher runs in numpy
+            import sys
+
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(int(num_threads))
+        self.model = ImageModel(path)
+        self.classes = self.model.classes
+        load_models()
+
+    def predict(self, image, name: Optional[str] = None) -> ImagePrediction:
+        from microfer.clip.video import read_image
+        from microfer.models.image_model import grey64
+
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        if isinstance(image, (str, Path)):
+            name = str(image)
+            image = read_image(Path(image))
+        name = name or "image"
+        timings["read"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        face = image_face(image, name, FACE_SIZE)
+        timings["face"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        logits = self.model.logits(self.model.features(grey64(face.face)[None]))
+        prob = self.model.probabilities(None, logits=logits)[0]
+        timings["network"] = (time.perf_counter() - t) * 1000
+        return ImagePrediction(
+            image=name,
+            label=self.classes[int(prob.argmax())],
+            scores={c: round(float(v), 4) for c, v in zip(self.classes, logits[0])},
+            face_box=face.box,
+            aligned=face.aligned,
+            timings_ms={k: round(v, 2) for k, v in timings.items()},
+            probabilities={c: float(v) for c, v in zip(self.classes, prob)},
+            model=str(self.model.path),
+        )
+
+
+def predict_images(images, model=None) -> list[ImagePrediction]:
     """Emotion of an image file, of every image in a folder, or of a list of paths.
 
-    `model` is an image bundle directory or an `ImagePredictor`.
+    `model` is an image bundle directory, an `ImagePredictor` / `DefaultImagePredictor`, or
+    None: the shipped image model.
     """
-    predictor = model if isinstance(model, ImagePredictor) else ImagePredictor(model)
+    if model is None:
+        model = DefaultImagePredictor()
+    predictor = (
+        model
+        if isinstance(model, (ImagePredictor, DefaultImagePredictor))
+        else ImagePredictor(model)
+    )
     if isinstance(images, (str, Path)):
         images = list_image_files(images) if Path(images).is_dir() else [images]
     return [predictor.predict(p) for p in images]

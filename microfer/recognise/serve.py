@@ -37,6 +37,7 @@ MAX_WAITING = 32  # requests queued behind the one predicting (uploads wait on d
 TIMEOUT_S = 30  # a connection that sends nothing for this long is closed
 CHUNK = 1 << 20
 CLIP_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -132,23 +133,34 @@ class _Handler(BaseHTTPRequestHandler):
                     left -= len(chunk)
             try:
                 with self.server.lock:
-                    result = self.server.predictor.predict(
-                        clip, explain=Path(tmp) / "explain" if explain else None
+                    doc = self._answer(
+                        clip, name, suffix, Path(tmp) / "explain" if explain else None
                     )
             except MicroferError as exc:
                 return HTTPStatus.BAD_REQUEST, {"error": str(exc).replace(str(clip), name)}
-            doc = result.to_dict()
-            doc["explanation"] = {Path(p).stem: _data_url(Path(p)) for p in result.explanation}
         doc["file"] = name
         return HTTPStatus.OK, doc
+
+    def _answer(self, upload: Path, name: str, suffix: str, explain) -> dict:
+        if suffix in IMAGE_SUFFIXES:  # a face image: the shipped image model
+            doc = self.server.image_predictor().predict(upload, name=name).to_dict()
+            doc["image"] = name
+            return doc
+        result = self.server.predictor.predict(upload, explain=explain)
+        doc = result.to_dict()
+        doc["explanation"] = {Path(p).stem: _data_url(Path(p)) for p in result.explanation}
+        return doc
 
 
 def _upload_problem(name: str, suffix: str, length: str):
     """(status, error document) when an upload cannot be taken, else None."""
-    if suffix not in CLIP_SUFFIXES:
+    if suffix not in CLIP_SUFFIXES + IMAGE_SUFFIXES:
         return (
             HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-            {"error": f"{name}: not a video file microfer reads ({', '.join(CLIP_SUFFIXES)})"},
+            {
+                "error": f"{name}: not a video or face image microfer reads "
+                f"({', '.join(CLIP_SUFFIXES + IMAGE_SUFFIXES)})"
+            },
         )
     try:
         size = int(length)
@@ -178,6 +190,7 @@ class PredictServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.predictor, self.verbose, self.lock = predictor, verbose, threading.Lock()
         self.slots = threading.BoundedSemaphore(MAX_WAITING + 1)
+        self._images = None
         # a page bound to loopback answers only requests addressed to loopback: a web site
         # whose name resolves to 127.0.0.1 (DNS rebinding) cannot drive it; a server opened
         # to other machines (--host 0.0.0.0) is reached under names it cannot know
@@ -189,6 +202,14 @@ class PredictServer(ThreadingHTTPServer):
             "runtime": predictor.runtime,
             "bundle": Path(str(predictor.bundle.path)).name,
         }
+
+    def image_predictor(self):
+        """The shipped image model, loaded on the first face image (clips never pay for it)."""
+        if self._images is None:
+            from microfer.recognise.images import DefaultImagePredictor
+
+            self._images = DefaultImagePredictor()
+        return self._images
 
     def handle_error(self, request, client_address):
         # a client that left mid-request is no error of the server's
