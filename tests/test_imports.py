@@ -8,6 +8,7 @@ hides a cycle from Python, not from the design): the graph is read from the sour
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,141 @@ def test_no_private_name_is_imported_across_modules():
                     if a.name.startswith("_") and not a.name.startswith("__")
                 ]
     assert not crossing, crossing
+
+
+# Imports stay at the top of a module, except those that keep `microfer --help`, `import
+# microfer` and predict light: a function may import a package of this list (or a microfer
+# module that imports one at its top, which this module does not), or a module that would
+# import this one back while it is still loading. The one list, with the reasons:
+LAZY_PACKAGES = {
+    "torch": "2 s and 400 MB to import; predict runs the network in onnxruntime without it",
+    "timm": "imports torch",
+    "torchvision": "imports torch",
+    "onnx": "only train exports ONNX",
+    "onnxruntime": "only predict runs ONNX",
+    "cv2": "OpenCV: 0.3 s; datasets, protocols and reports need none of it",
+    "dlib": "the face detector and landmark model: only clips with faces need it",
+    "decord": "the video reader: only videos need it",
+    "sklearn": "0.5 s; only learning and bundles need it",
+    "scipy": "only a few numeric steps need it",
+    "pandas": "0.3 s; manifests and reports, not predict",
+    "matplotlib": "plots only; the Agg backend must be chosen before pyplot is imported",
+    "safetensors": "only weights and bundles need it",
+    "joblib": "only parallel runs need it",
+    "distributed": "the optional dask extra",
+    "dask": "the optional dask extra",
+    "tqdm": "progress bars only",
+    "yaml": "protocol files only",
+    "openpyxl": "Excel coding files only",
+    "PIL": "GIF frames only",
+    "h5py": "the teacher's Keras file, read once at conversion",
+    "uvicorn": "the web server only",
+    "starlette": "the web server only",
+    "playwright": "the page test only",
+}
+
+
+# modules whose functions import on purpose: each is the whole program of a measured child
+# process, whose footprint (start-up time, peak memory) must be its own work's alone
+LAZY_MODULES = {
+    "microfer.bench.prepare": "the bare dlib + DIS baseline runs in children that import it",
+    "microfer.bench.spot_long": "each measuring child's peak memory must be spotting's",
+}
+
+
+def _top_level(name: str, path: Path, modules) -> tuple[set[str], set[str]]:
+    """(microfer modules, third-party packages) imported at module level, not in functions."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    mods, third = set(), set()
+
+    def visit(body):
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if isinstance(node, ast.ClassDef):
+                visit(node.body)
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                for part in (
+                    node.body,
+                    getattr(node, "orelse", []),
+                    getattr(node, "finalbody", []),
+                ):
+                    visit(part)
+                for handler in getattr(node, "handlers", []):
+                    visit(handler.body)
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    (
+                        mods.add(a.name)
+                        if a.name.startswith("microfer")
+                        else third.add(a.name.split(".")[0])
+                    )
+            elif isinstance(node, ast.ImportFrom):
+                target = _target(node, package)
+                if target.startswith("microfer"):
+                    mods.add(target)
+                    mods.update(
+                        f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in modules
+                    )
+                else:
+                    third.add(target.split(".")[0])
+
+    visit(ast.parse(path.read_text(encoding="utf-8")).body)
+    parents = {".".join(m.split(".")[:i]) for m in mods for i in range(1, m.count(".") + 1)}
+    return {m for m in mods | parents if m in modules}, third
+
+
+def _target(node: ast.ImportFrom, package: str) -> str:
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")
+    return ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+
+
+def test_function_level_imports_are_lazy_for_a_listed_reason():
+    modules = _modules()
+    tops = {n: _top_level(n, p, modules) for n, p in modules.items()}
+
+    def closure(name):
+        seen, heavy, todo = {name}, set(), [name]
+        while todo:
+            mods, third = tops[todo.pop()]
+            heavy |= third
+            todo += [m for m in mods if m not in seen]
+            seen |= mods
+        return seen, heavy
+
+    unexplained = []
+    for name, path in modules.items():
+        if name in LAZY_MODULES:
+            continue
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        own_heavy = closure(name)[1]
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    targets = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    target = _target(node, package)
+                    subs = [
+                        f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in modules
+                    ]
+                    targets = subs if len(subs) == len(node.names) else [target]
+                else:
+                    continue
+                for t in targets:
+                    if not t.startswith("microfer"):
+                        ok = (
+                            t.split(".")[0] in LAZY_PACKAGES
+                            or t.split(".")[0] in sys.stdlib_module_names
+                        )
+                    elif t in modules:
+                        reach, heavy = closure(t)
+                        ok = name in reach or bool((heavy - own_heavy) & set(LAZY_PACKAGES))
+                    else:
+                        ok = True  # a name from a package __init__
+                    if not ok:
+                        unexplained.append(f"{name}:{node.lineno} imports {t}")
+    assert not unexplained, "\n".join(unexplained)

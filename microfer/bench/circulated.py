@@ -27,6 +27,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+import microfer.clip.circulated as circ
+from microfer.clip.circulated import circulated_image, minmax_uint8
+from microfer.clip.face import CANONICAL_POINTS, alignment_points, detect_faces, fit_landmarks
+from microfer.clip.motion import optical_flow, optical_strain
+from microfer.clip.one_clip import PrepareSettings, prepare_clip
+from microfer.recognise.predict import Predictor
+from microfer.synth.faces import load_identities
+from microfer.synth.motion import Event, draw_pattern, render_clip
+
 CROP_SIDE = 224
 # medians of the 207 circulated apex crops (`crop` below), fractions of the side
 EYE_X, EYE_Y, MOUTH_Y = (0.231, 0.757), 0.286, 0.744
@@ -35,7 +44,6 @@ CHANNELS = ("u", "v", "strain")
 
 def crop_landmarks(root: Path) -> str:
     """Where dlib puts microfer's alignment points on the circulated apex crops."""
-    from microfer.clip.face import CANONICAL_POINTS, alignment_points, detect_faces, fit_landmarks
 
     files = sorted((Path(root) / "combined_datasets_whole").glob("*"))
     pts = []
@@ -68,7 +76,6 @@ def crop_landmarks(root: Path) -> str:
 def circulated_crop(landmarks: np.ndarray) -> np.ndarray:
     """(2, 3) affine frame -> 224x224 crop with the eyes and mouth where the circulated
     crops have them (axis-aligned, stretched: the circulated crops are)."""
-    from microfer.clip.face import alignment_points
 
     p = alignment_points(landmarks)
     sx = CROP_SIDE * (EYE_X[1] - EYE_X[0]) / (p[1, 0] - p[0, 0])
@@ -81,8 +88,6 @@ def circulated_crop(landmarks: np.ndarray) -> np.ndarray:
 
 def recipe_image(flow: np.ndarray) -> np.ndarray:
     """The published recipe from a crop-resolution flow: strain, 28x28 area, min-max."""
-    from microfer.clip.circulated import minmax_uint8
-    from microfer.clip.motion import optical_strain
 
     strain = optical_strain(flow)
     chans = [flow[..., 0], flow[..., 1], strain]
@@ -93,7 +98,6 @@ def recipe_image(flow: np.ndarray) -> np.ndarray:
 
 def _clip(identity, rng):
     """(frames, onset, apex, true apex displacement on the frame (H, W, 2))."""
-    from microfer.synth.motion import Event, draw_pattern, render_clip
 
     emotion = str(rng.choice(["happiness", "surprise", "disgust"]))
     n, onset, apex = 20, 3, 11
@@ -117,10 +121,6 @@ def _compare(a: np.ndarray, b: np.ndarray) -> list[tuple[float, float]]:
 
 
 def agreement(n_clips: int = 12, seed: int = 0) -> str:
-    from microfer.clip.circulated import circulated_image
-    from microfer.clip.motion import optical_flow
-    from microfer.clip.one_clip import PrepareSettings, prepare_clip
-    from microfer.synth.faces import load_identities
 
     rng = np.random.default_rng(seed)
     pairs: dict[str, list] = {}
@@ -151,8 +151,6 @@ def agreement(n_clips: int = 12, seed: int = 0) -> str:
 
 def _uncropped(fn, crop):
     """circulated_image on a flow already at the circulated crop (its own box turned off)."""
-    import microfer.clip.circulated as circ
-    from microfer.clip.motion import optical_flow, optical_strain
 
     flow = optical_flow(crop[0], crop[1], "tvl1")
     saved, circ.CIRCULATED_CROP = circ.CIRCULATED_CROP, (0.0, 0.0, 1.0, 1.0)
@@ -177,8 +175,6 @@ def _table(pairs: dict, n_clips: int) -> str:
 def synth_predictions(bundle: Path, root: Path) -> str:
     """A bundle on synthetic clips (synth_truth.csv of `microfer synth`), true frames given."""
     import pandas as pd
-
-    from microfer.recognise.predict import Predictor
 
     predictor = Predictor(bundle)
     truth = pd.read_csv(Path(root) / "synth_truth.csv", dtype=str, keep_default_na=False)

@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from microfer.datasets import get
+from microfer.records import Sample
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -42,7 +45,6 @@ def synthetic_casme2(
     clip_frames: tuple[int, int] = CLIP_FRAMES,
 ) -> pd.DataFrame:
     """Write a synthetic CASME II set under `out`; its manifest as the CASME II adapter reads it."""
-    from microfer.datasets import get
     from microfer.synth import generate
 
     synth = generate(
@@ -118,7 +120,6 @@ def bare_pairs(root: Path, samples) -> list[tuple[str, str]]:
     """(onset file, apex file) of each sample of a frame-folder dataset (apex: annotated, else
     the middle of onset..offset); resolved before any timing."""
     from microfer.clip.video import frames_for_sample
-    from microfer.records import Sample
 
     pairs = []
     for s in (
@@ -255,7 +256,6 @@ def bench_prepare(
     and "goals": {"prepare_vs_bare": {"goal", "value", "met"}}.
     """
     from microfer.clip.prepare import PrepareSettings
-    from microfer.records import Sample
 
     settings = settings or PrepareSettings()
     with tempfile.TemporaryDirectory(prefix="microfer-bench-") as tmp:

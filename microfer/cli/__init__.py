@@ -23,6 +23,7 @@ import warnings
 import click
 
 from microfer.cli.options import jobs_option  # noqa: F401  (importable from here too)
+from microfer.errors import MicroferError
 
 # command name -> "module:function" inside microfer.cli
 # (the modules mirror the wings: data and synth, prepare (clip), learn and pretrain,
@@ -108,7 +109,6 @@ def cli():
 
 def main(args=None) -> None:
     """Entry point: run the command and turn its outcome into the exit codes above."""
-    from microfer.errors import MicroferError
 
     shown = warnings.showwarning
     warnings.showwarning = _show_warning

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import click
 
+from microfer.bench.spot_long import bench_spot, format_spot
+from microfer.io import write_json
+
 
 @click.command("bench")
 @click.argument("what", type=click.Choice(["predict", "prepare", "spot", "all"]), default="all")
@@ -84,13 +87,9 @@ def bench_cmd(what, model, runs, threads, workers, subjects, clips_per_subject, 
     from microfer.bench.suite import bench_predict, demo_bundle, format_predict, write_results
 
     if what == "spot":
-        from microfer.bench.spot_long import bench_spot, format_spot
-
         spot_result = bench_spot(echo=click.echo)
         click.echo(format_spot(spot_result))
         if out is not None:
-            from microfer.io import write_json
-
             write_json(out / "bench_spot.json", spot_result)
             click.echo(f"wrote {out / 'bench_spot.json'}")
         return

@@ -10,13 +10,15 @@ from pathlib import Path
 import click
 
 from microfer.cli import finish
+from microfer.datasets import composite_inputs
 from microfer.datasets.registry import get, names
+from microfer.errors import MicroferError
+from microfer.io import manifests_dir, write_csv
 
 
 @click.command("datasets")
 def datasets_cmd():
     """List the supported datasets: fps, default protocol and the layout each expects."""
-    from microfer.io import manifests_dir
 
     for name in names():
         a = get(name)
@@ -32,7 +34,6 @@ def datasets_cmd():
                 f"{shipped.name};\n    the rules above are those of --coding and `microfer manifest {name}`."
             )
         click.echo("")
-    from microfer.datasets import composite_inputs
 
     click.echo(
         f"{composite_inputs.NAME}  (derived MEGC2019 composite inputs, `microfer prepare` only)"
@@ -93,7 +94,6 @@ def summary(df) -> list[str]:
 )
 def manifest_cmd(dataset: str, coding: Path | None, root: Path | None, out: Path):
     """Write the manifest of DATASET from its coding file (or SMIC folders) and summarise it."""
-    from microfer.io import write_csv
 
     adapter = get(dataset)
     with warnings.catch_warnings():
@@ -101,8 +101,6 @@ def manifest_cmd(dataset: str, coding: Path | None, root: Path | None, out: Path
         df = adapter.read(coding, root)
     dropped = df.attrs.get("dropped", [])
     if df.empty:
-        from microfer.errors import MicroferError
-
         why = "; ".join(f"{d['key']}: {d['reason']}" for d in dropped[:3]) + (
             "; ..." if len(dropped) > 3 else ""
         )

@@ -15,6 +15,10 @@ from microfer.cli.options import (
     WEIGHTS_OPTION,
     jobs_option,
 )
+from microfer.learn.report import write_report
+from microfer.learn.train import train_bundle
+from microfer.learn.train_images import train_image_bundle
+from microfer.models import resolve_weights
 
 
 @click.command("loso")
@@ -99,7 +103,6 @@ def loso_cmd(
 ):
     """Leave-one-subject-out evaluation of PROTOCOL on a prepare cache."""
     from microfer.learn.evaluate import LosoSettings, run_loso
-    from microfer.models import resolve_weights
 
     settings = LosoSettings(
         grid=grid,
@@ -123,8 +126,6 @@ def loso_cmd(
     _show_loso(result)
     ex = result.metrics["excluded"]
     if out is not None:
-        from microfer.learn.report import write_report
-
         paths = write_report(result, out)
         click.echo(f"wrote {paths['results']}, {paths['report']}")
     finish(ex["count"], f"of {ex['of']} samples excluded (reasons above)")
@@ -217,8 +218,6 @@ def _show_loso(result) -> None:
 def train_cmd(protocol, cache, manifest, out, grid, features, seed, weights, threads, scheduler):
     """Fit the whole pipeline on all subjects of PROTOCOL (grid search inside) and write a model bundle."""
     from microfer.learn.evaluate import LosoSettings
-    from microfer.learn.train import train_bundle
-    from microfer.models import resolve_weights
 
     settings = LosoSettings(
         grid=grid,
@@ -295,8 +294,6 @@ def train_images_cmd(images, out, test_by_subject, per_class, seed, threads, wei
     image bundle for `microfer predict IMAGE --model OUT` (7 basic emotions)."""
     import shlex
     import sys
-
-    from microfer.learn.train_images import train_image_bundle
 
     command = " ".join(["microfer", *map(shlex.quote, sys.argv[1:])])
     r = train_image_bundle(

@@ -6,6 +6,8 @@ import math
 
 import click
 
+from microfer.clip.frames import MAX_FPS
+
 
 def jobs_option(*param_decls: str, **kwargs):
     """A joblib-style --jobs: a number of processes >= 1, or -1 for all cores."""
@@ -99,6 +101,5 @@ def finite_option(*param_decls: str, low: float, high: float, **kwargs):
 
 
 def fps_option(help: str):
-    from microfer.clip.frames import MAX_FPS
 
     return finite_option("--fps", low=0.01, high=MAX_FPS, default=None, help=help)

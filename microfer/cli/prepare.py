@@ -6,15 +6,16 @@ from pathlib import Path
 
 import click
 
+from microfer.cli import finish
 from microfer.cli.options import SCHEDULER_OPTION
+from microfer.errors import MicroferError
+from microfer.io import manifests_dir
 
 
 def load_samples(dataset: str, root: Path | None, coding: Path | None, manifest: Path | None):
     """(samples table, where it came from): --manifest, else the coding file, else the
     shipped manifest, else (SMIC) the clip folders under --root."""
     from microfer import datasets
-    from microfer.errors import MicroferError
-    from microfer.io import manifests_dir
 
     if manifest is not None:
         df = datasets.read_manifest(manifest)
@@ -139,7 +140,6 @@ def prepare_cmd(dataset, root, out, coding, manifest, no_progress, **settings):
 
 def _prepare_composite(dataset, root, out, coding, manifest, no_progress) -> None:
     from microfer.clip import composite_cache
-    from microfer.errors import MicroferError
 
     if coding is not None:
         raise MicroferError(
@@ -160,8 +160,6 @@ def _prepare_composite(dataset, root, out, coding, manifest, no_progress) -> Non
 
 def _finish(usable: int, total: int, problems: int, what: str, cache_dir: Path) -> None:
     """Exit 2 when no clip of the dataset is in the cache, 3 when some are missing, else 0."""
-    from microfer.cli import finish
-    from microfer.errors import MicroferError
 
     if usable == 0:
         raise MicroferError(

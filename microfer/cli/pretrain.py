@@ -8,7 +8,10 @@ from pathlib import Path
 import click
 
 from microfer.cli.options import command_line
+from microfer.errors import MicroferError
+from microfer.learn.pretrain_report import write_report
 from microfer.models import list_models
+from microfer.models.weights import default_scope
 
 REPRESENTATIONS = ("apex", "onset_apex", "flow")
 VARIANTS = tuple(list_models(pretrainable=True))
@@ -163,7 +166,6 @@ VARIANTS = tuple(list_models(pretrainable=True))
 @click.pass_context
 def pretrain_cmd(ctx, **o):
     """Pretrain a backbone (MobileViT's MobileNetV2 block or whole trunk, a ViT's encoder) on macro-expression samples."""
-    from microfer.errors import MicroferError
     from microfer.learn.pretrain import PretrainSettings, pretrain
 
     has_images = bool(o["images"] or o["images_by_subject"])
@@ -178,8 +180,6 @@ def pretrain_cmd(ctx, **o):
         )
     representation = o["representation"] or ("flow" if o["cache"] is not None else "apex")
     if o["scope"] is None:
-        from microfer.models.weights import default_scope
-
         o["scope"] = default_scope(o["variant"])
     o["input_size"] = o["input_size"] or (128 if o["cache"] is not None else 64)
     o["representation"] = representation
@@ -312,7 +312,6 @@ def _show_result(result) -> None:
 def pretrain_report_cmd(runs, out):
     """Pretraining RUNS (`microfer pretrain --out` folders) side by side: backbone x --mix -> test accuracy,
     macro F1 and time per epoch, as a table and a plot."""
-    from microfer.learn.pretrain_report import write_report
 
     paths = write_report(runs, out)
     click.echo(paths["markdown"].read_text(encoding="utf-8"), nl=False)

@@ -8,6 +8,15 @@ from pathlib import Path
 
 import click
 
+from microfer.errors import MicroferError
+from microfer.recognise.images import (
+    DefaultImagePredictor,
+    ImagePredictor,
+    is_image_bundle,
+    predict_images,
+)
+from microfer.recognise.serve import make_server
+
 
 @click.command("predict")
 @click.argument("clip", type=click.Path(path_type=Path))
@@ -54,16 +63,12 @@ def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, exp
     """Emotion of one CLIP (a video file or a folder of frames) with a clip bundle, or of a face
     image (or every image in a folder) with an image bundle -- or, without --model, with the
     shipped image model."""
-    from microfer.errors import MicroferError
-    from microfer.recognise.images import is_image_bundle
 
     if model is None:
         _predict_default_images(clip, onset, apex, offset, explain, as_json, threads)
         return
 
     if is_image_bundle(model):
-        from microfer.recognise.images import ImagePredictor, predict_images
-
         given = [
             n
             for n, v in (
@@ -103,8 +108,6 @@ def _predict_default_images(path, onset, apex, offset, explain, as_json, threads
     """No --model: face images (a file, or every image in a folder) -> the shipped image model.
     Clips need a clip bundle: there is no shipped clip model (ME classes depend on the data)."""
     from microfer.clip.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-    from microfer.errors import MicroferError
-    from microfer.recognise.images import DefaultImagePredictor, predict_images
 
     given = [
         n
@@ -160,7 +163,6 @@ def serve_cmd(model, host, port, threads, verbose):
     """A local web page: upload a clip, see its emotion, the scores and the motion curve
     with onset, apex and offset (POST /api/predict also takes face images: the shipped image
     model answers with calibrated probabilities). Stop it with Ctrl+C."""
-    from microfer.recognise.serve import make_server
 
     server = make_server(model, host=host, port=port, verbose=verbose, num_threads=threads)
     click.echo(f"microfer serving {model} at {server.url}  (Ctrl+C stops it)")

@@ -10,6 +10,8 @@ import click
 
 from microfer.cli import finish
 from microfer.cli.options import finite_option, fps_option
+from microfer.errors import MicroferError
+from microfer.spotting.spot_report import plot_signal
 
 
 def _default_plot(video: Path) -> Path:
@@ -48,9 +50,7 @@ def spot_cmd(video, model, fps, threshold, as_json, as_csv, plot, quiet):
     from dataclasses import replace
 
     from microfer.clip.video import frame_ranges
-    from microfer.errors import MicroferError
     from microfer.spotting.spot import PeakSettings, spot_curves, spot_video
-    from microfer.spotting.spot_report import plot_signal
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
@@ -245,7 +245,6 @@ def spot_eval_cmd(protocol, root, coding, out, plots, model, quiet):
 def live_cmd(camera, url, video, model, fps, window_s, hop_s, realtime, max_frames, as_json):
     """Spot micro- and macro-expressions while the frames arrive; each event is printed as it
     is found, with the frame rate achieved. Stop a camera or stream with Ctrl+C."""
-    from microfer.errors import MicroferError
     from microfer.spotting.live import LiveSettings, LiveSpotter, open_stream, run_live
 
     cap, source_fps = open_stream(camera=camera, url=url, video=video)

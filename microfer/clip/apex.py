@@ -47,6 +47,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from microfer.clip.motion import flow_magnitude, optical_flow
 from microfer.clip.regions import APEX_REGIONS, boxes
 from microfer.errors import ClipError
 
@@ -106,8 +107,6 @@ def motion_curve(
             [np.abs(_prepare_gray(f, sigma) - ref)[mask].mean() for f in faces], np.float32
         )
     if method == "flow":
-        from microfer.clip.motion import flow_magnitude, optical_flow
-
         ref = faces[reference]
         return np.array(
             [

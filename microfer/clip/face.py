@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from microfer.clip import landmarks as landmark_model
 from microfer.errors import MicroferError
 from microfer.records import FaceLandmarks
 
@@ -53,8 +54,6 @@ SAVED_DETECTOR = Path(__file__).parents[1] / "assets" / "dlib" / "frontal_face_d
 def _dlib_models():
     """(detector, landmarks): landmarks(gray, (x0, y0, x1, y1)) -> (68, 2) integer points."""
     import dlib
-
-    from microfer.clip import landmarks as landmark_model
 
     detector = (
         dlib.fhog_object_detector(str(SAVED_DETECTOR))

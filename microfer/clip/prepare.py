@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from microfer.clip.cache import Cache
+from microfer.clip.face import landmark_model_path
+from microfer.clip.landmarks import load as load_landmark_model
 from microfer.clip.layout import (  # noqa: F401
     check_layout,
     inputs_fingerprint,
@@ -29,8 +31,10 @@ from microfer.clip.one_clip import (  # noqa: F401  (the clip API, importable fr
     prepare_clip,
 )
 from microfer.clip.spot_then_prepare import PreparedInterval, prepare_interval  # noqa: F401
+from microfer.clip.video import frames_for_sample
 from microfer.errors import LayoutError, MicroferError
 from microfer.io import write_text
+from microfer.parallel import scheduler_context
 from microfer.records import ClipFailure, Sample
 
 
@@ -86,7 +90,6 @@ def _init_worker() -> None:
 
 def _prepare_sample(sample: Sample, root: Path, settings: PrepareSettings):
     """Worker: one sample -> (key, PreparedClip | ClipFailure). Never raises a MicroferError."""
-    from microfer.clip.video import frames_for_sample
 
     try:
         source = frames_for_sample(root, sample)
@@ -140,9 +143,6 @@ def prepare_dataset(
     todo = _still_to_do(sample_list, bad, cache, retry_failed, summary, inputs)
     sink = _Sink(cache, summary, todo, progress, inputs)
     if todo:
-        from microfer.clip.face import landmark_model_path
-        from microfer.clip.landmarks import load as load_landmark_model
-
         # converts dlib's landmark file on the first run ever, here once, not in every worker
         load_landmark_model(landmark_model_path())
     try:
@@ -241,7 +241,6 @@ class _Sink:
 
 
 def _run_on_dask(todo, root, settings, scheduler: str, sink: _Sink) -> None:
-    from microfer.parallel import scheduler_context
 
     with scheduler_context(scheduler) as client:
         from distributed import as_completed as dask_completed

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from microfer.errors import MicroferError
+from microfer.models import fer_teacher
 
 # ImageNet mean / std of the 'apex' input (microfer.clip.representation.face_to_input), RGB
 _MEAN = (0.485, 0.456, 0.406)
@@ -36,8 +37,6 @@ class Teacher:
 def load_for(labels: list[str], path: Optional[str] = None, device=None) -> Teacher:
     """The teacher (None or "default": the shipped copy), its classes mapped onto `labels`."""
     import json
-
-    from microfer.models import fer_teacher
 
     path = None if path in (None, "", "default") else path
     net = fer_teacher.load_teacher(path).to(device)

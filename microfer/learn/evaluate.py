@@ -28,14 +28,17 @@ import numpy as np
 import pandas as pd
 
 from microfer.clip.cache import open_cache, prepare_settings_of  # noqa: F401  (open_cache: kept importable from here)
+from microfer.datasets import read_manifest
 from microfer.errors import MicroferError
-from microfer.io import frame_sha256
+from microfer.io import file_sha256, frame_sha256
 from microfer.learn.classify import (
     FULL_PARAM_GRID,
     SMALL_PARAM_GRID,
     make_svm,
 )
 from microfer.learn.features import FeatureSetting, FusedSetting, extract_features
+from microfer.learn.finetune import CNNRecipe, learned_features
+from microfer.learn.finetune_vit import recipe_from_name
 from microfer.learn.folds import (  # noqa: F401  (importable from here too)
     FoldLeakError,
     FoldResult,
@@ -46,7 +49,12 @@ from microfer.learn.folds import (  # noqa: F401  (importable from here too)
     pooled_predictions,
     run_fold,
 )
+from microfer.learn.permutation import check_request, permutation_test, pooled_scores
+from microfer.learn.protocols import load_protocol
 from microfer.metrics import bootstrap_interval, summarize
+from microfer.models import is_descriptor, list_models, model_family, resolve_weights
+from microfer.models.weights import read_block_meta
+from microfer.parallel import jobs_for, scheduler_context
 
 # Candidates are written as the names the report shows: "descriptor/representation",
 # "variant/representation/layer/pool" for a MobileViT (pretrained where the weights fit
@@ -222,7 +230,6 @@ def parse_feature_set(
 ):
     """One grid entry (see FEATURE_GRIDS) -> FeatureSetting or FusedSetting; `weights` (with
     their card `weights_meta`) go to the network candidates they were trained for."""
-    from microfer.models import is_descriptor, list_models, model_family
 
     parts = [p.strip() for p in text.split("+")]
     if len(parts) > 1:
@@ -235,8 +242,6 @@ def parse_feature_set(
             f"feature set {text!r}: unknown extractor {fields[0]!r}; available: {', '.join(list_models())}"
         )
     if model_family(fields[0]) == "smallcnn":
-        from microfer.learn.finetune import CNNRecipe
-
         if len(fields) != 2 or fields[1] != "flow":
             raise MicroferError(f"feature set {text!r}: a small CNN is written 'name/flow'")
         return CNNRecipe(variant=fields[0], representation="flow")
@@ -255,8 +260,6 @@ def parse_feature_set(
             block_weights=None,
         )
     if len(fields) in (3, 4) and fields[2] == "finetune":
-        from microfer.learn.finetune_vit import recipe_from_name
-
         return recipe_from_name(text, fields, weights)
     if len(fields) != 4:
         raise MicroferError(
@@ -291,9 +294,6 @@ def feature_grid(settings: LosoSettings) -> list:
     spec = list(settings.features) or FEATURE_GRIDS[settings.grid]
     weights, meta = None, None
     if settings.block_weights:
-        from microfer.models import resolve_weights
-        from microfer.models.weights import read_block_meta
-
         weights = resolve_weights(settings.block_weights)
         meta = read_block_meta(weights)
     parsed = [parse_feature_set(text, settings, weights, meta) for text in spec]
@@ -311,8 +311,6 @@ def load_samples(protocol, manifest=None) -> tuple[Any, pd.DataFrame]:
     to run a protocol on a synthetic dataset.
     """
     if isinstance(protocol, (str, Path)):
-        from microfer.learn.protocols import load_protocol
-
         protocol = load_protocol(protocol, check_manifest=manifest is None)
     if isinstance(manifest, (list, tuple)):
         paths = [Path(m) for m in manifest]
@@ -322,8 +320,6 @@ def load_samples(protocol, manifest=None) -> tuple[Any, pd.DataFrame]:
         if len(paths) == 1:
             manifest = paths[0]
         else:  # several datasets prepared separately, evaluated together (e.g. the composite)
-            from microfer.datasets import read_manifest
-
             manifest = pd.concat([read_manifest(m) for m in paths], ignore_index=True)
     elif manifest is not None and not isinstance(manifest, pd.DataFrame):
         manifest = Path(manifest)
@@ -499,8 +495,6 @@ def gather_features(
             progress=progress,
         )
 
-    from microfer.learn.finetune import learned_features
-
     feature_sets = {
         fs.name: learned_features(fs, extract, len(proto.classes), feature_dir)
         if getattr(fs, "is_learned", False)
@@ -534,12 +528,9 @@ def run_loso(
     """LOSO of `protocol` on the clips of a prepare `cache` (see the module docstring)."""
     settings = settings or LosoSettings()
     if settings.permutations:
-        from microfer.learn.permutation import check_request
-
         check_request(
             settings.permutations, settings.permutation_seed
         )  # before the long work, not after
-    from microfer.parallel import jobs_for, scheduler_context
 
     # connected before the features are extracted (here), so a wrong address fails at once
     with scheduler_context(settings.scheduler):
@@ -603,8 +594,6 @@ def _evaluate(
     }
     permutation = None
     if settings.permutations:
-        from microfer.learn.permutation import permutation_test, pooled_scores
-
         # Pooled datasets differ in class frequencies and their features tell them apart
         # (camera, frame rate, lighting), so the dataset alone predicts the label somewhat.
         # Permuting within each dataset keeps that in the null: p then measures what the
@@ -631,7 +620,6 @@ def _evaluate(
         metrics["permutation"] = permutation.as_dict()
     t4 = time.perf_counter()
     pred, maj, _ = pooled_predictions(y.size, results)
-    from microfer.io import file_sha256
 
     manifest_sha = None
     if (

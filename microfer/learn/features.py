@@ -26,8 +26,12 @@ from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
-from microfer.errors import MicroferError
+from microfer.clip.representation import check_kind, stack_inputs
+from microfer.errors import BundleError, MicroferError
 from microfer.io import atomic_path, write_json
+from microfer.models import create_extractor, is_descriptor
+from microfer.models.onnx_extractor import OnnxExtractor
+from microfer.models.weights import read_block_meta
 from microfer.records import PreparedClip
 
 FEATURE_VERSION = 1
@@ -53,7 +57,6 @@ class FeatureSetting:
 
     @property
     def is_descriptor(self) -> bool:
-        from microfer.models import is_descriptor
 
         return is_descriptor(self.variant)
 
@@ -77,7 +80,6 @@ class FeatureSetting:
     def weights_sha256(self) -> Optional[str]:
         if not self.block_weights or self.is_descriptor:
             return None
-        from microfer.models.weights import read_block_meta
 
         return read_block_meta(self.block_weights).get("weights_sha256")
 
@@ -91,7 +93,6 @@ class FeatureSetting:
     def create_extractor(
         self, batch_size: int = 32, num_threads: Optional[int] = None, device: str = "cpu"
     ):
-        from microfer.models import create_extractor
 
         return create_extractor(
             self.variant,
@@ -117,7 +118,6 @@ def check_weights_fit(setting: FeatureSetting) -> None:
         return
     if not setting.block_weights:
         return
-    from microfer.models.weights import read_block_meta
 
     meta = read_block_meta(setting.block_weights)
     rep = meta.get("representation")
@@ -229,7 +229,6 @@ def extract_features(
     batch by batch. With `feature_dir` and `keys`, features are read from / written to
     the feature cache; a cached row is never recomputed.
     """
-    from microfer.clip.representation import check_kind
 
     if isinstance(setting, FusedSetting):
         if extractor is not None:
@@ -291,7 +290,6 @@ def extract_features(
 
 def _compute(clips, keys, todo, setting, extractor, batch_size: int, progress: bool):
     """(row indices, their features) batch by batch, clips loaded as they are needed."""
-    from microfer.clip.representation import stack_inputs
 
     is_list = isinstance(clips, (list, tuple))
     bar = None
@@ -367,8 +365,6 @@ class FeatureModel:
         for i, part in enumerate(setting.parts):
             name = _onnx_name(setting, i)
             if not part.is_descriptor and name in onnx:
-                from microfer.models.onnx_extractor import OnnxExtractor
-
                 self.extractors.append(OnnxExtractor(onnx[name], num_threads=num_threads))
             else:
                 self.extractors.append(
@@ -395,7 +391,6 @@ class FeatureModel:
     def __call__(
         self, prepared: Sequence[PreparedClip], names: Optional[Sequence[str]] = None
     ) -> np.ndarray:
-        from microfer.clip.representation import stack_inputs
 
         return self.from_inputs(
             {rep: stack_inputs(prepared, rep, names) for rep in self.setting.representations}
@@ -431,8 +426,6 @@ class FeatureModel:
                 if not any(k.startswith(self._prefix(i)) for i in range(len(self.extractors)))
             ]
             if stray:
-                from microfer.errors import BundleError
-
                 raise BundleError(
                     f"{source}: tensors belong to no part of the fusion (e.g. {stray[0]})"
                 )

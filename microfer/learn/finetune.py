@@ -39,6 +39,8 @@ import numpy as np
 from microfer.clip.representation import flip_input
 from microfer.errors import MicroferError
 from microfer.io import atomic_path, write_json
+from microfer.learn.features import FeatureSetting
+from microfer.models.smallcnn import build_ensemble, spec_of
 
 FINETUNE_VERSION = 1
 
@@ -77,7 +79,6 @@ class CNNRecipe:
 
     # what `InFoldNet` asks of a recipe (learn.finetune_vit's recipe answers the same)
     def network_inputs(self, inputs: np.ndarray) -> np.ndarray:
-        from microfer.models.smallcnn import spec_of
 
         return to_network_size(inputs, spec_of(self.variant).input_size)
 
@@ -85,7 +86,6 @@ class CNNRecipe:
         return train_ensemble(self, x, y, n_classes)
 
     def build(self, n_classes: int):
-        from microfer.models.smallcnn import build_ensemble
 
         return build_ensemble(self.variant, n_classes, self.seeds)
 
@@ -115,8 +115,6 @@ def train_ensemble(recipe: CNNRecipe, x: np.ndarray, y: np.ndarray, n_classes: i
     """Train the recipe's ensemble on (N, 3, S, S) inputs at network size; returns the module."""
     import torch
     import torch.nn.functional as F
-
-    from microfer.models.smallcnn import build_ensemble
 
     torch.set_num_threads(1)  # determinism (and the budget) do not depend on the machine
     net = build_ensemble(recipe.variant, n_classes, recipe.seeds)
@@ -246,7 +244,6 @@ def learned_features(recipe, extract, n_classes: int, feature_dir):
     from functools import partial
 
     from microfer.learn.classify import LearnedFeatures
-    from microfer.learn.features import FeatureSetting
 
     # flow_raw is the flow at 28x28 as the network sees it (the fixed scale of
     # clip.representation), so its cached rows are the CNN's inputs

@@ -27,6 +27,8 @@ import numpy as np
 from microfer.clip.representation import flip_input
 from microfer.errors import MicroferError
 from microfer.learn.finetune import FINETUNE_VERSION
+from microfer.models.mobilevit import create_mobilevit
+from microfer.models.weights import load_block_weights, read_block_meta
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,6 @@ class ViTRecipe:
     def key(self) -> str:
         doc = {**asdict(self), "finetune_version": FINETUNE_VERSION}
         if self.block_weights:  # content, not path, decides
-            from microfer.models.weights import read_block_meta
-
             doc["block_weights"] = read_block_meta(self.block_weights).get("weights_sha256")
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -74,12 +74,8 @@ class ViTRecipe:
         import torch
         from torch import nn
 
-        from microfer.models.mobilevit import create_mobilevit
-
         trunk = create_mobilevit(self.variant, seed=self.seed)
         if self.block_weights:
-            from microfer.models.weights import load_block_weights
-
             load_block_weights(trunk, self.block_weights, self.variant)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)

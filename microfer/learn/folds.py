@@ -84,7 +84,7 @@ def run_fold(
     train, test = np.asarray(fold.train_idx), np.asarray(fold.test_idx)
     select = select_and_fit
     if stack:  # the members' scores combined by weights learned on inner folds (learn.stack)
-        from microfer.learn.stack import stack_select_and_fit as select
+        pass
     choice = select(
         feature_sets,
         y,

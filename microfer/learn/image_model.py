@@ -19,8 +19,20 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from microfer.errors import MicroferError
+from microfer.io import file_sha256, write_json
 from microfer.learn.macro_data import files_by_subject, list_images, normalise_label
-from microfer.models.image_model import IMAGE_MODEL_FORMAT, ImageModel, grey64, softmax
+from microfer.metrics import accuracy, confusion_matrix, uf1
+from microfer.models.efficientnet import VARIANT
+from microfer.models.fer_teacher import load_teacher
+from microfer.models.image_model import (
+    IMAGE_MODEL_FORMAT,
+    ImageModel,
+    build_trunk,
+    grey64,
+    image_model_paths,
+    softmax,
+)
+from microfer.models.weights import load_block_weights
 
 CALIBRATION_SHARE = 0.15
 
@@ -98,7 +110,6 @@ def calibration(prob: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, An
 
 def score(prob: np.ndarray, labels: list[str], classes: list[str]) -> dict[str, Any]:
     """Accuracy / macro F1 restricted to the set's own labels (FER-2013: 7-way), + calibration."""
-    from microfer.metrics import accuracy, confusion_matrix, uf1
 
     y = np.array([classes.index(l) for l in labels])
     own = sorted(set(y.tolist()))
@@ -231,19 +242,13 @@ def _t(a):
 
 def _frozen_trunk(trunk: str, trunk_weights: Optional[str]) -> ImageModel:
     """An ImageModel shell holding the trunk only (its head is fitted here); torch runs it."""
-    from microfer.models.image_model import build_trunk
 
     model = ImageModel.__new__(ImageModel)
     model.kind, model.card, model.trunk_state = trunk, {}, None
     model.net = build_trunk(trunk)
     if trunk == "fer_mini_xception":
-        from microfer.models.fer_teacher import load_teacher
-
         model.net = load_teacher(trunk_weights)
     elif trunk_weights:
-        from microfer.models.efficientnet import VARIANT
-        from microfer.models.weights import load_block_weights
-
         model.trunk_meta = load_block_weights(model.net, Path(trunk_weights), VARIANT)
     model.net.eval()
     return model
@@ -251,9 +256,6 @@ def _frozen_trunk(trunk: str, trunk_weights: Optional[str]) -> ImageModel:
 
 def _write(model: ImageModel, head: dict, card: dict, out) -> dict[str, Any]:
     from safetensors.torch import save_file
-
-    from microfer.io import file_sha256, write_json
-    from microfer.models.image_model import image_model_paths
 
     st, js = image_model_paths(out)
     st.parent.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from microfer.clip.cache import open_cache
 from microfer.clip.representation import check_kind, face_to_input, to_input
+from microfer.datasets import read_manifest
 from microfer.errors import MicroferError
+from microfer.learn.augment import apply as apply_augment
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 MERGE_KEYS = ["dataset", "subject", "clip"]
@@ -82,7 +85,6 @@ class MacroSet:
         """Network inputs of samples `idx`; `augment` (len(idx), K) parameters from
         `augment.draw` are applied to image faces (clip inputs carry vectors or differences
         that a rotation or a brightness change would falsify, so they only get flips)."""
-        from microfer.learn.augment import apply as apply_augment
 
         n1 = self.inputs.shape[0]
         out = np.empty((len(idx), 3, self.input_size, self.input_size), np.float32)
@@ -135,7 +137,6 @@ def load_cache_samples(
     progress: bool = False,
 ) -> MacroSet:
     """Macro clips of a prepare cache, labelled from the manifest rows they came from."""
-    from microfer.clip.cache import open_cache
 
     check_kind(representation)
     source = open_cache(cache)
@@ -184,8 +185,6 @@ def _labelled_entries(index: pd.DataFrame, manifest, label_column: str):
     if isinstance(manifest, pd.DataFrame):
         man = manifest.copy()
     else:
-        from microfer.datasets import read_manifest
-
         man = read_manifest(Path(manifest))
     if label_column not in man.columns:
         raise MicroferError(

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from microfer.errors import MicroferError
+
 MIXES = ("none", "cutout", "mixup", "cutmix", "fmix")
 CUTOUT_FRACTION = 0.5  # side of the cut-out square, as a fraction of the image side
 MIXUP_ALPHA = 0.2
@@ -28,8 +30,6 @@ FMIX_DECAY = 3.0
 
 def check_mix(mix: str) -> str:
     if mix not in MIXES:
-        from microfer.errors import MicroferError
-
         raise MicroferError(
             f"unknown batch augmentation {mix!r}; expected one of {', '.join(MIXES)}"
         )

@@ -57,6 +57,7 @@ from microfer.learn.macro_data import (  # noqa: F401  (re-exported: the pretrai
     split_subjects,
 )
 from microfer.learn.starts import LITE0, lite0_classifier, start_weights  # noqa: F401
+from microfer.metrics import accuracy, confusion_matrix, uf1
 from microfer.models.mobilevit import create_mobilevit
 from microfer.models.vit import VARIANTS as VIT_VARIANTS
 from microfer.models.vit import create_vit_encoder
@@ -280,8 +281,6 @@ def evaluate_sets(
     Samples whose label the model never saw are left out and counted.
     """
     import torch
-
-    from microfer.metrics import accuracy, confusion_matrix, uf1
 
     out: dict[str, dict[str, Any]] = {}
     was_training = model.training

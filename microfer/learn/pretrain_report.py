@@ -22,6 +22,7 @@ import numpy as np
 
 from microfer.errors import MicroferError
 from microfer.io import atomic_path, write_json, write_text
+from microfer.models.weights import WEIGHTS_STEMS, read_block_meta
 
 MIX_ORDER = ("none", "cutout", "mixup", "cutmix", "fmix")
 
@@ -45,7 +46,6 @@ class RunRow:
 
 def read_run(folder) -> RunRow:
     """One pretraining run's row (MicroferError naming the folder when it holds none)."""
-    from microfer.models.weights import WEIGHTS_STEMS, read_block_meta
 
     folder = Path(folder)
     cards = [

@@ -40,6 +40,7 @@ from typing import Mapping, Optional, Union
 import numpy as np
 import pandas as pd
 
+from microfer.datasets import read_manifest
 from microfer.errors import MicroferError
 from microfer.io import SHIPPED_DIR, manifests_dir, protocols_dir  # noqa: F401  (importable from here too)
 
@@ -104,7 +105,6 @@ class Protocol:
 
     def samples(self, manifest: Union[pd.DataFrame, str, Path, None] = None) -> pd.DataFrame:
         """The manifest rows this protocol uses, with `y` (class index) and `group` (fold key) added."""
-        from microfer.datasets import read_manifest
 
         if manifest is None:
             manifest = self.manifest_path

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Optional
 
 from microfer.errors import MicroferError
+from microfer.io import file_sha256
 from microfer.models.efficientnet import VARIANT as LITE0
-from microfer.models.efficientnet import create_lite0
+from microfer.models.efficientnet import create_lite0, load_imagenet, wheel_path
 
 
 def lite0_classifier(n_classes: int, seed: int, dropout: float):
@@ -48,8 +49,6 @@ def start_weights(model, settings) -> Optional[dict]:
             f"--init {settings.init} is available for {LITE0} only (the ImageNet weights a "
             f"registry package ships); got --variant {settings.variant}"
         )
-    from microfer.io import file_sha256
-    from microfer.models.efficientnet import load_imagenet, wheel_path
 
     n = load_imagenet(model)
     return {

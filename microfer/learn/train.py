@@ -26,7 +26,11 @@ from typing import Any
 import numpy as np
 
 from microfer.errors import MicroferError
-from microfer.io import package_versions
+from microfer.io import frame_sha256, package_versions
+from microfer.learn.bundle import ArraySVM, save_bundle
+from microfer.learn.features import FeatureModel, feature_config
+from microfer.learn.ood import fit_ood
+from microfer.parallel import scheduler_context
 
 
 @dataclass
@@ -44,7 +48,6 @@ def train_bundle(
     protocol, cache, out, manifest=None, settings=None, progress: bool = True
 ) -> TrainResult:
     from microfer.learn.evaluate import LosoSettings
-    from microfer.parallel import scheduler_context
 
     settings = settings or LosoSettings()
     with scheduler_context(
@@ -55,12 +58,8 @@ def train_bundle(
 
 def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainResult:
     from microfer.clip.cache import open_cache, prepare_settings_of
-    from microfer.io import frame_sha256
-    from microfer.learn.bundle import ArraySVM, save_bundle
     from microfer.learn.classify import select_and_fit
     from microfer.learn.evaluate import PARAM_GRIDS, gather_features
-    from microfer.learn.features import FeatureModel, feature_config
-    from microfer.learn.ood import fit_ood
 
     derived = prepare_settings_of(open_cache(cache)).get("source")
     if derived:  # checked before any feature is extracted

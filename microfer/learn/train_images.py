@@ -28,7 +28,17 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from microfer.errors import MicroferError
+from microfer.clip.representation import face_to_input
+from microfer.clip.still import FACE_SIZE, image_face
+from microfer.errors import ClipError, MicroferError
+from microfer.io import package_versions
+from microfer.learn.bundle import IMAGE_INPUT, ArraySVM, save_bundle
+from microfer.learn.features import FeatureModel, FeatureSetting, feature_config
+from microfer.learn.ood import fit_ood
+from microfer.metrics import summarize
+from microfer.models import resolve_weights
+from microfer.models.vit import VARIANTS as VIT_VARIANTS
+from microfer.models.weights import read_block_meta
 
 DEFAULT_PER_CLASS = 600
 # (layer, pooling) of the network offered to the inner folds, per backbone: the pretrained
@@ -96,9 +106,7 @@ def load_faces(
     """Faces of the images as `predict` finds them; images without one are listed in `skipped`."""
     from tqdm import tqdm
 
-    from microfer.clip.still import image_face
     from microfer.clip.video import read_image
-    from microfer.errors import ClipError
 
     out = ImageSet(files=[], labels=[])
     faces, aligned = [], []
@@ -124,7 +132,6 @@ def load_faces(
 
 
 def _features(model, faces: np.ndarray, batch: int = 256) -> np.ndarray:
-    from microfer.clip.representation import face_to_input
 
     rows = [
         model.from_inputs({"apex": np.stack([face_to_input(f) for f in faces[i : i + batch]])})
@@ -136,7 +143,6 @@ def _features(model, faces: np.ndarray, batch: int = 256) -> np.ndarray:
 def evaluate(svm, X: np.ndarray, labels: Sequence[str], classes: list[str]) -> dict:
     """Accuracy / macro F1 of the SVM's 7-way answer, and of the argmax over the labels the
     source has (as the trunk's card reports FER results); images of other labels left out."""
-    from microfer.metrics import summarize
 
     known = np.array([lab in classes for lab in labels], bool)
     y = np.array([classes.index(lab) for lab, k in zip(labels, known) if k], np.int64)
@@ -161,10 +167,6 @@ def evaluate(svm, X: np.ndarray, labels: Sequence[str], classes: list[str]) -> d
 def image_feature_settings(weights="default") -> list:
     """The candidate feature sets of an image bundle on pretrained `weights` ("default": the
     shipped trunk); MicroferError when they were not pretrained on still faces."""
-    from microfer.learn.features import FeatureSetting
-    from microfer.models import resolve_weights
-    from microfer.models.vit import VARIANTS as VIT_VARIANTS
-    from microfer.models.weights import read_block_meta
 
     path = resolve_weights(weights)
     if path is None:
@@ -203,11 +205,7 @@ def train_image_bundle(
     command: str = "",
     weights="default",
 ) -> ImageTrainResult:
-    from microfer.clip.still import FACE_SIZE
-    from microfer.learn.bundle import ArraySVM, save_bundle
     from microfer.learn.classify import select_and_fit
-    from microfer.learn.features import FeatureModel
-    from microfer.learn.ood import fit_ood
 
     images = Path(images)
     settings = image_feature_settings(weights)  # refuses unfit weights before any image is read
@@ -264,7 +262,6 @@ def train_image_bundle(
 
 def _score_tests(images: Path, test_by_subject, model, svm, classes, progress) -> dict:
     """Accuracy and macro F1 on the FER test split and, if given, the CK+ test subjects."""
-    from microfer.clip.still import FACE_SIZE
     from microfer.learn.macro_data import files_by_subject, normalise_label
 
     test_sets = [
@@ -291,10 +288,6 @@ def _image_bundle_config(
     images, classes, setting, choice, seed, per_class, y, counts, train, tests, command
 ) -> dict:
     """bundle.json of an image bundle: what was trained on, chosen and measured."""
-    from microfer.clip.still import FACE_SIZE
-    from microfer.io import package_versions
-    from microfer.learn.bundle import IMAGE_INPUT
-    from microfer.learn.features import feature_config
 
     return {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from microfer.errors import MicroferError
+from microfer.errors import BundleError, MicroferError
 from microfer.models.registry import register_model
 
 WORK_SIZE = 28
@@ -93,8 +93,6 @@ class FlowDescriptor:
 
     def load_state_dict(self, state: dict, source: str = "network weights") -> None:
         if state:
-            from microfer.errors import BundleError
-
             raise BundleError(
                 f"{source}: holds {len(state)} tensors, but the {self.kind} flow descriptor has no weights"
             )

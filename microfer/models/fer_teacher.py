@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from microfer.errors import BundleError
+from microfer.io import file_sha256, write_json
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 TEACHER_STEM = "fer_mini_xception"
@@ -130,8 +131,6 @@ def load_teacher(path=None):
     sha256, tensor names or shapes do not match (a damaged or foreign file)."""
     from safetensors.torch import load_file
 
-    from microfer.io import file_sha256
-
     st, js = teacher_paths(path)
     try:
         meta = json.loads(js.read_text(encoding="utf-8"))
@@ -162,8 +161,6 @@ def convert_h5(h5_path, out_path, source: Optional[dict] = None) -> Path:
     import h5py
     import torch
     from safetensors.torch import save_file
-
-    from microfer.io import file_sha256, write_json
 
     with h5py.File(str(h5_path), "r") as f:
         group = f["model_weights"]

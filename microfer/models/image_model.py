@@ -23,6 +23,9 @@ from typing import Any, Optional
 import numpy as np
 
 from microfer.errors import BundleError
+from microfer.io import file_sha256
+from microfer.models.efficientnet import create_lite0
+from microfer.models.fer_teacher import build_teacher, keras_names, numpy_features
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 IMAGE_MODEL_STEM = "fer_image_model"
@@ -39,12 +42,8 @@ def image_model_paths(path=None) -> tuple[Path, Path]:
 def build_trunk(kind: str):
     """The trunk network of `kind` (random weights) and its features(x) function."""
     if kind == "fer_mini_xception":
-        from microfer.models.fer_teacher import build_teacher
-
         return build_teacher()
     if kind == "efficientnet_lite0":
-        from microfer.models.efficientnet import create_lite0
-
         return create_lite0()
     raise BundleError(f"unknown image-model trunk {kind!r}; expected one of {', '.join(TRUNKS)}")
 
@@ -73,8 +72,6 @@ class ImageModel:
     def __init__(self, path=None):
         from safetensors.numpy import load_file
 
-        from microfer.io import file_sha256
-
         st, js = image_model_paths(path)
         try:
             self.card = json.loads(js.read_text(encoding="utf-8"))
@@ -102,8 +99,6 @@ class ImageModel:
     def _features(self, g: np.ndarray) -> np.ndarray:
         """Pooled features of grey faces (N, 64, 64) float32 in [0, 255]."""
         if self.net is None:
-            from microfer.models.fer_teacher import numpy_features
-
             fmap, logits = numpy_features(self.trunk_state, ((g / 255.0 - 0.5) * 2.0)[:, None])
             return np.concatenate([fmap.mean(axis=(2, 3)), logits], 1)
         import torch
@@ -131,7 +126,6 @@ class ImageModel:
 
 
 def _check_teacher_state(trunk: dict, st: Path) -> None:
-    from microfer.models.fer_teacher import keras_names
 
     prefixes = set(keras_names())
     have = {k.rsplit(".", 1)[0] for k in trunk}

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from microfer.errors import BundleError, MicroferError
-from microfer.io import file_sha256
+from microfer.io import atomic_path, file_sha256, write_json
 from microfer.models.registry import backbone_scopes
 
 WEIGHTS_STEMS = {"mv2": "mv2_block", "whole": "trunk"}
@@ -99,8 +99,6 @@ def save_block_weights(
     """
     import torch
     from safetensors.torch import save_file
-
-    from microfer.io import atomic_path, write_json
 
     variant = meta.get("variant", "")
     modules = backbone_scopes(variant)[check_scope(scope, variant)]
@@ -253,8 +251,6 @@ def publish_weights(src, dest, notes: dict[str, Any]) -> Path:
     the run's command still reproduces the shipped file. Returns the new JSON path.
     """
     import shutil
-
-    from microfer.io import atomic_path, write_json
 
     src_st, src_json = weights_paths(src)
     meta = read_block_meta(src)

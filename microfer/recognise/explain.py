@@ -22,6 +22,9 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from microfer.clip.representation import stack_inputs
+from microfer.io import atomic_path
+
 OVERLAY_SIZE = 256  # px of the written PNGs (the crop is 128 px by default: too small to read)
 PATCH_FRACTION = (
     8  # patch side = crop side / 8 (16 px of a 128-px face: an eye, a brow, a lip corner)
@@ -44,7 +47,6 @@ class OcclusionMap:
 
 def network_inputs(feature_model, prepared) -> dict[str, np.ndarray]:
     """{representation: (1, 3, S, S)} of one prepared clip, for every input the feature set uses."""
-    from microfer.clip.representation import stack_inputs
 
     return {rep: stack_inputs([prepared], rep) for rep in feature_model.setting.representations}
 
@@ -152,7 +154,6 @@ def flow_picture(flow: np.ndarray) -> np.ndarray:
 
 def write_overlays(prepared, occ: OcclusionMap, out) -> list[Path]:
     """apex_face.png and flow.png (OVERLAY_SIZE square) under `out`; returns their paths."""
-    from microfer.io import atomic_path
 
     out = Path(out)
     pictures = {

@@ -23,9 +23,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from microfer.clip.representation import face_to_input
 from microfer.clip.still import FACE_SIZE, image_face, list_image_files  # noqa: F401  (importable from here too)
 from microfer.errors import BundleError, MicroferError
 from microfer.learn.bundle import IMAGE_INPUT as INPUT_KIND
+from microfer.learn.bundle import load_bundle
+from microfer.learn.features import feature_setting_from_config
+from microfer.models.image_model import ImageModel, grey64
 
 
 def is_image_bundle(bundle) -> bool:
@@ -105,8 +109,6 @@ class ImagePredictor:
 
     def __init__(self, bundle, num_threads: Optional[int] = None, runtime: str = "auto"):
         from microfer.clip.face import load_models
-        from microfer.learn.bundle import load_bundle
-        from microfer.learn.features import feature_setting_from_config
         from microfer.recognise.predict import bundle_network
 
         self.bundle = bundle if hasattr(bundle, "classifier") else load_bundle(bundle)
@@ -129,7 +131,6 @@ class ImagePredictor:
         load_models()
 
     def features(self, faces: Sequence[np.ndarray]) -> np.ndarray:
-        from microfer.clip.representation import face_to_input
 
         return self.feature_model.from_inputs({"apex": np.stack([face_to_input(f) for f in faces])})
 
@@ -171,7 +172,6 @@ class DefaultImagePredictor:
 
     def __init__(self, path=None, num_threads: Optional[int] = None):
         from microfer.clip.face import load_models
-        from microfer.models.image_model import ImageModel
 
         if num_threads:  # only a Lite0 trunk runs in torch; the teacher runs in numpy
             import sys
@@ -184,7 +184,6 @@ class DefaultImagePredictor:
 
     def predict(self, image, name: Optional[str] = None) -> ImagePrediction:
         from microfer.clip.video import read_image
-        from microfer.models.image_model import grey64
 
         timings: dict[str, float] = {}
         t = time.perf_counter()

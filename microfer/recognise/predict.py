@@ -17,8 +17,16 @@ from typing import Optional
 
 import numpy as np
 
+from microfer.clip.face import load_models
+from microfer.clip.one_clip import PrepareSettings  # clip.prepare imports pandas
+from microfer.clip.representation import KINDS
 from microfer.clip.spot_then_prepare import MIN_FRAMES, prepare_interval  # noqa: F401
 from microfer.clip.video import ArraySource, open_frames
+from microfer.errors import BundleError, MicroferError
+from microfer.learn.bundle import IMAGE_INPUT, load_bundle
+from microfer.learn.features import FeatureModel, feature_setting_from_config, onnx_names
+from microfer.models.onnx_extractor import onnxruntime_available
+from microfer.recognise.explain import occlusion_map, write_overlays
 
 RUNTIMES = ("auto", "onnx", "torch")
 
@@ -101,9 +109,6 @@ def bundle_network(
     `runtime` for the network: "onnx" (the bundle's ONNX export in onnxruntime: no torch),
     "torch" (the weights in timm's MobileViT), or "auto" (onnx when the bundle has it).
     """
-    from microfer.errors import BundleError, MicroferError
-    from microfer.learn.features import FeatureModel, onnx_names
-    from microfer.models.onnx_extractor import onnxruntime_available
 
     if runtime not in RUNTIMES:
         raise MicroferError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
@@ -138,7 +143,6 @@ def input_problem(config: dict, prepare) -> Optional[str]:
     """Why a clip prepared with `prepare` (PrepareSettings) cannot give what the bundle's
     model reads (bundle.json "representation", written by `learn.train.bundle_input`);
     None when it can. Bundles written before that entry read what their prepare gives."""
-    from microfer.clip.representation import KINDS
 
     rep = config.get("representation")
     if rep is None:
@@ -171,10 +175,6 @@ class Predictor:
     def __init__(self, bundle, num_threads: Optional[int] = None, runtime: str = "auto"):
         """`runtime` for the network: "onnx" (the bundle's ONNX export in onnxruntime: no torch),
         "torch" (the weights in timm's MobileViT), or "auto" (onnx when the bundle has it)."""
-        from microfer.clip.one_clip import PrepareSettings  # clip.prepare imports pandas
-        from microfer.errors import BundleError, MicroferError
-        from microfer.learn.bundle import IMAGE_INPUT, load_bundle
-        from microfer.learn.features import feature_setting_from_config
 
         self.bundle = bundle if hasattr(bundle, "classifier") else load_bundle(bundle)
         cfg = self.bundle.config
@@ -198,7 +198,6 @@ class Predictor:
             self.bundle, self.feature_setting, runtime, num_threads
         )
         self.classes = self.bundle.class_names
-        from microfer.clip.face import load_models
 
         load_models()  # so per-clip timings measure the work, not the one-off model load
 
@@ -239,8 +238,6 @@ class Predictor:
         timings["ood"] = (time.perf_counter() - t) * 1000
         explanation = []
         if explain is not None:
-            from microfer.recognise.explain import occlusion_map, write_overlays
-
             t = time.perf_counter()
             occ = occlusion_map(self.feature_model, self.bundle.classifier, prepared, label_idx)
             explanation = [str(p) for p in write_overlays(prepared, occ, explain)]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 from microfer.errors import MicroferError
+from microfer.recognise.images import DefaultImagePredictor
 
 PAGE = Path(__file__).parents[1] / "assets" / "web" / "index.html"
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
@@ -206,8 +207,6 @@ class PredictServer(ThreadingHTTPServer):
     def image_predictor(self):
         """The shipped image model, loaded on the first face image (clips never pay for it)."""
         if self._images is None:
-            from microfer.recognise.images import DefaultImagePredictor
-
             self._images = DefaultImagePredictor()
         return self._images
 
