@@ -51,6 +51,20 @@ def test_predict_folder_without_model(tmp_path):
     assert res.output.count("probabilities:") == 2
 
 
+def test_one_bad_image_in_a_folder_is_reported_and_the_rest_predicted(tmp_path, capsys):
+    """One unreadable image once aborted the whole folder with no result for the good ones."""
+    from microfer.cli import main
+
+    (tmp_path / "joe_biden.jpg").write_bytes((FACES / "joe_biden.jpg").read_bytes())
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(tmp_path), "--json"])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 3 and "broken.jpg" in err
+    docs = json.loads(out[: out.rindex("]") + 1])
+    assert [Path(d["image"]).name for d in docs] == ["joe_biden.jpg"]
+
+
 def test_a_clip_without_model_is_refused(tmp_path):
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"x")

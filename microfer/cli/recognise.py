@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from microfer.cli import finish
 from microfer.errors import MicroferError
 from microfer.recognise.images import (
     DefaultImagePredictor,
@@ -84,12 +85,7 @@ def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, exp
                 f"{model}: an image bundle predicts single images; {', '.join(given)} "
                 f"belong to clips"
             )
-        results = predict_images(clip, ImagePredictor(model, num_threads=threads, runtime=runtime))
-        if as_json:
-            docs = [r.to_dict() for r in results]
-            click.echo(json.dumps(docs[0] if clip.is_file() else docs, indent=2))
-        else:
-            click.echo("\n".join(r.text() for r in results))
+        _show_images(clip, ImagePredictor(model, num_threads=threads, runtime=runtime), as_json)
         return
     from microfer.clip.video import IMAGE_EXTENSIONS
     from microfer.recognise.predict import Predictor
@@ -127,12 +123,24 @@ def _predict_default_images(path, onset, apex, offset, explain, as_json, threads
         )
     if not path.exists():
         raise MicroferError(f"{path}: no such image or folder")
-    results = predict_images(path, DefaultImagePredictor(num_threads=threads))
+    _show_images(path, DefaultImagePredictor(num_threads=threads), as_json)
+
+
+def _show_images(path: Path, predictor, as_json: bool) -> None:
+    """Predict an image or a folder of them; a folder's bad images are listed, the rest
+    answered (exit 3), and nothing usable is an error (exit 2)."""
+    failures: list = []
+    results = predict_images(path, predictor, failures=failures if path.is_dir() else None)
+    for image, reason in failures:
+        click.echo(f"warning: {image.name}: {reason}", err=True)
+    if not results:
+        raise MicroferError(f"{path}: none of its {len(failures)} image(s) could be predicted")
     if as_json:
         docs = [r.to_dict() for r in results]
         click.echo(json.dumps(docs[0] if path.is_file() else docs, indent=2))
     else:
         click.echo("\n".join(r.text() for r in results))
+    finish(len(failures), f"of {len(failures) + len(results)} images could not be predicted")
 
 
 @click.command("serve")

@@ -25,7 +25,7 @@ import numpy as np
 
 from microfer.clip.representation import face_to_input
 from microfer.clip.still import FACE_SIZE, image_face, list_image_files  # noqa: F401  (importable from here too)
-from microfer.errors import BundleError, MicroferError
+from microfer.errors import BundleError, ClipError, MicroferError
 from microfer.learn.bundle import IMAGE_INPUT as INPUT_KIND
 from microfer.learn.bundle import load_bundle
 from microfer.learn.features import feature_setting_from_config
@@ -211,11 +211,13 @@ class DefaultImagePredictor:
         )
 
 
-def predict_images(images, model=None) -> list[ImagePrediction]:
+def predict_images(images, model=None, failures: Optional[list] = None) -> list[ImagePrediction]:
     """Emotion of an image file, of every image in a folder, or of a list of paths.
 
     `model` is an image bundle directory, an `ImagePredictor` / `DefaultImagePredictor`, or
-    None: the shipped image model.
+    None: the shipped image model. `failures`: when a list, an image that cannot be read or
+    holds no face is appended to it as (path, reason) and the others are still predicted;
+    without it the first such image raises.
     """
     if model is None:
         model = DefaultImagePredictor()
@@ -226,4 +228,12 @@ def predict_images(images, model=None) -> list[ImagePrediction]:
     )
     if isinstance(images, (str, Path)):
         images = list_image_files(images) if Path(images).is_dir() else [images]
-    return [predictor.predict(p) for p in images]
+    if failures is None:
+        return [predictor.predict(p) for p in images]
+    results = []
+    for p in images:
+        try:
+            results.append(predictor.predict(p))
+        except ClipError as exc:  # one bad image of a folder: reported, not fatal
+            failures.append((Path(p), str(exc)))
+    return results
