@@ -134,6 +134,7 @@ class _Timer:
         self.t = now
 
 
+# Over ~60 lines only by its signature and docstring: the body reads the stages in order.
 def prepare_clip(
     frames,
     onset: int,
@@ -148,15 +149,11 @@ def prepare_clip(
 ) -> PreparedClip:
     """Prepare one clip; see the module docstring. Raises ClipError with the reason.
 
-    `frames`: a video.FrameSource, or a sequence of BGR uint8 arrays whose frame numbers
-    are `frame_numbers` (default 0..n-1). `timings`, when given, accumulates ms per stage
-    (decode, detect, landmarks, warp, spot, flow). `strict_apex`: the apex is the
-    caller's own choice, used as given or refused (ClipError naming the frames); without
-    it an unusable (dataset-annotated) apex is replaced by a spotted one, with a note.
-    `memo`: a dict shared by several calls on the SAME frames and settings (e.g. predict's
-    scan of a whole clip, then its spotted interval): frames decoded and onset faces found
-    (detection + landmarks, hence the alignment) by one call are reused by the next instead
-    of being computed again; the results are the same as without it.
+    `frames`: a video.FrameSource, or BGR uint8 arrays numbered `frame_numbers` (default
+    0..n-1). `timings` accumulates ms per stage. `strict_apex`: the apex is the caller's
+    own, used as given or refused; else an unusable (dataset) apex is spotted instead, with
+    a note. `memo`: a dict shared by calls on the SAME frames and settings (predict's scan,
+    then its spotted interval): decoded frames and onset faces are reused, same results.
     """
     source = (
         frames
@@ -179,18 +176,10 @@ def prepare_clip(
     faces = [warp_face(im, M, settings.size) for im in images]
     timer.lap("warp")
 
+    known = int(apex) if apex_ok else None
     curve, no_face, apex_number = _apex_of(
-        where,
-        numbers,
-        images,
-        faces,
-        face.box,
-        None if not apex_ok else int(apex),
-        want_curve,
-        settings,
-        timer,
+        where, numbers, images, faces, face.box, known, want_curve, settings, timer
     )
-    source_name = "annotated" if apex_ok else "spotted"
     if want_curve and len(available) < offset - onset + 1:
         notes.append(f"{offset - onset + 1 - len(available)} frame(s) missing in {onset}..{offset}")
     if no_face:
@@ -201,16 +190,13 @@ def prepare_clip(
         where, images[apex_index], apex_number, face.box, M, settings.size, settings.upsample
     )
     timer.lap("detect")
-    flow = optical_flow(faces[0], faces[apex_index], settings.flow)
-    strain = optical_strain(flow)
-    if settings.flow_format != DEFAULT_FLOW_FORMAT:
-        flow, strain = circulated_flow(flow, strain)
+    flow, strain = _motion(faces[0], faces[apex_index], settings)
     timer.lap("flow")
     return PreparedClip(
         onset=onset,
         apex=apex_number,
         offset=offset,
-        apex_source=source_name,
+        apex_source="annotated" if apex_ok else "spotted",
         onset_face=faces[0],
         apex_face=faces[apex_index],
         flow=flow,
@@ -223,6 +209,15 @@ def prepare_clip(
         no_face_frames=tuple(int(n) for n in no_face),
         flow_units=settings.flow_units,
     )
+
+
+def _motion(onset_face, apex_face, settings: PrepareSettings):
+    """Flow and strain onset -> apex, in the representation the settings ask for."""
+    flow = optical_flow(onset_face, apex_face, settings.flow)
+    strain = optical_strain(flow)
+    if settings.flow_format != DEFAULT_FLOW_FORMAT:
+        flow, strain = circulated_flow(flow, strain)
+    return flow, strain
 
 
 def _apex_of(where, numbers, images, faces, box, apex, want_curve, settings, timer):
