@@ -9,8 +9,11 @@ import click
 
 from microfer.cli import finish
 from microfer.cli.options import (
+    CACHE_OPTION,
     FEATURES_OPTION,
     GRID_OPTION,
+    MANIFESTS_OPTION,
+    PROTOCOL_OPTION,
     SCHEDULER_OPTION,
     WEIGHTS_OPTION,
     jobs_option,
@@ -22,22 +25,9 @@ from microfer.models import resolve_weights
 
 
 @click.command("loso")
-@click.option(
-    "--protocol", required=True, help="protocol name (protocols/*.yaml), e.g. megc2019-composite"
-)
-@click.option(
-    "--cache",
-    type=click.Path(path_type=Path, file_okay=False),
-    required=True,
-    help="prepare cache (settings folder, or its parent holding exactly one)",
-)
-@click.option(
-    "--manifest",
-    type=click.Path(path_type=Path, dir_okay=False),
-    multiple=True,
-    help="use this manifest instead of the protocol's shipped one (e.g. a synthetic dataset); "
-    "repeat to pool several",
-)
+@PROTOCOL_OPTION
+@CACHE_OPTION
+@MANIFESTS_OPTION
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
@@ -186,21 +176,9 @@ def _show_loso(result) -> None:
 
 
 @click.command("train")
-@click.option(
-    "--protocol", required=True, help="protocol name (protocols/*.yaml), e.g. megc2019-composite"
-)
-@click.option(
-    "--cache",
-    type=click.Path(path_type=Path, file_okay=False),
-    required=True,
-    help="prepare cache (settings folder, or its parent holding exactly one)",
-)
-@click.option(
-    "--manifest",
-    type=click.Path(path_type=Path, dir_okay=False),
-    multiple=True,
-    help="manifest CSV(s) instead of the protocol's shipped one (repeatable)",
-)
+@PROTOCOL_OPTION
+@CACHE_OPTION
+@MANIFESTS_OPTION
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import click
 
@@ -103,3 +104,21 @@ def finite_option(*param_decls: str, low: float, high: float, **kwargs):
 def fps_option(help: str):
 
     return finite_option("--fps", low=0.01, high=MAX_FPS, default=None, help=help)
+
+
+PROTOCOL_OPTION = click.option(
+    "--protocol", required=True, help="protocol name (protocols/*.yaml), e.g. megc2019-composite"
+)
+CACHE_OPTION = click.option(
+    "--cache",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="prepare cache (settings folder, or its parent holding exactly one)",
+)
+MANIFESTS_OPTION = click.option(
+    "--manifest",
+    type=click.Path(path_type=Path, dir_okay=False),
+    multiple=True,
+    help="use this manifest instead of the protocol's shipped one (e.g. a synthetic dataset); "
+    "repeat to pool several",
+)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from microfer.errors import BundleError, MicroferError
-from microfer.models.registry import register_model
+from microfer.models.registry import register_variants
 
 WORK_SIZE = 28
 HOOF_BINS = 8
@@ -134,14 +134,9 @@ DESCRIPTORS = {
 }
 
 
-def _factory(name: str):
-    def factory(**_network_settings):
-        # layer / pool / weights / seed describe networks; a descriptor has none of them
-        return FlowDescriptor(*DESCRIPTORS[name])
-
-    factory.__name__ = name
-    return factory
+def _create(name: str, **_network_settings) -> FlowDescriptor:
+    # layer / pool / weights / seed describe networks; a descriptor has none of them
+    return FlowDescriptor(*DESCRIPTORS[name])
 
 
-for _name in DESCRIPTORS:
-    register_model(_name, family="descriptor")(_factory(_name))
+register_variants(DESCRIPTORS, "descriptor", _create)

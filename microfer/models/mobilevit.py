@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from microfer.errors import MicroferError
-from microfer.models.registry import register_model
+from microfer.models.registry import register_variants
 from microfer.models.torch_extractor import TorchExtractor
 
 VARIANTS = ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050")
@@ -156,13 +156,8 @@ class MobileViTExtractor(TorchExtractor):
         }
 
 
-def _factory(variant: str):
-    def factory(**kwargs):
-        return MobileViTExtractor(variant=variant, **kwargs)
-
-    factory.__name__ = variant
-    return factory
+def _create(variant: str, **kwargs) -> MobileViTExtractor:
+    return MobileViTExtractor(variant=variant, **kwargs)
 
 
-for _variant in VARIANTS:
-    register_model(_variant, family="mobilevit", scopes=SCOPES)(_factory(_variant))
+register_variants(VARIANTS, "mobilevit", _create, SCOPES)

@@ -9,6 +9,7 @@ nothing of the families, so the weights format can ask for scopes without a cycl
 from __future__ import annotations
 
 import fnmatch
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -35,6 +36,12 @@ def register_model(
         return factory
 
     return wrap
+
+
+def register_variants(names, family: str, create, scopes=None) -> None:
+    """Register `create(name, **kwargs)` under each of `names` (a family's variants)."""
+    for name in names:
+        register_model(name, family, scopes)(functools.partial(create, name))
 
 
 def list_models(

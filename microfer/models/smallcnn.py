@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from microfer.errors import MicroferError
-from microfer.models.registry import register_model
+from microfer.models.registry import register_variants
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,8 @@ def build_ensemble(variant: str, n_classes: int, seeds):
     return SmallCNNEnsemble(spec_of(variant), int(n_classes), tuple(int(s) for s in seeds))
 
 
-def _factory(variant: str):
-    def factory(n_classes: int = 3, seeds=(0,), **_unused):
-        return build_ensemble(variant, n_classes, seeds)
-
-    factory.__name__ = variant
-    return factory
+def _create(variant: str, n_classes: int = 3, seeds=(0,), **_unused):
+    return build_ensemble(variant, n_classes, seeds)
 
 
-for _variant in VARIANTS:
-    register_model(_variant, family="smallcnn")(_factory(_variant))
+register_variants(VARIANTS, "smallcnn", _create)

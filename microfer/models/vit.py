@@ -25,7 +25,7 @@ import math
 from typing import Any, Optional
 
 from microfer.errors import MicroferError
-from microfer.models.registry import register_model
+from microfer.models.registry import register_variants
 from microfer.models.torch_extractor import TorchExtractor
 
 VARIANTS = ("vit_tiny_patch16_224", "vit_small_patch16_224")
@@ -140,14 +140,9 @@ class ViTExtractor(TorchExtractor):
         }
 
 
-def _factory(variant: str):
-    def factory(**kwargs):
-        return ViTExtractor(variant=variant, **kwargs)
-
-    factory.__name__ = variant
-    return factory
+def _create(variant: str, **kwargs) -> ViTExtractor:
+    return ViTExtractor(variant=variant, **kwargs)
 
 
 # timm ViTs, randomly initialised unless pretrained weights are given; names as timm spells them
-for _variant in VARIANTS:
-    register_model(_variant, family="vit", scopes=SCOPES)(_factory(_variant))
+register_variants(VARIANTS, "vit", _create, SCOPES)
