@@ -168,15 +168,5 @@ class Lite0Extractor(TorchExtractor):
             probe = self._net(torch.zeros(1, 3, self.input_size, self.input_size))
         self.channels = int(probe.shape[1])
 
-    def settings(self) -> dict[str, Any]:
-        return {
-            "variant": self.variant,
-            "layer": self.layer,
-            "pool": self.pool,
-            "input_size": self.input_size,
-            "seed": self.seed,
-            "block_weights_sha256": (self.block_meta or {}).get("weights_sha256"),
-        }
-
 
 register_model(VARIANT, family="efficientnet", scopes=SCOPES)(Lite0Extractor)

@@ -144,17 +144,6 @@ class MobileViTExtractor(TorchExtractor):
             )
         self.channels = int(probe.shape[1])
 
-    def settings(self) -> dict[str, Any]:
-        """What determines the features (used for feature-cache keys)."""
-        return {
-            "variant": self.variant,
-            "layer": self.layer,
-            "pool": self.pool,
-            "input_size": self.input_size,
-            "seed": self.seed,
-            "block_weights_sha256": (self.block_meta or {}).get("weights_sha256"),
-        }
-
 
 def _create(variant: str, **kwargs) -> MobileViTExtractor:
     return MobileViTExtractor(variant=variant, **kwargs)

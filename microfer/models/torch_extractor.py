@@ -40,6 +40,17 @@ class TorchExtractor:
         self.input_size, self.seed, self.batch_size = int(input_size), int(seed), int(batch_size)
         self.device = torch.device(device)
 
+    def settings(self) -> dict:
+        """What determines the features (used for feature-cache keys)."""
+        return {
+            "variant": self.variant,
+            "layer": self.layer,
+            "pool": self.pool,
+            "input_size": self.input_size,
+            "seed": self.seed,
+            "block_weights_sha256": (getattr(self, "block_meta", None) or {}).get("weights_sha256"),
+        }
+
     @property
     def feature_dim(self) -> int:
         return self.channels * (4 if self.pool == "grid2" else 1)

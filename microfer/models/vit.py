@@ -22,7 +22,7 @@ class token is left out.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
 from microfer.errors import MicroferError
 from microfer.models.registry import register_variants
@@ -127,17 +127,6 @@ class ViTExtractor(TorchExtractor):
         net, self.block_meta = create_vit(variant, self.input_size, layer, seed, self.block_weights)
         self._net = net.to(self.device).eval()
         self.channels = int(self._net.vit.num_features)
-
-    def settings(self) -> dict[str, Any]:
-        """What determines the features (used for feature-cache keys)."""
-        return {
-            "variant": self.variant,
-            "layer": self.layer,
-            "pool": self.pool,
-            "input_size": self.input_size,
-            "seed": self.seed,
-            "block_weights_sha256": (self.block_meta or {}).get("weights_sha256"),
-        }
 
 
 def _create(variant: str, **kwargs) -> ViTExtractor:
