@@ -33,7 +33,6 @@ loso --weights` loads), checkpoint.safetensors + checkpoint.json (for --resume).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ import numpy as np
 
 from microfer.clip.representation import check_kind, flip_input
 from microfer.errors import MicroferError
-from microfer.io import atomic_path, file_sha256, package_versions, write_json
+from microfer.io import package_versions
 from microfer.learn import augment, distill, mixing
 from microfer.learn.macro_data import (  # noqa: F401  (re-exported: the pretraining API in one place)
     CK_SUBJECT_PATTERN,
@@ -56,14 +55,17 @@ from microfer.learn.macro_data import (  # noqa: F401  (re-exported: the pretrai
     normalise_label,
     split_subjects,
 )
+from microfer.learn.pretrain_checkpoint import (  # noqa: F401  (CHECKPOINT_FORMAT re-exported)
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    save_checkpoint,
+)
 from microfer.learn.starts import LITE0, lite0_classifier, start_weights  # noqa: F401
 from microfer.metrics import accuracy, confusion_matrix, uf1
 from microfer.models.mobilevit import create_mobilevit
 from microfer.models.vit import VARIANTS as VIT_VARIANTS
 from microfer.models.vit import create_vit_encoder
 from microfer.models.weights import STORE_DTYPES, check_scope, save_block_weights
-
-CHECKPOINT_FORMAT = "microfer.pretrain_checkpoint"
 
 
 # ---------------------------------------------------------------------------- model
@@ -206,61 +208,6 @@ class PretrainResult:
     resumed_from: int = 0
 
 
-def _save_checkpoint(model, optimizer, out: Path, doc: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    names = {id(p): n for n, p in model.named_parameters()}
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for k, v in optimizer.state.get(p, {}).items():
-                tensors[f"optim.{names[id(p)]}.{k}"] = v.detach().cpu().contiguous().clone()
-    st_path = out / "checkpoint.safetensors"
-    with atomic_path(st_path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
-    write_json(
-        out / "checkpoint.json",
-        {**doc, "format": CHECKPOINT_FORMAT, "weights_sha256": file_sha256(st_path)},
-    )
-
-
-def _load_checkpoint(model, optimizer, out: Path, expect: dict[str, Any]) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    json_path, st_path = out / "checkpoint.json", out / "checkpoint.safetensors"
-    try:
-        doc = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MicroferError(f"{json_path}: unreadable checkpoint description ({exc})") from None
-    if doc.get("format") != CHECKPOINT_FORMAT or not st_path.is_file():
-        raise MicroferError(
-            f"{json_path}: not a microfer pretraining checkpoint (or its safetensors is missing)"
-        )
-    if file_sha256(st_path) != doc.get("weights_sha256"):
-        raise MicroferError(f"{st_path}: does not match the sha256 in {json_path.name}")
-    for k in ("settings", "labels", "data_hash", "test_hash"):
-        if doc.get(k) != expect[k]:
-            raise MicroferError(
-                f"{json_path}: cannot resume, the checkpoint's {k} differ from this run's "
-                f"(checkpoint {str(doc.get(k))[:120]}, now {str(expect[k])[:120]})"
-            )
-    tensors = load_file(str(st_path))
-    model.load_state_dict(
-        {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True
-    )
-    device = next(model.parameters()).device
-    for n, p in model.named_parameters():
-        state = {
-            k.rsplit(".", 1)[1]: v
-            for k, v in tensors.items()
-            if k.startswith(f"optim.{n}.") and "." not in k[len(f"optim.{n}.") :]
-        }
-        if state:
-            # AdamW keeps `step` on the CPU unless capturable
-            optimizer.state[p] = {k: (v if k == "step" else v.to(device)) for k, v in state.items()}
-    return doc
-
-
 def _test_hash(test_sets: Mapping[str, MacroSet]) -> Optional[str]:
     if not test_sets:
         return None
@@ -384,7 +331,7 @@ def pretrain(
                 f"{out}: holds a pretraining checkpoint; pass --resume to continue it, "
                 f"or choose an empty folder"
             )
-        doc = _load_checkpoint(model, optimizer, out, identity)
+        doc = load_checkpoint(model, optimizer, out, identity)
         start, history = int(doc["epochs_done"]), list(doc.get("history", []))
     n = len(data)
     counts = np.bincount(data.y, minlength=len(data.labels)).astype(np.float64)
@@ -474,7 +421,7 @@ def pretrain(
                 acc=record["train_accuracy"],
                 **{f"{k[:6]}_acc": v["accuracy"] for k, v in record.get("test", {}).items()},
             )
-        _save_checkpoint(
+        save_checkpoint(
             model,
             optimizer,
             out,
