@@ -33,6 +33,7 @@ loso --weights` loads), checkpoint.safetensors + checkpoint.json (for --resume).
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -59,101 +60,16 @@ from microfer.learn.pretrain_checkpoint import (  # noqa: F401  (CHECKPOINT_FORM
     load_checkpoint,
     save_checkpoint,
 )
+from microfer.learn.pretrain_classifier import build_classifier
 from microfer.learn.pretrain_loop import (  # noqa: F401  (warmup_factor re-exported)
     TrainingRun,
     train_epoch,
     warmup_factor,
 )
 from microfer.learn.pretrain_settings import PretrainSettings
-from microfer.learn.starts import LITE0, lite0_classifier, start_weights  # noqa: F401
+from microfer.learn.starts import LITE0, lite0_classifier, start_weights  # noqa: F401  (re-exported)
 from microfer.metrics import accuracy, confusion_matrix, uf1
-from microfer.models.mobilevit import create_mobilevit
-from microfer.models.vit import VARIANTS as VIT_VARIANTS
-from microfer.models.vit import create_vit_encoder
 from microfer.models.weights import STORE_DTYPES, check_scope, save_block_weights
-
-
-# ---------------------------------------------------------------------------- model
-def build_classifier(
-    variant: str,
-    n_classes: int,
-    seed: int = 0,
-    head_channels: int = 128,
-    dropout: float = 0.2,
-    scope: str = "mv2",
-    input_size: int = 128,
-):
-    """`scope` of `variant` + a classification head (deterministic in `seed`).
-
-    Attribute names match timm's (stem, stages, final_conv; a ViT under `vit`), so the
-    state keys of the pretrained part are those of the full model and of the extractor.
-    `input_size` matters to ViTs only (their position embedding is made for it).
-    """
-    import torch
-    from torch import nn
-
-    check_scope(scope, variant)
-
-    class ViTClassifier(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.vit = create_vit_encoder(variant, input_size, seed=seed)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + 1)
-                self.head = nn.Sequential(
-                    nn.Dropout(dropout), nn.Linear(self.vit.num_features, n_classes)
-                )
-
-        def forward(self, x):
-            return self.head(self.vit(x))
-
-    class MV2Classifier(nn.Module):
-        def __init__(self):
-            super().__init__()
-            base = create_mobilevit(variant, seed=seed)
-            self.stem = base.stem
-            self.stages = nn.Sequential(base.stages[0], base.stages[1])
-            channels = base.feature_info[1]["num_chs"]
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + 1)
-                self.head = nn.Sequential(
-                    nn.Conv2d(channels, head_channels, 1, bias=False),
-                    nn.BatchNorm2d(head_channels),
-                    nn.SiLU(),
-                    nn.AdaptiveAvgPool2d(1),
-                    nn.Flatten(),
-                    nn.Dropout(dropout),
-                    nn.Linear(head_channels, n_classes),
-                )
-
-        def forward(self, x):
-            return self.head(self.stages(self.stem(x)))
-
-    class TrunkClassifier(nn.Module):
-        def __init__(self):
-            super().__init__()
-            base = create_mobilevit(variant, seed=seed)
-            self.stem, self.stages, self.final_conv = base.stem, base.stages, base.final_conv
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + 1)
-                self.head = nn.Sequential(
-                    nn.AdaptiveAvgPool2d(1),
-                    nn.Flatten(),
-                    nn.Dropout(dropout),
-                    nn.Linear(base.num_features, n_classes),
-                )
-
-        def trunk(self, x):
-            return self.final_conv(self.stages(self.stem(x)))
-
-        def forward(self, x):
-            return self.head(self.trunk(x))
-
-    if variant == LITE0:
-        return lite0_classifier(n_classes, seed, dropout)
-    if variant in VIT_VARIANTS:
-        return ViTClassifier()
-    return MV2Classifier() if scope == "mv2" else TrunkClassifier()
 
 
 # ---------------------------------------------------------------------------- training
@@ -228,8 +144,6 @@ def pretrain(
     `test_sets` (name -> held-out MacroSet) are scored after every epoch, for the record
     only. `notes` (e.g. the command line) are added to the weights JSON.
     """
-    import time
-
     test_sets = dict(test_sets or {})
     _check_inputs(data, settings, test_sets)
     out = Path(out)
@@ -241,31 +155,10 @@ def pretrain(
         "data_hash": data.data_hash(),
         "test_hash": _test_hash(test_sets),
     }
-    start, history = 0, []
-    if (out / "checkpoint.json").is_file():
-        if not resume:
-            raise MicroferError(
-                f"{out}: holds a pretraining checkpoint; pass --resume to continue it, "
-                f"or choose an empty folder"
-            )
-        doc = load_checkpoint(run.model, run.optimizer, out, identity)
-        start, history = int(doc["epochs_done"]), list(doc.get("history", []))
-
+    start, history = _resume_point(run, out, identity, resume)
     epochs = _epoch_bar(start, settings.epochs) if progress else range(start, settings.epochs)
     for epoch in epochs:
-        t0 = time.perf_counter()
-        stats = train_epoch(run, epoch)
-        train_s = time.perf_counter() - t0
-        record = {
-            "epoch": epoch + 1,
-            "loss": round(stats.loss, 6),
-            "train_accuracy": round(stats.train_accuracy, 6),
-            "lr": stats.lr,
-            "train_s": round(train_s, 1),
-        }
-        if test_sets:
-            record["test"] = evaluate_sets(run.model, test_sets, data.labels, device=run.device)
-            record["test_s"] = round(time.perf_counter() - t0 - train_s, 1)
+        record = _run_epoch(run, epoch, test_sets)
         history.append(record)
         if progress:
             epochs.set_postfix(
@@ -353,6 +246,39 @@ def _start_run(data: MacroSet, settings: PretrainSettings) -> tuple[TrainingRun,
         teacher=teacher,
     )
     return run, start_card
+
+
+def _resume_point(
+    run: TrainingRun, out: Path, identity: dict[str, Any], resume: bool
+) -> tuple[int, list[dict[str, Any]]]:
+    """(epochs done, their history): from the checkpoint in `out` where there is one."""
+    if not (out / "checkpoint.json").is_file():
+        return 0, []
+    if not resume:
+        raise MicroferError(
+            f"{out}: holds a pretraining checkpoint; pass --resume to continue it, "
+            f"or choose an empty folder"
+        )
+    doc = load_checkpoint(run.model, run.optimizer, out, identity)
+    return int(doc["epochs_done"]), list(doc.get("history", []))
+
+
+def _run_epoch(run: TrainingRun, epoch: int, test_sets: Mapping[str, MacroSet]) -> dict[str, Any]:
+    """Train one epoch and score the held-out sets: the epoch's history record."""
+    t0 = time.perf_counter()
+    stats = train_epoch(run, epoch)
+    train_s = time.perf_counter() - t0
+    record = {
+        "epoch": epoch + 1,
+        "loss": round(stats.loss, 6),
+        "train_accuracy": round(stats.train_accuracy, 6),
+        "lr": stats.lr,
+        "train_s": round(train_s, 1),
+    }
+    if test_sets:
+        record["test"] = evaluate_sets(run.model, test_sets, run.data.labels, device=run.device)
+        record["test_s"] = round(time.perf_counter() - t0 - train_s, 1)
+    return record
 
 
 def _epoch_bar(start: int, epochs: int):
