@@ -28,6 +28,11 @@ epoch picking; the weights saved are those of the last epoch.
 
 Output folder: <stem>.safetensors + <stem>.json (stem mv2_block or trunk; what `microfer
 loso --weights` loads), checkpoint.safetensors + checkpoint.json (for --resume).
+
+This module runs a pretraining and writes its card; the parts live beside it, and their
+public names stay importable from here: the network (`pretrain_classifier.py`), one epoch
+(`pretrain_loop.py`), the checkpoint (`pretrain_checkpoint.py`), the settings
+(`pretrain_settings.py`), the data (`macro_data.py`) and real starts (`starts.py`).
 """
 
 from __future__ import annotations
@@ -72,7 +77,6 @@ from microfer.metrics import accuracy, confusion_matrix, uf1
 from microfer.models.weights import STORE_DTYPES, check_scope, save_block_weights
 
 
-# ---------------------------------------------------------------------------- training
 @dataclass
 class PretrainResult:
     weights: Path
@@ -144,8 +148,8 @@ def pretrain(
     `test_sets` (name -> held-out MacroSet) are scored after every epoch, for the record
     only. `notes` (e.g. the command line) are added to the weights JSON.
     """
+    _check_inputs(data, settings, test_sets or {})
     test_sets = dict(test_sets or {})
-    _check_inputs(data, settings, test_sets)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run, start_card = _start_run(data, settings)
