@@ -78,41 +78,52 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 def report_markdown(doc: dict[str, Any]) -> str:
     m = doc["metrics"]
-    classes = doc["classes"]
-    parts = [f"# LOSO report: {doc['protocol']}", ""]
-    parts.append(
+    parts = _introduction(doc)
+    parts += _pooled_section(m)
+    if m.get("permutation"):
+        parts += _chance_section(m["permutation"])
+    if len(m.get("per_dataset", {})) > 1:
+        parts += _per_dataset_section(m["per_dataset"])
+    parts += _per_class_section(m["pooled"], doc["classes"])
+    parts += _choices_section(doc["folds"])
+    parts += _per_subject_section(m["per_subject"])
+    if doc["excluded"]:
+        parts += ["", "## Excluded samples", ""]
+        parts.append(
+            markdown_table(
+                ["reason", "count"], [[k, v] for k, v in m["excluded"]["by_reason"].items()]
+            )
+        )
+    parts += ["", "## Versions", ""]
+    parts.append(", ".join(f"{k} {v}" for k, v in doc["versions"].items()))
+    return "\n".join(parts) + "\n"
+
+
+def _introduction(doc: dict[str, Any]) -> list[str]:
+    m = doc["metrics"]
+    return [
+        f"# LOSO report: {doc['protocol']}",
+        "",
         f"{doc['n_samples']} samples evaluated in {m['n_folds']} folds (one per subject); "
         f"{m['excluded']['count']} of {m['excluded']['of']} protocol samples excluded "
-        f"(not in the cache or failed to prepare)."
-    )
-    parts.append(
+        f"(not in the cache or failed to prepare).",
         f"Grid `{doc['settings']['grid']}`, seed {doc['seed']}, inner CV on training subjects only "
-        f"({doc['settings']['inner_splits']} splits, scored by {doc['settings']['scoring']})."
-    )
-    parts.append(
+        f"({doc['settings']['inner_splits']} splits, scored by {doc['settings']['scoring']}).",
         "Metrics are computed on the confusion matrix pooled over all folds (MEGC style). "
         "UF1 skips classes absent from both truth and predictions; UAR averages recall over "
         "classes present in the truth. The majority baseline predicts each fold's most "
-        "frequent training class."
-    )
-    parts += ["", "## Pooled", ""]
-    perm = m.get("permutation")
-    rows = [
-        [
-            "model",
-            _fmt(m["pooled"]["uf1"]),
-            _fmt(m["pooled"]["uar"]),
-            _fmt(m["pooled"]["accuracy"]),
-            m["pooled"]["n"],
-        ],
-        [
-            "majority baseline",
-            _fmt(m["majority"]["uf1"]),
-            _fmt(m["majority"]["uar"]),
-            _fmt(m["majority"]["accuracy"]),
-            m["majority"]["n"],
-        ],
+        "frequent training class.",
     ]
+
+
+def _pooled_section(m: dict[str, Any]) -> list[str]:
+    """The pooled scores beside the baselines, then the subject halves and the interval."""
+    parts = ["", "## Pooled", ""]
+    rows = [
+        [label, _fmt(s["uf1"]), _fmt(s["uar"]), _fmt(s["accuracy"]), s["n"]]
+        for label, s in (("model", m["pooled"]), ("majority baseline", m["majority"]))
+    ]
+    perm = m.get("permutation")
     if perm:
         pm = perm["metrics"]
         rows.append(
@@ -146,111 +157,126 @@ def report_markdown(doc: dict[str, Any]) -> str:
             f"UF1 {_fmt(boot['uf1'][0])}-{_fmt(boot['uf1'][1])}, "
             f"UAR {_fmt(boot['uar'][0])}-{_fmt(boot['uar'][1])}.",
         ]
-    if perm:
-        within = (
-            f"within each dataset ({', '.join(perm['strata'])})"
-            if perm["strata"]
-            else "across all samples"
-        )
-        parts += ["", "## Chance level (permutation test)", ""]
-        parts.append(
-            f"The whole nested procedure (every fold's inner choice of feature set and SVM settings) "
-            f"rerun {perm['n_permutations']} times with the labels permuted {within}, folds unchanged "
-            f"(seed {perm['seed']}). With class weighting and LOSO an uninformed classifier scores above "
-            f"the majority baseline; this null is the chance level to beat. "
-            f"p = (1 + #null >= model) / (N + 1); its minimum here is {1 / (perm['n_permutations'] + 1):.4f}. "
-            f"Histograms: permutation_null.png."
-        )
-        parts += [""]
-        parts.append(
-            markdown_table(
-                ["metric", "model", "null mean", "null 95th percentile", "p-value"],
-                [
-                    [
-                        k.upper(),
-                        _fmt(v["real"]),
-                        _fmt(v["null_mean"]),
-                        _fmt(v["null_p95"]),
-                        _fmt(v["p_value"]),
-                    ]
-                    for k, v in pm.items()
-                ],
-            )
-        )
-    if len(m.get("per_dataset", {})) > 1:
-        parts += ["", "## Per dataset", ""]
-        rows = [
-            [
-                ds,
-                _fmt(v["model"]["uf1"]),
-                _fmt(v["model"]["uar"]),
-                _fmt(v["model"]["accuracy"]),
-                _fmt(v["majority"]["uf1"]),
-                v["model"]["n"],
-            ]
-            for ds, v in m["per_dataset"].items()
-        ]
-        parts.append(
-            markdown_table(["dataset", "UF1", "UAR", "accuracy", "majority UF1", "n"], rows)
-        )
-    parts += ["", "## Per class", ""]
-    pc = m["pooled"]["per_class"]
+    return parts
+
+
+def _chance_section(perm: dict[str, Any]) -> list[str]:
+    within = (
+        f"within each dataset ({', '.join(perm['strata'])})"
+        if perm["strata"]
+        else "across all samples"
+    )
+    parts = ["", "## Chance level (permutation test)", ""]
+    parts.append(
+        f"The whole nested procedure (every fold's inner choice of feature set and SVM settings) "
+        f"rerun {perm['n_permutations']} times with the labels permuted {within}, folds unchanged "
+        f"(seed {perm['seed']}). With class weighting and LOSO an uninformed classifier scores above "
+        f"the majority baseline; this null is the chance level to beat. "
+        f"p = (1 + #null >= model) / (N + 1); its minimum here is {1 / (perm['n_permutations'] + 1):.4f}. "
+        f"Histograms: permutation_null.png."
+    )
+    parts += [""]
     parts.append(
         markdown_table(
-            ["class", "F1", "recall", "precision", "support", "predicted"],
+            ["metric", "model", "null mean", "null 95th percentile", "p-value"],
             [
                 [
-                    c,
-                    _fmt(pc[c]["f1"]),
-                    _fmt(pc[c]["recall"]),
-                    _fmt(pc[c]["precision"]),
-                    pc[c]["support"],
-                    pc[c]["predicted"],
+                    k.upper(),
+                    _fmt(v["real"]),
+                    _fmt(v["null_mean"]),
+                    _fmt(v["null_p95"]),
+                    _fmt(v["p_value"]),
                 ]
-                for c in classes
+                for k, v in perm["metrics"].items()
             ],
         )
     )
-    parts += ["", "## Confusion (rows = truth, columns = prediction)", ""]
-    cm = m["pooled"]["confusion"]
-    parts.append(markdown_table([""] + classes, [[c] + cm[i] for i, c in enumerate(classes)]))
-    parts += ["", "## Choices made inside the folds", ""]
+    return parts
+
+
+def _per_dataset_section(per_dataset: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            ds,
+            _fmt(v["model"]["uf1"]),
+            _fmt(v["model"]["uar"]),
+            _fmt(v["model"]["accuracy"]),
+            _fmt(v["majority"]["uf1"]),
+            v["model"]["n"],
+        ]
+        for ds, v in per_dataset.items()
+    ]
+    return [
+        "",
+        "## Per dataset",
+        "",
+        markdown_table(["dataset", "UF1", "UAR", "accuracy", "majority UF1", "n"], rows),
+    ]
+
+
+def _per_class_section(pooled: dict[str, Any], classes: list[str]) -> list[str]:
+    """Scores per class, then the pooled confusion matrix."""
+    pc = pooled["per_class"]
+    rows = [
+        [
+            c,
+            _fmt(pc[c]["f1"]),
+            _fmt(pc[c]["recall"]),
+            _fmt(pc[c]["precision"]),
+            pc[c]["support"],
+            pc[c]["predicted"],
+        ]
+        for c in classes
+    ]
+    cm = pooled["confusion"]
+    return [
+        "",
+        "## Per class",
+        "",
+        markdown_table(["class", "F1", "recall", "precision", "support", "predicted"], rows),
+        "",
+        "## Confusion (rows = truth, columns = prediction)",
+        "",
+        markdown_table([""] + classes, [[c] + cm[i] for i, c in enumerate(classes)]),
+    ]
+
+
+def _choices_section(folds: list[dict[str, Any]]) -> list[str]:
+    """How many folds chose each (feature set, SVM settings)."""
     counts: dict[tuple[str, str], int] = {}
-    for f in doc["folds"]:
+    for f in folds:
         key = (f["feature_set"], ", ".join(f"{k}={v}" for k, v in sorted(f["params"].items())))
         counts[key] = counts.get(key, 0) + 1
-    parts.append(
+    return [
+        "",
+        "## Choices made inside the folds",
+        "",
         markdown_table(
             ["feature set", "SVM", "folds"], [[a, b, n] for (a, b), n in sorted(counts.items())]
-        )
-    )
-    parts += ["", "## Per subject", ""]
-    parts.append(
+        ),
+    ]
+
+
+def _per_subject_section(per_subject: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        [
+            r["group"],
+            r["n"],
+            _fmt(r["accuracy"]),
+            _fmt(r["majority_accuracy"]),
+            r["feature_set"],
+            _fmt(r["inner_score"]),
+        ]
+        for r in per_subject
+    ]
+    return [
+        "",
+        "## Per subject",
+        "",
         markdown_table(
-            ["subject", "n", "accuracy", "majority accuracy", "feature set", "inner score"],
-            [
-                [
-                    r["group"],
-                    r["n"],
-                    _fmt(r["accuracy"]),
-                    _fmt(r["majority_accuracy"]),
-                    r["feature_set"],
-                    _fmt(r["inner_score"]),
-                ]
-                for r in m["per_subject"]
-            ],
-        )
-    )
-    if doc["excluded"]:
-        parts += ["", "## Excluded samples", ""]
-        parts.append(
-            markdown_table(
-                ["reason", "count"], [[k, v] for k, v in m["excluded"]["by_reason"].items()]
-            )
-        )
-    parts += ["", "## Versions", ""]
-    parts.append(", ".join(f"{k} {v}" for k, v in doc["versions"].items()))
-    return "\n".join(parts) + "\n"
+            ["subject", "n", "accuracy", "majority accuracy", "feature set", "inner score"], rows
+        ),
+    ]
 
 
 def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, title: str) -> None:

@@ -29,6 +29,7 @@ from microfer.errors import MicroferError
 from microfer.io import frame_sha256, package_versions
 from microfer.learn.bundle import ArraySVM, save_bundle
 from microfer.learn.features import FeatureModel, feature_config
+from microfer.learn.loso_settings import LosoSettings
 from microfer.learn.ood import fit_ood
 from microfer.parallel import scheduler_context
 
@@ -47,44 +48,26 @@ class TrainResult:
 def train_bundle(
     protocol, cache, out, manifest=None, settings=None, progress: bool = True
 ) -> TrainResult:
-    from microfer.learn.evaluate import LosoSettings
-
     settings = settings or LosoSettings()
-    with scheduler_context(
-        settings.scheduler
-    ):  # the grid search's candidates go to the cluster, if any
+    # the grid search's candidates go to the cluster, if any
+    with scheduler_context(settings.scheduler):
         return _train(protocol, cache, out, manifest, settings, progress)
 
 
 def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainResult:
+    # imported here: pandas and scikit-learn come with them, and the CLI imports this module
+    # for `microfer --help` too
     from microfer.clip.cache import open_cache, prepare_settings_of
     from microfer.learn.classify import select_and_fit
-    from microfer.learn.evaluate import PARAM_GRIDS, gather_features
+    from microfer.learn.evaluate import gather_features
+    from microfer.learn.grids import PARAM_GRIDS
 
     derived = prepare_settings_of(open_cache(cache)).get("source")
     if derived:  # checked before any feature is extracted
         settings = _derived_settings(cache, derived, settings)
-    from microfer.learn.evaluate import STACK_GRIDS, feature_grid
-
-    learned = [fs.name for fs in feature_grid(settings) if getattr(fs, "is_learned", False)]
-    if learned or settings.grid in STACK_GRIDS:  # refused before any feature is extracted
-        raise MicroferError(
-            f"grid {settings.grid!r}: {', '.join(learned) or 'a stack'} cannot go into a "
-            f"bundle yet (networks trained on micro-expressions, stacks: `microfer loso` only); "
-            f"train a bundle with a descriptor grid"
-        )
+    _refuse_unbundlable(settings)
     data = gather_features(protocol, cache, manifest, settings, progress)
-    n_groups = len(set(data.groups))
-    if n_groups < 2:
-        raise MicroferError(
-            f"protocol {data.protocol.name}: training needs at least 2 subjects in the cache "
-            f"(the grid search selects by leave-subject-out), found {n_groups}"
-        )
-    if not data.prepare_settings:
-        raise MicroferError(
-            f"{cache}: the prepare cache has no settings.json; cannot record how clips "
-            "were prepared (re-run `microfer prepare`)"
-        )
+    n_groups = _check_trainable(data, cache)
     choice = select_and_fit(
         data.feature_sets,
         data.y,
@@ -100,26 +83,8 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
     setting = {fs.name: fs for fs in data.feature_settings}[choice.feature_name]
     model = FeatureModel(setting, batch_size=1, num_threads=settings.num_threads)
     counts = {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)}
-    features = feature_config(setting)
     prepare, model_input = bundle_input(data.prepare_settings, setting)
-    config: dict[str, Any] = {
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "protocol": str(data.protocol.name),
-        "classes": data.classes,
-        "prepare": prepare,
-        "representation": model_input,
-        "features": features,
-        "svm": {**choice.params, "inner_uf1": round(float(choice.inner_score), 4)},
-        "data": {
-            "samples_sha256": frame_sha256(
-                data.samples, ["dataset", "subject", "clip", "emotion", "y"]
-            ),
-            "n_samples": int(len(data.y)),
-            "n_subjects": n_groups,
-            "class_counts": counts,
-        },
-        "versions": package_versions(),
-    }
+    config = _bundle_config(data, choice, setting, prepare, model_input, counts)
     svm = ArraySVM.from_pipeline(choice.model)
     # the OOD score sees exactly the rows (and columns) the chosen SVM was fitted on
     ood = fit_ood(data.feature_sets[choice.feature_name], data.y, data.groups)
@@ -144,11 +109,62 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
     )
 
 
+def _refuse_unbundlable(settings) -> None:
+    """MicroferError, before any feature is extracted, for a grid a bundle cannot hold."""
+    from microfer.learn.grids import STACK_GRIDS, feature_grid
+
+    learned = [fs.name for fs in feature_grid(settings) if getattr(fs, "is_learned", False)]
+    if learned or settings.grid in STACK_GRIDS:
+        raise MicroferError(
+            f"grid {settings.grid!r}: {', '.join(learned) or 'a stack'} cannot go into a "
+            f"bundle yet (networks trained on micro-expressions, stacks: `microfer loso` only); "
+            f"train a bundle with a descriptor grid"
+        )
+
+
+def _check_trainable(data, cache) -> int:
+    """The number of subjects; MicroferError where the grid search or the bundle cannot work."""
+    n_groups = len(set(data.groups))
+    if n_groups < 2:
+        raise MicroferError(
+            f"protocol {data.protocol.name}: training needs at least 2 subjects in the cache "
+            f"(the grid search selects by leave-subject-out), found {n_groups}"
+        )
+    if not data.prepare_settings:
+        raise MicroferError(
+            f"{cache}: the prepare cache has no settings.json; cannot record how clips "
+            "were prepared (re-run `microfer prepare`)"
+        )
+    return n_groups
+
+
+def _bundle_config(data, choice, setting, prepare, model_input, counts) -> dict[str, Any]:
+    """bundle.json: what the model is, what it reads, and what it was trained on."""
+    return {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "protocol": str(data.protocol.name),
+        "classes": data.classes,
+        "prepare": prepare,
+        "representation": model_input,
+        "features": feature_config(setting),
+        "svm": {**choice.params, "inner_uf1": round(float(choice.inner_score), 4)},
+        "data": {
+            "samples_sha256": frame_sha256(
+                data.samples, ["dataset", "subject", "clip", "emotion", "y"]
+            ),
+            "n_samples": int(len(data.y)),
+            "n_subjects": len(set(data.groups)),
+            "class_counts": counts,
+        },
+        "versions": package_versions(),
+    }
+
+
 def _derived_settings(cache, derived: str, settings):
     """LosoSettings restricted to the feature sets predict can feed from a clip: those on
     the flow alone; MicroferError when a derived cache is not the circulated composite."""
     from microfer.datasets.composite_inputs import NAME
-    from microfer.learn.evaluate import FEATURE_GRIDS, feature_grid
+    from microfer.learn.grids import FEATURE_GRIDS, feature_grid
 
     if derived != NAME:
         raise MicroferError(
