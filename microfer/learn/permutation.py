@@ -115,6 +115,7 @@ def _null_run(feature_sets, y_perm, groups, folds, n_classes, kwargs) -> dict[st
     return pooled_scores(y_perm, results, n_classes)
 
 
+# Over ~60 lines by its 15-argument signature and docstring; the body is short.
 def permutation_test(
     feature_sets: Mapping[str, np.ndarray],
     y,

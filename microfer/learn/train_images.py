@@ -194,6 +194,7 @@ def image_feature_settings(weights="default") -> list:
     ]
 
 
+# Over ~60 lines by its signature: the body is the steps in order.
 def train_image_bundle(
     images,
     out,
