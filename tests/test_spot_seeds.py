@@ -13,6 +13,7 @@ from microfer.bench.spot_seeds import (
     METRICS,
     aggregate,
     check_split,
+    read_seed_run,
     run_seed,
     run_spot_seeds,
 )
@@ -122,6 +123,31 @@ def test_overlapping_split_runs_nothing(tmp_path):
             progress=False,
         )
     assert calls == []
+
+
+def test_from_runs_aggregates_the_finished_runs_and_refuses_a_missing_one(tmp_path):
+    for seed in (1, 101):
+        doc = _fake_doc({"spot": _value(seed), "threshold_baseline": 0.0})
+        doc.update(protocol="casme_sq-spotting", n_subjects=3)
+        run = tmp_path / "casme_sq" / f"seed-{seed}" / "eval"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps(doc))
+    doc = run_spot_seeds(
+        ["casme_sq"],
+        tmp_path,
+        dev=[1],
+        held_out=[101],
+        subjects=3,
+        progress=False,
+        run_one=read_seed_run,
+    )
+    assert doc["summary"]["casme_sq"]["held_out"]["metrics"]["spot/overall_f1"]["values"] == [
+        pytest.approx(0.101)
+    ]
+    with pytest.raises(MicroferError, match="not casme_sq-spotting with 4"):
+        read_seed_run("casme_sq", 1, 4, tmp_path / "casme_sq" / "seed-1")
+    with pytest.raises(MicroferError, match="no finished spot-eval run of seed 102"):
+        read_seed_run("casme_sq", 102, 3, tmp_path / "casme_sq" / "seed-102")
 
 
 @pytest.mark.slow

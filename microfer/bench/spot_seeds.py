@@ -124,6 +124,23 @@ def run_seed(
     return run_spot_eval(PROTOCOLS[layout], data, run, progress=progress, plots=2)
 
 
+def read_seed_run(layout: str, seed: int, subjects: int, out: Path, progress: bool = False) -> dict:
+    """The spot-eval result already in `out`/eval (`--from-runs`: aggregate finished runs
+    again without repeating them; the LOSO choice is the slow part); refused when it is
+    missing or is not of this layout and number of subjects."""
+    path = Path(out) / "eval" / "results.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MicroferError(f"{path}: no finished spot-eval run of seed {seed} ({exc})") from None
+    if doc.get("protocol") != PROTOCOLS[layout] or doc.get("n_subjects") != subjects:
+        raise MicroferError(
+            f"{path}: a {doc.get('protocol')} run with {doc.get('n_subjects')} subjects, "
+            f"not {PROTOCOLS[layout]} with {subjects}"
+        )
+    return doc
+
+
 def _record(doc: dict, layout: str, seed: int, role: str) -> dict:
     spot = doc["metrics"]["spot"]["overall"]
     return {

@@ -211,15 +211,26 @@ def demo_cmd(out, quick, seed, faces, no_progress, force):
     required=True,
     help="the generated sets, each seed's spot-eval run, spot_seeds.json / .md / .png",
 )
+@click.option(
+    "--from-runs",
+    is_flag=True,
+    help="aggregate the spot-eval runs already in --out again (nothing generated or evaluated)",
+)
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def spot_seeds_cmd(layouts, dev, held_out, subjects, out, quiet):
+def spot_seeds_cmd(layouts, dev, held_out, subjects, out, from_runs, quiet):
     """spot-eval on a fresh synthetic long-video set per seed; mean, sd and range of each F1,
     development seeds and held-out seeds in separate rows (a development number never enters
     the held-out row)."""
-    from microfer.bench.spot_seeds import format_table, run_spot_seeds
+    from microfer.bench.spot_seeds import format_table, read_seed_run, run_seed, run_spot_seeds
 
     doc = run_spot_seeds(
-        layouts, out, dev=dev, held_out=held_out, subjects=subjects, progress=not quiet
+        layouts,
+        out,
+        dev=dev,
+        held_out=held_out,
+        subjects=subjects,
+        progress=not quiet,
+        run_one=read_seed_run if from_runs else run_seed,
     )
     click.echo(format_table(doc))
     click.echo(f"wrote {out / 'spot_seeds.json'}, {out / 'spot_seeds.md'}")
