@@ -43,6 +43,7 @@ COMMANDS = {
     "serve": "recognise:serve_cmd",
     "spot": "spotting:spot_cmd",
     "spot-eval": "spotting:spot_eval_cmd",
+    "spot-seeds": "bench:spot_seeds_cmd",
     "live": "spotting:live_cmd",
     "bench": "bench:bench_cmd",
     "demo": "bench:demo_cmd",

@@ -174,3 +174,63 @@ def demo_cmd(out, quick, seed, faces, no_progress, force):
         f"bundle: {r.bundle}    try: microfer predict {r.predictions[0]['video']} --model {r.bundle}"
     )
     click.echo("time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in r.seconds.items()))
+
+
+@click.command("spot-seeds")
+@click.option(
+    "--layout",
+    "layouts",
+    type=click.Choice(["casme_sq", "samm_lv"]),
+    multiple=True,
+    default=("casme_sq", "samm_lv"),
+    show_default=True,
+    help="synthetic long-video layouts (repeatable)",
+)
+@click.option(
+    "--dev",
+    type=int,
+    multiple=True,
+    default=(1, 2),
+    show_default=True,
+    help="development seeds (repeatable): design choices may be made on these",
+)
+@click.option(
+    "--held-out",
+    type=int,
+    multiple=True,
+    default=(101, 102, 103),
+    show_default=True,
+    help="held-out seeds (repeatable): never tuned on; disjoint from --dev",
+)
+@click.option(
+    "--subjects", type=click.IntRange(min=2), default=10, show_default=True, help="per set"
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="the generated sets, each seed's spot-eval run, spot_seeds.json / .md / .png",
+)
+@click.option(
+    "--from-runs",
+    is_flag=True,
+    help="aggregate the spot-eval runs already in --out again (nothing generated or evaluated)",
+)
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def spot_seeds_cmd(layouts, dev, held_out, subjects, out, from_runs, quiet):
+    """spot-eval on a fresh synthetic long-video set per seed; mean, sd and range of each F1,
+    development seeds and held-out seeds in separate rows (a development number never enters
+    the held-out row)."""
+    from microfer.bench.spot_seeds import format_table, read_seed_run, run_seed, run_spot_seeds
+
+    doc = run_spot_seeds(
+        layouts,
+        out,
+        dev=dev,
+        held_out=held_out,
+        subjects=subjects,
+        progress=not quiet,
+        run_one=read_seed_run if from_runs else run_seed,
+    )
+    click.echo(format_table(doc))
+    click.echo(f"wrote {out / 'spot_seeds.json'}, {out / 'spot_seeds.md'}")
