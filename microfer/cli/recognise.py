@@ -70,16 +70,7 @@ def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, exp
         return
 
     if is_image_bundle(model):
-        given = [
-            n
-            for n, v in (
-                ("--onset", onset),
-                ("--apex", apex),
-                ("--offset", offset),
-                ("--explain", explain),
-            )
-            if v is not None
-        ]
+        given = _clip_options(onset, apex, offset, explain)
         if given:
             raise MicroferError(
                 f"{model}: an image bundle predicts single images; {', '.join(given)} "
@@ -100,21 +91,18 @@ def predict_cmd(clip, model, onset, apex, offset, as_json, threads, runtime, exp
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.text())
 
 
+def _clip_options(onset, apex, offset, explain) -> list[str]:
+    """The options given that only clips take (an image has no onset, apex or motion map)."""
+    named = (("--onset", onset), ("--apex", apex), ("--offset", offset), ("--explain", explain))
+    return [n for n, v in named if v is not None]
+
+
 def _predict_default_images(path, onset, apex, offset, explain, as_json, threads):
     """No --model: face images (a file, or every image in a folder) -> the shipped image model.
     Clips need a clip bundle: there is no shipped clip model (ME classes depend on the data)."""
     from microfer.clip.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
-    given = [
-        n
-        for n, v in (
-            ("--onset", onset),
-            ("--apex", apex),
-            ("--offset", offset),
-            ("--explain", explain),
-        )
-        if v is not None
-    ]
+    given = _clip_options(onset, apex, offset, explain)
     is_video = path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS
     if given or is_video or (path.is_file() and path.suffix.lower() not in IMAGE_EXTENSIONS):
         raise MicroferError(
