@@ -73,15 +73,20 @@ SHORT = ("n", "uf1", "uar", "accuracy")  # what the halves report
 BOOTSTRAP_N = 1000
 
 
+def halves_of(groups) -> tuple[tuple[str, list[str]], tuple[str, list[str]]]:
+    """(("A", subjects), ("B", subjects)): the names sorted, even positions A, odd B."""
+    names = sorted(set(np.asarray(groups).astype(str).tolist()))
+    return ("A", names[0::2]), ("B", names[1::2])
+
+
 def subject_halves(y, pred, groups, classes) -> dict[str, Any]:
     """Metrics on two fixed halves of the subjects: sorted names, alternating A, B, A, ...
 
     A gain counts only if it holds on both halves (not a lucky subset); the split depends
     on nothing but the subject names, so every run and candidate uses the same halves.
     """
-    names = sorted(set(np.asarray(groups).astype(str).tolist()))
     out: dict[str, Any] = {"rule": "subjects sorted by name; even positions A, odd B"}
-    for half, members in (("A", names[0::2]), ("B", names[1::2])):
+    for half, members in halves_of(groups):
         m = np.isin(groups, members)
         out[half] = {
             **{k: v for k, v in summarize(y[m], pred[m], classes).items() if k in SHORT},
@@ -159,9 +164,9 @@ def calibration_metrics(y, pred, results: Sequence[FoldResult], n_classes: int):
     idx = np.concatenate([np.asarray(r.test_idx, np.int64) for r in done])
     prob = np.concatenate([np.asarray(r.probabilities, np.float64) for r in done])
     groups = np.concatenate([[r.group] * len(r.test_idx) for r in done])
-    names = sorted(set(groups.tolist()))
     halves = {}
-    for half, members in (("A", names[0::2]), ("B", names[1::2])):
+    # the halves of every tested subject, as the metrics' halves, calibrated or not
+    for half, members in halves_of([r.group for r in results]):
         m = np.isin(groups, members)
         if m.any():
             c = calibration(prob[m], y[idx][m])
