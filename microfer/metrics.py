@@ -162,3 +162,40 @@ def bootstrap_interval(
             round(float(np.percentile(values, hi)), 6),
         ]
     return out
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, K) logits, stable for large values."""
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def calibration(prob: np.ndarray, y, bins: int = 10) -> dict:
+    """Brier score (multi-class: squared error summed over classes, mean over samples),
+    expected calibration error of the top class over `bins` equal-width confidence bins,
+    and the bins themselves (the reliability diagram's points)."""
+    prob = np.asarray(prob, np.float64)
+    y = np.asarray(y, np.int64)
+    onehot = np.eye(prob.shape[1])[y]
+    conf, pred = prob.max(1), prob.argmax(1)
+    edges = np.linspace(0, 1, bins + 1)
+    rows, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            acc, c = float((pred[m] == y[m]).mean()), float(conf[m].mean())
+            ece += m.mean() * abs(acc - c)
+            rows.append(
+                {
+                    "bin": [round(float(lo), 2), round(float(hi), 2)],
+                    "n": int(m.sum()),
+                    "accuracy": round(acc, 4),
+                    "confidence": round(c, 4),
+                }
+            )
+    return {
+        "brier": round(float(((prob - onehot) ** 2).sum(1).mean()), 5),
+        "ece": round(float(ece), 5),
+        "reliability": rows,
+    }

@@ -322,7 +322,7 @@ def test_untouched_bundle_loads_and_predicts_like_sklearn(tmp_path):
     for kernel in ("linear", "rbf"):
         path, pipe, Xt = _small_bundle(tmp_path, name=kernel, kernel=kernel)
         doc = json.loads((path / "bundle.json").read_text())
-        assert doc["format_version"] == 2 and doc["integrity"]["algorithm"] == "sha256"
+        assert doc["format_version"] == 3 and doc["integrity"]["algorithm"] == "sha256"
         b = load_bundle(path)
         np.testing.assert_array_equal(b.classifier.predict(Xt), pipe.predict(Xt))
         assert b.class_names == CONFIG["classes"][:3]

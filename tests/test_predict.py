@@ -86,6 +86,39 @@ def test_predict_cli_json(demo):
     assert set(doc["spotted"]) == {"onset", "apex", "offset"} and doc["given"] == []
     assert {"decode", "detect", "flow", "network", "svm"} <= set(doc["timings_ms"])
     assert doc["onset"] < doc["apex"] <= doc["offset"]
+    # the demo bundle carries a calibrator: probabilities of every class, summing to 1
+    probs = doc["probabilities"]
+    assert set(probs) == set(doc["scores"]) and abs(sum(probs.values()) - 1) < 1e-3
+    assert all(0 <= v <= 1 for v in probs.values()) and doc["probability_kind"].startswith("calib")
+    text = _run(["predict", video, "--model", str(demo.bundle)])
+    assert "probabilities: " in text.output and "(calibrated)" in text.output
+
+
+def test_bundle_from_before_calibration_still_predicts(demo, tmp_path):
+    """A format-version-2 bundle (no calibrator) loads and predicts; it says it has no
+    probabilities."""
+    import shutil
+
+    from microfer.learn.bundle import file_sha256, integrity_digest
+    from microfer.recognise.predict import Predictor
+
+    old = tmp_path / "old"
+    shutil.copytree(demo.bundle, old)
+    (old / "calibrator.safetensors").unlink()
+    doc = json.loads((old / "bundle.json").read_text())
+    doc.pop("calibration")
+    doc["files"].pop("calibrator.safetensors")
+    doc["format_version"] = 2
+    doc["integrity"]["content"] = integrity_digest(
+        doc, {n: file_sha256(old / n) for n in doc["files"]}
+    )
+    (old / "bundle.json").write_text(json.dumps(doc))
+    video = demo.predictions[0]["video"]
+    before, now = Predictor(old).predict(video), Predictor(demo.bundle).predict(video)
+    assert before.label == now.label and before.scores == now.scores
+    assert before.probabilities is None and now.probabilities is not None
+    assert "probabilities: none" in before.text()
+    assert before.to_dict()["probability_kind"].startswith("none")
 
 
 def _main(args, capsys):

@@ -60,6 +60,11 @@ def test_endpoint_predicts_like_the_library_and_refuses_bad_uploads(server, expe
         doc["label"] == truth.label and doc["scores"] == truth.scores and doc["file"] == video.name
     )
     assert (doc["onset"], doc["apex"], doc["offset"]) == (truth.onset, truth.apex, truth.offset)
+    # the demo bundle carries a calibrator: probabilities beside the scores, summing to 1
+    assert doc["probabilities"] == truth.probabilities and set(doc["probabilities"]) == set(
+        truth.scores
+    )
+    assert abs(sum(doc["probabilities"].values()) - 1) < 1e-3
     assert len(doc["motion_curve"]) == len(doc["motion_frames"]) == doc["n_frames"]
 
     status, doc = _post(server.url, b"this is not a video", "notes.mp4")

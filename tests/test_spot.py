@@ -279,3 +279,8 @@ def test_spot_then_recognise(casme_long, tmp_path):
     assert micro, doc["intervals"]
     assert all(iv["emotion"] in classes for iv in micro), (classes, micro)
     assert all(iv["emotion"] == "" for iv in doc["intervals"] if iv["type"] == "macro")
+    # `spot` and `live` share recognise_micro: scores and calibrated probabilities beside the label
+    for iv in micro:
+        assert set(iv["scores"]) == set(iv["probabilities"]) == set(classes)
+        assert abs(sum(iv["probabilities"].values()) - 1) < 1e-3
+    assert all(iv["probabilities"] is None for iv in doc["intervals"] if iv["type"] == "macro")

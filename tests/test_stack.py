@@ -58,3 +58,18 @@ def test_best_member_kept_when_the_stack_is_no_better():
     choice = stack_select_and_fit(feats, y, groups, train, inner_splits=5, param_grid=GRID)
     assert choice.feature_name == "perfect"
     assert choice.scores[STACK_NAME][0] <= choice.inner_score
+
+
+def test_evaluate_folds_with_stack_runs_the_stack_and_leaves_it_uncalibrated():
+    """`stack=True` reaches `stack_select_and_fit` (an import lost in a refactor once made it a
+    no-op); a stacked fold gets no probabilities, the others do."""
+    from microfer.learn.folds import evaluate_folds, leave_one_group_out
+
+    feats, y, groups = two_views()
+    folds = leave_one_group_out(groups)[:2]
+    results = evaluate_folds(
+        feats, y, groups, folds, param_grid=GRID, inner_splits=5, stack=True, calibrate=True
+    )
+    assert any(r.feature_name == STACK_NAME for r in results)
+    for r in results:
+        assert (r.probabilities is None) == (r.feature_name == STACK_NAME)

@@ -31,7 +31,7 @@ from microfer.models import resolve_weights
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
-    help="report folder: results.json, report.md, confusion.png, per_subject.png",
+    help="report folder: results.json, report.md, confusion.png, per_subject.png, reliability.png",
 )
 @jobs_option(
     "--jobs", default=-1, show_default=True, help="parallel folds (joblib; -1 = all cores)"
@@ -152,6 +152,12 @@ def _show_loso(result) -> None:
     click.echo(line("majority baseline", m["majority"]))
     for ds, v in m.get("per_dataset", {}).items():
         click.echo(line(f"  {ds}", v["model"]))
+    cal = m.get("calibration")
+    if cal:
+        click.echo(
+            f"{'probabilities':<20}Brier {cal['brier']:.4f}  ECE {cal['ece']:.4f}  "
+            f"(calibrated in-fold, {cal['n']} clips; reliability.png)"
+        )
     perm = m.get("permutation")
     if perm:
         within = f"within {', '.join(perm['strata'])}" if perm["strata"] else "across all samples"

@@ -267,6 +267,8 @@ def live_cmd(camera, url, video, model, fps, window_s, hop_s, realtime, max_fram
             return
         iv = event.interval
         label = f"  {iv.emotion}" if iv.emotion else ""
+        if iv.emotion and iv.probabilities:
+            label += f" (p {iv.probabilities[iv.emotion]:.2f})"
         click.echo(
             f"[frame {event.reported_at_frame:6d}, {event.reported_at_frame / rate:7.1f} s] {iv.type:5s} "
             f"onset {iv.onset} apex {iv.apex} offset {iv.offset}  score {iv.score:.1f}{label}   "

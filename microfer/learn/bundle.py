@@ -11,6 +11,10 @@ A bundle is a directory:
     ood.safetensors          (optional) the out-of-distribution score's arrays
                              (`microfer.learn.ood.RelativeMahalanobis`); its scalars and threshold
                              are bundle.json's "ood" entry. Bundles without it load (no OOD score).
+    calibrator.safetensors   (optional, format version 3) the calibrator's weight and bias
+                             (`microfer.learn.calibrate`), described by bundle.json's
+                             "calibration" entry: class probabilities beside the SVM scores.
+                             Bundles without it (all of version 2) load and give no probabilities.
 
 No pickle anywhere: the SVM is stored as the arrays of its decision function and
 evaluated by `ArraySVM`, which reproduces scikit-learn's SVC (one-vs-one) exactly for the
@@ -40,19 +44,25 @@ import numpy as np
 from microfer.errors import BundleError
 from microfer.io import atomic_dir, file_sha256, write_json
 from microfer.learn.bundle_schema import (  # noqa: F401  (the file names: importable from here too)
+    CALIBRATOR_FILE,
     FILES,
     HEX64,
     ONNX_FILE,
     OOD_FILE,
     check_arrays,
+    check_calibrator_arrays,
     check_config,
     check_ood_arrays,
 )
+from microfer.learn.calibrate import Calibrator
 from microfer.learn.ood import RelativeMahalanobis
 from microfer.learn.svm_arrays import ARRAYS, SUPPORTED_KERNELS, ArraySVM  # noqa: F401
 
 FORMAT = "microfer-bundle"
-FORMAT_VERSION = 2  # 2: adds the "integrity" entry covering bundle.json and every file
+# 2: adds the "integrity" entry covering bundle.json and every file;
+# 3: adds the optional calibrator (class probabilities); version 2 bundles still load
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 INTEGRITY_KEY = "integrity"
 IMAGE_INPUT = "image"  # bundle.json "input" of image bundles (face images, not clips)
 
@@ -67,6 +77,8 @@ class Bundle:
     classifier: ArraySVM
     onnx: dict = field(default_factory=dict)  # ONNX file name -> verified path in the bundle
     ood: Optional[RelativeMahalanobis] = None  # None: a bundle trained before OOD scores
+    # None: a bundle trained before calibrated probabilities (it gives SVM scores only)
+    calibrator: Optional[Calibrator] = None
 
     @property
     def class_names(self) -> list[str]:
@@ -105,6 +117,7 @@ def save_bundle(
     config: dict,
     onnx: Optional[dict[str, bytes]] = None,
     ood: Optional[RelativeMahalanobis] = None,
+    calibrator: Optional[Calibrator] = None,
 ) -> Path:
     """Write a bundle directory atomically: it is built in a temporary sibling and swapped in
     whole, so a failure leaves an older bundle at `path` intact. A non-empty `path` that is not
@@ -112,14 +125,17 @@ def save_bundle(
 
     `onnx`: {file name: ONNX model bytes} of the network parts (names matching `ONNX_FILE`).
     `ood`: the fitted OOD score, written to `OOD_FILE` with its scalars in bundle.json's "ood".
+    `calibrator`: written to `CALIBRATOR_FILE`, described in bundle.json's "calibration".
     """
     final = Path(path)
     with atomic_dir(final, is_ours=lambda p: (p / "bundle.json").is_file()) as tmp:
-        _write_bundle_files(tmp, final, network_state, classifier, config, onnx, ood)
+        _write_bundle_files(tmp, final, network_state, classifier, config, onnx, ood, calibrator)
     return final
 
 
-def _write_bundle_files(path: Path, final: Path, network_state, classifier, config, onnx, ood):
+def _write_bundle_files(
+    path: Path, final: Path, network_state, classifier, config, onnx, ood, calibrator
+):
     from safetensors.numpy import save_file as save_numpy
 
     # np.array, not ascontiguousarray: that turns 0-d tensors (BatchNorm counters) into 1-d
@@ -133,7 +149,7 @@ def _write_bundle_files(path: Path, final: Path, network_state, classifier, conf
                 f"{final}: {name!r} is not a bundle ONNX file name (network[.partN].onnx)"
             )
         (path / name).write_bytes(blob)
-    doc = {k: v for k, v in config.items() if k not in (INTEGRITY_KEY, "ood")}
+    doc = {k: v for k, v in config.items() if k not in (INTEGRITY_KEY, "ood", "calibration")}
     extra = sorted(onnx or {})
     if ood is not None:
         save_numpy(
@@ -141,6 +157,13 @@ def _write_bundle_files(path: Path, final: Path, network_state, classifier, conf
         )
         doc["ood"] = ood.config()
         extra.append(OOD_FILE)
+    if calibrator is not None:
+        save_numpy(
+            {k: np.ascontiguousarray(v) for k, v in calibrator.arrays().items()},
+            str(path / CALIBRATOR_FILE),
+        )
+        doc["calibration"] = calibrator.config()
+        extra.append(CALIBRATOR_FILE)
     hashes = {name: file_sha256(path / name) for name in (*FILES, *extra)}
     doc.update(
         {
@@ -187,6 +210,11 @@ def load_bundle(path) -> Bundle:
             ood_arrays, classifier.support_vectors.shape[1], len(config["classes"]), path / OOD_FILE
         )
         ood = RelativeMahalanobis.from_arrays(ood_arrays, config["ood"])
+    calibrator = None
+    if CALIBRATOR_FILE in names:
+        cal_arrays = _load_safetensors(path, CALIBRATOR_FILE)
+        check_calibrator_arrays(cal_arrays, len(config["classes"]), path / CALIBRATOR_FILE)
+        calibrator = Calibrator.from_arrays(cal_arrays, config["calibration"])
     return Bundle(
         path=path,
         config=config,
@@ -194,6 +222,7 @@ def load_bundle(path) -> Bundle:
         classifier=classifier,
         onnx={n: path / n for n in onnx_names},
         ood=ood,
+        calibrator=calibrator,
     )
 
 
@@ -216,10 +245,11 @@ def _read_marker(path: Path, marker: Path) -> dict:
             f"refused by this microfer (reads version {FORMAT_VERSION}); retrain it with "
             f"`microfer train` to write a version-{FORMAT_VERSION} bundle"
         )
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise BundleError(
             f"{marker}: bundle format version {json.dumps(version, default=str)} "
-            f"is not supported (this microfer reads version {FORMAT_VERSION})"
+            f"is not supported (this microfer reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
         )
     return config
 
@@ -242,7 +272,7 @@ def _verify_integrity(path: Path, marker: Path, config: dict):
     listed = config.get("files")
     listed = listed if isinstance(listed, dict) else {}
     onnx_names = sorted(n for n in listed if isinstance(n, str) and ONNX_FILE.fullmatch(n))
-    names = (*FILES, *onnx_names, *([OOD_FILE] if OOD_FILE in listed else []))
+    names = (*FILES, *onnx_names, *(n for n in (OOD_FILE, CALIBRATOR_FILE) if n in listed))
     hashes = {}
     for name in names:
         f = path / name

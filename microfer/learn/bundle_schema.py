@@ -20,6 +20,10 @@ FILES = ("network.safetensors", "classifier.safetensors")
 # optional: a network part exported to ONNX (`features.FeatureModel.onnx_names`)
 ONNX_FILE = re.compile(r"network\.(part\d+\.)?onnx")
 OOD_FILE = "ood.safetensors"  # optional: the OOD score's arrays (`microfer.learn.ood`)
+# optional (format version 3): the calibrator's arrays (`microfer.learn.calibrate`)
+CALIBRATOR_FILE = "calibrator.safetensors"
+CALIBRATOR_ARRAYS = ("weight", "bias")
+OPTIONAL_FILES = {OOD_FILE: "ood", CALIBRATOR_FILE: "calibration"}  # file -> its bundle.json entry
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -54,10 +58,18 @@ def check_config(config: dict, marker: Path) -> None:
     for key in ("features", "prepare"):
         if not isinstance(config[key], dict):
             raise bad(key, "a mapping of settings", config[key])
-    if ("ood" in config) != (OOD_FILE in config["files"]):
-        raise bad("ood", f"present exactly when {OOD_FILE} is listed in 'files'", config.get("ood"))
+    for name, entry in OPTIONAL_FILES.items():
+        if (entry in config) != (name in config["files"]):
+            raise bad(entry, f"present exactly when {name} is listed in 'files'", config.get(entry))
     if "ood" in config:
         _check_ood(config["ood"], bad)
+    if "calibration" in config:
+        if config.get("format_version") == 2:
+            raise bad("calibration", "absent from a format-version-2 bundle", config["calibration"])
+        if not isinstance(config["calibration"], dict):
+            raise bad(
+                "calibration", "a mapping with the calibrator's method", config["calibration"]
+            )
 
 
 def _check_classes(classes, bad) -> None:
@@ -75,11 +87,12 @@ def _check_files(files, bad) -> None:
     if not isinstance(files, dict):
         raise bad("files", f"a mapping file name -> sha256 for {list(FILES)}", files)
     if not set(FILES) <= set(files) or any(
-        n not in (*FILES, OOD_FILE) and not ONNX_FILE.fullmatch(n) for n in files
+        n not in (*FILES, *OPTIONAL_FILES) and not ONNX_FILE.fullmatch(n) for n in files
     ):
         raise bad(
             "files",
-            f"a mapping for {list(FILES)} and optional network[.partN].onnx and {OOD_FILE} files",
+            f"a mapping for {list(FILES)} and optional network[.partN].onnx, "
+            f"{' and '.join(OPTIONAL_FILES)} files",
             sorted(files),
         )
     for name in files:
@@ -194,3 +207,19 @@ def check_ood_arrays(arrays: dict, dim: int, n_names: int, source: Path) -> None
             )
     if (arrays["scale"] == 0).any():
         raise BundleError(f"{source}: array 'scale' has zeros (would divide by zero)")
+
+
+def check_calibrator_arrays(arrays: dict, n_names: int, source: Path) -> None:
+    """The calibrator's arrays: a finite K x K weight and K bias, K = the bundle's classes."""
+    missing = set(CALIBRATOR_ARRAYS) - set(arrays)
+    if missing:
+        raise BundleError(f"{source}: arrays missing: {sorted(missing)}")
+    for name, shape in (("weight", (n_names, n_names)), ("bias", (n_names,))):
+        a = arrays[name]
+        if a.dtype.kind != "f" or not np.isfinite(a).all():
+            raise BundleError(f"{source}: array {name!r} must hold finite floats")
+        if a.shape != shape:
+            raise BundleError(
+                f"{source}: array {name!r} has shape {a.shape}, expected {shape} "
+                f"({n_names} classes)"
+            )

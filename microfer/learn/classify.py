@@ -87,6 +87,32 @@ def fit_estimator(make_estimator: Callable[..., Any], params: dict, X: np.ndarra
     return make_estimator(**params).fit(X, y)
 
 
+def class_scores(model, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """(N, n_classes) scores of a fitted model, whatever kind it is (columns = class index)."""
+    out = np.zeros((len(X), n_classes), np.float64)
+    classes = np.asarray(getattr(model, "classes_", np.arange(n_classes)), np.int64)
+    if hasattr(model, "decision_function") and not hasattr(model, "predict_proba"):
+        d = np.asarray(model.decision_function(X), np.float64)
+        if d.ndim == 1:  # two classes: the positive class's margin
+            d = np.stack([-d, d], axis=1)
+        out[:, classes] = d
+    elif hasattr(model, "predict_proba"):
+        out[:, classes] = np.asarray(model.predict_proba(X), np.float64)
+    else:  # a model that only labels (e.g. a test's spy): its one vote
+        out[np.arange(len(X)), np.asarray(model.predict(X), np.int64)] = 1.0
+    return out
+
+
+def oof_scores(X, y, splits, params, n_classes, make_estimator) -> np.ndarray:
+    """Out-of-fold class scores of one member over the inner splits (rows of X)."""
+    out = np.zeros((len(y), n_classes))
+    for tr, va in splits:
+        out[va] = class_scores(
+            fit_estimator(make_estimator, params, X[tr], y[tr]), X[va], n_classes
+        )
+    return out
+
+
 def inner_splits_for(groups: np.ndarray, n_splits: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Inner (train, validation) index pairs over the given groups only."""
     groups = np.asarray(groups)

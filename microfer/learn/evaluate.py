@@ -10,7 +10,9 @@ Flow of `run_loso`:
 4. each fold (in parallel, joblib) selects feature set + SVM settings by inner CV on its
    training subjects only (`classify.select_and_fit`) and predicts its held-out subject;
    the majority baseline predicts the fold's most frequent TRAINING class;
-5. metrics on predictions pooled over all folds, per dataset, per subject;
+5. metrics on predictions pooled over all folds, per dataset, per subject; the folds'
+   calibrated probabilities (each fold's calibrator fitted on its training subjects'
+   out-of-fold scores: `microfer.learn.calibrate`) scored by Brier score and ECE;
 6. with `permutations` > 0, the chance level: steps 4-5 rerun on permuted labels
    (`microfer.learn.permutation`), null UF1/UAR and the p-value of the real score.
 Every fold is checked: a subject in both train and test raises FoldLeakError.
@@ -33,6 +35,7 @@ import pandas as pd
 from microfer.clip.cache import open_cache, prepare_settings_of  # noqa: F401  (open_cache: kept importable from here)
 from microfer.errors import MicroferError
 from microfer.io import file_sha256, frame_sha256
+from microfer.learn.calibrate import METHOD as CALIBRATION_METHOD
 from microfer.learn.classify import make_svm
 from microfer.learn.features import FeatureSetting, extract_features
 from microfer.learn.finetune import learned_features
@@ -62,12 +65,18 @@ from microfer.learn.protocol_samples import (  # noqa: F401  (importable from he
     load_samples,
     match_cache,
 )
-from microfer.metrics import bootstrap_interval, summarize
+from microfer.metrics import bootstrap_interval, calibration, summarize
 from microfer.parallel import jobs_for, scheduler_context
 
 SHORT = ("n", "uf1", "uar", "accuracy")  # what the halves report
 # subject resamples for the 95% intervals (seed 0: a fixed function of the predictions)
 BOOTSTRAP_N = 1000
+
+
+def halves_of(groups) -> tuple[tuple[str, list[str]], tuple[str, list[str]]]:
+    """(("A", subjects), ("B", subjects)): the names sorted, even positions A, odd B."""
+    names = sorted(set(np.asarray(groups).astype(str).tolist()))
+    return ("A", names[0::2]), ("B", names[1::2])
 
 
 def subject_halves(y, pred, groups, classes) -> dict[str, Any]:
@@ -76,9 +85,8 @@ def subject_halves(y, pred, groups, classes) -> dict[str, Any]:
     A gain counts only if it holds on both halves (not a lucky subset); the split depends
     on nothing but the subject names, so every run and candidate uses the same halves.
     """
-    names = sorted(set(np.asarray(groups).astype(str).tolist()))
     out: dict[str, Any] = {"rule": "subjects sorted by name; even positions A, odd B"}
-    for half, members in (("A", names[0::2]), ("B", names[1::2])):
+    for half, members in halves_of(groups):
         m = np.isin(groups, members)
         out[half] = {
             **{k: v for k, v in summarize(y[m], pred[m], classes).items() if k in SHORT},
@@ -140,7 +148,38 @@ def compute_metrics(
             }
         )
     out["per_subject"] = rows
+    calibrated = calibration_metrics(y, pred, results, len(classes))
+    if calibrated is not None:
+        out["calibration"] = calibrated
     return out
+
+
+def calibration_metrics(y, pred, results: Sequence[FoldResult], n_classes: int):
+    """Brier score, ECE and reliability bins of the folds' calibrated probabilities, pooled
+    (None when no fold has them), with the subject halves and how often the probabilities'
+    argmax agrees with the predicted label (which stays the SVM's)."""
+    done = [r for r in results if r.probabilities is not None]
+    if not done:
+        return None
+    idx = np.concatenate([np.asarray(r.test_idx, np.int64) for r in done])
+    prob = np.concatenate([np.asarray(r.probabilities, np.float64) for r in done])
+    groups = np.concatenate([[r.group] * len(r.test_idx) for r in done])
+    halves = {}
+    # the halves of every tested subject, as the metrics' halves, calibrated or not
+    for half, members in halves_of([r.group for r in results]):
+        m = np.isin(groups, members)
+        if m.any():
+            c = calibration(prob[m], y[idx][m])
+            halves[half] = {"n": int(m.sum()), "brier": c["brier"], "ece": c["ece"]}
+    return {
+        "method": CALIBRATION_METHOD,
+        "n": int(idx.size),
+        "folds_calibrated": len(done),
+        "folds_not_calibrated": [r.group for r in results if r.probabilities is None],
+        **calibration(prob, y[idx]),
+        "argmax_agrees_with_label": round(float((prob.argmax(1) == pred[idx]).mean()), 6),
+        "halves": halves,
+    }
 
 
 @dataclass
@@ -326,8 +365,9 @@ def _evaluate(
         stack=settings.grid in STACK_GRIDS,
     )
     t2 = time.perf_counter()
+    # not in `search`: the permutation null needs labels only, not probabilities
     results = evaluate_folds(
-        data.feature_sets, data.y, data.groups, folds, seed=settings.seed, **search
+        data.feature_sets, data.y, data.groups, folds, seed=settings.seed, calibrate=True, **search
     )
     t3 = time.perf_counter()
     metrics = _loso_metrics(data, results)

@@ -1,7 +1,9 @@
 """Cross-validation folds and what happens inside one: the outer loop of LOSO.
 
 `evaluate_folds` runs every fold (choose feature set + SVM settings on the training
-subjects, predict the held-out one) and checks that no subject is on both sides. The
+subjects, predict the held-out one; with `calibrate`, also a calibrator fitted on the
+training subjects' out-of-fold scores and the held-out clips' probabilities) and checks
+that no subject is on both sides. The
 LOSO runner (`microfer.learn.evaluate`) and the permutation test both call it.
 """
 
@@ -13,7 +15,17 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from microfer.errors import MicroferError
-from microfer.learn.classify import expand_grid, make_svm, select_and_fit
+from microfer.learn.calibrate import Calibrator, fit_calibrator
+from microfer.learn.classify import (
+    LearnedFeatures,
+    class_scores,
+    expand_grid,
+    inner_splits_for,
+    make_svm,
+    oof_scores,
+    select_and_fit,
+)
+from microfer.learn.stack import stack_select_and_fit
 from microfer.metrics import majority_class
 
 
@@ -65,6 +77,10 @@ class FoldResult:
     inner_score: Optional[float]  # None: a single candidate, nothing was chosen by inner CV
     y_pred: list[int]
     majority: int
+    # calibrated class probabilities of each test clip (rows sum to 1), from a calibrator
+    # fitted on this fold's training subjects only (`learn.calibrate`); None: not calibrated
+    probabilities: Optional[list[list[float]]] = None
+    n_calibration: int = 0  # training rows the calibrator was fitted on
 
 
 def run_fold(
@@ -79,12 +95,12 @@ def run_fold(
     scoring: str = "uf1",
     make_estimator: Callable[..., Any] = make_svm,
     stack: bool = False,
+    calibrate: bool = False,
 ) -> FoldResult:
     check_folds([fold], groups)
     train, test = np.asarray(fold.train_idx), np.asarray(fold.test_idx)
-    select = select_and_fit
-    if stack:  # the members' scores combined by weights learned on inner folds (learn.stack)
-        pass
+    # stack: the members' scores combined by weights learned on inner folds (learn.stack)
+    select = stack_select_and_fit if stack else select_and_fit
     choice = select(
         feature_sets,
         y,
@@ -98,6 +114,13 @@ def run_fold(
         make_estimator=make_estimator,
     )
     pred = choice.predict(feature_sets, test)
+    prob, n_cal = None, 0
+    if calibrate and can_calibrate(choice):
+        cal = fold_calibrator(
+            feature_sets, y, groups, train, choice, inner_splits, n_classes, make_estimator
+        )
+        prob = choice_probabilities(choice, cal, feature_sets, test, n_classes)
+        prob, n_cal = [[round(float(p), 6) for p in row] for row in prob], cal.n_rows
     return FoldResult(
         group=str(fold.group),
         test_idx=test.tolist(),
@@ -107,7 +130,43 @@ def run_fold(
         inner_score=None if np.isnan(choice.inner_score) else round(float(choice.inner_score), 6),
         y_pred=[int(p) for p in pred],
         majority=majority_class(y[train], n_classes),
+        probabilities=prob,
+        n_calibration=n_cal,
     )
+
+
+def can_calibrate(choice) -> bool:
+    """Whether a fold's choice gets a calibrator: not a stack (no estimator to refit on the
+    inner folds), nor a learned candidate that was alone (no inner CV ran, so calibrating
+    would train the network once per inner fold for this alone)."""
+    return hasattr(choice.model, "fit") and not np.isnan(choice.inner_score)
+
+
+def fold_calibrator(
+    feature_sets: Mapping[str, Any],
+    y: np.ndarray,
+    groups: np.ndarray,
+    train_idx: np.ndarray,
+    choice,
+    inner_splits: int,
+    n_classes: int,
+    make_estimator: Callable[..., Any] = make_svm,
+) -> Calibrator:
+    """The calibrator of `choice` (a `classify.FittedChoice`), from rows `train_idx` only:
+    out-of-fold scores of the chosen candidate over inner subject splits of those rows."""
+    train_idx = np.asarray(train_idx)
+    X = feature_sets[choice.feature_name]
+    est = X.make_estimator if isinstance(X, LearnedFeatures) else make_estimator
+    Xt, y_tr = np.asarray(X)[train_idx], np.asarray(y)[train_idx]
+    splits = inner_splits_for(np.asarray(groups)[train_idx], inner_splits)
+    scores = oof_scores(Xt, y_tr, splits, choice.params, n_classes, est)
+    return fit_calibrator(scores, y_tr, n_classes, rows=train_idx)
+
+
+def choice_probabilities(choice, calibrator: Calibrator, feature_sets, idx, n_classes: int):
+    """(len(idx), K) calibrated probabilities of the fitted choice on rows `idx`."""
+    X = np.asarray(feature_sets[choice.feature_name])[np.asarray(idx)]
+    return calibrator.probabilities(class_scores(choice.model, X, n_classes))
 
 
 # Over ~60 lines by its signature and docstring; the body is short.
@@ -125,8 +184,10 @@ def evaluate_folds(
     make_estimator: Callable[..., Any] = make_svm,
     progress: bool = False,
     stack: bool = False,
+    calibrate: bool = False,
 ) -> list[FoldResult]:
-    """Run every fold (joblib, n_jobs); results in fold order, independent of n_jobs."""
+    """Run every fold (joblib, n_jobs); results in fold order, independent of n_jobs.
+    `calibrate`: each fold also gives calibrated probabilities of its test clips."""
     from joblib import Parallel, delayed
 
     y = np.asarray(y, dtype=np.int64)
@@ -161,6 +222,7 @@ def evaluate_folds(
             scoring,
             make_estimator,
             stack,
+            calibrate,
         )
         for f in folds
     )

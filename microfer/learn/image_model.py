@@ -21,7 +21,7 @@ import numpy as np
 from microfer.errors import MicroferError
 from microfer.io import file_sha256, write_json
 from microfer.learn.macro_data import files_by_subject, list_images, normalise_label
-from microfer.metrics import accuracy, confusion_matrix, uf1
+from microfer.metrics import accuracy, calibration, confusion_matrix, uf1
 from microfer.models.efficientnet import VARIANT
 from microfer.models.fer_teacher import load_teacher
 from microfer.models.image_model import (
@@ -80,32 +80,6 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     best = min(grid, key=nll)
     fine = best * np.exp(np.linspace(-0.03, 0.03, 13))
     return float(min(fine, key=nll))
-
-
-def calibration(prob: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, Any]:
-    """Brier score (multi-class, mean over samples) and expected calibration error + bins."""
-    onehot = np.eye(prob.shape[1])[y]
-    conf, pred = prob.max(1), prob.argmax(1)
-    edges = np.linspace(0, 1, bins + 1)
-    rows, ece = [], 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            acc, c = float((pred[m] == y[m]).mean()), float(conf[m].mean())
-            ece += m.mean() * abs(acc - c)
-            rows.append(
-                {
-                    "bin": [round(lo, 2), round(hi, 2)],
-                    "n": int(m.sum()),
-                    "accuracy": round(acc, 4),
-                    "confidence": round(c, 4),
-                }
-            )
-    return {
-        "brier": round(float(((prob - onehot) ** 2).sum(1).mean()), 5),
-        "ece": round(float(ece), 5),
-        "reliability": rows,
-    }
 
 
 def score(prob: np.ndarray, labels: list[str], classes: list[str]) -> dict[str, Any]:

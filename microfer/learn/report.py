@@ -1,5 +1,6 @@
 """A LOSO result -> an output folder: results.json, report.md, confusion.png, per_subject.png
-(+ permutation_null.png when the run had a permutation test).
+(+ reliability.png when the folds gave calibrated probabilities, permutation_null.png when
+the run had a permutation test).
 
 Everything in results.json except the "timings" block is a deterministic function of the
 inputs and settings: the same command twice gives the same numbers (and the same file
@@ -23,7 +24,8 @@ def results_document(result) -> dict[str, Any]:
     folds = []
     for r in result.folds:
         preds = []
-        for i, p in zip(r.test_idx, r.y_pred):
+        probs = r.probabilities or [None] * len(r.test_idx)
+        for i, p, prob in zip(r.test_idx, r.y_pred, probs):
             row = samples.iloc[i]
             preds.append(
                 {
@@ -33,6 +35,7 @@ def results_document(result) -> dict[str, Any]:
                     "clip": str(row["clip"]),
                     "true": classes[int(result.y[i])],
                     "pred": classes[int(p)],
+                    **({} if prob is None else {"probabilities": dict(zip(classes, prob))}),
                 }
             )
         folds.append(
@@ -44,6 +47,7 @@ def results_document(result) -> dict[str, Any]:
                 "params": r.params,
                 "inner_score": r.inner_score,
                 "majority": classes[r.majority],
+                "n_calibration": r.n_calibration,
                 "predictions": preds,
             }
         )
@@ -85,6 +89,8 @@ def report_markdown(doc: dict[str, Any]) -> str:
     if len(m.get("per_dataset", {})) > 1:
         parts += _per_dataset_section(m["per_dataset"])
     parts += _per_class_section(m["pooled"], doc["classes"])
+    if m.get("calibration"):
+        parts += _calibration_section(m["calibration"])
     parts += _choices_section(doc["folds"])
     parts += _per_subject_section(m["per_subject"])
     if doc["excluded"]:
@@ -241,6 +247,41 @@ def _per_class_section(pooled: dict[str, Any], classes: list[str]) -> list[str]:
     ]
 
 
+def _calibration_section(cal: dict[str, Any]) -> list[str]:
+    """Brier score, ECE and the reliability bins of the calibrated probabilities."""
+    halves = cal.get("halves", {})
+    skipped = cal["folds_not_calibrated"]
+    return [
+        "",
+        "## Calibrated probabilities",
+        "",
+        f"Each fold's calibrator ({cal['method']}) is fitted on its training subjects only; "
+        f"the held-out subject is only scored. {cal['n']} clips in {cal['folds_calibrated']} "
+        f"folds"
+        + (f" ({len(skipped)} folds without: {', '.join(skipped)})" if skipped else "")
+        + f". Brier score {_fmt(cal['brier'])} (0 = perfect; squared error summed over "
+        f"classes), expected calibration error {_fmt(cal['ece'])} (top class, 10 bins); "
+        + "; ".join(
+            f"half {h}: Brier {_fmt(v['brier'])}, ECE {_fmt(v['ece'])}" for h, v in halves.items()
+        )
+        + f". The label stays the SVM's; the probabilities' argmax agrees with it on "
+        f"{cal['argmax_agrees_with_label']:.1%} of the clips. Plot: reliability.png.",
+        "",
+        markdown_table(
+            ["confidence bin", "clips", "mean confidence", "accuracy"],
+            [
+                [
+                    f"{b['bin'][0]:.1f}-{b['bin'][1]:.1f}",
+                    b["n"],
+                    _fmt(b["confidence"]),
+                    _fmt(b["accuracy"]),
+                ]
+                for b in cal["reliability"]
+            ],
+        ),
+    ]
+
+
 def _choices_section(folds: list[dict[str, Any]]) -> list[str]:
     """How many folds chose each (feature set, SVM settings)."""
     counts: dict[tuple[str, str], int] = {}
@@ -371,6 +412,33 @@ def plot_permutation_null(
     plt.close(fig)
 
 
+def plot_reliability(cal: dict[str, Any], path: Path, title: str) -> None:
+    """Reliability diagram: accuracy against mean confidence per bin, sized by clip count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = cal["reliability"]
+    conf = [b["confidence"] for b in bins]
+    acc = [b["accuracy"] for b in bins]
+    fig, ax = plt.subplots(figsize=(4.0, 4.0))
+    ax.plot([0, 1], [0, 1], color="tab:gray", ls=":", label="perfect calibration")
+    ax.plot(conf, acc, color="tab:blue", marker="o", label="calibrated probabilities")
+    for c, a, b in zip(conf, acc, bins):
+        ax.annotate(str(b["n"]), (c, a), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean confidence of the top class (bin)")
+    ax.set_ylabel("accuracy of the top class")
+    ax.set_title(f"{title}\nBrier {_fmt(cal['brier'])}, ECE {_fmt(cal['ece'])}", fontsize=9)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
 def write_report(result, out) -> dict[str, Path]:
     """Write the report files into `out` (created); returns their paths."""
     out = Path(out)
@@ -395,6 +463,14 @@ def write_report(result, out) -> dict[str, Path]:
         paths["per_subject"],
         f"{doc['protocol']}: accuracy per subject",
     )
+    reliability = out / "reliability.png"
+    if doc["metrics"].get("calibration"):
+        paths["reliability"] = reliability
+        plot_reliability(
+            doc["metrics"]["calibration"], reliability, f"{doc['protocol']}: reliability"
+        )
+    else:
+        reliability.unlink(missing_ok=True)  # an earlier run's plot would pass for this run's
     null_plot = out / "permutation_null.png"
     if doc["metrics"].get("permutation"):
         paths["permutation"] = null_plot

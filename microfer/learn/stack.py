@@ -25,40 +25,18 @@ from sklearn.linear_model import LogisticRegression
 from microfer.learn.classify import (
     FittedChoice,
     candidates_of,
+    class_scores,
     expand_grid,
     fit_estimator,
     inner_splits_for,
     make_svm,
+    oof_scores,
     select_and_fit,
 )
 from microfer.metrics import score as metric_score
 
 STACK_NAME = "stack"
 STACKER_C = 1.0  # fixed in advance: sklearn's default regularisation
-
-
-def class_scores(model, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """(N, n_classes) scores of a fitted model, whatever kind it is (columns = class index)."""
-    out = np.zeros((len(X), n_classes), np.float64)
-    classes = np.asarray(getattr(model, "classes_", np.arange(n_classes)), np.int64)
-    if hasattr(model, "decision_function") and not hasattr(model, "predict_proba"):
-        d = np.asarray(model.decision_function(X), np.float64)
-        if d.ndim == 1:  # two classes: the positive class's margin
-            d = np.stack([-d, d], axis=1)
-        out[:, classes] = d
-    else:
-        out[:, classes] = np.asarray(model.predict_proba(X), np.float64)
-    return out
-
-
-def oof_scores(X, y, splits, params, n_classes, make_estimator) -> np.ndarray:
-    """Out-of-fold class scores of one member over the inner splits (rows of X)."""
-    out = np.zeros((len(y), n_classes))
-    for tr, va in splits:
-        out[va] = class_scores(
-            fit_estimator(make_estimator, params, X[tr], y[tr]), X[va], n_classes
-        )
-    return out
 
 
 def _stacker(Z: np.ndarray, y: np.ndarray):

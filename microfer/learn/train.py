@@ -2,7 +2,8 @@
 
 The same code as `loso` (`evaluate.gather_features` + `classify.select_and_fit`), with
 the grid search's inner leave-subject-out now run over ALL subjects and the chosen
-feature set + SVM fitted on all of them.
+feature set + SVM fitted on all of them; its calibrator (`folds.fold_calibrator`) is
+fitted on out-of-fold scores over those same inner subject splits.
 
 A cache of the circulated composite inputs (`prepare composite_inputs`) trains too, on
 the feature sets that read the flow only: its 28x28 u, v, strain images (min-max per
@@ -60,6 +61,7 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
     from microfer.clip.cache import open_cache, prepare_settings_of
     from microfer.learn.classify import select_and_fit
     from microfer.learn.evaluate import gather_features
+    from microfer.learn.folds import fold_calibrator
     from microfer.learn.grids import PARAM_GRIDS
 
     derived = prepare_settings_of(open_cache(cache)).get("source")
@@ -88,6 +90,16 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
     svm = ArraySVM.from_pipeline(choice.model)
     # the OOD score sees exactly the rows (and columns) the chosen SVM was fitted on
     ood = fit_ood(data.feature_sets[choice.feature_name], data.y, data.groups)
+    # out-of-fold scores over the same subject splits as the grid search (`learn.calibrate`)
+    calibrator = fold_calibrator(
+        data.feature_sets,
+        data.y,
+        data.groups,
+        np.arange(len(data.y)),
+        choice,
+        settings.inner_splits,
+        len(data.classes),
+    )
     # a network reads 28-px inputs only where all it reads is a circulated-style flow
     onnx_size = (
         model_input["flow_size"]
@@ -96,7 +108,13 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
     )
     onnx = model.export_onnx(onnx_size) if model.onnx_names else None
     path = save_bundle(
-        out, network_state=model.state_dict(), classifier=svm, config=config, onnx=onnx, ood=ood
+        out,
+        network_state=model.state_dict(),
+        classifier=svm,
+        config=config,
+        onnx=onnx,
+        ood=ood,
+        calibrator=calibrator,
     )
     return TrainResult(
         bundle=path,

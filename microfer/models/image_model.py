@@ -24,6 +24,7 @@ import numpy as np
 
 from microfer.errors import BundleError
 from microfer.io import file_sha256
+from microfer.metrics import softmax  # noqa: F401  (importable from here too)
 from microfer.models.efficientnet import create_lite0
 from microfer.models.fer_teacher import build_teacher, keras_names, numpy_features
 
@@ -142,12 +143,6 @@ def _torch_trunk(kind: str, trunk: dict, st: Path):
     except RuntimeError as exc:
         raise BundleError(f"{st}: the trunk tensors do not fit {kind} ({exc})") from None
     return net.eval()
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def grey64(face: np.ndarray) -> np.ndarray:

@@ -29,6 +29,10 @@ from microfer.models.onnx_extractor import onnxruntime_available
 from microfer.recognise.explain import occlusion_map, write_overlays
 
 RUNTIMES = ("auto", "onnx", "torch")
+PROBABILITY_KIND = (
+    "calibrated: multinomial logistic regression on the SVM scores, fitted on out-of-fold "
+    "scores of the training subjects; the label stays the SVM's"
+)
 
 
 @dataclass
@@ -57,11 +61,19 @@ class Prediction:
     explanation: list[str] = field(
         default_factory=list
     )  # PNGs written by `explain` (predict --explain)
+    # calibrated class probabilities (sum to 1) from the bundle's calibrator, fitted on
+    # out-of-fold scores of the training subjects; None for bundles trained without one
+    probabilities: Optional[dict[str, float]] = None
 
     def to_dict(self) -> dict:
         doc = asdict(self)
         doc["face_box"] = list(self.face_box)
         doc["score_kind"] = "svm one-vs-one votes + squashed confidence (not probabilities)"
+        doc["probability_kind"] = (
+            PROBABILITY_KIND
+            if self.probabilities is not None
+            else "none: the bundle was trained without a calibrator (retrain to get them)"
+        )
         return doc
 
     def text(self) -> str:
@@ -74,12 +86,31 @@ class Prediction:
             f"face:    box {self.face_box}",
             "timings: " + ", ".join(f"{k} {v:.1f} ms" for k, v in self.timings_ms.items()),
         ]
-        lines.insert(2, ood_line(self.ood_score, self.ood_threshold))
+        lines.insert(2, probability_line(self.probabilities))
+        lines.insert(3, ood_line(self.ood_score, self.ood_threshold))
         if self.explanation:
             lines.append("explain: " + ", ".join(self.explanation) + "   (occlusion sensitivity)")
         if self.notes:
             lines.append(f"notes:   {self.notes}")
         return "\n".join(lines)
+
+
+def probability_line(probabilities: Optional[dict[str, float]]) -> str:
+    if probabilities is None:
+        return "probabilities: none (bundle trained without a calibrator)"
+    ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])
+    return "probabilities: " + "  ".join(f"{k} {v:.3f}" for k, v in ranked) + "   (calibrated)"
+
+
+def calibrated(bundle, scores: np.ndarray) -> Optional[dict[str, float]]:
+    """Class name -> calibrated probability for one row of the SVM's class scores (columns =
+    `bundle.classifier.classes`); None when the bundle has no calibrator."""
+    if bundle.calibrator is None:
+        return None
+    full = np.zeros(len(bundle.class_names))
+    full[bundle.classifier.classes] = scores
+    prob = bundle.calibrator.probabilities(full)[0]
+    return {name: round(float(p), 4) for name, p in zip(bundle.class_names, prob)}
 
 
 def ood_line(score: Optional[float], threshold: Optional[float]) -> str:
@@ -257,6 +288,7 @@ class Predictor:
             notes="; ".join(interval.notes),
             **ood,
             explanation=explanation,
+            probabilities=calibrated(self.bundle, scores),
             motion_curve=[round(float(v), 5) for v in interval.curve],
             motion_frames=[int(n) for n in interval.curve_frames],
         )

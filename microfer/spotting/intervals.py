@@ -56,6 +56,9 @@ class SpottedInterval:
     type: str  # micro | macro
     score: float  # peak height in noise units
     emotion: str = ""  # spot-then-recognise: the classifier's label of a micro interval
+    # and its SVM scores and calibrated probabilities (None: a bundle without a calibrator)
+    scores: Optional[dict[str, float]] = None
+    probabilities: Optional[dict[str, float]] = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -154,7 +154,7 @@ def recognise_micro(
             pred = predictor.predict(
                 frames, onset=0, apex=numbers.index(iv.apex), offset=len(numbers) - 1
             )
-            iv.emotion = pred.label
+            iv.emotion, iv.scores, iv.probabilities = pred.label, pred.scores, pred.probabilities
         except MicroferError as exc:
             failed.append((iv, str(exc)))
     return failed
