@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from microfer.learn.stack import STACK_NAME, StackModel, stack_select_and_fit
+from microfer.learn.stack import STACK_NAME, StackModel, class_scores, stack_select_and_fit
 
 GRID = [{"kernel": "linear", "C": 1.0, "class_weight": "balanced"}]
 
@@ -49,6 +49,11 @@ def test_stack_weights_come_from_inner_folds_only():
     assert isinstance(first.model, StackModel) and isinstance(second.model, StackModel)
     np.testing.assert_array_equal(first.model.stacker.coef_, second.model.stacker.coef_)
     assert first.model.stacker.n_features_in_ == 2 * 3  # two members x three class scores
+    # the members (an apex-appearance view is one like any other) are fitted on training rows only
+    assert first.params == second.params
+    for name, m1, m2 in zip(first.model.names, first.model.members, second.model.members):
+        rows = feats[name][train]
+        np.testing.assert_array_equal(class_scores(m1, rows, 3), class_scores(m2, rows, 3))
 
 
 def test_best_member_kept_when_the_stack_is_no_better():

@@ -15,7 +15,13 @@ from microfer.learn.features import FeatureSetting, FusedSetting
 from microfer.learn.finetune import CNNRecipe
 from microfer.learn.finetune_vit import recipe_from_name
 from microfer.learn.loso_settings import LosoSettings
-from microfer.models import is_descriptor, list_models, model_family, resolve_weights
+from microfer.models import (
+    fixed_input_size,
+    is_descriptor,
+    list_models,
+    model_family,
+    resolve_weights,
+)
 from microfer.models.weights import read_block_meta
 
 # Candidates are written as the names the report shows: "descriptor/representation",
@@ -23,6 +29,9 @@ from microfer.models.weights import read_block_meta
 # its variant and representation, random init elsewhere), "A + B" for a fusion.
 # flow_raw is a candidate too: where the flow's zero is reliable and the head still (clean
 # synthetic clips) the plain flow can win, and the inner folds see that
+# the apex face read by the shipped FER teacher (models/fer_apex.py): grey 64 px, face and
+# mirror averaged, its last module's maps + its 7 logits pooled
+APEX_TEACHER = "fer_mini_xception/apex/final/avg"
 MOTION_DESCRIPTORS = ["flow_raw/flow", "flow_grid14/flow", "flow_grid7/flow", "flow_hoof4/flow"]
 FEATURE_GRIDS: dict[str, list[str]] = {
     # The default: training-free motion descriptors (the strongest features on the real
@@ -47,6 +56,9 @@ FEATURE_GRIDS: dict[str, list[str]] = {
     # its cross-fitted inner score beats the best single member's
     "stack": list(MOTION_DESCRIPTORS),
     "stack_cnn": [*MOTION_DESCRIPTORS, "ststnet14/flow"],
+    # the descriptors and the FER teacher's reading of the apex face, stacked: motion and
+    # appearance are different views, which is where a stack can add something
+    "stack_apex": [*MOTION_DESCRIPTORS, APEX_TEACHER],
     "full": [
         *MOTION_DESCRIPTORS,
         "ststnet14/flow",
@@ -73,9 +85,10 @@ PARAM_GRIDS = {
     "motion_cnn": SMALL_PARAM_GRID,
     "stack": SMALL_PARAM_GRID,
     "stack_cnn": SMALL_PARAM_GRID,
+    "stack_apex": SMALL_PARAM_GRID,
     "full": FULL_PARAM_GRID,
 }
-STACK_GRIDS = ("stack", "stack_cnn")
+STACK_GRIDS = ("stack", "stack_cnn", "stack_apex")
 
 
 def parse_feature_set(
@@ -135,14 +148,13 @@ def _network_setting(
     fits = (
         bool(meta) and meta.get("variant") == variant and meta.get("representation") in (None, rep)
     )
+    size = int(meta.get("input_size", settings.input_size)) if fits else settings.input_size
     return FeatureSetting(
         variant=variant,
         representation=rep,
         layer=layer,
         pool=pool,
-        input_size=int(meta.get("input_size", settings.input_size))
-        if fits
-        else settings.input_size,
+        input_size=fixed_input_size(variant) or size,
         seed=settings.seed,
         block_weights=str(weights) if fits and weights else None,
     )
