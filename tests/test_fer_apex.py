@@ -111,3 +111,12 @@ def test_stack_apex_grid_stacks_the_descriptors_with_the_teacher():
     assert "stack_apex" in STACK_GRIDS
     assert names[-1] == "fer_mini_xception/apex/final/avg"
     assert "flow_grid14/flow" in names
+
+
+def test_onnx_export_gives_the_same_features():
+    """`train` bundles export network parts to ONNX, which `predict` runs without torch."""
+    ort = pytest.importorskip("onnxruntime")
+    ex = create_extractor("fer_mini_xception", num_threads=1)
+    x = _inputs(_faces(size=96))
+    session = ort.InferenceSession(ex.to_onnx(96))
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], ex(x), atol=1e-4)
