@@ -63,3 +63,19 @@ def test_best_member_kept_when_the_stack_is_no_better():
     choice = stack_select_and_fit(feats, y, groups, train, inner_splits=5, param_grid=GRID)
     assert choice.feature_name == "perfect"
     assert choice.scores[STACK_NAME][0] <= choice.inner_score
+
+
+def test_loso_fold_uses_the_stack_when_asked():
+    """`--grid stack*` reaches the stack through run_fold (a lost import once made it a no-op)."""
+    from types import SimpleNamespace
+
+    from microfer.learn.folds import run_fold
+
+    feats, y, groups = two_views()
+    test = np.flatnonzero(groups == "d/s0")
+    fold = SimpleNamespace(group="d/s0", train_idx=np.flatnonzero(groups != "d/s0"), test_idx=test)
+    args = (feats, y, groups, fold, GRID, 5, 3, 0)
+    stacked, single = run_fold(*args, stack=True), run_fold(*args, stack=False)
+    assert stacked.feature_name == STACK_NAME
+    assert single.feature_name in ("a", "b")
+    assert stacked.inner_score > single.inner_score

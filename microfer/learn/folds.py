@@ -14,6 +14,7 @@ import numpy as np
 
 from microfer.errors import MicroferError
 from microfer.learn.classify import expand_grid, make_svm, select_and_fit
+from microfer.learn.stack import stack_select_and_fit
 from microfer.metrics import majority_class
 
 
@@ -82,9 +83,8 @@ def run_fold(
 ) -> FoldResult:
     check_folds([fold], groups)
     train, test = np.asarray(fold.train_idx), np.asarray(fold.test_idx)
-    select = select_and_fit
-    if stack:  # the members' scores combined by weights learned on inner folds (learn.stack)
-        pass
+    # stack: the members' scores combined by weights learned on inner folds (learn.stack)
+    select = stack_select_and_fit if stack else select_and_fit
     choice = select(
         feature_sets,
         y,
