@@ -52,7 +52,7 @@ GRID_OPTION = click.option(
     default="small",
     show_default=True,
     help="feature x SVM grid searched inside each training fold: small (default: motion "
-    "descriptors and the pretrained apex network), motion, raw (the raw-flow floor), "
+    "descriptors and the shipped FER teacher on the apex face), motion, raw (the raw-flow floor), "
     "network (0.1's), cnn (a small CNN ensemble trained inside each fold), motion_cnn (the "
     "descriptors and that CNN, chosen by inner CV: slow), stack / stack_cnn / stack_apex "
     "(the descriptors' scores, with the CNN's or the FER teacher's apex reading, stacked with "

@@ -35,9 +35,10 @@ APEX_TEACHER = "fer_mini_xception/apex/final/avg"
 MOTION_DESCRIPTORS = ["flow_raw/flow", "flow_grid14/flow", "flow_grid7/flow", "flow_hoof4/flow"]
 FEATURE_GRIDS: dict[str, list[str]] = {
     # The default: training-free motion descriptors (the strongest features on the real
-    # composite inputs) and the macro-pretrained network on the apex face. Their fusion is
-    # in "full" only: on the real inputs it scored below the descriptor alone (docs/results.md).
-    "small": [*MOTION_DESCRIPTORS, "mobilevit_xxs/apex/final/avg"],
+    # composite inputs) and the FER teacher on the apex face (alone 0.53 UF1 on the 207 real
+    # samples, the macro MobileViT trunk 0.37, lower on both halves; docs/results.md).
+    # Their fusion is in "full" only: on the real inputs fusions scored below the descriptor.
+    "small": [*MOTION_DESCRIPTORS, APEX_TEACHER],
     "motion": list(MOTION_DESCRIPTORS),
     # the floor: the flow itself, downsampled, straight into the SVM
     "raw": ["flow_raw/flow"],
@@ -72,8 +73,10 @@ FEATURE_GRIDS: dict[str, list[str]] = {
             for l in ("stage3", "stage4", "final")
             for p in ("grid2", "avg")
         ],
-        "flow_grid14/flow + mobilevit_xxs/apex/final/avg",
-        "flow_hoof4/flow + mobilevit_xxs/apex/final/avg",
+        APEX_TEACHER,
+        "fer_mini_xception/apex/logits/avg",
+        f"flow_grid14/flow + {APEX_TEACHER}",
+        f"flow_hoof4/flow + {APEX_TEACHER}",
     ],
 }
 PARAM_GRIDS = {
