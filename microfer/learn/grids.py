@@ -29,15 +29,16 @@ from microfer.models.weights import read_block_meta
 # its variant and representation, random init elsewhere), "A + B" for a fusion.
 # flow_raw is a candidate too: where the flow's zero is reliable and the head still (clean
 # synthetic clips) the plain flow can win, and the inner folds see that
+MOTION_DESCRIPTORS = ["flow_raw/flow", "flow_grid14/flow", "flow_grid7/flow", "flow_hoof4/flow"]
 # the apex face read by the shipped FER teacher (models/fer_apex.py): grey 64 px, face and
 # mirror averaged, its last module's maps + its 7 logits pooled
 APEX_TEACHER = "fer_mini_xception/apex/final/avg"
-MOTION_DESCRIPTORS = ["flow_raw/flow", "flow_grid14/flow", "flow_grid7/flow", "flow_hoof4/flow"]
 FEATURE_GRIDS: dict[str, list[str]] = {
     # The default: training-free motion descriptors (the strongest features on the real
     # composite inputs) and the FER teacher on the apex face (alone 0.53 UF1 on the 207 real
     # samples, the macro MobileViT trunk 0.37, lower on both halves; docs/results.md).
-    # Their fusion is in "full" only: on the real inputs fusions scored below the descriptor.
+    # Their fusion is in "full" only: with the MobileViT trunk it scored below the descriptor,
+    # with the teacher it gains on one half of the subjects only.
     "small": [*MOTION_DESCRIPTORS, APEX_TEACHER],
     "motion": list(MOTION_DESCRIPTORS),
     # the floor: the flow itself, downsampled, straight into the SVM
