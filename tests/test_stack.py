@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from microfer.learn.stack import STACK_NAME, StackModel, stack_select_and_fit
+from microfer.learn.stack import STACK_NAME, StackModel, class_scores, stack_select_and_fit
 
 GRID = [{"kernel": "linear", "C": 1.0, "class_weight": "balanced"}]
 
@@ -49,6 +49,11 @@ def test_stack_weights_come_from_inner_folds_only():
     assert isinstance(first.model, StackModel) and isinstance(second.model, StackModel)
     np.testing.assert_array_equal(first.model.stacker.coef_, second.model.stacker.coef_)
     assert first.model.stacker.n_features_in_ == 2 * 3  # two members x three class scores
+    # the members (an apex-appearance view is one like any other) are fitted on training rows only
+    assert first.params == second.params
+    for name, m1, m2 in zip(first.model.names, first.model.members, second.model.members):
+        rows = feats[name][train]
+        np.testing.assert_array_equal(class_scores(m1, rows, 3), class_scores(m2, rows, 3))
 
 
 def test_best_member_kept_when_the_stack_is_no_better():
@@ -73,3 +78,19 @@ def test_evaluate_folds_with_stack_runs_the_stack_and_leaves_it_uncalibrated():
     assert any(r.feature_name == STACK_NAME for r in results)
     for r in results:
         assert (r.probabilities is None) == (r.feature_name == STACK_NAME)
+
+
+def test_loso_fold_uses_the_stack_when_asked():
+    """`--grid stack*` reaches the stack through run_fold (a lost import once made it a no-op)."""
+    from types import SimpleNamespace
+
+    from microfer.learn.folds import run_fold
+
+    feats, y, groups = two_views()
+    test = np.flatnonzero(groups == "d/s0")
+    fold = SimpleNamespace(group="d/s0", train_idx=np.flatnonzero(groups != "d/s0"), test_idx=test)
+    args = (feats, y, groups, fold, GRID, 5, 3, 0)
+    stacked, single = run_fold(*args, stack=True), run_fold(*args, stack=False)
+    assert stacked.feature_name == STACK_NAME
+    assert single.feature_name in ("a", "b")
+    assert stacked.inner_score > single.inner_score

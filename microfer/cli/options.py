@@ -36,15 +36,27 @@ WEIGHTS_OPTION = click.option(
 GRID_OPTION = click.option(
     "--grid",
     type=click.Choice(
-        ["small", "motion", "raw", "network", "cnn", "motion_cnn", "stack", "stack_cnn", "full"]
+        [
+            "small",
+            "motion",
+            "raw",
+            "network",
+            "cnn",
+            "motion_cnn",
+            "stack",
+            "stack_cnn",
+            "stack_apex",
+            "full",
+        ]
     ),
     default="small",
     show_default=True,
     help="feature x SVM grid searched inside each training fold: small (default: motion "
-    "descriptors and the pretrained apex network), motion, raw (the raw-flow floor), "
+    "descriptors and the shipped FER teacher on the apex face), motion, raw (the raw-flow floor), "
     "network (0.1's), cnn (a small CNN ensemble trained inside each fold), motion_cnn (the "
-    "descriptors and that CNN, chosen by inner CV: slow), stack / stack_cnn (their scores "
-    "stacked with weights from inner folds), full (all of them, more networks, the "
+    "descriptors and that CNN, chosen by inner CV: slow), stack / stack_cnn / stack_apex "
+    "(the descriptors' scores, with the CNN's or the FER teacher's apex reading, stacked with "
+    "weights from inner folds), full (all of them, more networks, the "
     "descriptor + network fusions and MobileViT fine-tuned in-fold)",
 )
 

@@ -29,7 +29,7 @@ import numpy as np
 from microfer.clip.representation import check_kind, stack_inputs
 from microfer.errors import BundleError, MicroferError
 from microfer.io import atomic_path, write_json
-from microfer.models import create_extractor, is_descriptor
+from microfer.models import create_extractor, is_descriptor, shipped_weights_sha256
 from microfer.models.onnx_extractor import OnnxExtractor
 from microfer.models.weights import read_block_meta
 from microfer.records import PreparedClip
@@ -78,8 +78,10 @@ class FeatureSetting:
         return (self.representation,)
 
     def weights_sha256(self) -> Optional[str]:
-        if not self.block_weights or self.is_descriptor:
+        if self.is_descriptor:
             return None
+        if not self.block_weights:  # random init, or a network that loads its shipped weights
+            return shipped_weights_sha256(self.variant)
 
         return read_block_meta(self.block_weights).get("weights_sha256")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from microfer.models import (  # noqa: F401  (they register their names)
     descriptors,
     efficientnet,
+    fer_apex,
     mobilevit,
     smallcnn,
     vit,
@@ -18,9 +19,11 @@ from microfer.models import (  # noqa: F401  (they register their names)
 from microfer.models.registry import (  # noqa: F401
     backbone_scopes,
     create_extractor,
+    fixed_input_size,
     list_models,
     model_family,
     register_model,
+    shipped_weights_sha256,
 )
 from microfer.models.shipped import default_weights, resolve_weights  # noqa: F401
 

@@ -114,7 +114,8 @@ def _same_pool(x):
     from torch.nn import functional as F
 
     pads = []
-    for size in (x.shape[3], x.shape[2]):
+    # int(): constants when traced for ONNX, whose integer Div truncates where // floors
+    for size in (int(x.shape[3]), int(x.shape[2])):
         total = max((-(-size // 2) - 1) * 2 + 3 - size, 0)
         pads += [total // 2, total - total // 2]
     return F.max_pool2d(F.pad(x, pads, value=float("-inf")), 3, stride=2)

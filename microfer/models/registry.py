@@ -21,18 +21,26 @@ class Entry:
     factory: Callable[..., Any]
     family: str  # "mobilevit", "vit", "descriptor", ...
     scopes: Optional[dict[str, tuple[str, ...]]] = None  # None: nothing to pretrain
+    # a network that reads one input size and always loads its own shipped weights (the
+    # FER teacher): the grid gives it that size, and the feature-cache key their sha256
+    input_size: Optional[int] = None
+    weights_sha256: Optional[Callable[[], str]] = None
 
 
 _REGISTRY: dict[str, Entry] = {}
 
 
 def register_model(
-    name: str, family: str = "other", scopes: Optional[dict[str, tuple[str, ...]]] = None
+    name: str,
+    family: str = "other",
+    scopes: Optional[dict[str, tuple[str, ...]]] = None,
+    input_size: Optional[int] = None,
+    weights_sha256: Optional[Callable[[], str]] = None,
 ):
     """Decorator: register a factory under `name` (a later registration replaces it)."""
 
     def wrap(factory):
-        _REGISTRY[name] = Entry(factory, family, scopes)
+        _REGISTRY[name] = Entry(factory, family, scopes, input_size, weights_sha256)
         return factory
 
     return wrap
@@ -59,6 +67,17 @@ def list_models(
 
 def model_family(name: str) -> str:
     return _entry(name).family
+
+
+def fixed_input_size(name: str) -> Optional[int]:
+    """The one input size a network reads (None: any, the run's --input-size)."""
+    return _entry(name).input_size
+
+
+def shipped_weights_sha256(name: str) -> Optional[str]:
+    """sha256 of the weights `name` always loads (None: random init or --weights decide)."""
+    get = _entry(name).weights_sha256
+    return get() if get else None
 
 
 def _entry(name: str) -> Entry:
