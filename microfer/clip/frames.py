@@ -23,15 +23,25 @@ MAX_FRAME_SIDE = 2048
 
 
 def bounded(frame: np.ndarray) -> np.ndarray:
-    """`frame` shrunk (area interpolation) so that its longer side is at most MAX_FRAME_SIDE."""
+    """`frame` shrunk so that its longer side is at most MAX_FRAME_SIDE.
+
+    Halvings by 2x2 averages while the frame is twice the cap or more, then bilinear for the
+    rest (a factor in (0.5, 1)): area interpolation at a factor such as 0.53 costs 208 ms a
+    4K frame, ten times the decode's share, and the halvings keep what bilinear alone would
+    alias away."""
     h, w = frame.shape[:2]
     if max(h, w) <= MAX_FRAME_SIDE:
         return frame
     import cv2  # only decoders call this; frame numbers and rates need no OpenCV
 
+    while max(h, w) >= 2 * MAX_FRAME_SIDE:
+        frame = cv2.resize(frame, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        h, w = frame.shape[:2]
+    if max(h, w) <= MAX_FRAME_SIDE:
+        return frame
     scale = MAX_FRAME_SIDE / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
 
 
 def check_numbers(source, numbers: Sequence[int]) -> None:
