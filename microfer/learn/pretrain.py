@@ -208,12 +208,16 @@ def _check_start(out: Path, staging: Path, resume: bool) -> None:
     """Refuse to start afresh over a run that --resume could continue."""
     if resume:
         return
-    for where, what in ((staging, "an unfinished pretraining"), (out, "a pretraining checkpoint")):
-        if _is_pretrain_output(where):
-            raise MicroferError(
-                f"{where}: holds {what}; pass --resume to continue it, or choose another "
-                f"--out (or delete {where.name})"
-            )
+    if _is_pretrain_output(staging):
+        raise MicroferError(
+            f"{staging}: holds an unfinished pretraining of {out}; pass --resume to continue "
+            f"it, or delete that folder to start again"
+        )
+    if _is_pretrain_output(out):
+        raise MicroferError(
+            f"{out}: holds a pretraining checkpoint; pass --resume to continue it (more "
+            f"--epochs), or choose another --out"
+        )
 
 
 def _check_inputs(
