@@ -51,13 +51,17 @@ def atomic_path(path, suffix=""):
 
 
 @contextmanager
-def atomic_dir(path, is_ours=None):
+def atomic_dir(path, is_ours=None, staging=None):
     """Yield an empty temporary folder next to `path`; swap it in for `path` only on success.
 
     A failure (full disk, an exception, Ctrl-C) leaves `path` as it was. An existing,
     non-empty `path` is replaced only when `is_ours(path)` says it is an output of the same
     kind (e.g. it holds a bundle.json); anything else is refused, so a typo never deletes
     a user's folder.
+
+    `staging` names the folder to build in instead of a fresh temporary one; it may already
+    hold work, and a failure keeps it (unless empty), so a resumable job (pretraining
+    checkpoints) can continue from it on the next run.
     """
     import shutil
 
@@ -69,7 +73,11 @@ def atomic_dir(path, is_ours=None):
             errno.EEXIST, "the folder is not empty and is not an output to replace", str(path)
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    if staging is not None:
+        tmp = Path(staging)
+        tmp.mkdir(exist_ok=True)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)
@@ -81,7 +89,10 @@ def atomic_dir(path, is_ours=None):
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if staging is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.is_dir() and not any(tmp.iterdir()):
+            tmp.rmdir()
         if isinstance(exc, OSError):
             _name(exc, path, str(tmp))
         raise

@@ -441,3 +441,59 @@ def test_warmup_rises_per_step_and_resumes_exactly(tmp_path):
     assert not all(np.array_equal(wc[k].numpy(), wb[k].numpy()) for k in wc)  # the warm-up acts
     with pytest.raises(MicroferError, match="cannot resume"):  # a different schedule is another run
         pretrain(data, settings(3, warmup=0), tmp_path / "a", resume=True, progress=False)
+
+
+def test_interrupted_pretraining_leaves_the_old_output_whole_and_resumes(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from microfer.learn import pretrain as pretrain_module
+    from microfer.learn.pretrain import PretrainSettings, pretrain, staging_dir
+
+    data = _face_set()
+
+    def settings(epochs):
+        return PretrainSettings(
+            representation="apex", input_size=32, epochs=epochs, batch_size=4, device="cpu"
+        )
+
+    out = tmp_path / "a"
+    pretrain(data, settings(1), out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_epoch = pretrain_module.train_epoch
+
+    def ctrl_c_in_third_epoch(run, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(run, epoch)
+
+    monkeypatch.setattr(pretrain_module, "train_epoch", ctrl_c_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(data, settings(3), out, resume=True, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the 1-epoch output
+    staging = staging_dir(out)
+    assert json.loads((staging / "checkpoint.json").read_text())["epochs_done"] == 2
+    with pytest.raises(MicroferError, match="unfinished pretraining"):  # no silent restart
+        pretrain(data, settings(3), out, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    monkeypatch.setattr(pretrain_module, "train_epoch", real_epoch)
+    resumed = pretrain(data, settings(3), out, resume=True, progress=False)
+    straight = pretrain(data, settings(3), tmp_path / "b", progress=False)
+    assert resumed.resumed_from == 2 and not staging.exists()
+    assert read_block_meta(out)["epochs"] == 3
+    wa, wb = load_file(str(resumed.weights)), load_file(str(straight.weights))
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+
+
+def test_pretraining_refuses_a_folder_it_did_not_write(tmp_path):
+    from microfer.learn.pretrain import PretrainSettings, pretrain
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    settings = PretrainSettings(representation="apex", input_size=32, epochs=1, batch_size=4)
+    with pytest.raises(FileExistsError) as err:
+        pretrain(_face_set(), settings, out, progress=False)
+    assert err.value.filename == str(out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no staging folder left

@@ -214,3 +214,16 @@ def test_endpoint_takes_a_face_image_with_the_shipped_image_model(server):
     assert doc["image"] == face.name and abs(sum(doc["probabilities"].values()) - 1) < 1e-6
     status, doc = _post(server.url, b"not an image", "face.png")
     assert status == 400 and "face.png" in doc["error"]
+
+
+def test_load_check_of_a_served_bundle(demo, expected):
+    """`microfer bench serve` made small: its own server process answers every upload, prints
+    no traceback and answers while connections stall; memory figures are reported."""
+    from microfer.bench.serve_load import bench_serve, format_serve
+
+    video, truth = expected
+    r = bench_serve(demo.bundle, video, uploads=4, stalled=5, rounds=1, limit_s=300)
+    assert r["bursts"][0]["statuses"] == {"200": 4} and r["bursts"][0]["labels"] == [truth.label]
+    assert r["tracebacks"] == 0 and r["stalled_check"]["status"] == 200
+    assert r["rss_peak_mb"] >= r["rss_baseline_mb"] > 0
+    assert "4 x 200" in format_serve(r)

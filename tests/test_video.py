@@ -216,3 +216,52 @@ def test_a_truncated_video_streams_what_it_has_and_says_so(tmp_path):
     assert 0 < n < len(source.numbers) <= 44
     (message,) = [str(w.message) for w in caught]
     assert str(cut) in message and f"only {n} could be decoded" in message
+
+
+def test_frames_above_the_size_cap_are_shrunk_on_decode(tmp_path, monkeypatch):
+    from microfer.clip.frames import MAX_FRAME_SIDE
+    from microfer.clip.video import stream_frames
+
+    big = np.zeros((2304, 4096, 3), np.uint8)
+    big[:, 2048:] = 200  # right half bright: the shrink must keep the picture, not crop it
+    folder = tmp_path / "uhd"
+    folder.mkdir()
+    for i in (1, 2):
+        cv2.imwrite(str(folder / f"img{i}.png"), big)
+    cv2.imwrite(str(folder / "img3.png"), _frame(90))
+    src = open_frames(folder)
+    a, b, small = src.read([1, 2, 3])
+    assert a.shape == b.shape == (1152, MAX_FRAME_SIDE, 3)
+    assert a[:, :1000].max() == 0 and a[:, 1100:].min() == 200
+    assert np.array_equal(small, _frame(90))  # frames within the cap are left as decoded
+    assert [f.shape for _, f in stream_frames(src)] == [a.shape, a.shape, small.shape]
+    assert ArraySource([big]).read([0])[0].shape == a.shape
+
+    wide = tmp_path / "wide.avi"
+    writer = cv2.VideoWriter(str(wide), cv2.VideoWriter_fourcc(*"MJPG"), 25, (2400, 600))
+    for i in range(3):
+        writer.write(np.full((600, 2400, 3), 40 * i, np.uint8))
+    writer.release()
+    clip = open_frames(wide)
+    shapes = {f.shape for f in clip.read([0, 2])} | {f.shape for _, f in stream_frames(clip)}
+    monkeypatch.setattr(video_file, "_decord_read", lambda *a: 1 / 0)  # OpenCV's path as well
+    shapes |= {f.shape for f in clip.read([1])}
+    assert shapes == {(512, MAX_FRAME_SIDE, 3)}
+
+
+def test_a_4k_face_clip_still_finds_and_aligns_the_face():
+    from microfer.clip.frames import MAX_FRAME_SIDE
+    from microfer.clip.prepare import prepare_clip
+    from microfer.synth import load_identities
+    from microfer.synth.motion import Camera, make_clip_frames
+
+    identity = load_identities(1, frame_size=(384, 216), face_width=(50, 60), seed=0)[0]
+    frames = make_clip_frames(
+        identity, "happiness", 6, 0, 3, 5, 2.5, np.random.default_rng(0), Camera()
+    )
+    uhd = [cv2.resize(f, (3840, 2160), interpolation=cv2.INTER_CUBIC) for f in frames]
+    prepared = prepare_clip(uhd, 0, 3, 5)
+    x0, y0, x1, y1 = prepared.face_box
+    assert 0 <= x0 < x1 <= MAX_FRAME_SIDE and 0 <= y0 < y1 <= 1152 and x1 - x0 > 150
+    assert prepared.apex_face.shape[:2] == prepared.onset_face.shape[:2]
+    assert np.isfinite(prepared.flow).all() and prepared.apex == 3

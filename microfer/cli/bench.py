@@ -8,12 +8,15 @@ from pathlib import Path
 
 import click
 
+from microfer.bench.serve_load import bench_serve, format_serve
 from microfer.bench.spot_long import bench_spot, format_spot
 from microfer.io import write_json
 
 
 @click.command("bench")
-@click.argument("what", type=click.Choice(["predict", "prepare", "spot", "all"]), default="all")
+@click.argument(
+    "what", type=click.Choice(["predict", "prepare", "spot", "serve", "all"]), default="all"
+)
 @click.option(
     "--model",
     type=click.Path(path_type=Path, file_okay=False, exists=True),
@@ -75,6 +78,10 @@ def bench_cmd(what, model, runs, threads, workers, subjects, clips_per_subject, 
     spot     frames/s of `microfer spot` on a 2,000-frame 640x480 video and its peak
              memory there and at 20,000 frames (goals: >= 200 frames/s, memory flat);
              not part of `all` (it writes a 20,000-frame video first).
+    serve    `microfer serve` under load on 127.0.0.1: 3 bursts of 20 concurrent uploads
+             of a 60-frame clip (all 200, no tracebacks), its resident memory before,
+             during and after (goal: back within 50 MB of the baseline), then 50
+             stalled connections while the page must still answer; not part of `all`.
     all      predict and prepare (default).
 
     predict also runs `microfer predict` from the shell (a new process: start-up, imports and
@@ -86,6 +93,9 @@ def bench_cmd(what, model, runs, threads, workers, subjects, clips_per_subject, 
     from microfer.bench.prepare import bench_prepare, format_prepare
     from microfer.bench.suite import bench_predict, demo_bundle, format_predict, write_results
 
+    if what == "serve":
+        _bench_serve(model, threads, out)
+        return
     if what == "spot":
         spot_result = bench_spot(echo=click.echo)
         click.echo(format_spot(spot_result))
@@ -121,6 +131,22 @@ def bench_cmd(what, model, runs, threads, workers, subjects, clips_per_subject, 
     if out is not None:
         paths = write_results(out, predict=predict_result, prepare=prepare_result)
         click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _bench_serve(model, threads, out) -> None:
+    import tempfile
+
+    from microfer.bench.suite import demo_bundle, machine_info, make_bench_clip
+
+    context = nullcontext(model) if model is not None else demo_bundle(echo=click.echo)
+    with context as bundle, tempfile.TemporaryDirectory(prefix="microfer-bench-serve-") as tmp:
+        clip = make_bench_clip(Path(tmp))["video"]
+        result = bench_serve(bundle, clip, threads=threads or 1, echo=click.echo)
+    result["machine"] = machine_info()
+    click.echo(format_serve(result))
+    if out is not None:
+        write_json(out / "bench_serve.json", result)
+        click.echo(f"wrote {out / 'bench_serve.json'}")
 
 
 @click.command("demo")

@@ -25,7 +25,7 @@ from typing import Iterable, Protocol, Sequence
 import cv2
 import numpy as np
 
-from microfer.clip.frames import check_numbers, frame_ranges  # noqa: F401
+from microfer.clip.frames import bounded, check_numbers, frame_ranges  # noqa: F401
 from microfer.clip.video_file import (  # noqa: F401  (importable from here too)
     VideoSource,
     frame_count,
@@ -63,7 +63,8 @@ class FrameSource(Protocol):
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Decode one image file to BGR uint8; ClipError naming the file when it is unreadable."""
+    """Decode one image file to BGR uint8, at most MAX_FRAME_SIDE px on its longer side;
+    ClipError naming the file when it is unreadable."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -78,7 +79,7 @@ def read_image(path: Path) -> np.ndarray:
         raise ClipError(
             f"frame {path} is corrupt or not an image ({len(data)} bytes could not be decoded)"
         )
-    return image
+    return bounded(image)
 
 
 def list_sequences(folder: Path) -> dict[str, dict[int, Path]]:
@@ -151,7 +152,7 @@ class ArraySource:
                 raise ClipError(f"frame {n} has dtype {image.dtype}; expected uint8 BGR")
             if image.ndim == 2:
                 image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-            out.append(image)
+            out.append(bounded(image))
         return out
 
 

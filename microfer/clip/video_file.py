@@ -16,7 +16,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from microfer.clip.frames import check_numbers
+from microfer.clip.frames import bounded, check_numbers
 from microfer.errors import ClipError
 
 
@@ -83,8 +83,15 @@ def _decord_read(path: Path, indices: list[int]) -> list[np.ndarray]:
     import decord
 
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    batch = vr.get_batch(indices).asnumpy()  # RGB
-    return [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in batch]
+    frames = []
+    for i in range(0, len(indices), _DECORD_BATCH):  # a few full-size frames at a time
+        batch = vr.get_batch(indices[i : i + _DECORD_BATCH]).asnumpy()  # RGB
+        frames += [bounded(cv2.cvtColor(f, cv2.COLOR_RGB2BGR)) for f in batch]
+        del batch
+    return frames
+
+
+_DECORD_BATCH = 8
 
 
 def _cv2_read(path: Path, indices: list[int]) -> list[np.ndarray]:
@@ -110,7 +117,7 @@ def _cv2_read(path: Path, indices: list[int]) -> list[np.ndarray]:
             if not ok:
                 raise ClipError(f"video {path}: frame index {idx} could not be decoded")
             pos = idx
-            got[idx] = frame
+            got[idx] = bounded(frame)
         return [got[i] for i in indices]
     finally:
         cap.release()
@@ -166,6 +173,6 @@ def sequential_frames(source: VideoSource):
                     f"{decoded} could be decoded (a truncated or damaged file?); using those"
                 )
                 return
-            yield number, frame
+            yield number, bounded(frame)
     finally:
         cap.release()

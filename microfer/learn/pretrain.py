@@ -47,7 +47,7 @@ import numpy as np
 
 from microfer.clip.representation import check_kind
 from microfer.errors import MicroferError
-from microfer.io import package_versions
+from microfer.io import atomic_dir, package_versions
 from microfer.learn import augment, distill, mixing
 from microfer.learn.macro_data import (  # noqa: F401  (re-exported: the pretraining API in one place)
     CK_SUBJECT_PATTERN,
@@ -151,7 +151,8 @@ def pretrain(
     _check_inputs(data, settings, test_sets or {})
     test_sets = dict(test_sets or {})
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(out)
+    _check_start(out, staging, resume)
     run, start_card = _start_run(data, settings)
     identity = {
         "settings": settings.identity(),
@@ -159,29 +160,64 @@ def pretrain(
         "data_hash": data.data_hash(),
         "test_hash": _test_hash(test_sets),
     }
-    start, history = _resume_point(run, out, identity, resume)
-    epochs = _epoch_bar(start, settings.epochs) if progress else range(start, settings.epochs)
-    for epoch in epochs:
-        record = _run_epoch(run, epoch, test_sets)
-        history.append(record)
-        if progress:
-            epochs.set_postfix(
-                loss=record["loss"],
-                acc=record["train_accuracy"],
-                **{f"{k[:6]}_acc": v["accuracy"] for k, v in record.get("test", {}).items()},
+    # Every epoch's checkpoint goes to the staging folder, and `out` is swapped for it
+    # only once the weights are written: a crash or Ctrl+C leaves an older `out` whole,
+    # and --resume picks the run up from the staging folder's checkpoint.
+    with atomic_dir(out, is_ours=_is_pretrain_output, staging=staging) as work:
+        start, history = _resume_point(run, out, work, identity, resume)
+        epochs = _epoch_bar(start, settings.epochs) if progress else range(start, settings.epochs)
+        for epoch in epochs:
+            record = _run_epoch(run, epoch, test_sets)
+            history.append(record)
+            if progress:
+                epochs.set_postfix(
+                    loss=record["loss"],
+                    acc=record["train_accuracy"],
+                    **{f"{k[:6]}_acc": v["accuracy"] for k, v in record.get("test", {}).items()},
+                )
+            save_checkpoint(
+                run.model,
+                run.optimizer,
+                work,
+                {
+                    **identity,
+                    "epochs": settings.epochs,
+                    "epochs_done": epoch + 1,
+                    "history": history,
+                },
             )
-        save_checkpoint(
-            run.model,
-            run.optimizer,
-            out,
-            {**identity, "epochs": settings.epochs, "epochs_done": epoch + 1, "history": history},
-        )
 
-    meta = _weights_card(run, identity, history, start_card, test_sets, notes)
-    weights_path = save_block_weights(
-        run.model.cpu(), out, meta, scope=settings.scope, store_dtype=settings.store_dtype
-    )
+        meta = _weights_card(run, identity, history, start_card, test_sets, notes)
+        staged = save_block_weights(
+            run.model.cpu(), work, meta, scope=settings.scope, store_dtype=settings.store_dtype
+        )
+    weights_path = out / staged.name
     return PretrainResult(weights=weights_path, meta=meta, history=history, resumed_from=start)
+
+
+def staging_dir(out: Path) -> Path:
+    """Where a pretraining into `out` runs until it is complete: a hidden sibling of `out`."""
+    return out.parent / f".{out.name}.pretraining"
+
+
+def _is_pretrain_output(path: Path) -> bool:
+    return (path / "checkpoint.json").is_file()
+
+
+def _check_start(out: Path, staging: Path, resume: bool) -> None:
+    """Refuse to start afresh over a run that --resume could continue."""
+    if resume:
+        return
+    if _is_pretrain_output(staging):
+        raise MicroferError(
+            f"{staging}: holds an unfinished pretraining of {out}; pass --resume to continue "
+            f"it, or delete that folder to start again"
+        )
+    if _is_pretrain_output(out):
+        raise MicroferError(
+            f"{out}: holds a pretraining checkpoint; pass --resume to continue it (more "
+            f"--epochs), or choose another --out"
+        )
 
 
 def _check_inputs(
@@ -253,17 +289,19 @@ def _start_run(data: MacroSet, settings: PretrainSettings) -> tuple[TrainingRun,
 
 
 def _resume_point(
-    run: TrainingRun, out: Path, identity: dict[str, Any], resume: bool
+    run: TrainingRun, out: Path, work: Path, identity: dict[str, Any], resume: bool
 ) -> tuple[int, list[dict[str, Any]]]:
-    """(epochs done, their history): from the checkpoint in `out` where there is one."""
-    if not (out / "checkpoint.json").is_file():
+    """(epochs done, their history): from the checkpoint in the staging folder `work` (an
+    interrupted run), else from the one in `out` (a finished run given more epochs)."""
+    source = next((d for d in (work, out) if resume and _is_pretrain_output(d)), None)
+    if source is None:
         return 0, []
-    if not resume:
-        raise MicroferError(
-            f"{out}: holds a pretraining checkpoint; pass --resume to continue it, "
-            f"or choose an empty folder"
-        )
-    doc = load_checkpoint(run.model, run.optimizer, out, identity)
+    doc = load_checkpoint(run.model, run.optimizer, source, identity)
+    if source == out:  # the new `out` starts from it, even when no epoch is left to train
+        import shutil
+
+        for name in ("checkpoint.safetensors", "checkpoint.json"):  # the .json last: it vouches
+            shutil.copy2(out / name, work / name)
     return int(doc["epochs_done"]), list(doc.get("history", []))
 
 

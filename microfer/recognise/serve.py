@@ -17,6 +17,8 @@ covers the server's own log lines, so they are neither captured nor quoted in an
 request's error. Stalled connections time out (`TIMEOUT_S`); clients that leave are quiet;
 an internal error is a 500 with a JSON message. Requests whose Host is not this server's
 address are refused (another web site cannot drive a local server through the browser).
+After each prediction the freed heap is handed back to the system, so memory returns to
+its baseline after a burst (`microfer bench serve`).
 """
 
 from __future__ import annotations
@@ -134,9 +136,12 @@ class _Handler(BaseHTTPRequestHandler):
                     left -= len(chunk)
             try:
                 with self.server.lock:
-                    doc = self._answer(
-                        clip, name, suffix, Path(tmp) / "explain" if explain else None
-                    )
+                    try:
+                        doc = self._answer(
+                            clip, name, suffix, Path(tmp) / "explain" if explain else None
+                        )
+                    finally:  # under the lock: no other prediction is allocating meanwhile
+                        release_free_memory()
             except MicroferError as exc:
                 return HTTPStatus.BAD_REQUEST, {"error": str(exc).replace(str(clip), name)}
         doc["file"] = name
@@ -175,6 +180,28 @@ def _upload_problem(name: str, suffix: str, length: str):
             {"error": f"{name}: {size} bytes, more than the {MAX_UPLOAD_BYTES} this page takes"},
         )
     return None
+
+
+def release_free_memory() -> None:
+    """Hand the heap pages that are free again back to the system (glibc; elsewhere a no-op).
+
+    Each handler thread allocates in its own glibc arena (up to 8 per core), and a decoded
+    clip is tens of MB: freed, it stays in that arena, so after a burst the page would
+    keep hundreds of MB it no longer uses (`microfer bench serve` measures it; see
+    docs/live-and-web.md)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _malloc_trim = lambda pad: 0  # noqa: E731
+    _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def _data_url(png: Path) -> str:

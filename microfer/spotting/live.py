@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Optional
 import cv2
 import numpy as np
 
-from microfer.clip.frames import check_fps
+from microfer.clip.frames import bounded, check_fps
 from microfer.clip.video import ArraySource, native_stderr_captured, prefetched
 from microfer.errors import ClipError, MicroferError
 from microfer.spotting.spot import (
@@ -156,7 +156,7 @@ def read_frames(
                 return
             if paced:
                 time.sleep(max(0.0, t0 + i / fps - time.perf_counter()))
-            yield i, frame
+            yield i, bounded(frame)  # the buffer holds up to `buffer` of them
             i += 1
 
     def count_drop():
