@@ -11,6 +11,9 @@ A bundle is a directory:
     ood.safetensors          (optional) the out-of-distribution score's arrays
                              (`microfer.learn.ood.RelativeMahalanobis`); its scalars and threshold
                              are bundle.json's "ood" entry. Bundles without it load (no OOD score).
+    input_ood.safetensors    (optional; bundles trained on circulated inputs) the input check's
+                             arrays (`microfer.learn.input_ood.InputCheck`); its scalars are
+                             bundle.json's "input_ood" entry. Bundles without it load (no check).
 
 No pickle anywhere: the SVM is stored as the arrays of its decision function and
 evaluated by `ArraySVM`, which reproduces scikit-learn's SVC (one-vs-one) exactly for the
@@ -42,12 +45,15 @@ from microfer.io import atomic_dir, file_sha256, write_json
 from microfer.learn.bundle_schema import (  # noqa: F401  (the file names: importable from here too)
     FILES,
     HEX64,
+    INPUT_OOD_FILE,
     ONNX_FILE,
     OOD_FILE,
     check_arrays,
     check_config,
+    check_input_ood_arrays,
     check_ood_arrays,
 )
+from microfer.learn.input_ood import InputCheck
 from microfer.learn.ood import RelativeMahalanobis
 from microfer.learn.svm_arrays import ARRAYS, SUPPORTED_KERNELS, ArraySVM  # noqa: F401
 
@@ -67,6 +73,7 @@ class Bundle:
     classifier: ArraySVM
     onnx: dict = field(default_factory=dict)  # ONNX file name -> verified path in the bundle
     ood: Optional[RelativeMahalanobis] = None  # None: a bundle trained before OOD scores
+    input_ood: Optional[InputCheck] = None  # None: not trained on circulated inputs, or before
 
     @property
     def class_names(self) -> list[str]:
@@ -105,6 +112,7 @@ def save_bundle(
     config: dict,
     onnx: Optional[dict[str, bytes]] = None,
     ood: Optional[RelativeMahalanobis] = None,
+    input_ood: Optional[InputCheck] = None,
 ) -> Path:
     """Write a bundle directory atomically: it is built in a temporary sibling and swapped in
     whole, so a failure leaves an older bundle at `path` intact. A non-empty `path` that is not
@@ -112,14 +120,15 @@ def save_bundle(
 
     `onnx`: {file name: ONNX model bytes} of the network parts (names matching `ONNX_FILE`).
     `ood`: the fitted OOD score, written to `OOD_FILE` with its scalars in bundle.json's "ood".
+    `input_ood`: the fitted input check, written to `INPUT_OOD_FILE` and bundle.json's "input_ood".
     """
     final = Path(path)
     with atomic_dir(final, is_ours=lambda p: (p / "bundle.json").is_file()) as tmp:
-        _write_bundle_files(tmp, final, network_state, classifier, config, onnx, ood)
+        _write_bundle_files(tmp, final, network_state, classifier, config, onnx, (ood, input_ood))
     return final
 
 
-def _write_bundle_files(path: Path, final: Path, network_state, classifier, config, onnx, ood):
+def _write_bundle_files(path: Path, final: Path, network_state, classifier, config, onnx, scores):
     from safetensors.numpy import save_file as save_numpy
 
     # np.array, not ascontiguousarray: that turns 0-d tensors (BatchNorm counters) into 1-d
@@ -133,14 +142,14 @@ def _write_bundle_files(path: Path, final: Path, network_state, classifier, conf
                 f"{final}: {name!r} is not a bundle ONNX file name (network[.partN].onnx)"
             )
         (path / name).write_bytes(blob)
-    doc = {k: v for k, v in config.items() if k not in (INTEGRITY_KEY, "ood")}
+    doc = {k: v for k, v in config.items() if k not in (INTEGRITY_KEY, "ood", "input_ood")}
     extra = sorted(onnx or {})
-    if ood is not None:
-        save_numpy(
-            {k: np.ascontiguousarray(v) for k, v in ood.arrays().items()}, str(path / OOD_FILE)
-        )
-        doc["ood"] = ood.config()
-        extra.append(OOD_FILE)
+    for score, key, name in zip(scores, ("ood", "input_ood"), (OOD_FILE, INPUT_OOD_FILE)):
+        if score is not None:
+            arrays = {k: np.ascontiguousarray(v) for k, v in score.arrays().items()}
+            save_numpy(arrays, str(path / name))
+            doc[key] = score.config()
+            extra.append(name)
     hashes = {name: file_sha256(path / name) for name in (*FILES, *extra)}
     doc.update(
         {
@@ -187,6 +196,11 @@ def load_bundle(path) -> Bundle:
             ood_arrays, classifier.support_vectors.shape[1], len(config["classes"]), path / OOD_FILE
         )
         ood = RelativeMahalanobis.from_arrays(ood_arrays, config["ood"])
+    input_ood = None
+    if INPUT_OOD_FILE in names:
+        input_arrays = _load_safetensors(path, INPUT_OOD_FILE)
+        check_input_ood_arrays(input_arrays, path / INPUT_OOD_FILE)
+        input_ood = InputCheck.from_arrays(input_arrays, config["input_ood"])
     return Bundle(
         path=path,
         config=config,
@@ -194,6 +208,7 @@ def load_bundle(path) -> Bundle:
         classifier=classifier,
         onnx={n: path / n for n in onnx_names},
         ood=ood,
+        input_ood=input_ood,
     )
 
 
@@ -242,7 +257,7 @@ def _verify_integrity(path: Path, marker: Path, config: dict):
     listed = config.get("files")
     listed = listed if isinstance(listed, dict) else {}
     onnx_names = sorted(n for n in listed if isinstance(n, str) and ONNX_FILE.fullmatch(n))
-    names = (*FILES, *onnx_names, *([OOD_FILE] if OOD_FILE in listed else []))
+    names = (*FILES, *onnx_names, *(n for n in (OOD_FILE, INPUT_OOD_FILE) if n in listed))
     hashes = {}
     for name in names:
         f = path / name

@@ -12,6 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from microfer.errors import BundleError
+from microfer.learn.input_ood import ARRAYS as INPUT_OOD_ARRAYS
+from microfer.learn.input_ood import METHOD as INPUT_OOD_METHOD
+from microfer.learn.input_ood import STATS as INPUT_OOD_STATS
+from microfer.learn.input_ood import VERSION as INPUT_OOD_VERSION
 from microfer.learn.ood import ARRAYS as OOD_ARRAYS
 from microfer.learn.ood import METHOD as OOD_METHOD
 from microfer.learn.svm_arrays import ARRAYS, SUPPORTED_KERNELS
@@ -20,6 +24,9 @@ FILES = ("network.safetensors", "classifier.safetensors")
 # optional: a network part exported to ONNX (`features.FeatureModel.onnx_names`)
 ONNX_FILE = re.compile(r"network\.(part\d+\.)?onnx")
 OOD_FILE = "ood.safetensors"  # optional: the OOD score's arrays (`microfer.learn.ood`)
+# optional: the input check of bundles trained on circulated inputs (`microfer.learn.input_ood`)
+INPUT_OOD_FILE = "input_ood.safetensors"
+OPTIONAL_FILES = (OOD_FILE, INPUT_OOD_FILE)
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -58,6 +65,14 @@ def check_config(config: dict, marker: Path) -> None:
         raise bad("ood", f"present exactly when {OOD_FILE} is listed in 'files'", config.get("ood"))
     if "ood" in config:
         _check_ood(config["ood"], bad)
+    if ("input_ood" in config) != (INPUT_OOD_FILE in config["files"]):
+        raise bad(
+            "input_ood",
+            f"present exactly when {INPUT_OOD_FILE} is listed in 'files'",
+            config.get("input_ood"),
+        )
+    if "input_ood" in config:
+        _check_input_ood(config["input_ood"], bad)
 
 
 def _check_classes(classes, bad) -> None:
@@ -75,11 +90,12 @@ def _check_files(files, bad) -> None:
     if not isinstance(files, dict):
         raise bad("files", f"a mapping file name -> sha256 for {list(FILES)}", files)
     if not set(FILES) <= set(files) or any(
-        n not in (*FILES, OOD_FILE) and not ONNX_FILE.fullmatch(n) for n in files
+        n not in (*FILES, *OPTIONAL_FILES) and not ONNX_FILE.fullmatch(n) for n in files
     ):
         raise bad(
             "files",
-            f"a mapping for {list(FILES)} and optional network[.partN].onnx and {OOD_FILE} files",
+            f"a mapping for {list(FILES)} and optional network[.partN].onnx, "
+            f"{' and '.join(OPTIONAL_FILES)} files",
             sorted(files),
         )
     for name in files:
@@ -111,6 +127,46 @@ def _check_ood(ood, bad) -> None:
                 "a positive number" if key.endswith("floor") else "a number",
                 ood.get(key),
             )
+
+
+def _check_input_ood(entry, bad) -> None:
+    if not isinstance(entry, dict) or entry.get("method") != INPUT_OOD_METHOD:
+        raise bad("input_ood", f"a mapping with method {INPUT_OOD_METHOD!r}", entry)
+    if entry.get("version") != INPUT_OOD_VERSION or entry.get("statistics") != list(
+        INPUT_OOD_STATS
+    ):
+        raise bad(
+            "input_ood.version",
+            f"{INPUT_OOD_VERSION} with this microfer's statistics (retrain the bundle)",
+            entry.get("version"),
+        )
+    for key in ("threshold", "percentile", "floor"):
+        if not _is_number(entry.get(key)) or (key == "floor" and entry[key] <= 0):
+            raise bad(
+                f"input_ood.{key}",
+                "a positive number" if key == "floor" else "a number",
+                entry.get(key),
+            )
+
+
+def check_input_ood_arrays(arrays: dict, source: Path) -> None:
+    """The input check's arrays fit each other and the statistics it reads."""
+    missing = set(INPUT_OOD_ARRAYS) - set(arrays)
+    if missing:
+        raise BundleError(f"{source}: arrays missing: {sorted(missing)}")
+    for name in INPUT_OOD_ARRAYS:
+        if arrays[name].dtype.kind != "f" or not np.isfinite(arrays[name]).all():
+            raise BundleError(f"{source}: array {name!r} must hold finite floats")
+    d = len(INPUT_OOD_STATS)
+    r = arrays["basis"].shape[0] if arrays["basis"].ndim == 2 else -1
+    expected = {"center": (d,), "scale": (d,), "mean": (d,), "basis": (r, d), "eigvals": (r,)}
+    for name, shape in expected.items():
+        if arrays[name].shape != shape or min(shape) < 1:
+            raise BundleError(
+                f"{source}: array {name!r} has shape {arrays[name].shape}, expected {shape}"
+            )
+    if (arrays["eigvals"] <= 0).any() or (arrays["scale"] == 0).any():
+        raise BundleError(f"{source}: arrays 'eigvals' and 'scale' must be positive")
 
 
 def check_arrays(arrays: dict, n_names: int, source: Path) -> None:

@@ -14,6 +14,10 @@ the same representation from a clip. Its apex crops are not something predict ca
 bundle.json "representation" records what the model reads: the flow units and representations
 its features take, and what it was trained on; `predict` refuses a bundle whose input
 its prepare settings cannot give (`recognise.predict.input_problem`).
+
+A bundle trained on circulated inputs also carries an input check (`learn.input_ood`): the
+flow image's texture and the apex face's look, against the training rows, so that a
+synthetic or non-face clip is flagged where the feature OOD score cannot tell it.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from microfer.errors import MicroferError
 from microfer.io import frame_sha256, package_versions
 from microfer.learn.bundle import ArraySVM, save_bundle
 from microfer.learn.features import FeatureModel, feature_config
+from microfer.learn.input_ood import fit_input_check, input_statistics
 from microfer.learn.loso_settings import LosoSettings
 from microfer.learn.ood import fit_ood
+from microfer.models.fer_teacher import teacher_numpy_state
 from microfer.parallel import scheduler_context
 
 
@@ -88,6 +94,7 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
     svm = ArraySVM.from_pipeline(choice.model)
     # the OOD score sees exactly the rows (and columns) the chosen SVM was fitted on
     ood = fit_ood(data.feature_sets[choice.feature_name], data.y, data.groups)
+    input_ood = input_check_of(cache, data.samples["key"], data.groups) if derived else None
     # a network reads 28-px inputs only where all it reads is a circulated-style flow
     onnx_size = (
         model_input["flow_size"]
@@ -96,7 +103,13 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
     )
     onnx = model.export_onnx(onnx_size) if model.onnx_names else None
     path = save_bundle(
-        out, network_state=model.state_dict(), classifier=svm, config=config, onnx=onnx, ood=ood
+        out,
+        network_state=model.state_dict(),
+        classifier=svm,
+        config=config,
+        onnx=onnx,
+        ood=ood,
+        input_ood=input_ood,
     )
     return TrainResult(
         bundle=path,
@@ -107,6 +120,17 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
         excluded=int(len(data.excluded)),
         class_counts=counts,
     )
+
+
+def input_check_of(cache, keys, groups):
+    """The input check (`learn.input_ood`) of the cache entries `keys` (the rows the SVM is
+    fitted on; `groups` their subjects, in the same order), its threshold from those subjects
+    only: other entries of the cache play no part."""
+    from microfer.clip.cache import open_cache
+
+    entries = open_cache(cache)
+    clips = [entries.load(key) for key in keys]
+    return fit_input_check(input_statistics(clips, teacher_numpy_state()), np.asarray(groups))
 
 
 def _refuse_unbundlable(settings) -> None:
