@@ -3,6 +3,12 @@ subjects, and flags on synthetic clips and moving non-face textures.
 
     python -m microfer.bench.input_ood_eval --model B --cache C --out DIR
         [--prepared P ...] [--textures 16] [--seed 7]
+    python -m microfer.bench.input_ood_eval --families --cache C --out DIR --prepared P_DEV
+        [--textures 16] [--seed 5]
+
+`--families` is how the statistics were chosen, on development data: each candidate set
+(flow statistics, teacher logits, teacher pooled features, grey levels, combinations) and
+each percentile, fitted on the real rows, against the development synthetic clips and textures.
 
 B: a bundle from `microfer train` on the composite cache C (`prepare composite_inputs`).
 Real: each subject of C is left out once; both checks -- the feature score (`learn.ood`) and
@@ -27,14 +33,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from microfer.clip.cache import open_cache
+from microfer.clip.circulated import circulated_flow
+from microfer.clip.motion import optical_flow, optical_strain
 from microfer.errors import MicroferError
 from microfer.io import write_json, write_text
-from microfer.learn.input_ood import fit_input_check, input_statistics
+from microfer.learn.input_ood import (
+    FLOW_STATS,
+    apex_grey,
+    fit_input_check,
+    held_out_input_scores,
+    input_statistics,
+)
 from microfer.learn.ood import fit_ood
-from microfer.models.fer_teacher import teacher_numpy_state
+from microfer.learn.protocol_samples import load_samples
+from microfer.models.fer_teacher import numpy_features, teacher_numpy_state
 from microfer.recognise.predict import Predictor
 from microfer.records import PreparedClip
 
@@ -54,8 +70,6 @@ def texture(kind: str, rng) -> np.ndarray:
         t = np.sin(x * rng.uniform(0.1, 0.5) + 3 * np.sin(y * rng.uniform(0.02, 0.1)))
         t = t + 0.2 * rng.normal(size=t.shape)
     elif kind == "blobs":
-        import cv2
-
         t = cv2.GaussianBlur(rng.normal(size=(FACE, FACE)), (0, 0), rng.uniform(2, 6))
     elif kind == "uniform noise":
         t = rng.uniform(size=(FACE, FACE))
@@ -66,11 +80,6 @@ def texture(kind: str, rng) -> np.ndarray:
 
 def moving_texture(kind: str, rng) -> PreparedClip:
     """A texture moved by a smooth bump of AMPLITUDE px, as a prepared minmax28 clip."""
-    import cv2
-
-    from microfer.clip.circulated import circulated_flow
-    from microfer.clip.motion import optical_flow, optical_strain
-
     onset = texture(kind, rng)
     y, x = np.mgrid[:FACE, :FACE].astype(np.float32)
     cy, cx = rng.uniform(30, 100, 2)
@@ -193,9 +202,88 @@ def run(
     return table
 
 
+CANDIDATES = (
+    ("flow",),
+    ("logits",),
+    ("grey",),
+    ("pooled",),
+    ("flow", "logits"),
+    ("flow", "logits", "grey"),
+    ("flow", "pooled"),
+)
+PERCENTILES = (90.0, 95.0, 97.5, 99.0)
+
+
+def candidate_statistics(clips, teacher) -> dict[str, np.ndarray]:
+    """The candidate statistics of clips: the input check's flow statistics and teacher
+    logits, and the teacher's pooled map and the apex crop's grey mean and spread."""
+
+    stats = input_statistics(clips, teacher)
+    greys = np.stack([apex_grey(c) for c in clips]).astype(np.float32)
+    fmap, _ = numpy_features(teacher, ((greys / 255.0 - 0.5) * 2.0)[:, None])
+    return {
+        "flow": stats[:, : len(FLOW_STATS)],
+        "logits": stats[:, len(FLOW_STATS) :],
+        "pooled": fmap.mean(axis=(2, 3)),
+        "grey": np.stack([greys.mean(axis=(1, 2)), greys.std(axis=(1, 2))], axis=1),
+    }
+
+
+def families(cache, out: Path, prepared: Sequence, n_textures: int = 16, seed: int = 5) -> str:
+    """The development table: every candidate at the 95th percentile, then the kept one
+    (flow + logits) at each percentile. Thresholds as `train` makes them (all real rows);
+    real false alarms from held-out subjects (in-sample percentile of those scores) and with
+    a whole dataset left out (its threshold from the other datasets' subjects)."""
+
+    teacher = teacher_numpy_state()
+    real = open_cache(cache)
+    index = real.index()
+    keys = sorted(index.loc[index["status"] == "ok", "key"])
+    groups = np.array(["/".join(k.split("/")[:2]) for k in keys])
+    datasets = np.array([k.split("/")[0] for k in keys])
+    R = candidate_statistics([real.load(k) for k in keys], teacher)
+    dev = []
+    for p in prepared:
+        c = open_cache(p)
+        idx = c.index()
+        dev += [c.load(k) for k in sorted(idx.loc[idx["status"] == "ok", "key"])]
+    rng = np.random.default_rng(seed)
+    made = [moving_texture(TEXTURES[i % len(TEXTURES)], rng) for i in range(n_textures)]
+    D, T = candidate_statistics(dev, teacher), candidate_statistics(made, teacher)
+    names = sorted(set(groups))
+    part = np.isin(groups, names[0::2])
+
+    def row(combo, percentile):
+        X = lambda d: np.concatenate([d[c] for c in combo], axis=1)  # noqa: E731
+        check = fit_input_check(X(R), groups, percentile)
+        held = held_out_input_scores(X(R), groups) > check.threshold
+        lab = []
+        for d in sorted(set(datasets)):
+            t = datasets == d
+            c = fit_input_check(X(R)[~t], groups[~t], percentile)
+            lab.append(f"{np.mean(c.score(X(R)[t]) > c.threshold):.2f}")
+        return (
+            f"| {' + '.join(combo)} ({X(R).shape[1]}) | {percentile:g} | {held[part].mean():.2f} / "
+            f"{held[~part].mean():.2f} | {np.mean(check.score(X(D)) > check.threshold):.2f} | "
+            f"{np.mean(check.score(X(T)) > check.threshold):.2f} | {' / '.join(lab)} |"
+        )
+
+    lines = [
+        f"development: {len(dev)} synthetic clips, {n_textures} textures (seed {seed}); "
+        f"new lab = {' / '.join(sorted(set(datasets)))} left out",
+        "",
+        "| statistics | percentile | held-out real flagged (A / B) | dev synthetic | dev non-face | new lab flagged |",
+        "|---|---|---|---|---|---|",
+        *(row(c, 95.0) for c in CANDIDATES),
+        *(row(("flow", "logits"), p) for p in PERCENTILES if p != 95.0),
+    ]
+    text = "\n".join(lines) + "\n"
+    write_text(Path(out) / "input_ood_families.md", text)
+    return text
+
+
 def _real_rows(cache, classes):
     """The composite protocol's samples that the cache holds: key, y, group, dataset."""
-    from microfer.learn.protocol_samples import load_samples
 
     proto, samples = load_samples("megc2019-composite")
     if list(proto.classes) != list(classes):
@@ -232,7 +320,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(
         prog="python -m microfer.bench.input_ood_eval", description=__doc__.split("\n\n")[0]
     )
-    ap.add_argument("--model", type=Path, required=True, help="bundle trained on --cache")
+    ap.add_argument("--model", type=Path, help="bundle trained on --cache")
+    ap.add_argument("--families", action="store_true", help="the development table (no bundle)")
     ap.add_argument("--cache", type=Path, required=True, help="the composite_inputs cache")
     ap.add_argument("--out", type=Path, required=True, help="folder for the table")
     ap.add_argument(
@@ -241,6 +330,11 @@ def main(argv=None) -> None:
     ap.add_argument("--textures", type=int, default=16, help="non-face moving textures")
     ap.add_argument("--seed", type=int, default=7, help="of the textures")
     args = ap.parse_args(argv)
+    if args.families:
+        print(families(args.cache, args.out, args.prepared, args.textures, args.seed), end="")
+        return
+    if args.model is None:
+        ap.error("--model is required (or --families)")
     run(args.model, args.cache, args.out, args.prepared, args.textures, args.seed)
     print((args.out / "input_ood_eval.md").read_text(encoding="utf-8"), end="")
 

@@ -126,6 +126,7 @@ def summarise(rows: list[Scored], threshold: float) -> list[dict]:
             "n": int(ind.size),
             "auroc": None,
             "rejected": _rejected(rows, "in distribution", threshold),
+            "score_rejected": float(np.mean(ind > threshold)),
         }
     ]
     for kind in dict.fromkeys(r.kind for r in rows if r.kind != "in distribution"):
@@ -136,6 +137,7 @@ def summarise(rows: list[Scored], threshold: float) -> list[dict]:
                 "n": int(out.size),
                 "auroc": auroc(ind, out),
                 "rejected": _rejected(rows, kind, threshold),
+                "score_rejected": float(np.mean(out > threshold)),
                 "no_face": int(sum(1 for r in rows if r.kind == kind and r.error)),
             }
         )
@@ -148,13 +150,14 @@ def markdown(table: list[dict], threshold: float, bundle: Path) -> str:
         "(the score above it, or the input check's above its own where the bundle has one) "
         "or no face found; the AUROC is the score's alone",
         "",
-        "| inputs | n | AUROC vs in-distribution | rejected at threshold | of which no face |",
-        "|---|---|---|---|---|",
+        "| inputs | n | AUROC vs in-distribution | rejected at threshold | by the score alone | of which no face |",
+        "|---|---|---|---|---|---|",
     ]
     for t in table:
         auc = "" if t["auroc"] is None else f"{t['auroc']:.3f}"
         lines.append(
-            f"| {t['inputs']} | {t['n']} | {auc} | {t['rejected']:.2f} | {t.get('no_face', '')} |"
+            f"| {t['inputs']} | {t['n']} | {auc} | {t['rejected']:.2f} | {t['score_rejected']:.2f} "
+            f"| {t.get('no_face', '')} |"
         )
     return "\n".join(lines) + "\n"
 
