@@ -257,6 +257,24 @@ def test_the_input_check_is_fitted_on_the_training_rows_and_old_bundles_still_pr
     assert before.label == new.label and before.input_ood_score is None
     assert before.ood == (before.ood_score > before.ood_threshold)
     assert "input:" not in before.text()
+    # the check was fitted on the shipped teacher's logits; another teacher is refused
+    from microfer.io import file_sha256
+    from microfer.learn.bundle import save_bundle
+    from microfer.models.fer_teacher import teacher_paths
+
+    assert check["teacher_sha256"] == file_sha256(teacher_paths()[0])
+    b = load_bundle(trained.bundle)
+    b.input_ood.teacher_sha256 = "0" * 64
+    other = save_bundle(
+        tmp_path / "other",
+        network_state=b.network,
+        classifier=b.classifier,
+        config=b.config,
+        ood=b.ood,
+        input_ood=b.input_ood,
+    )
+    with pytest.raises(BundleError, match="another FER teacher"):
+        Predictor(other)
 
 
 def test_training_on_circulated_inputs_asking_only_for_apex_crops_is_refused(round_trip, tmp_path):

@@ -140,6 +140,9 @@ def _check_input_ood(entry, bad) -> None:
             f"{INPUT_OOD_VERSION} with this microfer's statistics (retrain the bundle)",
             entry.get("version"),
         )
+    sha = entry.get("teacher_sha256", "")
+    if not isinstance(sha, str) or (sha and not HEX64.fullmatch(sha)):
+        raise bad("input_ood.teacher_sha256", "a sha256 (64 lowercase hex digits)", sha)
     for key in ("threshold", "percentile", "floor"):
         if not _is_number(entry.get(key)) or (key == "floor" and entry[key] <= 0):
             raise bad(

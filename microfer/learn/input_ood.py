@@ -124,6 +124,9 @@ class InputCheck:
     percentile: float = DEFAULT_PERCENTILE
     rows: int = 0  # training rows the Gaussian and the threshold were made from
     groups: int = 0  # subjects among them (each left out once for the threshold)
+    # the FER teacher whose logits were fitted (`models.fer_teacher`): another one gives
+    # other logits, so predict refuses a bundle whose teacher is not the shipped one
+    teacher_sha256: str = ""
 
     @classmethod
     def fit(cls, X: np.ndarray) -> "InputCheck":
@@ -162,6 +165,7 @@ class InputCheck:
             "rows": int(self.rows),
             "groups": int(self.groups),
             "floor": float(self.gaussian.floor),
+            "teacher_sha256": self.teacher_sha256,
         }
 
     @classmethod
@@ -176,6 +180,7 @@ class InputCheck:
             percentile=float(config["percentile"]),
             rows=int(config.get("rows", 0)),
             groups=int(config.get("groups", 0)),
+            teacher_sha256=str(config.get("teacher_sha256", "")),
         )
 
 

@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 
 from microfer.errors import MicroferError
-from microfer.io import frame_sha256, package_versions
+from microfer.io import file_sha256, frame_sha256, package_versions
 from microfer.learn.bundle import ArraySVM, save_bundle
 from microfer.learn.features import FeatureModel, feature_config
 from microfer.learn.input_ood import fit_input_check, input_statistics
 from microfer.learn.loso_settings import LosoSettings
 from microfer.learn.ood import fit_ood
-from microfer.models.fer_teacher import teacher_numpy_state
+from microfer.models.fer_teacher import teacher_numpy_state, teacher_paths
 from microfer.parallel import scheduler_context
 
 
@@ -130,7 +130,9 @@ def input_check_of(cache, keys, groups):
 
     entries = open_cache(cache)
     clips = [entries.load(key) for key in keys]
-    return fit_input_check(input_statistics(clips, teacher_numpy_state()), np.asarray(groups))
+    check = fit_input_check(input_statistics(clips, teacher_numpy_state()), np.asarray(groups))
+    check.teacher_sha256 = file_sha256(teacher_paths()[0])
+    return check
 
 
 def _refuse_unbundlable(settings) -> None:

@@ -23,10 +23,11 @@ from microfer.clip.representation import KINDS
 from microfer.clip.spot_then_prepare import MIN_FRAMES, prepare_interval  # noqa: F401
 from microfer.clip.video import ArraySource, open_frames
 from microfer.errors import BundleError, MicroferError
+from microfer.io import file_sha256
 from microfer.learn.bundle import IMAGE_INPUT, load_bundle
 from microfer.learn.features import FeatureModel, feature_setting_from_config, onnx_names
 from microfer.learn.input_ood import input_statistics
-from microfer.models.fer_teacher import teacher_numpy_state
+from microfer.models.fer_teacher import teacher_numpy_state, teacher_paths
 from microfer.models.onnx_extractor import onnxruntime_available
 from microfer.recognise.explain import occlusion_map, write_overlays
 
@@ -229,6 +230,12 @@ class Predictor:
         self.teacher_state = None
         if self.bundle.input_ood is not None:
             self.teacher_state = teacher_numpy_state()
+            fitted = self.bundle.input_ood.teacher_sha256
+            if fitted and fitted != file_sha256(teacher_paths()[0]):
+                raise BundleError(
+                    f"{self.bundle.path / 'bundle.json'}: its input check was fitted on the logits "
+                    "of another FER teacher than this microfer ships; retrain the bundle"
+                )
 
         load_models()  # so per-clip timings measure the work, not the one-off model load
 
