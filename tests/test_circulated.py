@@ -228,6 +228,55 @@ def test_predict_refuses_a_bundle_whose_representation_the_clip_cannot_give(
     assert code == 2 and len(err) == 1 and "a clip cannot give its input" in err[0], err
 
 
+def test_the_input_check_is_fitted_on_the_training_rows_and_old_bundles_still_predict(
+    demo, round_trip, tmp_path
+):
+    from microfer.learn.bundle import load_bundle
+    from microfer.recognise.predict import Predictor
+
+    _, _, _, trained = round_trip
+    doc = json.loads((trained.bundle / "bundle.json").read_text())
+    check = doc["input_ood"]
+    assert check["rows"] == trained.n_samples and check["groups"] == trained.n_subjects
+    truth = pd.read_csv(demo.out / "heldout" / "synth_truth.csv", dtype=str)
+    row = truth.iloc[0]
+    video = next((demo.out / "heldout" / "clips").glob(f"{row['clip']}.*"), None)
+    video = video or demo.out / "heldout" / row["frame_dir"]
+    marks = {k: int(row[k]) for k in ("onset", "apex", "offset")}
+    new = Predictor(trained.bundle).predict(video, **marks)
+    assert new.input_ood_threshold == pytest.approx(check["threshold"], abs=1e-3)
+    assert new.ood == (
+        new.ood_score > new.ood_threshold or new.input_ood_score > check["threshold"]
+    )
+    assert "input:   score" in new.text()
+    # a bundle written before the input check: no input_ood file or entry; it loads and
+    # predicts the same label with the feature score alone
+    old = _rewritten(trained.bundle, tmp_path / "old", lambda config: None)
+    assert load_bundle(old).input_ood is None and not (old / "input_ood.safetensors").exists()
+    before = Predictor(old).predict(video, **marks)
+    assert before.label == new.label and before.input_ood_score is None
+    assert before.ood == (before.ood_score > before.ood_threshold)
+    assert "input:" not in before.text()
+    # the check was fitted on the shipped teacher's logits; another teacher is refused
+    from microfer.io import file_sha256
+    from microfer.learn.bundle import save_bundle
+    from microfer.models.fer_teacher import teacher_paths
+
+    assert check["teacher_sha256"] == file_sha256(teacher_paths()[0])
+    b = load_bundle(trained.bundle)
+    b.input_ood.teacher_sha256 = "0" * 64
+    other = save_bundle(
+        tmp_path / "other",
+        network_state=b.network,
+        classifier=b.classifier,
+        config=b.config,
+        ood=b.ood,
+        input_ood=b.input_ood,
+    )
+    with pytest.raises(BundleError, match="another FER teacher"):
+        Predictor(other)
+
+
 def test_training_on_circulated_inputs_asking_only_for_apex_crops_is_refused(round_trip, tmp_path):
     from microfer.errors import MicroferError
     from microfer.learn.evaluate import LosoSettings

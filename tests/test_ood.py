@@ -128,8 +128,14 @@ def test_auroc_counts_refused_inputs_as_rejected_and_ties_as_half():
         "n": 2,
         "auroc": 1.0,
         "rejected": 1.0,
+        "score_rejected": 1.0,
         "no_face": 1,
     }
+    # predict's verdict (an input check above its threshold) counts even where the score is low
+    rows[0] = Scored("in distribution", "a", 0.0, flagged=True)
+    table = {t["inputs"]: t for t in summarise(rows, threshold=1.0)}
+    assert table["in distribution"]["rejected"] == 1.0
+    assert table["in distribution"]["score_rejected"] == 0.5
 
 
 def test_threshold_with_a_subject_too_big_to_leave_out():

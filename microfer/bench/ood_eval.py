@@ -74,6 +74,9 @@ class Scored:
     clip: str
     score: float  # +inf when predict refused the input
     error: str = ""
+    # predict's verdict: the score above its threshold, or, for bundles with an input check
+    # (`learn.input_ood`), either score above its own; None: the score above the threshold
+    flagged: Optional[bool] = None
 
 
 def read_all_frames(path: Path) -> list[np.ndarray]:
@@ -94,13 +97,25 @@ def score_input(predictor, clip, kind: str, name: str) -> Scored:
         raise MicroferError(
             f"{predictor.bundle.path}: the bundle has no OOD score (trained before it existed)"
         )
-    return Scored(kind, name, float(p.ood_score))
+    return Scored(kind, name, float(p.ood_score), flagged=bool(p.ood))
 
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     """P(an OOD score > an in-distribution score), ties counted half (= ROC AUC; inf is fine)."""
     a, b = np.asarray(in_scores)[:, None], np.asarray(out_scores)[None, :]
     return float(((b > a).sum() + 0.5 * (b == a).sum()) / (a.size * b.size))
+
+
+def _rejected(rows: list[Scored], kind: str, threshold: float) -> float:
+    return float(
+        np.mean(
+            [
+                r.score > threshold if r.flagged is None else r.flagged
+                for r in rows
+                if r.kind == kind
+            ]
+        )
+    )
 
 
 def summarise(rows: list[Scored], threshold: float) -> list[dict]:
@@ -110,7 +125,8 @@ def summarise(rows: list[Scored], threshold: float) -> list[dict]:
             "inputs": "in distribution",
             "n": int(ind.size),
             "auroc": None,
-            "rejected": float(np.mean(ind > threshold)),
+            "rejected": _rejected(rows, "in distribution", threshold),
+            "score_rejected": float(np.mean(ind > threshold)),
         }
     ]
     for kind in dict.fromkeys(r.kind for r in rows if r.kind != "in distribution"):
@@ -120,7 +136,8 @@ def summarise(rows: list[Scored], threshold: float) -> list[dict]:
                 "inputs": kind,
                 "n": int(out.size),
                 "auroc": auroc(ind, out),
-                "rejected": float(np.mean(out > threshold)),
+                "rejected": _rejected(rows, kind, threshold),
+                "score_rejected": float(np.mean(out > threshold)),
                 "no_face": int(sum(1 for r in rows if r.kind == kind and r.error)),
             }
         )
@@ -129,15 +146,18 @@ def summarise(rows: list[Scored], threshold: float) -> list[dict]:
 
 def markdown(table: list[dict], threshold: float, bundle: Path) -> str:
     lines = [
-        f"OOD score of `{bundle}` (threshold {threshold:.2f}); rejected = score above it or no face found",
+        f"OOD score of `{bundle}` (threshold {threshold:.2f}); rejected = predict's `ood` "
+        "(the score above it, or the input check's above its own where the bundle has one) "
+        "or no face found; the AUROC is the score's alone",
         "",
-        "| inputs | n | AUROC vs in-distribution | rejected at threshold | of which no face |",
-        "|---|---|---|---|---|",
+        "| inputs | n | AUROC vs in-distribution | rejected at threshold | by the score alone | of which no face |",
+        "|---|---|---|---|---|---|",
     ]
     for t in table:
         auc = "" if t["auroc"] is None else f"{t['auroc']:.3f}"
         lines.append(
-            f"| {t['inputs']} | {t['n']} | {auc} | {t['rejected']:.2f} | {t.get('no_face', '')} |"
+            f"| {t['inputs']} | {t['n']} | {auc} | {t['rejected']:.2f} | {t['score_rejected']:.2f} "
+            f"| {t.get('no_face', '')} |"
         )
     return "\n".join(lines) + "\n"
 

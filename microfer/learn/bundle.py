@@ -15,6 +15,9 @@ A bundle is a directory:
                              (`microfer.learn.calibrate`), described by bundle.json's
                              "calibration" entry: class probabilities beside the SVM scores.
                              Bundles without it (all of version 2) load and give no probabilities.
+    input_ood.safetensors    (optional; bundles trained on circulated inputs) the input check's
+                             arrays (`microfer.learn.input_ood.InputCheck`); its scalars are
+                             bundle.json's "input_ood" entry. Bundles without it load (no check).
 
 No pickle anywhere: the SVM is stored as the arrays of its decision function and
 evaluated by `ArraySVM`, which reproduces scikit-learn's SVC (one-vs-one) exactly for the
@@ -47,14 +50,17 @@ from microfer.learn.bundle_schema import (  # noqa: F401  (the file names: impor
     CALIBRATOR_FILE,
     FILES,
     HEX64,
+    INPUT_OOD_FILE,
     ONNX_FILE,
     OOD_FILE,
     check_arrays,
     check_calibrator_arrays,
     check_config,
+    check_input_ood_arrays,
     check_ood_arrays,
 )
 from microfer.learn.calibrate import Calibrator
+from microfer.learn.input_ood import InputCheck
 from microfer.learn.ood import RelativeMahalanobis
 from microfer.learn.svm_arrays import ARRAYS, SUPPORTED_KERNELS, ArraySVM  # noqa: F401
 
@@ -79,6 +85,7 @@ class Bundle:
     ood: Optional[RelativeMahalanobis] = None  # None: a bundle trained before OOD scores
     # None: a bundle trained before calibrated probabilities (it gives SVM scores only)
     calibrator: Optional[Calibrator] = None
+    input_ood: Optional[InputCheck] = None  # None: not trained on circulated inputs, or before
 
     @property
     def class_names(self) -> list[str]:
@@ -118,6 +125,7 @@ def save_bundle(
     onnx: Optional[dict[str, bytes]] = None,
     ood: Optional[RelativeMahalanobis] = None,
     calibrator: Optional[Calibrator] = None,
+    input_ood: Optional[InputCheck] = None,
 ) -> Path:
     """Write a bundle directory atomically: it is built in a temporary sibling and swapped in
     whole, so a failure leaves an older bundle at `path` intact. A non-empty `path` that is not
@@ -126,16 +134,16 @@ def save_bundle(
     `onnx`: {file name: ONNX model bytes} of the network parts (names matching `ONNX_FILE`).
     `ood`: the fitted OOD score, written to `OOD_FILE` with its scalars in bundle.json's "ood".
     `calibrator`: written to `CALIBRATOR_FILE`, described in bundle.json's "calibration".
+    `input_ood`: the fitted input check, written to `INPUT_OOD_FILE` and bundle.json's "input_ood".
     """
     final = Path(path)
     with atomic_dir(final, is_ours=lambda p: (p / "bundle.json").is_file()) as tmp:
-        _write_bundle_files(tmp, final, network_state, classifier, config, onnx, ood, calibrator)
+        scores = (ood, input_ood, calibrator)
+        _write_bundle_files(tmp, final, network_state, classifier, config, onnx, scores)
     return final
 
 
-def _write_bundle_files(
-    path: Path, final: Path, network_state, classifier, config, onnx, ood, calibrator
-):
+def _write_bundle_files(path: Path, final: Path, network_state, classifier, config, onnx, scores):
     from safetensors.numpy import save_file as save_numpy
 
     # np.array, not ascontiguousarray: that turns 0-d tensors (BatchNorm counters) into 1-d
@@ -149,21 +157,16 @@ def _write_bundle_files(
                 f"{final}: {name!r} is not a bundle ONNX file name (network[.partN].onnx)"
             )
         (path / name).write_bytes(blob)
-    doc = {k: v for k, v in config.items() if k not in (INTEGRITY_KEY, "ood", "calibration")}
+    entries = ("ood", "input_ood", "calibration")
+    doc = {k: v for k, v in config.items() if k not in (INTEGRITY_KEY, *entries)}
     extra = sorted(onnx or {})
-    if ood is not None:
-        save_numpy(
-            {k: np.ascontiguousarray(v) for k, v in ood.arrays().items()}, str(path / OOD_FILE)
-        )
-        doc["ood"] = ood.config()
-        extra.append(OOD_FILE)
-    if calibrator is not None:
-        save_numpy(
-            {k: np.ascontiguousarray(v) for k, v in calibrator.arrays().items()},
-            str(path / CALIBRATOR_FILE),
-        )
-        doc["calibration"] = calibrator.config()
-        extra.append(CALIBRATOR_FILE)
+    # each optional part: its arrays in its own file, its scalars under its bundle.json entry
+    for part, key, name in zip(scores, entries, (OOD_FILE, INPUT_OOD_FILE, CALIBRATOR_FILE)):
+        if part is not None:
+            arrays = {k: np.ascontiguousarray(v) for k, v in part.arrays().items()}
+            save_numpy(arrays, str(path / name))
+            doc[key] = part.config()
+            extra.append(name)
     hashes = {name: file_sha256(path / name) for name in (*FILES, *extra)}
     doc.update(
         {
@@ -215,6 +218,11 @@ def load_bundle(path) -> Bundle:
         cal_arrays = _load_safetensors(path, CALIBRATOR_FILE)
         check_calibrator_arrays(cal_arrays, len(config["classes"]), path / CALIBRATOR_FILE)
         calibrator = Calibrator.from_arrays(cal_arrays, config["calibration"])
+    input_ood = None
+    if INPUT_OOD_FILE in names:
+        input_arrays = _load_safetensors(path, INPUT_OOD_FILE)
+        check_input_ood_arrays(input_arrays, path / INPUT_OOD_FILE)
+        input_ood = InputCheck.from_arrays(input_arrays, config["input_ood"])
     return Bundle(
         path=path,
         config=config,
@@ -223,6 +231,7 @@ def load_bundle(path) -> Bundle:
         onnx={n: path / n for n in onnx_names},
         ood=ood,
         calibrator=calibrator,
+        input_ood=input_ood,
     )
 
 
@@ -272,7 +281,8 @@ def _verify_integrity(path: Path, marker: Path, config: dict):
     listed = config.get("files")
     listed = listed if isinstance(listed, dict) else {}
     onnx_names = sorted(n for n in listed if isinstance(n, str) and ONNX_FILE.fullmatch(n))
-    names = (*FILES, *onnx_names, *(n for n in (OOD_FILE, CALIBRATOR_FILE) if n in listed))
+    optional = (OOD_FILE, INPUT_OOD_FILE, CALIBRATOR_FILE)
+    names = (*FILES, *onnx_names, *(n for n in optional if n in listed))
     hashes = {}
     for name in names:
         f = path / name

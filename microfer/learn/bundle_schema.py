@@ -12,6 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from microfer.errors import BundleError
+from microfer.learn.input_ood import ARRAYS as INPUT_OOD_ARRAYS
+from microfer.learn.input_ood import METHOD as INPUT_OOD_METHOD
+from microfer.learn.input_ood import STATS as INPUT_OOD_STATS
+from microfer.learn.input_ood import VERSION as INPUT_OOD_VERSION
 from microfer.learn.ood import ARRAYS as OOD_ARRAYS
 from microfer.learn.ood import METHOD as OOD_METHOD
 from microfer.learn.svm_arrays import ARRAYS, SUPPORTED_KERNELS
@@ -23,7 +27,10 @@ OOD_FILE = "ood.safetensors"  # optional: the OOD score's arrays (`microfer.lear
 # optional (format version 3): the calibrator's arrays (`microfer.learn.calibrate`)
 CALIBRATOR_FILE = "calibrator.safetensors"
 CALIBRATOR_ARRAYS = ("weight", "bias")
-OPTIONAL_FILES = {OOD_FILE: "ood", CALIBRATOR_FILE: "calibration"}  # file -> its bundle.json entry
+# optional: the input check of bundles trained on circulated inputs (`microfer.learn.input_ood`)
+INPUT_OOD_FILE = "input_ood.safetensors"
+# file -> its bundle.json entry
+OPTIONAL_FILES = {OOD_FILE: "ood", CALIBRATOR_FILE: "calibration", INPUT_OOD_FILE: "input_ood"}
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -70,6 +77,8 @@ def check_config(config: dict, marker: Path) -> None:
             raise bad(
                 "calibration", "a mapping with the calibrator's method", config["calibration"]
             )
+    if "input_ood" in config:
+        _check_input_ood(config["input_ood"], bad)
 
 
 def _check_classes(classes, bad) -> None:
@@ -124,6 +133,49 @@ def _check_ood(ood, bad) -> None:
                 "a positive number" if key.endswith("floor") else "a number",
                 ood.get(key),
             )
+
+
+def _check_input_ood(entry, bad) -> None:
+    if not isinstance(entry, dict) or entry.get("method") != INPUT_OOD_METHOD:
+        raise bad("input_ood", f"a mapping with method {INPUT_OOD_METHOD!r}", entry)
+    if entry.get("version") != INPUT_OOD_VERSION or entry.get("statistics") != list(
+        INPUT_OOD_STATS
+    ):
+        raise bad(
+            "input_ood.version",
+            f"{INPUT_OOD_VERSION} with this microfer's statistics (retrain the bundle)",
+            entry.get("version"),
+        )
+    sha = entry.get("teacher_sha256", "")
+    if not isinstance(sha, str) or (sha and not HEX64.fullmatch(sha)):
+        raise bad("input_ood.teacher_sha256", "a sha256 (64 lowercase hex digits)", sha)
+    for key in ("threshold", "percentile", "floor"):
+        if not _is_number(entry.get(key)) or (key == "floor" and entry[key] <= 0):
+            raise bad(
+                f"input_ood.{key}",
+                "a positive number" if key == "floor" else "a number",
+                entry.get(key),
+            )
+
+
+def check_input_ood_arrays(arrays: dict, source: Path) -> None:
+    """The input check's arrays fit each other and the statistics it reads."""
+    missing = set(INPUT_OOD_ARRAYS) - set(arrays)
+    if missing:
+        raise BundleError(f"{source}: arrays missing: {sorted(missing)}")
+    for name in INPUT_OOD_ARRAYS:
+        if arrays[name].dtype.kind != "f" or not np.isfinite(arrays[name]).all():
+            raise BundleError(f"{source}: array {name!r} must hold finite floats")
+    d = len(INPUT_OOD_STATS)
+    r = arrays["basis"].shape[0] if arrays["basis"].ndim == 2 else -1
+    expected = {"center": (d,), "scale": (d,), "mean": (d,), "basis": (r, d), "eigvals": (r,)}
+    for name, shape in expected.items():
+        if arrays[name].shape != shape or min(shape) < 1:
+            raise BundleError(
+                f"{source}: array {name!r} has shape {arrays[name].shape}, expected {shape}"
+            )
+    if (arrays["eigvals"] <= 0).any() or (arrays["scale"] == 0).any():
+        raise BundleError(f"{source}: arrays 'eigvals' and 'scale' must be positive")
 
 
 def check_arrays(arrays: dict, n_names: int, source: Path) -> None:

@@ -15,6 +15,10 @@ the same representation from a clip. Its apex crops are not something predict ca
 bundle.json "representation" records what the model reads: the flow units and representations
 its features take, and what it was trained on; `predict` refuses a bundle whose input
 its prepare settings cannot give (`recognise.predict.input_problem`).
+
+A bundle trained on circulated inputs also carries an input check (`learn.input_ood`): the
+flow image's texture and the apex face's look, against the training rows, so that a
+synthetic or non-face clip is flagged where the feature OOD score cannot tell it.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ from typing import Any
 import numpy as np
 
 from microfer.errors import MicroferError
-from microfer.io import frame_sha256, package_versions
+from microfer.io import file_sha256, frame_sha256, package_versions
 from microfer.learn.bundle import ArraySVM, save_bundle
 from microfer.learn.features import FeatureModel, feature_config
+from microfer.learn.input_ood import fit_input_check, input_statistics
 from microfer.learn.loso_settings import LosoSettings
 from microfer.learn.ood import fit_ood
+from microfer.models.fer_teacher import teacher_numpy_state, teacher_paths
 from microfer.parallel import scheduler_context
 
 
@@ -100,6 +106,7 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
         settings.inner_splits,
         len(data.classes),
     )
+    input_ood = input_check_of(cache, data.samples["key"], data.groups) if derived else None
     # a network reads 28-px inputs only where all it reads is a circulated-style flow
     onnx_size = (
         model_input["flow_size"]
@@ -115,6 +122,7 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
         onnx=onnx,
         ood=ood,
         calibrator=calibrator,
+        input_ood=input_ood,
     )
     return TrainResult(
         bundle=path,
@@ -125,6 +133,19 @@ def _train(protocol, cache, out, manifest, settings, progress: bool) -> TrainRes
         excluded=int(len(data.excluded)),
         class_counts=counts,
     )
+
+
+def input_check_of(cache, keys, groups):
+    """The input check (`learn.input_ood`) of the cache entries `keys` (the rows the SVM is
+    fitted on; `groups` their subjects, in the same order), its threshold from those subjects
+    only: other entries of the cache play no part."""
+    from microfer.clip.cache import open_cache
+
+    entries = open_cache(cache)
+    clips = [entries.load(key) for key in keys]
+    check = fit_input_check(input_statistics(clips, teacher_numpy_state()), np.asarray(groups))
+    check.teacher_sha256 = file_sha256(teacher_paths()[0])
+    return check
 
 
 def _refuse_unbundlable(settings) -> None:

@@ -153,6 +153,26 @@ def load_teacher(path=None):
     return net.eval()
 
 
+def teacher_numpy_state(path=None) -> dict[str, np.ndarray]:
+    """The teacher's weights as float32 numpy arrays for `numpy_features` (no torch), checked
+    like `load_teacher`: BundleError when the card, the sha256 or the tensor names differ."""
+    from safetensors.numpy import load_file
+
+    st, js = teacher_paths(path)
+    try:
+        meta = json.loads(js.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{js}: cannot read the teacher card ({exc})") from None
+    if meta.get("format") != TEACHER_FORMAT:
+        raise BundleError(f"{js}: not a {TEACHER_FORMAT} file")
+    if not st.is_file() or file_sha256(st) != meta.get("sha256"):
+        raise BundleError(f"{st}: missing, or its sha256 differs from {js.name}'s")
+    state = {k: v.astype(np.float32) for k, v in load_file(str(st)).items()}
+    if {k.rsplit(".", 1)[0] for k in state} != set(keras_names()):
+        raise BundleError(f"{st}: tensors do not fit the mini-Xception")
+    return state
+
+
 def convert_h5(h5_path, out_path, source: Optional[dict] = None) -> Path:
     """The Keras h5 -> safetensors + JSON (float32: 58k weights, 230 KB). Returns the JSON path.
 

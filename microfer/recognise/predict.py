@@ -23,8 +23,11 @@ from microfer.clip.representation import KINDS
 from microfer.clip.spot_then_prepare import MIN_FRAMES, prepare_interval  # noqa: F401
 from microfer.clip.video import ArraySource, open_frames
 from microfer.errors import BundleError, MicroferError
+from microfer.io import file_sha256
 from microfer.learn.bundle import IMAGE_INPUT, load_bundle
 from microfer.learn.features import FeatureModel, feature_setting_from_config, onnx_names
+from microfer.learn.input_ood import input_statistics
+from microfer.models.fer_teacher import teacher_numpy_state, teacher_paths
 from microfer.models.onnx_extractor import onnxruntime_available
 from microfer.recognise.explain import occlusion_map, write_overlays
 
@@ -58,6 +61,11 @@ class Prediction:
     ood_score: Optional[float] = None
     ood_threshold: Optional[float] = None
     ood: Optional[bool] = None
+    # bundles trained on circulated inputs: the input check (`microfer.learn.input_ood`), the
+    # flow image's texture and the apex face's look against the real training clips; None
+    # without one. `ood` is then true when either score is above its threshold.
+    input_ood_score: Optional[float] = None
+    input_ood_threshold: Optional[float] = None
     explanation: list[str] = field(
         default_factory=list
     )  # PNGs written by `explain` (predict --explain)
@@ -88,6 +96,8 @@ class Prediction:
         ]
         lines.insert(2, probability_line(self.probabilities))
         lines.insert(3, ood_line(self.ood_score, self.ood_threshold))
+        if self.input_ood_score is not None:
+            lines.insert(4, input_line(self.input_ood_score, self.input_ood_threshold))
         if self.explanation:
             lines.append("explain: " + ", ".join(self.explanation) + "   (occlusion sensitivity)")
         if self.notes:
@@ -118,6 +128,25 @@ def ood_line(score: Optional[float], threshold: Optional[float]) -> str:
         return "ood:     no score (bundle trained without one)"
     verdict = "OUT OF DISTRIBUTION" if score > threshold else "in distribution"
     return f"ood:     score {score:.2f}, threshold {threshold:.2f}: {verdict}"
+
+
+def input_line(score: float, threshold: float) -> str:
+    verdict = "UNLIKE THE REAL TRAINING CLIPS" if score > threshold else "like the training clips"
+    return f"input:   score {score:.2f}, threshold {threshold:.2f}: {verdict}"
+
+
+def input_ood_fields(check, teacher_state, prepared, ood: dict) -> dict:
+    """Prediction's input_ood_score / input_ood_threshold, and `ood` updated to flag a clip
+    either score puts out of distribution (unchanged without an input check)."""
+    if check is None:
+        return {**ood, "input_ood_score": None, "input_ood_threshold": None}
+    score = float(check.score(input_statistics([prepared], teacher_state))[0])
+    return {
+        **ood,
+        "ood": bool(ood["ood"]) or score > check.threshold,
+        "input_ood_score": round(score, 4),
+        "input_ood_threshold": round(check.threshold, 4),
+    }
 
 
 def ood_fields(ood, feats: np.ndarray) -> dict:
@@ -229,6 +258,15 @@ class Predictor:
             self.bundle, self.feature_setting, runtime, num_threads
         )
         self.classes = self.bundle.class_names
+        self.teacher_state = None
+        if self.bundle.input_ood is not None:
+            self.teacher_state = teacher_numpy_state()
+            fitted = self.bundle.input_ood.teacher_sha256
+            if fitted and fitted != file_sha256(teacher_paths()[0]):
+                raise BundleError(
+                    f"{self.bundle.path / 'bundle.json'}: its input check was fitted on the logits "
+                    "of another FER teacher than this microfer ships; retrain the bundle"
+                )
 
         load_models()  # so per-clip timings measure the work, not the one-off model load
 
@@ -265,7 +303,9 @@ class Predictor:
         label_idx = int(self.bundle.classifier.predict(feats)[0])
         timings["svm"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
-        ood = ood_fields(self.bundle.ood, feats)
+        ood = input_ood_fields(
+            self.bundle.input_ood, self.teacher_state, prepared, ood_fields(self.bundle.ood, feats)
+        )
         timings["ood"] = (time.perf_counter() - t) * 1000
         explanation = []
         if explain is not None:
