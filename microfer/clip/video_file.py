@@ -36,20 +36,22 @@ class VideoSource:
         numbers = [int(n) for n in numbers]
         check_numbers(self, numbers)
         indices = [n - self.first_number for n in numbers]
+        # read straight through, OpenCV decodes the same frames at half decord's cost; decord
+        # seeks exactly, and OpenCV reads what decord cannot (or where it is missing)
+        readers = (
+            (_cv2_read, _decord_read) if _without_seeking(indices) else (_decord_read, _cv2_read)
+        )
+        failure = None
         with native_stderr_captured() as noise:
-            if _without_seeking(indices):
-                try:  # read straight through: OpenCV, at half decord's cost
-                    return _cv2_read(self.path, indices)
-                except ClipError:
-                    pass
-            try:
-                return _decord_read(self.path, indices)
-            except Exception:  # decord missing, or it cannot demux this file: OpenCV reads it
-                pass
-            try:
-                return _cv2_read(self.path, indices)
-            except ClipError as exc:
-                raise ClipError(f"{exc}{_last_line(noise())}") from None
+            for reader in readers:
+                try:
+                    return reader(self.path, indices)
+                except ClipError as exc:  # OpenCV's, naming the file and frame
+                    failure = exc
+                except Exception:  # decord missing, or it cannot demux this file
+                    if reader is not _decord_read:
+                        raise
+            raise ClipError(f"{failure}{_last_line(noise())}") from None
 
 
 @contextmanager
