@@ -55,13 +55,14 @@ def test_medians_come_from_the_runs():
         {"decode": 3.0, "flow": 1.0},
         {"decode": 2.0, "flow": 100.0, "extra": 4.0},
     ]
-    s = stage_summary(runs, walls=[10.0, 30.0, 20.0])
+    s = stage_summary(runs, walls=[10.0, 30.0, 20.0], cpus=[9.0, 8.0, 30.0])
     assert s["stages_ms"] == {
         "decode": 2.0,
         "flow": 5.0,
         "extra": 0.0,
     }  # a stage absent from a run counts 0
     assert s["total_ms"] == 20.0  # median of whole-call times, not the sum of stage medians (7)
+    assert s["cpu_ms"] == 9.0 and s["cpu_runs_ms"] == [9.0, 8.0, 30.0]
     assert list(s["stages_ms"]) == ["decode", "flow", "extra"]  # pipeline order first
 
 
@@ -79,6 +80,9 @@ def test_bench_predict_times_every_stage_of_both_modes(result):
             assert median >= 0 and len(r["runs_ms"][stage]) == 2
             assert median == pytest.approx(statistics.median(r["runs_ms"][stage]))
         assert r["total_ms"] == pytest.approx(statistics.median(r["total_runs_ms"]))
+        assert len(r["cpu_runs_ms"]) == 2 and r["cpu_ms"] == pytest.approx(
+            statistics.median(r["cpu_runs_ms"])
+        )
         # the whole call includes every stage it timed
         for total, i in zip(r["total_runs_ms"], range(2)):
             assert total >= sum(v[i] for v in r["runs_ms"].values()) - 0.05

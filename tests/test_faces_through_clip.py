@@ -4,14 +4,15 @@ caller gave is used as given or refused -- never replaced."""
 
 import sys
 import types
+from collections import Counter
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from microfer.clip.prepare import PrepareSettings, prepare_clip
-from microfer.clip.video import open_frames
+from microfer.clip.prepare import PrepareSettings, prepare_clip, prepare_interval
+from microfer.clip.video import ArraySource, open_frames
 from microfer.errors import ClipError
 from microfer.recognise.predict import Predictor
 
@@ -176,6 +177,100 @@ def test_given_apex_is_refused_not_replaced(face_frames):
     )
     kept = prepare_clip(face_frames, 0, APEX, N - 1, strict_apex=True)
     assert kept.apex == APEX and kept.apex_source == "annotated"
+
+
+# --- spotting detects the face once (microfer.clip.tracking) ---------------------------------
+
+LATE = 10  # the "late" clip's expression starts here: spotting moves the onset off frame 0
+
+
+@pytest.fixture(scope="module")
+def late_frames():
+    from microfer.synth import load_identities
+    from microfer.synth.motion import Camera, make_clip_frames
+
+    identity = load_identities(1, frame_size=(320, 240), face_width=(110, 130), seed=1)[0]
+    return make_clip_frames(
+        identity, "happiness", N, LATE, LATE + 10, N - 1, 2.5, np.random.default_rng(1), Camera()
+    )
+
+
+def _count(monkeypatch, counts: Counter, module, name: str) -> None:
+    real = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        counts[name] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+
+
+def _detect_everywhere(monkeypatch) -> None:
+    """The checks as they were before tracking: every one by a face detection."""
+    import microfer.clip.one_clip as one_clip
+
+    monkeypatch.setattr(one_clip, "same_face", lambda *a: False)
+    monkeypatch.setattr(one_clip, "apex_face_held", lambda *a: False)
+
+
+def test_spotting_detects_the_face_once_and_reuses_it(late_frames, monkeypatch):
+    import microfer.clip.face_checks as face_checks
+    import microfer.clip.one_clip as one_clip
+
+    def spot(frames):
+        counts: Counter = Counter()
+        with monkeypatch.context() as m:
+            for module in (one_clip, face_checks):
+                _count(m, counts, module, "detect_faces")
+                _count(m, counts, module, "fit_landmarks")
+            got = prepare_interval(ArraySource(frames), "late")
+        return got, counts
+
+    got, counts = spot(late_frames)
+    assert got.clip.onset > 0  # the onset moved off the scan's first frame: two passes ran
+    # the scan's onset is detected once; face presence, both apex checks and the spotted
+    # onset follow it (the spotted onset's landmarks are fitted on its own frame)
+    assert counts == {"detect_faces": 1, "fit_landmarks": 2}
+    _detect_everywhere(monkeypatch)
+    _, before = spot(late_frames)
+    assert before["detect_faces"] >= 12 and before["fit_landmarks"] == 4
+
+
+def test_following_the_face_changes_nothing(late_frames, face_frames, cut_frames, monkeypatch):
+    clips = {"late": late_frames, "plain": face_frames, "cut": cut_frames}
+    followed = {k: prepare_interval(ArraySource(f), k) for k, f in clips.items()}
+    _detect_everywhere(monkeypatch)
+    for name, frames in clips.items():
+        new, old = followed[name], prepare_interval(ArraySource(frames), name)
+        assert (new.clip.onset, new.clip.apex, new.clip.offset, new.spotted, new.notes) == (
+            old.clip.onset,
+            old.clip.apex,
+            old.clip.offset,
+            old.spotted,
+            old.notes,
+        ), name
+        for array in ARRAYS:
+            np.testing.assert_array_equal(
+                getattr(new.clip, array), getattr(old.clip, array), err_msg=f"{name}: {array}"
+            )
+
+
+def test_a_later_onset_keeps_the_box_only_where_the_face_stayed(late_frames, monkeypatch):
+    """prepare_clip's memo: a later onset frame takes the first call's box while the face
+    has not moved (TRACKED_SHIFT_PX); after a 4 px jump of the head it is detected again."""
+    import microfer.clip.one_clip as one_clip
+
+    jumped = late_frames[:3] + [np.roll(f, 4, axis=1) for f in late_frames[3:]]
+    for frames, detections in ((late_frames, 0), (jumped, 1)):
+        memo: dict = {}
+        prepare_clip(frames, 0, None, N - 1, memo=memo, motion=False)
+        counts: Counter = Counter()
+        with monkeypatch.context() as m:
+            _count(m, counts, one_clip, "detect_faces")
+            clip = prepare_clip(frames, 5, LATE + 10, N - 1, memo=memo)
+        assert counts["detect_faces"] == detections
+        fresh = prepare_clip(frames, 5, LATE + 10, N - 1)
+        np.testing.assert_array_equal(clip.flow, fresh.flow)
 
 
 # --- predict (the real Predictor.predict, a stand-in model) ----------------------------------

@@ -77,6 +77,33 @@ def test_predict_spots_apex_when_frames_are_not_given(demo):
         assert abs(p["apex_spotted"] - p["apex_true"]) <= 4, p
 
 
+def test_spotting_then_predict_gives_what_it_gave_before_the_face_was_followed(demo, monkeypatch):
+    """The cuts to predict's own spotting (face checks by tracking instead of detection, the
+    scan's face box reused on a re-spotted onset, a straight-through read by OpenCV instead
+    of decord's batch) change no prediction: the same onset/apex/offset, label and scores
+    as with every check detected and every frame decoded by decord, as before them."""
+    import microfer.clip.one_clip as one_clip
+    from microfer.clip import video_file
+    from microfer.recognise.predict import Predictor
+
+    predictor = Predictor(demo.bundle)
+    videos = [p["video"] for p in demo.predictions]
+    now = [predictor.predict(v) for v in videos]
+    monkeypatch.setattr(one_clip, "same_face", lambda *a: False)
+    monkeypatch.setattr(one_clip, "apex_face_held", lambda *a: False)
+    monkeypatch.setattr(video_file, "_without_seeking", lambda indices: False)
+    for video, new in zip(videos, now):
+        old = predictor.predict(video)
+        assert (new.onset, new.apex, new.offset, new.label, new.scores, new.notes) == (
+            old.onset,
+            old.apex,
+            old.offset,
+            old.label,
+            old.scores,
+            old.notes,
+        ), video
+
+
 def test_predict_cli_json(demo):
     video = demo.predictions[0]["video"]
     r = _run(["predict", video, "--model", str(demo.bundle), "--json"])

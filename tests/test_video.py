@@ -265,3 +265,39 @@ def test_a_4k_face_clip_still_finds_and_aligns_the_face():
     assert 0 <= x0 < x1 <= MAX_FRAME_SIDE and 0 <= y0 < y1 <= 1152 and x1 - x0 > 150
     assert prepared.apex_face.shape[:2] == prepared.onset_face.shape[:2]
     assert np.isfinite(prepared.flow).all() and prepared.apex == 3
+
+
+def _textured_video(path: Path, n: int) -> None:
+    """An MPEG-4 video (the kind `microfer.synth` writes) whose frames all differ."""
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), (0, 0), 3)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (128, 96))
+    for i in range(n):
+        writer.write(np.roll(base, 2 * i, axis=1))
+    writer.release()
+
+
+def test_a_read_straight_through_is_opencvs_with_decords_frames(tmp_path, monkeypatch):
+    """Frames reached without a seek come from OpenCV reading on (half decord's cost), pixel
+    for pixel what decord decodes; frames far apart still come from decord's exact seek."""
+    decord = pytest.importorskip("decord")  # noqa: F841  (what is compared needs it)
+    path = tmp_path / "clip.mp4"
+    _textured_video(path, 45)
+    used = []
+    for name in ("_cv2_read", "_decord_read"):
+        real = getattr(video_file, name)
+
+        def counted(p, indices, real=real, name=name):
+            used.append(name)
+            return real(p, indices)
+
+        monkeypatch.setattr(video_file, name, counted)
+    src = open_frames(path)
+    every = src.read(src.numbers)
+    assert used == ["_cv2_read"]
+    expected = video_file._decord_read(path, list(range(45)))
+    assert all(np.array_equal(a, b) for a, b in zip(every, expected))
+    used.clear()
+    far = src.read([0, 40])  # a gap over SEEK_GAP frames: decord seeks
+    assert used == ["_decord_read"]
+    assert np.array_equal(far[1], every[40])

@@ -1,6 +1,8 @@
 """The timers of the predict benchmark: `Predictor.predict` per stage, the model path alone,
 feature throughput, and `microfer predict` as a new process (wall seconds, peak memory).
-Each figure is the median over repeated runs after one warm-up run."""
+Each figure is the median over repeated runs after one warm-up run. Beside its wall time,
+a predict run's CPU time (this process, all threads): on a machine shared with other work
+the wall time also counts the waits for a core, the CPU time hardly."""
 
 from __future__ import annotations
 
@@ -37,26 +39,33 @@ def ordered_stages(dicts) -> list[str]:
     return [s for s in PREDICT_STAGES if s in found] + sorted(found - set(PREDICT_STAGES))
 
 
-def stage_summary(runs: list[dict[str, float]], walls: list[float]) -> dict:
+def stage_summary(
+    runs: list[dict[str, float]], walls: list[float], cpus: Optional[list[float]] = None
+) -> dict:
     stages = ordered_stages(runs)
     runs_ms = {s: [float(r.get(s, 0.0)) for r in runs] for s in stages}
-    return {
+    summary = {
         "stages_ms": {s: median(v) for s, v in runs_ms.items()},
         "total_ms": median(walls),
         "runs_ms": runs_ms,
         "total_runs_ms": [float(w) for w in walls],
     }
+    if cpus is not None:
+        summary["cpu_ms"] = median(cpus)
+        summary["cpu_runs_ms"] = [float(c) for c in cpus]
+    return summary
 
 
 def time_predict(predictor, video: Path, runs: int, **frames) -> dict:
     predictor.predict(video, **frames)  # warm-up: first decode, first allocations
-    stage_runs, walls = [], []
+    stage_runs, walls, cpus = [], [], []
     for _ in range(runs):
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         p = predictor.predict(video, **frames)
         walls.append(ms_since(t))
+        cpus.append((time.process_time() - cpu) * 1000)
         stage_runs.append(dict(p.timings_ms))
-    return stage_summary(stage_runs, walls)
+    return stage_summary(stage_runs, walls, cpus)
 
 
 def time_model_path(predictor, prepared, runs: int) -> dict:

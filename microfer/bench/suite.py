@@ -302,6 +302,12 @@ def format_predict(result: dict) -> str:
         f"  {'whole call':<12}{given['total_ms']:>11.1f} ms{spotted['total_ms']:>11.1f} ms"
         "   (median wall time of predict())"
     )
+    if "cpu_ms" in given and "cpu_ms" in spotted:  # bench.json files before it have none
+        lines.append(
+            f"  {'cpu time':<12}{given['cpu_ms']:>11.1f} ms{spotted['cpu_ms']:>11.1f} ms"
+            "   (median CPU time of predict(), all threads: what other work on the machine "
+            "hardly changes)"
+        )
     mp, feats, goals = result["model_path"], result["features"], result["goals"]
     lines += [
         "",

@@ -44,11 +44,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from microfer.clip.motion import flow_magnitude, optical_flow
 from microfer.clip.regions import APEX_REGIONS, boxes
+from microfer.clip.tracking import blur_sigma, grey_crop
 from microfer.errors import ClipError
 
 SPOT_METHODS = ("fd", "diff", "flow")
@@ -71,25 +71,26 @@ def region_mask(size: int = 128) -> np.ndarray:
     return mask
 
 
-def _prepare_gray(face: np.ndarray, sigma: float) -> np.ndarray:
-    gray = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY) if face.ndim == 3 else face
-    return cv2.GaussianBlur(gray.astype(np.float32), (0, 0), sigma)
-
-
 def motion_curve(
-    faces: Sequence[np.ndarray], method: str = DEFAULT_SPOT, reference: int = 0
+    faces: Sequence[np.ndarray],
+    method: str = DEFAULT_SPOT,
+    reference: int = 0,
+    grey: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Raw (unsmoothed) motion of each aligned face relative to faces[reference], (n,) float32."""
+    """Raw (unsmoothed) motion of each aligned face relative to faces[reference], (n,) float32.
+
+    `grey`: the faces as `tracking.grey_crop(face, blur_sigma(size))` when the caller has
+    them already (prepare compares them with the onset's), else they are made here."""
     if len(faces) == 0:
         return np.zeros(0, np.float32)
     size = faces[0].shape[0]
     mask = region_mask(size)
+    if method in ("fd", "diff") and grey is None:
+        grey = [grey_crop(f, blur_sigma(size)) for f in faces]
     if method == "fd":
         # Feature difference (Moilanen et al., ICPR 2014): frame t against the mean of the
         # frames k before and k after it. Slow head drift is ~linear over 2k frames and
         # cancels; an expression that rises and falls inside the window does not.
-        sigma = max(1.0, size / 64)
-        grey = [_prepare_gray(f, sigma) for f in faces]
         n, k = len(grey), max(2, int(round(FD_WINDOW * len(grey))))
         curve = np.array(
             [
@@ -101,11 +102,8 @@ def motion_curve(
         curve[reference] = 0.0  # the onset is neutral by definition
         return curve
     if method == "diff":
-        sigma = max(1.0, size / 64)
-        ref = _prepare_gray(faces[reference], sigma)
-        return np.array(
-            [np.abs(_prepare_gray(f, sigma) - ref)[mask].mean() for f in faces], np.float32
-        )
+        ref = grey[reference]
+        return np.array([np.abs(g - ref)[mask].mean() for g in grey], np.float32)
     if method == "flow":
         ref = faces[reference]
         return np.array(

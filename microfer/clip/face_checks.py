@@ -1,7 +1,11 @@
-"""Is the onset's face still there? Cheap detections around the onset face, through a
-spotted curve (`face_presence`) and at the apex frame (`check_apex_face`)."""
+"""Is the onset's face still there? Through a spotted curve (`face_presence`) and at the
+apex frame (`check_apex_face`). A frame whose aligned crop still shows the onset's face in
+place (`microfer.clip.tracking`) needs no detection; the others get a cheap detection
+around the onset face."""
 
 from __future__ import annotations
+
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -12,6 +16,7 @@ from microfer.clip.face import (
     fit_landmarks,
     transform_points,
 )
+from microfer.clip.tracking import crop_shift, same_face
 from microfer.errors import ClipError
 
 # The apex face's alignment points (eye centres, nose tip, mouth corners), mapped through
@@ -58,10 +63,18 @@ def faces_near(image: np.ndarray, box, upsample: int) -> list:
     return [b for score, b in scored if score >= 0.3]
 
 
-def face_presence(images: list, numbers: list, box, upsample: int) -> list[int]:
+def face_presence(
+    images: list,
+    numbers: list,
+    box,
+    upsample: int,
+    tracked: Optional[Callable[[int], bool]] = None,
+) -> list[int]:
     """Frame numbers (of `numbers`, after the onset at index 0) where the onset's face is
     not found: checked every few frames, and bisected between a check that finds it and
-    one that does not, so the first / last missing frame is exact."""
+    one that does not, so the first / last missing frame is exact. `tracked(i)`: True when
+    frame i's aligned crop still shows the onset's face (`tracking.same_face`), which is
+    then present without a detection."""
     n = len(images)
     if n < 2:
         return []
@@ -69,7 +82,8 @@ def face_presence(images: list, numbers: list, box, upsample: int) -> list[int]:
 
     def present(i: int) -> bool:
         if i not in cache:
-            cache[i] = bool(faces_near(images[i], box, upsample))
+            held = tracked is not None and tracked(i)
+            cache[i] = held or bool(faces_near(images[i], box, upsample))
         return cache[i]
 
     step = max(1, int(np.ceil((n - 1) / PRESENCE_CHECKS)))
@@ -119,10 +133,7 @@ def check_apex_face(
         )
     # Where the landmarks sit is what counts, not whether they clear the border as the
     # onset's must: a tight crop whose onset eye just clears the edge may not, 1 px on.
-    points = fit_landmarks(image, boxes[0])
-    canon = canonical_points(size)
-    eye = float(np.hypot(*(canon[1] - canon[0])))
-    moved = float(np.hypot(*(transform_points(alignment_points(points), M) - canon).T).mean()) / eye
+    moved = _moved(fit_landmarks(image, boxes[0]), M, size)
     if moved > APEX_FACE_TOLERANCE:
         raise ClipError(
             stage="face",
@@ -130,3 +141,32 @@ def check_apex_face(
             f"away from where the onset frame aligned it (at most {APEX_FACE_TOLERANCE}); "
             "the head moved too far for one alignment",
         )
+
+
+def _eye_px(size: int) -> float:
+    """The eye-centre distance of an aligned size px crop, px."""
+    canon = canonical_points(size)
+    return float(np.hypot(*(canon[1] - canon[0])))
+
+
+def _moved(points: np.ndarray, M: np.ndarray, size: int) -> float:
+    """Mean distance (eye distances) of the alignment points of 68 landmarks, mapped
+    through M, from where the alignment puts them."""
+    mapped = transform_points(alignment_points(points), M)
+    return float(np.hypot(*(mapped - canonical_points(size)).T).mean()) / _eye_px(size)
+
+
+def apex_face_held(
+    onset_grey: np.ndarray, apex_grey: np.ndarray, onset_points: np.ndarray, M: np.ndarray
+) -> bool:
+    """True when the apex crop shows the onset's face (`tracking.same_face`) so close to
+    where the alignment put it that `check_apex_face` would pass without a detection: the
+    onset's own alignment residual plus the shift of the crop (phase correlation) stay
+    within half of APEX_FACE_TOLERANCE. The other half is left to what a landmark fit on
+    the apex frame would add (the expression moves brows and mouth corners, a fit is
+    never exact), so a face near the limit is still judged by its landmarks."""
+    if not same_face(onset_grey, apex_grey):
+        return False
+    size = onset_grey.shape[0]
+    moved = _moved(onset_points, M, size) + crop_shift(onset_grey, apex_grey) / _eye_px(size)
+    return moved <= APEX_FACE_TOLERANCE / 2

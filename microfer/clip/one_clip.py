@@ -16,10 +16,15 @@ The library API, also used by single-clip prediction:
    spotting, the face is looked for every few frames (a cheap detection around the onset
    face, bisected to the exact frame where it goes or comes back); frames without it
    are left out of spotting and listed in the notes;
-4. the face is verified on the apex frame: a face must be detected where the onset face
-   was, and its landmarks must lie near the aligned position (within `APEX_FACE_TOLERANCE`
-   eye distances); else ClipError (stage "face") -- never a flow from a face-less crop;
+4. the face is verified on the apex frame: its aligned crop still shows the onset's face
+   in place (`face_checks.apex_face_held`: no detection needed), or a face is detected
+   where the onset face was and its landmarks lie near the aligned position (within
+   `APEX_FACE_TOLERANCE` eye distances); else ClipError (stage "face") -- never a flow
+   from a face-less crop;
 5. optical flow onset -> apex on the aligned grey faces, and its optical strain.
+
+Frames whose aligned crop still shows the onset's face (`microfer.clip.tracking`) count
+as having it without a detection, in steps 3 and 4 alike.
 """
 
 from __future__ import annotations
@@ -46,16 +51,17 @@ from microfer.clip.face import (
     landmark_problem,
     warp_face,
 )
-from microfer.clip.face_checks import check_apex_face, face_presence
+from microfer.clip.face_checks import apex_face_held, check_apex_face, face_presence
 from microfer.clip.motion import DEFAULT_FLOW, FLOW_METHODS, optical_flow, optical_strain
+from microfer.clip.tracking import blur_sigma, crop_shift, grey_crop, same_face
 from microfer.clip.video import ArraySource, frame_ranges
 from microfer.errors import ClipError, MicroferError
 from microfer.records import FaceLandmarks, PreparedClip
 
 # Bump when a change in this stage changes what it produces: it is part of the cache key.
-PREPARE_VERSION = (
-    "prepare-4"  # face checked at the apex (and through a spotted curve); sizes checked
-)
+# prepare-5: face presence followed by crop correlation (a detection only where it fails);
+# frames above 2048 px shrunk on decode
+PREPARE_VERSION = "prepare-5"
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,13 @@ class PrepareSettings:
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+# A face that moved less than this (crop px: about 1 px of a 640 x 480 frame) between two
+# frames keeps the detector's box, and only the landmarks, fitted on the frame itself, are
+# redone. 24 synthetic 640 x 480 clips (head drift 0.3-3 px) spotted this way gave the same
+# onset/apex/offset, landmarks and flow, bit for bit, as a fresh detection on every onset.
+TRACKED_SHIFT_PX = 0.5
+
+
 def _fail(stage: str, message: str) -> ClipError:
     return ClipError(message, stage=stage)
 
@@ -146,6 +159,7 @@ def prepare_clip(
     timings: dict | None = None,
     strict_apex: bool = False,
     memo: dict | None = None,
+    motion: bool = True,
 ) -> PreparedClip:
     """Prepare one clip; see the module docstring. Raises ClipError with the reason.
 
@@ -153,7 +167,10 @@ def prepare_clip(
     0..n-1). `timings` accumulates ms per stage. `strict_apex`: the apex is the caller's
     own, used as given or refused; else an unusable (dataset) apex is spotted instead, with
     a note. `memo`: a dict shared by calls on the SAME frames and settings (predict's scan,
-    then its spotted interval): decoded frames and onset faces are reused, same results.
+    then its spotted interval): decoded frames and onset faces are reused, and a later
+    onset frame where the first call's face has not moved (`TRACKED_SHIFT_PX`) takes that
+    face's detection box, fitting only its landmarks. `motion=False`: no flow and strain
+    (zero-size arrays), for a scan that only spots (`clip_motion` adds them).
     """
     source = (
         frames
@@ -174,11 +191,14 @@ def prepare_clip(
     face = _onset_face(images[0], onset, where, settings, memo, timer, notes)
     M = alignment_transform(face.points, settings.size)
     faces = [warp_face(im, M, settings.size) for im in images]
+    grey = [grey_crop(f, blur_sigma(settings.size)) for f in faces]
+    if memo is not None:
+        memo.setdefault("aligned", (onset, face, dict(zip(numbers, grey))))
     timer.lap("warp")
 
     known = int(apex) if apex_ok else None
     curve, no_face, apex_number = _apex_of(
-        where, numbers, images, faces, face.box, known, want_curve, settings, timer
+        where, numbers, images, faces, grey, face.box, known, want_curve, settings, timer
     )
     if want_curve and len(available) < offset - onset + 1:
         notes.append(f"{offset - onset + 1 - len(available)} frame(s) missing in {onset}..{offset}")
@@ -186,11 +206,15 @@ def prepare_clip(
         notes.append(f"no face in frame(s) {frame_ranges(no_face)}: left out of apex spotting")
 
     apex_index = numbers.index(apex_number)
-    check_apex_face(
-        where, images[apex_index], apex_number, face.box, M, settings.size, settings.upsample
-    )
+    if not apex_face_held(grey[0], grey[apex_index], face.points, M):
+        check_apex_face(
+            where, images[apex_index], apex_number, face.box, M, settings.size, settings.upsample
+        )
     timer.lap("detect")
-    flow, strain = _motion(faces[0], faces[apex_index], settings)
+    if motion:
+        flow, strain = clip_motion(faces[0], faces[apex_index], settings)
+    else:
+        flow, strain = np.zeros((0, 0, 2), np.float32), np.zeros((0, 0), np.float32)
     timer.lap("flow")
     return PreparedClip(
         onset=onset,
@@ -211,7 +235,7 @@ def prepare_clip(
     )
 
 
-def _motion(onset_face, apex_face, settings: PrepareSettings):
+def clip_motion(onset_face, apex_face, settings: PrepareSettings):
     """Flow and strain onset -> apex, in the representation the settings ask for."""
     flow = optical_flow(onset_face, apex_face, settings.flow)
     strain = optical_strain(flow)
@@ -220,12 +244,14 @@ def _motion(onset_face, apex_face, settings: PrepareSettings):
     return flow, strain
 
 
-def _apex_of(where, numbers, images, faces, box, apex, want_curve, settings, timer):
+def _apex_of(where, numbers, images, faces, grey, box, apex, want_curve, settings, timer):
     """(motion curve, frames without the face, apex frame): `apex` when given, else spotted
     on the curve of the frames where the onset's face is found."""
     curve, no_face, keep = np.zeros(0, np.float32), [], list(range(len(numbers)))
     if apex is None:  # spotting: frames without the face take no part in it
-        no_face = face_presence(images, numbers, box, settings.upsample)
+        no_face = face_presence(
+            images, numbers, box, settings.upsample, lambda i: same_face(grey[0], grey[i])
+        )
         timer.lap("detect")
         if len(no_face) == len(numbers) - 1:
             raise _fail(
@@ -237,7 +263,12 @@ def _apex_of(where, numbers, images, faces, box, apex, want_curve, settings, tim
         left_out = set(no_face)
         keep = [i for i, n in enumerate(numbers) if n not in left_out]
         curve = np.zeros(len(numbers), np.float32)
-        curve[keep] = motion_curve([faces[i] for i in keep], settings.spot_method, reference=0)
+        curve[keep] = motion_curve(
+            [faces[i] for i in keep],
+            settings.spot_method,
+            reference=0,
+            grey=[grey[i] for i in keep],
+        )
     if apex is None:
         apex = numbers[keep[spot_apex(curve[keep])]]
     timer.lap("spot")
@@ -284,6 +315,19 @@ def _apex_usable(where, apex, onset, offset, available, strict_apex, notes) -> b
     return apex_ok
 
 
+def _tracked_face(image, onset: int, memo: dict | None) -> FaceLandmarks | None:
+    """The onset face of the memo's first call, its landmarks fitted again on this onset
+    frame, when the face has not moved between the two (see TRACKED_SHIFT_PX); else None."""
+    first, face, grey = (memo or {}).get("aligned", (None, None, {}))
+    if onset not in grey or first not in grey:
+        return None
+    if not same_face(grey[first], grey[onset]) or crop_shift(grey[first], grey[onset]) > (
+        TRACKED_SHIFT_PX
+    ):
+        return None
+    return FaceLandmarks(box=face.box, points=fit_landmarks(image, face.box), n_faces=face.n_faces)
+
+
 def _decode(source, where: str, numbers: list[int], memo: dict | None) -> list[np.ndarray]:
     """The frames `numbers`, decoded once per memo; all must have the onset frame's size."""
     decoded = memo.setdefault("frames", {}) if memo is not None else {}
@@ -308,7 +352,7 @@ def _decode(source, where: str, numbers: list[int], memo: dict | None) -> list[n
 def _onset_face(image, onset: int, where: str, settings, memo, timer, notes) -> FaceLandmarks:
     """The onset frame's face and landmarks (found once per memo), checked usable."""
     found = memo.setdefault("onset_faces", {}) if memo is not None else {}
-    face = found.get(onset)
+    face = found.get(onset) or _tracked_face(image, onset, memo)
     if face is None:
         boxes = detect_faces(image, settings.upsample, settings.detect_max_side)
         timer.lap("detect")
@@ -317,7 +361,7 @@ def _onset_face(image, onset: int, where: str, settings, memo, timer, notes) -> 
         face = FaceLandmarks(
             box=boxes[0], points=fit_landmarks(image, boxes[0]), n_faces=len(boxes)
         )
-        found[onset] = face
+    found[onset] = face
     if face.n_faces > 1:
         notes.append(f"{face.n_faces} faces in the onset frame: kept the largest")
     timer.lap("landmarks")

@@ -17,11 +17,12 @@ be those two frames in that order.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 from microfer.clip.apex import spot_interval
-from microfer.clip.one_clip import PrepareSettings, prepare_clip
+from microfer.clip.one_clip import PrepareSettings, clip_motion, prepare_clip
 from microfer.clip.video import frame_ranges
 from microfer.errors import ClipError
 from microfer.records import PreparedClip
@@ -120,19 +121,27 @@ def _pair_marks(name, numbers, onset, apex, offset):
 
 def _spot_then_prepare(source, name, numbers, onset, apex, offset, settings, timings):
     # spot over the given (or whole) range, aligned once on its first frame; the second
-    # pass reuses the scan's decoded frames, and its alignment when the onset stays
+    # pass reuses the scan's decoded frames, its alignment when the onset stays, and its
+    # face box when the onset moved but the face did not (one_clip's memo). The scan's
+    # flow is computed only once it is known to be kept.
     first = onset if onset is not None else numbers[0]
     last = offset if offset is not None else numbers[-1]
     user_apex = apex is not None
     memo: dict = {}
-    scan = prepare_clip(source, first, None, last, settings, timings=timings, memo=memo)
+    scan = prepare_clip(
+        source, first, None, last, settings, timings=timings, memo=memo, motion=False
+    )
     span = [n for n in numbers if first <= n <= last]
     spotted, notes = [], []
     onset, apex, offset = _spotted_marks(name, span, scan, onset, apex, offset, spotted, notes)
     if offset <= onset:  # no rise to speak of: fall back to the whole range
         onset, offset = first, last
     if not user_apex and (onset, apex) == (first, scan.apex):
-        clip = dataclasses.replace(scan, offset=offset)  # same flow; the spotted offset
+        t = time.perf_counter()
+        flow, strain = clip_motion(scan.onset_face, scan.apex_face, settings)
+        if timings is not None:
+            timings["flow"] = timings.get("flow", 0.0) + (time.perf_counter() - t) * 1000
+        clip = dataclasses.replace(scan, offset=offset, flow=flow, strain=strain)
     else:
         clip = prepare_clip(
             source, onset, apex, offset, settings, timings=timings, strict_apex=user_apex, memo=memo

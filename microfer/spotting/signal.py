@@ -39,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from microfer.clip.face import alignment_transform, detect_landmarks, landmark_problem, warp_face
+from microfer.clip.tracking import MIN_NCC, ncc
 from microfer.clip.video import stream_frames
 from microfer.errors import ClipError, MicroferError
 from microfer.io import atomic_path
@@ -54,7 +55,7 @@ class SignalSettings:
     blur: float = 2.0  # Gaussian sigma on the crop, px (noise, JPEG blocks)
     scales_s: tuple[float, ...] = (0.2, 0.4, 0.8)  # feature-difference distances k, seconds
     track_px: float = 0.5  # head translations above this (crop px) are followed
-    min_ncc: float = 0.85  # crop vs reference correlation below this: fit again
+    min_ncc: float = MIN_NCC  # crop vs reference correlation below this: fit again
     max_shift: float = 0.12  # translation followed (x size) before fitting again
     retry_s: float = 0.2  # face lost: try detection again this often
     upsample: int = 0  # dlib detector pyramid levels up
@@ -211,14 +212,6 @@ class FaceTracker:
         scale = float(np.hypot(*self.M[0, :2]))
         roll = float(np.degrees(np.arctan2(self.M[1, 0], self.M[0, 0])))
         return np.array([centre[0], centre[1], roll]), 0.36 * self.s.size / scale
-
-
-def ncc(a: np.ndarray, b: np.ndarray) -> float:
-    """Normalised correlation of two crops (0 when either is flat)."""
-    a = a - a.mean()
-    b = b - b.mean()
-    denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / denom) if denom > 0 else 0.0
 
 
 @dataclass
