@@ -127,11 +127,9 @@ def preprocess(grey_faces: np.ndarray) -> np.ndarray:
     return ((x / 255.0 - 0.5) * 2.0)[:, None]
 
 
-def load_teacher(path=None):
-    """The teacher network (eval mode) from safetensors + JSON; BundleError when the file's
-    sha256, tensor names or shapes do not match (a damaged or foreign file)."""
-    from safetensors.torch import load_file
-
+def checked_weights_file(path=None) -> Path:
+    """The teacher's safetensors file once its card's format and sha256 match it; BundleError
+    naming the file otherwise (a damaged or foreign file is never read as the teacher)."""
     st, js = teacher_paths(path)
     try:
         meta = json.loads(js.read_text(encoding="utf-8"))
@@ -141,6 +139,15 @@ def load_teacher(path=None):
         raise BundleError(f"{js}: not a {TEACHER_FORMAT} file")
     if not st.is_file() or file_sha256(st) != meta.get("sha256"):
         raise BundleError(f"{st}: missing, or its sha256 differs from {js.name}'s")
+    return st
+
+
+def load_teacher(path=None):
+    """The teacher network (eval mode) from safetensors + JSON; BundleError when the file's
+    sha256, tensor names or shapes do not match (a damaged or foreign file)."""
+    from safetensors.torch import load_file
+
+    st = checked_weights_file(path)
     net = build_teacher()
     state = {k: v.float() for k, v in load_file(str(st)).items()}
     expected = net.state_dict()
@@ -158,15 +165,7 @@ def teacher_numpy_state(path=None) -> dict[str, np.ndarray]:
     like `load_teacher`: BundleError when the card, the sha256 or the tensor names differ."""
     from safetensors.numpy import load_file
 
-    st, js = teacher_paths(path)
-    try:
-        meta = json.loads(js.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{js}: cannot read the teacher card ({exc})") from None
-    if meta.get("format") != TEACHER_FORMAT:
-        raise BundleError(f"{js}: not a {TEACHER_FORMAT} file")
-    if not st.is_file() or file_sha256(st) != meta.get("sha256"):
-        raise BundleError(f"{st}: missing, or its sha256 differs from {js.name}'s")
+    st = checked_weights_file(path)
     state = {k: v.astype(np.float32) for k, v in load_file(str(st)).items()}
     if {k.rsplit(".", 1)[0] for k in state} != set(keras_names()):
         raise BundleError(f"{st}: tensors do not fit the mini-Xception")
