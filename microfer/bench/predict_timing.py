@@ -127,28 +127,16 @@ print(json.dumps({"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024, "exit": os.
 """
 
 
-def time_shell_predict(bundle: Path, video: Path, runs: int) -> dict:
-    """Wall seconds and peak resident memory of `microfer predict VIDEO --model BUNDLE --json`
-    as a new process (interpreter start, imports and model loading included), and its output."""
+def time_shell_command(args: list[str], runs: int) -> dict:
+    """Wall seconds and peak resident memory of `microfer ARGS` as a new process (interpreter
+    start, imports and model loading included), `runs` times; its last stdout read as JSON."""
     walls, peaks, doc = [], [], {}
     with tempfile.TemporaryDirectory(prefix="microfer-bench-shell-") as tmp:
-        out = Path(tmp) / "predict.json"
+        out = Path(tmp) / "stdout.json"
         for _ in range(runs):
             launched = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    _LAUNCHER,
-                    str(out),
-                    sys.executable,
-                    "-m",
-                    "microfer",
-                    "predict",
-                    str(video),
-                    "--model",
-                    str(bundle),
-                    "--json",
-                ],
+                [sys.executable, "-c", _LAUNCHER, str(out), sys.executable, "-m", "microfer"]
+                + list(args),
                 capture_output=True,
                 text=True,
                 check=True,
@@ -156,7 +144,7 @@ def time_shell_predict(bundle: Path, video: Path, runs: int) -> dict:
             run = json.loads(launched.stdout)
             if run["exit"] != 0:
                 raise RuntimeError(
-                    f"microfer predict failed (exit {run['exit']}): {run['stderr'].strip()}"
+                    f"microfer {args[0]} failed (exit {run['exit']}): {run['stderr'].strip()}"
                 )
             walls.append(run["wall_s"])
             peaks.append(run["peak_mb"])  # ru_maxrss is KiB on Linux
@@ -166,7 +154,14 @@ def time_shell_predict(bundle: Path, video: Path, runs: int) -> dict:
         "runs_s": walls,
         "peak_mb": max(peaks),
         "runs_peak_mb": peaks,
-        "label": doc.get("label"),
-        "scores": doc.get("scores"),
+        "output": doc,
         "runs": runs,
     }
+
+
+def time_shell_predict(bundle: Path, video: Path, runs: int) -> dict:
+    """`time_shell_command` of `microfer predict VIDEO --model BUNDLE --json`, with its label
+    and scores."""
+    shell = time_shell_command(["predict", str(video), "--model", str(bundle), "--json"], runs)
+    doc = shell.pop("output")
+    return {**shell, "label": doc.get("label"), "scores": doc.get("scores")}
