@@ -60,7 +60,8 @@ def format_face(result: dict) -> str:
         [
             f"`microfer predict {Path(result['image']).name}` (shipped image model) from the shell, "
             f"{sh['runs']} runs: median {sh['median_s']:.2f} s wall "
-            f"(runs {', '.join(f'{w:.2f}' for w in sh['runs_s'])}), peak {sh['peak_mb']:.0f} MB; "
+            f"(runs {', '.join(f'{w:.2f}' for w in sh['runs_s'])}), {sh['cpu_median_s']:.2f} s CPU "
+            f"(user + system), peak {sh['peak_mb']:.0f} MB; "
             f"answered {sh['label']}; load average {result['machine'].get('load_average')}",
             "",
             format_goals(result["goals"]),

@@ -112,7 +112,7 @@ def time_features(
     }
 
 
-# Runs one command and prints its wall seconds and peak RSS. A small process of its own:
+# Runs one command and prints its wall seconds, CPU seconds and peak RSS. A small process of its own:
 # the child's rusage peak counts the moments between fork and exec, when it is still a
 # copy of its parent, so forking it straight from this (torch-sized) process would report
 # the parent's size.
@@ -122,15 +122,17 @@ t = time.perf_counter()
 proc = subprocess.Popen(sys.argv[2:], stdout=open(sys.argv[1], "w"), stderr=subprocess.PIPE)
 _, status, usage = os.wait4(proc.pid, 0)
 wall = time.perf_counter() - t
-print(json.dumps({"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024, "exit": os.waitstatus_to_exitcode(status),
+print(json.dumps({"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime,
+                  "exit": os.waitstatus_to_exitcode(status),
                   "stderr": proc.stderr.read().decode(errors="replace")[-500:]}))
 """
 
 
 def time_shell_command(args: list[str], runs: int) -> dict:
-    """Wall seconds and peak resident memory of `microfer ARGS` as a new process (interpreter
-    start, imports and model loading included), `runs` times; its last stdout read as JSON."""
-    walls, peaks, doc = [], [], {}
+    """Wall seconds, CPU seconds (user + system: steadier than wall on a shared machine) and
+    peak resident memory of `microfer ARGS` as a new process (interpreter start, imports and
+    model loading included), `runs` times; its last stdout read as JSON."""
+    walls, cpus, peaks, doc = [], [], [], {}
     with tempfile.TemporaryDirectory(prefix="microfer-bench-shell-") as tmp:
         out = Path(tmp) / "stdout.json"
         for _ in range(runs):
@@ -147,11 +149,13 @@ def time_shell_command(args: list[str], runs: int) -> dict:
                     f"microfer {args[0]} failed (exit {run['exit']}): {run['stderr'].strip()}"
                 )
             walls.append(run["wall_s"])
+            cpus.append(run["cpu_s"])
             peaks.append(run["peak_mb"])  # ru_maxrss is KiB on Linux
             doc = json.loads(out.read_text())
     return {
         "median_s": median(walls),
         "runs_s": walls,
+        "cpu_median_s": median(cpus),
         "peak_mb": max(peaks),
         "runs_peak_mb": peaks,
         "output": doc,
