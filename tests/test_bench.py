@@ -232,3 +232,31 @@ def test_bare_baseline_flows_two_synthetic_clips(tmp_path):
     assert "bare dlib + DIS script" in text and re.search(
         r"ratio to the bare script: .* = 0\.30", text
     ), text
+
+
+def test_bench_face_times_predict_of_a_face_image_in_a_new_process(tmp_path):
+    """`microfer bench face`: the shipped image model from the shell, wall and peak memory,
+    with the answer it gave (never how fast: that is the bench's output, not a test)."""
+    import microfer.cli as mcli
+
+    r = CliRunner().invoke(mcli.cli, ["bench", "face", "--runs", "1", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert re.search(r"\(no --model\) from the shell \(wall\) +[0-9.]+ s +goal <= 1 s", r.output)
+    assert re.search(r"from the shell, peak memory +[0-9.]+ MB +goal <= 300 MB", r.output)
+    doc = json.loads((tmp_path / "bench_face.json").read_text())
+    shell = doc["shell"]
+    assert (
+        shell["runs"] == 1 and shell["median_s"] == shell["runs_s"][0] > 0 < shell["cpu_median_s"]
+    )
+    assert 20 < shell["peak_mb"] < 5000 and doc["image"].endswith("grace_hopper.jpg")
+    assert shell["model"].endswith("fer_image_model.json")
+    assert abs(sum(shell["probabilities"].values()) - 1) < 1e-6
+    assert shell["label"] == max(shell["probabilities"], key=shell["probabilities"].get)
+
+
+def test_bench_face_names_a_missing_image(tmp_path):
+    from microfer.bench.face_predict import bench_face
+    from microfer.errors import MicroferError
+
+    with pytest.raises(MicroferError, match="nope.jpg: face image not found"):
+        bench_face(tmp_path / "nope.jpg", runs=1)

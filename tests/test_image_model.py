@@ -15,7 +15,7 @@ from microfer.models import image_model
 
 FACES = Path(__file__).resolve().parents[1] / "microfer" / "assets" / "faces"
 # the shipped model's file hash, pinned: a changed file must come with a changed card and test
-SHIPPED_SHA256 = "0e1dbd511ea324d6be097cadd08742c22008ab0a75d484c2f94efd874c349a5f"
+SHIPPED_SHA256 = "3b8964fc16a59754aec2bb09928714a39dd2fe97d714a100f451297f2de245e3"
 
 
 def _run(args):
@@ -91,8 +91,8 @@ def test_temperature_is_fitted_on_the_calibration_split_only():
     assert 0.25 <= head["temperature"] <= 8.0 and head["C"] in (0.1, 1.0)
 
 
-def test_image_model_command_on_tiny_folders(tmp_path):
-    """`microfer image-model` end to end on FER- and CK+-layout folders made from shipped faces."""
+def _tiny_folders(tmp_path):
+    """FER- and CK+-layout folders made from the shipped faces."""
     photos = sorted(FACES.glob("*.jpg"))
     fer, ck = tmp_path / "fer", tmp_path / "ck"
     for split in ("train", "test"):
@@ -107,15 +107,53 @@ def test_image_model_command_on_tiny_folders(tmp_path):
         d.mkdir(parents=True, exist_ok=True)
         img = cv2.resize(cv2.imread(str(photos[s % 4]), cv2.IMREAD_GRAYSCALE), (48, 48))
         cv2.imwrite(str(d / f"S{s:03d}_001_0001.png"), img)
+    return photos, ["image-model", "--images", str(fer), "--images-by-subject", str(ck)]
+
+
+def test_image_model_command_on_tiny_folders(tmp_path):
+    """`microfer image-model` end to end on FER- and CK+-layout folders made from shipped faces."""
+    photos, args = _tiny_folders(tmp_path)
     out = tmp_path / "m" / "model.json"
-    args = ["image-model", "--images", str(fer), "--images-by-subject", str(ck), "--out", str(out)]
-    res = _run(args + ["--threads", "1"])
+    res = _run(args + ["--out", str(out), "--threads", "1"])
     assert res.exit_code == 0, res.output
     model = image_model.ImageModel(out)
     assert model.classes == ["anger", "happy", "sadness"]
     face = cv2.resize(cv2.imread(str(photos[0]), cv2.IMREAD_GRAYSCALE), (64, 64))
     p = model.probabilities(face[None])
     assert p.shape == (1, 3) and abs(p.sum() - 1) < 1e-9
+
+
+def test_views_and_layouts_read_the_same_in_numpy_as_in_torch(tmp_path):
+    """A model with module-map features and test-time views: predict's numpy teacher gives
+    the features the torch teacher gave in training (mirrored maps flipped back alike)."""
+    from microfer.learn.image_model import _frozen_trunk
+
+    photos, args = _tiny_folders(tmp_path)
+    out = tmp_path / "m" / "model.json"
+    layout, views = "b3pool2x2+pool2x2+logits", ["base", "right3", "zoom72", "zoom58"]
+    res = _run(args + ["--out", str(out), "--features", layout, "--views", ",".join(views)])
+    assert res.exit_code == 0, res.output
+    model = image_model.ImageModel(out)
+    assert (model.layout, list(model.views)) == (layout, views)
+    assert model.card["features"] == layout and model.card["views"] == views
+    faces = np.stack(
+        [cv2.resize(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), (64, 64)) for p in photos]
+    )
+    ours = model.features(faces)
+    assert ours.shape == (len(photos), 64 * 4 + 128 * 4 + 7) and model.net is None
+    reference = _frozen_trunk("fer_mini_xception", None, layout, tuple(views)).features(faces)
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
+    # the mirror's maps are flipped back: a face and its mirror image give mirrored cells
+    flipped = model.features(np.ascontiguousarray(faces[:, :, ::-1]), views=["base"])
+    plain = model.features(faces, views=["base"])
+    np.testing.assert_allclose(flipped[:, -7:], plain[:, -7:], atol=1e-4)
+    assert not np.allclose(flipped[:, :256], plain[:, :256], atol=1e-3)
+
+
+def test_unknown_views_or_features_are_named(tmp_path):
+    _, args = _tiny_folders(tmp_path)
+    res = _run(args + ["--out", str(tmp_path / "m.json"), "--views", "base,sideways"])
+    assert res.exit_code != 0 and "sideways" in res.output + str(res.exception)
 
 
 def test_predict_face_imports_no_torch():

@@ -121,7 +121,7 @@ def time_features(
     }
 
 
-# Runs one command and prints its wall seconds and peak RSS. A small process of its own:
+# Runs one command and prints its wall seconds, CPU seconds and peak RSS. A small process of its own:
 # the child's rusage peak counts the moments between fork and exec, when it is still a
 # copy of its parent, so forking it straight from this (torch-sized) process would report
 # the parent's size.
@@ -131,33 +131,23 @@ t = time.perf_counter()
 proc = subprocess.Popen(sys.argv[2:], stdout=open(sys.argv[1], "w"), stderr=subprocess.PIPE)
 _, status, usage = os.wait4(proc.pid, 0)
 wall = time.perf_counter() - t
-print(json.dumps({"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024, "exit": os.waitstatus_to_exitcode(status),
+print(json.dumps({"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime,
+                  "exit": os.waitstatus_to_exitcode(status),
                   "stderr": proc.stderr.read().decode(errors="replace")[-500:]}))
 """
 
 
-def time_shell_predict(bundle: Path, video: Path, runs: int) -> dict:
-    """Wall seconds and peak resident memory of `microfer predict VIDEO --model BUNDLE --json`
-    as a new process (interpreter start, imports and model loading included), and its output."""
-    walls, peaks, doc = [], [], {}
+def time_shell_command(args: list[str], runs: int) -> dict:
+    """Wall seconds, CPU seconds (user + system: steadier than wall on a shared machine) and
+    peak resident memory of `microfer ARGS` as a new process (interpreter start, imports and
+    model loading included), `runs` times; its last stdout read as JSON."""
+    walls, cpus, peaks, doc = [], [], [], {}
     with tempfile.TemporaryDirectory(prefix="microfer-bench-shell-") as tmp:
-        out = Path(tmp) / "predict.json"
+        out = Path(tmp) / "stdout.json"
         for _ in range(runs):
             launched = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    _LAUNCHER,
-                    str(out),
-                    sys.executable,
-                    "-m",
-                    "microfer",
-                    "predict",
-                    str(video),
-                    "--model",
-                    str(bundle),
-                    "--json",
-                ],
+                [sys.executable, "-c", _LAUNCHER, str(out), sys.executable, "-m", "microfer"]
+                + list(args),
                 capture_output=True,
                 text=True,
                 check=True,
@@ -165,17 +155,26 @@ def time_shell_predict(bundle: Path, video: Path, runs: int) -> dict:
             run = json.loads(launched.stdout)
             if run["exit"] != 0:
                 raise RuntimeError(
-                    f"microfer predict failed (exit {run['exit']}): {run['stderr'].strip()}"
+                    f"microfer {args[0]} failed (exit {run['exit']}): {run['stderr'].strip()}"
                 )
             walls.append(run["wall_s"])
+            cpus.append(run["cpu_s"])
             peaks.append(run["peak_mb"])  # ru_maxrss is KiB on Linux
             doc = json.loads(out.read_text())
     return {
         "median_s": median(walls),
         "runs_s": walls,
+        "cpu_median_s": median(cpus),
         "peak_mb": max(peaks),
         "runs_peak_mb": peaks,
-        "label": doc.get("label"),
-        "scores": doc.get("scores"),
+        "output": doc,
         "runs": runs,
     }
+
+
+def time_shell_predict(bundle: Path, video: Path, runs: int) -> dict:
+    """`time_shell_command` of `microfer predict VIDEO --model BUNDLE --json`, with its label
+    and scores."""
+    shell = time_shell_command(["predict", str(video), "--model", str(bundle), "--json"], runs)
+    doc = shell.pop("output")
+    return {**shell, "label": doc.get("label"), "scores": doc.get("scores")}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from microfer.models.image_model import DEFAULT_LAYOUT, DEFAULT_VIEWS, LAYOUTS, VIEWS
+
 
 @click.command("image-model")
 @click.option(
@@ -48,6 +50,21 @@ import click
     show_default=True,
     help="inverse L2 strengths tried (chosen on the in-training calibration split); repeatable",
 )
+@click.option(
+    "--features",
+    "layout",
+    type=click.Choice(list(LAYOUTS)),
+    default=DEFAULT_LAYOUT,
+    show_default=True,
+    help="fer_mini_xception: which module maps, pooled how, beside its logits",
+)
+@click.option(
+    "--views",
+    default=",".join(DEFAULT_VIEWS),
+    show_default=True,
+    help="test-time views averaged at prediction (each with its mirror), comma-separated: "
+    + ", ".join(VIEWS),
+)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option(
     "--out",
@@ -65,6 +82,8 @@ def image_model_cmd(
     split_seed,
     seed,
     c,
+    layout,
+    views,
     threads,
     out,
 ):
@@ -87,6 +106,8 @@ def image_model_cmd(
         seed,
         c,
         notes={"command": "microfer " + " ".join(sys.argv[1:])},
+        layout=layout,
+        views=[v.strip() for v in views.split(",") if v.strip()],
     )
     for name, row in card["test"].items():
         click.echo(

