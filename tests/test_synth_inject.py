@@ -169,5 +169,7 @@ def test_cli_background_video(video, tmp_path):
     assert r.exit_code == 0, r.output
     assert "2 intervals injected" in r.output
     assert len(list((out / "rawpic").rglob("*.jpg"))) == 180
-    r = CliRunner().invoke(cli, [*args[:4], "--seconds", "6", "--out", str(tmp_path / "x")])
-    assert r.exit_code != 0 and "--background-video" in r.output
+    r = CliRunner().invoke(cli, [*args[:3], "--seconds", "6", "--out", str(tmp_path / "x")])
+    assert (
+        r.exit_code == 2 and "--seconds and --background-fps go with --background-video" in r.output
+    )
