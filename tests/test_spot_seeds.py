@@ -170,3 +170,36 @@ def test_real_tiny_run_and_the_set_is_reused(tmp_path):
     before = marker.stat().st_mtime_ns
     run_one("casme_sq", 2, 2, tmp_path / "casme_sq" / "seed-2")
     assert marker.stat().st_mtime_ns == before
+
+
+def test_false_positives_per_minute_and_background_videos_reach_each_run(tmp_path):
+    """FP / min = false positives over the set's minutes at the layout's fps; the background
+    videos and length are handed to every run and named in the report."""
+    calls = []
+
+    def run(layout, seed, subjects, folder, progress=False, **generation):
+        calls.append(generation)
+        doc = _fake_doc({"spot": _value(seed), "threshold_baseline": 0.1})
+        doc["n_frames"] = 3600  # 2 minutes at 30 fps
+        doc["metrics"]["spot"]["overall"]["fp"] = seed % 10  # 1 -> 0.5 / min, 3 -> 1.5 / min
+        return doc
+
+    video = tmp_path / "talk.mp4"
+    doc = run_spot_seeds(
+        ["casme_sq"],
+        tmp_path,
+        dev=[1],
+        held_out=[3, 101],
+        run_one=run,
+        progress=False,
+        backgrounds=[video],
+        seconds=25.0,
+    )
+    assert calls == [{"backgrounds": [video], "seconds": 25.0}] * 3
+    held = doc["summary"]["casme_sq"]["held_out"]["metrics"]["spot/fp_per_min"]
+    assert held["values"] == [pytest.approx(1.5), pytest.approx(0.5)]
+    dev = doc["summary"]["casme_sq"]["dev"]["metrics"]["spot/fp_per_min"]
+    assert dev["values"] == [pytest.approx(0.5)]
+    assert "threshold_baseline/fp_per_min" not in doc["summary"]["casme_sq"]["dev"]["metrics"]
+    report = (tmp_path / "spot_seeds.md").read_text()
+    assert "FP / min" in report and "talk.mp4" in report and "25.0 s a video" in report

@@ -15,6 +15,11 @@ seed carries its role, so a development number cannot reach the held-out row (te
 this). Folders: OUT/<layout>/seed-<N>/data (the generated set; reused when a complete one
 with the same parameters is there) and OUT/<layout>/seed-<N>/eval (the spot-eval run; its
 signal cache makes a rerun cheap); OUT/spot_seeds.json, spot_seeds.md and spot_seeds.png.
+
+With background videos each set is made of the user's REAL face videos with known intervals
+injected (`synth --background-video`, `microfer.synth.inject`) instead of rendered faces:
+the same seeds then draw where the intervals go, the background's own motion stays. Beside
+the F1s every row reports false positives per minute of video (over all of a set's videos).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from typing import Callable, Optional, Sequence
 from microfer.errors import MicroferError
 from microfer.io import atomic_path, write_json, write_text
 from microfer.spotting.spot_eval import run_spot_eval
+from microfer.synth.inject import generate_injected
+from microfer.synth.long_plans import SPECS
 from microfer.synth.long_videos import generate_long
 from microfer.synth.output import MARKER
 
@@ -40,6 +47,7 @@ INTERVALS = {"casme_sq": 6, "samm_lv": 4}
 METHODS = ("spot", "threshold_baseline", "spaced_baseline")
 TYPES = ("overall", "micro", "macro")
 METRICS = tuple(f"{m}/{t}_f1" for m in METHODS for t in TYPES)
+FP_METRICS = tuple(f"{m}/fp_per_min" for m in METHODS)
 
 
 def check_split(dev: Sequence[int], held_out: Sequence[int]) -> None:
@@ -54,14 +62,21 @@ def check_split(dev: Sequence[int], held_out: Sequence[int]) -> None:
         raise MicroferError(f"seeds {both} are both development and held-out seeds")
 
 
-def seed_scores(doc: dict) -> dict[str, float]:
-    """The metrics of one spot-eval result, flat: 'spot/micro_f1' -> value."""
-    return {
+def seed_scores(doc: dict, fps: Optional[float] = None) -> dict[str, float]:
+    """The metrics of one spot-eval result, flat: 'spot/micro_f1' -> value; with the videos'
+    `fps`, also 'spot/fp_per_min': false positives (all types) per minute of video."""
+    out = {
         f"{m}/{t}_f1": float(doc["metrics"][m][t]["f1"])
         for m in METHODS
         for t in TYPES
         if m in doc["metrics"]
     }
+    minutes = doc["n_frames"] / fps / 60 if fps and doc.get("n_frames") else None
+    for m in METHODS:
+        fp = doc["metrics"].get(m, {}).get("overall", {}).get("fp")
+        if minutes and fp is not None:
+            out[f"{m}/fp_per_min"] = fp / minutes
+    return out
 
 
 def aggregate(records: Sequence[dict], role: str) -> dict:
@@ -72,7 +87,7 @@ def aggregate(records: Sequence[dict], role: str) -> dict:
     if wrong:
         raise MicroferError(f"seeds {wrong} are not {ROLE_NAMES[role]} seeds")
     out = {"seeds": [r["seed"] for r in records], "n": len(records), "metrics": {}}
-    for metric in METRICS:
+    for metric in METRICS + FP_METRICS:
         values = [r["scores"][metric] for r in records if metric in r["scores"]]
         if not values:
             continue
@@ -86,7 +101,15 @@ def aggregate(records: Sequence[dict], role: str) -> dict:
     return out
 
 
-def _complete_set(data: Path, layout: str, seed: int, subjects: int, intervals: int) -> bool:
+def _complete_set(
+    data: Path,
+    layout: str,
+    seed: int,
+    subjects: int,
+    intervals: int,
+    backgrounds: Sequence[Path] = (),
+    seconds: Optional[float] = None,
+) -> bool:
     """A finished synth output with these parameters is already there (reuse: rendering is
     the slow part)."""
     try:
@@ -94,7 +117,15 @@ def _complete_set(data: Path, layout: str, seed: int, subjects: int, intervals: 
     except (OSError, ValueError):
         return False
     want = {"layout": layout, "seed": seed, "subjects": subjects, "intervals": intervals}
-    return bool(marker.get("complete")) and all(marker.get(k) == v for k, v in want.items())
+    if backgrounds:
+        want["seconds"] = seconds
+    given = [str(Path(b)) for b in backgrounds]
+    used = [b["path"] for b in marker.get("background_videos", [])]
+    return (
+        bool(marker.get("complete"))
+        and all(marker.get(k) == v for k, v in want.items())
+        and sorted(set(given)) == sorted(used)
+    )
 
 
 def run_seed(
@@ -105,12 +136,28 @@ def run_seed(
     progress: bool = False,
     frame_size: Optional[tuple[int, int]] = None,
     intervals: Optional[int] = None,
+    backgrounds: Sequence[Path] = (),
+    seconds: Optional[float] = None,
 ) -> dict:
     """Generate (or reuse) the set of one seed and run spot-eval on it; the spot-eval result.
-    `frame_size` and `intervals` (per video) shrink the set for tests."""
+    `frame_size` and `intervals` (per video) shrink the set for tests; `backgrounds` (real
+    face videos, `seconds` long each) replace the rendered faces."""
     data, run = Path(out) / "data", Path(out) / "eval"
     intervals = intervals or INTERVALS[layout]
-    if not _complete_set(data, layout, seed, subjects, intervals):
+    if backgrounds:
+        if not _complete_set(data, layout, seed, subjects, intervals, backgrounds, seconds):
+            generate_injected(
+                layout,
+                data,
+                list(backgrounds),
+                subjects=subjects,
+                intervals=intervals,
+                seed=seed,
+                seconds=seconds,
+                progress=progress,
+                force=True,
+            )
+    elif not _complete_set(data, layout, seed, subjects, intervals):
         generate_long(
             layout,
             data,
@@ -124,7 +171,9 @@ def run_seed(
     return run_spot_eval(PROTOCOLS[layout], data, run, progress=progress, plots=2)
 
 
-def read_seed_run(layout: str, seed: int, subjects: int, out: Path, progress: bool = False) -> dict:
+def read_seed_run(
+    layout: str, seed: int, subjects: int, out: Path, progress: bool = False, **_generation
+) -> dict:
     """The spot-eval result already in `out`/eval (`--from-runs`: aggregate finished runs
     again without repeating them; the LOSO choice is the slow part); refused when it is
     missing or is not of this layout and number of subjects."""
@@ -154,7 +203,7 @@ def _record(doc: dict, layout: str, seed: int, role: str) -> dict:
         "failures": len(doc["failures"]),
         "spot_precision": spot.get("precision"),
         "spot_recall": spot.get("recall"),
-        "scores": seed_scores(doc),
+        "scores": seed_scores(doc, SPECS[layout].fps),
     }
 
 
@@ -166,10 +215,13 @@ def run_spot_seeds(
     subjects: int = 10,
     progress: bool = True,
     run_one: Callable[..., dict] = run_seed,
+    backgrounds: Sequence[Path] = (),
+    seconds: Optional[float] = None,
 ) -> dict:
     """spot-eval on one fresh set per (layout, seed); per layout a development row from the
     `dev` seeds and a held-out row from the `held_out` seeds. `run_one(layout, seed, subjects,
-    folder, progress=...)` -> a spot-eval result (tests pass a stand-in). Writes OUT/spot_seeds.*."""
+    folder, progress=...)` -> a spot-eval result (tests pass a stand-in); with `backgrounds`
+    it is also given backgrounds= and seconds=. Writes OUT/spot_seeds.*."""
     from tqdm import tqdm
 
     check_split(list(dev), list(held_out))
@@ -185,12 +237,15 @@ def run_spot_seeds(
     ]
     records = []
     for la, s, role in tqdm(jobs, desc="seeds", unit="set", disable=not progress or None):
-        doc = run_one(la, s, subjects, out / la / f"seed-{s}", progress=progress)
+        extra = {"backgrounds": list(backgrounds), "seconds": seconds} if backgrounds else {}
+        doc = run_one(la, s, subjects, out / la / f"seed-{s}", progress=progress, **extra)
         records.append(_record(doc, la, s, role))
     doc = {
         "split": {"dev": list(dev), "held_out": list(held_out)},
         "subjects": subjects,
         "intervals_per_video": {la: INTERVALS[la] for la in layouts},
+        "background_videos": [str(b) for b in backgrounds],
+        "seconds": seconds,
         "records": records,
         "summary": {
             la: {
@@ -216,8 +271,8 @@ def _cell(m: Optional[dict]) -> str:
 def format_table(doc: dict) -> str:
     """Markdown: one row per layout x role x method; F1 as mean ± sd (min-max) over the seeds."""
     lines = [
-        "| layout | seeds | method | overall F1 | micro F1 | macro F1 |",
-        "|---|---|---|---|---|---|",
+        "| layout | seeds | method | overall F1 | micro F1 | macro F1 | FP / min |",
+        "|---|---|---|---|---|---|---|",
     ]
     for la, rows in doc["summary"].items():
         for role in ROLES:
@@ -227,6 +282,7 @@ def format_table(doc: dict) -> str:
             seeds = f"{ROLE_NAMES[role]} {', '.join(map(str, agg['seeds']))}"
             for m in METHODS:
                 cells = [_cell(agg["metrics"].get(f"{m}/{t}_f1")) for t in TYPES]
+                cells.append(_cell(agg["metrics"].get(f"{m}/fp_per_min")))
                 lines.append(f"| {la} | {seeds} | {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -235,16 +291,18 @@ def format_seed_rows(doc: dict) -> str:
     """Markdown: every seed's own numbers, so each aggregate can be checked by hand."""
     lines = [
         "| layout | seed | role | subjects | videos | frames | micro / macro intervals "
-        "| overall F1 | micro F1 | macro F1 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| overall F1 | micro F1 | macro F1 | FP / min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["records"]:
         s = r["scores"]
+        fp = s.get("spot/fp_per_min")
         lines.append(
             f"| {r['layout']} | {r['seed']} | {ROLE_NAMES[r['role']]} | {r['n_subjects']} "
             f"| {r['n_videos']} | {r['n_frames']} "
             f"| {r['n_intervals']['micro']} / {r['n_intervals']['macro']} "
-            f"| {s['spot/overall_f1']:.3f} | {s['spot/micro_f1']:.3f} | {s['spot/macro_f1']:.3f} |"
+            f"| {s['spot/overall_f1']:.3f} | {s['spot/micro_f1']:.3f} | {s['spot/macro_f1']:.3f} "
+            f"| {'-' if fp is None else f'{fp:.2f}'} |"
         )
     return "\n".join(lines)
 
@@ -260,6 +318,17 @@ def write_seed_report(doc: dict, out: Path) -> None:
         f"seeds {split['held_out']} (never tuned on). {doc['subjects']} subjects per set, "
         "LOSO, thresholds chosen in-fold. F1 as mean ± sample sd (min-max) over the seeds.",
         "",
+        *(
+            [
+                f"Sets made of REAL background videos {doc['background_videos']} with known "
+                f"intervals injected ({doc['seconds'] or 'own length'} s a video, played forward "
+                "then backward where the background is shorter); every subject of a set is one "
+                "of these backgrounds.",
+                "",
+            ]
+            if doc.get("background_videos")
+            else []
+        ),
         format_table(doc),
         "",
         "Per seed (microfer spot):",

@@ -262,13 +262,28 @@ def demo_cmd(out, quick, seed, faces, no_progress, force):
     is_flag=True,
     help="aggregate the spot-eval runs already in --out again (nothing generated or evaluated)",
 )
+@click.option(
+    "--background-video",
+    "backgrounds",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="make each set of this REAL face video (repeatable) with known intervals injected "
+    "(`synth --background-video`) instead of rendered faces",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help="--background-video: seconds a video (ping-pong beyond the background's length)",
+)
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def spot_seeds_cmd(layouts, dev, held_out, subjects, out, from_runs, quiet):
+def spot_seeds_cmd(layouts, dev, held_out, subjects, out, from_runs, backgrounds, seconds, quiet):
     """spot-eval on a fresh synthetic long-video set per seed; mean, sd and range of each F1,
     development seeds and held-out seeds in separate rows (a development number never enters
     the held-out row)."""
     from microfer.bench.spot_seeds import format_table, read_seed_run, run_seed, run_spot_seeds
 
+    if seconds is not None and not backgrounds:
+        raise click.UsageError("--seconds goes with --background-video")
     doc = run_spot_seeds(
         layouts,
         out,
@@ -277,6 +292,8 @@ def spot_seeds_cmd(layouts, dev, held_out, subjects, out, from_runs, quiet):
         subjects=subjects,
         progress=not quiet,
         run_one=read_seed_run if from_runs else run_seed,
+        backgrounds=[b.resolve() for b in backgrounds],
+        seconds=seconds,
     )
     click.echo(format_table(doc))
     click.echo(f"wrote {out / 'spot_seeds.json'}, {out / 'spot_seeds.md'}")

@@ -103,6 +103,25 @@ def _frames_range(ctx, param, value: str | None) -> tuple[int, int] | None:
     is_flag=True,
     help="long videos: the head moves out of the frame once and comes back",
 )
+@click.option(
+    "--background-video",
+    "background_videos",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True),
+    help="long videos: inject the intervals into this REAL face video (repeatable: one per "
+    "subject in turn) instead of rendering faces; its frame rate must be the layout's",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help="--background-video: length of each long video; a shorter background is played "
+    "forward then backward (ping-pong) to reach it (default: the background's own length)",
+)
+@click.option(
+    "--background-fps",
+    type=click.FloatRange(min=0, min_open=True),
+    help="--background-video: frame rate of a background given as a frame folder",
+)
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def synth_cmd(**o):
     """Write synthetic micro-expression clips made from real faces, with a coding file in
@@ -110,9 +129,17 @@ def synth_cmd(**o):
 
     Long videos for spotting (`--layout samm_lv`, or `--layout casme_sq --long-videos`) hold
     several macro and micro intervals at known frames; synth_nuisances.csv lists the blinks,
-    head movements and talking between them."""
+    head movements and talking between them.
+
+    With `--background-video VIDEO` the long videos are the user's real face video (its blinks,
+    head motion, speech and lighting kept) with micro and macro expressions injected along
+    its own landmarks, at known frames."""
     start = time.perf_counter()
-    if o["layout"] == "samm_lv" or o["long_videos"]:
+    if o["background_videos"]:
+        _injected(o)
+    elif o["seconds"] is not None or o["background_fps"] is not None:
+        raise click.UsageError("--seconds and --background-fps go with --background-video")
+    elif o["layout"] == "samm_lv" or o["long_videos"]:
         _long_videos(o)
     else:
         for s in _clips(o):
@@ -151,6 +178,44 @@ def _long_videos(o: dict) -> None:
     click.echo(f"{s.layout}: {s.n_clips} intervals in {n_videos} long videos in {s.root}")
     click.echo(f"  coding file: {s.coding_file}")
     click.echo(f"  ground truth: {s.truth_file} (nuisances: {s.root / 'synth_nuisances.csv'})")
+
+
+def _injected(o: dict) -> None:
+    from microfer.synth.inject import generate_injected
+
+    if o["layout"] not in ("casme_sq", "samm_lv"):
+        raise click.UsageError(
+            "--background-video writes long videos: --layout casme_sq or samm_lv"
+        )
+    if o["faces"] or o["face_leaves"] or o["videos_per_subject"] != 1:
+        raise click.UsageError(
+            "--faces, --face-leaves and --videos-per-subject do not apply to --background-video "
+            "(the background is the face; one video per subject)"
+        )
+    if o["emotions"] or o["apex_unknown"] or o["clip_frames"] or o["amplitude"] != "micro":
+        raise click.UsageError(
+            "--emotion, --apex-unknown, --frames and --amplitude do not apply to long videos"
+        )
+    s = generate_injected(
+        o["layout"],
+        o["out"],
+        list(o["background_videos"]),
+        subjects=o["subjects"],
+        intervals=o["clips_per_subject"],
+        seed=o["seed"],
+        seconds=o["seconds"],
+        fps=o["background_fps"],
+        progress=not o["quiet"],
+        force=o["force"],
+    )
+    click.echo(
+        f"{s.layout}: {s.n_clips} intervals injected into {o['subjects']} real-video long videos "
+        f"in {s.root}"
+    )
+    click.echo(f"  coding file: {s.coding_file}")
+    click.echo(
+        f"  ground truth: {s.truth_file} (known nuisances: {s.root / 'synth_nuisances.csv'})"
+    )
 
 
 def _clips(o: dict) -> list:

@@ -16,8 +16,8 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from microfer.clip.frames import bounded, check_numbers
-from microfer.errors import ClipError
+from microfer.clip.frames import MAX_FPS, bounded, check_numbers
+from microfer.errors import ClipError, MicroferError
 
 
 @dataclass
@@ -171,6 +171,24 @@ def _count_frames(path: Path) -> int:
             return n
         finally:
             cap.release()
+
+
+def video_fps(path: Path, default: float | None = None) -> float:
+    """A video file's frame rate from its container; `default` for frame folders (which have none)."""
+    path = Path(path)
+    if path.is_file():
+        with native_stderr_captured():
+            cap = cv2.VideoCapture(str(path))
+            fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
+            cap.release()
+        if fps and 1 <= fps <= MAX_FPS:
+            return float(fps)
+    if default is None:
+        raise MicroferError(
+            f"{path}: no frame rate known for it (a frame folder, or a video without one); "
+            "give it with --fps"
+        )
+    return float(default)
 
 
 def sequential_frames(source: VideoSource):

@@ -21,10 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-import cv2
-
-from microfer.clip.frames import MAX_FPS, check_fps
-from microfer.clip.video import native_stderr_captured, open_frames
+from microfer.clip.frames import check_fps
+from microfer.clip.video import open_frames
+from microfer.clip.video_file import video_fps
 from microfer.errors import MicroferError
 from microfer.spotting.difference import REGION_NAMES, SPOT_REGIONS
 from microfer.spotting.intervals import (
@@ -91,24 +90,6 @@ class SpotResult:
             "realigned": self.realigned,
             "settings": self.settings,
         }
-
-
-def video_fps(path: Path, default: Optional[float] = None) -> float:
-    """A video file's frame rate from its container; `default` for frame folders (which have none)."""
-    path = Path(path)
-    if path.is_file():
-        with native_stderr_captured():
-            cap = cv2.VideoCapture(str(path))
-            fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
-            cap.release()
-        if fps and 1 <= fps <= MAX_FPS:
-            return float(fps)
-    if default is None:
-        raise MicroferError(
-            f"{path}: no frame rate known for it (a frame folder, or a video without one); "
-            "give it with --fps"
-        )
-    return float(default)
 
 
 def spot_video(

@@ -196,6 +196,40 @@ def add_talk(segments: list[Segment], rng: np.random.Generator, fps: float, t: i
     return max(t, end)
 
 
+@dataclass(frozen=True)
+class VideoName:
+    """Where one long video goes: its subject, its name and its frames folder."""
+
+    subject: str
+    code: str  # the subject as the coding file writes it
+    index: int  # the subject's position (0-based)
+    video: str  # casme_sq: s15/15_0401girlcrashing; samm_lv: 006_1
+    folder: str  # frames folder relative to the root
+    stem: str  # casme_sq: the clip-name stem (anger1); samm_lv: the video
+
+
+def video_names(layout: str, subjects: int, videos_per_subject: int) -> list[VideoName]:
+    """The long videos of a set, subject by subject, named as the layout names them."""
+    out = []
+    ids = L.subject_ids("samm" if layout == "samm_lv" else "casme_sq", subjects)
+    for s, (subject, code) in enumerate(ids):
+        for v in range(videos_per_subject):
+            if layout == "casme_sq":
+                vcode, stem, _ = L.CASME_SQ_VIDEOS[v % len(L.CASME_SQ_VIDEOS)]
+                video = f"{subject}/{subject[1:]}_{vcode}"
+                out.append(VideoName(subject, code, s, video, f"rawpic/{video}", stem))
+            else:
+                video = f"{subject}_{v + 1}"
+                out.append(VideoName(subject, code, s, video, f"SAMM_longvideos/{video}", video))
+    return out
+
+
+def name_intervals(plan: LongVideoPlan, layout: str, stem: str) -> None:
+    """Clip names of the plan's intervals, numbered in the video as the layout does."""
+    for k, seg in enumerate(plan.intervals, 1):
+        seg.clip = f"{stem}_{k}" if layout == "casme_sq" else f"{plan.video}_{k}"
+
+
 def plan_long(
     layout: str,
     *,
@@ -214,30 +248,20 @@ def plan_long(
         raise MicroferError("need at least 1 subject, 1 video per subject and 1 interval per video")
     spec = SPECS[layout]
     plans = []
-    ids = L.subject_ids("samm" if layout == "samm_lv" else "casme_sq", subjects)
-    for s, (subject, code) in enumerate(ids):
-        for v in range(videos_per_subject):
-            if layout == "casme_sq":
-                vcode, stem, _ = L.CASME_SQ_VIDEOS[v % len(L.CASME_SQ_VIDEOS)]
-                video = f"{subject}/{subject[1:]}_{vcode}"
-                folder = f"rawpic/{video}"
-            else:
-                video = f"{subject}_{v + 1}"
-                folder = f"SAMM_longvideos/{video}"
-            plan = plan_video(
-                layout,
-                subject,
-                code,
-                s,
-                video,
-                folder,
-                intervals,
-                seed,
-                spec.emotions,
-                face_leaves=face_leaves,
-                frame_width=frame_width,
-            )
-            for k, seg in enumerate(plan.intervals, 1):
-                seg.clip = f"{stem}_{k}" if layout == "casme_sq" else f"{video}_{k}"
-            plans.append(plan)
+    for n in video_names(layout, subjects, videos_per_subject):
+        plan = plan_video(
+            layout,
+            n.subject,
+            n.code,
+            n.index,
+            n.video,
+            n.folder,
+            intervals,
+            seed,
+            spec.emotions,
+            face_leaves=face_leaves,
+            frame_width=frame_width,
+        )
+        name_intervals(plan, layout, n.stem)
+        plans.append(plan)
     return plans

@@ -160,7 +160,7 @@ def _nuisance_row(plan: LongVideoPlan, s: Segment) -> dict:
     }
 
 
-def _truth_row(plan: LongVideoPlan, s: Segment, identity: Identity, layout: str) -> dict:
+def _truth_row(plan: LongVideoPlan, s: Segment, identity: str, layout: str) -> dict:
     onset, apex, offset = _numbers(s)
     return {
         "dataset": layout,
@@ -172,7 +172,7 @@ def _truth_row(plan: LongVideoPlan, s: Segment, identity: Identity, layout: str)
         "emotion": s.emotion,
         "class3": L.class3("casme_sq", s.emotion),
         "amplitude_px": s.amplitude,
-        "identity": identity.name,
+        "identity": identity,
         "seed": plan.seed,
         "type": s.kind,
         "coded_apex": apex,
@@ -214,15 +214,16 @@ def _samm_row(plan: LongVideoPlan, s: Segment, aus: str, layout: str) -> dict:
 
 
 @dataclass
-class _LongRows:
-    """The table rows of the rendered videos, in video order."""
+class LongRows:
+    """The table rows of the rendered videos, in video order (`identity`: the face, as
+    synth_truth.csv names it)."""
 
     truth: list[dict] = field(default_factory=list)  # synth_truth.csv, one per interval
     nuisances: list[dict] = field(default_factory=list)  # synth_nuisances.csv
     coded: list[L.CodedEvent] = field(default_factory=list)  # casme_sq coding file
     samm: list[dict] = field(default_factory=list)  # samm_lv coding file
 
-    def add_video(self, plan: LongVideoPlan, aus: dict, identity: Identity, layout: str) -> None:
+    def add_video(self, plan: LongVideoPlan, aus: dict, identity: str, layout: str) -> None:
         for k, s in enumerate(plan.segments):
             if s.kind not in ("micro", "macro"):
                 self.nuisances.append(_nuisance_row(plan, s))
@@ -262,9 +263,9 @@ def _render_long(
     camera: Camera,
     workers: int | None,
     progress: bool,
-) -> _LongRows:
+) -> LongRows:
     """Render every video (in threads, as `generate`) and collect its rows."""
-    rows = _LongRows()
+    rows = LongRows()
     n_workers = max(1, min(workers or os.cpu_count() or 1, 4))
     with (
         progress_bar(len(plans), f"synth {layout} long videos", progress) as bar,
@@ -275,7 +276,7 @@ def _render_long(
         )
         for plan, (_, aus) in zip(plans, jobs):
             bar.update(1)
-            rows.add_video(plan, aus, identities[plan.subject_index], layout)
+            rows.add_video(plan, aus, identities[plan.subject_index].name, layout)
     return rows
 
 

@@ -235,6 +235,31 @@ def dense_field(
     )
 
 
+def warp_by_field(frame: np.ndarray, fields: Sequence[tuple[Field, float]]) -> np.ndarray:
+    """`frame` with its content moved by the sum of amount x field (a real video's frame, whose
+    own head pose is already in it: no head transform, unlike `iter_frames`). Only the
+    fields' boxes are resampled, with the same backward map and interpolation as
+    `iter_frames`: output(y) = frame(y - D(y))."""
+    out = frame.copy()
+    if not fields:
+        return out
+    x0 = min(f.box[0] for f, _ in fields)
+    y0 = min(f.box[1] for f, _ in fields)
+    x1 = max(f.box[2] for f, _ in fields)
+    y1 = max(f.box[3] for f, _ in fields)
+    map_x = np.repeat(np.arange(x0, x1, dtype=np.float32)[None, :], y1 - y0, axis=0)
+    map_y = np.repeat(np.arange(y0, y1, dtype=np.float32)[:, None], x1 - x0, axis=1)
+    for f, a in fields:
+        bx0, by0, bx1, by1 = f.box
+        sub = (slice(by0 - y0, by1 - y0), slice(bx0 - x0, bx1 - x0))
+        map_x[sub] -= np.float32(a) * f.dx
+        map_y[sub] -= np.float32(a) * f.dy
+    out[y0:y1, x0:x1] = cv2.remap(
+        frame, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE
+    )
+    return out
+
+
 def time_profile(n_frames: int, onset: int, apex: int, offset: int) -> np.ndarray:
     """Expression intensity per frame index: 0 up to onset, raised-cosine rise to 1 at the
     apex, fall to 0 at the offset, 0 after. Indices are 0-based positions in the clip."""
