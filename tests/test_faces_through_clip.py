@@ -68,12 +68,15 @@ class _StubPredictor:
         obj.prepare_settings = PrepareSettings()
         obj.classes = ["negative", "positive"]
         obj.features = lambda prepared: np.zeros((1, 4), np.float32)
+        obj.teacher_state = None  # no input check (bundles trained on circulated inputs only)
         classifier = types.SimpleNamespace(
             classes=np.array([0, 1]),
             class_scores=lambda X: np.array([[0.4, 0.6]]),
             predict=lambda X: np.array([1]),
         )
-        obj.bundle = types.SimpleNamespace(classifier=classifier, ood=None)
+        obj.bundle = types.SimpleNamespace(
+            classifier=classifier, ood=None, calibrator=None, input_ood=None
+        )
         return obj
 
 
