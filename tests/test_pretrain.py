@@ -335,6 +335,37 @@ def test_pretrain_command_on_fer_and_ck_layouts(tmp_path):
     )  # the default it resolved to, spelt out
 
 
+def test_pretrain_command_passes_its_start_and_teacher_options(tmp_path):
+    """--init, --teacher and --distill-alpha reach the run: a lost option trains from
+    scratch without a word (it happened once, in the cli split)."""
+    from click.testing import CliRunner
+
+    from microfer.cli import cli
+
+    data = ["--images", str(_fer_folder(tmp_path / "fer")), "--device", "cpu", "--threads", "1"]
+    res = CliRunner().invoke(
+        cli, ["pretrain", *data, "--init", "imagenet", "--out", str(tmp_path / "m")]
+    )
+    assert res.exit_code != 0 and "efficientnet_lite0" in str(res.exception), res.output
+    out = tmp_path / "d"
+    args = [
+        "pretrain",
+        *data,
+        "--variant",
+        "efficientnet_lite0",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+    ]
+    args += ["--teacher", "default", "--distill-alpha", "0.5", "--out", str(out)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    meta = read_block_meta(out)
+    assert meta["settings"]["teacher"] == "default" and meta["settings"]["init"] == "random"
+    assert meta["distillation"]["alpha"] == 0.5 and "start" not in meta
+
+
 # ---------------------------------------------------------------------------- shipped weights
 def test_shipped_weights_load_and_match_their_card():
     card = default_weights()

@@ -219,6 +219,9 @@ _SETTINGS = (
     "warmup_epochs",
     "seed",
     "store_dtype",
+    "init",
+    "teacher",
+    "distill_alpha",
 )
 
 
