@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -190,8 +191,11 @@ def pretrain_cmd(ctx, **o):
             f"representation (got --representation {representation})"
         )
     data, tests = _pretrain_data(o)
+    # every option named like a PretrainSettings field reaches it: a hand-kept list of names
+    # once lost --init/--teacher/--distill-alpha, and such runs silently trained from scratch
+    fields = {f.name for f in dataclasses.fields(PretrainSettings)}
     settings = PretrainSettings(
-        **{k: o[k] for k in _SETTINGS}, num_threads=o["threads"], device=o["device"]
+        **{k: v for k, v in o.items() if k in fields}, num_threads=o["threads"]
     )
     result = pretrain(
         data,
@@ -203,26 +207,6 @@ def pretrain_cmd(ctx, **o):
         notes={"command": command_line(ctx, leave_out=("resume",))},
     )
     _show_result(result)
-
-
-# PretrainSettings fields that are options of the same name
-_SETTINGS = (
-    "variant",
-    "representation",
-    "input_size",
-    "scope",
-    "epochs",
-    "batch_size",
-    "lr",
-    "augment",
-    "mix",
-    "warmup_epochs",
-    "seed",
-    "store_dtype",
-    "init",
-    "teacher",
-    "distill_alpha",
-)
 
 
 def _pretrain_data(o: dict):
