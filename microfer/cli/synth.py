@@ -151,6 +151,14 @@ def synth_cmd(**o):
     click.echo(f"done in {time.perf_counter() - start:.1f} s")
 
 
+def _refuse_clip_options(o: dict) -> None:
+    """Long videos draw their own emotions, apexes, lengths and amplitudes."""
+    if o["emotions"] or o["apex_unknown"] or o["clip_frames"] or o["amplitude"] != "micro":
+        raise click.UsageError(
+            "--emotion, --apex-unknown, --frames and --amplitude do not apply to long videos"
+        )
+
+
 def _long_videos(o: dict) -> None:
     from microfer.synth.long_videos import generate_long
 
@@ -158,10 +166,7 @@ def _long_videos(o: dict) -> None:
         raise click.UsageError(
             "--long-videos is for --layout casme_sq (samm_lv always writes long videos)"
         )
-    if o["emotions"] or o["apex_unknown"] or o["clip_frames"] or o["amplitude"] != "micro":
-        raise click.UsageError(
-            "--emotion, --apex-unknown, --frames and --amplitude do not apply to long videos"
-        )
+    _refuse_clip_options(o)
     s = generate_long(
         o["layout"],
         o["out"],
@@ -192,10 +197,7 @@ def _injected(o: dict) -> None:
             "--faces, --face-leaves and --videos-per-subject do not apply to --background-video "
             "(the background is the face; one video per subject)"
         )
-    if o["emotions"] or o["apex_unknown"] or o["clip_frames"] or o["amplitude"] != "micro":
-        raise click.UsageError(
-            "--emotion, --apex-unknown, --frames and --amplitude do not apply to long videos"
-        )
+    _refuse_clip_options(o)
     s = generate_injected(
         o["layout"],
         o["out"],
