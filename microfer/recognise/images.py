@@ -136,19 +136,10 @@ class ImagePredictor:
 
     def predict(self, image, name: Optional[str] = None) -> ImagePrediction:
         """One image: a path, or a BGR / grey array (`name` is then what errors call it)."""
-        from microfer.clip.video import read_image
         from microfer.recognise.predict import ood_fields
 
         timings: dict[str, float] = {}
-        t = time.perf_counter()
-        if isinstance(image, (str, Path)):
-            name = str(image)
-            image = read_image(Path(image))
-        name = name or "image"
-        timings["read"] = (time.perf_counter() - t) * 1000
-        t = time.perf_counter()
-        face = image_face(image, name, self.face_size)
-        timings["face"] = (time.perf_counter() - t) * 1000
+        name, face = read_face(image, name, self.face_size, timings)
         t = time.perf_counter()
         feats = self.features([face.face])
         timings["network"] = (time.perf_counter() - t) * 1000
@@ -164,6 +155,23 @@ class ImagePredictor:
             timings_ms={k: round(v, 2) for k, v in timings.items()},
             **ood_fields(self.bundle.ood, feats),
         )
+
+
+def read_face(image, name: Optional[str], face_size: int, timings: dict):
+    """A path or an array -> (its name for errors, the face found and aligned in it); the two
+    steps' times go into `timings` as "read" and "face"."""
+    from microfer.clip.video import read_image
+
+    t = time.perf_counter()
+    if isinstance(image, (str, Path)):
+        name = str(image)
+        image = read_image(Path(image))
+    name = name or "image"
+    timings["read"] = (time.perf_counter() - t) * 1000
+    t = time.perf_counter()
+    face = image_face(image, name, face_size)
+    timings["face"] = (time.perf_counter() - t) * 1000
+    return name, face
 
 
 class DefaultImagePredictor:
@@ -183,18 +191,8 @@ class DefaultImagePredictor:
         load_models()
 
     def predict(self, image, name: Optional[str] = None) -> ImagePrediction:
-        from microfer.clip.video import read_image
-
         timings: dict[str, float] = {}
-        t = time.perf_counter()
-        if isinstance(image, (str, Path)):
-            name = str(image)
-            image = read_image(Path(image))
-        name = name or "image"
-        timings["read"] = (time.perf_counter() - t) * 1000
-        t = time.perf_counter()
-        face = image_face(image, name, FACE_SIZE)
-        timings["face"] = (time.perf_counter() - t) * 1000
+        name, face = read_face(image, name, FACE_SIZE, timings)
         t = time.perf_counter()
         logits = self.model.logits(self.model.features(grey64(face.face)[None]))
         prob = self.model.probabilities(None, logits=logits)[0]
