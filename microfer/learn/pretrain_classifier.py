@@ -8,7 +8,7 @@ weights do not depend on the head and the global stream is left as it was.
 
 from __future__ import annotations
 
-from microfer.learn.starts import LITE0, lite0_classifier
+from microfer.learn.starts import LITE0, lite0_classifier, pooled_head
 from microfer.models.mobilevit import create_mobilevit
 from microfer.models.vit import VARIANTS as VIT_VARIANTS
 from microfer.models.vit import create_vit_encoder
@@ -93,7 +93,6 @@ def _mv2_classifier(variant: str, n_classes: int, seed: int, head_channels: int,
 
 def _trunk_classifier(variant: str, n_classes: int, seed: int, dropout: float):
     """The whole MobileViT trunk up to final_conv + pool, dropout, linear (timm's head)."""
-    import torch
     from torch import nn
 
     class TrunkClassifier(nn.Module):
@@ -101,14 +100,7 @@ def _trunk_classifier(variant: str, n_classes: int, seed: int, dropout: float):
             super().__init__()
             base = create_mobilevit(variant, seed=seed)
             self.stem, self.stages, self.final_conv = base.stem, base.stages, base.final_conv
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + 1)
-                self.head = nn.Sequential(
-                    nn.AdaptiveAvgPool2d(1),
-                    nn.Flatten(),
-                    nn.Dropout(dropout),
-                    nn.Linear(base.num_features, n_classes),
-                )
+            self.head = pooled_head(base.num_features, n_classes, dropout, seed)
 
         def trunk(self, x):
             return self.final_conv(self.stages(self.stem(x)))

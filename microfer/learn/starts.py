@@ -15,9 +15,24 @@ from microfer.models.efficientnet import VARIANT as LITE0
 from microfer.models.efficientnet import create_lite0, load_imagenet, wheel_path
 
 
+def pooled_head(in_features: int, n_classes: int, dropout: float, seed: int):
+    """Average pool, dropout, linear: the classifier head of a pretraining trunk, drawn from
+    its own seed (seed + 1) so the trunk's initial weights do not depend on the head."""
+    import torch
+    from torch import nn
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        return nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(in_features, n_classes),
+        )
+
+
 def lite0_classifier(n_classes: int, seed: int, dropout: float):
     """EfficientNet-Lite0 cut after stage 4 (timm names conv_stem, bn1, blocks) + pool, linear."""
-    import torch
     from torch import nn
 
     class Lite0Classifier(nn.Module):
@@ -25,14 +40,7 @@ def lite0_classifier(n_classes: int, seed: int, dropout: float):
             super().__init__()
             base = create_lite0(seed)
             self.conv_stem, self.bn1, self.blocks = base.conv_stem, base.bn1, base.blocks
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + 1)
-                self.head = nn.Sequential(
-                    nn.AdaptiveAvgPool2d(1),
-                    nn.Flatten(),
-                    nn.Dropout(dropout),
-                    nn.Linear(base.num_features, n_classes),
-                )
+            self.head = pooled_head(base.num_features, n_classes, dropout, seed)
 
         def forward(self, x):
             return self.head(self.blocks(self.bn1(self.conv_stem(x))))
