@@ -64,7 +64,7 @@ FEATURE_GRIDS: dict[str, list[str]] = {
     "full": [
         *MOTION_DESCRIPTORS,
         "ststnet14/flow",
-        # MobileViT fine-tuned inside every (inner and outer) fold: hours on a CPU
+        # MobileViT fine-tuned inside every (inner and outer) fold: ~75 CPU min a run
         "mobilevit_xxs/flow/finetune",
         "mobilevit_xxs/flow/finetune/pre",
         *[
