@@ -7,7 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microfer.spotting.spot import SPOT_REGIONS, MotionSignal, SpottedInterval, spot_curves
+from microfer.spotting.spot import (
+    SPOT_REGIONS,
+    MotionSignal,
+    PeakSettings,
+    SpottedInterval,
+    spot_curves,
+    spot_intervals,
+)
 from microfer.spotting.spot_eval import (
     Counts,
     VideoData,
@@ -62,9 +69,15 @@ def test_counts_and_f1_hand_worked():
 
 
 def _fake_video(
-    subject: str, seed: int, height: float, n: int = 900, fps: float = 30.0
+    subject: str,
+    seed: int,
+    height: float,
+    n: int = 900,
+    fps: float = 30.0,
+    micro_height: float | None = None,
 ) -> VideoData:
-    """A measured signal with expressions of a known height at known frames (no face needed)."""
+    """A measured signal with expressions of a known height at known frames (no face needed);
+    the micro ones `micro_height` high where given."""
     rng = np.random.default_rng(seed)
     regions = (1.0 + 0.1 * rng.standard_normal((n, len(SPOT_REGIONS)))).astype(np.float32)
     rows = []
@@ -72,8 +85,9 @@ def _fake_video(
         kind = "micro" if k % 2 == 0 else "macro"
         length = 10 if kind == "micro" else 40
         t = np.arange(length + 1)
+        peak = micro_height if kind == "micro" and micro_height is not None else height
         regions[onset : onset + length + 1, 0] += (
-            0.1 * height * 0.5 * (1 - np.cos(2 * np.pi * t / length))
+            0.1 * peak * 0.5 * (1 - np.cos(2 * np.pi * t / length))
         ).astype(np.float32)
         rows.append({"onset": onset + 1, "offset": onset + length + 1, "type": kind})
     numbers = np.arange(1, n + 1)
@@ -131,3 +145,95 @@ def test_loso_needs_two_subjects():
 
     with pytest.raises(MicroferError, match="at least 2 subjects"):
         evaluate_loso([_fake_video("s0", 0, 20)])
+
+
+def _events_video(subject: str, seed: int, events: list, n: int = 1200) -> VideoData:
+    """A measured signal from (onset, length in frames, height, truth type or None) events: a
+    None type is motion that is no expression (talking, say)."""
+    rng = np.random.default_rng(seed)
+    regions = (1.0 + 0.1 * rng.standard_normal((n, len(SPOT_REGIONS)))).astype(np.float32)
+    rows = []
+    for onset, length, height, kind in events:
+        t = np.arange(length + 1)
+        bump = 0.1 * height * 0.5 * (1 - np.cos(2 * np.pi * t / length))
+        regions[onset : onset + length + 1, 0] += bump.astype(np.float32)
+        if kind:
+            rows.append({"onset": onset + 1, "offset": onset + length + 1, "type": kind})
+    signal = MotionSignal(
+        numbers=np.arange(1, n + 1),
+        fps=30.0,
+        regions=regions,
+        head=np.zeros((n, 3), np.float32),
+        eye_px=np.full(n, 50, np.float32),
+    )
+    return VideoData(subject, f"{subject}/v", signal, pd.DataFrame(rows), spot_curves(signal))
+
+
+# four macro-expressions, one small micro-expression, and four macro-length movements that are
+# no expression, higher than the micro one (frames, heights)
+EVENTS = [
+    (60, 40, 40, "macro"),
+    (180, 40, 25, None),
+    (300, 40, 40, "macro"),
+    (420, 10, 12, "micro"),
+    (540, 40, 25, None),
+    (660, 40, 40, "macro"),
+    (780, 40, 25, None),
+    (900, 40, 40, "macro"),
+    (1020, 40, 25, None),
+]
+
+
+def test_micro_length_peaks_have_their_own_threshold():
+    v = _events_video("s0", 0, EVENTS)
+    kinds = lambda p: [iv.type for iv in spot_intervals(v.signal, p, curves=v.curves)]  # noqa: E731
+    assert kinds(PeakSettings(threshold=25.0)) == ["macro"] * 4
+    assert (
+        kinds(PeakSettings(threshold=25.0, micro_threshold=5.0))
+        == ["macro"] * 2 + ["micro"] + ["macro"] * 2
+    )
+    # with one low threshold the movements come too; a micro threshold above every peak
+    # removes the micro one only
+    assert kinds(PeakSettings(threshold=5.0)).count("macro") == 8
+    assert "micro" not in kinds(PeakSettings(threshold=5.0, micro_threshold=1e6))
+
+
+def test_folds_choose_a_lower_micro_threshold_for_small_micro_expressions():
+    videos = [_events_video(f"s{k}", k, EVENTS) for k in range(4)]
+    result = evaluate_loso(videos)
+    for fold in result["folds"]:
+        assert fold["chosen"]["micro_threshold"] < fold["chosen"]["threshold"]
+    assert result["metrics"]["spot"]["overall"]["f1"] == 1.0
+
+
+def test_rules_on_measured_peaks_equal_a_fresh_spot():
+    # spot-eval measures a video's peaks once per threshold and applies each rule setting to
+    # them; that must give what spot_intervals gives for the same settings
+    from microfer.spotting.spot_eval import _PeaksByThreshold
+
+    v = _fake_video("s0", 3, 30)
+    cached = _PeaksByThreshold()
+    for threshold in (5.0, 12.0):
+        for blink in (1.0, 1e9):
+            p = PeakSettings(threshold=threshold, blink_ratio=blink)
+            fresh = spot_intervals(v.signal, p, curves=v.curves)
+            assert cached.spot(v, p) == fresh
+
+
+def _iv(onset, offset, kind, score):
+    return SpottedInterval(onset, (onset + offset) // 2, offset, kind, score)
+
+
+def test_micro_tails_of_a_stronger_macro_expression_are_dropped():
+    from microfer.spotting.rules import without_tails
+
+    macro = _iv(100, 160, "macro", 30.0)
+    after = _iv(170, 180, "micro", 10.0)  # starts 10 frames (0.33 s at 30 fps) after it ends
+    before = _iv(80, 95, "micro", 10.0)  # ends 5 frames before it starts
+    far = _iv(200, 210, "micro", 10.0)  # 40 frames (1.3 s) later: an expression of its own
+    stronger = _iv(165, 175, "micro", 40.0)  # higher than the macro one: not its tail
+    dropped = []
+    kept = without_tails([before, macro, stronger, after, far], 30.0, 0.5, dropped)
+    assert kept == [macro, stronger, far]
+    assert [iv for iv, _ in dropped] == [before, after]
+    assert without_tails([before, macro, after], 30.0, 0.0, []) == [before, macro, after]

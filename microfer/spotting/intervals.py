@@ -2,11 +2,12 @@
 
 `spot_intervals(signal, PeakSettings)`: each region's curve is put in noise units
 ((value - median) / robust sd over the video), the largest region is the video's
-curve; peaks above `threshold` (with half that prominence) are intervals, bounded by
-`apex.spot_interval` between neighbouring peaks; intervals during which the head
-travelled more than `max_head` eye distances are head movements, not expressions (the
-rules are in `spotting.rules`); type = micro when the spotted duration is at most
-`micro_max_s`.
+curve; peaks above `threshold` (`micro_threshold` for the micro-length ones; with half
+that prominence) are intervals, bounded by `apex.spot_interval` between neighbouring peaks;
+intervals during which the head travelled more than `max_head` eye distances are head
+movements, not expressions, and micro-length ones just before or after a stronger macro
+interval are its tail (the rules are in `spotting.rules`); type = micro when the spotted
+duration is at most `micro_max_s`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from scipy.signal import find_peaks
 
 from microfer.clip.apex import gaussian_smooth, spot_interval
-from microfer.spotting.rules import head_travel, syllables, without_bursts
+from microfer.spotting.rules import head_travel, syllables, without_bursts, without_tails
 from microfer.spotting.signal import EYES, MOUTH, MotionSignal, runs_of
 
 MICRO_MAX_S = 0.5  # MEGC: a micro-expression lasts at most 0.5 s
@@ -26,14 +27,18 @@ MICRO_MAX_S = 0.5  # MEGC: a micro-expression lasts at most 0.5 s
 
 @dataclass(frozen=True)
 class PeakSettings:
-    """Stage 2's parameters. `microfer spot-eval` chooses threshold, blink_ratio, low, merge and
-    talk_peaks on the training subjects of each fold; these defaults (for `microfer spot`) lie
-    between what the folds chose on the synthetic sets (CAS(ME)^2: 15 / 1.0 / 0.15 / 0.2 / off;
+    """Stage 2's parameters. `microfer spot-eval` chooses threshold, blink_ratio,
+    micro_threshold, low, merge and talk_peaks on the training subjects of each fold; these
+    defaults (for `microfer spot`) lie between what the folds chose on the synthetic sets
+    (CAS(ME)^2: 15 / 1.0 / 0.15 / 0.2 / off;
     SAMM-LV: 12 / 1.25 / 0.1 / 0.2 / 4 in 7 of 10 folds; see docs/spotting.md).
     The talking rule is off by default: on a video without talking it can drop a long
     expression whose mouth rises in steps (seen on a synthetic CAS(ME)^2 video)."""
 
     threshold: float = 14.0  # peak height, in robust noise units of the video's curve
+    # the height a MICRO-length peak must reach instead (None: `threshold`): micro-expressions
+    # are a few pixels, macro ones many, and talking rises as high as the small ones
+    micro_threshold: Optional[float] = None
     low: float = 0.15  # onset/offset: where the curve falls below this fraction of the peak
     micro_max_s: float = MICRO_MAX_S  # spotted duration at most this -> micro, else macro
     min_s: float = 0.1  # shorter spotted intervals are noise
@@ -46,6 +51,9 @@ class PeakSettings:
         0  # an interval whose mouth curve rises and falls this often: talking (0: off)
     )
     smooth_s: float = 0.03  # Gaussian smoothing of the curve, seconds
+    # a micro-length peak within this many seconds of a stronger macro interval is its rise or
+    # return, not an expression of its own (fixed in advance at the micro bound, not tuned)
+    tail_s: float = MICRO_MAX_S
 
 
 @dataclass
@@ -128,16 +136,62 @@ def spot_intervals(
     """Stage 2: intervals (frame numbers) from a measured signal. `curves` = spot_curves(signal)
     when the caller has them already (spot-eval tries many thresholds on one signal);
     `rejected` collects (interval, reason) of the peaks that were not expressions."""
+    return apply_rules(signal, measured_peaks(signal, peaks, curves), peaks, rejected)
+
+
+@dataclass
+class MeasuredPeak:
+    """A peak above the threshold and what the rules look at, measured once: spot-eval tries
+    several rule settings on the same peaks."""
+
+    interval: SpottedInterval
+    head: float  # head travel within the interval, eye distances
+    eyes: float  # the eye band's highest value within it, noise units
+    height: float  # the curve at the apex, noise units (unrounded)
+    mouth: np.ndarray  # the mouth curve within it (the talking rule counts its syllables)
+
+
+def measured_peaks(
+    signal: MotionSignal,
+    peaks: PeakSettings = PeakSettings(),
+    curves: Optional[tuple[np.ndarray, np.ndarray]] = None,
+) -> list[MeasuredPeak]:
+    """The peaks of the signal's curve under `peaks`' threshold, merge, low, min_s and smoothing,
+    before the rules that tell expressions from other motion."""
     curve, eyes, mouth = spot_curves(signal, peaks.smooth_s) if curves is None else curves
-    out: list[SpottedInterval] = []
-    dropped = [] if rejected is None else rejected
+    found = []
     for a, b in runs_of(~np.isnan(curve)):
         for peak in _run_peaks(signal, curve[a:b], a, peaks):
-            reason = _rejection(signal, peak, eyes, mouth, peaks)
-            if reason is None:
-                out.append(peak.interval)
-            else:
-                dropped.append((peak.interval, reason))
+            lo, hi = peak.onset, peak.offset + 1
+            found.append(
+                MeasuredPeak(
+                    peak.interval,
+                    head_travel(signal, peak.onset, peak.offset),
+                    float(np.nanmax(eyes[lo:hi])),
+                    float(peak.height),
+                    mouth[lo:hi],
+                )
+            )
+    return found
+
+
+def apply_rules(
+    signal: MotionSignal,
+    found: list[MeasuredPeak],
+    peaks: PeakSettings = PeakSettings(),
+    rejected: Optional[list] = None,
+) -> list[SpottedInterval]:
+    """The measured peaks that `peaks`' rules keep as expressions; `rejected` collects
+    (interval, reason) of the others."""
+    out: list[SpottedInterval] = []
+    dropped = [] if rejected is None else rejected
+    for peak in found:
+        reason = _rejection(peak, peaks)
+        if reason is None:
+            out.append(peak.interval)
+        else:
+            dropped.append((peak.interval, reason))
+    out = without_tails(out, signal.fps, peaks.tail_s, dropped)
     return without_bursts(out, signal.fps, peaks.burst, peaks.burst_gap_s, dropped)
 
 
@@ -145,10 +199,11 @@ def _run_peaks(signal: MotionSignal, run: np.ndarray, a: int, peaks: PeakSetting
     """The peaks of one run of face frames (`run` = the curve from stream index `a` on)."""
     if len(run) < 3:
         return []
+    lowest = min(peaks.threshold, _micro_threshold(peaks))
     tops, _ = find_peaks(
         np.concatenate([[-np.inf], run, [-np.inf]]),
-        height=peaks.threshold,
-        prominence=0.5 * peaks.threshold,
+        height=lowest,
+        prominence=0.5 * lowest,
     )
     tops = _merge_shoulders(run, tops - 1, peaks.merge)
     # each peak owns the stretch between the lowest points that separate it from its neighbours
@@ -163,9 +218,17 @@ def _run_peaks(signal: MotionSignal, run: np.ndarray, a: int, peaks: PeakSetting
         if hi - lo < 2:
             continue
         peak = _peak_between(signal, run, a, lo, hi, top, peaks)
-        if peak is not None:
+        if peak is not None and peak.height >= _type_threshold(peak.interval.type, peaks):
             found.append(peak)
     return found
+
+
+def _micro_threshold(peaks: PeakSettings) -> float:
+    return peaks.threshold if peaks.micro_threshold is None else peaks.micro_threshold
+
+
+def _type_threshold(kind: str, peaks: PeakSettings) -> float:
+    return _micro_threshold(peaks) if kind == "micro" else peaks.threshold
 
 
 def _merge_shoulders(run: np.ndarray, tops: np.ndarray, merge: float) -> np.ndarray:
@@ -203,15 +266,12 @@ def _peak_between(
     return _Peak(interval, onset, offset, run[top])
 
 
-def _rejection(
-    signal: MotionSignal, peak: _Peak, eyes: np.ndarray, mouth: np.ndarray, peaks: PeakSettings
-) -> Optional[str]:
+def _rejection(peak: MeasuredPeak, peaks: PeakSettings) -> Optional[str]:
     """Why the peak is not an expression, or None when it is one."""
-    onset, offset = peak.onset, peak.offset
-    if head_travel(signal, onset, offset) > peaks.max_head:
+    if peak.head > peaks.max_head:
         return "head movement"
-    if np.nanmax(eyes[onset : offset + 1]) > peaks.blink_ratio * peak.height:
+    if peak.eyes > peaks.blink_ratio * peak.height:
         return "blink"
-    if peaks.talk_peaks and syllables(mouth[onset : offset + 1]) >= peaks.talk_peaks:
+    if peaks.talk_peaks and syllables(peak.mouth) >= peaks.talk_peaks:
         return "talking"
     return None

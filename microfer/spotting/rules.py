@@ -54,3 +54,23 @@ def head_travel(signal: MotionSignal, onset: int, offset: int) -> float:
     # a roll moves the face outline (~1.5 eye distances from the centre) by angle x radius
     turned = np.radians(np.abs(pose[:, 2] - pose[0, 2])) * 1.5
     return float(np.nanmax(moved + turned))
+
+
+def without_tails(intervals: list, fps: float, tail_s: float, dropped: list) -> list:
+    """Drop micro intervals that start within `tail_s` after a stronger macro interval ends, or
+    end within `tail_s` before one starts: the rise or the return of the larger expression."""
+    if tail_s <= 0:
+        return intervals
+    gap = tail_s * fps
+    macros = [iv for iv in intervals if iv.type == "macro"]
+    kept = []
+    for iv in intervals:
+        if iv.type == "micro" and any(
+            m.score > iv.score
+            and (0 <= iv.onset - m.offset <= gap or 0 <= m.onset - iv.offset <= gap)
+            for m in macros
+        ):
+            dropped.append((iv, "tail of a macro-expression"))
+        else:
+            kept.append(iv)
+    return kept

@@ -113,6 +113,7 @@ def _methods_table(metrics: dict) -> str:
 FOLD_COLUMNS = [
     "test subject",
     "threshold",
+    "micro threshold",
     "blink ratio",
     "low",
     "merge",
@@ -129,6 +130,7 @@ def _folds_table(folds: list[dict]) -> str:
             [
                 f["test_subject"],
                 f["chosen"]["threshold"],
+                f["chosen"].get("micro_threshold") or "same",
                 f["chosen"]["blink_ratio"],
                 f["chosen"]["low"],
                 f["chosen"]["merge"],
