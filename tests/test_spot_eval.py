@@ -69,37 +69,15 @@ def test_counts_and_f1_hand_worked():
 
 
 def _fake_video(
-    subject: str,
-    seed: int,
-    height: float,
-    n: int = 900,
-    fps: float = 30.0,
-    micro_height: float | None = None,
+    subject: str, seed: int, height: float, n: int = 900, fps: float = 30.0
 ) -> VideoData:
-    """A measured signal with expressions of a known height at known frames (no face needed);
-    the micro ones `micro_height` high where given."""
-    rng = np.random.default_rng(seed)
-    regions = (1.0 + 0.1 * rng.standard_normal((n, len(SPOT_REGIONS)))).astype(np.float32)
-    rows = []
-    for k, onset in enumerate(range(60, n - 60, 120)):
-        kind = "micro" if k % 2 == 0 else "macro"
-        length = 10 if kind == "micro" else 40
-        t = np.arange(length + 1)
-        peak = micro_height if kind == "micro" and micro_height is not None else height
-        regions[onset : onset + length + 1, 0] += (
-            0.1 * peak * 0.5 * (1 - np.cos(2 * np.pi * t / length))
-        ).astype(np.float32)
-        rows.append({"onset": onset + 1, "offset": onset + length + 1, "type": kind})
-    numbers = np.arange(1, n + 1)
-    signal = MotionSignal(
-        numbers=numbers,
-        fps=fps,
-        regions=regions,
-        head=np.zeros((n, 3), np.float32),
-        eye_px=np.full(n, 50, np.float32),
-    )
-    truth = pd.DataFrame(rows)
-    return VideoData(subject, f"{subject}/v", signal, truth, spot_curves(signal))
+    """A measured signal with expressions of a known height at known frames (no face needed):
+    micro (10 frames) and macro (40) in turn, every 120 frames."""
+    events = [
+        (onset, 10, height, "micro") if k % 2 == 0 else (onset, 40, height, "macro")
+        for k, onset in enumerate(range(60, n - 60, 120))
+    ]
+    return _events_video(subject, seed, events, n, fps)
 
 
 def test_folds_choose_on_training_subjects_only():
@@ -147,7 +125,9 @@ def test_loso_needs_two_subjects():
         evaluate_loso([_fake_video("s0", 0, 20)])
 
 
-def _events_video(subject: str, seed: int, events: list, n: int = 1200) -> VideoData:
+def _events_video(
+    subject: str, seed: int, events: list, n: int = 1200, fps: float = 30.0
+) -> VideoData:
     """A measured signal from (onset, length in frames, height, truth type or None) events: a
     None type is motion that is no expression (talking, say)."""
     rng = np.random.default_rng(seed)
@@ -161,7 +141,7 @@ def _events_video(subject: str, seed: int, events: list, n: int = 1200) -> Video
             rows.append({"onset": onset + 1, "offset": onset + length + 1, "type": kind})
     signal = MotionSignal(
         numbers=np.arange(1, n + 1),
-        fps=30.0,
+        fps=fps,
         regions=regions,
         head=np.zeros((n, 3), np.float32),
         eye_px=np.full(n, 50, np.float32),

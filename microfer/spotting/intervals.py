@@ -199,7 +199,7 @@ def _run_peaks(signal: MotionSignal, run: np.ndarray, a: int, peaks: PeakSetting
     """The peaks of one run of face frames (`run` = the curve from stream index `a` on)."""
     if len(run) < 3:
         return []
-    lowest = min(peaks.threshold, _micro_threshold(peaks))
+    lowest = min(peaks.threshold, _type_threshold("micro", peaks))
     tops, _ = find_peaks(
         np.concatenate([[-np.inf], run, [-np.inf]]),
         height=lowest,
@@ -223,12 +223,11 @@ def _run_peaks(signal: MotionSignal, run: np.ndarray, a: int, peaks: PeakSetting
     return found
 
 
-def _micro_threshold(peaks: PeakSettings) -> float:
-    return peaks.threshold if peaks.micro_threshold is None else peaks.micro_threshold
-
-
 def _type_threshold(kind: str, peaks: PeakSettings) -> float:
-    return _micro_threshold(peaks) if kind == "micro" else peaks.threshold
+    """The height a peak of this type must reach."""
+    if kind == "micro" and peaks.micro_threshold is not None:
+        return peaks.micro_threshold
+    return peaks.threshold
 
 
 def _merge_shoulders(run: np.ndarray, tops: np.ndarray, merge: float) -> np.ndarray:
