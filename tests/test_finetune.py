@@ -176,3 +176,30 @@ def test_full_grid_without_weights_keeps_one_random_init_finetune():
     assert "mobilevit_xxs/flow/finetune/pre" not in names
     pre = [fs.name for fs in feature_grid(LosoSettings(grid="full"))]  # the shipped weights
     assert "mobilevit_xxs/flow/finetune/pre" in pre and len(pre) == len(set(pre))
+
+
+def test_mobilevit_seed_ensemble_averages_its_members_and_reloads(tmp_path):
+    pytest.importorskip("timm")
+    from dataclasses import replace
+
+    from microfer.errors import MicroferError
+    from microfer.learn.evaluate import LosoSettings, parse_feature_set
+
+    r = parse_feature_set("mobilevit_xxs/flow/finetune_x2", LosoSettings())
+    assert r.members == 2 and r.seeds == (0, 1) and r.name == "mobilevit_xxs/flow/finetune_x2"
+    with pytest.raises(MicroferError, match="finetune_x3"):
+        parse_feature_set("mobilevit_xxs/apex/finetune_x2", LosoSettings())
+    recipe = replace(r, input_size=32, epochs=1, batch_size=4)
+    x, y, _ = tiny_data(n_subjects=2, per=3)
+    net = recipe.train(recipe.network_inputs(x), y, 3)
+    # each member is the one-seed recipe of its seed, trained alone on the same rows
+    singles = [
+        replace(recipe, seed=s, members=1).train(recipe.network_inputs(x), y, 3) for s in (0, 1)
+    ]
+    each = [replace(recipe, seed=s, members=1).proba(m, x) for s, m in zip((0, 1), singles)]
+    np.testing.assert_allclose(recipe.proba(net, x), np.mean(each, axis=0), atol=1e-5)
+    assert not np.allclose(each[0], each[1])  # two seeds, two networks: the mean averages something
+    rows = np.arange(len(y))[:, None]
+    fitted = InFoldNet(recipe, x, 3, str(tmp_path)).fit(rows, y)
+    reloaded = InFoldNet(recipe, x, 3, str(tmp_path)).fit(rows, y)  # from the cache
+    np.testing.assert_allclose(fitted.predict_proba(rows), reloaded.predict_proba(rows), atol=1e-6)

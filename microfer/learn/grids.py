@@ -13,7 +13,7 @@ from microfer.errors import MicroferError
 from microfer.learn.classify import FULL_PARAM_GRID, SMALL_PARAM_GRID
 from microfer.learn.features import FeatureSetting, FusedSetting
 from microfer.learn.finetune import CNNRecipe
-from microfer.learn.finetune_vit import recipe_from_name
+from microfer.learn.finetune_vit import is_finetune_step, recipe_from_name
 from microfer.learn.loso_settings import LosoSettings
 from microfer.models import (
     fixed_input_size,
@@ -132,7 +132,7 @@ def parse_feature_set(
             seed=0,
             block_weights=None,
         )
-    if len(fields) in (3, 4) and fields[2] == "finetune":
+    if len(fields) in (3, 4) and is_finetune_step(fields[2]):
         return recipe_from_name(text, fields, weights)
     return _network_setting(text, fields, settings, weights, weights_meta)
 
