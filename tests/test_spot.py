@@ -236,8 +236,12 @@ def test_spot_eval_command(casme_long, tmp_path):
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "results.json").read_text())
     assert doc["n_subjects"] == 2 and doc["n_intervals"] == {"micro": 2, "macro": 2}
-    assert set(doc["metrics"]) == {"spot", "threshold_baseline", "spaced_baseline"}
+    assert set(doc["metrics"]) == {"scored", "spot", "threshold_baseline", "spaced_baseline"}
     assert doc["metrics"]["spot"]["macro"]["tp"] >= 1
+    # one training subject a fold: no inner folds to train the peak scorer, so it falls back
+    # to the rules and says so
+    assert all(f["scorer"] is None for f in doc["folds"])
+    assert doc["metrics"]["scored"] == doc["metrics"]["spot"]
     assert [f["test_subject"] for f in doc["folds"]] == ["s15", "s16"]
     report = (out / "report.md").read_text()
     assert (

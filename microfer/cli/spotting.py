@@ -169,7 +169,8 @@ def _recognise(result, video: Path, predictor) -> int:
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def spot_eval_cmd(protocol, root, coding, out, plots, model, quiet):
     """MEGC spotting evaluation (IoU >= 0.5; P, R, F1 overall and per type), leave-one-subject-out
-    with every threshold chosen on the training subjects; beside two trivial baselines."""
+    with every threshold chosen on the training subjects: `scored` (the rules, then a peak
+    scorer trained in-fold) and `spot` (the rules alone), beside two trivial baselines."""
     from microfer.spotting.spot_eval import run_spot_eval
 
     doc = run_spot_eval(

@@ -39,6 +39,7 @@ from microfer.datasets import get
 from microfer.datasets.long_videos import interval_table
 from microfer.errors import AnnotationError, MicroferError
 from microfer.spotting.intervals import apply_rules, measured_peaks
+from microfer.spotting.peak_scorer import ScorerChoice, fit_scorer
 from microfer.spotting.spot import PeakSettings, SignalSettings, spot_intervals
 from microfer.spotting.spot_baselines import spaced_baseline, threshold_baseline
 from microfer.spotting.spot_report import write_spot_report
@@ -72,6 +73,10 @@ PROTOCOLS = {
     ),
 }
 
+# the method whose intervals spot-eval lists and STRS recognises: the rules' settings, then
+# the peak scorer where its out-of-fold training F1 beats the rules' training F1, both chosen
+# in-fold (peak_scorer.py; "spot" = the rules alone)
+HEADLINE = "scored"
 # what the folds choose from (the training subjects' pooled overall F1 decides)
 THRESHOLDS = tuple(float(t) for t in np.arange(3.0, 40.01, 1.0))
 BLINK_RATIOS = (1.0, 1.25, 1.5, 2.0, 1e9)  # 1e9: no blink rejection
@@ -189,6 +194,18 @@ class _FoldChoice:
     base_f1: float
     rates: dict[str, float]
     lengths: dict[str, float]
+    scorer: Optional[ScorerChoice] = None
+
+    @property
+    def use_scorer(self) -> bool:
+        """The scorer replaces the rules where it scored higher on the training subjects: its
+        F1 is out-of-fold, the rules' in-sample (their settings were chosen on those same
+        videos), so a tie or a near miss keeps the rules."""
+        return (
+            self.scorer is not None
+            and self.train_f1 is not None
+            and self.scorer.oof_f1 > self.train_f1
+        )
 
     def record(self, subject: str, train: Sequence, test: Sequence) -> dict:
         return {
@@ -197,6 +214,13 @@ class _FoldChoice:
             "n_test_videos": len(test),
             "chosen": {k: getattr(self.chosen, k) for k in CHOSEN},
             "train_f1": self.train_f1,
+            "scorer": None
+            if self.scorer is None
+            else {
+                "cut": self.scorer.cut,
+                "oof_f1": self.scorer.oof_f1,
+                "used": self.use_scorer,
+            },
             "threshold_baseline": {"threshold": self.base_threshold, "train_f1": self.base_f1},
             "spaced_baseline": {"rates_per_frame": self.rates, "lengths": self.lengths},
         }
@@ -218,13 +242,17 @@ def _choose_fold(
         train, thresholds, lambda v, t: threshold_baseline(v.signal, t, peaks.micro_max_s)
     )
     rates, lengths = _training_rates(train)
-    return _FoldChoice(chosen, train_f1, base_t, base_f1, rates, lengths)
+    scorer = fit_scorer(train, chosen) if choose is None else None
+    return _FoldChoice(chosen, train_f1, base_t, base_f1, rates, lengths, scorer)
 
 
 def _spot_test_video(v: VideoData, fold: _FoldChoice, micro_max_s: float) -> dict:
-    """Each method's intervals on one held-out video."""
+    """Each method's intervals on one held-out video ("scored": the rules where the fold did
+    not choose its scorer)."""
+    rules = spot_intervals(v.signal, fold.chosen, curves=v.curves)
     return {
-        "spot": spot_intervals(v.signal, fold.chosen, curves=v.curves),
+        "scored": fold.scorer.spot(v) if fold.use_scorer else rules,
+        "spot": rules,
         "threshold_baseline": threshold_baseline(v.signal, fold.base_threshold, micro_max_s),
         "spaced_baseline": spaced_baseline(
             int(v.signal.numbers[0]), len(v.signal.numbers), v.signal.fps, fold.rates, fold.lengths
@@ -251,7 +279,7 @@ def evaluate_loso(
         raise MicroferError(
             f"leave-one-subject-out needs at least 2 subjects with videos, got {len(subjects)}"
         )
-    methods = ("spot", "threshold_baseline", "spaced_baseline")
+    methods = ("scored", "spot", "threshold_baseline", "spaced_baseline")
     pooled = {m: {k: Counts() for k in TYPES} for m in methods}
     folds, spotted = [], []
     for subject in subjects:
@@ -267,7 +295,7 @@ def evaluate_loso(
                 {
                     "subject": subject,
                     "video": v.video,
-                    "intervals": [iv.to_dict() for iv in results["spot"]],
+                    "intervals": [iv.to_dict() for iv in results[HEADLINE]],
                     "face_lost": [list(r) for r in v.signal.lost_ranges()],
                 }
             )
@@ -346,7 +374,11 @@ def run_spot_eval(
     result = evaluate_loso(videos)
     if model is not None:
         result["strs"] = spot_then_recognise(
-            videos, result["spotted"], root, Path(model), result["metrics"]["spot"]["overall"]["f1"]
+            videos,
+            result["spotted"],
+            root,
+            Path(model),
+            result["metrics"][HEADLINE]["overall"]["f1"],
         )
     doc = {
         "protocol": protocol.name,

@@ -12,7 +12,8 @@ from microfer.learn.report import markdown_table
 
 COLOURS = {"micro": "tab:red", "macro": "tab:blue"}
 METHOD_NAMES = {
-    "spot": "microfer spot (training-free, thresholds chosen in-fold)",
+    "scored": "rules, or a peak scorer where it won on the training subjects (in-fold)",
+    "spot": "microfer spot: the rules (training-free, thresholds chosen in-fold)",
     "threshold_baseline": "every frame above a fixed threshold (in-fold)",
     "spaced_baseline": "evenly spaced guesses (training rate and length)",
 }
@@ -119,6 +120,7 @@ FOLD_COLUMNS = [
     "merge",
     "talk peaks",
     "train F1",
+    "scorer cut (out-of-fold F1)",
     "baseline threshold",
 ]
 
@@ -136,6 +138,10 @@ def _folds_table(folds: list[dict]) -> str:
                 f["chosen"]["merge"],
                 f["chosen"]["talk_peaks"],
                 _fmt(f["train_f1"]),
+                "-"
+                if not f.get("scorer")
+                else f"{f['scorer']['cut']:g} ({f['scorer']['oof_f1']:.3f}"
+                + (", used)" if f["scorer"].get("used") else ")"),
                 f["threshold_baseline"]["threshold"],
             ]
             for f in folds
