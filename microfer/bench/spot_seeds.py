@@ -31,7 +31,7 @@ from typing import Callable, Optional, Sequence
 
 from microfer.errors import MicroferError
 from microfer.io import atomic_path, write_json, write_text
-from microfer.spotting.spot_eval import run_spot_eval
+from microfer.spotting.spot_eval import HEADLINE, run_spot_eval
 from microfer.synth.inject import generate_injected
 from microfer.synth.long_plans import SPECS
 from microfer.synth.long_videos import generate_long
@@ -44,7 +44,7 @@ ROLE_NAMES = {"dev": "development", "held_out": "held-out"}
 PROTOCOLS = {"casme_sq": "casme_sq-spotting", "samm_lv": "samm-lv-spotting"}
 # intervals per video: what the documented single-seed commands use
 INTERVALS = {"casme_sq": 6, "samm_lv": 4}
-# "scored": the rules and the peak scorer trained in-fold (spot-eval's headline); "spot": the
+# "scored": spot-eval's HEADLINE (rules, or the peak scorer trained in-fold); "spot": the
 # rules alone (runs made before the scorer have only these, and are read as they are)
 METHODS = ("scored", "spot", "threshold_baseline", "spaced_baseline")
 TYPES = ("overall", "micro", "macro")
@@ -193,8 +193,9 @@ def read_seed_run(
 
 
 def headline(metrics: dict) -> str:
-    """The method a seed's own row reports: the scored spotter, or the rules in older runs."""
-    return "scored" if any(k.startswith("scored/") or k == "scored" for k in metrics) else "spot"
+    """The method a seed's own row reports (`metrics`: a run's metrics, or its flat scores):
+    spot-eval's headline, or the rules in runs made before it existed."""
+    return HEADLINE if any(k.split("/")[0] == HEADLINE for k in metrics) else "spot"
 
 
 def _record(doc: dict, layout: str, seed: int, role: str) -> dict:

@@ -38,7 +38,7 @@ from microfer.spotting.intervals import (
     region_z,
 )
 from microfer.spotting.rules import syllables, without_bursts, without_tails
-from microfer.spotting.spot_scores import IOU_MIN, TYPES, Counts, count_video, iou, summarize
+from microfer.spotting.spot_scores import IOU_MIN, iou, pooled_counts, summarize
 
 FLOOR = 3.0  # noise units: the lowest threshold the folds may choose (spot_eval.THRESHOLDS)
 CUTS = tuple(float(c) for c in np.round(np.arange(0.05, 0.951, 0.025), 3))
@@ -184,12 +184,11 @@ def kept_intervals(
 
 
 def _pooled_f1(items: Sequence[_Peaks], probas: Sequence[np.ndarray], cut: float, peaks) -> float:
-    per_type = {k: Counts() for k in TYPES}
-    for c, q in zip(items, probas):
-        spotted = kept_intervals(c.video.signal, c.found, q, cut, peaks)
-        for kind, counts in count_video(spotted, c.video.truth).items():
-            per_type[kind] += counts
-    return summarize(per_type)["overall"]["f1"]
+    spotted = (
+        (kept_intervals(c.video.signal, c.found, q, cut, peaks), c.video.truth)
+        for c, q in zip(items, probas)
+    )
+    return summarize(pooled_counts(spotted))["overall"]["f1"]
 
 
 def out_of_fold(items: Sequence[_Peaks], subjects: Sequence[str]) -> list[np.ndarray]:

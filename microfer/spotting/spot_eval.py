@@ -43,7 +43,14 @@ from microfer.spotting.peak_scorer import ScorerChoice, fit_scorer
 from microfer.spotting.spot import PeakSettings, SignalSettings, spot_intervals
 from microfer.spotting.spot_baselines import spaced_baseline, threshold_baseline
 from microfer.spotting.spot_report import write_spot_report
-from microfer.spotting.spot_scores import IOU_MIN, TYPES, Counts, count_video, summarize
+from microfer.spotting.spot_scores import (
+    IOU_MIN,
+    TYPES,
+    Counts,
+    count_video,
+    pooled_counts,
+    summarize,
+)
 from microfer.spotting.spot_scores import iou as iou  # re-exported: callers import it from here
 from microfer.spotting.spot_scores import match as match  # re-exported
 from microfer.spotting.strs import spot_then_recognise
@@ -109,11 +116,7 @@ def find_coding(root: Path, protocol: SpotProtocol) -> Path:
 
 
 def _pooled(videos: Sequence[VideoData], spot) -> dict[str, Counts]:
-    per_type = {k: Counts() for k in TYPES}
-    for v in videos:
-        for kind, c in count_video(spot(v), v.truth).items():
-            per_type[kind] += c
-    return per_type
+    return pooled_counts((spot(v), v.truth) for v in videos)
 
 
 def _best(videos: Sequence[VideoData], candidates, spot_with) -> tuple[object, float]:

@@ -4,7 +4,7 @@ recall / F1 per type and overall (the rules are in `spot_eval`'s docstring)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import pandas as pd
 
@@ -77,6 +77,17 @@ def count_video(spotted: Sequence[SpottedInterval], truth: pd.DataFrame) -> dict
         t = [(int(r.onset), int(r.offset)) for r in truth.itertuples() if r.type == kind]
         out[kind] = Counts(len(match(s, t)), len(s), len(t))
     return out
+
+
+def pooled_counts(
+    videos: Iterable[tuple[Sequence[SpottedInterval], pd.DataFrame]],
+) -> dict[str, Counts]:
+    """Counts per type summed over videos, each given as (its spotted intervals, its truth)."""
+    per_type = {k: Counts() for k in TYPES}
+    for spotted, truth in videos:
+        for kind, c in count_video(spotted, truth).items():
+            per_type[kind] += c
+    return per_type
 
 
 def summarize(per_type: dict[str, Counts]) -> dict:
