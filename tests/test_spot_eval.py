@@ -277,3 +277,13 @@ def test_out_of_fold_probabilities_never_see_their_own_subject():
     again = out_of_fold(items, subjects)
     np.testing.assert_array_equal(again[0], base[0])  # s0's probabilities: from s1-s3 only
     assert not np.allclose(again[1], base[1])  # s1's model trained on s0: it changed
+
+
+def test_peak_scorer_with_one_label_gives_that_label_in_sklearn_shape():
+    from microfer.spotting.peak_scorer import PeakScorer
+
+    X = np.random.default_rng(0).normal(size=(5, 3))
+    none = PeakScorer().fit(X, np.zeros(5)).predict_proba(X)
+    assert none.shape == (5, 2) and (none[:, 1] == 0).all() and (none.sum(axis=1) == 1).all()
+    both = PeakScorer().fit(X, np.array([0, 1, 0, 1, 1])).predict_proba(X)
+    assert both.shape == (5, 2) and np.allclose(both.sum(axis=1), 1)

@@ -107,7 +107,8 @@ def peak_labels(found: Sequence[MeasuredPeak], truth) -> np.ndarray:
 
 
 class PeakScorer:
-    """scikit-learn-style: fit(X, y) on peak features and labels, predict_proba(X) -> (n,)."""
+    """scikit-learn-style: fit(X, y) on peak features and 0/1 labels; predict_proba(X) -> (n, 2),
+    column 1 the probability that the peak is an expression of its type."""
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "PeakScorer":
         from sklearn.linear_model import LogisticRegression
@@ -126,8 +127,9 @@ class PeakScorer:
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, np.float64)
         if self.constant_ is not None or len(X) == 0:
-            return np.full(len(X), self.constant_ or 0.0)
-        return self.model_.predict_proba(X)[:, 1]
+            p = np.full(len(X), self.constant_ or 0.0)
+            return np.column_stack([1.0 - p, p])
+        return self.model_.predict_proba(X)
 
 
 @dataclass
@@ -152,9 +154,8 @@ class ScorerChoice:
     def spot(self, video) -> list[SpottedInterval]:
         """The held-out video's intervals (its truth is never read)."""
         found = candidate_peaks(video, self.peaks)
-        proba = self.scorer.predict_proba(
-            peak_features(video.signal, found, self.peaks.micro_max_s)
-        )
+        X = peak_features(video.signal, found, self.peaks.micro_max_s)
+        proba = self.scorer.predict_proba(X)[:, 1]
         return kept_intervals(video.signal, found, proba, self.cut, self.peaks)
 
 
@@ -201,7 +202,7 @@ def out_of_fold(items: Sequence[_Peaks], subjects: Sequence[str]) -> list[np.nda
         )
         for i, s in enumerate(subjects):
             if s == held:
-                oof[i] = model.predict_proba(items[i].X)
+                oof[i] = model.predict_proba(items[i].X)[:, 1]
     return oof
 
 
