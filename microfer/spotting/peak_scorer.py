@@ -15,8 +15,8 @@ expression of the type its length says. On the training subjects of a fold:
 3. the model is refitted on all training peaks; the held-out subject is only scored;
 4. spot-eval uses the scorer in a fold only where that out-of-fold F1 beats the rules'
    training F1 (`spot_eval._FoldChoice.use_scorer`). Measured on the development seeds,
-   the scorer alone gained on 2 of 4 sets and lost 0.17 on one; chosen this way it gained
-   on 3 and equalled the rules on the fourth (docs/spotting.md).
+   the scorer alone gained on 2 of 4 sets and lost on 2 (by 0.02 and 0.17); chosen this way
+   it gained on 3 and equalled the rules on the fourth (docs/spotting.md).
 
 Kept peaks then pass the structural rules (macro tails, bursts). Labels: a peak is positive
 when its interval matches a true interval of its own type with IoU >= 0.5 (the MEGC rule).
