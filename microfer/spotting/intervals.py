@@ -191,8 +191,16 @@ def apply_rules(
             out.append(peak.interval)
         else:
             dropped.append((peak.interval, reason))
-    out = without_tails(out, signal.fps, peaks.tail_s, dropped)
-    return without_bursts(out, signal.fps, peaks.burst, peaks.burst_gap_s, dropped)
+    return neighbour_rules(out, signal.fps, peaks, dropped)
+
+
+def neighbour_rules(
+    intervals: list[SpottedInterval], fps: float, peaks: PeakSettings, dropped: list
+) -> list[SpottedInterval]:
+    """The rules that judge kept intervals by their neighbours (macro tails, then bursts); the
+    peak scorer's kept peaks pass them too."""
+    out = without_tails(intervals, fps, peaks.tail_s, dropped)
+    return without_bursts(out, fps, peaks.burst, peaks.burst_gap_s, dropped)
 
 
 def _run_peaks(signal: MotionSignal, run: np.ndarray, a: int, peaks: PeakSettings) -> list[_Peak]:

@@ -35,9 +35,10 @@ from microfer.spotting.intervals import (
     PeakSettings,
     SpottedInterval,
     measured_peaks,
+    neighbour_rules,
     region_z,
 )
-from microfer.spotting.rules import syllables, without_bursts, without_tails
+from microfer.spotting.rules import syllables
 from microfer.spotting.spot_scores import IOU_MIN, iou, pooled_counts, summarize
 
 FLOOR = 3.0  # noise units: the lowest threshold the folds may choose (spot_eval.THRESHOLDS)
@@ -178,10 +179,9 @@ def _training_peaks(video, peaks: PeakSettings) -> _Peaks:
 def kept_intervals(
     signal, found: Sequence[MeasuredPeak], proba: np.ndarray, cut: float, peaks: PeakSettings
 ) -> list[SpottedInterval]:
-    """The peaks scored at least `cut`, then the structural rules (macro tails, bursts)."""
+    """The peaks scored at least `cut`, then the neighbour rules (macro tails, bursts)."""
     kept = [p.interval for p, q in zip(found, proba) if q >= cut]
-    kept = without_tails(kept, signal.fps, peaks.tail_s, [])
-    return without_bursts(kept, signal.fps, peaks.burst, peaks.burst_gap_s, [])
+    return neighbour_rules(kept, signal.fps, peaks, [])
 
 
 def _pooled_f1(items: Sequence[_Peaks], probas: Sequence[np.ndarray], cut: float, peaks) -> float:
